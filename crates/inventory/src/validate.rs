@@ -1,0 +1,976 @@
+//! Raw inventory -> validated model. Collects every finding before deciding.
+
+use crate::diagnostic::{Diagnostic, InventoryError, Severity, Source};
+use crate::model::*;
+use crate::raw::*;
+use crate::Loaded;
+use ipnet::Ipv4Net;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
+use std::path::Path;
+use toml::Spanned;
+
+const TAINT_EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
+
+struct Checker<'a> {
+    src: Source<'a>,
+    out: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>, help: impl Into<String>) {
+        let d = self.src.diag(Severity::Error, span, message, help);
+        self.out.push(d);
+    }
+
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>, help: impl Into<String>) {
+        let d = self.src.diag(Severity::Warning, span, message, help);
+        self.out.push(d);
+    }
+
+    fn cidr(&mut self, key: &str, value: &Spanned<String>) -> Option<Ipv4Net> {
+        let text = value.get_ref();
+        match text.parse::<ipnet::IpNet>() {
+            Ok(ipnet::IpNet::V4(net)) => {
+                if net.addr() != net.network() {
+                    self.error(
+                        value.span(),
+                        format!("{key} \"{text}\" has host bits set"),
+                        format!("write the network address: \"{}\"", net.trunc()),
+                    );
+                    return None;
+                }
+                Some(net)
+            }
+            Ok(ipnet::IpNet::V6(_)) => {
+                self.error(
+                    value.span(),
+                    format!("{key} \"{text}\" is IPv6, which kubeforge does not support yet"),
+                    "use an IPv4 range",
+                );
+                None
+            }
+            Err(_) => {
+                self.error(
+                    value.span(),
+                    format!("{key} \"{text}\" is not a CIDR range"),
+                    "write it as ADDRESS/PREFIX, for example \"10.96.0.0/12\"",
+                );
+                None
+            }
+        }
+    }
+
+    fn ipv4(&mut self, key: &str, value: &Spanned<String>) -> Option<Ipv4Addr> {
+        let text = value.get_ref();
+        match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => Some(ip),
+            Ok(IpAddr::V6(_)) => {
+                self.error(
+                    value.span(),
+                    format!("{key} \"{text}\" is IPv6, which kubeforge does not support yet"),
+                    "use an IPv4 address",
+                );
+                None
+            }
+            Err(_) => {
+                self.error(
+                    value.span(),
+                    format!("{key} \"{text}\" is not an IP address"),
+                    "write a dotted IPv4 address, for example \"10.77.0.11\"",
+                );
+                None
+            }
+        }
+    }
+
+    fn port(&mut self, key: &str, value: &Spanned<i64>) -> Option<u16> {
+        match u16::try_from(*value.get_ref()) {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                self.error(
+                    value.span(),
+                    format!("{key} {} is not a TCP port", value.get_ref()),
+                    "use a number from 1 to 65535",
+                );
+                None
+            }
+        }
+    }
+
+    fn days(&mut self, key: &str, value: &Option<Spanned<i64>>, default: u32) -> u32 {
+        let Some(v) = value else { return default };
+        match u32::try_from(*v.get_ref()) {
+            Ok(d) if d > 0 && d <= 36500 => d,
+            _ => {
+                self.error(
+                    v.span(),
+                    format!("{key} {} is out of range", v.get_ref()),
+                    "use a number of days from 1 to 36500",
+                );
+                default
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        key: &str,
+        value: &Option<Spanned<String>>,
+        choices: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(v) = value else { return default };
+        if let Some((_, t)) = choices.iter().find(|(name, _)| *name == v.get_ref()) {
+            return *t;
+        }
+        let names: Vec<_> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        self.error(
+            v.span(),
+            format!("unknown {key} \"{}\"", v.get_ref()),
+            format!("use one of {}", names.join(", ")),
+        );
+        default
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// A Kubernetes qualified name (label key or taint key), with optional prefix.
+fn is_qualified_name(s: &str) -> bool {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    name_ok && prefix.is_none_or(is_dns_name)
+}
+
+fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
+}
+
+fn parse_version(text: &str) -> Option<KubeVersion> {
+    let t = text.strip_prefix('v').unwrap_or(text);
+    let mut parts = t.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts.next()?.parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(KubeVersion {
+        major,
+        minor,
+        patch,
+    })
+}
+
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn toml_error(src: &Source<'_>, e: &toml::de::Error) -> Diagnostic {
+    let span = e.span().unwrap_or(0..0);
+    let message = e.message().trim().to_string();
+    let help = if message.starts_with("unknown field") {
+        "remove the key or fix its spelling; the inventory reference in README.md lists every key"
+    } else if message.starts_with("missing field") {
+        "add the missing key; `kubeforge init` writes a complete example"
+    } else {
+        "fix the TOML syntax or the value's type"
+    };
+    src.diag(Severity::Error, span, message, help)
+}
+
+pub(crate) fn validate(path: &Path, text: &str) -> Result<Loaded, InventoryError> {
+    let mut c = Checker {
+        src: Source { path, text },
+        out: Vec::new(),
+    };
+    let raw: RawInventory = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(InventoryError {
+                diagnostics: vec![toml_error(&c.src, &e)],
+            })
+        }
+    };
+    let cluster = check(&mut c, raw);
+    let mut diagnostics = c.out;
+    diagnostics.sort_by_key(|d| (d.severity, d.line, d.column));
+    if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+        return Err(InventoryError { diagnostics });
+    }
+    match cluster {
+        Some(cluster) => Ok(Loaded {
+            cluster,
+            warnings: diagnostics,
+        }),
+        None => Err(InventoryError { diagnostics }),
+    }
+}
+
+fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
+    let cluster_span = raw.cluster.span();
+    let rc = raw.cluster.into_inner();
+
+    // --- cluster ---------------------------------------------------------
+    let name = rc.name.get_ref().clone();
+    if !is_dns_label(&name) {
+        c.error(
+            rc.name.span(),
+            format!("cluster name \"{name}\" is not a DNS label"),
+            "use lowercase letters, digits and '-', at most 63 characters",
+        );
+    }
+
+    let version = match parse_version(rc.kubernetes_version.get_ref()) {
+        None => {
+            c.error(
+                rc.kubernetes_version.span(),
+                format!(
+                    "kubernetes_version \"{}\" is not a version",
+                    rc.kubernetes_version.get_ref()
+                ),
+                "write MAJOR.MINOR.PATCH, for example \"1.31.4\"",
+            );
+            None
+        }
+        Some(v) if v.major != 1 || v.minor < MIN_MINOR || v.minor > MAX_MINOR => {
+            c.error(
+                rc.kubernetes_version.span(),
+                format!("Kubernetes {v} is not supported"),
+                format!("use a version from 1.{MIN_MINOR} to 1.{MAX_MINOR}"),
+            );
+            None
+        }
+        Some(v) => Some(v),
+    };
+
+    let default_service = Spanned::new(0..0, "10.96.0.0/12".to_string());
+    let default_pod = Spanned::new(0..0, "10.244.0.0/16".to_string());
+    let service_cidr = c.cidr(
+        "service_cidr",
+        rc.service_cidr.as_ref().unwrap_or(&default_service),
+    );
+    let pod_cidr = c.cidr("pod_cidr", rc.pod_cidr.as_ref().unwrap_or(&default_pod));
+    let node_cidr = rc.node_cidr.as_ref().and_then(|v| c.cidr("node_cidr", v));
+    let service_span = rc
+        .service_cidr
+        .as_ref()
+        .map_or(cluster_span.clone(), |v| v.span());
+    // A pod_cidr left at its default has no span: point at service_cidr.
+    let pod_span = rc
+        .pod_cidr
+        .as_ref()
+        .map_or(service_span.clone(), |v| v.span());
+
+    if let Some(svc) = service_cidr {
+        if svc.prefix_len() < 12 {
+            c.error(
+                service_span.clone(),
+                format!("service_cidr {svc} is larger than the apiserver allows"),
+                "use a prefix of /12 or longer",
+            );
+        } else if svc.prefix_len() > 28 {
+            c.error(
+                service_span.clone(),
+                format!("service_cidr {svc} is too small for the cluster's services"),
+                "use a prefix of /28 or shorter",
+            );
+        }
+    }
+    if let (Some(svc), Some(pod)) = (service_cidr, pod_cidr) {
+        if overlaps(svc, pod) {
+            let default = if rc.pod_cidr.is_none() {
+                " (the default)"
+            } else {
+                ""
+            };
+            c.error(
+                pod_span.clone(),
+                format!("pod_cidr {pod}{default} overlaps service_cidr {svc}"),
+                "give pods and services separate ranges",
+            );
+        }
+    }
+    if let Some(node_net) = node_cidr {
+        let span = rc.node_cidr.as_ref().map_or(0..0, |v| v.span());
+        for (key, other) in [("service_cidr", service_cidr), ("pod_cidr", pod_cidr)] {
+            if let Some(other) = other {
+                if overlaps(node_net, other) {
+                    c.error(
+                        span.clone(),
+                        format!("node_cidr {node_net} overlaps {key} {other}"),
+                        "node addresses, pods and services need separate ranges",
+                    );
+                }
+            }
+        }
+    }
+
+    let pod_subnet_prefix = match &rc.pod_subnet_prefix {
+        None => 24u8,
+        Some(v) => {
+            let p = *v.get_ref();
+            let min = pod_cidr.map_or(0, |n| i64::from(n.prefix_len()));
+            if p < min.max(8) || p > 28 {
+                c.error(
+                    v.span(),
+                    format!("pod_subnet_prefix {p} does not fit pod_cidr"),
+                    format!(
+                        "use a prefix from {} to 28 (each node gets one such subnet of pod_cidr)",
+                        min.max(8)
+                    ),
+                );
+                24
+            } else {
+                u8::try_from(p).unwrap_or(24)
+            }
+        }
+    };
+
+    let cluster_domain = match &rc.cluster_domain {
+        None => "cluster.local".to_string(),
+        Some(v) => {
+            if !is_dns_name(v.get_ref()) {
+                c.error(
+                    v.span(),
+                    format!("cluster_domain \"{}\" is not a DNS name", v.get_ref()),
+                    "use lowercase DNS labels separated by dots, for example \"cluster.local\"",
+                );
+            }
+            v.get_ref().clone()
+        }
+    };
+
+    let dns_service_ip = match (&rc.dns_service_ip, service_cidr) {
+        (Some(v), svc) => {
+            let ip = c.ipv4("dns_service_ip", v);
+            if let (Some(ip), Some(svc)) = (ip, svc) {
+                if !svc.contains(&ip) {
+                    c.error(
+                        v.span(),
+                        format!("dns_service_ip {ip} is outside service_cidr {svc}"),
+                        "pick an address inside service_cidr, or remove the key to use the tenth one",
+                    );
+                } else if ip == nth_host(svc, 1) || ip == svc.network() || ip == svc.broadcast() {
+                    c.error(
+                        v.span(),
+                        format!("dns_service_ip {ip} is reserved in service_cidr {svc}"),
+                        "the network, broadcast and first addresses are taken; remove the key to use the tenth one",
+                    );
+                }
+            }
+            ip
+        }
+        (None, Some(svc)) => Some(nth_host(svc, 10)),
+        (None, None) => None,
+    };
+
+    let apiserver_port = match &rc.apiserver_port {
+        None => Some(6443),
+        Some(v) => c.port("apiserver_port", v),
+    };
+
+    let runtime = c.choice(
+        "container_runtime",
+        &rc.container_runtime,
+        &[("containerd", Runtime::Containerd)],
+        Runtime::Containerd,
+    );
+    let cni = c.choice(
+        "cni",
+        &rc.cni,
+        &[
+            ("bridge", Cni::Bridge),
+            ("flannel", Cni::Flannel),
+            ("calico", Cni::Calico),
+        ],
+        Cni::Bridge,
+    );
+    let proxy_mode = c.choice(
+        "kube_proxy_mode",
+        &rc.kube_proxy_mode,
+        &[
+            ("iptables", ProxyMode::Iptables),
+            ("ipvs", ProxyMode::Ipvs),
+            ("nftables", ProxyMode::Nftables),
+        ],
+        ProxyMode::Iptables,
+    );
+    if let (Some(v), Some(span)) = (version, rc.kube_proxy_mode.as_ref().map(|m| m.span())) {
+        if proxy_mode == ProxyMode::Nftables && v.minor < 31 {
+            c.error(
+                span.clone(),
+                format!("kube_proxy_mode \"nftables\" needs Kubernetes 1.31 or newer, not {v}"),
+                "use \"iptables\" or raise kubernetes_version",
+            );
+        }
+        if proxy_mode == ProxyMode::Ipvs && v.minor >= 35 {
+            c.warn(
+                span,
+                format!("kube_proxy_mode \"ipvs\" is deprecated in Kubernetes {v}"),
+                "prefer \"nftables\"",
+            );
+        }
+    }
+
+    let bin_dir = match &rc.bin_dir {
+        None => "/usr/local/bin".to_string(),
+        Some(v) => {
+            if !v.get_ref().starts_with('/') {
+                c.error(
+                    v.span(),
+                    format!("bin_dir \"{}\" is not an absolute path", v.get_ref()),
+                    "write the directory on the nodes, for example \"/usr/local/bin\"",
+                );
+            }
+            v.get_ref().trim_end_matches('/').to_string()
+        }
+    };
+    let sandbox_image = rc.sandbox_image.as_ref().map_or_else(
+        || "registry.k8s.io/pause:3.10".to_string(),
+        |v| v.get_ref().clone(),
+    );
+
+    // --- pki -------------------------------------------------------------
+    let pki = {
+        let rp = raw.pki.as_ref().map(|p| p.get_ref());
+        let none = None;
+        let ca_validity_days = c.days(
+            "ca_validity_days",
+            rp.map_or(&none, |p| &p.ca_validity_days),
+            3650,
+        );
+        let leaf_validity_days = c.days(
+            "leaf_validity_days",
+            rp.map_or(&none, |p| &p.leaf_validity_days),
+            365,
+        );
+        let renew_before_days = c.days(
+            "renew_before_days",
+            rp.map_or(&none, |p| &p.renew_before_days),
+            30,
+        );
+        if let Some(p) = rp {
+            // A value left at its default has no span of its own: point at
+            // the other value of the comparison, and say which is the default.
+            let pki_span = raw.pki.as_ref().map_or(0..0, |p| p.span());
+            let span_of = |first: &Option<Spanned<i64>>, second: &Option<Spanned<i64>>| {
+                first
+                    .as_ref()
+                    .or(second.as_ref())
+                    .map_or(pki_span.clone(), |v| v.span())
+            };
+            let note = |v: &Option<Spanned<i64>>| if v.is_some() { "" } else { " (the default)" };
+            if leaf_validity_days > ca_validity_days {
+                c.error(
+                    span_of(&p.leaf_validity_days, &p.ca_validity_days),
+                    format!(
+                        "leaf_validity_days {leaf_validity_days}{} exceeds ca_validity_days {ca_validity_days}{}",
+                        note(&p.leaf_validity_days),
+                        note(&p.ca_validity_days),
+                    ),
+                    "a certificate cannot outlive the CA that signs it",
+                );
+            } else if renew_before_days >= leaf_validity_days {
+                c.error(
+                    span_of(&p.renew_before_days, &p.leaf_validity_days),
+                    format!(
+                        "renew_before_days {renew_before_days}{} is not shorter than leaf_validity_days {leaf_validity_days}{}",
+                        note(&p.renew_before_days),
+                        note(&p.leaf_validity_days),
+                    ),
+                    "every run would reissue every certificate; use a smaller number",
+                );
+            }
+            for san in &p.extra_apiserver_sans {
+                let s = san.get_ref();
+                if s.parse::<IpAddr>().is_err() && !is_dns_name(s.trim_start_matches("*.")) {
+                    c.error(
+                        san.span(),
+                        format!("extra_apiserver_sans entry \"{s}\" is neither an IP address nor a DNS name"),
+                        "write an IP address or a lowercase DNS name",
+                    );
+                }
+            }
+        }
+        PkiSettings {
+            ca_validity_days,
+            leaf_validity_days,
+            renew_before_days,
+            extra_apiserver_sans: rp.map_or_else(Vec::new, |p| {
+                p.extra_apiserver_sans
+                    .iter()
+                    .map(|s| s.get_ref().clone())
+                    .collect()
+            }),
+        }
+    };
+
+    // --- ssh defaults ------------------------------------------------------
+    let default_ssh = Ssh {
+        user: "root".into(),
+        port: 22,
+        key: None,
+        sudo: false,
+        accept_new_host_keys: false,
+    };
+    let cluster_ssh = match &raw.ssh {
+        Some(s) => merge_ssh(c, &default_ssh, s),
+        None => default_ssh,
+    };
+
+    // --- nodes -----------------------------------------------------------
+    if raw.nodes.is_empty() {
+        c.error(
+            cluster_span.clone(),
+            "the inventory has no nodes",
+            "add at least one [[nodes]] table with name, address and roles",
+        );
+    }
+    let mut nodes = Vec::new();
+    let mut names: HashMap<String, Range<usize>> = HashMap::new();
+    let mut addrs: HashMap<Ipv4Addr, (String, Range<usize>)> = HashMap::new();
+    let mut node_spans: BTreeMap<String, Range<usize>> = BTreeMap::new();
+    // The roles of every node, also of those left out of `nodes` for a bad
+    // address: the topology checks count these, so that one bad address does
+    // not add "no node has the role ..." for roles the file does list.
+    let mut declared: Vec<(String, Vec<Role>)> = Vec::new();
+    for rn in &raw.nodes {
+        let rn_span = rn.span();
+        let rn = rn.get_ref();
+        let name = rn.name.get_ref().clone();
+        if !is_dns_label(&name) {
+            c.error(
+                rn.name.span(),
+                format!("node name \"{name}\" is not a DNS label"),
+                "use lowercase letters, digits and '-'; the name becomes the Kubernetes node name",
+            );
+        } else if let Some(first) = names.get(&name) {
+            let line = c.src.line_of(first);
+            c.error(
+                rn.name.span(),
+                format!("duplicate node name \"{name}\" (first used on line {line})"),
+                "give every node its own name",
+            );
+        } else {
+            names.insert(name.clone(), rn.name.span());
+        }
+        node_spans.insert(name.clone(), rn_span);
+
+        let address = c.ipv4(&format!("address of node \"{name}\""), &rn.address);
+        if let Some(ip) = address {
+            if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+                c.error(
+                    rn.address.span(),
+                    format!("address {ip} of node \"{name}\" cannot be reached by other nodes"),
+                    "use the address the node has on the cluster network",
+                );
+            }
+            if let Some((other, span)) = addrs.get(&ip) {
+                let line = c.src.line_of(span);
+                c.error(
+                    rn.address.span(),
+                    format!(
+                        "node \"{name}\" has address {ip}, already used by node \"{other}\" on line {line}"
+                    ),
+                    "give every node its own address",
+                );
+            } else {
+                addrs.insert(ip, (name.clone(), rn.address.span()));
+            }
+            for (key, net) in [("service_cidr", service_cidr), ("pod_cidr", pod_cidr)] {
+                if let Some(net) = net {
+                    if net.contains(&ip) {
+                        c.error(
+                            rn.address.span(),
+                            format!("address {ip} of node \"{name}\" lies inside {key} {net}"),
+                            "node addresses, pods and services need separate ranges",
+                        );
+                    }
+                }
+            }
+            if let Some(net) = node_cidr {
+                if !net.contains(&ip) {
+                    c.error(
+                        rn.address.span(),
+                        format!("address {ip} of node \"{name}\" lies outside node_cidr {net}"),
+                        "fix the address or widen node_cidr",
+                    );
+                }
+            }
+        }
+
+        let mut roles = Vec::new();
+        if rn.roles.get_ref().is_empty() {
+            c.error(
+                rn.roles.span(),
+                format!("node \"{name}\" has no roles"),
+                "give it one or more of \"etcd\", \"control-plane\", \"worker\", \"lb\"",
+            );
+        }
+        for r in rn.roles.get_ref() {
+            match Role::ALL.iter().find(|role| role.as_str() == r.get_ref()) {
+                Some(role) if roles.contains(role) => c.error(
+                    r.span(),
+                    format!("node \"{name}\" lists role \"{}\" twice", r.get_ref()),
+                    "list each role once",
+                ),
+                Some(role) => roles.push(*role),
+                None => c.error(
+                    r.span(),
+                    format!("unknown role \"{}\" on node \"{name}\"", r.get_ref()),
+                    "use \"etcd\", \"control-plane\", \"worker\" or \"lb\"",
+                ),
+            }
+        }
+
+        let mut labels = BTreeMap::new();
+        for (k, v) in &rn.labels {
+            if !is_qualified_name(k.get_ref()) {
+                c.error(
+                    k.span(),
+                    format!(
+                        "label key \"{}\" on node \"{name}\" is not valid",
+                        k.get_ref()
+                    ),
+                    "use [prefix/]name with letters, digits, '-', '_' or '.'",
+                );
+            } else if !is_label_value(v.get_ref()) {
+                c.error(
+                    v.span(),
+                    format!(
+                        "label value \"{}\" on node \"{name}\" is not valid",
+                        v.get_ref()
+                    ),
+                    "use at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric",
+                );
+            } else if k.get_ref().contains("kubernetes.io/")
+                && !k.get_ref().starts_with("node-role.kubernetes.io/")
+            {
+                c.error(
+                    k.span(),
+                    format!(
+                        "label \"{}\" on node \"{name}\" is in a namespace reserved for Kubernetes",
+                        k.get_ref()
+                    ),
+                    "use a prefix of your own, for example \"example.com/zone\"",
+                );
+            } else {
+                labels.insert(k.get_ref().clone(), v.get_ref().clone());
+            }
+        }
+
+        let mut taints = Vec::new();
+        for t in &rn.taints {
+            match parse_taint(t.get_ref()) {
+                Some(taint) => taints.push(taint),
+                None => c.error(
+                    t.span(),
+                    format!("taint \"{}\" on node \"{name}\" is not valid", t.get_ref()),
+                    "write KEY[=VALUE]:EFFECT with EFFECT NoSchedule, PreferNoSchedule or NoExecute",
+                ),
+            }
+        }
+
+        let ssh = match &rn.ssh {
+            Some(s) => merge_ssh(c, &cluster_ssh, s),
+            None => cluster_ssh.clone(),
+        };
+
+        declared.push((name.clone(), roles.clone()));
+        if let Some(address) = address {
+            nodes.push(Node {
+                name,
+                address,
+                roles,
+                labels,
+                taints,
+                ssh,
+            });
+        }
+    }
+
+    // --- topology --------------------------------------------------------
+    let count = |role: Role| declared.iter().filter(|(_, r)| r.contains(&role)).count();
+    let control_planes = count(Role::ControlPlane);
+    let etcds = count(Role::Etcd);
+    if !raw.nodes.is_empty() {
+        if control_planes == 0 {
+            c.error(
+                cluster_span.clone(),
+                "no node has the role \"control-plane\"",
+                "add \"control-plane\" to the roles of one node (three for high availability)",
+            );
+        }
+        if etcds == 0 {
+            c.error(
+                cluster_span.clone(),
+                "no node has the role \"etcd\"",
+                "add \"etcd\" to the roles of one node, or of three for high availability",
+            );
+        } else if etcds % 2 == 0 {
+            c.warn(
+                cluster_span.clone(),
+                format!(
+                    "{etcds} etcd members tolerate no more failures than {}",
+                    etcds - 1
+                ),
+                "use an odd number of etcd members",
+            );
+        }
+    }
+
+    let lb_names: Vec<&str> = declared
+        .iter()
+        .filter(|(_, r)| r.contains(&Role::Lb))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let lb_nodes: Vec<&Node> = nodes.iter().filter(|n| n.has(Role::Lb)).collect();
+    let loadbalancer = match &raw.loadbalancer {
+        None => {
+            if control_planes > 1 {
+                c.error(
+                    cluster_span.clone(),
+                    format!(
+                        "{control_planes} control-plane nodes need a [loadbalancer] with a virtual IP"
+                    ),
+                    "add [loadbalancer] with vip = \"ADDRESS/PREFIX\" and give two nodes the role \"lb\"",
+                );
+            }
+            if let Some(n) = lb_names.first() {
+                let span = node_spans.get(*n).cloned().unwrap_or(0..0);
+                c.error(
+                    span,
+                    format!(
+                        "node \"{n}\" has the role \"lb\" but there is no [loadbalancer] section"
+                    ),
+                    "add [loadbalancer] with vip = \"ADDRESS/PREFIX\", or remove the role",
+                );
+            }
+            None
+        }
+        Some(rlb) => {
+            let lb_span = rlb.span();
+            let rlb = rlb.get_ref();
+            let vip = match rlb.vip.get_ref().parse::<ipnet::IpNet>() {
+                Ok(ipnet::IpNet::V4(net)) if net.prefix_len() < 32 => Some(net),
+                _ => {
+                    c.error(
+                        rlb.vip.span(),
+                        format!(
+                            "vip \"{}\" is not an IPv4 address with the prefix of its subnet",
+                            rlb.vip.get_ref()
+                        ),
+                        "write ADDRESS/PREFIX as on the LB nodes' interface, for example \"10.77.0.100/24\"",
+                    );
+                    None
+                }
+            };
+            if lb_names.is_empty() {
+                c.error(
+                    lb_span.clone(),
+                    "[loadbalancer] is set but no node has the role \"lb\"",
+                    "give two nodes the role \"lb\": they run nginx and keepalived for the VIP",
+                );
+            } else if lb_names.len() == 1 {
+                c.warn(
+                    lb_span.clone(),
+                    "only one node has the role \"lb\": the VIP has no standby",
+                    "give a second node the role \"lb\"",
+                );
+            }
+            let port = match &rlb.port {
+                None => Some(8443),
+                Some(p) => c.port("loadbalancer port", p),
+            };
+            if let (Some(port), Some(api)) = (port, apiserver_port) {
+                let shared = declared
+                    .iter()
+                    .any(|(_, r)| r.contains(&Role::Lb) && r.contains(&Role::ControlPlane));
+                if port == api && shared {
+                    c.error(
+                        rlb.port.as_ref().map_or(lb_span.clone(), |p| p.span()),
+                        format!("loadbalancer port {port} is also the apiserver port on a node that runs both"),
+                        "use another port for the load balancer, for example 8443",
+                    );
+                }
+            }
+            if let Some(vip) = vip {
+                let ip = vip.addr();
+                if vip.network() == ip || vip.broadcast() == ip {
+                    c.error(
+                        rlb.vip.span(),
+                        format!(
+                            "vip {ip} is the network or broadcast address of {}",
+                            vip.trunc()
+                        ),
+                        "pick a free host address in the LB nodes' subnet",
+                    );
+                }
+                if let Some(n) = nodes.iter().find(|n| n.address == ip) {
+                    c.error(
+                        rlb.vip.span(),
+                        format!("vip {ip} is the address of node \"{}\"", n.name),
+                        "pick an address no host uses; keepalived moves it between the LB nodes",
+                    );
+                }
+                for n in &lb_nodes {
+                    if !vip.contains(&n.address) {
+                        c.error(
+                            rlb.vip.span(),
+                            format!(
+                                "vip {vip} is outside the subnet of LB node \"{}\" ({})",
+                                n.name, n.address
+                            ),
+                            "the VIP must be in the subnet the LB nodes share; fix the address or the prefix",
+                        );
+                    }
+                }
+                for (key, net) in [("service_cidr", service_cidr), ("pod_cidr", pod_cidr)] {
+                    if let Some(net) = net {
+                        if net.contains(&ip) {
+                            c.error(
+                                rlb.vip.span(),
+                                format!("vip {ip} lies inside {key} {net}"),
+                                "pick an address on the node network",
+                            );
+                        }
+                    }
+                }
+            }
+            let interface = rlb
+                .interface
+                .as_ref()
+                .map_or_else(|| "eth0".to_string(), |v| v.get_ref().clone());
+            if let Some(i) = &rlb.interface {
+                let s = i.get_ref();
+                if s.is_empty() || s.len() > 15 || s.contains(['/', ' ']) {
+                    c.error(
+                        i.span(),
+                        format!("interface \"{s}\" is not a network interface name"),
+                        "name the LB nodes' interface that carries the VIP, for example \"eth0\"",
+                    );
+                }
+            }
+            let virtual_router_id = match &rlb.virtual_router_id {
+                None => 51,
+                Some(v) => match u8::try_from(*v.get_ref()) {
+                    Ok(id) if id > 0 => id,
+                    _ => {
+                        c.error(
+                            v.span(),
+                            format!("virtual_router_id {} is out of range", v.get_ref()),
+                            "use a number from 1 to 255, unique on the LB nodes' network",
+                        );
+                        51
+                    }
+                },
+            };
+            match (vip, port) {
+                (Some(vip), Some(port)) => Some(LoadBalancer {
+                    vip,
+                    port,
+                    interface,
+                    virtual_router_id,
+                }),
+                _ => None,
+            }
+        }
+    };
+
+    Some(Cluster {
+        source: c.src.path.to_path_buf(),
+        name,
+        version: version?,
+        service_cidr: service_cidr?,
+        pod_cidr: pod_cidr?,
+        node_cidr,
+        pod_subnet_prefix,
+        cluster_domain,
+        dns_service_ip: dns_service_ip?,
+        apiserver_port: apiserver_port?,
+        runtime,
+        cni,
+        proxy_mode,
+        bin_dir,
+        sandbox_image,
+        pki,
+        loadbalancer,
+        nodes,
+    })
+}
+
+fn merge_ssh(c: &mut Checker<'_>, base: &Ssh, s: &RawSsh) -> Ssh {
+    let mut out = base.clone();
+    if let Some(u) = &s.user {
+        if u.get_ref().is_empty() || u.get_ref().contains(char::is_whitespace) {
+            c.error(
+                u.span(),
+                format!("ssh user \"{}\" is not a user name", u.get_ref()),
+                "write the login name, for example \"root\" or \"vagrant\"",
+            );
+        }
+        out.user = u.get_ref().clone();
+    }
+    if let Some(p) = &s.port {
+        if let Some(p) = c.port("ssh port", p) {
+            out.port = p;
+        }
+    }
+    if let Some(k) = &s.key {
+        out.key = Some(k.get_ref().clone());
+    }
+    if let Some(sudo) = s.sudo {
+        out.sudo = sudo;
+    }
+    if let Some(a) = s.accept_new_host_keys {
+        out.accept_new_host_keys = a;
+    }
+    out
+}
+
+fn parse_taint(s: &str) -> Option<Taint> {
+    let (kv, effect) = s.rsplit_once(':')?;
+    if !TAINT_EFFECTS.contains(&effect) {
+        return None;
+    }
+    let (key, value) = match kv.split_once('=') {
+        Some((k, v)) => (k, v),
+        None => (kv, ""),
+    };
+    if !is_qualified_name(key) || !is_label_value(value) {
+        return None;
+    }
+    Some(Taint {
+        key: key.into(),
+        value: value.into(),
+        effect: effect.into(),
+    })
+}

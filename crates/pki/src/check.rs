@@ -1,0 +1,182 @@
+//! Reading certificates back: what a certificate says, and whether an
+//! existing one still fits the catalog, the CA and the inventory.
+
+use crate::catalog::{LeafRequest, San};
+use crate::{KeyCert, Reason};
+use kubeforge_inventory::PkiSettings;
+use rcgen::{KeyPair, PublicKeyData};
+use std::net::IpAddr;
+use time::OffsetDateTime;
+use x509_parser::extensions::GeneralName;
+use x509_parser::pem::Pem;
+use x509_parser::prelude::X509Certificate;
+
+/// What a certificate says about itself, as parsed from its DER.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertInfo {
+    pub common_name: String,
+    pub organizations: Vec<String>,
+    pub issuer_common_name: String,
+    pub is_ca: bool,
+    pub server_auth: bool,
+    pub client_auth: bool,
+    pub digital_signature: bool,
+    pub key_encipherment: bool,
+    pub key_cert_sign: bool,
+    pub sans: Vec<San>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+pub(crate) fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn pem(text: &str) -> Result<Pem, String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(text.as_bytes())
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    Ok(pem)
+}
+
+fn parsed(pem: &Pem) -> Result<X509Certificate<'_>, String> {
+    pem.parse_x509()
+        .map_err(|e| format!("not an X.509 certificate: {e}"))
+}
+
+fn ts(t: i64) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::from_unix_timestamp(t).map_err(|e| e.to_string())
+}
+
+fn info_of(cert: &X509Certificate<'_>) -> Result<CertInfo, String> {
+    let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
+        it.next()
+            .and_then(|a| a.as_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let common_name = first(&mut cert.subject().iter_common_name());
+    let issuer_common_name = first(&mut cert.issuer().iter_common_name());
+    let organizations = cert
+        .subject()
+        .iter_organization()
+        .filter_map(|a| a.as_str().ok().map(str::to_string))
+        .collect();
+    let eku = cert.extended_key_usage().map_err(|e| e.to_string())?;
+    let ku = cert.key_usage().map_err(|e| e.to_string())?;
+    let mut sans = Vec::new();
+    if let Some(ext) = cert.subject_alternative_name().map_err(|e| e.to_string())? {
+        for name in &ext.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => sans.push(San::Dns((*d).to_string())),
+                GeneralName::IPAddress(b) => {
+                    if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                        sans.push(San::Ip(IpAddr::from(a)));
+                    } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                        sans.push(San::Ip(IpAddr::from(a)));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(CertInfo {
+        common_name,
+        organizations,
+        issuer_common_name,
+        is_ca: cert.is_ca(),
+        server_auth: eku.as_ref().is_some_and(|e| e.value.server_auth),
+        client_auth: eku.as_ref().is_some_and(|e| e.value.client_auth),
+        digital_signature: ku.as_ref().is_some_and(|k| k.value.digital_signature()),
+        key_encipherment: ku.as_ref().is_some_and(|k| k.value.key_encipherment()),
+        key_cert_sign: ku.as_ref().is_some_and(|k| k.value.key_cert_sign()),
+        sans,
+        not_before: ts(cert.validity().not_before.timestamp())?,
+        not_after: ts(cert.validity().not_after.timestamp())?,
+    })
+}
+
+/// Parses a PEM certificate and reports what it says.
+pub fn inspect(cert_pem: &str) -> Result<CertInfo, String> {
+    let pem = pem(cert_pem)?;
+    let cert = parsed(&pem)?;
+    info_of(&cert)
+}
+
+fn key_matches(cert: &X509Certificate<'_>, key_pem: &str) -> Result<(), String> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| format!("unreadable private key: {e}"))?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+        return Err("the private key does not belong to the certificate".into());
+    }
+    Ok(())
+}
+
+pub(crate) fn ca_usable(cert_pem: &str, key_pem: &str) -> Result<(), String> {
+    let pem = pem(cert_pem)?;
+    let cert = parsed(&pem)?;
+    if !cert.is_ca() {
+        return Err("the certificate is not a CA".into());
+    }
+    key_matches(&cert, key_pem)
+}
+
+pub(crate) fn sa_usable(public_pem: &str, private_pem: &str) -> Result<(), String> {
+    let key = KeyPair::from_pem(private_pem).map_err(|e| format!("unreadable private key: {e}"))?;
+    if key.public_key_pem().trim() != public_pem.trim() {
+        return Err("sa.pub does not belong to sa.key".into());
+    }
+    Ok(())
+}
+
+/// Decides whether an existing leaf can be kept.
+pub(crate) fn leaf(
+    req: &LeafRequest,
+    cert_pem: &str,
+    key_pem: &str,
+    ca: &KeyCert,
+    settings: &PkiSettings,
+    now: OffsetDateTime,
+) -> Result<(), Reason> {
+    let pem = pem(cert_pem).map_err(Reason::Unreadable)?;
+    let cert = parsed(&pem).map_err(Reason::Unreadable)?;
+    let ca_pem = self::pem(&ca.cert_pem).map_err(Reason::Unreadable)?;
+    let ca_cert = parsed(&ca_pem).map_err(Reason::Unreadable)?;
+    if cert.issuer().as_raw() != ca_cert.subject().as_raw()
+        || cert.verify_signature(Some(ca_cert.public_key())).is_err()
+    {
+        return Err(Reason::NotSignedByCa);
+    }
+    key_matches(&cert, key_pem).map_err(|_| Reason::KeyMismatch)?;
+    let info = info_of(&cert).map_err(Reason::Unreadable)?;
+    let want_org: Vec<String> = req.org.iter().cloned().collect();
+    if info.common_name != req.cn || info.organizations != want_org {
+        return Err(Reason::SubjectChanged(format!(
+            "CN={} O={:?}, want CN={} O={:?}",
+            info.common_name, info.organizations, req.cn, want_org
+        )));
+    }
+    if info.server_auth != req.spec.kind.server()
+        || info.client_auth != req.spec.kind.client()
+        || !info.digital_signature
+        || !info.key_encipherment
+        || info.is_ca
+    {
+        return Err(Reason::UsageChanged);
+    }
+    let missing: Vec<String> = req
+        .sans
+        .iter()
+        .filter(|s| !info.sans.contains(s))
+        .map(ToString::to_string)
+        .collect();
+    if !missing.is_empty() {
+        return Err(Reason::MissingSans(missing));
+    }
+    let window = time::Duration::days(i64::from(settings.renew_before_days));
+    if info.not_after - now < window {
+        return Err(Reason::ExpiresSoon(fmt_time(info.not_after)));
+    }
+    Ok(())
+}

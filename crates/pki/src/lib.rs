@@ -1,0 +1,363 @@
+//! The cluster PKI: three CAs, the service-account key pair, the secrets
+//! encryption key and every leaf certificate of the [`catalog`].
+//!
+//! [`reconcile`] reads the state directory and decides, certificate by
+//! certificate, whether to keep it or (re)issue it and why; it writes
+//! nothing. [`Reconciled::persist`] writes what changed, atomically, keys
+//! with mode 0600. A CA is never regenerated unless asked for by name.
+
+pub mod catalog;
+mod check;
+mod issue;
+mod store;
+
+pub use catalog::{CaId, CertSpec, LeafRequest, San, CATALOG};
+pub use check::{inspect, CertInfo};
+pub use store::write_atomic;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use time::OffsetDateTime;
+
+use kubeforge_inventory::Cluster;
+
+/// A private key in PEM. Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretPem(pub String);
+
+impl fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretPem(<redacted>)")
+    }
+}
+
+/// A certificate and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCert {
+    pub cert_pem: String,
+    pub key: SecretPem,
+}
+
+/// Everything the renderer needs from the PKI.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub cas: BTreeMap<CaId, KeyCert>,
+    /// Keyed by [`LeafRequest::stem`]: `apiserver`, `nodes/cp1/etcd-server`, ...
+    pub leaves: BTreeMap<String, KeyCert>,
+    pub sa_private: SecretPem,
+    pub sa_public_pem: String,
+    /// Base64 of 32 random bytes for the apiserver's secretbox provider.
+    pub encryption_key: SecretPem,
+}
+
+impl Pki {
+    pub fn leaf(&self, id: &str, node: Option<&str>) -> Option<&KeyCert> {
+        let stem = match node {
+            Some(n) => format!("nodes/{n}/{id}"),
+            None => id.to_string(),
+        };
+        self.leaves.get(&stem)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "reason", content = "detail", rename_all = "kebab-case")]
+pub enum Reason {
+    NotSignedByCa,
+    MissingSans(Vec<String>),
+    ExpiresSoon(String),
+    SubjectChanged(String),
+    UsageChanged,
+    KeyMismatch,
+    Unreadable(String),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NotSignedByCa => f.write_str("not signed by the current CA"),
+            Reason::MissingSans(s) => write!(f, "lacks SANs {}", s.join(", ")),
+            Reason::ExpiresSoon(when) => write!(f, "expires {when}, within the renewal window"),
+            Reason::SubjectChanged(s) => write!(f, "subject changed: {s}"),
+            Reason::UsageChanged => f.write_str("key usages differ from the catalog"),
+            Reason::KeyMismatch => f.write_str("private key does not match the certificate"),
+            Reason::Unreadable(e) => write!(f, "cannot be parsed: {e}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    Created,
+    Kept,
+    Reissued {
+        why: Reason,
+    },
+    /// A CA close to expiry is only reported, never replaced on its own.
+    CaExpiresSoon {
+        not_after: String,
+    },
+    /// A CA replaced because the caller asked for it.
+    CaRegenerated,
+}
+
+/// What reconcile decided about one item.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Event {
+    pub subject: String,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.action {
+            Action::Created => write!(f, "{}: created", self.subject),
+            Action::Kept => write!(f, "{}: kept", self.subject),
+            Action::Reissued { why } => write!(f, "{}: reissued ({why})", self.subject),
+            Action::CaExpiresSoon { not_after } => write!(
+                f,
+                "{}: expires {not_after}; plan a CA rotation (--new-ca)",
+                self.subject
+            ),
+            Action::CaRegenerated => write!(f, "{}: regenerated as asked", self.subject),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}\n  help: check the permissions of the state directory")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: the {ca} certificate exists but its key cannot be used: {detail}\n  help: restore the key from a backup; only if the cluster is to be rebuilt, pass --new-ca {name}", name = ca.name())]
+    CaKey {
+        ca: CaId,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("{path}: {detail}\n  help: restore the file from a backup; regenerating it invalidates every service-account token")]
+    ServiceAccount { path: PathBuf, detail: String },
+    #[error("issuing {what}: {detail}")]
+    Issue { what: String, detail: String },
+}
+
+/// Options of a reconcile run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// CAs to replace with new ones (every leaf they signed is reissued).
+    pub new_cas: Vec<CaId>,
+    /// The time certificates are checked against and issued from.
+    pub now: OffsetDateTime,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            new_cas: Vec::new(),
+            now: OffsetDateTime::now_utc(),
+        }
+    }
+}
+
+/// The result of [`reconcile`]: the PKI to render with, what was decided,
+/// and which files [`Reconciled::persist`] must write.
+#[derive(Debug, Clone)]
+pub struct Reconciled {
+    pub pki: Pki,
+    pub events: Vec<Event>,
+    writes: Vec<Vec<store::Write>>,
+}
+
+impl Reconciled {
+    /// True when persisting would write nothing.
+    pub fn is_clean(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Writes what changed into `state_dir/pki`, atomically; returns the
+    /// paths written.
+    pub fn persist(&self, state_dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
+        store::persist(state_dir, &self.writes)
+    }
+}
+
+/// Loads the PKI from `state_dir` and decides what to keep and what to
+/// (re)issue for `cluster`. Reads only.
+pub fn reconcile(
+    state_dir: &Path,
+    cluster: &Cluster,
+    opts: &Options,
+) -> Result<Reconciled, PkiError> {
+    let store = store::Store::new(state_dir);
+    let mut events = Vec::new();
+    let mut writes = Vec::new();
+    let settings = &cluster.pki;
+
+    // CAs
+    let mut cas = BTreeMap::new();
+    for ca in CaId::ALL {
+        let stem = ca.file_stem();
+        let existing = store.read_pair(stem)?;
+        let subject = ca.to_string();
+        let asked = opts.new_cas.contains(&ca);
+        match existing {
+            Some((cert_pem, key_pem)) if !asked => {
+                check::ca_usable(&cert_pem, &key_pem).map_err(|detail| PkiError::CaKey {
+                    ca,
+                    path: store.path(&format!("{stem}.key")),
+                    detail,
+                })?;
+                let info = check::inspect(&cert_pem).map_err(|detail| PkiError::CaKey {
+                    ca,
+                    path: store.path(&format!("{stem}.crt")),
+                    detail,
+                })?;
+                let window = time::Duration::days(i64::from(settings.renew_before_days));
+                if info.not_after - opts.now < window {
+                    events.push(Event {
+                        subject,
+                        action: Action::CaExpiresSoon {
+                            not_after: check::fmt_time(info.not_after),
+                        },
+                    });
+                } else {
+                    events.push(Event {
+                        subject,
+                        action: Action::Kept,
+                    });
+                }
+                cas.insert(
+                    ca,
+                    KeyCert {
+                        cert_pem,
+                        key: SecretPem(key_pem),
+                    },
+                );
+            }
+            existing => {
+                let kc = issue::ca(ca, settings.ca_validity_days, opts.now)?;
+                if existing.is_some() {
+                    writes.push(store::Write::backup(stem));
+                }
+                writes.push(store::Write::pair(stem, &kc));
+                events.push(Event {
+                    subject,
+                    action: if existing.is_some() {
+                        Action::CaRegenerated
+                    } else {
+                        Action::Created
+                    },
+                });
+                cas.insert(ca, kc);
+            }
+        }
+    }
+
+    // Service-account key pair: created once, never replaced.
+    let (sa_private, sa_public_pem) = match store.read_pair_named("sa.pub", "sa.key")? {
+        Some((public, private)) => {
+            check::sa_usable(&public, &private).map_err(|detail| PkiError::ServiceAccount {
+                path: store.path("sa.key"),
+                detail,
+            })?;
+            events.push(Event {
+                subject: "service-account key".into(),
+                action: Action::Kept,
+            });
+            (SecretPem(private), public)
+        }
+        None => {
+            let (private, public) = issue::sa_key()?;
+            writes.push(vec![
+                store::Write::public("sa.pub", &public),
+                store::Write::secret("sa.key", &private.0),
+            ]);
+            events.push(Event {
+                subject: "service-account key".into(),
+                action: Action::Created,
+            });
+            (private, public)
+        }
+    };
+
+    // Secrets encryption key: created once, never replaced.
+    let encryption_key = match store.read_optional("encryption-key")? {
+        Some(k) => {
+            events.push(Event {
+                subject: "secrets encryption key".into(),
+                action: Action::Kept,
+            });
+            SecretPem(k.trim().to_string())
+        }
+        None => {
+            let k = issue::encryption_key()?;
+            writes.push(vec![store::Write::secret(
+                "encryption-key",
+                &format!("{}\n", k.0),
+            )]);
+            events.push(Event {
+                subject: "secrets encryption key".into(),
+                action: Action::Created,
+            });
+            k
+        }
+    };
+
+    // Leaves
+    let mut leaves = BTreeMap::new();
+    for req in catalog::requests(cluster) {
+        let stem = req.stem();
+        let ca = cas.get(&req.spec.ca).ok_or_else(|| PkiError::Issue {
+            what: req.describe(),
+            detail: format!("catalog names {} which was not loaded", req.spec.ca),
+        })?;
+        let existing = store.read_pair(&stem)?;
+        let verdict = existing
+            .as_ref()
+            .map(|(cert, key)| check::leaf(&req, cert, key, ca, settings, opts.now));
+        match (existing, verdict) {
+            (Some((cert_pem, key_pem)), Some(Ok(()))) => {
+                events.push(Event {
+                    subject: req.describe(),
+                    action: Action::Kept,
+                });
+                leaves.insert(
+                    stem,
+                    KeyCert {
+                        cert_pem,
+                        key: SecretPem(key_pem),
+                    },
+                );
+            }
+            (_, verdict) => {
+                let kc = issue::leaf(&req, ca, settings.leaf_validity_days, opts.now)?;
+                writes.push(store::Write::pair(&stem, &kc));
+                events.push(Event {
+                    subject: req.describe(),
+                    action: match verdict {
+                        Some(Err(why)) => Action::Reissued { why },
+                        _ => Action::Created,
+                    },
+                });
+                leaves.insert(stem, kc);
+            }
+        }
+    }
+    Ok(Reconciled {
+        pki: Pki {
+            cas,
+            leaves,
+            sa_private,
+            sa_public_pem,
+            encryption_key,
+        },
+        events,
+        writes,
+    })
+}

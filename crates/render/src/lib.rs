@@ -1,0 +1,557 @@
+//! Rendering: the cluster model and its PKI in, the exact set of files
+//! every node must hold out, each with its mode, owner and the units that
+//! restart or reload when it changes. Pure: nothing here writes to a node.
+
+mod subnets;
+mod table;
+mod templates;
+
+pub use subnets::{allocate as allocate_pod_subnets, Allocation, PodSubnets};
+pub use table::{On, Table, FILES_TOML};
+pub use templates::TEMPLATES;
+
+use base64::Engine;
+use kubeforge_inventory::{Cluster, Node, Role};
+use kubeforge_pki::{catalog, CaId, KeyCert, Pki};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("templates/files.toml: {0}")]
+    Table(String),
+    #[error("template {template} for node {node}: {detail}")]
+    Template {
+        template: String,
+        node: String,
+        detail: String,
+    },
+    #[error("{what} for node {node} is missing from the PKI")]
+    MissingPki { what: String, node: String },
+    #[error("templates/files.toml places {path} on node {node} twice with different {what}")]
+    Conflict {
+        path: String,
+        node: String,
+        what: &'static str,
+    },
+    #[error("{path}: {detail}")]
+    State { path: PathBuf, detail: String },
+    #[error("{path}: {source}\n  help: check that the output directory is writable")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One file as it must be on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenderedFile {
+    pub path: String,
+    pub mode: u32,
+    pub owner: String,
+    #[serde(skip)]
+    pub content: Vec<u8>,
+    pub sha256: String,
+    /// Holds key material: never printed or diffed.
+    pub secret: bool,
+    pub restarts: Vec<String>,
+    pub reloads: Vec<String>,
+    /// The template, certificate or key it came from.
+    pub source: String,
+}
+
+/// A systemd unit a node runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitInfo {
+    pub name: String,
+    pub phase: String,
+    /// Shipped by the node's package rather than rendered.
+    pub packaged: bool,
+}
+
+/// Everything one node must hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeTree {
+    pub name: String,
+    pub address: String,
+    pub roles: Vec<Role>,
+    pub files: BTreeMap<String, RenderedFile>,
+    pub units: Vec<UnitInfo>,
+}
+
+/// The rendered cluster: one tree per node plus the control machine's
+/// kubeconfigs.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub nodes: Vec<NodeTree>,
+    pub admin_kubeconfig: Vec<u8>,
+    pub super_admin_kubeconfig: Vec<u8>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let _ = write!(s, ": {c}");
+        cur = c.source();
+    }
+    s
+}
+
+/// The renderer: the templates and the placement table, loaded and checked.
+pub struct Renderer {
+    tera: tera::Tera,
+    table: Table,
+}
+
+impl Renderer {
+    /// Loads the built-in templates and table.
+    pub fn new() -> Result<Renderer, RenderError> {
+        Renderer::with(TEMPLATES, FILES_TOML)
+    }
+
+    pub fn with(templates: &[(&str, &str)], files_toml: &str) -> Result<Renderer, RenderError> {
+        let mut tera = tera::Tera::default();
+        tera.autoescape_on(vec![]);
+        tera.add_raw_templates(templates.iter().copied())
+            .map_err(|e| RenderError::Table(error_chain(&e)))?;
+        let names: Vec<&str> = templates.iter().map(|(n, _)| *n).collect();
+        let table = Table::parse(files_toml, &names).map_err(RenderError::Table)?;
+        Ok(Renderer { tera, table })
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    fn template(&self, name: &str, ctx: &Value, node: &str) -> Result<Vec<u8>, RenderError> {
+        let context =
+            tera::Context::from_value(ctx.clone()).map_err(|e| RenderError::Template {
+                template: name.into(),
+                node: node.into(),
+                detail: error_chain(&e),
+            })?;
+        self.tera
+            .render(name, &context)
+            .map(String::into_bytes)
+            .map_err(|e| RenderError::Template {
+                template: name.into(),
+                node: node.into(),
+                detail: error_chain(&e),
+            })
+    }
+
+    /// Renders every node's files.
+    pub fn render(
+        &self,
+        cluster: &Cluster,
+        pki: &Pki,
+        subnets: &PodSubnets,
+    ) -> Result<Rendered, RenderError> {
+        let base = cluster_context(cluster);
+        let mut nodes = Vec::new();
+        for node in &cluster.nodes {
+            nodes.push(self.render_node(cluster, pki, subnets, node, &base)?);
+        }
+        let admin = self.kubeconfig(cluster, pki, "admin", None, cluster.api_url(), &base)?;
+        let super_admin =
+            self.kubeconfig(cluster, pki, "super-admin", None, cluster.api_url(), &base)?;
+        Ok(Rendered {
+            nodes,
+            admin_kubeconfig: admin,
+            super_admin_kubeconfig: super_admin,
+        })
+    }
+
+    fn kubeconfig(
+        &self,
+        cluster: &Cluster,
+        pki: &Pki,
+        cert: &str,
+        node: Option<&Node>,
+        server: String,
+        base: &Value,
+    ) -> Result<Vec<u8>, RenderError> {
+        let node_name = node.map(|n| n.name.as_str());
+        let spec = catalog::spec(cert)
+            .ok_or_else(|| RenderError::Table(format!("unknown certificate \"{cert}\"")))?;
+        let per_node = matches!(spec.scope, catalog::Scope::PerNode(_));
+        let kc = pki
+            .leaf(cert, if per_node { node_name } else { None })
+            .ok_or_else(|| RenderError::MissingPki {
+                what: format!("certificate {cert}"),
+                node: node_name.unwrap_or("control machine").into(),
+            })?;
+        let ca = ca_of(pki, spec.ca, node_name)?;
+        let mut ctx = base.clone();
+        ctx["kubeconfig"] = json!({
+            "server": server,
+            "user": spec.cn.replace("{node}", node_name.unwrap_or_default()),
+            "ca_data": b64(&ca.cert_pem),
+            "cert_data": b64(&kc.cert_pem),
+            "key_data": b64(&kc.key.0),
+        });
+        let _ = cluster;
+        self.template(
+            "common/kubeconfig.yaml",
+            &ctx,
+            node_name.unwrap_or("control machine"),
+        )
+    }
+
+    fn render_node(
+        &self,
+        cluster: &Cluster,
+        pki: &Pki,
+        subnets: &PodSubnets,
+        node: &Node,
+        base: &Value,
+    ) -> Result<NodeTree, RenderError> {
+        let ctx = node_context(cluster, subnets, node, pki, base);
+        let mut files: BTreeMap<String, RenderedFile> = BTreeMap::new();
+        let mut add = |f: RenderedFile| -> Result<(), RenderError> {
+            match files.get_mut(&f.path) {
+                None => {
+                    files.insert(f.path.clone(), f);
+                }
+                Some(existing) => {
+                    if existing.content != f.content {
+                        return Err(RenderError::Conflict {
+                            path: f.path,
+                            node: node.name.clone(),
+                            what: "contents",
+                        });
+                    }
+                    if existing.mode != f.mode {
+                        return Err(RenderError::Conflict {
+                            path: f.path,
+                            node: node.name.clone(),
+                            what: "modes",
+                        });
+                    }
+                    for u in f.restarts {
+                        if !existing.restarts.contains(&u) {
+                            existing.restarts.push(u);
+                        }
+                    }
+                    for u in f.reloads {
+                        if !existing.reloads.contains(&u) {
+                            existing.reloads.push(u);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        };
+        let t = &self.table;
+
+        for row in t.file.iter().filter(|r| r.on.matches(node)) {
+            if row.when.is_some_and(|w| !w.holds(cluster)) {
+                continue;
+            }
+            let content = self.template(&row.template, &ctx, &node.name)?;
+            let mode = row
+                .mode
+                .as_deref()
+                .and_then(|m| u32::from_str_radix(m, 8).ok())
+                .unwrap_or(0o644);
+            add(file(
+                &row.path,
+                mode,
+                row.secret,
+                content,
+                &row.restarts,
+                &row.reloads,
+                &row.template,
+            ))?;
+        }
+        for row in t.kubeconfig.iter().filter(|r| r.on.matches(node)) {
+            let local = format!("https://127.0.0.1:{}", cluster.apiserver_port);
+            let server = match row.server {
+                table::Server::Local => local,
+                table::Server::Endpoint => cluster.api_url(),
+                table::Server::LocalIfControlPlane if node.has(Role::ControlPlane) => local,
+                table::Server::LocalIfControlPlane => cluster.api_url(),
+            };
+            let content = self.kubeconfig(cluster, pki, &row.cert, Some(node), server, base)?;
+            add(file(
+                &row.path,
+                0o600,
+                true,
+                content,
+                &row.restarts,
+                &[],
+                &format!("kubeconfig:{}", row.cert),
+            ))?;
+        }
+        for row in t.ca.iter().filter(|r| r.on.matches(node)) {
+            let ca_id = CaId::parse(&row.ca)
+                .ok_or_else(|| RenderError::Table(format!("unknown CA \"{}\"", row.ca)))?;
+            let ca = ca_of(pki, ca_id, Some(&node.name))?;
+            let src = format!("ca:{}", row.ca);
+            add(file(
+                &format!("{}.crt", row.path),
+                0o644,
+                false,
+                ca.cert_pem.clone().into_bytes(),
+                &row.restarts,
+                &[],
+                &src,
+            ))?;
+            if row.key {
+                add(file(
+                    &format!("{}.key", row.path),
+                    0o600,
+                    true,
+                    ca.key.0.clone().into_bytes(),
+                    &row.restarts,
+                    &[],
+                    &src,
+                ))?;
+            }
+        }
+        for row in t.cert.iter().filter(|r| r.on.matches(node)) {
+            let spec = catalog::spec(&row.cert).ok_or_else(|| {
+                RenderError::Table(format!("unknown certificate \"{}\"", row.cert))
+            })?;
+            let per_node = matches!(spec.scope, catalog::Scope::PerNode(_));
+            let kc = pki
+                .leaf(&row.cert, per_node.then_some(node.name.as_str()))
+                .ok_or_else(|| RenderError::MissingPki {
+                    what: format!("certificate {}", row.cert),
+                    node: node.name.clone(),
+                })?;
+            let src = format!("cert:{}", row.cert);
+            add(file(
+                &format!("{}.crt", row.path),
+                0o644,
+                false,
+                kc.cert_pem.clone().into_bytes(),
+                &row.restarts,
+                &[],
+                &src,
+            ))?;
+            add(file(
+                &format!("{}.key", row.path),
+                0o600,
+                true,
+                kc.key.0.clone().into_bytes(),
+                &row.restarts,
+                &[],
+                &src,
+            ))?;
+        }
+        for row in t.keyfile.iter().filter(|r| r.on.matches(node)) {
+            let (content, secret, mode) = match row.key.as_str() {
+                "sa.key" => (pki.sa_private.0.clone(), true, 0o600),
+                _ => (pki.sa_public_pem.clone(), false, 0o644),
+            };
+            add(file(
+                &row.path,
+                mode,
+                secret,
+                content.into_bytes(),
+                &row.restarts,
+                &[],
+                &format!("key:{}", row.key),
+            ))?;
+        }
+
+        let units = t
+            .unit
+            .iter()
+            .filter(|u| u.on.matches(node))
+            .map(|u| UnitInfo {
+                name: u.name.clone(),
+                phase: u.phase.clone(),
+                packaged: u.packaged,
+            })
+            .collect();
+        Ok(NodeTree {
+            name: node.name.clone(),
+            address: node.address.to_string(),
+            roles: node.roles.clone(),
+            files,
+            units,
+        })
+    }
+}
+
+fn ca_of<'a>(pki: &'a Pki, ca: CaId, node: Option<&str>) -> Result<&'a KeyCert, RenderError> {
+    pki.cas.get(&ca).ok_or_else(|| RenderError::MissingPki {
+        what: ca.to_string(),
+        node: node.unwrap_or("control machine").into(),
+    })
+}
+
+fn file(
+    path: &str,
+    mode: u32,
+    secret: bool,
+    content: Vec<u8>,
+    restarts: &[String],
+    reloads: &[String],
+    source: &str,
+) -> RenderedFile {
+    RenderedFile {
+        path: path.to_string(),
+        mode,
+        owner: "root:root".into(),
+        sha256: sha256_hex(&content),
+        content,
+        secret,
+        restarts: restarts.to_vec(),
+        reloads: reloads.to_vec(),
+        source: source.to_string(),
+    }
+}
+
+fn cluster_context(cluster: &Cluster) -> Value {
+    let cps: Vec<Value> = cluster
+        .nodes_with(Role::ControlPlane)
+        .map(|n| json!({"name": n.name, "address": n.address.to_string()}))
+        .collect();
+    let etcd: Vec<&Node> = cluster.nodes_with(Role::Etcd).collect();
+    let initial_cluster = etcd
+        .iter()
+        .map(|n| format!("{}=https://{}:2380", n.name, n.address))
+        .collect::<Vec<_>>()
+        .join(",");
+    let client_urls = etcd
+        .iter()
+        .map(|n| format!("https://{}:2379", n.address))
+        .collect::<Vec<_>>()
+        .join(",");
+    json!({
+        "cluster": {
+            "name": cluster.name,
+            "version": cluster.version.to_string(),
+            "minor": cluster.version.minor,
+            "bin_dir": cluster.bin_dir,
+            "service_cidr": cluster.service_cidr.to_string(),
+            "pod_cidr": cluster.pod_cidr.to_string(),
+            "pod_subnet_prefix": cluster.pod_subnet_prefix,
+            "cluster_domain": cluster.cluster_domain,
+            "dns_service_ip": cluster.dns_service_ip.to_string(),
+            "apiserver_port": cluster.apiserver_port,
+            "api_url": cluster.api_url(),
+            "cni": cluster.cni,
+            "proxy_mode": cluster.proxy_mode,
+            "runtime": cluster.runtime,
+            "sandbox_image": cluster.sandbox_image,
+            "leaf_validity_hours": u64::from(cluster.pki.leaf_validity_days) * 24,
+        },
+        "control_planes": cps,
+        "etcd": {
+            "initial_cluster": initial_cluster,
+            "client_urls": client_urls,
+        },
+    })
+}
+
+fn node_context(
+    cluster: &Cluster,
+    subnets: &PodSubnets,
+    node: &Node,
+    pki: &Pki,
+    base: &Value,
+) -> Value {
+    let mut ctx = base.clone();
+    // The kubelet may not set node-role labels itself (NodeRestriction).
+    let labels = node
+        .labels
+        .iter()
+        .filter(|(k, _)| !k.starts_with("node-role.kubernetes.io/"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut taints = node.taints.clone();
+    if node.has(Role::ControlPlane) && !node.has(Role::Worker) {
+        taints.insert(
+            0,
+            kubeforge_inventory::Taint {
+                key: "node-role.kubernetes.io/control-plane".into(),
+                value: String::new(),
+                effect: "NoSchedule".into(),
+            },
+        );
+    }
+    ctx["node"] = json!({
+        "name": node.name,
+        "address": node.address.to_string(),
+        "labels": labels,
+        "taints": taints,
+        "pod_subnet": subnets.get(&node.name).map(|s| s.to_string()).unwrap_or_default(),
+    });
+    if let Some(lb) = &cluster.loadbalancer {
+        let lbs: Vec<&Node> = cluster.nodes_with(Role::Lb).collect();
+        let index = lbs.iter().position(|n| n.name == node.name).unwrap_or(0);
+        let peers: Vec<Value> = lbs
+            .iter()
+            .filter(|n| n.name != node.name)
+            .map(|n| json!({"name": n.name, "address": n.address.to_string()}))
+            .collect();
+        let priority = 150u32
+            .saturating_sub(10 * u32::try_from(index).unwrap_or(0))
+            .max(50);
+        ctx["lb"] = json!({
+            "vip": lb.vip.to_string(),
+            "port": lb.port,
+            "interface": lb.interface,
+            "virtual_router_id": lb.virtual_router_id,
+            "priority": priority,
+            "peers": peers,
+        });
+    }
+    ctx["secrets"] = json!({ "encryption_key": pki.encryption_key.0 });
+    ctx
+}
+
+/// Writes a rendered cluster below `out`: `out/<node>/<path>` with each
+/// file's mode, `out/admin.conf` (0600) and `out/manifest.json`, which
+/// lists every file with its mode, owner, sha256 and units.
+pub fn write_tree(rendered: &Rendered, out: &Path) -> Result<Vec<PathBuf>, RenderError> {
+    let mut written = Vec::new();
+    let put = |path: PathBuf, content: &[u8], mode: u32| -> Result<PathBuf, RenderError> {
+        kubeforge_pki::write_atomic(&path, content, mode).map_err(|e| RenderError::State {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(path)
+    };
+    for node in &rendered.nodes {
+        for f in node.files.values() {
+            let rel = f.path.trim_start_matches('/');
+            written.push(put(out.join(&node.name).join(rel), &f.content, f.mode)?);
+        }
+    }
+    written.push(put(
+        out.join("admin.conf"),
+        &rendered.admin_kubeconfig,
+        0o600,
+    )?);
+    let manifest = serde_json::to_vec_pretty(&rendered.nodes).map_err(|e| RenderError::State {
+        path: out.join("manifest.json"),
+        detail: e.to_string(),
+    })?;
+    written.push(put(out.join("manifest.json"), &manifest, 0o644)?);
+    Ok(written)
+}

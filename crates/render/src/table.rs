@@ -1,0 +1,201 @@
+//! The placement table (`templates/files.toml`): which file goes to which
+//! nodes and which units restart or reload when it changes.
+
+use kubeforge_inventory::{Cluster, Cni, Node, Role};
+use kubeforge_pki::{catalog, CaId};
+use serde::Deserialize;
+
+pub const FILES_TOML: &str = include_str!("../../../templates/files.toml");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum On {
+    Etcd,
+    ControlPlane,
+    Kubelet,
+    Lb,
+    All,
+}
+
+impl On {
+    pub fn matches(self, node: &Node) -> bool {
+        match self {
+            On::Etcd => node.has(Role::Etcd),
+            On::ControlPlane => node.has(Role::ControlPlane),
+            On::Kubelet => node.runs_kubelet(),
+            On::Lb => node.has(Role::Lb),
+            On::All => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum When {
+    CniBridge,
+}
+
+impl When {
+    pub fn holds(self, cluster: &Cluster) -> bool {
+        match self {
+            When::CniBridge => cluster.cni == Cni::Bridge,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Server {
+    Local,
+    Endpoint,
+    LocalIfControlPlane,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitRow {
+    pub name: String,
+    pub on: On,
+    pub phase: String,
+    /// Shipped by the node's own package (nginx, keepalived): not rendered.
+    #[serde(default)]
+    pub packaged: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRow {
+    pub template: String,
+    pub path: String,
+    pub on: On,
+    #[serde(default)]
+    pub when: Option<When>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub secret: bool,
+    #[serde(default)]
+    pub restarts: Vec<String>,
+    #[serde(default)]
+    pub reloads: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeconfigRow {
+    pub cert: String,
+    pub path: String,
+    pub on: On,
+    pub server: Server,
+    #[serde(default)]
+    pub restarts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaRow {
+    pub ca: String,
+    pub path: String,
+    pub on: On,
+    #[serde(default)]
+    pub key: bool,
+    #[serde(default)]
+    pub restarts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertRow {
+    pub cert: String,
+    pub path: String,
+    pub on: On,
+    #[serde(default)]
+    pub restarts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyfileRow {
+    pub key: String,
+    pub path: String,
+    pub on: On,
+    #[serde(default)]
+    pub restarts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Table {
+    #[serde(default)]
+    pub unit: Vec<UnitRow>,
+    #[serde(default)]
+    pub file: Vec<FileRow>,
+    #[serde(default)]
+    pub kubeconfig: Vec<KubeconfigRow>,
+    #[serde(default)]
+    pub ca: Vec<CaRow>,
+    #[serde(default)]
+    pub cert: Vec<CertRow>,
+    #[serde(default)]
+    pub keyfile: Vec<KeyfileRow>,
+}
+
+impl Table {
+    /// Parses and cross-checks a table: every CA, certificate, key file,
+    /// template and unit it names must exist.
+    pub fn parse(text: &str, templates: &[&str]) -> Result<Table, String> {
+        let t: Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let units: Vec<&str> = t.unit.iter().map(|u| u.name.as_str()).collect();
+        let check_units = |what: &str, list: &[String]| -> Result<(), String> {
+            match list.iter().find(|u| !units.contains(&u.as_str())) {
+                Some(u) => Err(format!("{what} names unknown unit \"{u}\"")),
+                None => Ok(()),
+            }
+        };
+        for f in &t.file {
+            if !templates.contains(&f.template.as_str()) {
+                return Err(format!(
+                    "file {} names unknown template \"{}\"",
+                    f.path, f.template
+                ));
+            }
+            if let Some(m) = &f.mode {
+                u32::from_str_radix(m, 8)
+                    .map_err(|_| format!("file {} has mode \"{m}\", not octal", f.path))?;
+            }
+            check_units(&f.path, &f.restarts)?;
+            check_units(&f.path, &f.reloads)?;
+        }
+        for k in &t.kubeconfig {
+            if catalog::spec(&k.cert).is_none() {
+                return Err(format!(
+                    "kubeconfig {} names unknown certificate \"{}\"",
+                    k.path, k.cert
+                ));
+            }
+            check_units(&k.path, &k.restarts)?;
+        }
+        for c in &t.ca {
+            if CaId::parse(&c.ca).is_none() {
+                return Err(format!("{} names unknown CA \"{}\"", c.path, c.ca));
+            }
+            check_units(&c.path, &c.restarts)?;
+        }
+        for c in &t.cert {
+            if catalog::spec(&c.cert).is_none() {
+                return Err(format!(
+                    "{} names unknown certificate \"{}\"",
+                    c.path, c.cert
+                ));
+            }
+            check_units(&c.path, &c.restarts)?;
+        }
+        for k in &t.keyfile {
+            if !["sa.key", "sa.pub"].contains(&k.key.as_str()) {
+                return Err(format!("{} names unknown key \"{}\"", k.path, k.key));
+            }
+            check_units(&k.path, &k.restarts)?;
+        }
+        Ok(t)
+    }
+}

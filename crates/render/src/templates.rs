@@ -1,0 +1,32 @@
+//! The templates, compiled into the binary from `templates/`.
+
+macro_rules! templates {
+    ($($name:literal),* $(,)?) => {
+        pub const TEMPLATES: &[(&str, &str)] = &[
+            $(($name, include_str!(concat!("../../../templates/", $name))),)*
+        ];
+    };
+}
+
+templates!(
+    "etcd/etcd.service",
+    "etcd/etcd-initial.env",
+    "control-plane/kube-apiserver.service",
+    "control-plane/encryption-config.yaml",
+    "control-plane/audit-policy.yaml",
+    "control-plane/kube-controller-manager.service",
+    "control-plane/kube-scheduler.service",
+    "control-plane/kube-scheduler-config.yaml",
+    "control-plane/rbac.yaml",
+    "node/containerd.service",
+    "node/containerd-config.toml",
+    "node/cni-bridge.conflist",
+    "node/kubelet.service",
+    "node/kubelet-config.yaml",
+    "node/kube-proxy.service",
+    "node/kube-proxy-config.yaml",
+    "lb/nginx.conf",
+    "lb/keepalived.conf",
+    "lb/check-apiserver-lb.sh",
+    "common/kubeconfig.yaml",
+);
