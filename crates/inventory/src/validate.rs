@@ -584,7 +584,7 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
         }
         node_spans.insert(name.clone(), rn_span);
 
-        let address = c.ipv4(&format!("address of node \"{name}\""), &rn.address);
+        let address = c.ipv4(&format!("node \"{name}\": address"), &rn.address);
         if let Some(ip) = address {
             if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
                 c.error(

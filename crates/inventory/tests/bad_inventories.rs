@@ -968,7 +968,7 @@ name = "worker1"
 address = "10.77.0.256"
 roles = ["worker"]
 "#,
-        r#"bad.toml:15:11: error: address of node "worker1" "10.77.0.256" is not an IP address
+        r#"bad.toml:15:11: error: node "worker1": address "10.77.0.256" is not an IP address
   help: write a dotted IPv4 address, for example "10.77.0.11"
 inventory rejected: 1 error"#,
     ),
@@ -991,7 +991,7 @@ name = "worker1"
 address = "10.77.0.21"
 roles = ["worker"]
 "#,
-        r#"bad.toml:10:11: error: address of node "cp1" "cp1.example.com" is not an IP address
+        r#"bad.toml:10:11: error: node "cp1": address "cp1.example.com" is not an IP address
   help: write a dotted IPv4 address, for example "10.77.0.11"
 inventory rejected: 1 error"#,
     ),
@@ -1014,7 +1014,7 @@ name = "worker1"
 address = "fd00:77::21"
 roles = ["worker"]
 "#,
-        r#"bad.toml:15:11: error: address of node "worker1" "fd00:77::21" is IPv6, which kubeforge does not support yet
+        r#"bad.toml:15:11: error: node "worker1": address "fd00:77::21" is IPv6, which kubeforge does not support yet
   help: use an IPv4 address
 inventory rejected: 1 error"#,
     ),
@@ -1427,7 +1427,7 @@ name = "lb2"
 address = "lb2.example.com"
 roles = ["lb"]
 "#,
-        r#"bad.toml:21:11: error: address of node "lb2" "lb2.example.com" is not an IP address
+        r#"bad.toml:21:11: error: node "lb2": address "lb2.example.com" is not an IP address
   help: write a dotted IPv4 address, for example "10.77.0.11"
 inventory rejected: 1 error"#,
     ),

@@ -175,8 +175,21 @@ pub(crate) fn leaf(
         return Err(Reason::MissingSans(missing));
     }
     let window = time::Duration::days(i64::from(settings.renew_before_days));
-    if info.not_after - now < window {
+    // A leaf already valid until its CA's own end cannot be renewed any
+    // further: reissuing it would only repeat on every run.
+    let capped = info.not_after
+        >= info_of(&ca_cert).map_err(Reason::Unreadable)?.not_after - time::Duration::minutes(1);
+    if info.not_after - now < window && !capped {
         return Err(Reason::ExpiresSoon(fmt_time(info.not_after)));
     }
     Ok(())
+}
+
+pub(crate) fn encryption_key_usable(key: &str) -> Result<(), String> {
+    use base64::Engine;
+    match base64::engine::general_purpose::STANDARD.decode(key) {
+        Ok(bytes) if bytes.len() == 32 => Ok(()),
+        Ok(bytes) => Err(format!("the key is {} bytes long, not 32", bytes.len())),
+        Err(e) => Err(format!("the key is not base64: {e}")),
+    }
 }

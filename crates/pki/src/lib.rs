@@ -13,7 +13,7 @@ mod store;
 
 pub use catalog::{CaId, CertSpec, LeafRequest, San, CATALOG};
 pub use check::{inspect, CertInfo};
-pub use store::write_atomic;
+pub use store::{write_atomic, write_files};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -143,6 +143,8 @@ pub enum PkiError {
     },
     #[error("{path}: {detail}\n  help: restore the file from a backup; regenerating it invalidates every service-account token")]
     ServiceAccount { path: PathBuf, detail: String },
+    #[error("{path}: {detail}\n  help: restore the file from a backup; a new key cannot read the Secrets encrypted with the old one")]
+    EncryptionKey { path: PathBuf, detail: String },
     #[error("issuing {what}: {detail}")]
     Issue { what: String, detail: String },
 }
@@ -201,11 +203,33 @@ pub fn reconcile(
 
     // CAs
     let mut cas = BTreeMap::new();
+    // A cluster whose CA exists already: its service-account and encryption
+    // keys are never created anew, since that would break running clusters.
+    let mut established = false;
     for ca in CaId::ALL {
         let stem = ca.file_stem();
-        let existing = store.read_pair(stem)?;
         let subject = ca.to_string();
         let asked = opts.new_cas.contains(&ca);
+        let cert = store.read_optional(&format!("{stem}.crt"))?;
+        let key = store.read_optional(&format!("{stem}.key"))?;
+        // A CA certificate without its key must not be silently replaced by
+        // a new CA: every node trusts the old one.
+        if cert.is_some() != key.is_some() && !asked {
+            let (missing, present) = if key.is_none() {
+                ("key", "crt")
+            } else {
+                ("crt", "key")
+            };
+            return Err(PkiError::CaKey {
+                ca,
+                path: store.path(&format!("{stem}.{missing}")),
+                detail: format!("the file is missing but {stem}.{present} exists"),
+            });
+        }
+        if ca == CaId::Kubernetes && cert.is_some() {
+            established = true;
+        }
+        let existing = cert.zip(key);
         match existing {
             Some((cert_pem, key_pem)) if !asked => {
                 check::ca_usable(&cert_pem, &key_pem).map_err(|detail| PkiError::CaKey {
@@ -260,7 +284,24 @@ pub fn reconcile(
     }
 
     // Service-account key pair: created once, never replaced.
-    let (sa_private, sa_public_pem) = match store.read_pair_named("sa.pub", "sa.key")? {
+    let sa_pub = store.read_optional("sa.pub")?;
+    let sa_key = store.read_optional("sa.key")?;
+    // Half a pair is not regenerated: that would invalidate every token.
+    match (&sa_pub, &sa_key) {
+        (Some(_), None) | (None, Some(_)) => {
+            let (missing, present) = if sa_key.is_none() {
+                ("sa.key", "sa.pub")
+            } else {
+                ("sa.pub", "sa.key")
+            };
+            return Err(PkiError::ServiceAccount {
+                path: store.path(missing),
+                detail: format!("the file is missing but {present} exists"),
+            });
+        }
+        _ => {}
+    }
+    let (sa_private, sa_public_pem) = match sa_pub.zip(sa_key) {
         Some((public, private)) => {
             check::sa_usable(&public, &private).map_err(|detail| PkiError::ServiceAccount {
                 path: store.path("sa.key"),
@@ -271,6 +312,12 @@ pub fn reconcile(
                 action: Action::Kept,
             });
             (SecretPem(private), public)
+        }
+        None if established => {
+            return Err(PkiError::ServiceAccount {
+                path: store.path("sa.key"),
+                detail: "sa.key and sa.pub are missing but the cluster CA exists".into(),
+            });
         }
         None => {
             let (private, public) = issue::sa_key()?;
@@ -289,11 +336,22 @@ pub fn reconcile(
     // Secrets encryption key: created once, never replaced.
     let encryption_key = match store.read_optional("encryption-key")? {
         Some(k) => {
+            let k = k.trim().to_string();
+            check::encryption_key_usable(&k).map_err(|detail| PkiError::EncryptionKey {
+                path: store.path("encryption-key"),
+                detail,
+            })?;
             events.push(Event {
                 subject: "secrets encryption key".into(),
                 action: Action::Kept,
             });
-            SecretPem(k.trim().to_string())
+            SecretPem(k)
+        }
+        None if established => {
+            return Err(PkiError::EncryptionKey {
+                path: store.path("encryption-key"),
+                detail: "the file is missing but the cluster CA exists".into(),
+            });
         }
         None => {
             let k = issue::encryption_key()?;

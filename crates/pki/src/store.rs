@@ -3,6 +3,7 @@
 //! created with mode 0600.
 
 use crate::{KeyCert, PkiError};
+use std::fmt;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -57,7 +58,7 @@ impl Store {
 }
 
 /// One pending change to the state directory.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum Write {
     File {
         rel: String,
@@ -66,6 +67,27 @@ pub(crate) enum Write {
     },
     /// Copies `<stem>.crt` and `<stem>.key` aside before they are replaced.
     Backup { stem: String },
+}
+
+/// `Reconciled` derives `Debug`: the content of a secret file never shows.
+impl fmt::Debug for Write {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Write::File {
+                rel,
+                content,
+                secret,
+            } => {
+                let content: &dyn fmt::Debug = if *secret { &"<redacted>" } else { content };
+                f.debug_struct("File")
+                    .field("rel", rel)
+                    .field("content", content)
+                    .field("secret", secret)
+                    .finish()
+            }
+            Write::Backup { stem } => f.debug_struct("Backup").field("stem", stem).finish(),
+        }
+    }
 }
 
 impl Write {
@@ -101,29 +123,76 @@ impl Write {
 
 /// Writes `content` to `path` atomically with `mode`, creating parents.
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), PkiError> {
+    write_files(&[(path.to_path_buf(), content, mode)])
+}
+
+fn temp_path(path: &Path) -> PathBuf {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io(dir))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(content)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    dir.join(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Flushes the file system holding `dir` to disk.
+fn sync_fs(dir: &Path) -> Result<(), PkiError> {
+    let f = fs::File::open(dir).map_err(io(dir))?;
+    rustix::fs::syncfs(&f).map_err(|e| PkiError::Io {
+        path: dir.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Writes many files atomically, each with its mode, creating parents:
+/// every file is written to a temporary name, the file system is flushed
+/// once, then each is renamed over its final name and the renames are
+/// flushed. A crash leaves every file either old or new.
+pub fn write_files(items: &[(PathBuf, &[u8], u32)]) -> Result<(), PkiError> {
+    let Some((first, _, _)) = items.first() else {
+        return Ok(());
+    };
+    let mut temps: Vec<PathBuf> = Vec::with_capacity(items.len());
+    let cleanup = |temps: &[PathBuf]| {
+        for t in temps {
+            let _ = fs::remove_file(t);
+        }
+    };
+    for (path, content, mode) in items {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if let Err(e) = fs::create_dir_all(dir) {
+            cleanup(&temps);
+            return Err(io(dir)(e));
+        }
+        let tmp = temp_path(path);
+        let result = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(*mode)
+                .open(&tmp)?;
+            f.set_permissions(fs::Permissions::from_mode(*mode))?;
+            f.write_all(content)
+        })();
+        temps.push(tmp);
+        if let Err(e) = result {
+            cleanup(&temps);
+            return Err(io(path)(e));
+        }
     }
-    result.map_err(io(path))
+    let root = first.parent().unwrap_or(Path::new("."));
+    if let Err(e) = sync_fs(root) {
+        cleanup(&temps);
+        return Err(e);
+    }
+    for ((path, _, _), tmp) in items.iter().zip(&temps) {
+        if let Err(e) = fs::rename(tmp, path) {
+            cleanup(&temps);
+            return Err(io(path)(e));
+        }
+    }
+    sync_fs(root)
 }
 
 pub(crate) fn persist(state_dir: &Path, writes: &[Vec<Write>]) -> Result<Vec<PathBuf>, PkiError> {
@@ -136,34 +205,37 @@ pub(crate) fn persist(state_dir: &Path, writes: &[Vec<Write>]) -> Result<Vec<Pat
     }
     let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut written = Vec::new();
+    // Backups first, so that a replaced CA is never lost.
     for w in writes.iter().flatten() {
-        match w {
-            Write::File {
-                rel,
-                content,
-                secret,
-            } => {
-                let path = store.path(rel);
-                write_atomic(
-                    &path,
-                    content.as_bytes(),
-                    if *secret { 0o600 } else { 0o644 },
-                )?;
-                written.push(path);
-            }
-            Write::Backup { stem } => {
-                for ext in ["crt", "key"] {
-                    let from = store.path(&format!("{stem}.{ext}"));
-                    let to = store.path(&format!("{stem}.{ext}.{stamp}.bak"));
-                    if from.exists() {
-                        fs::copy(&from, &to).map_err(io(&to))?;
-                        fs::set_permissions(&to, fs::Permissions::from_mode(0o600))
-                            .map_err(io(&to))?;
-                        written.push(to);
-                    }
+        if let Write::Backup { stem } = w {
+            for ext in ["crt", "key"] {
+                let from = store.path(&format!("{stem}.{ext}"));
+                let to = store.path(&format!("{stem}.{ext}.{stamp}.bak"));
+                if from.exists() {
+                    let content = fs::read(&from).map_err(io(&from))?;
+                    write_atomic(&to, &content, 0o600)?;
+                    written.push(to);
                 }
             }
         }
     }
+    let files: Vec<(PathBuf, &[u8], u32)> = writes
+        .iter()
+        .flatten()
+        .filter_map(|w| match w {
+            Write::File {
+                rel,
+                content,
+                secret,
+            } => Some((
+                store.path(rel),
+                content.as_bytes(),
+                if *secret { 0o600 } else { 0o644 },
+            )),
+            Write::Backup { .. } => None,
+        })
+        .collect();
+    write_files(&files)?;
+    written.extend(files.into_iter().map(|(p, _, _)| p));
     Ok(written)
 }

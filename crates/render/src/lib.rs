@@ -529,29 +529,22 @@ fn node_context(
 /// file's mode, `out/admin.conf` (0600) and `out/manifest.json`, which
 /// lists every file with its mode, owner, sha256 and units.
 pub fn write_tree(rendered: &Rendered, out: &Path) -> Result<Vec<PathBuf>, RenderError> {
-    let mut written = Vec::new();
-    let put = |path: PathBuf, content: &[u8], mode: u32| -> Result<PathBuf, RenderError> {
-        kubeforge_pki::write_atomic(&path, content, mode).map_err(|e| RenderError::State {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        Ok(path)
-    };
-    for node in &rendered.nodes {
-        for f in node.files.values() {
-            let rel = f.path.trim_start_matches('/');
-            written.push(put(out.join(&node.name).join(rel), &f.content, f.mode)?);
-        }
-    }
-    written.push(put(
-        out.join("admin.conf"),
-        &rendered.admin_kubeconfig,
-        0o600,
-    )?);
     let manifest = serde_json::to_vec_pretty(&rendered.nodes).map_err(|e| RenderError::State {
         path: out.join("manifest.json"),
         detail: e.to_string(),
     })?;
-    written.push(put(out.join("manifest.json"), &manifest, 0o644)?);
-    Ok(written)
+    let mut items: Vec<(PathBuf, &[u8], u32)> = Vec::new();
+    for node in &rendered.nodes {
+        for f in node.files.values() {
+            let rel = f.path.trim_start_matches('/');
+            items.push((out.join(&node.name).join(rel), &f.content, f.mode));
+        }
+    }
+    items.push((out.join("admin.conf"), &rendered.admin_kubeconfig, 0o600));
+    items.push((out.join("manifest.json"), &manifest, 0o644));
+    kubeforge_pki::write_files(&items).map_err(|e| RenderError::State {
+        path: out.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    Ok(items.into_iter().map(|(p, _, _)| p).collect())
 }

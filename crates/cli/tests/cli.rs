@@ -1,0 +1,185 @@
+//! The kubeforge binary end to end, as an admin runs it. A failing test
+//! prints the command, its working directory, stdout and stderr.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn kubeforge(dir: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubeforge"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!(
+        "$ kubeforge {} (in {})\n--- exit {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        dir.display(),
+        run.code,
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn init_validate_render_twice_and_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let r = kubeforge(d, &["init", "--ha", "lab"]);
+    assert_eq!(r.code, 0);
+    assert!(d.join("lab/inventory.toml").exists());
+    // init refuses to overwrite.
+    let r = kubeforge(d, &["init", "lab"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("already exists") && r.stderr.contains("--force"));
+
+    let r = kubeforge(d, &["validate", "-i", "lab/inventory.toml"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("inventory is valid"));
+
+    let r = kubeforge(d, &["render", "-i", "lab/inventory.toml", "--out", "out"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("kubernetes CA: created"), "{}", r.stdout);
+    let state = d.join("lab/.kubeforge/ha/pki");
+    assert!(state.join("ca.key").exists());
+    assert!(d.join("out/cp1/etc/systemd/system/etcd.service").exists());
+    assert!(d.join("out/admin.conf").exists());
+    let first = std::fs::read(d.join("out/cp1/etc/kubernetes/pki/apiserver.crt")).unwrap();
+
+    // Second run: everything kept, same certificates.
+    let r = kubeforge(d, &["render", "-i", "lab/inventory.toml", "--out", "out"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("every certificate kept"), "{}", r.stdout);
+    let second = std::fs::read(d.join("out/cp1/etc/kubernetes/pki/apiserver.crt")).unwrap();
+    assert_eq!(first, second);
+
+    // No key material in any output.
+    let key = std::fs::read_to_string(state.join("ca.key")).unwrap();
+    let body: String = key.lines().nth(1).unwrap().to_string();
+    for args in [
+        vec!["plan", "-i", "lab/inventory.toml", "--offline"],
+        vec![
+            "plan",
+            "-i",
+            "lab/inventory.toml",
+            "--offline",
+            "--output",
+            "json",
+        ],
+        vec!["certs", "-i", "lab/inventory.toml"],
+    ] {
+        let r = kubeforge(d, &args);
+        assert_eq!(r.code, 0);
+        assert!(!r.stdout.contains(&body) && !r.stderr.contains(&body));
+    }
+    let r = kubeforge(d, &["plan", "-i", "lab/inventory.toml", "--offline"]);
+    assert!(
+        r.stdout.contains("Plan: 7 of 7 nodes change"),
+        "{}",
+        r.stdout
+    );
+    let r = kubeforge(
+        d,
+        &[
+            "plan",
+            "-i",
+            "lab/inventory.toml",
+            "--offline",
+            "--output",
+            "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["plan"]["summary"]["nodes"], 7);
+    let r = kubeforge(d, &["certs", "-i", "lab/inventory.toml"]);
+    assert!(r.stdout.contains("etcd-peer for cp3"), "{}", r.stdout);
+}
+
+#[test]
+fn bad_inventory_is_rejected_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let text = std::fs::read_to_string(repo().join("inventories/ha.toml"))
+        .unwrap()
+        .replace("address = \"10.77.0.12\"", "address = \"10.77.0.11\"");
+    std::fs::write(d.join("bad.toml"), text).unwrap();
+    for args in [
+        vec!["validate", "-i", "bad.toml"],
+        vec!["render", "-i", "bad.toml", "--out", "out"],
+        vec!["plan", "-i", "bad.toml", "--offline"],
+    ] {
+        let r = kubeforge(d, &args);
+        assert_eq!(r.code, 1);
+        assert!(
+            r.stderr.contains(
+                "bad.toml:40:11: error: node \"cp2\" has address 10.77.0.11, already used by node \"cp1\" on line 35"
+            ),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("help: give every node its own address"));
+        assert!(r.stderr.contains("inventory rejected: 1 error"));
+    }
+    assert!(!d.join(".kubeforge").exists(), "state dir written");
+    assert!(!d.join("out").exists(), "output written");
+}
+
+#[test]
+fn online_plan_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inv = repo().join("inventories/single.toml");
+    let state = tmp.path().join("state");
+    let r = kubeforge(
+        tmp.path(),
+        &[
+            "plan",
+            "-i",
+            inv.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("--offline"), "{}", r.stderr);
+}
+
+/// README and `--help` stay in step: every subcommand is documented.
+#[test]
+fn readme_documents_every_subcommand() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let r = kubeforge(&repo(), &["--help"]);
+    assert_eq!(r.code, 0);
+    let commands: Vec<&str> = r
+        .stdout
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .take_while(|w| *w != "Options:")
+        .filter(|w| *w != "help")
+        .collect();
+    assert!(commands.len() >= 5, "{commands:?}");
+    for c in commands {
+        assert!(
+            readme.contains(&format!("kubeforge {c}")),
+            "README does not mention `kubeforge {c}`"
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! Plans as data: rendered files and node facts in, changes out. Every
+//! case also checks that planning again after "applying" is empty.
+#![allow(clippy::unwrap_used)]
+
+use kubeforge_plan::{plan, Facts, FileAction, NodeFacts, Plan, RemoteFile, UnitFacts};
+use kubeforge_render::{Rendered, Renderer};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+fn rendered(rel: &str) -> Rendered {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../inventories")
+        .join(rel);
+    let loaded = kubeforge_inventory::load(&path).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pki = kubeforge_pki::reconcile(state.path(), &loaded.cluster, &Default::default()).unwrap();
+    let alloc = kubeforge_render::allocate_pod_subnets(state.path(), &loaded.cluster).unwrap();
+    Renderer::new()
+        .unwrap()
+        .render(&loaded.cluster, &pki.pki, &alloc.subnets)
+        .unwrap()
+}
+
+/// Facts of a node that holds exactly the rendered files and runs its units.
+fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
+    r.nodes
+        .iter()
+        .map(|n| {
+            let files = n
+                .files
+                .values()
+                .map(|f| {
+                    (
+                        f.path.clone(),
+                        RemoteFile {
+                            sha256: f.sha256.clone(),
+                            mode: f.mode,
+                            owner: f.owner.clone(),
+                            content: (!f.secret).then(|| f.content.clone()),
+                        },
+                    )
+                })
+                .collect();
+            let units = n
+                .units
+                .iter()
+                .map(|u| {
+                    (
+                        u.name.clone(),
+                        UnitFacts {
+                            active: true,
+                            enabled: true,
+                        },
+                    )
+                })
+                .collect();
+            (n.name.clone(), NodeFacts { files, units })
+        })
+        .collect()
+}
+
+fn node<'a>(p: &'a Plan, name: &str) -> &'a kubeforge_plan::NodePlan {
+    p.nodes.iter().find(|n| n.node == name).unwrap()
+}
+
+#[test]
+fn offline_plan_text() {
+    let r = rendered("ha.toml");
+    let p = plan("ha", &r, &Facts::Offline);
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!("offline_ha", kubeforge_plan::to_text(&p)));
+    assert_eq!(p.summary.update, 0);
+    assert_eq!(p.summary.nodes_changed, 7);
+    // Every unit of every node is started; nothing restarts on a bare node.
+    assert_eq!(p.summary.restart, 0);
+    assert!(p
+        .nodes
+        .iter()
+        .all(|n| n.daemon_reload || n.node.starts_with("lb")));
+}
+
+#[test]
+fn offline_plan_json() {
+    let r = rendered("single.toml");
+    let p = plan("single", &r, &Facts::Offline);
+    let json = serde_json::to_value(&p).unwrap();
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_json_snapshot!("offline_single_json", json));
+}
+
+#[test]
+fn converged_cluster_plans_nothing() {
+    let r = rendered("ha.toml");
+    let p = plan("ha", &r, &Facts::Gathered(converged(&r)));
+    assert!(p.is_empty(), "{}", kubeforge_plan::to_text(&p));
+    assert!(kubeforge_plan::to_text(&p).contains("No changes"));
+}
+
+/// One case: a change to the facts of one node, and what the plan must say.
+struct Case {
+    name: &'static str,
+    node: &'static str,
+    mutate: fn(&mut NodeFacts),
+    changes: &'static [(&'static str, FileAction)],
+    daemon_reload: bool,
+    start: &'static [&'static str],
+    restart: &'static [&'static str],
+    reload: &'static [&'static str],
+    diff_contains: Option<&'static str>,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "apiserver flag changed: only kube-apiserver restarts, with a diff",
+        node: "cp2",
+        mutate: |f| {
+            let file = f
+                .files
+                .get_mut("/etc/systemd/system/kube-apiserver.service")
+                .unwrap();
+            let old = String::from_utf8(file.content.clone().unwrap()).unwrap();
+            file.content = Some(
+                old.replace("--profiling=false", "--profiling=true")
+                    .into_bytes(),
+            );
+            file.sha256 = "0".repeat(64);
+        },
+        changes: &[(
+            "/etc/systemd/system/kube-apiserver.service",
+            FileAction::Update,
+        )],
+        daemon_reload: true,
+        start: &[],
+        restart: &["kube-apiserver"],
+        reload: &[],
+        diff_contains: Some("-  --profiling=true\n+  --profiling=false"),
+    },
+    Case {
+        name: "secret changed: updated without a diff",
+        node: "cp1",
+        mutate: |f| {
+            f.files
+                .get_mut("/etc/kubernetes/pki/etcd/server.key")
+                .unwrap()
+                .sha256 = "1".repeat(64);
+        },
+        changes: &[("/etc/kubernetes/pki/etcd/server.key", FileAction::Update)],
+        daemon_reload: false,
+        start: &[],
+        restart: &["etcd"],
+        reload: &[],
+        diff_contains: None,
+    },
+    Case {
+        name: "shared CA file restarts every unit that reads it on that node",
+        node: "cp1",
+        mutate: |f| {
+            f.files
+                .get_mut("/etc/kubernetes/pki/ca.crt")
+                .unwrap()
+                .sha256 = "2".repeat(64);
+        },
+        changes: &[("/etc/kubernetes/pki/ca.crt", FileAction::Update)],
+        daemon_reload: false,
+        start: &[],
+        restart: &[
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubelet",
+        ],
+        reload: &[],
+        diff_contains: None,
+    },
+    Case {
+        name: "wrong mode only: chmod, nothing restarts",
+        node: "worker1",
+        mutate: |f| {
+            f.files
+                .get_mut("/etc/kubernetes/pki/kubelet-server.key")
+                .unwrap()
+                .mode = 0o644;
+        },
+        changes: &[("/etc/kubernetes/pki/kubelet-server.key", FileAction::Chmod)],
+        daemon_reload: false,
+        start: &[],
+        restart: &[],
+        reload: &[],
+        diff_contains: None,
+    },
+    Case {
+        name: "nginx config changed: reload, not restart",
+        node: "lb1",
+        mutate: |f| {
+            f.files.get_mut("/etc/nginx/nginx.conf").unwrap().sha256 = "3".repeat(64);
+        },
+        changes: &[("/etc/nginx/nginx.conf", FileAction::Update)],
+        daemon_reload: false,
+        start: &[],
+        restart: &[],
+        reload: &["nginx"],
+        diff_contains: None,
+    },
+    Case {
+        name: "stopped unit is started, nothing else",
+        node: "cp3",
+        mutate: |f| {
+            f.units.get_mut("etcd").unwrap().active = false;
+        },
+        changes: &[],
+        daemon_reload: false,
+        start: &["etcd"],
+        restart: &[],
+        reload: &[],
+        diff_contains: None,
+    },
+    Case {
+        name: "missing file is created; its stopped unit is started, not restarted",
+        node: "worker2",
+        mutate: |f| {
+            f.files.remove("/etc/systemd/system/kube-proxy.service");
+            f.units.get_mut("kube-proxy").unwrap().active = false;
+        },
+        changes: &[("/etc/systemd/system/kube-proxy.service", FileAction::Create)],
+        daemon_reload: true,
+        start: &["kube-proxy"],
+        restart: &[],
+        reload: &[],
+        diff_contains: None,
+    },
+    Case {
+        name: "initial-cluster env changed: no etcd restart",
+        node: "cp1",
+        mutate: |f| {
+            f.files
+                .get_mut("/etc/etcd/initial-cluster.env")
+                .unwrap()
+                .sha256 = "4".repeat(64);
+        },
+        changes: &[("/etc/etcd/initial-cluster.env", FileAction::Update)],
+        daemon_reload: false,
+        start: &[],
+        restart: &[],
+        reload: &[],
+        diff_contains: None,
+    },
+];
+
+#[test]
+fn table_of_changes() {
+    let r = rendered("ha.toml");
+    let mut failures = Vec::new();
+    for case in CASES {
+        let mut facts = converged(&r);
+        (case.mutate)(facts.get_mut(case.node).unwrap());
+        let p = plan("ha", &r, &Facts::Gathered(facts));
+        // Only the mutated node changes.
+        for n in &p.nodes {
+            if n.node != case.node && !n.is_empty() {
+                failures.push(format!("{}: node {} changes too", case.name, n.node));
+            }
+        }
+        let n = node(&p, case.node);
+        let changes: Vec<(&str, FileAction)> = n
+            .changes
+            .iter()
+            .map(|c| (c.path.as_str(), c.action))
+            .collect();
+        let check = |what: &str, ok: bool, got: String, failures: &mut Vec<String>| {
+            if !ok {
+                failures.push(format!("{}: {what} was {got}", case.name));
+            }
+        };
+        check(
+            "changes",
+            changes == case.changes,
+            format!("{changes:?}"),
+            &mut failures,
+        );
+        check(
+            "daemon_reload",
+            n.daemon_reload == case.daemon_reload,
+            format!("{}", n.daemon_reload),
+            &mut failures,
+        );
+        check(
+            "start",
+            n.start == case.start,
+            format!("{:?}", n.start),
+            &mut failures,
+        );
+        check(
+            "restart",
+            n.restart == case.restart,
+            format!("{:?}", n.restart),
+            &mut failures,
+        );
+        check(
+            "reload",
+            n.reload == case.reload,
+            format!("{:?}", n.reload),
+            &mut failures,
+        );
+        for c in &n.changes {
+            if c.secret && c.diff.is_some() {
+                failures.push(format!("{}: diff shown for secret {}", case.name, c.path));
+            }
+        }
+        if let Some(want) = case.diff_contains {
+            let diff = n
+                .changes
+                .iter()
+                .filter_map(|c| c.diff.clone())
+                .collect::<String>();
+            check("diff", diff.contains(want), diff, &mut failures);
+        }
+        // After applying exactly this plan the node is converged again.
+        let again = plan("ha", &r, &Facts::Gathered(converged(&r)));
+        if !again.is_empty() {
+            failures.push(format!("{}: second plan not empty", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

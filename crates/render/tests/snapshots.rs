@@ -1,0 +1,198 @@
+//! Golden files for every example inventory: each node's rendered tree,
+//! file by file, with key material and certificate bodies redacted (they
+//! are random) but every certificate's subject and SANs shown.
+#![allow(clippy::unwrap_used)]
+
+use kubeforge_render::{Rendered, Renderer};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+fn inventory(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../inventories")
+        .join(rel)
+}
+
+fn render(rel: &str) -> Rendered {
+    let loaded = kubeforge_inventory::load(&inventory(rel)).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pki = kubeforge_pki::reconcile(state.path(), &loaded.cluster, &Default::default()).unwrap();
+    let alloc = kubeforge_render::allocate_pod_subnets(state.path(), &loaded.cluster).unwrap();
+    Renderer::new()
+        .unwrap()
+        .render(&loaded.cluster, &pki.pki, &alloc.subnets)
+        .unwrap()
+}
+
+/// Replaces what differs between runs (PEM bodies, embedded base64 data,
+/// random secrets) with a stable description.
+fn redact(content: &[u8]) -> String {
+    let text = String::from_utf8_lossy(content);
+    if text.starts_with("-----BEGIN CERTIFICATE-----") {
+        let info = kubeforge_pki::inspect(&text).unwrap();
+        let sans: Vec<String> = info.sans.iter().map(ToString::to_string).collect();
+        return format!(
+            "<certificate CN={} O={:?} issuer={} ca={} server={} client={} SANs=[{}]>\n",
+            info.common_name,
+            info.organizations,
+            info.issuer_common_name,
+            info.is_ca,
+            info.server_auth,
+            info.client_auth,
+            sans.join(", ")
+        );
+    }
+    if text.starts_with("-----BEGIN PUBLIC KEY-----") {
+        return "<public key>\n".into();
+    }
+    if text.contains("PRIVATE KEY-----") {
+        return "<private key>\n".into();
+    }
+    let mut out = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let redacted_key = [
+            "certificate-authority-data:",
+            "client-certificate-data:",
+            "client-key-data:",
+            "secret:",
+        ]
+        .into_iter()
+        .find(|k| trimmed.starts_with(k));
+        match redacted_key {
+            Some(k) => {
+                let _ = writeln!(out, "{indent}{k} <redacted>");
+            }
+            None => {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    out
+}
+
+fn describe(rendered: &Rendered, node: &str) -> String {
+    let tree = rendered.nodes.iter().find(|n| n.name == node).unwrap();
+    let mut s = String::new();
+    let units: Vec<String> = tree
+        .units
+        .iter()
+        .map(|u| {
+            format!(
+                "{}({}{})",
+                u.name,
+                u.phase,
+                if u.packaged { ", packaged" } else { "" }
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "node {} {} roles={:?}",
+        tree.name, tree.address, tree.roles
+    );
+    let _ = writeln!(s, "units: {}", units.join(" "));
+    for f in tree.files.values() {
+        let _ = writeln!(
+            s,
+            "\n=== {} mode={:04o} owner={} secret={} restarts={:?} reloads={:?} from={}",
+            f.path, f.mode, f.owner, f.secret, f.restarts, f.reloads, f.source
+        );
+        s.push_str(&redact(&f.content));
+    }
+    s
+}
+
+fn snapshot_inventory(rel: &str, prefix: &str) {
+    let rendered = render(rel);
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_snapshot_path("snapshots");
+    settings.bind(|| {
+        for node in &rendered.nodes {
+            insta::assert_snapshot!(
+                format!("{prefix}__{}", node.name),
+                describe(&rendered, &node.name)
+            );
+        }
+        insta::assert_snapshot!(
+            format!("{prefix}__admin.conf"),
+            redact(&rendered.admin_kubeconfig)
+        );
+    });
+}
+
+#[test]
+fn single_control_plane() {
+    snapshot_inventory("single.toml", "single");
+}
+
+#[test]
+fn ha() {
+    snapshot_inventory("ha.toml", "ha");
+}
+
+#[test]
+fn vagrant() {
+    snapshot_inventory("vagrant/inventory.toml", "vagrant");
+}
+
+/// Rendering is a pure function of the model and the PKI: twice the same.
+#[test]
+fn rendering_is_deterministic() {
+    let loaded = kubeforge_inventory::load(&inventory("ha.toml")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pki = kubeforge_pki::reconcile(state.path(), &loaded.cluster, &Default::default()).unwrap();
+    let alloc = kubeforge_render::allocate_pod_subnets(state.path(), &loaded.cluster).unwrap();
+    let r = Renderer::new().unwrap();
+    let a = r.render(&loaded.cluster, &pki.pki, &alloc.subnets).unwrap();
+    let b = r.render(&loaded.cluster, &pki.pki, &alloc.subnets).unwrap();
+    for (x, y) in a.nodes.iter().zip(&b.nodes) {
+        assert_eq!(x.files, y.files, "node {}", x.name);
+    }
+}
+
+/// Secrets go only where they are needed: CA keys only to control-plane
+/// nodes (and only the kubernetes CA key), no private key on LB nodes, the
+/// super-admin credentials on no node at all.
+#[test]
+fn key_material_placement() {
+    let rendered = render("ha.toml");
+    for node in &rendered.nodes {
+        for f in node.files.values() {
+            let text = String::from_utf8_lossy(&f.content);
+            let is_key = text.contains("PRIVATE KEY-----");
+            if is_key || f.path.ends_with(".key") || f.path.ends_with(".conf") && f.secret {
+                assert_eq!(f.mode, 0o600, "{} on {}", f.path, node.name);
+                assert!(
+                    f.secret,
+                    "{} on {} must be marked secret",
+                    f.path, node.name
+                );
+            }
+            if f.path.ends_with("ca.key") {
+                assert_eq!(f.path, "/etc/kubernetes/pki/ca.key", "on {}", node.name);
+                assert!(node.name.starts_with("cp"), "CA key on {}", node.name);
+            }
+            assert!(
+                !f.path.contains("super-admin"),
+                "{} on {}",
+                f.path,
+                node.name
+            );
+            assert!(
+                !text.contains(&*String::from_utf8_lossy(&rendered.super_admin_kubeconfig)),
+                "super-admin kubeconfig on {}",
+                node.name
+            );
+        }
+        if node.name.starts_with("lb") {
+            assert!(
+                node.files.values().all(|f| !f.secret),
+                "LB node {} holds a secret",
+                node.name
+            );
+        }
+    }
+}

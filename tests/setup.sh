@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Installs what the tests need, from Debian's packages:
+#   openssl, iproute2  - certificate checks and the network namespaces of the
+#                        real-TLS tests
+#   etcd 3.5           - the newest 3.5.x that Debian offers (bookworm has
+#                        only 3.4), unpacked from its .deb into
+#                        target/test-tools/etcd without being installed
+# Idempotent; needs root for apt. Prints the etcd directory on its last line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tools="$PWD/target/test-tools"
+etcd_dir="$tools/etcd/usr/bin"
+
+need_apt=()
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v ip >/dev/null || need_apt+=(iproute2)
+if [ ! -x "$etcd_dir/etcd" ] || [ ! -x "$etcd_dir/etcdctl" ]; then
+  need_etcd=1
+else
+  need_etcd=0
+fi
+
+if [ "${#need_apt[@]}" -gt 0 ] || [ "$need_etcd" = 1 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    missing="${need_apt[*]}"
+    [ "$need_etcd" = 1 ] && missing="$missing etcd"
+    echo "tests/setup.sh: run as root to install:$missing" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "$need_etcd" = 1 ] && ! apt-cache madison etcd-server 2>/dev/null | grep -q ' 3\.5\.'; then
+    # Add Debian's newer suites with a low pin, so nothing on this machine
+    # is upgraded by them; only single packages are taken from them.
+    src=/etc/apt/sources.list.d/kubeforge-newer.sources
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+      awk 'BEGIN{RS="";ORS="\n\n"} NR==1' /etc/apt/sources.list.d/debian.sources \
+        | sed 's/^Suites:.*/Suites: trixie sid/' > "$src"
+    else
+      uri=$(awk '$1=="deb" {print $2; exit}' /etc/apt/sources.list)
+      printf 'Types: deb\nURIs: %s\nSuites: trixie sid\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" > "$src"
+    fi
+    printf 'Package: *\nPin: release n=trixie\nPin-Priority: 100\n\nPackage: *\nPin: release n=sid\nPin-Priority: 50\n' \
+      > /etc/apt/preferences.d/kubeforge-newer-low
+  fi
+  apt-get update -q >&2
+  if [ "${#need_apt[@]}" -gt 0 ]; then
+    apt-get install -y -q --no-install-recommends "${need_apt[@]}" >&2
+  fi
+  if [ "$need_etcd" = 1 ]; then
+    version=$(apt-cache madison etcd-server | awk '{print $3}' | grep '^3\.5\.' | sort -V | tail -1)
+    if [ -z "$version" ]; then
+      echo "tests/setup.sh: no etcd-server 3.5.x in Debian's package lists" >&2
+      exit 1
+    fi
+    work=$(mktemp -d)
+    chmod 755 "$work"
+    (cd "$work" && apt-get download -q "etcd-server=$version" "etcd-client=$version" >&2)
+    rm -rf "$tools/etcd"
+    mkdir -p "$tools/etcd"
+    for deb in "$work"/*.deb; do dpkg -x "$deb" "$tools/etcd"; done
+    rm -rf "$work"
+  fi
+fi
+"$etcd_dir/etcd" --version | head -1 >&2
+echo "$etcd_dir"

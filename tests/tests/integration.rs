@@ -1,0 +1,4 @@
+//! kubeforge's integration tests: one binary, one module per subject.
+//! Add a module by adding a line below and a file next to this one.
+
+mod etcd_tls;
