@@ -196,3 +196,70 @@ fn key_material_placement() {
         }
     }
 }
+
+/// Flags that supported Kubernetes versions removed, or that belong to the
+/// dockershim era: none may ever be rendered.
+const REMOVED_FLAGS: &[&str] = &[
+    "--logtostderr",
+    "--alsologtostderr",
+    "--log-dir",
+    "--log-file",
+    "--insecure-port",
+    "--insecure-bind-address",
+    "--port=",
+    "--address=",
+    "--network-plugin",
+    "--cni-bin-dir",
+    "--cni-conf-dir",
+    "--container-runtime=",
+    "--pod-infra-container-image",
+    "--experimental-",
+];
+
+/// Every supported version and kube-proxy mode renders, with no removed
+/// flag, and the units name the version.
+#[test]
+fn every_supported_version_renders_without_removed_flags() {
+    let base = std::fs::read_to_string(inventory("ha.toml")).unwrap();
+    for minor in kubeforge_inventory::MIN_MINOR..=kubeforge_inventory::MAX_MINOR {
+        for mode in ["iptables", "ipvs", "nftables"] {
+            if mode == "nftables" && minor < 31 {
+                continue;
+            }
+            let text = base
+                .replace("1.31.4", &format!("1.{minor}.2"))
+                .replace("kube_proxy_mode = \"iptables\"", &format!("kube_proxy_mode = \"{mode}\""));
+            let loaded =
+                kubeforge_inventory::parse(std::path::Path::new("ha.toml"), &text).unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let pki =
+                kubeforge_pki::reconcile(state.path(), &loaded.cluster, &Default::default())
+                    .unwrap();
+            let alloc =
+                kubeforge_render::allocate_pod_subnets(state.path(), &loaded.cluster).unwrap();
+            let r = Renderer::new()
+                .unwrap()
+                .render(&loaded.cluster, &pki.pki, &alloc.subnets)
+                .unwrap();
+            for node in &r.nodes {
+                for f in node.files.values().filter(|f| !f.secret) {
+                    let text = String::from_utf8_lossy(&f.content);
+                    for flag in REMOVED_FLAGS {
+                        assert!(
+                            !text.contains(flag),
+                            "1.{minor} {mode}: {} on {} has {flag}",
+                            f.path,
+                            node.name
+                        );
+                    }
+                    if f.path.ends_with("kube-apiserver.service") {
+                        assert!(text.contains(&format!("(v1.{minor}.2)")));
+                    }
+                    if f.path.ends_with("kube-proxy-config.yaml") {
+                        assert!(text.contains(&format!("mode: {mode}")));
+                    }
+                }
+            }
+        }
+    }
+}
