@@ -2,9 +2,18 @@
 # Installs what the tests need, from Debian's packages:
 #   openssl, iproute2  - certificate checks and the network namespaces of the
 #                        real-TLS tests
+#   openssh            - the SSH transport against a real sshd on loopback
 #   etcd 3.5           - the newest 3.5.x that Debian offers (bookworm has
 #                        only 3.4), unpacked from its .deb into
 #                        target/test-tools/etcd without being installed
+#   systemd-container, - the lab nodes (tests/src/lab.rs): systemd-nspawn
+#   debootstrap,         boots them, debootstrap builds their root file
+#   openssh-client       system, ssh reaches them. Only installed as root:
+#                        the lab needs root anyway, so a non-root run just
+#                        skips the lab tests. The node root file system
+#                        itself is built lazily by the first lab test (into
+#                        target/test-tools/lab-rootfs, ~1 min, then cached),
+#                        which keeps this script fast.
 # Idempotent; needs root for apt. Prints the etcd directory on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +24,20 @@ etcd_dir="$tools/etcd/usr/bin"
 need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v ip >/dev/null || need_apt+=(iproute2)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh >/dev/null || need_apt+=(openssh-client)
+# The lab's tools: wanted, but not worth failing a non-root run for.
+lab_apt=()
+command -v systemd-nspawn >/dev/null || lab_apt+=(systemd-container)
+command -v debootstrap >/dev/null || lab_apt+=(debootstrap)
+{ command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; } || lab_apt+=(openssh-client)
+if [ "${#lab_apt[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    need_apt+=("${lab_apt[@]}")
+  else
+    echo "tests/setup.sh: note: not root, so the lab tests will be skipped (missing: ${lab_apt[*]})" >&2
+  fi
+fi
 if [ ! -x "$etcd_dir/etcd" ] || [ ! -x "$etcd_dir/etcdctl" ]; then
   need_etcd=1
 else

@@ -3,12 +3,17 @@
 //! network namespaces the test creates itself, keep every process they
 //! start on a leash, and read rendered systemd units the way systemd does.
 //!
+//! [`lab`] boots whole machines instead: systemd-nspawn nodes reachable
+//! over SSH, for the installer itself.
+//!
 //! Tests that need something this machine lacks (a program, root) are
 //! skipped with a notice, or fail when the `CI` environment variable is set
 //! so that a CI job cannot pass by skipping.
 
 // Diagnostics of a failing or skipped test go to stderr, like a test's own.
 #![allow(clippy::print_stderr)]
+
+pub mod lab;
 
 use std::ffi::OsStr;
 use std::fs::File;

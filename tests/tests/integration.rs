@@ -2,3 +2,6 @@
 //! Add a module by adding a line below and a file next to this one.
 
 mod etcd_tls;
+mod lab_apply;
+mod lab_smoke;
+mod ssh_transport;

@@ -9,6 +9,9 @@ use kubeforge_plan::Facts;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+mod online;
 
 const SINGLE_SKELETON: &str = include_str!("../../../inventories/single.toml");
 const HA_SKELETON: &str = include_str!("../../../inventories/ha.toml");
@@ -54,18 +57,46 @@ enum Command {
         #[arg(long, short)]
         out: PathBuf,
     },
-    /// Show what an apply would change on every node.
+    /// Show what an apply would change on every node (facts are gathered
+    /// read-only over SSH).
     Plan {
         #[command(flatten)]
         inv: InventoryArgs,
         #[command(flatten)]
         pki: PkiArgs,
+        #[command(flatten)]
+        nodes: NodeArgs,
         /// Plan without contacting the nodes, as if every node were bare.
         #[arg(long)]
         offline: bool,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+    /// Make the nodes match the inventory: gather facts, check the hosts,
+    /// lock them, then execute exactly the plan, phase by phase, behind
+    /// health gates. A converged cluster is left untouched.
+    Apply {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        #[command(flatten)]
+        pki: PkiArgs,
+        #[command(flatten)]
+        nodes: NodeArgs,
+        /// Seconds a health gate waits before the apply stops.
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        gate_timeout: u64,
+        /// Largest clock difference allowed between a node and this machine.
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        max_clock_skew: u64,
+    },
+    /// Print the admin kubeconfig (pointing at the VIP), or write it.
+    Kubeconfig {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        /// Write it to this file (mode 0600) instead of printing it.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
     },
     /// List every certificate in the state directory with its expiry.
     Certs {
@@ -85,6 +116,28 @@ struct InventoryArgs {
     /// State directory holding the PKI [default: <inventory dir>/.kubeforge/<cluster>].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct NodeArgs {
+    /// Directory of binaries with a SHA256SUMS manifest; each binary is
+    /// pushed to bin_dir where missing or different. Without it, binaries
+    /// are not managed.
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
+    /// An ssh_config file to use instead of ~/.ssh/config.
+    #[arg(long, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
+    /// Nodes worked on at the same time.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seconds to wait for an SSH connection.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    connect_timeout: u64,
+    /// Only these phases (etcd, apiserver, controllers, lb, node;
+    /// repeatable): their files, binaries and units. Default: all.
+    #[arg(long = "phase", value_name = "PHASE")]
+    phases: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -113,12 +166,22 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let stderr_layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_env("KUBEFORGE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
+        );
+    let file_layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(|| LogWriter)
+        .with_filter(tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(stderr_layer)
+        .with(file_layer)
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -271,14 +334,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan {
             inv,
             pki,
+            nodes,
             offline,
             output,
         } => {
-            if !offline {
-                bail!(
-                    "an online plan gathers facts from the nodes over SSH, which this build does not do yet\n  help: pass --offline to plan as if every node were bare"
-                );
-            }
             let (loaded, state) = load(&inv, &mut term)?;
             let cluster = &loaded.cluster;
             let opts = kubeforge_pki::Options {
@@ -288,8 +347,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let reconciled = kubeforge_pki::reconcile(&state, cluster, &opts)?;
             let alloc = kubeforge_render::allocate_pod_subnets(&state, cluster)?;
             let renderer = kubeforge_render::Renderer::new()?;
-            let rendered = renderer.render(cluster, &reconciled.pki, &alloc.subnets)?;
-            let plan = kubeforge_plan::plan(&cluster.name, &rendered, &Facts::Offline);
+            let mut rendered = renderer.render(cluster, &reconciled.pki, &alloc.subnets)?;
+            let facts = if offline {
+                Facts::Offline
+            } else {
+                let run_phases = selected_phases(&renderer, &nodes.phases)?;
+                let bundle = load_bundle(nodes.bundle.as_deref())?;
+                renderer.add_binaries(cluster, &mut rendered, &bundle, &run_phases)?;
+                rendered.retain_phases(&run_phases);
+                let rt = runtime()?;
+                rt.block_on(async {
+                    let t = online::connect_all(cluster, &state, &reach(&nodes)).await?;
+                    let facts = kubeforge_apply::gather(&t, &rendered, nodes.concurrency).await?;
+                    Ok::<_, anyhow::Error>(facts)
+                })?
+            };
+            let plan = kubeforge_plan::plan(&cluster.name, &rendered, &facts);
             match output {
                 Output::Json => {
                     let doc = serde_json::json!({
@@ -316,6 +389,151 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Apply {
+            inv,
+            pki,
+            nodes,
+            gate_timeout,
+            max_clock_skew,
+        } => {
+            let (loaded, state) = load(&inv, &mut term)?;
+            let cluster = &loaded.cluster;
+            let renderer = kubeforge_render::Renderer::new()?;
+            let known = renderer.phases();
+            let run_phases = selected_phases(&renderer, &nodes.phases)?;
+            let phases = nodes.phases.clone();
+            init_log(&state)?;
+            let opts = kubeforge_pki::Options {
+                new_cas: pki.new_ca,
+                ..Default::default()
+            };
+            let reconciled = kubeforge_pki::reconcile(&state, cluster, &opts)?;
+            let alloc = kubeforge_render::allocate_pod_subnets(&state, cluster)?;
+            let mut rendered = renderer.render(cluster, &reconciled.pki, &alloc.subnets)?;
+            let bundle = load_bundle(nodes.bundle.as_deref())?;
+            renderer.add_binaries(cluster, &mut rendered, &bundle, &run_phases)?;
+            rendered.retain_phases(&run_phases);
+            let apply_opts = kubeforge_apply::Options {
+                concurrency: nodes.concurrency,
+                gate_timeout: Duration::from_secs(gate_timeout),
+                max_clock_skew: Duration::from_secs(max_clock_skew),
+                phases,
+            };
+            let started = std::time::Instant::now();
+            let rt = runtime()?;
+            let outcome = rt.block_on(async {
+                let transports = online::connect_all(cluster, &state, &reach(&nodes)).await?;
+                let owner = format!(
+                    "kubeforge apply of cluster {} from {} (pid {})",
+                    cluster.name,
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "the control machine".into()),
+                    std::process::id()
+                );
+                let mut locks = Vec::new();
+                for (name, t) in &transports {
+                    match kubeforge_transport::ops::lock(
+                        t.as_ref(),
+                        kubeforge_transport::ops::LOCK_PATH,
+                        &owner,
+                    )
+                    .await
+                    {
+                        Ok(l) => locks.push(l),
+                        Err(e) => {
+                            for l in locks {
+                                l.release().await;
+                            }
+                            bail!("{e}\n  (while locking {name}; nothing was changed)");
+                        }
+                    }
+                }
+                let result = async {
+                    let facts =
+                        kubeforge_apply::gather(&transports, &rendered, nodes.concurrency).await?;
+                    kubeforge_apply::preflight(cluster, &transports, &facts, &apply_opts).await?;
+                    let plan = kubeforge_plan::plan(&cluster.name, &rendered, &facts);
+                    if plan.is_empty() {
+                        return Ok::<_, anyhow::Error>((plan, None));
+                    }
+                    // The state directory first: the nodes never hold a
+                    // certificate the control machine does not have.
+                    reconciled.persist(&state)?;
+                    alloc.persist(&state)?;
+                    let bars = online::Bars::new();
+                    let applied = kubeforge_apply::execute(
+                        cluster,
+                        &rendered,
+                        &plan,
+                        &known,
+                        &transports,
+                        &apply_opts,
+                        &bars,
+                    )
+                    .await
+                    .map_err(online::explain)?;
+                    Ok((plan, Some(applied)))
+                }
+                .await;
+                for l in locks {
+                    l.release().await;
+                }
+                result
+            })?;
+            let (plan, applied) = outcome;
+            match applied {
+                None => term.line(format!(
+                    "No changes: {} nodes, {} files up to date. ({:.1} s)",
+                    plan.summary.nodes,
+                    plan.summary.unchanged,
+                    started.elapsed().as_secs_f64()
+                ))?,
+                Some(a) => {
+                    term.raw(kubeforge_plan::to_text(&plan))?;
+                    term.line(format!(
+                        "Applied: {} files written, {} units started, {} restarted, {} reloaded in {:.1} s.",
+                        a.files_written,
+                        a.started.len(),
+                        a.restarted.len(),
+                        a.reloaded.len(),
+                        started.elapsed().as_secs_f64()
+                    ))?;
+                }
+            }
+        }
+        Command::Kubeconfig { inv, out } => {
+            let (loaded, state) = load(&inv, &mut term)?;
+            let cluster = &loaded.cluster;
+            let reconciled =
+                kubeforge_pki::reconcile(&state, cluster, &kubeforge_pki::Options::default())?;
+            if reconciled
+                .events
+                .iter()
+                .any(|e| matches!(e.action, Action::Created))
+            {
+                bail!(
+                    "{} holds no complete PKI for cluster \"{}\" yet\n  help: run `kubeforge apply` (or `kubeforge render`) first",
+                    state.display(),
+                    cluster.name
+                );
+            }
+            let alloc = kubeforge_render::allocate_pod_subnets(&state, cluster)?;
+            let rendered = kubeforge_render::Renderer::new()?.render(
+                cluster,
+                &reconciled.pki,
+                &alloc.subnets,
+            )?;
+            match out {
+                Some(path) => {
+                    kubeforge_pki::write_atomic(&path, &rendered.admin_kubeconfig, 0o600)?;
+                    term.line(format!(
+                        "wrote {} (server {})",
+                        path.display(),
+                        cluster.api_url()
+                    ))?;
+                }
+                None => term.raw(String::from_utf8_lossy(&rendered.admin_kubeconfig))?,
+            }
+        }
         Command::Certs { inv, output } => {
             let (loaded, state) = load(&inv, &mut term)?;
             let rows = certs(&state, &loaded.cluster)?;
@@ -337,6 +555,81 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The phases named with --phase (checked), or all of them.
+fn selected_phases(renderer: &kubeforge_render::Renderer, asked: &[String]) -> Result<Vec<String>> {
+    let known = renderer.phases();
+    if let Some(bad) = asked.iter().find(|p| !known.contains(p)) {
+        bail!(
+            "unknown phase \"{bad}\"\n  help: use one of {}",
+            known.join(", ")
+        );
+    }
+    Ok(if asked.is_empty() {
+        known
+    } else {
+        known.into_iter().filter(|p| asked.contains(p)).collect()
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn reach(n: &NodeArgs) -> online::Reach {
+    online::Reach {
+        ssh_config: n.ssh_config.clone(),
+        connect_timeout: Duration::from_secs(n.connect_timeout),
+        concurrency: n.concurrency,
+    }
+}
+
+fn load_bundle(
+    dir: Option<&Path>,
+) -> Result<std::collections::BTreeMap<String, (PathBuf, String)>> {
+    Ok(match dir {
+        Some(d) => kubeforge_apply::load_bundle(d)?.files,
+        None => Default::default(),
+    })
+}
+
+/// Full logs of an apply go to `<state>/kubeforge.log`.
+fn init_log(state: &Path) -> Result<()> {
+    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    let path = state.join("kubeforge.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    LOG_FILE
+        .set(std::sync::Mutex::new(file))
+        .map_err(|_| anyhow::anyhow!("log file opened twice"))?;
+    Ok(())
+}
+
+static LOG_FILE: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
+/// Writes tracing output to the log file once one is open.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match LOG_FILE.get() {
+            Some(m) => match m.lock() {
+                Ok(mut f) => f.write(buf),
+                Err(_) => Ok(buf.len()),
+            },
+            None => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(serde::Serialize)]

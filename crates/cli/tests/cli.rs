@@ -140,25 +140,6 @@ fn bad_inventory_is_rejected_before_anything_is_written() {
     assert!(!d.join("out").exists(), "output written");
 }
 
-#[test]
-fn online_plan_says_what_to_do() {
-    let tmp = tempfile::tempdir().unwrap();
-    let inv = repo().join("inventories/single.toml");
-    let state = tmp.path().join("state");
-    let r = kubeforge(
-        tmp.path(),
-        &[
-            "plan",
-            "-i",
-            inv.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("--offline"), "{}", r.stderr);
-}
-
 /// README and `--help` stay in step: every subcommand is documented.
 #[test]
 fn readme_documents_every_subcommand() {

@@ -209,6 +209,10 @@ fn plan_node(tree: &NodeTree, facts: Option<&NodeFacts>) -> NodePlan {
             start.push(unit.name.clone());
         }
     }
+    // Only units this node runs (a file may name units of other roles).
+    let runs = |u: &String| tree.units.iter().any(|x| &x.name == u);
+    restart.retain(|u| runs(u));
+    reload.retain(|u| runs(u));
     // A unit that is started anew needs no restart or reload.
     restart.retain(|u| !start.contains(u));
     reload.retain(|u| !start.contains(u) && !restart.contains(u));

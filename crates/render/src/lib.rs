@@ -40,6 +40,8 @@ pub enum RenderError {
     },
     #[error("{path}: {detail}")]
     State { path: PathBuf, detail: String },
+    #[error("the bundle has no `{name}`, which node {node} needs\n  help: add it to the bundle directory and its SHA256SUMS")]
+    MissingBinary { name: String, node: String },
     #[error("{path}: {source}\n  help: check that the output directory is writable")]
     Io {
         path: PathBuf,
@@ -63,6 +65,12 @@ pub struct RenderedFile {
     pub reloads: Vec<String>,
     /// The template, certificate or key it came from.
     pub source: String,
+    /// The apply phase that installs it (the phase of the first unit it
+    /// restarts or reloads, else of the role it is placed by).
+    pub phase: String,
+    /// For binaries: the local file whose bytes it is (content stays empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_file: Option<PathBuf>,
 }
 
 /// A systemd unit a node runs.
@@ -142,6 +150,49 @@ impl Renderer {
         &self.table
     }
 
+    /// The apply phases in order: the order of first appearance in the
+    /// table's units.
+    pub fn phases(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for u in &self.table.unit {
+            if !out.contains(&u.phase) {
+                out.push(u.phase.clone());
+            }
+        }
+        out
+    }
+
+    pub fn phase_rank(&self, phase: &str) -> usize {
+        self.phases()
+            .iter()
+            .position(|p| p == phase)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The phase that installs a file: that of the first unit it restarts
+    /// or reloads, else that of the first unit placed on the same nodes.
+    fn phase_of(&self, on: On, restarts: &[String], reloads: &[String]) -> String {
+        let unit_phase = |name: &String| {
+            self.table
+                .unit
+                .iter()
+                .find(|u| &u.name == name)
+                .map(|u| u.phase.clone())
+        };
+        restarts
+            .iter()
+            .chain(reloads)
+            .find_map(unit_phase)
+            .or_else(|| {
+                self.table
+                    .unit
+                    .iter()
+                    .find(|u| u.on == on)
+                    .map(|u| u.phase.clone())
+            })
+            .unwrap_or_else(|| self.phases().last().cloned().unwrap_or_default())
+    }
+
     fn template(&self, name: &str, ctx: &Value, node: &str) -> Result<Vec<u8>, RenderError> {
         let context =
             tera::Context::from_value(ctx.clone()).map_err(|e| RenderError::Template {
@@ -157,6 +208,56 @@ impl Renderer {
                 node: node.into(),
                 detail: error_chain(&e),
             })
+    }
+
+    /// Adds the binaries each node needs, from a bundle (name -> local
+    /// path and sha256), for the given phases only. A required binary
+    /// missing from the bundle is an error naming it.
+    pub fn add_binaries(
+        &self,
+        cluster: &Cluster,
+        rendered: &mut Rendered,
+        bundle: &BTreeMap<String, (PathBuf, String)>,
+        phases: &[String],
+    ) -> Result<(), RenderError> {
+        for tree in &mut rendered.nodes {
+            let Some(node) = cluster.node(&tree.name) else {
+                continue;
+            };
+            for row in self.table.binary.iter().filter(|r| r.on.matches(node)) {
+                let phase = self.phase_of(row.on, &row.restarts, &[]);
+                if !phases.contains(&phase) {
+                    continue;
+                }
+                let Some((path, sha)) = bundle.get(&row.name) else {
+                    if row.optional {
+                        continue;
+                    }
+                    return Err(RenderError::MissingBinary {
+                        name: row.name.clone(),
+                        node: node.name.clone(),
+                    });
+                };
+                let target = format!("{}/{}", cluster.bin_dir, row.name);
+                tree.files.insert(
+                    target.clone(),
+                    RenderedFile {
+                        path: target,
+                        mode: 0o755,
+                        owner: "root:root".into(),
+                        content: Vec::new(),
+                        sha256: sha.clone(),
+                        secret: false,
+                        restarts: row.restarts.clone(),
+                        reloads: Vec::new(),
+                        source: format!("bundle:{}", row.name),
+                        phase,
+                        from_file: Some(path.clone()),
+                    },
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Renders every node's files.
@@ -247,6 +348,9 @@ impl Renderer {
                             what: "modes",
                         });
                     }
+                    if self.phase_rank(&f.phase) < self.phase_rank(&existing.phase) {
+                        existing.phase = f.phase.clone();
+                    }
                     for u in f.restarts {
                         if !existing.restarts.contains(&u) {
                             existing.restarts.push(u);
@@ -281,6 +385,7 @@ impl Renderer {
                 &row.restarts,
                 &row.reloads,
                 &row.template,
+                self.phase_of(row.on, &row.restarts, &row.reloads),
             ))?;
         }
         for row in t.kubeconfig.iter().filter(|r| r.on.matches(node)) {
@@ -300,6 +405,7 @@ impl Renderer {
                 &row.restarts,
                 &[],
                 &format!("kubeconfig:{}", row.cert),
+                self.phase_of(row.on, &row.restarts, &[]),
             ))?;
         }
         for row in t.ca.iter().filter(|r| r.on.matches(node)) {
@@ -315,6 +421,7 @@ impl Renderer {
                 &row.restarts,
                 &[],
                 &src,
+                self.phase_of(row.on, &row.restarts, &[]),
             ))?;
             if row.key {
                 add(file(
@@ -325,6 +432,7 @@ impl Renderer {
                     &row.restarts,
                     &[],
                     &src,
+                    self.phase_of(row.on, &row.restarts, &[]),
                 ))?;
             }
         }
@@ -348,6 +456,7 @@ impl Renderer {
                 &row.restarts,
                 &[],
                 &src,
+                self.phase_of(row.on, &row.restarts, &[]),
             ))?;
             add(file(
                 &format!("{}.key", row.path),
@@ -357,6 +466,7 @@ impl Renderer {
                 &row.restarts,
                 &[],
                 &src,
+                self.phase_of(row.on, &row.restarts, &[]),
             ))?;
         }
         for row in t.keyfile.iter().filter(|r| r.on.matches(node)) {
@@ -372,6 +482,7 @@ impl Renderer {
                 &row.restarts,
                 &[],
                 &format!("key:{}", row.key),
+                self.phase_of(row.on, &row.restarts, &[]),
             ))?;
         }
 
@@ -402,6 +513,7 @@ fn ca_of<'a>(pki: &'a Pki, ca: CaId, node: Option<&str>) -> Result<&'a KeyCert, 
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn file(
     path: &str,
     mode: u32,
@@ -410,8 +522,11 @@ fn file(
     restarts: &[String],
     reloads: &[String],
     source: &str,
+    phase: String,
 ) -> RenderedFile {
     RenderedFile {
+        phase,
+        from_file: None,
         path: path.to_string(),
         mode,
         owner: "root:root".into(),
@@ -523,6 +638,17 @@ fn node_context(
     }
     ctx["secrets"] = json!({ "encryption_key": pki.encryption_key.0 });
     ctx
+}
+
+impl Rendered {
+    /// Keeps only the files and units of the given phases (an apply or
+    /// plan limited with `--phase`).
+    pub fn retain_phases(&mut self, phases: &[String]) {
+        for node in &mut self.nodes {
+            node.files.retain(|_, f| phases.contains(&f.phase));
+            node.units.retain(|u| phases.contains(&u.phase));
+        }
+    }
 }
 
 /// Writes a rendered cluster below `out`: `out/<node>/<path>` with each

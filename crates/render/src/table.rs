@@ -125,7 +125,21 @@ pub struct KeyfileRow {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct BinaryRow {
+    pub name: String,
+    pub on: On,
+    /// Installed when the bundle has it; no error when it does not.
+    #[serde(default)]
+    pub optional: bool,
+    #[serde(default)]
+    pub restarts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Table {
+    #[serde(default)]
+    pub binary: Vec<BinaryRow>,
     #[serde(default)]
     pub unit: Vec<UnitRow>,
     #[serde(default)]
@@ -189,6 +203,9 @@ impl Table {
                 ));
             }
             check_units(&c.path, &c.restarts)?;
+        }
+        for b in &t.binary {
+            check_units(&b.name, &b.restarts)?;
         }
         for k in &t.keyfile {
             if !["sa.key", "sa.pub"].contains(&k.key.as_str()) {

@@ -226,15 +226,15 @@ fn every_supported_version_renders_without_removed_flags() {
             if mode == "nftables" && minor < 31 {
                 continue;
             }
-            let text = base
-                .replace("1.31.4", &format!("1.{minor}.2"))
-                .replace("kube_proxy_mode = \"iptables\"", &format!("kube_proxy_mode = \"{mode}\""));
+            let text = base.replace("1.31.4", &format!("1.{minor}.2")).replace(
+                "kube_proxy_mode = \"iptables\"",
+                &format!("kube_proxy_mode = \"{mode}\""),
+            );
             let loaded =
                 kubeforge_inventory::parse(std::path::Path::new("ha.toml"), &text).unwrap();
             let state = tempfile::tempdir().unwrap();
-            let pki =
-                kubeforge_pki::reconcile(state.path(), &loaded.cluster, &Default::default())
-                    .unwrap();
+            let pki = kubeforge_pki::reconcile(state.path(), &loaded.cluster, &Default::default())
+                .unwrap();
             let alloc =
                 kubeforge_render::allocate_pod_subnets(state.path(), &loaded.cluster).unwrap();
             let r = Renderer::new()

@@ -1,0 +1,518 @@
+//! Executes exactly a plan: phase by phase (etcd, apiserver, controllers,
+//! lb, node), on each node only the files the plan lists and only the units
+//! whose files changed; each phase behind its health gates.
+
+use crate::gates::{self, Gate};
+use crate::{bounded, ApplyError, Event, EventKind, Options, Progress, Transports};
+use kubeforge_inventory::{Cluster, Role};
+use kubeforge_plan::{FileAction, NodePlan, Plan};
+use kubeforge_render::{NodeTree, Rendered, RenderedFile};
+use kubeforge_transport::{ops, Script, Transport};
+use std::time::{Duration, Instant};
+
+/// What an apply did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub files_written: usize,
+    /// (node, unit) in the order they were started, restarted or reloaded.
+    pub started: Vec<(String, String)>,
+    pub restarted: Vec<(String, String)>,
+    pub reloaded: Vec<(String, String)>,
+}
+
+struct Work<'a> {
+    node: &'a str,
+    puts: Vec<&'a RenderedFile>,
+    chmods: Vec<&'a RenderedFile>,
+    daemon_reload: bool,
+    start: Vec<String>,
+    restart: Vec<String>,
+    reload: Vec<String>,
+}
+
+impl Work<'_> {
+    fn is_empty(&self) -> bool {
+        self.puts.is_empty()
+            && self.chmods.is_empty()
+            && self.start.is_empty()
+            && self.restart.is_empty()
+            && self.reload.is_empty()
+    }
+}
+
+fn work_for<'a>(phase: &str, tree: &'a NodeTree, plan: &'a NodePlan) -> Work<'a> {
+    let in_phase = |unit: &String| {
+        tree.units
+            .iter()
+            .any(|u| &u.name == unit && u.phase == phase)
+    };
+    let mut puts = Vec::new();
+    let mut chmods = Vec::new();
+    for c in &plan.changes {
+        let Some(f) = tree.files.get(&c.path) else {
+            continue;
+        };
+        if f.phase != phase {
+            continue;
+        }
+        match c.action {
+            FileAction::Create | FileAction::Update => puts.push(f),
+            FileAction::Chmod => chmods.push(f),
+        }
+    }
+    let daemon_reload = puts
+        .iter()
+        .any(|f| f.path.starts_with("/etc/systemd/system/"));
+    Work {
+        node: &tree.name,
+        puts,
+        chmods,
+        daemon_reload,
+        start: plan.start.iter().filter(|u| in_phase(u)).cloned().collect(),
+        restart: plan
+            .restart
+            .iter()
+            .filter(|u| in_phase(u))
+            .cloned()
+            .collect(),
+        reload: plan
+            .reload
+            .iter()
+            .filter(|u| in_phase(u))
+            .cloned()
+            .collect(),
+    }
+}
+
+struct Run<'a> {
+    cluster: &'a Cluster,
+    transports: &'a Transports,
+    opts: &'a Options,
+    progress: &'a dyn Progress,
+}
+
+impl Run<'_> {
+    fn t(&self, node: &str) -> Result<&dyn Transport, ApplyError> {
+        self.transports
+            .get(node)
+            .map(|t| t.as_ref())
+            .ok_or_else(|| ApplyError::Other(format!("no connection to node {node}")))
+    }
+
+    fn step(&self, phase: &str, node: &str, message: String) {
+        tracing::info!(node, phase, "{message}");
+        self.progress.event(Event {
+            node: Some(node.to_string()),
+            phase: phase.to_string(),
+            kind: EventKind::Step,
+            message,
+        });
+    }
+
+    /// Writes the node's files of this phase and acts on its units.
+    async fn do_node(
+        &self,
+        phase: &str,
+        w: &Work<'_>,
+        no_block_start: bool,
+    ) -> Result<Applied, ApplyError> {
+        let t = self.t(w.node)?;
+        let mut done = Applied::default();
+        for f in &w.puts {
+            let content = match &f.from_file {
+                Some(p) => tokio::fs::read(p).await.map_err(|e| {
+                    ApplyError::Other(format!("reading {} for {}: {e}", p.display(), w.node))
+                })?,
+                None => f.content.clone(),
+            };
+            self.step(phase, w.node, format!("write {}", f.path));
+            ops::put(t, &f.path, content, f.mode, &f.owner).await?;
+            done.files_written += 1;
+        }
+        for f in &w.chmods {
+            self.step(phase, w.node, format!("chmod {:04o} {}", f.mode, f.path));
+            t.run_ok(
+                Script::new("chmod", r#"chown "$3" "$1" && chmod "$2" "$1""#).args([
+                    f.path.clone(),
+                    format!("{:04o}", f.mode),
+                    f.owner.clone(),
+                ]),
+            )
+            .await?;
+        }
+        if w.daemon_reload {
+            self.step(phase, w.node, "systemctl daemon-reload".into());
+            ops::systemctl(t, &["daemon-reload"]).await?;
+        }
+        for u in &w.start {
+            self.step(phase, w.node, format!("enable and start {u}"));
+            ops::systemctl(t, &["enable", u]).await?;
+            if no_block_start {
+                ops::systemctl(t, &["start", "--no-block", u]).await?;
+            } else if let Err(e) = ops::systemctl(t, &["start", u]).await {
+                return Err(ApplyError::Gate(Box::new(crate::GateFailure {
+                    node: w.node.to_string(),
+                    gate: format!("systemctl start {u}"),
+                    unit: u.clone(),
+                    secs: 0,
+                    detail: e.to_string(),
+                    journal: ops::journal(t, u, 20).await,
+                })));
+            }
+            done.started.push((w.node.to_string(), u.clone()));
+        }
+        for u in &w.restart {
+            self.step(phase, w.node, format!("restart {u}"));
+            ops::systemctl(t, &["restart", u]).await?;
+            done.restarted.push((w.node.to_string(), u.clone()));
+        }
+        for u in &w.reload {
+            self.step(phase, w.node, format!("reload {u}"));
+            ops::systemctl(t, &["reload", u]).await?;
+            done.reloaded.push((w.node.to_string(), u.clone()));
+        }
+        Ok(done)
+    }
+
+    async fn gate(&self, phase: &str, node: &str, gate: Gate<'_>) -> Result<(), ApplyError> {
+        self.step(phase, node, format!("waiting for {}", gate.name));
+        gates::wait(self.t(node)?, &gate, self.opts.gate_timeout).await
+    }
+
+    fn readyz(&self, url: String) -> Gate<'static> {
+        Gate {
+            name: format!("{url} to answer ok"),
+            unit: "kube-apiserver",
+            script: gates::HTTPS_OK,
+            args: vec![url, "/etc/kubernetes/pki/ca.crt".into()],
+        }
+    }
+
+    async fn etcd_gates(&self, phase: &str) -> Result<(), ApplyError> {
+        let members: Vec<&str> = self
+            .cluster
+            .nodes_with(Role::Etcd)
+            .map(|n| n.name.as_str())
+            .collect();
+        let count = members.len().to_string();
+        let results = bounded(members, self.opts.concurrency, |node| {
+            let count = count.clone();
+            async move {
+                self.gate(
+                    phase,
+                    node,
+                    Gate {
+                        name: "etcd endpoint health and member list over TLS".into(),
+                        unit: "etcd",
+                        script: gates::ETCD_HEALTH,
+                        args: vec![count],
+                    },
+                )
+                .await
+            }
+        })
+        .await;
+        results.into_iter().collect()
+    }
+
+    /// Rewrites nginx.conf on every running LB node so that the apiserver
+    /// of `node` gets no new connections (`None`: the rendered file again),
+    /// and reloads nginx gracefully. Returns whether any LB was changed.
+    async fn drain(
+        &self,
+        phase: &str,
+        rendered: &Rendered,
+        node: Option<&str>,
+    ) -> Result<bool, ApplyError> {
+        let target = node
+            .and_then(|n| self.cluster.node(n))
+            .map(|n| format!("server {}:{} ", n.address, self.cluster.apiserver_port));
+        let mut changed = false;
+        for lb in self.cluster.nodes_with(Role::Lb) {
+            let Some(tree) = rendered.nodes.iter().find(|t| t.name == lb.name) else {
+                continue;
+            };
+            let Some(conf) = tree.files.get(NGINX_CONF) else {
+                continue;
+            };
+            let t = self.t(&lb.name)?;
+            let state = ops::units(t, &["nginx".to_string()]).await?;
+            if !state.get("nginx").is_some_and(|s| s.active) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&conf.content);
+            let content = match &target {
+                Some(server) => drained_nginx_conf(&text, server),
+                None => text.into_owned(),
+            };
+            self.step(
+                phase,
+                &lb.name,
+                match node {
+                    Some(n) => format!("take {n} out of the load balancer"),
+                    None => "put every apiserver back into the load balancer".into(),
+                },
+            );
+            ops::put(t, NGINX_CONF, content.into_bytes(), conf.mode, &conf.owner).await?;
+            ops::systemctl(t, &["reload", "nginx"]).await?;
+            changed = true;
+        }
+        if changed {
+            // nginx starts its new workers right after the reload signal.
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        Ok(changed)
+    }
+
+    async fn vip_gate(&self, phase: &str) -> Result<(), ApplyError> {
+        let Some(lb) = &self.cluster.loadbalancer else {
+            return Ok(());
+        };
+        let vip = lb.vip.addr().to_string();
+        let lbs: Vec<&str> = self
+            .cluster
+            .nodes_with(Role::Lb)
+            .map(|n| n.name.as_str())
+            .collect();
+        let start = Instant::now();
+        let first = lbs.first().copied().unwrap_or_default();
+        self.step(
+            phase,
+            first,
+            format!("waiting for exactly one LB node to hold {vip}"),
+        );
+        loop {
+            let mut holders = Vec::new();
+            let mut errors = Vec::new();
+            for n in &lbs {
+                let t = self.t(n)?;
+                match t
+                    .run(Script::new("check the VIP", gates::HOLDS_ADDRESS).args([vip.clone()]))
+                    .await
+                {
+                    Ok(o) if o.stdout_str().trim() == "yes" => holders.push(*n),
+                    Ok(_) => {}
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            if holders.len() == 1 && errors.is_empty() {
+                break;
+            }
+            if start.elapsed() >= self.opts.gate_timeout {
+                let t = self.t(first)?;
+                return Err(ApplyError::Gate(Box::new(crate::GateFailure {
+                    node: lbs.join(", "),
+                    gate: format!("the VIP {vip} held by exactly one LB node"),
+                    unit: "keepalived".into(),
+                    secs: self.opts.gate_timeout.as_secs(),
+                    detail: format!("held by [{}] {}", holders.join(", "), errors.join("; ")),
+                    journal: ops::journal(t, "keepalived", 20).await,
+                })));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // The API answers through the VIP (checked from a control-plane node,
+        // which holds the cluster CA).
+        if let Some(cp) = self.cluster.nodes_with(Role::ControlPlane).next() {
+            self.gate(
+                phase,
+                &cp.name,
+                self.readyz(format!("https://{vip}:{}/readyz", lb.port)),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+const NGINX_CONF: &str = "/etc/nginx/nginx.conf";
+
+/// nginx.conf with the upstream line of one server marked `down`.
+fn drained_nginx_conf(text: &str, server: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with(server) {
+            if let Some(i) = line.find(';') {
+                out.push_str(&line[..i]);
+                out.push_str(" down");
+                out.push_str(&line[i..]);
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+fn merge(into: &mut Applied, from: Applied) {
+    into.files_written += from.files_written;
+    into.started.extend(from.started);
+    into.restarted.extend(from.restarted);
+    into.reloaded.extend(from.reloaded);
+}
+
+/// Executes `plan` (made from `rendered` and facts just gathered) on the
+/// nodes. `phases` is the phase order from the renderer's table.
+pub async fn execute(
+    cluster: &Cluster,
+    rendered: &Rendered,
+    plan: &Plan,
+    phases: &[String],
+    transports: &Transports,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Applied, ApplyError> {
+    let run = Run {
+        cluster,
+        transports,
+        opts,
+        progress,
+    };
+    let mut applied = Applied::default();
+    for phase in phases {
+        if !opts.phases.is_empty() && !opts.phases.contains(phase) {
+            continue;
+        }
+        let works: Vec<Work<'_>> = rendered
+            .nodes
+            .iter()
+            .filter_map(|tree| {
+                let np = plan.nodes.iter().find(|p| p.node == tree.name)?;
+                let w = work_for(phase, tree, np);
+                (!w.is_empty()).then_some(w)
+            })
+            .collect();
+        if works.is_empty() {
+            continue;
+        }
+        progress.event(Event {
+            node: None,
+            phase: phase.clone(),
+            kind: EventKind::PhaseStarted,
+            message: format!("{} nodes", works.len()),
+        });
+        let api_port = cluster.apiserver_port;
+        match phase.as_str() {
+            "etcd" => {
+                let fresh = works.iter().any(|w| w.start.iter().any(|u| u == "etcd"));
+                if fresh {
+                    // Members of a new cluster must start together.
+                    let results = bounded(works.iter().collect(), opts.concurrency, |w| {
+                        run.do_node(phase, w, true)
+                    })
+                    .await;
+                    for r in results {
+                        merge(&mut applied, r?);
+                    }
+                    run.etcd_gates(phase).await?;
+                } else {
+                    // One member at a time, the cluster healthy in between.
+                    for w in &works {
+                        merge(&mut applied, run.do_node(phase, w, false).await?);
+                        run.etcd_gates(phase).await?;
+                    }
+                }
+            }
+            "apiserver" => {
+                // Rolling: each apiserver is taken out of the load balancers,
+                // restarted, back to /readyz, and put back before the next.
+                for w in &works {
+                    let restarting = w.restart.iter().any(|u| u == "kube-apiserver");
+                    let drained = if restarting {
+                        run.drain(phase, rendered, Some(w.node)).await?
+                    } else {
+                        false
+                    };
+                    merge(&mut applied, run.do_node(phase, w, false).await?);
+                    let acted = !w.start.is_empty() || !w.restart.is_empty();
+                    if acted {
+                        run.gate(
+                            phase,
+                            w.node,
+                            run.readyz(format!("https://127.0.0.1:{api_port}/readyz")),
+                        )
+                        .await?;
+                    }
+                    if drained {
+                        run.drain(phase, rendered, None).await?;
+                    }
+                }
+            }
+            "controllers" => {
+                let results = bounded(works.iter().collect(), opts.concurrency, |w| {
+                    let run = &run;
+                    async move {
+                        let done = run.do_node(phase, w, false).await?;
+                        for u in w.start.iter().chain(&w.restart) {
+                            let port = match u.as_str() {
+                                "kube-controller-manager" => 10257,
+                                "kube-scheduler" => 10259,
+                                _ => continue,
+                            };
+                            let url = format!("https://127.0.0.1:{port}/healthz");
+                            run.gate(
+                                phase,
+                                w.node,
+                                Gate {
+                                    name: format!("{url} to answer ok"),
+                                    unit: if port == 10257 {
+                                        "kube-controller-manager"
+                                    } else {
+                                        "kube-scheduler"
+                                    },
+                                    script: gates::HTTPS_OK,
+                                    args: vec![url, "/etc/kubernetes/pki/ca.crt".into()],
+                                },
+                            )
+                            .await?;
+                        }
+                        Ok::<_, ApplyError>(done)
+                    }
+                })
+                .await;
+                for r in results {
+                    merge(&mut applied, r?);
+                }
+            }
+            "lb" => {
+                let results = bounded(works.iter().collect(), opts.concurrency, |w| {
+                    run.do_node(phase, w, false)
+                })
+                .await;
+                for r in results {
+                    merge(&mut applied, r?);
+                }
+                run.vip_gate(phase).await?;
+            }
+            _ => {
+                let results = bounded(works.iter().collect(), opts.concurrency, |w| {
+                    run.do_node(phase, w, false)
+                })
+                .await;
+                for r in results {
+                    merge(&mut applied, r?);
+                }
+            }
+        }
+        progress.event(Event {
+            node: None,
+            phase: phase.clone(),
+            kind: EventKind::PhaseDone,
+            message: String::new(),
+        });
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn drained_nginx_conf_marks_only_that_server_down() {
+        let conf = "upstream x {\n        server 10.0.0.1:6443 max_fails=2 fail_timeout=10s; # cp1\n        server 10.0.0.11:6443 max_fails=2 fail_timeout=10s; # cp11\n}\n";
+        let out = super::drained_nginx_conf(conf, "server 10.0.0.1:6443 ");
+        assert_eq!(
+            out,
+            "upstream x {\n        server 10.0.0.1:6443 max_fails=2 fail_timeout=10s down; # cp1\n        server 10.0.0.11:6443 max_fails=2 fail_timeout=10s; # cp11\n}\n"
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! Facts gathered read-only from every node: the files the plan is about
+//! (sha256, mode, owner; the old text of changed non-secret files for the
+//! diff) and the state of its units.
+
+use crate::{bounded, ApplyError, Transports};
+use kubeforge_plan::{Facts, NodeFacts, RemoteFile, UnitFacts};
+use kubeforge_render::Rendered;
+use kubeforge_transport::ops;
+use std::collections::BTreeMap;
+
+pub async fn gather(
+    transports: &Transports,
+    rendered: &Rendered,
+    concurrency: usize,
+) -> Result<Facts, ApplyError> {
+    let results = bounded(
+        rendered.nodes.iter().collect(),
+        concurrency,
+        |tree| async move {
+            let t = transports
+                .get(&tree.name)
+                .ok_or_else(|| ApplyError::Other(format!("no connection to node {}", tree.name)))?;
+            let paths: Vec<String> = tree.files.keys().cloned().collect();
+            let stats = ops::stat(t.as_ref(), &paths).await?;
+            let units: Vec<String> = tree.units.iter().map(|u| u.name.clone()).collect();
+            let unit_states = ops::units(t.as_ref(), &units).await?;
+            let mut files = BTreeMap::new();
+            for (path, st) in stats {
+                let want = &tree.files[&path];
+                let content =
+                    if want.sha256 != st.sha256 && !want.secret && want.from_file.is_none() {
+                        ops::read(t.as_ref(), &path).await?
+                    } else {
+                        None
+                    };
+                files.insert(
+                    path,
+                    RemoteFile {
+                        sha256: st.sha256,
+                        mode: st.mode,
+                        owner: st.owner,
+                        content,
+                    },
+                );
+            }
+            let units = unit_states
+                .into_iter()
+                .map(|(u, s)| {
+                    (
+                        u,
+                        UnitFacts {
+                            active: s.active,
+                            enabled: s.enabled,
+                        },
+                    )
+                })
+                .collect();
+            Ok::<_, ApplyError>((tree.name.clone(), NodeFacts { files, units }))
+        },
+    )
+    .await;
+    let mut map = BTreeMap::new();
+    for r in results {
+        let (name, facts) = r?;
+        map.insert(name, facts);
+    }
+    Ok(Facts::Gathered(map))
+}

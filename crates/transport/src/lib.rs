@@ -1,0 +1,236 @@
+//! Transport: the one way kubeforge acts on a node. A transport runs a
+//! shell script as root on its node, with arguments and standard input;
+//! every higher operation ([`ops`]: atomic uploads, file facts, systemd,
+//! locks) is built on that one primitive, so SSH in production and the
+//! local transport in tests behave the same.
+
+pub mod ops;
+mod ssh;
+
+pub use ssh::{SshOptions, SshTransport};
+
+use async_trait::async_trait;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// What a script printed and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub status: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{node}: cannot connect to {destination}: {detail}\n  help: check that `ssh {destination}` works (address, port, user, key, host key); kubeforge uses the system ssh and ~/.ssh/config")]
+    Connect {
+        node: String,
+        destination: String,
+        detail: String,
+    },
+    #[error("{node}: running `{what}` failed: {detail}")]
+    Run {
+        node: String,
+        what: String,
+        detail: String,
+    },
+    #[error("{node}: `{what}` exited with status {status}: {stderr}")]
+    Failed {
+        node: String,
+        what: String,
+        status: i32,
+        stderr: String,
+    },
+    #[error("{node}: `{what}` did not finish within {secs} s")]
+    Timeout {
+        node: String,
+        what: String,
+        secs: u64,
+    },
+}
+
+/// A script to run on a node: `sh -c SCRIPT kubeforge ARGS...`.
+#[derive(Debug, Clone)]
+pub struct Script<'a> {
+    /// A short name for messages and logs (never the script body).
+    pub what: &'a str,
+    pub body: &'a str,
+    pub args: Vec<String>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Duration,
+}
+
+impl<'a> Script<'a> {
+    pub fn new(what: &'a str, body: &'a str) -> Self {
+        Script {
+            what,
+            body,
+            args: Vec::new(),
+            stdin: None,
+            timeout: Duration::from_secs(120),
+        }
+    }
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+    pub fn stdin(mut self, bytes: Vec<u8>) -> Self {
+        self.stdin = Some(bytes);
+        self
+    }
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+}
+
+/// A long-running process on a node that ends when its handle is dropped
+/// or closed (used for the apply lock).
+#[async_trait]
+pub trait Held: Send {
+    async fn release(self: Box<Self>);
+}
+
+/// The interface every effect on a node goes through.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// The inventory name of the node.
+    fn node(&self) -> &str;
+
+    /// Runs a script as root and returns its output whatever its status.
+    async fn run(&self, script: Script<'_>) -> Result<Output, TransportError>;
+
+    /// Starts a script and waits until it prints its first line; the
+    /// script keeps running (holding, for example, a lock) until the
+    /// returned handle is released or dropped, which closes its stdin.
+    async fn hold(&self, script: Script<'_>) -> Result<(String, Box<dyn Held>), TransportError>;
+
+    /// Runs a script and fails unless it exits 0.
+    async fn run_ok(&self, script: Script<'_>) -> Result<Output, TransportError> {
+        let what = script.what.to_string();
+        let out = self.run(script).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(TransportError::Failed {
+                node: self.node().to_string(),
+                what,
+                status: out.status,
+                stderr: out.stderr_str().trim().to_string(),
+            })
+        }
+    }
+}
+
+/// Runs scripts on this machine with `sh` (tests, and a control machine
+/// that is itself a node). Everything else is identical to SSH.
+pub struct LocalTransport {
+    name: String,
+}
+
+impl LocalTransport {
+    pub fn new(name: impl Into<String>) -> Self {
+        LocalTransport { name: name.into() }
+    }
+
+    fn command(script: &Script<'_>) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(script.body)
+            .arg("kubeforge")
+            .args(&script.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+}
+
+struct LocalHeld {
+    child: tokio::process::Child,
+}
+
+#[async_trait]
+impl Held for LocalHeld {
+    async fn release(mut self: Box<Self>) {
+        drop(self.child.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+#[async_trait]
+impl Transport for LocalTransport {
+    fn node(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&self, script: Script<'_>) -> Result<Output, TransportError> {
+        let err = |detail: String| TransportError::Run {
+            node: self.name.clone(),
+            what: script.what.to_string(),
+            detail,
+        };
+        let mut child = Self::command(&script)
+            .spawn()
+            .map_err(|e| err(e.to_string()))?;
+        let stdin = child.stdin.take();
+        let input = script.stdin.clone().unwrap_or_default();
+        let feed = async move {
+            if let Some(mut s) = stdin {
+                let _ = s.write_all(&input).await;
+                let _ = s.shutdown().await;
+            }
+        };
+        let run = async {
+            let ((), out) = tokio::join!(feed, child.wait_with_output());
+            out
+        };
+        match tokio::time::timeout(script.timeout, run).await {
+            Err(_) => Err(TransportError::Timeout {
+                node: self.name.clone(),
+                what: script.what.to_string(),
+                secs: script.timeout.as_secs(),
+            }),
+            Ok(Err(e)) => Err(err(e.to_string())),
+            Ok(Ok(o)) => Ok(Output {
+                status: o.status.code().unwrap_or(-1),
+                stdout: o.stdout,
+                stderr: o.stderr,
+            }),
+        }
+    }
+
+    async fn hold(&self, script: Script<'_>) -> Result<(String, Box<dyn Held>), TransportError> {
+        let err = |detail: String| TransportError::Run {
+            node: self.name.clone(),
+            what: script.what.to_string(),
+            detail,
+        };
+        let mut child = Self::command(&script)
+            .spawn()
+            .map_err(|e| err(e.to_string()))?;
+        let first = ops::first_line(child.stdout.take(), script.timeout)
+            .await
+            .map_err(err)?;
+        Ok((first, Box::new(LocalHeld { child })))
+    }
+}

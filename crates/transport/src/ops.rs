@@ -1,0 +1,298 @@
+//! Operations built on [`Transport::run`]: each is one shell script with
+//! positional arguments, so the same code runs over SSH and locally.
+
+use crate::{Output, Script, Transport, TransportError};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+pub(crate) async fn first_line<R: AsyncRead + Unpin>(
+    out: Option<R>,
+    timeout: Duration,
+) -> Result<String, String> {
+    let Some(out) = out else {
+        return Err("no stdout".into());
+    };
+    let mut lines = BufReader::new(out).lines();
+    match tokio::time::timeout(timeout, lines.next_line()).await {
+        Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(None)) => Err("ended without output".into()),
+        Ok(Ok(Some(l))) => Ok(l),
+    }
+}
+
+/// Writes a file atomically: a temporary file next to it (created 0600, so
+/// a secret is never readable by others), content, mode, owner, fsync, and
+/// a rename over the old file.
+pub const PUT: &str = r#"set -eu
+p="$1"; mode="$2"; owner="$3"
+d=$(dirname "$p")
+mkdir -p "$d"
+t=$(mktemp "$d/.kubeforge-tmp.XXXXXX")
+trap 'rm -f "$t"' EXIT
+cat > "$t"
+chown "$owner" "$t"
+chmod "$mode" "$t"
+sync "$t" 2>/dev/null || true
+mv -f "$t" "$p"
+trap - EXIT
+"#;
+
+pub async fn put(
+    t: &dyn Transport,
+    path: &str,
+    content: Vec<u8>,
+    mode: u32,
+    owner: &str,
+) -> Result<(), TransportError> {
+    let what = format!("write {path}");
+    t.run_ok(
+        Script::new(&what, PUT)
+            .args([path.to_string(), format!("{mode:04o}"), owner.to_string()])
+            .stdin(content),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// What a file is on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStat {
+    pub sha256: String,
+    pub mode: u32,
+    pub owner: String,
+}
+
+/// One line per path: `F MODE OWNER SHA256 PATH` or `M PATH` (missing).
+pub const STAT: &str = r#"for p in "$@"; do
+  if [ -f "$p" ]; then
+    s=$(sha256sum < "$p" | cut -d' ' -f1)
+    printf 'F %s %s %s %s\n' "$(stat -c %a "$p")" "$(stat -c %U:%G "$p")" "$s" "$p"
+  else
+    printf 'M %s\n' "$p"
+  fi
+done
+"#;
+
+/// Stats many files in one round trip. Read only.
+pub async fn stat(
+    t: &dyn Transport,
+    paths: &[String],
+) -> Result<BTreeMap<String, FileStat>, TransportError> {
+    let mut out = BTreeMap::new();
+    for chunk in paths.chunks(500) {
+        let o = t
+            .run_ok(Script::new("stat files", STAT).args(chunk.iter().cloned()))
+            .await?;
+        for line in o.stdout_str().lines() {
+            let mut parts = line.splitn(5, ' ');
+            if parts.next() != Some("F") {
+                continue;
+            }
+            let (Some(mode), Some(owner), Some(sha), Some(path)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(mode) = u32::from_str_radix(mode, 8) else {
+                continue;
+            };
+            out.insert(
+                path.to_string(),
+                FileStat {
+                    sha256: sha.to_string(),
+                    mode,
+                    owner: owner.to_string(),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+pub async fn read(t: &dyn Transport, path: &str) -> Result<Option<Vec<u8>>, TransportError> {
+    let o = t
+        .run(Script::new("read file", r#"[ -f "$1" ] || exit 3; cat "$1""#).args([path]))
+        .await?;
+    match o.status {
+        0 => Ok(Some(o.stdout)),
+        3 => Ok(None),
+        _ => Err(TransportError::Failed {
+            node: t.node().to_string(),
+            what: format!("read {path}"),
+            status: o.status,
+            stderr: o.stderr_str(),
+        }),
+    }
+}
+
+/// `active enabled` per unit, from systemctl. Read only.
+pub const UNITS: &str = r#"for u in "$@"; do
+  printf '%s %s %s\n' "$u" "$(systemctl is-active "$u" 2>/dev/null || true)" "$(systemctl is-enabled "$u" 2>/dev/null || true)"
+done
+"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnitState {
+    pub active: bool,
+    pub enabled: bool,
+}
+
+pub async fn units(
+    t: &dyn Transport,
+    units: &[String],
+) -> Result<BTreeMap<String, UnitState>, TransportError> {
+    let o = t
+        .run_ok(Script::new("systemctl is-active", UNITS).args(units.iter().cloned()))
+        .await?;
+    let mut out = BTreeMap::new();
+    for line in o.stdout_str().lines() {
+        let mut p = line.split_whitespace();
+        if let Some(u) = p.next() {
+            out.insert(
+                u.to_string(),
+                UnitState {
+                    active: p.next() == Some("active"),
+                    enabled: p.next() == Some("enabled"),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `systemctl ARGS...` and fails with the unit's journal on error.
+pub async fn systemctl(t: &dyn Transport, args: &[&str]) -> Result<Output, TransportError> {
+    let what = format!("systemctl {}", args.join(" "));
+    t.run_ok(
+        Script::new(&what, r#"systemctl "$@""#)
+            .args(args.iter().map(|s| s.to_string()))
+            .timeout(Duration::from_secs(180)),
+    )
+    .await
+}
+
+/// The last lines of a unit's journal (for error messages).
+pub async fn journal(t: &dyn Transport, unit: &str, lines: u32) -> String {
+    match t
+        .run(
+            Script::new(
+                "journalctl",
+                r#"journalctl -u "$1" -n "$2" --no-pager -o short-iso 2>&1 || true"#,
+            )
+            .args([unit.to_string(), lines.to_string()]),
+        )
+        .await
+    {
+        Ok(o) => o.stdout_str(),
+        Err(e) => format!("(journal unavailable: {e})"),
+    }
+}
+
+/// Facts about the host itself, gathered read-only in one round trip.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub machine_id: String,
+    /// Seconds since the epoch on the node.
+    pub time: f64,
+    pub os_id: String,
+    pub os_version: String,
+    pub arch: String,
+    pub kernel: String,
+    pub has_systemd: bool,
+    /// TCP ports something listens on.
+    pub listening: Vec<u16>,
+    /// Commands kubeforge needs that the node lacks.
+    pub missing_commands: Vec<String>,
+}
+
+pub const HOST: &str = r#"echo "hostname=$(hostname)"
+echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
+echo "time=$(date +%s.%N)"
+. /etc/os-release 2>/dev/null && { echo "os_id=$ID"; echo "os_version=${VERSION_ID:-}"; }
+echo "arch=$(uname -m)"
+echo "kernel=$(uname -s)"
+[ -d /run/systemd/system ] && echo "systemd=yes"
+for c in sh sha256sum stat mktemp flock systemctl journalctl curl ip; do
+  command -v "$c" >/dev/null 2>&1 || echo "missing=$c"
+done
+if command -v ss >/dev/null; then
+  ss -Hltn 2>/dev/null | awk '{print "listen=" $4}'
+fi
+"#;
+
+pub async fn host(t: &dyn Transport) -> Result<HostFacts, TransportError> {
+    let o = t.run_ok(Script::new("gather host facts", HOST)).await?;
+    let mut f = HostFacts::default();
+    for line in o.stdout_str().lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        match k {
+            "hostname" => f.hostname = v.to_string(),
+            "machine_id" => f.machine_id = v.to_string(),
+            "time" => f.time = v.parse().unwrap_or_default(),
+            "os_id" => f.os_id = v.to_string(),
+            "os_version" => f.os_version = v.to_string(),
+            "arch" => f.arch = v.to_string(),
+            "kernel" => f.kernel = v.to_string(),
+            "systemd" => f.has_systemd = true,
+            "missing" => f.missing_commands.push(v.to_string()),
+            "listen" => {
+                if let Some(port) = v.rsplit(':').next().and_then(|p| p.parse().ok()) {
+                    if !f.listening.contains(&port) {
+                        f.listening.push(port);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    f.listening.sort_unstable();
+    Ok(f)
+}
+
+/// Takes `/run/kubeforge.lock` with flock and holds it until the returned
+/// handle is released (the script waits on its stdin). Fails at once when
+/// another apply holds it.
+pub const LOCK: &str = r#"exec 9>>"$1"
+if ! flock -n 9; then
+  echo "busy $(cat "$1.owner" 2>/dev/null)"
+  exit 1
+fi
+echo "$2" > "$1.owner"
+echo locked
+read -r _ || true
+"#;
+
+pub const LOCK_PATH: &str = "/run/kubeforge.lock";
+
+pub async fn lock(
+    t: &dyn Transport,
+    path: &str,
+    owner: &str,
+) -> Result<Box<dyn crate::Held>, TransportError> {
+    let (first, held) = t
+        .hold(
+            Script::new("take the apply lock", LOCK)
+                .args([path, owner])
+                .timeout(Duration::from_secs(30)),
+        )
+        .await?;
+    if first == "locked" {
+        Ok(held)
+    } else {
+        held.release().await;
+        Err(TransportError::Failed {
+            node: t.node().to_string(),
+            what: format!("take the apply lock {path}"),
+            status: 1,
+            stderr: format!(
+                "another kubeforge apply holds it ({}); wait for it to finish",
+                first.trim_start_matches("busy").trim()
+            ),
+        })
+    }
+}

@@ -1,0 +1,570 @@
+//! The command line, parsed the way the real components' pflag flag sets
+//! parse it: `--name=value`, `--name value`, boolean `--name` (and
+//! `--name=false`), shorthands `-v 2` / `-v=2` / `-v2` / `-h`, `--` ends the
+//! flags, `_` and `-` in names are the same (WordSepNormalizeFunc), and no
+//! positional arguments.
+
+use std::collections::HashMap;
+
+/// How a flag takes its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arity {
+    /// A bool: `--x` means true, a value only as `--x=false`.
+    Bool,
+    /// The value may be omitted (`--version`, `--version=raw`).
+    Optional,
+    /// A value is required: `--x=v` or `--x v`.
+    Value,
+}
+
+#[derive(Clone, Debug)]
+pub struct FlagSpec {
+    /// Normalized name without dashes: `etcd-servers`.
+    pub name: String,
+    pub short: Option<char>,
+    pub arity: Arity,
+    /// The value type the reference page shows (`string`, `int`, `duration`…).
+    pub ty: String,
+}
+
+/// One component's flags.
+#[derive(Debug)]
+pub struct FlagTable {
+    specs: Vec<FlagSpec>,
+    by_name: HashMap<String, usize>,
+}
+
+/// `_` and `-` are the same in flag names.
+pub fn normalize(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+impl FlagTable {
+    /// Parses a `flags/<component>.txt` list.
+    pub fn parse(text: &str) -> Result<FlagTable, String> {
+        let mut specs = Vec::new();
+        let mut by_name = HashMap::new();
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = || format!("line {}: {raw:?}", n + 1);
+            let (names, ty) = line.rsplit_once(' ').ok_or_else(bad)?;
+            let (short, long) = match names.split_once(", ") {
+                Some((s, l)) => {
+                    let s = s.strip_prefix('-').ok_or_else(bad)?;
+                    let mut chars = s.chars();
+                    let c = chars.next().ok_or_else(bad)?;
+                    if chars.next().is_some() {
+                        return Err(bad());
+                    }
+                    (Some(c), l)
+                }
+                None => (None, names),
+            };
+            let long = long.strip_prefix("--").ok_or_else(bad)?;
+            if long.is_empty() || long.contains(' ') {
+                return Err(bad());
+            }
+            let arity = match ty {
+                "bool" => Arity::Bool,
+                "optional" => Arity::Optional,
+                _ => Arity::Value,
+            };
+            let name = normalize(long);
+            if by_name.insert(name.clone(), specs.len()).is_some() {
+                return Err(format!("line {}: --{long} is listed twice", n + 1));
+            }
+            specs.push(FlagSpec {
+                name,
+                short,
+                arity,
+                ty: ty.to_string(),
+            });
+        }
+        if specs.is_empty() {
+            return Err("no flags".into());
+        }
+        Ok(FlagTable { specs, by_name })
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<&FlagSpec> {
+        self.by_name.get(&normalize(name)).map(|&i| &self.specs[i])
+    }
+
+    fn lookup_short(&self, c: char) -> Option<&FlagSpec> {
+        self.specs.iter().find(|s| s.short == Some(c))
+    }
+
+    /// `--help` text lines: `-v, --v int`.
+    pub fn usage_lines(&self) -> Vec<String> {
+        self.specs
+            .iter()
+            .map(|s| {
+                let short = s.short.map(|c| format!("-{c}, ")).unwrap_or_default();
+                let ty = match s.arity {
+                    Arity::Bool => String::new(),
+                    Arity::Optional => " [=value]".to_string(),
+                    Arity::Value => format!(" {}", s.ty),
+                };
+                format!("{short}--{}{ty}", s.name)
+            })
+            .collect()
+    }
+}
+
+/// A flag that kubeforge's reference notes (shared/reference/pki-and-flags.md,
+/// "Removed flags (do not render them)") call removed. The stand-in rejects
+/// it even where the real v1.31 binary still accepts it.
+struct Removed {
+    names: &'static [&'static str],
+    /// Components it applies to; empty: all.
+    roles: &'static [&'static str],
+    why: &'static str,
+}
+
+const KLOG: &[&str] = &[
+    "add-dir-header",
+    "alsologtostderr",
+    "log-backtrace-at",
+    "log-dir",
+    "log-file",
+    "log-file-max-size",
+    "logtostderr",
+    "one-output",
+    "skip-headers",
+    "skip-log-headers",
+    "stderrthreshold",
+];
+
+const REMOVED: &[Removed] = &[
+    Removed {
+        names: KLOG,
+        roles: &[],
+        why: "klog flags were removed in Kubernetes 1.26",
+    },
+    Removed {
+        names: &["insecure-port", "insecure-bind-address"],
+        roles: &["kube-apiserver"],
+        why: "the apiserver's insecure port is gone",
+    },
+    Removed {
+        names: &["port", "address"],
+        roles: &["kube-scheduler"],
+        why: "kube-scheduler's insecure serving flags are gone (it serves on --secure-port)",
+    },
+    Removed {
+        names: &["network-plugin", "cni-bin-dir", "cni-conf-dir"],
+        roles: &["kubelet"],
+        why: "dockershim flags, removed in Kubernetes 1.24",
+    },
+    Removed {
+        names: &["container-runtime"],
+        roles: &["kubelet"],
+        why: "removed in Kubernetes 1.27",
+    },
+    Removed {
+        names: &["pod-infra-container-image"],
+        roles: &["kubelet"],
+        why: "deprecated: the sandbox image comes from the CRI runtime's config",
+    },
+];
+
+fn removed(role: &str, name: &str) -> Option<&'static str> {
+    REMOVED
+        .iter()
+        .find(|r| (r.roles.is_empty() || r.roles.contains(&role)) && r.names.contains(&name))
+        .map(|r| r.why)
+}
+
+/// The flags given, in order, by normalized name.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    values: Vec<(String, String)>,
+}
+
+impl Parsed {
+    /// The last value given for `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A list flag (`strings`): every occurrence, split at commas.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.values
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn flag_bool(&self, name: &str) -> Option<bool> {
+        self.get(name).and_then(parse_go_bool)
+    }
+
+    /// Every flag given (normalized name, value), in order.
+    pub fn all(&self) -> &[(String, String)] {
+        &self.values
+    }
+}
+
+/// Go's strconv.ParseBool.
+pub fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Go's time.ParseDuration, to seconds.
+pub fn parse_go_duration(s: &str) -> Option<f64> {
+    let (neg, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if rest == "0" {
+        return Some(0.0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let num: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += num * factor;
+    }
+    Some(if neg { -total } else { total })
+}
+
+/// Checks a value against the flag's type, like pflag's Set.
+fn check_value(spec: &FlagSpec, flag: &str, value: &str) -> Result<(), String> {
+    let ok = match spec.ty.as_str() {
+        "bool" => parse_go_bool(value).is_some(),
+        "int" | "int64" => value.parse::<i64>().is_ok(),
+        "int32" => value.parse::<i32>().is_ok(),
+        "uint" => value.parse::<u64>().is_ok(),
+        "float" => value.parse::<f64>().is_ok(),
+        "duration" => parse_go_duration(value).is_some(),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid argument {value:?} for \"{flag}\" flag: not a valid {}",
+            spec.ty
+        ))
+    }
+}
+
+/// Parses `args` (without argv[0]) against `table`.
+pub fn parse_args(table: &FlagTable, role: &str, args: &[String]) -> Result<Parsed, String> {
+    let mut parsed = Parsed::default();
+    let mut positional: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_str();
+        i += 1;
+        if arg == "--" {
+            positional.extend(args[i..].iter().map(String::as_str));
+            break;
+        }
+        if let Some(body) = arg.strip_prefix("--") {
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (body, None),
+            };
+            if name.is_empty() || name.starts_with('-') {
+                return Err(format!("bad flag syntax: {arg}"));
+            }
+            let norm = normalize(name);
+            let spec = table.lookup(&norm);
+            if let Some(why) = removed(role, &norm) {
+                return Err(match spec {
+                    None => format!("unknown flag: --{name} (removed: {why}; pki-and-flags.md)"),
+                    Some(_) => format!(
+                        "flag --{name} is rejected by the stand-in: {why} (pki-and-flags.md, \
+                         \"Removed flags\"); the real {role} v1.31 still accepts it, deprecated, \
+                         but kubeforge must not render it"
+                    ),
+                });
+            }
+            let Some(spec) = spec else {
+                return Err(format!("unknown flag: --{name}"));
+            };
+            let flag = format!("--{name}");
+            let value = match (&spec.arity, inline) {
+                (_, Some(v)) => v.to_string(),
+                (Arity::Bool | Arity::Optional, None) => "true".to_string(),
+                (Arity::Value, None) => {
+                    let Some(v) = args.get(i) else {
+                        return Err(format!("flag needs an argument: {flag}"));
+                    };
+                    i += 1;
+                    v.clone()
+                }
+            };
+            if spec.arity == Arity::Bool && parse_go_bool(&value).is_none() {
+                return Err(format!(
+                    "invalid argument {value:?} for \"{flag}\" flag: not a bool"
+                ));
+            }
+            check_value(spec, &flag, &value)?;
+            parsed.values.push((spec.name.clone(), value));
+        } else if let Some(shorts) = arg.strip_prefix('-').filter(|s| !s.is_empty()) {
+            let mut rest = shorts;
+            while let Some(c) = rest.chars().next() {
+                rest = &rest[c.len_utf8()..];
+                let Some(spec) = table.lookup_short(c) else {
+                    return Err(format!("unknown shorthand flag: '{c}' in {arg}"));
+                };
+                let flag = format!("-{c}");
+                let value = if let Some(v) = rest.strip_prefix('=') {
+                    let v = v.to_string();
+                    rest = "";
+                    v
+                } else if spec.arity != Arity::Value {
+                    "true".to_string()
+                } else if !rest.is_empty() {
+                    let v = rest.to_string();
+                    rest = "";
+                    v
+                } else {
+                    let Some(v) = args.get(i) else {
+                        return Err(format!("flag needs an argument: '{c}' in {arg}"));
+                    };
+                    i += 1;
+                    v.clone()
+                };
+                check_value(spec, &flag, &value)?;
+                parsed.values.push((spec.name.clone(), value));
+            }
+        } else {
+            positional.push(arg);
+        }
+    }
+    if positional.iter().any(|a| !a.is_empty()) {
+        return Err(format!(
+            "{role:?} does not take any arguments, got {positional:?}"
+        ));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::Role;
+
+    fn table(role: Role) -> FlagTable {
+        FlagTable::parse(role.flag_list()).unwrap()
+    }
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_list_parses() {
+        for role in Role::ALL {
+            let t = table(role);
+            assert!(t.len() > 50, "{}: {} flags", role.name(), t.len());
+            for must in ["help", "version", "v", "vmodule", "log-flush-frequency"] {
+                assert!(t.lookup(must).is_some(), "{}: --{must}", role.name());
+            }
+            assert_eq!(t.lookup("help").unwrap().short, Some('h'));
+            assert_eq!(t.lookup("v").unwrap().short, Some('v'));
+        }
+    }
+
+    #[test]
+    fn value_forms() {
+        let t = table(Role::ApiServer);
+        let p = parse_args(
+            &t,
+            "kube-apiserver",
+            &args(&[
+                "--secure-port=6443",
+                "--etcd-servers",
+                "https://a:2379,https://b:2379",
+                "--etcd-servers=https://c:2379",
+                "--allow-privileged",
+                "--profiling=false",
+                "-v",
+                "2",
+                "--",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p.get("secure-port"), Some("6443"));
+        assert_eq!(
+            p.list("etcd-servers"),
+            ["https://a:2379", "https://b:2379", "https://c:2379"]
+        );
+        assert_eq!(p.flag_bool("allow-privileged"), Some(true));
+        assert_eq!(p.flag_bool("profiling"), Some(false));
+        assert_eq!(p.get("v"), Some("2"));
+        for form in [&["-v=3"][..], &["-v3"], &["--v", "3"]] {
+            let p = parse_args(&t, "kube-apiserver", &args(form)).unwrap();
+            assert_eq!(p.get("v"), Some("3"), "{form:?}");
+        }
+        let p = parse_args(&t, "kube-apiserver", &args(&["--version"])).unwrap();
+        assert_eq!(p.get("version"), Some("true"));
+        let p = parse_args(&t, "kube-apiserver", &args(&["-h"])).unwrap();
+        assert_eq!(p.flag_bool("help"), Some(true));
+    }
+
+    #[test]
+    fn underscores_are_dashes() {
+        let t = table(Role::ApiServer);
+        let p = parse_args(&t, "kube-apiserver", &args(&["--secure_port=1"])).unwrap();
+        assert_eq!(p.get("secure-port"), Some("1"));
+    }
+
+    #[test]
+    fn errors_like_pflag() {
+        let t = table(Role::ApiServer);
+        let err = |a: &[&str]| parse_args(&t, "kube-apiserver", &args(a)).unwrap_err();
+        assert_eq!(err(&["--nope=1"]), "unknown flag: --nope");
+        assert_eq!(err(&["--nope"]), "unknown flag: --nope");
+        assert_eq!(err(&["-x"]), "unknown shorthand flag: 'x' in -x");
+        assert_eq!(
+            err(&["--etcd-servers"]),
+            "flag needs an argument: --etcd-servers"
+        );
+        // A bool does not take the next argument: "false" is positional.
+        assert!(err(&["--profiling", "false"]).contains("does not take any arguments"));
+        assert!(err(&["--profiling=maybe"]).contains("not a bool"));
+        assert!(err(&["--secure-port=https"]).contains("not a valid int"));
+        assert!(err(&["--request-timeout=5 minutes"]).contains("not a valid duration"));
+        assert!(err(&["---x"]).contains("bad flag syntax"));
+    }
+
+    #[test]
+    fn removed_flags_are_rejected() {
+        let api = table(Role::ApiServer);
+        let e = parse_args(&api, "kube-apiserver", &args(&["--insecure-port=8080"])).unwrap_err();
+        assert!(e.starts_with("unknown flag: --insecure-port"), "{e}");
+        let e = parse_args(&api, "kube-apiserver", &args(&["--logtostderr"])).unwrap_err();
+        assert!(e.starts_with("unknown flag: --logtostderr"), "{e}");
+        let sched = table(Role::Scheduler);
+        let e = parse_args(&sched, "kube-scheduler", &args(&["--port=0"])).unwrap_err();
+        assert!(e.starts_with("unknown flag: --port"), "{e}");
+        // In kube-proxy v1.31's own list, but removed per pki-and-flags.md.
+        let proxy = table(Role::KubeProxy);
+        assert!(proxy.lookup("log-dir").is_some());
+        let e = parse_args(&proxy, "kube-proxy", &args(&["--log_dir=/tmp"])).unwrap_err();
+        assert!(e.contains("rejected by the stand-in"), "{e}");
+        let kubelet = table(Role::Kubelet);
+        for f in [
+            "--network-plugin=cni",
+            "--cni-bin-dir=/opt/cni/bin",
+            "--container-runtime=remote",
+            "--pod-infra-container-image=pause",
+        ] {
+            assert!(parse_args(&kubelet, "kubelet", &args(&[f])).is_err(), "{f}");
+        }
+        // --port and --address are fine for the kubelet.
+        parse_args(
+            &kubelet,
+            "kubelet",
+            &args(&["--port=10250", "--address=0.0.0.0"]),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_go_duration("0"), Some(0.0));
+        assert_eq!(parse_go_duration("1h0m0s"), Some(3600.0));
+        assert_eq!(parse_go_duration("8760h"), Some(8760.0 * 3600.0));
+        assert_eq!(parse_go_duration("100ms"), Some(0.1));
+        assert_eq!(parse_go_duration("1.5s"), Some(1.5));
+        assert_eq!(parse_go_duration("-2m"), Some(-120.0));
+        for bad in ["", "5", "s", "5 s", "5x", "1h-2m"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad}");
+        }
+    }
+
+    /// The flag names in a rendered unit's ExecStart, as written in the
+    /// template (one `--flag=value \` per line).
+    fn template_flags(template: &str) -> Vec<String> {
+        template
+            .lines()
+            .map(str::trim)
+            .filter_map(|l| l.strip_prefix("--"))
+            .map(|l| {
+                l.split(['=', ' ', '\\'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Every flag kubeforge renders is a real v1.31 flag of its component
+    /// and none is one the reference notes call removed.
+    #[test]
+    fn rendered_templates_use_known_flags() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates");
+        let units = [
+            ("control-plane/kube-apiserver.service", Role::ApiServer),
+            (
+                "control-plane/kube-controller-manager.service",
+                Role::ControllerManager,
+            ),
+            ("control-plane/kube-scheduler.service", Role::Scheduler),
+            ("node/kubelet.service", Role::Kubelet),
+            ("node/kube-proxy.service", Role::KubeProxy),
+        ];
+        for (file, role) in units {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let flags = template_flags(&text);
+            assert!(!flags.is_empty(), "{file}: no flags found");
+            let t = table(role);
+            for f in &flags {
+                assert!(
+                    t.lookup(f).is_some(),
+                    "{file}: --{f} is not a {} flag",
+                    role.name()
+                );
+                assert!(
+                    removed(role.name(), &normalize(f)).is_none(),
+                    "{file}: --{f} is removed"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,739 @@
+//! The stand-in run the way kubeforge will run it: under the real binaries'
+//! names, with the command lines of the units rendered for cp1 of
+//! `inventories/single.toml` (only paths, addresses and ports moved into the
+//! test's temporary directory and onto loopback), with the certificates
+//! kubeforge issued, against a real etcd started from the rendered
+//! `etcd.service`.
+//!
+//! Network: loopback only. Every address the rendered units name is
+//! rewritten to 127.0.0.1 and checked to be gone before anything starts.
+//!
+//! Needs `etcd` (from `KUBEFORGE_ETCD_DIR`, default
+//! `target/test-tools/etcd/usr/bin`, as tests/setup.sh installs it) and
+//! `curl`; the etcd test is skipped with a notice without them, and fails
+//! when the `CI` environment variable is set.
+//!
+//! The logs of the processes a test started are printed when it fails, and
+//! always with `KUBEFORGE_STANDIN_TEST_LOGS=1` (and `--nocapture`).
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::fs::File;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+const NODE: &str = "cp1";
+const STANDIN: &str = env!("CARGO_BIN_EXE_kubeforge-standin");
+
+// --- skipping -----------------------------------------------------------------
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// A notice (or, under CI, a failure) that `test` cannot run here.
+fn skip(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test}: {why} (CI is set, so this is a failure, not a skip)");
+    }
+    eprintln!("note: {test} SKIPPED: {why}");
+}
+
+fn executable(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn etcd_dir() -> PathBuf {
+    match std::env::var_os("KUBEFORGE_ETCD_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-tools/etcd/usr/bin"),
+    }
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| executable(p))
+}
+
+// --- rendering ----------------------------------------------------------------
+
+/// `inventories/single.toml` rendered as `kubeforge render` would.
+struct Rendered {
+    /// Holds `state/` (the PKI), `out/` (the node trees) and run files.
+    dir: TempDir,
+    node_address: String,
+}
+
+impl Rendered {
+    fn new() -> Rendered {
+        let inventory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../inventories/single.toml");
+        let cluster = kubeforge_inventory::load(&inventory).unwrap().cluster;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&state).unwrap();
+        let reconciled =
+            kubeforge_pki::reconcile(&state, &cluster, &kubeforge_pki::Options::default()).unwrap();
+        reconciled.persist(&state).unwrap();
+        let alloc = kubeforge_render::allocate_pod_subnets(&state, &cluster).unwrap();
+        alloc.persist(&state).unwrap();
+        let rendered = kubeforge_render::Renderer::new()
+            .unwrap()
+            .render(&cluster, &reconciled.pki, &alloc.subnets)
+            .unwrap();
+        kubeforge_render::write_tree(&rendered, &out).unwrap();
+        let node_address = rendered
+            .nodes
+            .iter()
+            .find(|n| n.name == NODE)
+            .unwrap()
+            .address
+            .clone();
+        Rendered { dir, node_address }
+    }
+
+    fn tmp(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Where `path` (absolute, as on the node) of cp1 was written.
+    fn node_path(&self, path: &str) -> PathBuf {
+        self.tmp()
+            .join("out")
+            .join(NODE)
+            .join(path.trim_start_matches('/'))
+    }
+
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.node_path(path)).unwrap()
+    }
+
+    /// Replaces text in a rendered file of cp1.
+    fn edit(&self, path: &str, from: &str, to: &str) {
+        let text = self.read(path);
+        assert!(text.contains(from), "{path} does not contain {from:?}");
+        std::fs::write(self.node_path(path), text.replace(from, to)).unwrap();
+    }
+
+    fn state_pki(&self, name: &str) -> PathBuf {
+        self.tmp().join("state/pki").join(name)
+    }
+
+    /// The ExecStart argv of a rendered unit of cp1 with `/etc/kubernetes`
+    /// and `/var/log/kubernetes` moved into the test's directory.
+    fn argv(&self, unit: &str, program: &str) -> Vec<String> {
+        let text = self.read(&format!("/etc/systemd/system/{unit}.service"));
+        let mut argv = exec_start(&text);
+        assert!(
+            argv[0].ends_with(&format!("/{program}")),
+            "{unit}: ExecStart runs {}",
+            argv[0]
+        );
+        let etc = self.node_path("/etc/kubernetes").display().to_string();
+        let log = self.tmp().join("log").display().to_string();
+        for a in &mut argv[1..] {
+            *a = a
+                .replace("/etc/kubernetes", &etc)
+                .replace("/var/log/kubernetes", &log);
+        }
+        argv
+    }
+}
+
+/// The words of `ExecStart=` of a unit, continuation lines joined (the
+/// rendered units quote nothing).
+fn exec_start(unit: &str) -> Vec<String> {
+    let mut logical = String::new();
+    let mut inside = false;
+    for line in unit.lines() {
+        let t = line.trim();
+        if !inside {
+            match t.strip_prefix("ExecStart=") {
+                Some(rest) => {
+                    inside = true;
+                    logical.push_str(rest);
+                }
+                None => continue,
+            }
+        } else {
+            logical.push_str(t);
+        }
+        match logical.strip_suffix('\\') {
+            Some(head) => logical = format!("{head} "),
+            None => break,
+        }
+    }
+    logical.split_whitespace().map(String::from).collect()
+}
+
+/// Sets `--name=value` in `argv` (which must have it once).
+fn set_flag(argv: &mut [String], name: &str, value: &str) {
+    let prefix = format!("--{name}=");
+    let hits: Vec<usize> = (1..argv.len())
+        .filter(|&i| argv[i].starts_with(&prefix))
+        .collect();
+    assert_eq!(hits.len(), 1, "--{name} in {argv:?}");
+    argv[hits[0]] = format!("{prefix}{value}");
+}
+
+/// Checks that nothing in `argv` still points at the node's address or at
+/// a path outside the test's directory.
+fn assert_relocated(argv: &[String], r: &Rendered) {
+    let tmp = r.tmp().display().to_string();
+    for a in &argv[1..] {
+        assert!(
+            !a.contains(&r.node_address),
+            "{a} still names the node's address (loopback only)"
+        );
+        if let Some((_, v)) = a.split_once('=') {
+            for part in v.split(',') {
+                if part.starts_with('/') {
+                    assert!(part.starts_with(&tmp), "{a} names a path outside the test");
+                }
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The stand-in under a real binary's name, in `dir`.
+fn install(dir: &Path, name: &str) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let path = bin.join(name);
+    if !path.exists() {
+        std::fs::copy(STANDIN, &path).unwrap();
+    }
+    path
+}
+
+// --- processes ----------------------------------------------------------------
+
+/// A long-running child, its output in a log file; killed on drop, and its
+/// log printed when the test fails.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, log: &Path) -> Proc {
+        let file = File::create(log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child,
+            log: log.into(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(s) = self.child.try_wait().unwrap() {
+            panic!("{} exited early ({s}):\n{}", self.name, self.log());
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(st.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{} ignored SIGTERM", self.name);
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() || std::env::var_os("KUBEFORGE_STANDIN_TEST_LOGS").is_some() {
+            eprintln!("----- {} log -----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// Runs a command that should exit by itself within 20 s.
+fn run_to_end(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not exit within 20 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `curl --cacert ca` of an https URL on loopback: (HTTP status, body);
+/// status 0 when no HTTP answer came (the body is then curl's error).
+fn curl(url: &str, ca: &Path, flags: &[&str]) -> (u16, String) {
+    assert!(
+        url.starts_with("https://127.0.0.1:"),
+        "{url}: loopback only"
+    );
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", "--cacert"])
+        .arg(ca)
+        .args(flags)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
+    match code.parse::<u16>() {
+        Ok(c) if c != 0 => (c, body.to_string()),
+        _ => (0, String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+/// Polls `f` until it returns Some, or panics after `within`.
+fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for `READY=1` on a notify socket while `proc` runs.
+fn wait_ready(sock: &UnixDatagram, proc: &mut Proc, within: Duration) {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 512];
+    loop {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]);
+            if msg.lines().any(|l| l == "READY=1") {
+                return;
+            }
+        }
+        proc.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "{}: no READY=1 within {within:?}:\n{}",
+            proc.name,
+            proc.log()
+        );
+    }
+}
+
+// --- the tests ----------------------------------------------------------------
+
+#[test]
+fn unknown_flag_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["kube-apiserver", "kube-scheduler", "kubelet"] {
+        let bin = install(dir.path(), name);
+        let out = run_to_end(Command::new(&bin).arg("--no-such-flag=1"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains("unknown flag: --no-such-flag"),
+            "{name}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("{name} (kubeforge stand-in): ")),
+            "{name}: {stderr}"
+        );
+    }
+    // A removed flag, and a bool given a separate value.
+    let api = install(dir.path(), "kube-apiserver");
+    for args in [&["--insecure-port=8080"][..], &["--profiling", "false"]] {
+        let out = run_to_end(Command::new(&api).args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+    }
+    let out = run_to_end(Command::new(&api).arg("--help"));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TEST STAND-IN"));
+    let out = run_to_end(Command::new(&api).arg("--version"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Kubernetes v1.31.4-kubeforge-standin"
+    );
+}
+
+#[test]
+fn bad_files_exit_1_naming_flag_and_path() {
+    let started = Instant::now();
+    let r = Rendered::new();
+    let api = install(r.tmp(), "kube-apiserver");
+    let mut base = r.argv("kube-apiserver", "kube-apiserver");
+    set_flag(&mut base, "advertise-address", "127.0.0.1");
+    set_flag(&mut base, "bind-address", "127.0.0.1");
+    set_flag(&mut base, "secure-port", &free_port().to_string());
+    set_flag(&mut base, "etcd-servers", "https://127.0.0.1:1");
+    assert_relocated(&base, &r);
+
+    let missing = r.tmp().join("no-such.crt");
+    let garbage = r.tmp().join("garbage.key");
+    std::fs::write(&garbage, "not a key\n").unwrap();
+    let other_key = r.node_path("/etc/kubernetes/pki/apiserver-kubelet-client.key");
+    let cases: [(&str, PathBuf, &str); 3] = [
+        ("tls-cert-file", missing.clone(), "cannot read"),
+        ("tls-private-key-file", garbage.clone(), "private key"),
+        ("tls-private-key-file", other_key, "does not match"),
+    ];
+    for (flag, path, why) in cases {
+        let mut argv = base.clone();
+        set_flag(&mut argv, flag, &path.display().to_string());
+        let out = run_to_end(Command::new(&api).args(&argv[1..]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--{flag}: {stderr}");
+        let named = format!("--{flag}={}", path.display());
+        assert!(stderr.contains(&named), "expected {named:?} in:\n{stderr}");
+        assert!(stderr.contains(why), "expected {why:?} in:\n{stderr}");
+    }
+
+    // A kubeconfig whose embedded certificate is not base64.
+    let cm = install(r.tmp(), "kube-controller-manager");
+    let mut argv = r.argv("kube-controller-manager", "kube-controller-manager");
+    set_flag(&mut argv, "secure-port", &free_port().to_string());
+    r.edit(
+        "/etc/kubernetes/controller-manager.conf",
+        "client-certificate-data: ",
+        "client-certificate-data: not-base64-",
+    );
+    assert_relocated(&argv, &r);
+    let out = run_to_end(Command::new(&cm).args(&argv[1..]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--kubeconfig=") && stderr.contains("controller-manager.conf"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not base64"), "{stderr}");
+    eprintln!("bad_files: {:.1?}", started.elapsed());
+}
+
+#[test]
+fn node_parts_serve_healthz() {
+    let r = Rendered::new();
+    // kubelet: its config's healthz port moved to a free one.
+    let port = free_port();
+    r.edit(
+        "/etc/kubernetes/kubelet-config.yaml",
+        "healthzPort: 10248",
+        &format!("healthzPort: {port}"),
+    );
+    let etc = r.node_path("/etc/kubernetes").display().to_string();
+    r.edit(
+        "/etc/kubernetes/kubelet-config.yaml",
+        "/etc/kubernetes",
+        &etc,
+    );
+    let kubelet = install(r.tmp(), "kubelet");
+    let mut argv = r.argv("kubelet", "kubelet");
+    set_flag(&mut argv, "node-ip", "127.0.0.1");
+    assert_relocated(&argv, &r);
+    let mut p = Proc::spawn(
+        "kubelet",
+        {
+            let mut c = Command::new(&kubelet);
+            c.args(&argv[1..]);
+            c
+        },
+        &r.tmp().join("kubelet.log"),
+    );
+    let body = wait_for("kubelet /healthz", Duration::from_secs(20), || {
+        p.assert_running();
+        http_get_plain(port, "/healthz")
+    });
+    assert_eq!(body, "ok");
+    assert!(p.terminate(Duration::from_secs(5)).success());
+
+    // kube-proxy: healthzBindAddress moved from 0.0.0.0:10256 to loopback.
+    let port = free_port();
+    r.edit(
+        "/etc/kubernetes/kube-proxy-config.yaml",
+        "healthzBindAddress: 0.0.0.0:10256",
+        &format!("healthzBindAddress: 127.0.0.1:{port}"),
+    );
+    r.edit(
+        "/etc/kubernetes/kube-proxy-config.yaml",
+        "/etc/kubernetes",
+        &etc,
+    );
+    let proxy = install(r.tmp(), "kube-proxy");
+    let argv = r.argv("kube-proxy", "kube-proxy");
+    assert_relocated(&argv, &r);
+    let mut p = Proc::spawn(
+        "kube-proxy",
+        {
+            let mut c = Command::new(&proxy);
+            c.args(&argv[1..]);
+            c
+        },
+        &r.tmp().join("kube-proxy.log"),
+    );
+    let body = wait_for("kube-proxy /healthz", Duration::from_secs(20), || {
+        p.assert_running();
+        http_get_plain(port, "/healthz")
+    });
+    assert_eq!(body, "ok");
+    assert!(p.terminate(Duration::from_secs(5)).success());
+}
+
+/// A plain-HTTP GET on loopback; the body of a 200.
+fn http_get_plain(port: u16, path: &str) -> Option<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// Every `--flag=<file>` of `argv` (but `except`) shows up in the log of
+/// the files the stand-in checked.
+fn assert_checked_every_file(argv: &[String], log: &str, except: &[&str]) {
+    for a in &argv[1..] {
+        let Some((flag, value)) = a.split_once('=') else {
+            continue;
+        };
+        if value.starts_with('/') && !except.contains(&flag.trim_start_matches('-')) {
+            assert!(log.contains(a.as_str()), "{a} was not checked:\n{log}");
+        }
+    }
+}
+
+#[test]
+fn control_plane_against_real_etcd() {
+    const TEST: &str = "control_plane_against_real_etcd";
+    let started = Instant::now();
+    let etcd = etcd_dir().join("etcd");
+    if !executable(&etcd) {
+        skip(
+            TEST,
+            &format!(
+                "no etcd at {} (run tests/setup.sh or set KUBEFORGE_ETCD_DIR)",
+                etcd.display()
+            ),
+        );
+        return;
+    }
+    if on_path("curl").is_none() {
+        skip(TEST, "curl is not on PATH");
+        return;
+    }
+    let r = Rendered::new();
+    let ca = r.node_path("/etc/kubernetes/pki/ca.crt");
+
+    // etcd from its rendered unit, on loopback ports.
+    let (client_port, peer_port) = (free_port(), free_port());
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let peer_url = format!("https://127.0.0.1:{peer_port}");
+    let mut argv = r.argv("etcd", "etcd");
+    set_flag(
+        &mut argv,
+        "data-dir",
+        &r.tmp().join("etcd-data").display().to_string(),
+    );
+    set_flag(&mut argv, "listen-client-urls", &client_url);
+    set_flag(&mut argv, "advertise-client-urls", &client_url);
+    set_flag(&mut argv, "listen-peer-urls", &peer_url);
+    set_flag(&mut argv, "initial-advertise-peer-urls", &peer_url);
+    assert_relocated(&argv, &r);
+    let mut cmd = Command::new(&etcd);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ETCD") {
+            cmd.env_remove(k);
+        }
+    }
+    let env = r.read("/etc/etcd/initial-cluster.env");
+    for line in env
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+    {
+        let (k, v) = line.split_once('=').unwrap();
+        let v = if k == "ETCD_INITIAL_CLUSTER" {
+            format!("{NODE}={peer_url}")
+        } else {
+            v.to_string()
+        };
+        assert!(!v.contains(&r.node_address), "{k}={v}");
+        cmd.env(k, v);
+    }
+    cmd.args(&argv[1..]);
+    let mut etcd_proc = Proc::spawn("etcd", cmd, &r.tmp().join("etcd.log"));
+
+    // kube-apiserver (the stand-in) from its rendered unit.
+    let api_port = free_port();
+    let mut argv = r.argv("kube-apiserver", "kube-apiserver");
+    set_flag(&mut argv, "advertise-address", "127.0.0.1");
+    set_flag(&mut argv, "bind-address", "127.0.0.1");
+    set_flag(&mut argv, "secure-port", &api_port.to_string());
+    set_flag(&mut argv, "etcd-servers", &client_url);
+    assert_relocated(&argv, &r);
+    let notify_path = r.tmp().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let api_bin = install(r.tmp(), "kube-apiserver");
+    let mut cmd = Command::new(&api_bin);
+    cmd.args(&argv[1..]).env("NOTIFY_SOCKET", &notify_path);
+    let mut api = Proc::spawn("kube-apiserver", cmd, &r.tmp().join("kube-apiserver.log"));
+    wait_ready(&notify, &mut api, Duration::from_secs(75));
+    eprintln!(
+        "{TEST}: etcd healthy and the apiserver serving after {:.1?}",
+        started.elapsed()
+    );
+    etcd_proc.assert_running();
+
+    let api_url = |path: &str| format!("https://127.0.0.1:{api_port}{path}");
+    let (code, body) = curl(&api_url("/readyz"), &ca, &[]);
+    assert_eq!((code, body.as_str()), (200, "ok"), "{}", api.log());
+    for path in ["/livez", "/healthz"] {
+        let (code, body) = curl(&api_url(path), &ca, &[]);
+        assert_eq!((code, body.as_str()), (200, "ok"), "{path}");
+    }
+    let (code, body) = curl(&api_url("/version"), &ca, &[]);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("\"gitVersion\":\"v1.31.4-kubeforge-standin\""),
+        "{body}"
+    );
+    // Anything else: 401 without a client certificate, 404 with one the
+    // client CA issued.
+    let (code, _) = curl(&api_url("/api"), &ca, &[]);
+    assert_eq!(code, 401);
+    let admin_crt = r.state_pki("admin.crt");
+    let admin_key = r.state_pki("admin.key");
+    let (code, _) = curl(
+        &api_url("/api"),
+        &ca,
+        &[
+            "--cert",
+            &admin_crt.display().to_string(),
+            "--key",
+            &admin_key.display().to_string(),
+        ],
+    );
+    assert_eq!(code, 404, "{}", api.log());
+    let log = api.log();
+    assert_checked_every_file(&argv, &log, &["audit-log-path"]);
+    assert!(log.contains("\"GET /readyz HTTP/1.1\" 200"), "{log}");
+    assert!(
+        log.lines()
+            .all(|l| l.starts_with("kube-apiserver (kubeforge stand-in): ")),
+        "{log}"
+    );
+
+    // kube-controller-manager and kube-scheduler (stand-ins) against it.
+    let server = format!("server: https://127.0.0.1:{api_port}");
+    for conf in ["controller-manager.conf", "scheduler.conf"] {
+        r.edit(
+            &format!("/etc/kubernetes/{conf}"),
+            "server: https://127.0.0.1:6443",
+            &server,
+        );
+    }
+    let etc = r.node_path("/etc/kubernetes").display().to_string();
+    r.edit(
+        "/etc/kubernetes/kube-scheduler-config.yaml",
+        "/etc/kubernetes/scheduler.conf",
+        &format!("{etc}/scheduler.conf"),
+    );
+    let mut controllers = Vec::new();
+    for name in ["kube-controller-manager", "kube-scheduler"] {
+        let port = free_port();
+        let mut argv = r.argv(name, name);
+        set_flag(&mut argv, "secure-port", &port.to_string());
+        assert_relocated(&argv, &r);
+        let mut cmd = Command::new(install(r.tmp(), name));
+        cmd.args(&argv[1..]);
+        let p = Proc::spawn(name, cmd, &r.tmp().join(format!("{name}.log")));
+        controllers.push((p, port, argv));
+    }
+    for (p, port, argv) in &mut controllers {
+        let url = format!("https://127.0.0.1:{port}/healthz");
+        let body = wait_for(
+            &format!("{} /healthz", p.name),
+            Duration::from_secs(30),
+            || {
+                p.assert_running();
+                let (code, body) = curl(&url, &ca, &[]);
+                (code == 200).then_some(body)
+            },
+        );
+        assert_eq!(body, "ok");
+        assert_checked_every_file(argv, &p.log(), &[]);
+    }
+    eprintln!(
+        "{TEST}: controllers healthy after {:.1?}",
+        started.elapsed()
+    );
+
+    // etcd down: the apiserver is not ready, the controllers not healthy.
+    etcd_proc.terminate(Duration::from_secs(10));
+    let body = wait_for("apiserver /readyz 500", Duration::from_secs(10), || {
+        let (code, body) = curl(&api_url("/readyz"), &ca, &[]);
+        (code == 500).then_some(body)
+    });
+    assert!(body.contains("etcd"), "{body}");
+    for (p, port, _) in &mut controllers {
+        let url = format!("https://127.0.0.1:{port}/healthz");
+        wait_for(
+            &format!("{} /healthz 500", p.name),
+            Duration::from_secs(10),
+            || {
+                let (code, _) = curl(&url, &ca, &[]);
+                (code == 500).then_some(())
+            },
+        );
+        let status = p.terminate(Duration::from_secs(5));
+        assert!(status.success(), "{}: {status}", p.name);
+    }
+    let status = api.terminate(Duration::from_secs(5));
+    assert!(status.success(), "kube-apiserver after SIGTERM: {status}");
+    assert!(api.log().contains("received SIGTERM"));
+    eprintln!("{TEST}: done after {:.1?}", started.elapsed());
+}

@@ -1,0 +1,489 @@
+//! `kubeforge apply` on lab nodes (real systemd, sshd, etcd, nginx,
+//! keepalived): the HA control plane behind a keepalived VIP, idempotent
+//! re-runs, a rolling change with no failed request through the VIP, VIP
+//! failover and an etcd member brought back by apply.
+//!
+//! kube-apiserver, kube-controller-manager and kube-scheduler are the
+//! kubeforge stand-ins (`tests/standin`) unless `KUBEFORGE_K8S_BIN_DIR`
+//! names a directory with the real binaries; etcd is Debian's
+//! (`KUBEFORGE_ETCD_DIR`).
+#![allow(clippy::print_stderr)]
+
+use kubeforge_tests::lab::{self, Lab};
+use kubeforge_tests::{find_tool, require};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TEST: &str = "lab_apply";
+const CONTROL_PLANE_BINARIES: [&str; 3] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+const PHASES: [&str; 8] = [
+    "--phase",
+    "etcd",
+    "--phase",
+    "apiserver",
+    "--phase",
+    "controllers",
+    "--phase",
+    "lb",
+];
+const UNITS: [&str; 5] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "keepalived",
+];
+
+/// A binary of this workspace, built next to this test binary.
+fn workspace_bin(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?;
+    let p = dir.join(name);
+    p.exists().then_some(p)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A bundle: Debian's etcd, the control-plane binaries (stand-ins or
+/// real), and SHA256SUMS.
+fn make_bundle(dir: &Path, etcd_dir: &Path, k8s: Option<&Path>, standin: &Path) {
+    std::fs::create_dir_all(dir).expect("bundle dir");
+    let mut sums = String::new();
+    let mut add = |name: &str, from: &Path| {
+        let to = dir.join(name);
+        std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        sums.push_str(&format!("{}  {name}\n", sha256(&to)));
+    };
+    add("etcd", &etcd_dir.join("etcd"));
+    add("etcdctl", &etcd_dir.join("etcdctl"));
+    for b in CONTROL_PLANE_BINARIES {
+        match k8s {
+            Some(d) => add(b, &d.join(b)),
+            None => add(b, standin),
+        }
+    }
+    std::fs::write(dir.join("SHA256SUMS"), sums).expect("SHA256SUMS");
+}
+
+struct Kf {
+    bin: PathBuf,
+    dir: PathBuf,
+    bundle: PathBuf,
+}
+
+impl Kf {
+    fn apply(&self, extra: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.current_dir(&self.dir)
+            .args(["apply", "-i", "inventory.toml", "--bundle"])
+            .arg(&self.bundle)
+            .args(["--ssh-config", "ssh_config", "--gate-timeout", "90"])
+            .args(PHASES)
+            .args(extra);
+        let out = cmd.output().expect("kubeforge runs");
+        eprintln!(
+            "$ kubeforge apply {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            extra.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn pki(&self, rel: &str) -> PathBuf {
+        self.dir.join(".kubeforge/lab/pki").join(rel)
+    }
+}
+
+/// `NRestarts` and the start time of every watched unit on every node.
+fn unit_clock(lab: &Lab, nodes: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let s = lab.ssh_ok(
+            n,
+            "for u in etcd kube-apiserver kube-controller-manager kube-scheduler nginx keepalived; do \
+               systemctl show -p Id,NRestarts,ActiveEnterTimestampMonotonic,ActiveState $u | tr '\\n' ' '; echo; done",
+        );
+        for line in s.lines() {
+            out.push(format!("{n}: {line}"));
+        }
+    }
+    out
+}
+
+fn curl_readyz(kf: &Kf, url: &str) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "3", "--cacert"])
+        .arg(kf.pki("ca.crt"))
+        .arg("--cert")
+        .arg(kf.pki("admin.crt"))
+        .arg("--key")
+        .arg(kf.pki("admin.key"))
+        .arg(url)
+        .output()
+        .expect("curl runs")
+}
+
+fn etcd_health(kf: &Kf, etcdctl: &Path) -> Output {
+    Command::new(etcdctl)
+        .args([
+            "--endpoints=https://10.77.0.11:2379",
+            "--dial-timeout=3s",
+            "--command-timeout=5s",
+        ])
+        .arg(format!("--cacert={}", kf.pki("etcd/ca.crt").display()))
+        .arg(format!(
+            "--cert={}",
+            kf.pki("etcd-healthcheck-client.crt").display()
+        ))
+        .arg(format!(
+            "--key={}",
+            kf.pki("etcd-healthcheck-client.key").display()
+        ))
+        .args(["endpoint", "health", "--cluster"])
+        .output()
+        .expect("etcdctl runs")
+}
+
+fn inventory(lab: &Lab, extra_san: Option<&str>) -> String {
+    let sans = match extra_san {
+        Some(s) => format!("[\"{s}\"]"),
+        None => "[]".into(),
+    };
+    format!(
+        r#"[cluster]
+name = "lab"
+kubernetes_version = "1.31.4"
+node_cidr = "10.77.0.0/24"
+
+[pki]
+extra_apiserver_sans = {sans}
+
+[loadbalancer]
+vip = "10.77.0.100/24"
+port = 8443
+interface = "eth0"
+
+[ssh]
+user = "root"
+key = "{key}"
+accept_new_host_keys = true
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "cp2"
+address = "10.77.0.12"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "cp3"
+address = "10.77.0.13"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "lb1"
+address = "10.77.0.31"
+roles = ["lb"]
+
+[[nodes]]
+name = "lb2"
+address = "10.77.0.32"
+roles = ["lb"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+"#,
+        key = lab.key().display()
+    )
+}
+
+fn vip_holders(lab: &Lab) -> Vec<String> {
+    ["lb1", "lb2"]
+        .into_iter()
+        .filter(|n| {
+            let o = lab.ssh(n, "ip -o -4 addr show dev eth0");
+            String::from_utf8_lossy(&o.stdout).contains(" 10.77.0.100/")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
+    if !lab::available(TEST) {
+        return;
+    }
+    let etcd_dir: PathBuf = require!(
+        TEST,
+        find_tool("etcd", Some("KUBEFORGE_ETCD_DIR"))
+            .and_then(|p| p.parent().map(Path::to_path_buf)),
+        "etcd not found (tests/setup.sh unpacks Debian's; set KUBEFORGE_ETCD_DIR)"
+    );
+    let etcdctl = etcd_dir.join("etcdctl");
+    let kubeforge = require!(
+        TEST,
+        workspace_bin("kubeforge"),
+        "the kubeforge binary is not built (cargo test --workspace builds it)"
+    );
+    let k8s_dir = std::env::var_os("KUBEFORGE_K8S_BIN_DIR").map(PathBuf::from);
+    let standin = require!(
+        TEST,
+        workspace_bin("kubeforge-standin"),
+        "the stand-ins are not built (cargo test --workspace builds them)"
+    );
+    require!(TEST, find_tool("curl", None), "curl not found");
+
+    let nodes = [
+        ("cp1", Ipv4Addr::new(10, 77, 0, 11)),
+        ("cp2", Ipv4Addr::new(10, 77, 0, 12)),
+        ("cp3", Ipv4Addr::new(10, 77, 0, 13)),
+        ("lb1", Ipv4Addr::new(10, 77, 0, 31)),
+        ("lb2", Ipv4Addr::new(10, 77, 0, 32)),
+        ("worker1", Ipv4Addr::new(10, 77, 0, 21)),
+    ];
+    let mut lab = Lab::up(&nodes);
+    lab.watch_units(&UNITS);
+    lab.watch_units(&["nginx"]);
+
+    let work = lab.path().join("control");
+    std::fs::create_dir_all(&work).expect("control dir");
+    std::fs::write(work.join("ssh_config"), "").expect("ssh_config");
+    std::fs::write(work.join("inventory.toml"), inventory(&lab, None)).expect("inventory");
+    let kf = Kf {
+        bin: kubeforge,
+        dir: work.clone(),
+        bundle: work.join("bundle"),
+    };
+    make_bundle(&kf.bundle, &etcd_dir, k8s_dir.as_deref(), &standin);
+
+    // 1. Fresh apply converges and every gate passes.
+    let t = Instant::now();
+    let out = kf.apply(&[]);
+    let fresh = t.elapsed();
+    assert!(out.status.success(), "fresh apply failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Applied:"), "{stdout}");
+    let health = etcd_health(&kf, &etcdctl);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&health.stdout),
+        String::from_utf8_lossy(&health.stderr)
+    );
+    assert!(health.status.success(), "etcd health: {text}");
+    assert_eq!(text.matches("is healthy").count(), 3, "{text}");
+    let r = curl_readyz(&kf, "https://10.77.0.100:8443/readyz");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "ok",
+        "readyz via the VIP"
+    );
+    assert_eq!(vip_holders(&lab).len(), 1, "exactly one LB holds the VIP");
+
+    // 2. Second apply: no changes, no restarts.
+    let cps = ["cp1", "cp2", "cp3", "lb1", "lb2"];
+    let before = unit_clock(&lab, &cps);
+    let t = Instant::now();
+    let out = kf.apply(&[]);
+    let noop = t.elapsed();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("No changes"),
+        "second apply changed something"
+    );
+    assert_eq!(
+        before,
+        unit_clock(&lab, &cps),
+        "a unit restarted on a no-op apply"
+    );
+    eprintln!(
+        "lab_apply timings: fresh apply {:.1} s, no-op re-apply {:.1} s",
+        fresh.as_secs_f64(),
+        noop.as_secs_f64()
+    );
+
+    // 3. Change one setting (an extra apiserver SAN): only the apiserver
+    //    certificate changes, kube-apiserver restarts one node at a time and
+    //    a probe loop through the VIP sees no failed request.
+    std::fs::write(
+        work.join("inventory.toml"),
+        inventory(&lab, Some("api.lab.example")),
+    )
+    .expect("inventory");
+    let plan = Command::new(&kf.bin)
+        .current_dir(&work)
+        .args([
+            "plan",
+            "-i",
+            "inventory.toml",
+            "--ssh-config",
+            "ssh_config",
+            "--bundle",
+        ])
+        .arg(&kf.bundle)
+        .args(PHASES)
+        .output()
+        .expect("plan runs");
+    let plan_text = String::from_utf8_lossy(&plan.stdout).into_owned();
+    eprintln!("{plan_text}{}", String::from_utf8_lossy(&plan.stderr));
+    assert!(plan.status.success());
+    for n in ["cp1", "cp2", "cp3"] {
+        assert!(
+            plan_text.contains(&format!("{n} (10.77.0.1")),
+            "{n} missing from the plan"
+        );
+    }
+    assert_eq!(
+        plan_text
+            .matches("~ /etc/kubernetes/pki/apiserver.crt")
+            .count(),
+        3
+    );
+    assert_eq!(plan_text.matches("restart: kube-apiserver\n").count(), 3);
+    assert!(!plan_text.contains("restart: etcd"));
+    assert!(plan_text.contains("lb1 (10.77.0.31): no changes"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe = {
+        let (stop, ok, failed, failures) = (
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+            Arc::clone(&failures),
+        );
+        let (ca, cert, key) = (kf.pki("ca.crt"), kf.pki("admin.crt"), kf.pki("admin.key"));
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let r = Command::new("curl")
+                    .args(["-sS", "--max-time", "3", "--cacert"])
+                    .arg(&ca)
+                    .arg("--cert")
+                    .arg(&cert)
+                    .arg("--key")
+                    .arg(&key)
+                    .arg("https://10.77.0.100:8443/readyz")
+                    .output();
+                match r {
+                    Ok(o) if o.status.success() && o.stdout == b"ok" => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(o) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut f) = failures.lock() {
+                            f.push(format!(
+                                "{}{}",
+                                String::from_utf8_lossy(&o.stdout),
+                                String::from_utf8_lossy(&o.stderr)
+                            ));
+                        }
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let before = unit_clock(&lab, &cps);
+    let out = kf.apply(&[]);
+    stop.store(true, Ordering::Relaxed);
+    let _ = probe.join();
+    assert!(out.status.success(), "change apply failed");
+    let after = unit_clock(&lab, &cps);
+    for (b, a) in before.iter().zip(&after) {
+        if b.contains("Id=kube-apiserver.service") && !b.starts_with("lb") {
+            assert_ne!(b, a, "kube-apiserver did not restart");
+        } else {
+            assert_eq!(b, a, "only kube-apiserver may restart");
+        }
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("probe through the VIP during the rolling change: {ok} ok, {failed} failed");
+    assert!(ok > 10, "the probe loop ran");
+    assert_eq!(
+        failed,
+        0,
+        "failed probes: {:?}",
+        failures.lock().map(|f| f.clone())
+    );
+
+    // 4. keepalived stops on the VIP holder: the VIP moves, the API still
+    //    answers through it.
+    let holder = vip_holders(&lab).pop().expect("a VIP holder");
+    lab.ssh_ok(&holder, "systemctl stop keepalived");
+    wait_until("the VIP to move", Duration::from_secs(20), || {
+        let h = vip_holders(&lab);
+        h.len() == 1 && h[0] != holder
+    });
+    let r = curl_readyz(&kf, "https://10.77.0.100:8443/readyz");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "ok",
+        "readyz after failover"
+    );
+
+    // 5. One etcd member stops: the cluster stays available; apply brings
+    //    it (and keepalived) back.
+    lab.ssh_ok("cp3", "systemctl stop etcd");
+    let r = curl_readyz(&kf, "https://10.77.0.100:8443/readyz");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "ok",
+        "readyz with one etcd member down"
+    );
+    let out = kf.apply(&[]);
+    assert!(out.status.success(), "apply after a stopped member failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("enable and start: etcd"), "{stdout}");
+    let health = etcd_health(&kf, &etcdctl);
+    assert_eq!(
+        String::from_utf8_lossy(&health.stdout)
+            .matches("is healthy")
+            .count()
+            + String::from_utf8_lossy(&health.stderr)
+                .matches("is healthy")
+                .count(),
+        3
+    );
+    assert_eq!(
+        lab.ssh_ok(&holder, "systemctl is-active keepalived").trim(),
+        "active"
+    );
+}

@@ -1,0 +1,212 @@
+//! The SSH transport against a real sshd on loopback: host-key handling
+//! (accept-new recorded in kubeforge's own known_hosts, then strict),
+//! atomic uploads, facts, the apply lock, sudo-less root.
+
+use kubeforge_tests::{find_tool, require, root_privileges, Procs};
+use kubeforge_transport::{ops, SshOptions, SshTransport, Transport};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn keygen(path: &Path) {
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen runs")
+        .success();
+    assert!(ok, "ssh-keygen {}", path.display());
+}
+
+struct Sshd {
+    _procs: Procs,
+    port: u16,
+    client_key: PathBuf,
+}
+
+fn start_sshd(dir: &Path, sshd: &Path, host_key: &Path) -> Sshd {
+    let client_key = dir.join("client");
+    if !client_key.exists() {
+        keygen(&client_key);
+    }
+    let auth = dir.join("authorized_keys");
+    std::fs::copy(dir.join("client.pub"), &auth).expect("authorized_keys");
+    let port = free_port();
+    let config = dir.join(format!("sshd_config.{port}"));
+    std::fs::write(
+        &config,
+        format!(
+            "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PidFile none\nStrictModes no\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             MaxSessions 50\nMaxStartups 50\nLogLevel VERBOSE\n",
+            host_key.display(),
+            auth.display()
+        ),
+    )
+    .expect("sshd_config");
+    std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+    let mut procs = Procs::new();
+    let mut cmd = Command::new(sshd);
+    cmd.arg("-D").arg("-e").arg("-f").arg(&config);
+    procs
+        .spawn("sshd", cmd, &dir.join(format!("sshd.{port}.log")))
+        .expect("sshd starts");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sshd {
+        _procs: procs,
+        port,
+        client_key,
+    }
+}
+
+fn options(dir: &Path, sshd: &Sshd, accept_new: bool) -> SshOptions {
+    SshOptions {
+        node: "n1".into(),
+        address: "127.0.0.1".into(),
+        user: "root".into(),
+        port: sshd.port,
+        key: Some(sshd.client_key.clone()),
+        sudo: false,
+        accept_new_host_keys: accept_new,
+        known_hosts: dir.join("known_hosts"),
+        config_file: Some(dir.join("ssh_config")),
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+#[test]
+fn ssh_transport_against_a_real_sshd() {
+    let test = "ssh_transport_against_a_real_sshd";
+    let sshd_bin = require!(
+        test,
+        find_tool("sshd", None).or_else(|| {
+            Path::new("/usr/sbin/sshd")
+                .exists()
+                .then(|| PathBuf::from("/usr/sbin/sshd"))
+        }),
+        "sshd not found (apt-get install openssh-server)"
+    );
+    require!(test, find_tool("ssh", None), "ssh not found");
+    if let Err(e) = root_privileges() {
+        kubeforge_tests::skip(test, &e);
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // An empty ssh_config: the user's own ~/.ssh/config must not interfere.
+    std::fs::write(d.join("ssh_config"), "").expect("ssh_config");
+    let host_key = d.join("host");
+    keygen(&host_key);
+    let sshd = start_sshd(d, &sshd_bin, &host_key);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        // Unknown host, not allowed: refused, nothing recorded.
+        let err = SshTransport::connect(options(d, &sshd, false))
+            .await
+            .err()
+            .expect("an unknown host key is refused");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("n1: cannot connect to root@127.0.0.1:"),
+            "{msg}"
+        );
+        assert!(msg.contains("help:"), "{msg}");
+
+        // Allowed on first contact: accepted and recorded in kubeforge's file.
+        let t = SshTransport::connect(options(d, &sshd, true))
+            .await
+            .expect("first contact accepted");
+        let known = std::fs::read_to_string(d.join("known_hosts")).expect("known_hosts written");
+        assert!(known.contains("ssh-ed25519"), "{known}");
+
+        // Atomic upload with mode, then facts read back over SSH.
+        let target = d.join("node/etc/kubernetes/pki/x.key");
+        let path = target.to_str().expect("utf-8 path");
+        ops::put(&t, path, b"key material\n".to_vec(), 0o600, "root:root")
+            .await
+            .expect("put");
+        let st = ops::stat(&t, &[path.to_string()]).await.expect("stat");
+        assert_eq!(st[path].mode, 0o600);
+        assert_eq!(st[path].owner, "root:root");
+        assert_eq!(
+            ops::read(&t, path).await.expect("read"),
+            Some(b"key material\n".to_vec())
+        );
+        let host = ops::host(&t).await.expect("host facts");
+        assert_eq!(host.kernel, "Linux");
+
+        // Many commands over the one multiplexed connection, concurrently.
+        let runs = (0..20).map(|i| {
+            let t = &t;
+            async move {
+                t.run_ok(
+                    kubeforge_transport::Script::new("echo", r#"echo "$1""#).args([i.to_string()]),
+                )
+                .await
+                .map(|o| o.stdout_str())
+            }
+        });
+        let outs = futures::future::join_all(runs).await;
+        for (i, o) in outs.into_iter().enumerate() {
+            assert_eq!(o.expect("echo").trim(), i.to_string());
+        }
+
+        // The lock is exclusive across connections and released on close.
+        let lock_path = d.join("kubeforge.lock");
+        let lp = lock_path.to_str().expect("utf-8 path");
+        let held = ops::lock(&t, lp, "first apply").await.expect("lock");
+        let t2 = SshTransport::connect(options(d, &sshd, false))
+            .await
+            .expect("recorded host key is trusted now");
+        let busy = ops::lock(&t2, lp, "second apply")
+            .await
+            .err()
+            .expect("busy");
+        assert!(busy.to_string().contains("(first apply)"), "{busy}");
+        held.release().await;
+        ops::lock(&t2, lp, "second apply")
+            .await
+            .expect("free again")
+            .release()
+            .await;
+        t.close().await;
+        t2.close().await;
+    });
+
+    // The same address with another host key: refused (a changed key is
+    // never accepted, even when new keys may be).
+    let other_key = d.join("other-host");
+    keygen(&other_key);
+    let sshd2 = start_sshd(d, &sshd_bin, &other_key);
+    // Pretend the host at the new port was known with the first key.
+    let known = std::fs::read_to_string(d.join("known_hosts")).expect("known_hosts");
+    let first_line = known.lines().next().expect("one line").to_string();
+    let key_part: Vec<&str> = first_line.split_whitespace().skip(1).collect();
+    std::fs::write(
+        d.join("known_hosts"),
+        format!("[127.0.0.1]:{} {}\n", sshd2.port, key_part.join(" ")),
+    )
+    .expect("known_hosts");
+    let err = rt
+        .block_on(SshTransport::connect(options(d, &sshd2, true)))
+        .err()
+        .expect("a changed host key is refused");
+    assert!(err.to_string().contains("cannot connect"), "{err}");
+}
