@@ -52,7 +52,7 @@ if [ "${#need_apt[@]}" -gt 0 ] || [ "$need_etcd" = 1 ]; then
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  if [ "$need_etcd" = 1 ] && ! apt-cache madison etcd-server 2>/dev/null | grep -q ' 3\.5\.'; then
+  if [ "$need_etcd" = 1 ] && ! apt-cache madison etcd-server 2>/dev/null | grep ' 3\.5\.' >/dev/null; then
     # Add Debian's newer suites with a low pin, so nothing on this machine
     # is upgraded by them; only single packages are taken from them.
     src=/etc/apt/sources.list.d/kubeforge-newer.sources
@@ -85,5 +85,5 @@ if [ "${#need_apt[@]}" -gt 0 ] || [ "$need_etcd" = 1 ]; then
     rm -rf "$work"
   fi
 fi
-"$etcd_dir/etcd" --version | head -1 >&2
+"$etcd_dir/etcd" --version | sed -n 1p >&2
 echo "$etcd_dir"

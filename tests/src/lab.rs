@@ -573,12 +573,7 @@ fn apt_mirror() -> Result<String, String> {
 /// how long the build took, `None` when the cache was used.
 fn ensure_rootfs(tools: &Tools) -> Result<Option<Duration>, String> {
     let dest = rootfs_dir();
-    if rootfs_current(&dest) {
-        return Ok(None);
-    }
-    let started = Instant::now();
     let parent = test_tools_dir();
-    fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     // Leftovers of interrupted builds: under the host lock nobody else
     // builds, so they are stale.
     if let Ok(entries) = fs::read_dir(&parent) {
@@ -586,10 +581,17 @@ fn ensure_rootfs(tools: &Tools) -> Result<Option<Duration>, String> {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with("lab-rootfs.tmp-") || name.starts_with("lab-rootfs.old-") {
                 eprintln!("lab: deleting the unfinished build {}", e.path().display());
+                // A killed test leaves its chrooted second stage running.
+                kill(tools, "KILL", &processes_rooted_in(&e.path()));
                 remove_tree(tools, &e.path())?;
             }
         }
     }
+    if rootfs_current(&dest) {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     let tmp = parent.join(format!("lab-rootfs.tmp-{}", std::process::id()));
     let log = parent.join("lab-rootfs.log");
     let result = build_rootfs(tools, &tmp, &log);
@@ -1208,7 +1210,13 @@ impl Lab {
                     .push(((*path).to_string(), old.trim().to_string()));
             }
         }
-        Ok(())
+        // For clean_stale, should this process die before restoring them.
+        let saved: String = self
+            .sysctls
+            .iter()
+            .map(|(p, v)| format!("{p} {v}\n"))
+            .collect();
+        write_file(&self.dir().join("sysctls"), saved, 0o644)
     }
 
     fn ip(&self, args: &[&str]) -> Result<(), String> {
@@ -1821,6 +1829,12 @@ fn clean_stale(tools: &Tools) {
         eprintln!("lab: warning: {e}");
     }
     if let Some(d) = old_dir {
+        let saved = fs::read_to_string(d.join("sysctls")).unwrap_or_default();
+        for (path, value) in saved.lines().filter_map(|l| l.split_once(' ')) {
+            if INOTIFY_SYSCTLS.iter().any(|(p, _)| *p == path) {
+                let _ = fs::write(path, value);
+            }
+        }
         if let Err(e) = remove_tree(tools, &d) {
             eprintln!("lab: warning: {e}");
         }
@@ -1849,6 +1863,12 @@ mod tests {
         assert!(validate(&[("N1", a(11))]).is_err());
         assert!(validate(&[("n1", a(11)), ("n1", a(12))]).is_err());
         assert!(validate(&[("n1", a(11)), ("n2", a(11))]).is_err());
+    }
+
+    #[test]
+    fn a_lab_may_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Lab>();
     }
 
     #[test]

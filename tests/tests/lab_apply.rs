@@ -9,8 +9,8 @@
 //! (`KUBEFORGE_ETCD_DIR`).
 #![allow(clippy::print_stderr)]
 
+use kubeforge_tests::find_tool;
 use kubeforge_tests::lab::{self, Lab};
-use kubeforge_tests::{find_tool, require};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -164,6 +164,25 @@ fn etcd_health(kf: &Kf, etcdctl: &Path) -> Output {
         .expect("etcdctl runs")
 }
 
+fn single_inventory(lab: &Lab) -> String {
+    format!(
+        r#"[cluster]
+name = "lab"
+kubernetes_version = "1.31.4"
+
+[ssh]
+key = "{key}"
+accept_new_host_keys = true
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+"#,
+        key = lab.key().display()
+    )
+}
+
 fn inventory(lab: &Lab, extra_san: Option<&str>) -> String {
     let sans = match extra_san {
         Some(s) => format!("[\"{s}\"]"),
@@ -241,31 +260,73 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// What the lab tests need besides the lab: etcd, the binaries under test.
+struct Binaries {
+    etcd_dir: PathBuf,
+    kubeforge: PathBuf,
+    standin: PathBuf,
+    k8s_dir: Option<PathBuf>,
+}
+
+/// The binaries, or `None` after reporting what is missing (a failure
+/// under CI).
+fn binaries() -> Option<Binaries> {
+    let missing = |what: &str| {
+        kubeforge_tests::skip(TEST, what);
+        None
+    };
+    let Some(etcd_dir) = find_tool("etcd", Some("KUBEFORGE_ETCD_DIR"))
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    else {
+        return missing("etcd not found (tests/setup.sh unpacks Debian's; set KUBEFORGE_ETCD_DIR)");
+    };
+    let Some(kubeforge) = workspace_bin("kubeforge") else {
+        return missing("the kubeforge binary is not built (cargo test --workspace builds it)");
+    };
+    let Some(standin) = workspace_bin("kubeforge-standin") else {
+        return missing("the stand-ins are not built (cargo test --workspace builds them)");
+    };
+    if find_tool("curl", None).is_none() {
+        return missing("curl not found");
+    }
+    Some(Binaries {
+        etcd_dir,
+        kubeforge,
+        standin,
+        k8s_dir: std::env::var_os("KUBEFORGE_K8S_BIN_DIR").map(PathBuf::from),
+    })
+}
+
+/// Boots the lab nodes and prepares a control directory with the
+/// inventory `inventory(&lab)`, an empty ssh_config and the bundle.
+fn start(
+    b: &Binaries,
+    nodes: &[(&str, Ipv4Addr)],
+    inventory: impl Fn(&Lab) -> String,
+) -> (Lab, Kf) {
+    let mut lab = Lab::up(nodes);
+    lab.watch_units(&UNITS);
+    lab.watch_units(&["nginx"]);
+    let work = lab.path().join("control");
+    std::fs::create_dir_all(&work).expect("control dir");
+    std::fs::write(work.join("ssh_config"), "").expect("ssh_config");
+    std::fs::write(work.join("inventory.toml"), inventory(&lab)).expect("inventory");
+    let kf = Kf {
+        bin: b.kubeforge.clone(),
+        dir: work.clone(),
+        bundle: work.join("bundle"),
+    };
+    make_bundle(&kf.bundle, &b.etcd_dir, b.k8s_dir.as_deref(), &b.standin);
+    (lab, kf)
+}
+
 #[test]
 fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
     if !lab::available(TEST) {
         return;
     }
-    let etcd_dir: PathBuf = require!(
-        TEST,
-        find_tool("etcd", Some("KUBEFORGE_ETCD_DIR"))
-            .and_then(|p| p.parent().map(Path::to_path_buf)),
-        "etcd not found (tests/setup.sh unpacks Debian's; set KUBEFORGE_ETCD_DIR)"
-    );
-    let etcdctl = etcd_dir.join("etcdctl");
-    let kubeforge = require!(
-        TEST,
-        workspace_bin("kubeforge"),
-        "the kubeforge binary is not built (cargo test --workspace builds it)"
-    );
-    let k8s_dir = std::env::var_os("KUBEFORGE_K8S_BIN_DIR").map(PathBuf::from);
-    let standin = require!(
-        TEST,
-        workspace_bin("kubeforge-standin"),
-        "the stand-ins are not built (cargo test --workspace builds them)"
-    );
-    require!(TEST, find_tool("curl", None), "curl not found");
-
+    let Some(b) = binaries() else { return };
+    let etcdctl = b.etcd_dir.join("etcdctl");
     let nodes = [
         ("cp1", Ipv4Addr::new(10, 77, 0, 11)),
         ("cp2", Ipv4Addr::new(10, 77, 0, 12)),
@@ -274,20 +335,8 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
         ("lb2", Ipv4Addr::new(10, 77, 0, 32)),
         ("worker1", Ipv4Addr::new(10, 77, 0, 21)),
     ];
-    let mut lab = Lab::up(&nodes);
-    lab.watch_units(&UNITS);
-    lab.watch_units(&["nginx"]);
-
-    let work = lab.path().join("control");
-    std::fs::create_dir_all(&work).expect("control dir");
-    std::fs::write(work.join("ssh_config"), "").expect("ssh_config");
-    std::fs::write(work.join("inventory.toml"), inventory(&lab, None)).expect("inventory");
-    let kf = Kf {
-        bin: kubeforge,
-        dir: work.clone(),
-        bundle: work.join("bundle"),
-    };
-    make_bundle(&kf.bundle, &etcd_dir, k8s_dir.as_deref(), &standin);
+    let (lab, kf) = start(&b, &nodes, |lab| inventory(lab, None));
+    let work = kf.dir.clone();
 
     // 1. Fresh apply converges and every gate passes.
     let t = Instant::now();
@@ -486,4 +535,31 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
         lab.ssh_ok(&holder, "systemctl is-active keepalived").trim(),
         "active"
     );
+}
+
+#[test]
+fn single_control_plane_without_lb_converges() {
+    if !lab::available(TEST) {
+        return;
+    }
+    let Some(b) = binaries() else { return };
+    let (_lab, kf) = start(
+        &b,
+        &[("cp1", Ipv4Addr::new(10, 77, 0, 11))],
+        single_inventory,
+    );
+    let work = kf.dir.clone();
+    let out = kf.apply(&[]);
+    assert!(out.status.success(), "apply failed");
+    let r = curl_readyz(&kf, "https://10.77.0.11:6443/readyz");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "ok");
+    let out = kf.apply(&[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No changes"));
+    // The admin kubeconfig points at the only control-plane node.
+    let kc = Command::new(&kf.bin)
+        .current_dir(&work)
+        .args(["kubeconfig", "-i", "inventory.toml"])
+        .output()
+        .expect("kubeconfig runs");
+    assert!(String::from_utf8_lossy(&kc.stdout).contains("server: https://10.77.0.11:6443"));
 }

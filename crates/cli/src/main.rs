@@ -106,6 +106,72 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Build a bundle directory (binaries + SHA256SUMS) for `apply --bundle`.
+    ///
+    /// Download mode (--version): fetches kube-apiserver,
+    /// kube-controller-manager, kube-scheduler, kubelet, kube-proxy and
+    /// kubectl from the official release bucket
+    /// (BASE/vVERSION/bin/linux/ARCH/NAME) and checks each against its
+    /// published NAME.sha256; with --etcd-version also etcd and etcdctl from
+    /// the etcd release tarball, checked against its SHA256SUMS. Proxies are
+    /// taken from HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
+    ///
+    ///     kubeforge bundle --version 1.31.4 --out ./bundle --etcd-version 3.5.16
+    ///
+    /// Local-files mode (--from / --file, air-gapped): copies every regular
+    /// file of a directory (or the given files) into the bundle. When a
+    /// file's directory holds a SHA256SUMS, the file must be listed there
+    /// and match it.
+    ///
+    ///     kubeforge bundle --from ./downloads --out ./bundle
+    ///
+    /// A file that does not match its sha256 is refused. Nothing is written
+    /// to --out (which must not exist, or be empty) until every file is
+    /// checked: the bundle is built next to it and renamed into place, with
+    /// SHA256SUMS written last.
+    #[command(
+        verbatim_doc_comment,
+        about = "Build a bundle directory (binaries + SHA256SUMS) for `apply --bundle`",
+        group(clap::ArgGroup::new("source").required(true).multiple(true).args(["kubernetes", "from", "files"]))
+    )]
+    Bundle {
+        /// Download mode: the Kubernetes release, such as 1.31.4.
+        #[arg(
+            long = "version",
+            value_name = "VERSION",
+            conflicts_with_all = ["from", "files"]
+        )]
+        kubernetes: Option<String>,
+        /// The bundle directory to create (must not exist, or be empty).
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Download mode: the nodes' architecture.
+        #[arg(long, value_enum, default_value_t = BundleArch::Amd64, conflicts_with_all = ["from", "files"])]
+        arch: BundleArch,
+        /// Download mode: the Kubernetes release bucket.
+        #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_BASE_URL, conflicts_with_all = ["from", "files"])]
+        base_url: String,
+        /// Download mode: also etcd and etcdctl of this etcd release, such
+        /// as 3.5.16.
+        #[arg(long, value_name = "VERSION", requires = "kubernetes")]
+        etcd_version: Option<String>,
+        /// Download mode: where the etcd releases are
+        /// (URL/vVERSION/etcd-vVERSION-linux-ARCH.tar.gz and URL/vVERSION/SHA256SUMS).
+        #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_ETCD_BASE_URL, conflicts_with_all = ["from", "files"])]
+        etcd_base_url: String,
+        /// Local-files mode: every regular file of this directory.
+        #[arg(long, value_name = "LOCALDIR")]
+        from: Option<PathBuf>,
+        /// Local-files mode: this file (repeatable).
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BundleArch {
+    Amd64,
+    Arm64,
 }
 
 #[derive(Args, Debug)]
@@ -552,6 +618,58 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             }
+        }
+        Command::Bundle {
+            kubernetes,
+            out,
+            arch,
+            base_url,
+            etcd_version,
+            etcd_base_url,
+            from,
+            files,
+        } => {
+            let built = match kubernetes {
+                Some(version) => {
+                    let release = kubeforge_bundle::Release {
+                        version,
+                        arch: match arch {
+                            BundleArch::Amd64 => kubeforge_bundle::Arch::Amd64,
+                            BundleArch::Arm64 => kubeforge_bundle::Arch::Arm64,
+                        },
+                        base_url,
+                        etcd: etcd_version.map(|version| kubeforge_bundle::EtcdRelease {
+                            version,
+                            base_url: etcd_base_url,
+                        }),
+                    };
+                    let client = kubeforge_bundle::Client::new();
+                    kubeforge_bundle::download(&release, &client, &out, &mut |url| {
+                        term.warn(format!("fetching {url}"))
+                    })?
+                }
+                None => kubeforge_bundle::from_local(
+                    &kubeforge_bundle::Local { dir: from, files },
+                    &out,
+                )?,
+            };
+            let total: u64 = built.files.iter().map(|f| f.size).sum();
+            for f in &built.files {
+                term.line(format!(
+                    "  {:<26} {}  {:>8.1} MB",
+                    f.name,
+                    f.sha256,
+                    f.size as f64 / 1e6
+                ))?;
+            }
+            term.line(format!(
+                "wrote {} files ({:.1} MB) and {} to {}\nnext: kubeforge apply -i INVENTORY --bundle {}",
+                built.files.len(),
+                total as f64 / 1e6,
+                kubeforge_bundle::MANIFEST,
+                built.dir.display(),
+                built.dir.display()
+            ))?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -152,6 +152,8 @@ fn readme_documents_every_subcommand() {
         .nth(1)
         .unwrap()
         .lines()
+        // A command starts at two spaces; wrapped descriptions are deeper.
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   ") || !l.starts_with(' '))
         .filter_map(|l| l.split_whitespace().next())
         .take_while(|w| *w != "Options:")
         .filter(|w| *w != "help")

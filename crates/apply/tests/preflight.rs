@@ -1,0 +1,92 @@
+//! Pre-flight over the local transport: two "nodes" that are really this
+//! one machine share a hostname and a machine-id, which must be refused
+//! with every problem named, before anything changes.
+#![allow(clippy::unwrap_used)]
+
+use kubeforge_apply::{preflight, ApplyError, Options, Transports};
+use kubeforge_plan::Facts;
+use kubeforge_transport::{LocalTransport, Transport};
+use std::sync::Arc;
+
+const INVENTORY: &str = r#"
+[cluster]
+name = "t"
+kubernetes_version = "1.31.4"
+
+[[nodes]]
+name = "a"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "b"
+address = "10.77.0.12"
+roles = ["worker"]
+"#;
+
+#[tokio::test]
+async fn cloned_hosts_are_refused() {
+    let cluster = kubeforge_inventory::parse(std::path::Path::new("t.toml"), INVENTORY)
+        .unwrap()
+        .cluster;
+    let mut transports: Transports = Transports::new();
+    for n in ["a", "b"] {
+        transports.insert(
+            n.into(),
+            Arc::new(LocalTransport::new(n)) as Arc<dyn Transport>,
+        );
+    }
+    let err = preflight(&cluster, &transports, &Facts::Offline, &Options::default())
+        .await
+        .unwrap_err();
+    let ApplyError::Preflight(problems) = &err else {
+        panic!("{err}");
+    };
+    let text = err.to_string();
+    assert!(
+        text.starts_with("pre-flight checks failed; nothing was changed:"),
+        "{text}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("nodes a, b share the hostname")),
+        "{text}"
+    );
+    // A container may have no machine-id; when it has one it is shared too.
+    if std::fs::read_to_string("/etc/machine-id").is_ok_and(|m| !m.trim().is_empty()) {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("nodes a, b share the machine-id")),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn clock_skew_bound_is_checked() {
+    let cluster = kubeforge_inventory::parse(
+        std::path::Path::new("t.toml"),
+        &INVENTORY.replace(
+            "[[nodes]]\nname = \"b\"\naddress = \"10.77.0.12\"\nroles = [\"worker\"]\n",
+            "",
+        ),
+    )
+    .unwrap()
+    .cluster;
+    assert_eq!(cluster.nodes.len(), 1);
+    let mut transports: Transports = Transports::new();
+    transports.insert(
+        "a".into(),
+        Arc::new(LocalTransport::new("a")) as Arc<dyn Transport>,
+    );
+    // The same machine: no skew, and (unless a tool is missing) no problem.
+    match preflight(&cluster, &transports, &Facts::Offline, &Options::default()).await {
+        Ok(hosts) => assert_eq!(hosts.len(), 1),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(!text.contains("clock differs"), "{text}");
+        }
+    }
+}
