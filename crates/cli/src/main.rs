@@ -367,14 +367,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Render { inv, pki, out } => {
             let (loaded, state) = load(&inv, &mut term)?;
             let cluster = &loaded.cluster;
-            let opts = kubeforge_pki::Options {
-                new_cas: pki.new_ca,
-                ..Default::default()
-            };
-            let reconciled = kubeforge_pki::reconcile(&state, cluster, &opts)?;
-            let alloc = kubeforge_render::allocate_pod_subnets(&state, cluster)?;
-            let renderer = kubeforge_render::Renderer::new()?;
-            let rendered = renderer.render(cluster, &reconciled.pki, &alloc.subnets)?;
+            let Prepared {
+                reconciled,
+                alloc,
+                rendered,
+                ..
+            } = prepare(&state, cluster, pki.new_ca)?;
             reconciled.persist(&state)?;
             alloc.persist(&state)?;
             let written = kubeforge_render::write_tree(&rendered, &out)?;
@@ -406,14 +404,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let (loaded, state) = load(&inv, &mut term)?;
             let cluster = &loaded.cluster;
-            let opts = kubeforge_pki::Options {
-                new_cas: pki.new_ca,
-                ..Default::default()
-            };
-            let reconciled = kubeforge_pki::reconcile(&state, cluster, &opts)?;
-            let alloc = kubeforge_render::allocate_pod_subnets(&state, cluster)?;
-            let renderer = kubeforge_render::Renderer::new()?;
-            let mut rendered = renderer.render(cluster, &reconciled.pki, &alloc.subnets)?;
+            let Prepared {
+                reconciled,
+                renderer,
+                mut rendered,
+                ..
+            } = prepare(&state, cluster, pki.new_ca)?;
             let facts = if offline {
                 Facts::Offline
             } else {
@@ -464,18 +460,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let (loaded, state) = load(&inv, &mut term)?;
             let cluster = &loaded.cluster;
-            let renderer = kubeforge_render::Renderer::new()?;
+            let Prepared {
+                reconciled,
+                alloc,
+                renderer,
+                mut rendered,
+            } = prepare(&state, cluster, pki.new_ca)?;
             let known = renderer.phases();
             let run_phases = selected_phases(&renderer, &nodes.phases)?;
             let phases = nodes.phases.clone();
             init_log(&state)?;
-            let opts = kubeforge_pki::Options {
-                new_cas: pki.new_ca,
-                ..Default::default()
-            };
-            let reconciled = kubeforge_pki::reconcile(&state, cluster, &opts)?;
-            let alloc = kubeforge_render::allocate_pod_subnets(&state, cluster)?;
-            let mut rendered = renderer.render(cluster, &reconciled.pki, &alloc.subnets)?;
             let bundle = load_bundle(nodes.bundle.as_deref())?;
             renderer.add_binaries(cluster, &mut rendered, &bundle, &run_phases)?;
             rendered.retain_phases(&run_phases);
@@ -569,8 +563,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kubeconfig { inv, out } => {
             let (loaded, state) = load(&inv, &mut term)?;
             let cluster = &loaded.cluster;
-            let reconciled =
-                kubeforge_pki::reconcile(&state, cluster, &kubeforge_pki::Options::default())?;
+            let Prepared {
+                reconciled,
+                rendered,
+                ..
+            } = prepare(&state, cluster, Vec::new())?;
             if reconciled
                 .events
                 .iter()
@@ -582,12 +579,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     cluster.name
                 );
             }
-            let alloc = kubeforge_render::allocate_pod_subnets(&state, cluster)?;
-            let rendered = kubeforge_render::Renderer::new()?.render(
-                cluster,
-                &reconciled.pki,
-                &alloc.subnets,
-            )?;
             match out {
                 Some(path) => {
                     kubeforge_pki::write_atomic(&path, &rendered.admin_kubeconfig, 0o600)?;
@@ -673,6 +664,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The PKI (decided, not yet written), the pod subnets and every node's
+/// rendered files: what render, plan, apply and kubeconfig start from.
+struct Prepared {
+    reconciled: kubeforge_pki::Reconciled,
+    alloc: kubeforge_render::Allocation,
+    renderer: kubeforge_render::Renderer,
+    rendered: kubeforge_render::Rendered,
+}
+
+fn prepare(state: &Path, cluster: &Cluster, new_cas: Vec<CaId>) -> Result<Prepared> {
+    let opts = kubeforge_pki::Options {
+        new_cas,
+        ..Default::default()
+    };
+    let reconciled = kubeforge_pki::reconcile(state, cluster, &opts)?;
+    let alloc = kubeforge_render::allocate_pod_subnets(state, cluster)?;
+    let renderer = kubeforge_render::Renderer::new()?;
+    let rendered = renderer.render(cluster, &reconciled.pki, &alloc.subnets)?;
+    Ok(Prepared {
+        reconciled,
+        alloc,
+        renderer,
+        rendered,
+    })
 }
 
 /// The phases named with --phase (checked), or all of them.

@@ -96,8 +96,8 @@ fn describe(rendered: &Rendered, node: &str) -> String {
     for f in tree.files.values() {
         let _ = writeln!(
             s,
-            "\n=== {} mode={:04o} owner={} secret={} restarts={:?} reloads={:?} from={}",
-            f.path, f.mode, f.owner, f.secret, f.restarts, f.reloads, f.source
+            "\n=== {} mode={:04o} owner={} secret={} restarts={:?} reloads={:?} phase={} from={}",
+            f.path, f.mode, f.owner, f.secret, f.restarts, f.reloads, f.phase, f.source
         );
         s.push_str(&redact(&f.content));
     }
