@@ -3,6 +3,7 @@
 #   openssl, iproute2  - certificate checks and the network namespaces of the
 #                        real-TLS tests
 #   openssh            - the SSH transport against a real sshd on loopback
+#   vagrant            - `vagrant validate` of vagrant/Vagrantfile
 #   etcd 3.5           - the newest 3.5.x that Debian offers (bookworm has
 #                        only 3.4), unpacked from its .deb into
 #                        target/test-tools/etcd without being installed
@@ -26,6 +27,7 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v ip >/dev/null || need_apt+=(iproute2)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh >/dev/null || need_apt+=(openssh-client)
+command -v vagrant >/dev/null || need_apt+=(vagrant)
 # The lab's tools: wanted, but not worth failing a non-root run for.
 lab_apt=()
 command -v systemd-nspawn >/dev/null || lab_apt+=(systemd-container)

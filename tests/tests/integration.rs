@@ -5,3 +5,4 @@ mod etcd_tls;
 mod lab_apply;
 mod lab_smoke;
 mod ssh_transport;
+mod vagrant;
