@@ -7,6 +7,8 @@
 #   etcd 3.5           - the newest 3.5.x that Debian offers (bookworm has
 #                        only 3.4), unpacked from its .deb into
 #                        target/test-tools/etcd without being installed
+#   containerd, runc,  - for the lab's nodes (bundled by the lab tests),
+#   CNI plugins          unpacked into target/test-tools/node
 #   systemd-container, - the lab nodes (tests/src/lab.rs): systemd-nspawn
 #   debootstrap,         boots them, debootstrap builds their root file
 #   openssh-client       system, ssh reaches them. Only installed as root:
@@ -45,8 +47,17 @@ if [ ! -x "$etcd_dir/etcd" ] || [ ! -x "$etcd_dir/etcdctl" ]; then
 else
   need_etcd=0
 fi
+# containerd, runc and the CNI plugins for the lab's nodes: Debian's packages
+# of this machine's release (the nodes run it too), unpacked like etcd.
+node_dir="$tools/node"
+if [ ! -x "$node_dir/usr/bin/containerd" ] || [ ! -x "$node_dir/usr/sbin/runc" ] \
+   || [ ! -x "$node_dir/usr/lib/cni/bridge" ]; then
+  need_node=1
+else
+  need_node=0
+fi
 
-if [ "${#need_apt[@]}" -gt 0 ] || [ "$need_etcd" = 1 ]; then
+if [ "${#need_apt[@]}" -gt 0 ] || [ "$need_etcd" = 1 ] || [ "$need_node" = 1 ]; then
   if [ "$(id -u)" != 0 ]; then
     missing="${need_apt[*]}"
     [ "$need_etcd" = 1 ] && missing="$missing etcd"
@@ -84,6 +95,15 @@ if [ "${#need_apt[@]}" -gt 0 ] || [ "$need_etcd" = 1 ]; then
     rm -rf "$tools/etcd"
     mkdir -p "$tools/etcd"
     for deb in "$work"/*.deb; do dpkg -x "$deb" "$tools/etcd"; done
+    rm -rf "$work"
+  fi
+  if [ "$need_node" = 1 ]; then
+    work=$(mktemp -d)
+    chmod 755 "$work"
+    (cd "$work" && apt-get download -q containerd runc containernetworking-plugins >&2)
+    rm -rf "$node_dir"
+    mkdir -p "$node_dir"
+    for deb in "$work"/*.deb; do dpkg -x "$deb" "$node_dir"; done
     rm -rf "$work"
   fi
 fi

@@ -17,7 +17,7 @@ cargo test --release -q -p kubeforge-tests --test integration --locked \
 }
 fresh=$(sed -n 's/^lab_apply timings: fresh apply \([0-9.]*\) s.*/\1/p' "$log")
 noop=$(sed -n 's/^lab_apply timings: .*no-op re-apply \([0-9.]*\) s.*/\1/p' "$log")
-rolling=$(grep -o 'Applied: 6 files written, 0 units started, 3 restarted, 0 reloaded in [0-9.]* s' "$log" \
+rolling=$(grep -o 'Applied: 0 steps run, 6 files written, 0 units started, 3 restarted, 0 reloaded in [0-9.]* s' "$log" \
   | sed -n 's/.* in \([0-9.]*\) s/\1/p' | sed -n 1p)
 probes=$(sed -n 's/^probe through the VIP during the rolling change: //p' "$log")
 printf '%-34s %8s\n' "kubeforge apply on the HA lab" "seconds"

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const TEST: &str = "lab_apply";
+pub(crate) const TEST: &str = "lab_apply";
 const CONTROL_PLANE_BINARIES: [&str; 3] = [
     "kube-apiserver",
     "kube-controller-manager",
@@ -43,7 +43,7 @@ const UNITS: [&str; 5] = [
 ];
 
 /// A binary of this workspace, built next to this test binary.
-fn workspace_bin(name: &str) -> Option<PathBuf> {
+pub(crate) fn workspace_bin(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?.parent()?;
     let p = dir.join(name);
@@ -62,41 +62,63 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
-/// A bundle: Debian's etcd, the control-plane binaries (stand-ins or
-/// real), and SHA256SUMS.
-fn make_bundle(dir: &Path, etcd_dir: &Path, k8s: Option<&Path>, standin: &Path) {
+/// The control-plane part of a bundle: Debian's etcd and the control-plane
+/// binaries (stand-ins or real).
+pub(crate) fn control_plane_files(
+    etcd_dir: &Path,
+    k8s: Option<&Path>,
+    standin: &Path,
+) -> Vec<(String, PathBuf)> {
+    let mut files = vec![
+        ("etcd".to_string(), etcd_dir.join("etcd")),
+        ("etcdctl".to_string(), etcd_dir.join("etcdctl")),
+    ];
+    for b in CONTROL_PLANE_BINARIES {
+        files.push((
+            b.to_string(),
+            match k8s {
+                Some(d) => d.join(b),
+                None => standin.to_path_buf(),
+            },
+        ));
+    }
+    files
+}
+
+/// Writes a bundle directory: the files under their names, and SHA256SUMS.
+pub(crate) fn write_bundle(dir: &Path, files: &[(String, PathBuf)]) {
     std::fs::create_dir_all(dir).expect("bundle dir");
     let mut sums = String::new();
-    let mut add = |name: &str, from: &Path| {
+    for (name, from) in files {
         let to = dir.join(name);
         std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
         sums.push_str(&format!("{}  {name}\n", sha256(&to)));
-    };
-    add("etcd", &etcd_dir.join("etcd"));
-    add("etcdctl", &etcd_dir.join("etcdctl"));
-    for b in CONTROL_PLANE_BINARIES {
-        match k8s {
-            Some(d) => add(b, &d.join(b)),
-            None => add(b, standin),
-        }
     }
     std::fs::write(dir.join("SHA256SUMS"), sums).expect("SHA256SUMS");
 }
 
-struct Kf {
-    bin: PathBuf,
-    dir: PathBuf,
-    bundle: PathBuf,
+fn make_bundle(dir: &Path, etcd_dir: &Path, k8s: Option<&Path>, standin: &Path) {
+    write_bundle(dir, &control_plane_files(etcd_dir, k8s, standin));
+}
+
+pub(crate) struct Kf {
+    pub(crate) bin: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) bundle: PathBuf,
 }
 
 impl Kf {
-    fn apply(&self, extra: &[&str]) -> Output {
+    pub(crate) fn apply(&self, extra: &[&str]) -> Output {
+        self.apply_phases(&PHASES, extra)
+    }
+
+    pub(crate) fn apply_phases(&self, phases: &[&str], extra: &[&str]) -> Output {
         let mut cmd = Command::new(&self.bin);
         cmd.current_dir(&self.dir)
             .args(["apply", "-i", "inventory.toml", "--bundle"])
             .arg(&self.bundle)
             .args(["--ssh-config", "ssh_config", "--gate-timeout", "90"])
-            .args(PHASES)
+            .args(phases)
             .args(extra);
         let out = cmd.output().expect("kubeforge runs");
         eprintln!(
@@ -109,13 +131,13 @@ impl Kf {
         out
     }
 
-    fn pki(&self, rel: &str) -> PathBuf {
+    pub(crate) fn pki(&self, rel: &str) -> PathBuf {
         self.dir.join(".kubeforge/lab/pki").join(rel)
     }
 }
 
 /// `NRestarts` and the start time of every watched unit on every node.
-fn unit_clock(lab: &Lab, nodes: &[&str]) -> Vec<String> {
+pub(crate) fn unit_clock(lab: &Lab, nodes: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     for n in nodes {
         let s = lab.ssh_ok(
@@ -130,7 +152,7 @@ fn unit_clock(lab: &Lab, nodes: &[&str]) -> Vec<String> {
     out
 }
 
-fn curl_readyz(kf: &Kf, url: &str) -> Output {
+pub(crate) fn curl_readyz(kf: &Kf, url: &str) -> Output {
     Command::new("curl")
         .args(["-sS", "--max-time", "3", "--cacert"])
         .arg(kf.pki("ca.crt"))
@@ -261,16 +283,16 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 /// What the lab tests need besides the lab: etcd, the binaries under test.
-struct Binaries {
-    etcd_dir: PathBuf,
-    kubeforge: PathBuf,
-    standin: PathBuf,
-    k8s_dir: Option<PathBuf>,
+pub(crate) struct Binaries {
+    pub(crate) etcd_dir: PathBuf,
+    pub(crate) kubeforge: PathBuf,
+    pub(crate) standin: PathBuf,
+    pub(crate) k8s_dir: Option<PathBuf>,
 }
 
 /// The binaries, or `None` after reporting what is missing (a failure
 /// under CI).
-fn binaries() -> Option<Binaries> {
+pub(crate) fn binaries() -> Option<Binaries> {
     let missing = |what: &str| {
         kubeforge_tests::skip(TEST, what);
         None
@@ -299,7 +321,7 @@ fn binaries() -> Option<Binaries> {
 
 /// Boots the lab nodes and prepares a control directory with the
 /// inventory `inventory(&lab)`, an empty ssh_config and the bundle.
-fn start(
+pub(crate) fn start(
     b: &Binaries,
     nodes: &[(&str, Ipv4Addr)],
     inventory: impl Fn(&Lab) -> String,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 /// What an apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
+    pub steps_run: usize,
     pub files_written: usize,
     /// (node, unit) in the order they were started, restarted or reloaded.
     pub started: Vec<(String, String)>,
@@ -22,6 +23,7 @@ pub struct Applied {
 
 struct Work<'a> {
     node: &'a str,
+    steps: Vec<&'a kubeforge_render::Step>,
     puts: Vec<&'a RenderedFile>,
     chmods: Vec<&'a RenderedFile>,
     daemon_reload: bool,
@@ -32,7 +34,8 @@ struct Work<'a> {
 
 impl Work<'_> {
     fn is_empty(&self) -> bool {
-        self.puts.is_empty()
+        self.steps.is_empty()
+            && self.puts.is_empty()
             && self.chmods.is_empty()
             && self.start.is_empty()
             && self.restart.is_empty()
@@ -63,8 +66,14 @@ fn work_for<'a>(phase: &str, tree: &'a NodeTree, plan: &'a NodePlan) -> Work<'a>
     let daemon_reload = puts
         .iter()
         .any(|f| f.path.starts_with("/etc/systemd/system/"));
+    let steps = tree
+        .steps
+        .iter()
+        .filter(|s| s.phase == phase && plan.steps.contains(&s.name))
+        .collect();
     Work {
         node: &tree.name,
+        steps,
         puts,
         chmods,
         daemon_reload,
@@ -118,6 +127,11 @@ impl Run<'_> {
     ) -> Result<Applied, ApplyError> {
         let t = self.t(w.node)?;
         let mut done = Applied::default();
+        for step in &w.steps {
+            self.step(phase, w.node, format!("run: {}", step.name));
+            t.run_ok(Script::new(&step.name, &step.run)).await?;
+            done.steps_run += 1;
+        }
         for f in &w.puts {
             let content = match &f.from_file {
                 Some(p) => tokio::fs::read(p).await.map_err(|e| {
@@ -327,6 +341,37 @@ impl Run<'_> {
 
 const NGINX_CONF: &str = "/etc/nginx/nginx.conf";
 
+/// The health gate of a node component after it started or restarted.
+fn node_gate(unit: &str) -> Option<Gate<'static>> {
+    let (name, unit, script, arg) = match unit {
+        "containerd" => (
+            "containerd and its CRI plugin to answer",
+            "containerd",
+            gates::CONTAINERD,
+            "/run/containerd/containerd.sock",
+        ),
+        "kubelet" => (
+            "the kubelet's /healthz to answer",
+            "kubelet",
+            gates::HTTP_OK,
+            "http://127.0.0.1:10248/healthz",
+        ),
+        "kube-proxy" => (
+            "kube-proxy's /healthz to answer",
+            "kube-proxy",
+            gates::HTTP_OK,
+            "http://127.0.0.1:10256/healthz",
+        ),
+        _ => return None,
+    };
+    Some(Gate {
+        name: name.into(),
+        unit,
+        script,
+        args: vec![arg.into()],
+    })
+}
+
 /// nginx.conf with the upstream line of one server marked `down`.
 fn drained_nginx_conf(text: &str, server: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
@@ -345,6 +390,7 @@ fn drained_nginx_conf(text: &str, server: &str) -> String {
 }
 
 fn merge(into: &mut Applied, from: Applied) {
+    into.steps_run += from.steps_run;
     into.files_written += from.files_written;
     into.started.extend(from.started);
     into.restarted.extend(from.restarted);
@@ -486,7 +532,16 @@ pub async fn execute(
             }
             _ => {
                 let results = bounded(works.iter().collect(), opts.concurrency, |w| {
-                    run.do_node(phase, w, false)
+                    let run = &run;
+                    async move {
+                        let done = run.do_node(phase, w, false).await?;
+                        for u in w.start.iter().chain(&w.restart) {
+                            if let Some(g) = node_gate(u) {
+                                run.gate(phase, w.node, g).await?;
+                            }
+                        }
+                        Ok::<_, ApplyError>(done)
+                    }
                 })
                 .await;
                 for r in results {

@@ -43,6 +43,15 @@ pub async fn gather(
                     },
                 );
             }
+            let mut steps_done = Vec::new();
+            for step in &tree.steps {
+                let o = t
+                    .run(kubeforge_transport::Script::new(&step.name, &step.check))
+                    .await?;
+                if o.success() {
+                    steps_done.push(step.name.clone());
+                }
+            }
             let units = unit_states
                 .into_iter()
                 .map(|(u, s)| {
@@ -55,7 +64,14 @@ pub async fn gather(
                     )
                 })
                 .collect();
-            Ok::<_, ApplyError>((tree.name.clone(), NodeFacts { files, units }))
+            Ok::<_, ApplyError>((
+                tree.name.clone(),
+                NodeFacts {
+                    files,
+                    units,
+                    steps_done,
+                },
+            ))
         },
     )
     .await;

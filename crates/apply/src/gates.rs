@@ -30,6 +30,19 @@ pub(crate) const HTTPS_OK: &str = r#"out=$(curl -sS --max-time 5 --cacert "$2" "
 [ "$out" = ok ] || { echo "$out"; exit 1; }
 "#;
 
+/// The URL must answer 2xx over plain HTTP (node-local health endpoints).
+pub(crate) const HTTP_OK: &str = r#"curl -sS -f --max-time 5 -o /dev/null "$1""#;
+
+/// containerd answers on its socket, and its CRI plugin loaded.
+pub(crate) const CONTAINERD: &str = r#"set -eu
+[ -S "$1" ] || { echo "no socket $1"; exit 1; }
+if command -v ctr >/dev/null 2>&1; then
+  out=$(ctr --address "$1" plugins ls 2>&1) || { echo "$out"; exit 1; }
+  printf '%s\n' "$out" | grep -Eq 'io\.containerd\.grpc\.v1[[:space:]]+cri[[:space:]]+.*ok' \
+    || { echo "the CRI plugin is not ok:"; printf '%s\n' "$out" | grep cri; exit 1; }
+fi
+"#;
+
 /// Prints `yes` if this node holds the address.
 pub(crate) const HOLDS_ADDRESS: &str =
     r#"if ip -o -4 addr show | grep -q " $1/"; then echo yes; else echo no; fi"#;

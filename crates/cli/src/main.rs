@@ -550,7 +550,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(a) => {
                     term.raw(kubeforge_plan::to_text(&plan))?;
                     term.line(format!(
-                        "Applied: {} files written, {} units started, {} restarted, {} reloaded in {:.1} s.",
+                        "Applied: {} steps run, {} files written, {} units started, {} restarted, {} reloaded in {:.1} s.",
+                        a.steps_run,
                         a.files_written,
                         a.started.len(),
                         a.restarted.len(),

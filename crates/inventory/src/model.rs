@@ -63,6 +63,17 @@ pub enum ProxyMode {
     Nftables,
 }
 
+/// What the nodes are. `Container` is for nodes that are containers
+/// themselves (systemd-nspawn, LXD): kubeforge then never writes kernel
+/// settings that are global to the host (module loading, non-namespaced
+/// sysctls, swap) and tells kubelet and kube-proxy not to either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeProfile {
+    Host,
+    Container,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
@@ -151,6 +162,7 @@ pub struct Cluster {
     pub proxy_mode: ProxyMode,
     pub bin_dir: String,
     pub sandbox_image: String,
+    pub node_profile: NodeProfile,
     pub pki: PkiSettings,
     pub loadbalancer: Option<LoadBalancer>,
     pub nodes: Vec<Node>,

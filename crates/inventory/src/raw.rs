@@ -48,6 +48,8 @@ pub struct RawCluster {
     pub bin_dir: Option<Spanned<String>>,
     #[serde(default)]
     pub sandbox_image: Option<Spanned<String>>,
+    #[serde(default)]
+    pub node_profile: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

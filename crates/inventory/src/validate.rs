@@ -453,6 +453,15 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
             v.get_ref().trim_end_matches('/').to_string()
         }
     };
+    let node_profile = c.choice(
+        "node_profile",
+        &rc.node_profile,
+        &[
+            ("host", NodeProfile::Host),
+            ("container", NodeProfile::Container),
+        ],
+        NodeProfile::Host,
+    );
     let sandbox_image = rc.sandbox_image.as_ref().map_or_else(
         || "registry.k8s.io/pause:3.10".to_string(),
         |v| v.get_ref().clone(),
@@ -921,6 +930,7 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
         proxy_mode,
         bin_dir,
         sandbox_image,
+        node_profile,
         pki,
         loadbalancer,
         nodes,

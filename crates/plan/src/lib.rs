@@ -32,6 +32,8 @@ pub struct NodeFacts {
     /// Every path the renderer wants, present or not (absent = missing).
     pub files: BTreeMap<String, RemoteFile>,
     pub units: BTreeMap<String, UnitFacts>,
+    /// Preparation steps whose check passed (nothing to do).
+    pub steps_done: Vec<String>,
 }
 
 /// Facts for the whole cluster; `Offline` plans as if every node were bare.
@@ -67,6 +69,8 @@ pub struct FileChange {
 pub struct NodePlan {
     pub node: String,
     pub address: String,
+    /// Preparation steps to run (their check did not pass).
+    pub steps: Vec<String>,
     pub changes: Vec<FileChange>,
     pub unchanged: usize,
     pub daemon_reload: bool,
@@ -81,6 +85,7 @@ pub struct NodePlan {
 impl NodePlan {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
+            && self.steps.is_empty()
             && !self.daemon_reload
             && self.start.is_empty()
             && self.restart.is_empty()
@@ -92,6 +97,7 @@ impl NodePlan {
 pub struct Summary {
     pub nodes: usize,
     pub nodes_changed: usize,
+    pub steps: usize,
     pub create: usize,
     pub update: usize,
     pub unchanged: usize,
@@ -222,9 +228,16 @@ fn plan_node(tree: &NodeTree, facts: Option<&NodeFacts>) -> NodePlan {
     };
     order(&mut restart);
     order(&mut reload);
+    let steps = tree
+        .steps
+        .iter()
+        .filter(|s| !facts.steps_done.contains(&s.name))
+        .map(|s| s.name.clone())
+        .collect();
     NodePlan {
         node: tree.name.clone(),
         address: tree.address.clone(),
+        steps,
         changes,
         unchanged,
         daemon_reload,
@@ -255,6 +268,7 @@ pub fn plan(cluster: &str, rendered: &Rendered, facts: &Facts) -> Plan {
             }
         }
         summary.unchanged += p.unchanged;
+        summary.steps += p.steps.len();
         summary.start += p.start.len();
         summary.restart += p.restart.len();
         summary.reload += p.reload.len();
@@ -284,6 +298,9 @@ pub fn to_text(plan: &Plan) -> String {
             continue;
         }
         let _ = writeln!(s, "{} ({}):", n.node, n.address);
+        for step in &n.steps {
+            let _ = writeln!(s, "  run: {step}");
+        }
         for c in &n.changes {
             let sign = match c.action {
                 FileAction::Create => '+',
@@ -328,8 +345,8 @@ pub fn to_text(plan: &Plan) -> String {
     } else {
         let _ = writeln!(
             s,
-            "Plan: {} of {} nodes change; {} files to create, {} to update, {} unchanged; {} units to start, {} to restart, {} to reload.",
-            m.nodes_changed, m.nodes, m.create, m.update, m.unchanged, m.start, m.restart, m.reload
+            "Plan: {} of {} nodes change; {} steps to run; {} files to create, {} to update, {} unchanged; {} units to start, {} to restart, {} to reload.",
+            m.nodes_changed, m.nodes, m.steps, m.create, m.update, m.unchanged, m.start, m.restart, m.reload
         );
     }
     s

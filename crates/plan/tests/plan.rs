@@ -54,7 +54,15 @@ fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
                     )
                 })
                 .collect();
-            (n.name.clone(), NodeFacts { files, units })
+            let steps_done = n.steps.iter().map(|s| s.name.clone()).collect();
+            (
+                n.name.clone(),
+                NodeFacts {
+                    files,
+                    units,
+                    steps_done,
+                },
+            )
         })
         .collect()
 }

@@ -82,6 +82,18 @@ pub struct UnitInfo {
     pub packaged: bool,
 }
 
+/// A preparation step, rendered for one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub name: String,
+    pub phase: String,
+    /// Read-only; exits 0 when nothing needs doing.
+    #[serde(skip)]
+    pub check: String,
+    #[serde(skip)]
+    pub run: String,
+}
+
 /// Everything one node must hold.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeTree {
@@ -90,6 +102,8 @@ pub struct NodeTree {
     pub roles: Vec<Role>,
     pub files: BTreeMap<String, RenderedFile>,
     pub units: Vec<UnitInfo>,
+    /// Preparation steps, run before the phase's files are written.
+    pub steps: Vec<Step>,
 }
 
 /// The rendered cluster: one tree per node plus the control machine's
@@ -225,6 +239,9 @@ impl Renderer {
                 continue;
             };
             for row in self.table.binary.iter().filter(|r| r.on.matches(node)) {
+                if row.when.is_some_and(|w| !w.holds(cluster)) {
+                    continue;
+                }
                 let phase = self.phase_of(row.on, &row.restarts, &[]);
                 if !phases.contains(&phase) {
                     continue;
@@ -238,7 +255,8 @@ impl Renderer {
                         node: node.name.clone(),
                     });
                 };
-                let target = format!("{}/{}", cluster.bin_dir, row.name);
+                let dir = row.dir.as_deref().unwrap_or(&cluster.bin_dir);
+                let target = format!("{}/{}", dir.trim_end_matches('/'), row.name);
                 tree.files.insert(
                     target.clone(),
                     RenderedFile {
@@ -486,6 +504,34 @@ impl Renderer {
             ))?;
         }
 
+        let mut steps = Vec::new();
+        for row in t.step.iter().filter(|r| r.on.matches(node)) {
+            if row.when.is_some_and(|w| !w.holds(cluster)) {
+                continue;
+            }
+            let one = |text: &str| -> Result<String, RenderError> {
+                let mut tera = tera::Tera::default();
+                tera.autoescape_on(vec![]);
+                let context =
+                    tera::Context::from_value(ctx.clone()).map_err(|e| RenderError::Template {
+                        template: format!("step {}", row.name),
+                        node: node.name.clone(),
+                        detail: error_chain(&e),
+                    })?;
+                tera.render_str(text, &context)
+                    .map_err(|e| RenderError::Template {
+                        template: format!("step {}", row.name),
+                        node: node.name.clone(),
+                        detail: error_chain(&e),
+                    })
+            };
+            steps.push(Step {
+                name: row.name.clone(),
+                phase: self.phase_of(row.on, &[], &[]),
+                check: one(&row.check)?,
+                run: one(&row.run)?,
+            });
+        }
         let units = t
             .unit
             .iter()
@@ -502,6 +548,7 @@ impl Renderer {
             roles: node.roles.clone(),
             files,
             units,
+            steps,
         })
     }
 }
@@ -572,6 +619,7 @@ fn cluster_context(cluster: &Cluster) -> Value {
             "proxy_mode": cluster.proxy_mode,
             "runtime": cluster.runtime,
             "sandbox_image": cluster.sandbox_image,
+            "node_profile": cluster.node_profile,
             "leaf_validity_hours": u64::from(cluster.pki.leaf_validity_days) * 24,
         },
         "control_planes": cps,
@@ -609,6 +657,11 @@ fn node_context(
             },
         );
     }
+    ctx["hosts"] = json!(cluster
+        .nodes
+        .iter()
+        .map(|n| json!({"name": n.name, "address": n.address.to_string()}))
+        .collect::<Vec<_>>());
     ctx["node"] = json!({
         "name": node.name,
         "address": node.address.to_string(),
@@ -647,6 +700,7 @@ impl Rendered {
         for node in &mut self.nodes {
             node.files.retain(|_, f| phases.contains(&f.phase));
             node.units.retain(|u| phases.contains(&u.phase));
+            node.steps.retain(|s| phases.contains(&s.phase));
         }
     }
 }

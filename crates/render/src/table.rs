@@ -1,7 +1,7 @@
 //! The placement table (`templates/files.toml`): which file goes to which
 //! nodes and which units restart or reload when it changes.
 
-use kubeforge_inventory::{Cluster, Cni, Node, Role};
+use kubeforge_inventory::{Cluster, Cni, Node, NodeProfile, Role};
 use kubeforge_pki::{catalog, CaId};
 use serde::Deserialize;
 
@@ -33,14 +33,30 @@ impl On {
 #[serde(rename_all = "kebab-case")]
 pub enum When {
     CniBridge,
+    /// The nodes are real hosts (node_profile = "host").
+    HostProfile,
 }
 
 impl When {
     pub fn holds(self, cluster: &Cluster) -> bool {
         match self {
             When::CniBridge => cluster.cni == Cni::Bridge,
+            When::HostProfile => cluster.node_profile == NodeProfile::Host,
         }
     }
+}
+
+/// A preparation step: `check` (read-only, exits 0 when the node is as it
+/// should be) and `run` (makes it so). Both are templates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepRow {
+    pub name: String,
+    pub on: On,
+    #[serde(default)]
+    pub when: Option<When>,
+    pub check: String,
+    pub run: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -128,6 +144,11 @@ pub struct KeyfileRow {
 pub struct BinaryRow {
     pub name: String,
     pub on: On,
+    /// Where it goes on the node (default: the cluster's bin_dir).
+    #[serde(default)]
+    pub dir: Option<String>,
+    #[serde(default)]
+    pub when: Option<When>,
     /// Installed when the bundle has it; no error when it does not.
     #[serde(default)]
     pub optional: bool,
@@ -138,6 +159,8 @@ pub struct BinaryRow {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Table {
+    #[serde(default)]
+    pub step: Vec<StepRow>,
     #[serde(default)]
     pub binary: Vec<BinaryRow>,
     #[serde(default)]

@@ -25,6 +25,8 @@ templates!(
     "node/kubelet-config.yaml",
     "node/kube-proxy.service",
     "node/kube-proxy-config.yaml",
+    "node/modules-load.conf",
+    "node/sysctl.conf",
     "lb/nginx.conf",
     "lb/keepalived.conf",
     "lb/check-apiserver-lb.sh",

@@ -93,6 +93,16 @@ fn describe(rendered: &Rendered, node: &str) -> String {
         tree.name, tree.address, tree.roles
     );
     let _ = writeln!(s, "units: {}", units.join(" "));
+    for st in &tree.steps {
+        let _ = writeln!(
+            s,
+            "\n--- step \"{}\" phase={}\ncheck:\n{}\nrun:\n{}",
+            st.name,
+            st.phase,
+            st.check.trim(),
+            st.run.trim()
+        );
+    }
     for f in tree.files.values() {
         let _ = writeln!(
             s,

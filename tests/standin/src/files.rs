@@ -1,6 +1,7 @@
 //! Loading and checking the files the flags name. Every error names the flag
 //! (or config field) and the path.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -416,9 +417,26 @@ pub fn load_scheduler_config(flag: &str, path: &Path) -> Result<PathBuf, String>
 pub struct KubeletConfig {
     pub healthz_bind_address: String,
     pub healthz_port: u16,
+    /// `address` and `port`: where the kubelet API (HTTPS) listens.
+    pub address: String,
+    pub port: u16,
     pub client_ca_file: Option<PathBuf>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_private_key_file: Option<PathBuf>,
+    pub cgroup_driver: String,
+    /// The path of `containerRuntimeEndpoint` (`unix://<path>`).
+    pub container_runtime_socket: PathBuf,
+    pub cluster_dns: Vec<IpAddr>,
+}
+
+fn port_field(what: &str, v: &Value, key: &str, default: u16) -> Result<u16, String> {
+    match field(v, key) {
+        None => Ok(default),
+        Some(p) => p
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| format!("{what}: {key} {p:?} is not a port")),
+    }
 }
 
 pub fn load_kubelet_config(flag: &str, path: &Path) -> Result<KubeletConfig, String> {
@@ -430,33 +448,85 @@ pub fn load_kubelet_config(flag: &str, path: &Path) -> Result<KubeletConfig, Str
         "kubelet.config.k8s.io/v1beta1",
         "KubeletConfiguration",
     )?;
-    let port = match field(&v, "healthzPort") {
-        None => 10248,
-        Some(p) => p
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| format!("{what}: healthzPort {p:?} is not a port"))?,
+    let healthz_port = port_field(&what, &v, "healthzPort", 10248)?;
+    let port = port_field(&what, &v, "port", 10250)?;
+    let cgroup_driver = match str_field(&v, "cgroupDriver") {
+        Some(d @ ("systemd" | "cgroupfs")) => d.to_string(),
+        Some(other) => {
+            return Err(format!(
+                "{what}: cgroupDriver {other:?} is neither \"systemd\" nor \"cgroupfs\""
+            ))
+        }
+        None => {
+            return Err(format!(
+                "{what}: cgroupDriver is not set (the stand-in wants it explicit: \"systemd\" or \"cgroupfs\", matching the container runtime)"
+            ))
+        }
+    };
+    let endpoint = str_field(&v, "containerRuntimeEndpoint")
+        .ok_or_else(|| format!("{what}: containerRuntimeEndpoint is not set"))?;
+    let container_runtime_socket = endpoint
+        .strip_prefix("unix://")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .ok_or_else(|| {
+            format!("{what}: containerRuntimeEndpoint {endpoint:?} is not unix://<absolute path>")
+        })?;
+    let cluster_dns = match field(&v, "clusterDNS") {
+        None => Vec::new(),
+        Some(list) => list
+            .as_sequence()
+            .ok_or_else(|| format!("{what}: clusterDNS is not a list"))?
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                e.as_str()
+                    .and_then(|s| s.parse::<IpAddr>().ok())
+                    .ok_or_else(|| format!("{what}: clusterDNS[{i}] {e:?} is not an IP address"))
+            })
+            .collect::<Result<_, _>>()?,
     };
     let file = |key: &str| str_field(&v, key).map(|p| resolve(path, p));
     Ok(KubeletConfig {
         healthz_bind_address: str_field(&v, "healthzBindAddress")
             .unwrap_or("127.0.0.1")
             .to_string(),
-        healthz_port: port,
+        healthz_port,
+        address: str_field(&v, "address").unwrap_or("0.0.0.0").to_string(),
+        port,
         client_ca_file: field(&v, "authentication")
             .and_then(|a| field(a, "x509"))
             .and_then(|x| str_field(x, "clientCAFile"))
             .map(|p| resolve(path, p)),
         tls_cert_file: file("tlsCertFile"),
         tls_private_key_file: file("tlsPrivateKeyFile"),
+        cgroup_driver,
+        container_runtime_socket,
+        cluster_dns,
     })
+}
+
+/// Checks `a.b.c.d/n` (or IPv6) notation.
+pub fn check_cidr(what: &str, s: &str) -> Result<(), String> {
+    let bad = || format!("{what}: {s:?} is not a CIDR");
+    let (ip, bits) = s.split_once('/').ok_or_else(bad)?;
+    let ip: IpAddr = ip.parse().map_err(|_| bad())?;
+    let bits: u8 = bits.parse().map_err(|_| bad())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if bits > max {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 /// What the stand-in uses of a KubeProxyConfiguration.
 #[derive(Debug)]
 pub struct ProxyConfig {
-    pub kubeconfig: Option<PathBuf>,
+    pub kubeconfig: PathBuf,
     pub healthz_bind_address: String,
+    pub mode: String,
+    pub cluster_cidr: String,
+    pub hostname_override: String,
 }
 
 pub fn load_proxy_config(flag: &str, path: &Path) -> Result<ProxyConfig, String> {
@@ -468,15 +538,61 @@ pub fn load_proxy_config(flag: &str, path: &Path) -> Result<ProxyConfig, String>
         "kubeproxy.config.k8s.io/v1alpha1",
         "KubeProxyConfiguration",
     )?;
+    let kubeconfig = field(&v, "clientConnection")
+        .and_then(|c| str_field(c, "kubeconfig"))
+        .filter(|s| !s.is_empty())
+        .map(|p| resolve(path, p))
+        .ok_or_else(|| {
+            format!("{what}: clientConnection.kubeconfig is not set (the stand-in talks to the apiserver it names)")
+        })?;
+    let mode = match str_field(&v, "mode") {
+        Some(m @ ("iptables" | "ipvs" | "nftables")) => m.to_string(),
+        other => {
+            return Err(format!(
+                "{what}: mode {other:?} is not one of iptables, ipvs, nftables"
+            ))
+        }
+    };
+    let cluster_cidr = str_field(&v, "clusterCIDR")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| format!("{what}: clusterCIDR is not set"))?
+        .to_string();
+    for part in cluster_cidr.split(',') {
+        check_cidr(&format!("{what}: clusterCIDR"), part.trim())?;
+    }
+    let hostname_override = str_field(&v, "hostnameOverride")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| format!("{what}: hostnameOverride is not set"))?
+        .to_string();
     Ok(ProxyConfig {
-        kubeconfig: field(&v, "clientConnection")
-            .and_then(|c| str_field(c, "kubeconfig"))
-            .filter(|s| !s.is_empty())
-            .map(|p| resolve(path, p)),
+        kubeconfig,
         healthz_bind_address: str_field(&v, "healthzBindAddress")
             .unwrap_or("0.0.0.0:10256")
             .to_string(),
+        mode,
+        cluster_cidr,
+        hostname_override,
     })
+}
+
+/// The subject's common name and organizations of a certificate.
+pub fn cn_and_orgs(der: &CertificateDer<'_>) -> (Option<String>, Vec<String>) {
+    let Ok((_, c)) = x509_parser::parse_x509_certificate(der) else {
+        return (None, Vec::new());
+    };
+    let s = c.subject();
+    let cn = s
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .map(str::to_string);
+    let orgs = s
+        .iter_organization()
+        .filter_map(|a| a.as_str().ok())
+        .map(str::to_string)
+        .collect();
+    (cn, orgs)
 }
 
 #[cfg(test)]
@@ -572,19 +688,74 @@ mod tests {
         let k = write(
             dir.path(),
             "k.yaml",
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nhealthzPort: 12345\nauthentication:\n  x509:\n    clientCAFile: /etc/ca.crt\n",
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nhealthzPort: 12345\nauthentication:\n  x509:\n    clientCAFile: /etc/ca.crt\ncgroupDriver: systemd\ncontainerRuntimeEndpoint: unix:///run/c.sock\nclusterDNS: [10.96.0.10]\n",
         );
         let kc = load_kubelet_config("config", &k).unwrap();
         assert_eq!(kc.healthz_port, 12345);
         assert_eq!(kc.healthz_bind_address, "127.0.0.1");
+        assert_eq!((kc.address.as_str(), kc.port), ("0.0.0.0", 10250));
         assert_eq!(kc.client_ca_file, Some(PathBuf::from("/etc/ca.crt")));
+        assert_eq!(kc.container_runtime_socket, PathBuf::from("/run/c.sock"));
+        assert_eq!(kc.cluster_dns, ["10.96.0.10".parse::<IpAddr>().unwrap()]);
+        let base = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n";
+        for (extra, why) in [
+            (
+                "cgroupDriver: none\ncontainerRuntimeEndpoint: unix:///c\n",
+                "cgroupDriver",
+            ),
+            (
+                "containerRuntimeEndpoint: unix:///c\n",
+                "cgroupDriver is not set",
+            ),
+            (
+                "cgroupDriver: systemd\ncontainerRuntimeEndpoint: tcp://x:1\n",
+                "unix://",
+            ),
+            (
+                "cgroupDriver: systemd\ncontainerRuntimeEndpoint: unix:///c\nclusterDNS: [dns]\n",
+                "clusterDNS[0]",
+            ),
+        ] {
+            let bad = write(dir.path(), "kb.yaml", &format!("{base}{extra}"));
+            let e = load_kubelet_config("config", &bad).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
         let p = write(
             dir.path(),
             "p.yaml",
-            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhealthzBindAddress: 127.0.0.1:1\n",
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhealthzBindAddress: 127.0.0.1:1\nclientConnection:\n  kubeconfig: proxy.conf\nmode: ipvs\nclusterCIDR: 10.244.0.0/16\nhostnameOverride: w1\n",
         );
         let pc = load_proxy_config("config", &p).unwrap();
         assert_eq!(pc.healthz_bind_address, "127.0.0.1:1");
-        assert_eq!(pc.kubeconfig, None);
+        assert_eq!(pc.kubeconfig, dir.path().join("proxy.conf"));
+        assert_eq!(
+            (pc.mode.as_str(), pc.hostname_override.as_str()),
+            ("ipvs", "w1")
+        );
+        let base = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclientConnection:\n  kubeconfig: p.conf\n";
+        for (extra, why) in [
+            (
+                "mode: userspace\nclusterCIDR: 10.0.0.0/8\nhostnameOverride: a\n",
+                "mode",
+            ),
+            (
+                "mode: iptables\nclusterCIDR: 10.0.0.0/33\nhostnameOverride: a\n",
+                "not a CIDR",
+            ),
+            (
+                "mode: iptables\nclusterCIDR: 10.0.0.0/8\n",
+                "hostnameOverride",
+            ),
+        ] {
+            let bad = write(dir.path(), "pb.yaml", &format!("{base}{extra}"));
+            let e = load_proxy_config("config", &bad).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        assert!(load_proxy_config(
+            "config",
+            &write(dir.path(), "pc.yaml", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: iptables\n")
+        )
+        .unwrap_err()
+        .contains("clientConnection.kubeconfig"));
     }
 }

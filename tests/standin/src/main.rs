@@ -23,7 +23,12 @@
 //!    - kube-controller-manager and kube-scheduler wait for their apiserver's
 //!      `/readyz` (with the kubeconfig's client certificate), then serve
 //!      HTTPS `/healthz`;
-//!    - kubelet and kube-proxy serve plain-HTTP `/healthz`.
+//!    - kubelet checks its kubeconfig's identity against
+//!      `--hostname-override`, waits for the container runtime's socket and
+//!      the apiserver's `/readyz`, then serves plain-HTTP `/healthz` and the
+//!      kubelet API (HTTPS, client certificates required);
+//!    - kube-proxy waits for its apiserver's `/readyz`, then serves
+//!      plain-HTTP `/healthz`.
 //!
 //! Every line it logs (stderr) starts with "<component> (kubeforge stand-in):".
 

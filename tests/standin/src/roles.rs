@@ -221,6 +221,10 @@ struct Loaded {
     /// The kubeconfig a component config names.
     config_kubeconfig: Option<Kubeconfig>,
     kubelet_config: Option<files::KubeletConfig>,
+    /// The KubeletConfiguration's tlsCertFile with tlsPrivateKeyFile.
+    kubelet_serving: Option<Pair>,
+    /// The KubeletConfiguration's authentication.x509.clientCAFile.
+    kubelet_client_ca: Option<Vec<CertificateDer<'static>>>,
     proxy_config: Option<files::ProxyConfig>,
 }
 
@@ -328,20 +332,23 @@ fn load_files(role: Role, p: &Parsed) -> Result<Loaded, String> {
                 if let Some(ca) = &c.client_ca_file {
                     let certs = files::load_certs(&field("authentication.x509.clientCAFile"), ca)?;
                     log!("checked {}: {}", ca.display(), describe_certs(&certs));
+                    loaded.kubelet_client_ca = Some(certs);
                 }
                 match (&c.tls_cert_file, &c.tls_private_key_file) {
                     (Some(cert), Some(key)) => {
-                        files::load_pair(
+                        let pair = files::load_pair(
                             &field("tlsCertFile"),
                             cert,
                             &field("tlsPrivateKeyFile"),
                             key,
                         )?;
                         log!(
-                            "checked {} with {}: the key matches",
+                            "checked {} ({}) with {}: the key matches",
                             cert.display(),
+                            files::subject(&pair.chain[0]),
                             key.display()
                         );
+                        loaded.kubelet_serving = Some(pair);
                     }
                     (None, None) => {}
                     _ => {
@@ -350,23 +357,30 @@ fn load_files(role: Role, p: &Parsed) -> Result<Loaded, String> {
                         ))
                     }
                 }
-                log!("checked {fp}: KubeletConfiguration");
+                log!(
+                    "checked {fp}: KubeletConfiguration (cgroupDriver {}, containerRuntimeEndpoint unix://{}, clusterDNS {:?})",
+                    c.cgroup_driver,
+                    c.container_runtime_socket.display(),
+                    c.cluster_dns
+                );
                 loaded.kubelet_config = Some(c);
             }
             Kind::ProxyConfig => {
                 let c = files::load_proxy_config(flag, path)?;
-                if let Some(kc_path) = &c.kubeconfig {
-                    let kc = files::load_kubeconfig(
-                        &format!("{flag}={} clientConnection.kubeconfig", path.display()),
-                        kc_path,
-                    )?;
-                    log!(
-                        "checked {fp}: clientConnection.kubeconfig {} (server {})",
-                        kc_path.display(),
-                        kc.server
-                    );
-                    loaded.config_kubeconfig = Some(kc);
-                }
+                let kc = files::load_kubeconfig(
+                    &format!("{flag}={} clientConnection.kubeconfig", path.display()),
+                    &c.kubeconfig,
+                )?;
+                log!(
+                    "checked {fp}: KubeProxyConfiguration (mode {}, clusterCIDR {}, hostnameOverride {}); clientConnection.kubeconfig {} (server {}, client {})",
+                    c.mode,
+                    c.cluster_cidr,
+                    c.hostname_override,
+                    c.kubeconfig.display(),
+                    kc.server,
+                    files::subject(&kc.client.chain[0])
+                );
+                loaded.config_kubeconfig = Some(kc);
                 loaded.proxy_config = Some(c);
             }
             Kind::Yaml => {
@@ -702,32 +716,342 @@ async fn controller(role: Role, p: &Parsed) -> Result<(), String> {
 
 // --- kubelet, kube-proxy --------------------------------------------------------
 
+/// How long the kubelet waits at startup for the container runtime's socket.
+const CRI_STARTUP_WAIT: Duration = Duration::from_secs(60);
+/// The node parts' /healthz is ok while the apiserver answered within this.
+const NODE_HEALTH_WINDOW: Duration = Duration::from_secs(10);
+
+/// The node parts' view of their apiserver: a background task asks its
+/// `/readyz` every [`APISERVER_RECHECK`]; /healthz is ok while the last
+/// success is at most [`NODE_HEALTH_WINDOW`] old.
+struct NodeHealth {
+    server: String,
+    state: std::sync::Mutex<NodeState>,
+}
+
+struct NodeState {
+    last_ok: Option<Instant>,
+    last_error: String,
+}
+
+impl NodeHealth {
+    fn new(server: &str) -> NodeHealth {
+        NodeHealth {
+            server: server.to_string(),
+            state: std::sync::Mutex::new(NodeState {
+                last_ok: None,
+                last_error: "not asked yet".into(),
+            }),
+        }
+    }
+
+    fn record(&self, r: &Result<(), String>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(()) => st.last_ok = Some(Instant::now()),
+            Err(e) => st.last_error = e.clone(),
+        }
+    }
+
+    fn healthz(&self) -> Result<(), String> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match st.last_ok {
+            Some(at) if at.elapsed() <= NODE_HEALTH_WINDOW => Ok(()),
+            Some(at) => Err(format!(
+                "apiserver {} last reachable {:.0?} ago; last error: {}",
+                self.server,
+                at.elapsed(),
+                st.last_error
+            )),
+            None => Err(format!(
+                "apiserver {} not reached yet: {}",
+                self.server, st.last_error
+            )),
+        }
+    }
+}
+
+/// Asks `/readyz` until it answers 200 (backoff 1 s to 5 s, logging), then
+/// keeps asking every [`APISERVER_RECHECK`] in the background.
+async fn reach_apiserver(health: Arc<NodeHealth>, api: Url, api_tls: Arc<ClientConfig>) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let r = apiserver_ready(&api, api_tls.clone()).await;
+        health.record(&r);
+        match r {
+            Ok(()) => {
+                log!("apiserver {} is ready", health.server);
+                break;
+            }
+            Err(e) => {
+                log!(
+                    "apiserver {} not ready: {e}; retrying in {wait:?}",
+                    health.server
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tokio::spawn(async move {
+        let mut was_ok = true;
+        loop {
+            tokio::time::sleep(APISERVER_RECHECK).await;
+            let r = apiserver_ready(&api, api_tls.clone()).await;
+            health.record(&r);
+            match (&r, was_ok) {
+                (Err(e), true) => log!("apiserver {} unreachable: {e}", health.server),
+                (Ok(()), false) => log!("apiserver {} reachable again", health.server),
+                _ => {}
+            }
+            was_ok = r.is_ok();
+        }
+    });
+}
+
+/// Checks that a kubeconfig's client certificate has `cn` and, if given,
+/// organization `org`.
+fn check_identity(
+    what: &str,
+    kc: &Kubeconfig,
+    cn: &str,
+    org: Option<&str>,
+    why: &str,
+) -> Result<(), String> {
+    let (got_cn, orgs) = files::cn_and_orgs(&kc.client.chain[0]);
+    let got_cn = got_cn.unwrap_or_default();
+    if got_cn != cn {
+        return Err(format!(
+            "{what}: the client certificate's CN is {got_cn:?}, expected {cn:?} ({why})"
+        ));
+    }
+    if let Some(org) = org {
+        if !orgs.iter().any(|o| o == org) {
+            return Err(format!(
+                "{what}: the client certificate's O is {orgs:?}, expected {org:?} ({why})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Label keys (prefix/name) the kubelet may set on its own Node with
+/// --node-labels in the kubernetes.io and k8s.io namespaces
+/// (k8s.io/kubernetes pkg/kubelet/apis/well_known_labels.go).
+const KUBELET_LABELS: &[&str] = &[
+    "kubernetes.io/hostname",
+    "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "failure-domain.beta.kubernetes.io/region",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "kubernetes.io/os",
+    "kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+];
+const KUBELET_LABEL_NAMESPACES: &[&str] = &["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+/// `--node-labels=k=v,...`: syntax, and the kubelet's refusal of
+/// kubernetes.io / k8s.io labels it may not set.
+fn check_node_labels(value: &str) -> Result<(), String> {
+    let mut forbidden = Vec::new();
+    for item in value.split(',').filter(|i| !i.is_empty()) {
+        let (key, val) = item
+            .split_once('=')
+            .ok_or_else(|| format!("--node-labels={value}: {item:?} is not key=value"))?;
+        let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+        let name_ok = |s: &str| {
+            s.len() <= 63
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+        };
+        let prefix_ok = prefix.is_empty()
+            || (prefix.len() <= 253
+                && prefix.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                }));
+        if !name_ok(name) || !prefix_ok {
+            return Err(format!(
+                "--node-labels={value}: {key:?} is not a valid label key"
+            ));
+        }
+        if !(val.is_empty() || name_ok(val)) {
+            return Err(format!(
+                "--node-labels={value}: {val:?} is not a valid label value"
+            ));
+        }
+        let k8s_namespace = ["kubernetes.io", "k8s.io"]
+            .iter()
+            .any(|ns| prefix == *ns || prefix.ends_with(&format!(".{ns}")));
+        let allowed = KUBELET_LABELS.contains(&key)
+            || KUBELET_LABEL_NAMESPACES
+                .iter()
+                .any(|ns| prefix == *ns || prefix.ends_with(&format!(".{ns}")));
+        if k8s_namespace && !allowed {
+            forbidden.push(key.to_string());
+        }
+    }
+    if !forbidden.is_empty() {
+        return Err(format!(
+            "--node-labels: unknown 'kubernetes.io' or 'k8s.io' labels specified with --node-labels: {forbidden:?} (the kubelet refuses them, as the real one does)"
+        ));
+    }
+    Ok(())
+}
+
+/// Connects to the container runtime's socket until it answers, for up to
+/// [`CRI_STARTUP_WAIT`].
+async fn wait_for_cri(socket: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + CRI_STARTUP_WAIT;
+    loop {
+        let r = tokio::time::timeout(CHECK_TIMEOUT, tokio::net::UnixStream::connect(socket)).await;
+        let err = match r {
+            Ok(Ok(_)) => {
+                log!(
+                    "container runtime unix://{} answers (connected)",
+                    socket.display()
+                );
+                return Ok(());
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no connection within {CHECK_TIMEOUT:?}"),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "containerRuntimeEndpoint unix://{}: the container runtime does not answer after {CRI_STARTUP_WAIT:?}: {err}",
+                socket.display()
+            ));
+        }
+        log!(
+            "container runtime unix://{} not answering yet: {err}; retrying",
+            socket.display()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn kubelet(p: &Parsed) -> Result<(), String> {
-    let loaded = load_files(Role::Kubelet, p)?;
-    let config = loaded.kubelet_config.as_ref();
+    require(p, "config", "the stand-in reads its KubeletConfiguration")?;
+    require(
+        p,
+        "kubeconfig",
+        "the stand-in talks to the apiserver it names",
+    )?;
+    let hostname = require(
+        p,
+        "hostname-override",
+        "the stand-in checks the kubeconfig's identity against it",
+    )?
+    .to_string();
+    if let Some(ips) = p.get("node-ip") {
+        for ip in ips.split(',') {
+            ip.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| format!("--node-ip={ips}: {ip:?} is not an IP address"))?;
+        }
+    }
+    if let Some(labels) = p.get("node-labels") {
+        check_node_labels(labels)?;
+    }
+
+    let mut loaded = load_files(Role::Kubelet, p)?;
+    let config = loaded
+        .kubelet_config
+        .take()
+        .ok_or("--config was not loaded")?;
+    let kubeconfig = loaded.kubeconfigs.remove("kubeconfig").ok_or(
+        "--kubeconfig does not exist: the stand-in does not do TLS bootstrapping, it needs the kubeconfig kubeforge renders",
+    )?;
+    let kc_what = files::flag_path(
+        "kubeconfig",
+        Path::new(p.get("kubeconfig").unwrap_or_default()),
+    );
+    check_identity(
+        &kc_what,
+        &kubeconfig,
+        &format!("system:node:{hostname}"),
+        Some("system:nodes"),
+        &format!("the Node authorizer only lets the kubelet of --hostname-override={hostname} act as system:node:{hostname} in group system:nodes"),
+    )?;
+    log!(
+        "{kc_what}: client certificate {} matches --hostname-override={hostname}",
+        files::subject(&kubeconfig.client.chain[0])
+    );
     // Flags override the config file, as in the real kubelet.
+    let serving = match loaded.pairs.remove("tls-cert-file") {
+        Some(pair) => pair,
+        None => loaded.kubelet_serving.take().ok_or(
+            "--config: tlsCertFile and tlsPrivateKeyFile are required (the stand-in serves the kubelet API only with the given certificate)",
+        )?,
+    };
+    let client_ca = match loaded.certs.remove("client-ca-file") {
+        Some(c) => c,
+        None => loaded.kubelet_client_ca.take().ok_or(
+            "--config: authentication.x509.clientCAFile is required (the stand-in's kubelet API requires client certificates)",
+        )?,
+    };
+    let api_tls_config =
+        tls::server_config_requiring_client("kubelet API (tlsCertFile)", &serving, &client_ca)?;
     let bind = p
         .get("healthz-bind-address")
-        .map(str::to_string)
-        .or_else(|| config.map(|c| c.healthz_bind_address.clone()))
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let port = match p.get("healthz-port") {
+        .map_or(config.healthz_bind_address.as_str(), |v| v);
+    let healthz_port = match p.get("healthz-port") {
         Some(v) => v
             .parse::<u16>()
             .map_err(|_| format!("--healthz-port={v}: not a port"))?,
-        None => config.map_or(10248, |c| c.healthz_port),
+        None => config.healthz_port,
     };
-    let ip: IpAddr = bind
+    let healthz_ip: IpAddr = bind
         .parse()
         .map_err(|_| format!("healthz bind address {bind:?}: not an IP address"))?;
-    if port == 0 {
+    let address = p.get("address").map_or(config.address.as_str(), |v| v);
+    let api_ip: IpAddr = address
+        .parse()
+        .map_err(|_| format!("kubelet address {address:?}: not an IP address"))?;
+    let api_port = match p.get("port") {
+        Some(v) => v
+            .parse::<u16>()
+            .map_err(|_| format!("--port={v}: not a port"))?,
+        None => config.port,
+    };
+    let server = Url::parse(&kubeconfig.server).map_err(|e| format!("{kc_what}: {e}"))?;
+    let client_tls = tls::client_config(&kc_what, &kubeconfig.ca, &kubeconfig.client)?;
+
+    wait_for_cri(&config.container_runtime_socket).await?;
+
+    let health = Arc::new(NodeHealth::new(&kubeconfig.server));
+    let healthz = if healthz_port == 0 {
         log!("healthz port 0: not serving /healthz");
-        notify_ready();
-        return idle().await;
-    }
-    let listener = listen(SocketAddr::new(ip, port), "HTTP /healthz").await?;
+        None
+    } else {
+        let listener = listen(SocketAddr::new(healthz_ip, healthz_port), "HTTP /healthz").await?;
+        Some(tokio::spawn(serve(
+            listener,
+            None,
+            Arc::new(Service::Node(health.clone())),
+        )))
+    };
+    reach_apiserver(health, server, client_tls).await;
+    let listener = listen(SocketAddr::new(api_ip, api_port), "HTTPS kubelet API").await?;
     notify_ready();
-    serve(listener, None, Arc::new(Service::Node)).await
+    let kubelet_api = serve(
+        listener,
+        Some(api_tls_config),
+        Arc::new(Service::KubeletApi),
+    );
+    match healthz {
+        Some(task) => tokio::select! {
+            r = kubelet_api => r,
+            r = task => r.map_err(|e| format!("/healthz server: {e}"))?,
+        },
+        None => kubelet_api.await,
+    }
 }
 
 fn parse_ipport(what: &str, s: &str) -> Result<SocketAddr, String> {
@@ -740,21 +1064,58 @@ fn parse_ipport(what: &str, s: &str) -> Result<SocketAddr, String> {
 }
 
 async fn kube_proxy(p: &Parsed) -> Result<(), String> {
-    let loaded = load_files(Role::KubeProxy, p)?;
+    require(
+        p,
+        "config",
+        "the stand-in reads its KubeProxyConfiguration, as kubeforge renders it",
+    )?;
+    let mut loaded = load_files(Role::KubeProxy, p)?;
+    let config = loaded
+        .proxy_config
+        .take()
+        .ok_or("--config was not loaded")?;
     // With --config, the real kube-proxy ignores its other flags.
-    let addr = match (&loaded.proxy_config, p.get("healthz-bind-address")) {
-        (Some(c), _) => parse_ipport("healthzBindAddress", &c.healthz_bind_address)?,
-        (None, Some(flag)) => parse_ipport("--healthz-bind-address", flag)?,
-        (None, None) => parse_ipport("default", "0.0.0.0:10256")?,
-    };
-    if addr.port() == 0 {
+    let kubeconfig = loaded
+        .config_kubeconfig
+        .take()
+        .ok_or("--config's clientConnection.kubeconfig was not loaded")?;
+    let kc_what = format!(
+        "--config clientConnection.kubeconfig {}",
+        config.kubeconfig.display()
+    );
+    check_identity(
+        &kc_what,
+        &kubeconfig,
+        "system:kube-proxy",
+        None,
+        "the system:node-proxier binding names the user system:kube-proxy",
+    )?;
+    let addr = parse_ipport("healthzBindAddress", &config.healthz_bind_address)?;
+    let server = Url::parse(&kubeconfig.server).map_err(|e| format!("{kc_what}: {e}"))?;
+    let client_tls = tls::client_config(&kc_what, &kubeconfig.ca, &kubeconfig.client)?;
+
+    let health = Arc::new(NodeHealth::new(&kubeconfig.server));
+    let healthz = if addr.port() == 0 {
         log!("healthz port 0: not serving /healthz");
+        None
+    } else {
+        Some(listen(addr, "HTTP /healthz").await?)
+    };
+    let Some(listener) = healthz else {
+        reach_apiserver(health, server, client_tls).await;
         notify_ready();
         return idle().await;
+    };
+    let serving = serve(listener, None, Arc::new(Service::Node(health.clone())));
+    let start = async {
+        reach_apiserver(health, server, client_tls).await;
+        notify_ready();
+        idle().await
+    };
+    tokio::select! {
+        r = serving => r,
+        r = start => r,
     }
-    let listener = listen(addr, "HTTP /healthz").await?;
-    notify_ready();
-    serve(listener, None, Arc::new(Service::Node)).await
 }
 
 // --- serving ------------------------------------------------------------------
@@ -762,7 +1123,10 @@ async fn kube_proxy(p: &Parsed) -> Result<(), String> {
 enum Service {
     ApiServer(ApiServer),
     Controller(Controller),
-    Node,
+    /// Plain-HTTP /healthz of kubelet and kube-proxy.
+    Node(Arc<NodeHealth>),
+    /// The kubelet API (HTTPS, client certificates required).
+    KubeletApi,
 }
 
 const UNAUTHORIZED: &str = "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"Unauthorized\",\"reason\":\"Unauthorized\",\"code\":401}";
@@ -801,8 +1165,14 @@ impl Service {
                     ),
                 }
             }
-            (Service::Node, "/healthz" | "/livez") => ok,
-            (Service::Node, _) => (404, TEXT, "404 page not found\n".into()),
+            (Service::Node(h), "/healthz" | "/livez") => match h.healthz() {
+                Ok(()) => ok,
+                Err(e) => (500, TEXT, format!("[-]{e}\nhealthz check failed\n")),
+            },
+            (Service::KubeletApi, "/healthz") => ok,
+            (Service::Node(_) | Service::KubeletApi, _) => {
+                (404, TEXT, "404 page not found\n".into())
+            }
             (_, _) if !verified_client => (401, JSON, UNAUTHORIZED.into()),
             (_, _) => (404, TEXT, "404 page not found\n".into()),
         }
@@ -928,9 +1298,37 @@ mod tests {
 
     #[tokio::test]
     async fn responses() {
-        let node = Service::Node;
+        let health = Arc::new(NodeHealth::new("https://127.0.0.1:1"));
+        let node = Service::Node(health.clone());
+        let (status, _, body) = node.respond("/healthz", false).await;
+        assert_eq!(status, 500);
+        assert!(body.contains("not reached yet"), "{body}");
+        health.record(&Ok(()));
         assert_eq!(node.respond("/healthz", false).await.0, 200);
         assert_eq!(node.respond("/metrics", false).await.0, 404);
+        health.state.lock().unwrap().last_ok = Instant::now().checked_sub(Duration::from_secs(11));
+        health.record(&Err("refused".into()));
+        let (status, _, body) = node.respond("/healthz", false).await;
+        assert_eq!(status, 500);
+        assert!(
+            body.contains("last reachable") && body.contains("refused"),
+            "{body}"
+        );
+        let api = Service::KubeletApi;
+        assert_eq!(api.respond("/healthz", true).await.0, 200);
+        assert_eq!(api.respond("/pods", true).await.0, 404);
+    }
+
+    #[test]
+    fn node_labels() {
+        check_node_labels("example.com/disk=ssd,tier=web").unwrap();
+        check_node_labels("node.kubernetes.io/exclude-from-external-load-balancers=").unwrap();
+        check_node_labels("topology.kubernetes.io/zone=a").unwrap();
+        let e = check_node_labels("node-role.kubernetes.io/worker=").unwrap_err();
+        assert!(e.contains("node-role.kubernetes.io/worker"), "{e}");
+        assert!(check_node_labels("a=b=c").is_err());
+        assert!(check_node_labels("novalue").is_err());
+        assert!(check_node_labels("Bad_Prefix.io/x=y").is_err());
     }
 
     #[tokio::test]

@@ -30,6 +30,26 @@ pub fn server_config(
     pair: &Pair,
     client_cas: Option<&[CertificateDer<'static>]>,
 ) -> Result<Arc<ServerConfig>, String> {
+    build_server_config(what, pair, client_cas, false)
+}
+
+/// A server that presents `pair` and requires a client certificate issued by
+/// one of `client_cas` (the handshake fails without one), like the kubelet
+/// API with anonymous authentication off.
+pub fn server_config_requiring_client(
+    what: &str,
+    pair: &Pair,
+    client_cas: &[CertificateDer<'static>],
+) -> Result<Arc<ServerConfig>, String> {
+    build_server_config(what, pair, Some(client_cas), true)
+}
+
+fn build_server_config(
+    what: &str,
+    pair: &Pair,
+    client_cas: Option<&[CertificateDer<'static>]>,
+    require_client: bool,
+) -> Result<Arc<ServerConfig>, String> {
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -39,8 +59,12 @@ pub fn server_config(
             let verifier = WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots(what, cas)?),
                 provider.clone(),
-            )
-            .allow_unauthenticated()
+            );
+            let verifier = if require_client {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            }
             .build()
             .map_err(|e| format!("{what}: client CA: {e}"))?;
             builder.with_client_cert_verifier(verifier)

@@ -1,9 +1,10 @@
 //! The stand-in run the way kubeforge will run it: under the real binaries'
-//! names, with the command lines of the units rendered for cp1 of
-//! `inventories/single.toml` (only paths, addresses and ports moved into the
-//! test's temporary directory and onto loopback), with the certificates
-//! kubeforge issued, against a real etcd started from the rendered
-//! `etcd.service`.
+//! names, with the command lines of the units rendered for cp1 (control
+//! plane) and worker1 (kubelet, kube-proxy) of `inventories/single.toml`
+//! (only paths, addresses and ports moved into the test's temporary
+//! directory and onto loopback), with the certificates kubeforge issued,
+//! against a real etcd started from the rendered `etcd.service`. The
+//! kubelet's container runtime is a unix socket the test listens on.
 //!
 //! Network: loopback only. Every address the rendered units name is
 //! rewritten to 127.0.0.1 and checked to be gone before anything starts.
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 const NODE: &str = "cp1";
+const WORKER: &str = "worker1";
 const STANDIN: &str = env!("CARGO_BIN_EXE_kubeforge-standin");
 
 // --- skipping -----------------------------------------------------------------
@@ -70,7 +72,8 @@ fn on_path(name: &str) -> Option<PathBuf> {
 struct Rendered {
     /// Holds `state/` (the PKI), `out/` (the node trees) and run files.
     dir: TempDir,
-    node_address: String,
+    /// The addresses of every node (none may be left in what runs).
+    node_addresses: Vec<String>,
 }
 
 impl Rendered {
@@ -91,14 +94,13 @@ impl Rendered {
             .render(&cluster, &reconciled.pki, &alloc.subnets)
             .unwrap();
         kubeforge_render::write_tree(&rendered, &out).unwrap();
-        let node_address = rendered
-            .nodes
-            .iter()
-            .find(|n| n.name == NODE)
-            .unwrap()
-            .address
-            .clone();
-        Rendered { dir, node_address }
+        assert!(rendered.nodes.iter().any(|n| n.name == NODE));
+        assert!(rendered.nodes.iter().any(|n| n.name == WORKER));
+        let node_addresses = rendered.nodes.iter().map(|n| n.address.clone()).collect();
+        Rendered {
+            dir,
+            node_addresses,
+        }
     }
 
     fn tmp(&self) -> &Path {
@@ -107,21 +109,60 @@ impl Rendered {
 
     /// Where `path` (absolute, as on the node) of cp1 was written.
     fn node_path(&self, path: &str) -> PathBuf {
+        self.path_on(NODE, path)
+    }
+
+    /// Where `path` (absolute, as on the node) of `node` was written.
+    fn path_on(&self, node: &str, path: &str) -> PathBuf {
         self.tmp()
             .join("out")
-            .join(NODE)
+            .join(node)
             .join(path.trim_start_matches('/'))
     }
 
     fn read(&self, path: &str) -> String {
-        std::fs::read_to_string(self.node_path(path)).unwrap()
+        self.read_on(NODE, path)
+    }
+
+    fn read_on(&self, node: &str, path: &str) -> String {
+        std::fs::read_to_string(self.path_on(node, path)).unwrap()
     }
 
     /// Replaces text in a rendered file of cp1.
     fn edit(&self, path: &str, from: &str, to: &str) {
-        let text = self.read(path);
-        assert!(text.contains(from), "{path} does not contain {from:?}");
-        std::fs::write(self.node_path(path), text.replace(from, to)).unwrap();
+        self.edit_on(NODE, path, from, to);
+    }
+
+    /// Replaces text in a rendered file of `node`.
+    fn edit_on(&self, node: &str, path: &str, from: &str, to: &str) {
+        let text = self.read_on(node, path);
+        assert!(
+            text.contains(from),
+            "{node}:{path} does not contain {from:?}"
+        );
+        std::fs::write(self.path_on(node, path), text.replace(from, to)).unwrap();
+    }
+
+    /// Checks that a rendered file of `node` names no node address and no
+    /// path outside the test's directory (after the test's edits).
+    fn assert_file_relocated(&self, node: &str, path: &str) {
+        let text = self.read_on(node, path);
+        let tmp = self.tmp().display().to_string();
+        for a in &self.node_addresses {
+            assert!(
+                !text.contains(a.as_str()),
+                "{node}:{path} still names {a} (loopback only):\n{text}"
+            );
+        }
+        for word in text.split_whitespace() {
+            let word = word.trim_start_matches("unix://");
+            if word.starts_with('/') {
+                assert!(
+                    word.starts_with(&tmp),
+                    "{node}:{path} names {word}, outside the test"
+                );
+            }
+        }
     }
 
     fn state_pki(&self, name: &str) -> PathBuf {
@@ -131,14 +172,19 @@ impl Rendered {
     /// The ExecStart argv of a rendered unit of cp1 with `/etc/kubernetes`
     /// and `/var/log/kubernetes` moved into the test's directory.
     fn argv(&self, unit: &str, program: &str) -> Vec<String> {
-        let text = self.read(&format!("/etc/systemd/system/{unit}.service"));
+        self.argv_on(NODE, unit, program)
+    }
+
+    /// [`Rendered::argv`] of a unit of `node`.
+    fn argv_on(&self, node: &str, unit: &str, program: &str) -> Vec<String> {
+        let text = self.read_on(node, &format!("/etc/systemd/system/{unit}.service"));
         let mut argv = exec_start(&text);
         assert!(
             argv[0].ends_with(&format!("/{program}")),
             "{unit}: ExecStart runs {}",
             argv[0]
         );
-        let etc = self.node_path("/etc/kubernetes").display().to_string();
+        let etc = self.path_on(node, "/etc/kubernetes").display().to_string();
         let log = self.tmp().join("log").display().to_string();
         for a in &mut argv[1..] {
             *a = a
@@ -185,15 +231,17 @@ fn set_flag(argv: &mut [String], name: &str, value: &str) {
     argv[hits[0]] = format!("{prefix}{value}");
 }
 
-/// Checks that nothing in `argv` still points at the node's address or at
+/// Checks that nothing in `argv` still points at a node's address or at
 /// a path outside the test's directory.
 fn assert_relocated(argv: &[String], r: &Rendered) {
     let tmp = r.tmp().display().to_string();
     for a in &argv[1..] {
-        assert!(
-            !a.contains(&r.node_address),
-            "{a} still names the node's address (loopback only)"
-        );
+        for address in &r.node_addresses {
+            assert!(
+                !a.contains(address.as_str()),
+                "{a} still names a node's address (loopback only)"
+            );
+        }
         if let Some((_, v)) = a.split_once('=') {
             for part in v.split(',') {
                 if part.starts_with('/') {
@@ -305,11 +353,17 @@ fn run_to_end(cmd: &mut Command) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// `curl --cacert ca` of an https URL on loopback: (HTTP status, body);
-/// status 0 when no HTTP answer came (the body is then curl's error).
+/// `curl --cacert ca` of an https URL on loopback (127.0.0.1, or a name
+/// that a `--resolve name:port:127.0.0.1` flag sends there): (HTTP status,
+/// body); status 0 when no HTTP answer came (the body is then curl's error).
 fn curl(url: &str, ca: &Path, flags: &[&str]) -> (u16, String) {
+    let resolved_to_loopback = flags.windows(2).any(|w| {
+        w[0] == "--resolve"
+            && w[1].ends_with(":127.0.0.1")
+            && url.starts_with(&format!("https://{}/", w[1].trim_end_matches(":127.0.0.1")))
+    });
     assert!(
-        url.starts_with("https://127.0.0.1:"),
+        url.starts_with("https://127.0.0.1:") || resolved_to_loopback,
         "{url}: loopback only"
     );
     let out = Command::new("curl")
@@ -450,76 +504,172 @@ fn bad_files_exit_1_naming_flag_and_path() {
     eprintln!("bad_files: {:.1?}", started.elapsed());
 }
 
-#[test]
-fn node_parts_serve_healthz() {
-    let r = Rendered::new();
-    // kubelet: its config's healthz port moved to a free one.
-    let port = free_port();
-    r.edit(
-        "/etc/kubernetes/kubelet-config.yaml",
-        "healthzPort: 10248",
-        &format!("healthzPort: {port}"),
-    );
-    let etc = r.node_path("/etc/kubernetes").display().to_string();
-    r.edit(
-        "/etc/kubernetes/kubelet-config.yaml",
-        "/etc/kubernetes",
-        &etc,
-    );
-    let kubelet = install(r.tmp(), "kubelet");
-    let mut argv = r.argv("kubelet", "kubelet");
-    set_flag(&mut argv, "node-ip", "127.0.0.1");
-    assert_relocated(&argv, &r);
-    let mut p = Proc::spawn(
-        "kubelet",
-        {
-            let mut c = Command::new(&kubelet);
-            c.args(&argv[1..]);
-            c
-        },
-        &r.tmp().join("kubelet.log"),
-    );
-    let body = wait_for("kubelet /healthz", Duration::from_secs(20), || {
-        p.assert_running();
-        http_get_plain(port, "/healthz")
-    });
-    assert_eq!(body, "ok");
-    assert!(p.terminate(Duration::from_secs(5)).success());
-
-    // kube-proxy: healthzBindAddress moved from 0.0.0.0:10256 to loopback.
-    let port = free_port();
-    r.edit(
-        "/etc/kubernetes/kube-proxy-config.yaml",
-        "healthzBindAddress: 0.0.0.0:10256",
-        &format!("healthzBindAddress: 127.0.0.1:{port}"),
-    );
-    r.edit(
-        "/etc/kubernetes/kube-proxy-config.yaml",
-        "/etc/kubernetes",
-        &etc,
-    );
-    let proxy = install(r.tmp(), "kube-proxy");
-    let argv = r.argv("kube-proxy", "kube-proxy");
-    assert_relocated(&argv, &r);
-    let mut p = Proc::spawn(
-        "kube-proxy",
-        {
-            let mut c = Command::new(&proxy);
-            c.args(&argv[1..]);
-            c
-        },
-        &r.tmp().join("kube-proxy.log"),
-    );
-    let body = wait_for("kube-proxy /healthz", Duration::from_secs(20), || {
-        p.assert_running();
-        http_get_plain(port, "/healthz")
-    });
-    assert_eq!(body, "ok");
-    assert!(p.terminate(Duration::from_secs(5)).success());
+/// worker1's kubelet and kube-proxy files moved into the test's directory
+/// and onto loopback: the apiserver at `api_port`, the container runtime at
+/// `cri` and free ports for what they serve.
+struct Worker {
+    kubelet: Vec<String>,
+    kubelet_healthz: u16,
+    kubelet_api: u16,
+    proxy: Vec<String>,
+    proxy_healthz: u16,
 }
 
-/// A plain-HTTP GET on loopback; the body of a 200.
-fn http_get_plain(port: u16, path: &str) -> Option<String> {
+fn prepare_worker(r: &Rendered, api_port: u16, cri: &Path) -> Worker {
+    let etc = r.path_on(WORKER, "/etc/kubernetes").display().to_string();
+    let server = format!("server: https://127.0.0.1:{api_port}");
+    for conf in ["kubelet.conf", "kube-proxy.conf"] {
+        let path = format!("/etc/kubernetes/{conf}");
+        let text = r.read_on(WORKER, &path);
+        let old = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .unwrap()
+            .to_string();
+        r.edit_on(WORKER, &path, &format!("server: {old}"), &server);
+        r.assert_file_relocated(WORKER, &path);
+    }
+    let (kubelet_healthz, kubelet_api) = (free_port(), free_port());
+    let kc = "/etc/kubernetes/kubelet-config.yaml";
+    r.edit_on(WORKER, kc, "/etc/kubernetes", &etc);
+    r.edit_on(
+        WORKER,
+        kc,
+        "healthzPort: 10248",
+        &format!("healthzPort: {kubelet_healthz}"),
+    );
+    r.edit_on(
+        WORKER,
+        kc,
+        "unix:///run/containerd/containerd.sock",
+        &format!("unix://{}", cri.display()),
+    );
+    r.edit_on(
+        WORKER,
+        kc,
+        "resolvConf: /etc/resolv.conf",
+        "resolvConf: \"\"",
+    );
+    // The kubelet API's address and port (defaults 0.0.0.0:10250).
+    r.edit_on(
+        WORKER,
+        kc,
+        "readOnlyPort: 0\n",
+        &format!("readOnlyPort: 0\naddress: 127.0.0.1\nport: {kubelet_api}\n"),
+    );
+    r.assert_file_relocated(WORKER, kc);
+    let mut kubelet = r.argv_on(WORKER, "kubelet", "kubelet");
+    set_flag(&mut kubelet, "node-ip", "127.0.0.1");
+    assert_relocated(&kubelet, r);
+
+    let proxy_healthz = free_port();
+    let pc = "/etc/kubernetes/kube-proxy-config.yaml";
+    r.edit_on(WORKER, pc, "/etc/kubernetes", &etc);
+    r.edit_on(
+        WORKER,
+        pc,
+        "healthzBindAddress: 0.0.0.0:10256",
+        &format!("healthzBindAddress: 127.0.0.1:{proxy_healthz}"),
+    );
+    r.edit_on(
+        WORKER,
+        pc,
+        "bindAddress: 0.0.0.0\n",
+        "bindAddress: 127.0.0.1\n",
+    );
+    r.assert_file_relocated(WORKER, pc);
+    let proxy = r.argv_on(WORKER, "kube-proxy", "kube-proxy");
+    assert_relocated(&proxy, r);
+    Worker {
+        kubelet,
+        kubelet_healthz,
+        kubelet_api,
+        proxy,
+        proxy_healthz,
+    }
+}
+
+/// A stand-in container runtime: a unix socket that accepts (and drops)
+/// connections until the test ends.
+fn fake_cri(path: &Path) {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+}
+
+#[test]
+fn node_parts_refuse_wrong_identities() {
+    let started = Instant::now();
+    let r = Rendered::new();
+    let cri = r.tmp().join("containerd.sock");
+    fake_cri(&cri);
+    let w = prepare_worker(&r, free_port(), &cri);
+
+    // worker1's kubelet with worker2's kubeconfig: the Node authorizer would
+    // refuse it, so the stand-in exits 1 before talking to anything.
+    let kubelet = install(r.tmp(), "kubelet");
+    let mut argv = w.kubelet.clone();
+    let other = r.path_on("worker2", "/etc/kubernetes/kubelet.conf");
+    set_flag(&mut argv, "kubeconfig", &other.display().to_string());
+    assert_relocated(&argv, &r);
+    let out = run_to_end(Command::new(&kubelet).args(&argv[1..]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--kubeconfig={}", other.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("CN is \"system:node:worker2\", expected \"system:node:worker1\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Node authorizer"), "{stderr}");
+
+    // A node label the kubelet may not set on itself.
+    let mut argv = w.kubelet.clone();
+    argv.push("--node-labels=node-role.kubernetes.io/worker=".into());
+    let out = run_to_end(Command::new(&kubelet).args(&argv[1..]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("node-role.kubernetes.io/worker"),
+        "{stderr}"
+    );
+
+    // kube-proxy: an unknown mode, then the kubelet's kubeconfig.
+    let proxy = install(r.tmp(), "kube-proxy");
+    let pc = "/etc/kubernetes/kube-proxy-config.yaml";
+    let mode = r
+        .read_on(WORKER, pc)
+        .lines()
+        .find(|l| l.starts_with("mode: "))
+        .unwrap()
+        .to_string();
+    r.edit_on(WORKER, pc, &mode, "mode: userspace");
+    let out = run_to_end(Command::new(&proxy).args(&w.proxy[1..]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("mode Some(\"userspace\")"), "{stderr}");
+    r.edit_on(WORKER, pc, "mode: userspace", &mode);
+    r.edit_on(WORKER, pc, "/kube-proxy.conf", "/kubelet.conf");
+    let out = run_to_end(Command::new(&proxy).args(&w.proxy[1..]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("expected \"system:kube-proxy\""),
+        "{stderr}"
+    );
+    eprintln!(
+        "node_parts_refuse_wrong_identities: {:.1?}",
+        started.elapsed()
+    );
+}
+
+/// A plain-HTTP GET on loopback: (status, body); None without an answer.
+fn http_get_plain_status(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -531,7 +681,13 @@ fn http_get_plain(port: u16, path: &str) -> Option<String> {
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
     let (head, body) = raw.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// A plain-HTTP GET on loopback; the body of a 200.
+fn http_get_plain(port: u16, path: &str) -> Option<String> {
+    http_get_plain_status(port, path).and_then(|(status, body)| (status == 200).then_some(body))
 }
 
 /// Every `--flag=<file>` of `argv` (but `except`) shows up in the log of
@@ -601,7 +757,10 @@ fn control_plane_against_real_etcd() {
         } else {
             v.to_string()
         };
-        assert!(!v.contains(&r.node_address), "{k}={v}");
+        assert!(
+            !r.node_addresses.iter().any(|a| v.contains(a.as_str())),
+            "{k}={v}"
+        );
         cmd.env(k, v);
     }
     cmd.args(&argv[1..]);
@@ -712,6 +871,85 @@ fn control_plane_against_real_etcd() {
         started.elapsed()
     );
 
+    // worker1's kubelet and kube-proxy (stand-ins) against it, the kubelet
+    // with a stand-in container runtime socket.
+    let cri = r.tmp().join("containerd.sock");
+    fake_cri(&cri);
+    let w = prepare_worker(&r, api_port, &cri);
+    let kubelet_notify_path = r.tmp().join("kubelet-notify.sock");
+    let kubelet_notify = UnixDatagram::bind(&kubelet_notify_path).unwrap();
+    let mut cmd = Command::new(install(r.tmp(), "kubelet"));
+    cmd.args(&w.kubelet[1..])
+        .env("NOTIFY_SOCKET", &kubelet_notify_path);
+    let mut kubelet = Proc::spawn("kubelet", cmd, &r.tmp().join("kubelet.log"));
+    let mut cmd = Command::new(install(r.tmp(), "kube-proxy"));
+    cmd.args(&w.proxy[1..]);
+    let proxy = Proc::spawn("kube-proxy", cmd, &r.tmp().join("kube-proxy.log"));
+    wait_ready(&kubelet_notify, &mut kubelet, Duration::from_secs(30));
+    let mut node_parts = [(kubelet, w.kubelet_healthz), (proxy, w.proxy_healthz)];
+    for (p, port) in &mut node_parts {
+        let port = *port;
+        let body = wait_for(
+            &format!("{} /healthz", p.name),
+            Duration::from_secs(30),
+            || {
+                p.assert_running();
+                http_get_plain(port, "/healthz")
+            },
+        );
+        assert_eq!(body, "ok");
+    }
+    // The kubelet API: HTTPS with its serving certificate (for worker1),
+    // client certificates from the cluster CA required.
+    let resolve = format!("{WORKER}:{}:127.0.0.1", w.kubelet_api);
+    let kubelet_url = |path: &str| format!("https://{WORKER}:{}{path}", w.kubelet_api);
+    let (code, err) = curl(&kubelet_url("/healthz"), &ca, &["--resolve", &resolve]);
+    assert_eq!(code, 0, "no client certificate, yet an answer: {err}");
+    let kubelet_client = r.state_pki("apiserver-kubelet-client.crt");
+    let kubelet_client_key = r.state_pki("apiserver-kubelet-client.key");
+    let with_client = [
+        "--resolve",
+        &resolve,
+        "--cert",
+        &kubelet_client.display().to_string(),
+        "--key",
+        &kubelet_client_key.display().to_string(),
+    ]
+    .map(String::from);
+    let with_client: Vec<&str> = with_client.iter().map(String::as_str).collect();
+    let (code, body) = curl(&kubelet_url("/healthz"), &ca, &with_client);
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "ok"),
+        "{}",
+        node_parts[0].0.log()
+    );
+    let (code, _) = curl(&kubelet_url("/pods"), &ca, &with_client);
+    assert_eq!(code, 404);
+    let log = node_parts[0].0.log();
+    assert_checked_every_file(&w.kubelet, &log, &[]);
+    for needle in [
+        "client certificate CN=system:node:worker1",
+        "container runtime unix://",
+        "KubeletConfiguration (cgroupDriver systemd",
+    ] {
+        assert!(log.contains(needle), "{needle:?} not in:\n{log}");
+    }
+    assert!(
+        api.log().contains("CN=system:node:worker1"),
+        "the apiserver saw no request from the kubelet:\n{}",
+        api.log()
+    );
+    assert!(
+        api.log().contains("CN=system:kube-proxy"),
+        "the apiserver saw no request from kube-proxy:\n{}",
+        api.log()
+    );
+    eprintln!(
+        "{TEST}: kubelet and kube-proxy healthy after {:.1?}",
+        started.elapsed()
+    );
+
     // etcd down: the apiserver is not ready, the controllers not healthy.
     etcd_proc.terminate(Duration::from_secs(10));
     let body = wait_for("apiserver /readyz 500", Duration::from_secs(10), || {
@@ -729,6 +967,22 @@ fn control_plane_against_real_etcd() {
                 (code == 500).then_some(())
             },
         );
+        let status = p.terminate(Duration::from_secs(5));
+        assert!(status.success(), "{}: {status}", p.name);
+    }
+    // The node parts notice within their 10 s window (re-checked every 2 s).
+    for (p, port) in &mut node_parts {
+        let port = *port;
+        let body = wait_for(
+            &format!("{} /healthz 500", p.name),
+            Duration::from_secs(20),
+            || {
+                p.assert_running();
+                http_get_plain_status(port, "/healthz")
+                    .and_then(|(status, body)| (status == 500).then_some(body))
+            },
+        );
+        assert!(body.contains("apiserver https://127.0.0.1:"), "{body}");
         let status = p.terminate(Duration::from_secs(5));
         assert!(status.success(), "{}: {status}", p.name);
     }

@@ -1,0 +1,190 @@
+//! Node components on lab nodes: containerd, runc and the CNI plugins are
+//! Debian's real packages (bundled from `target/test-tools/node`, which
+//! tests/setup.sh unpacks), kubelet and kube-proxy the kubeforge stand-ins
+//! (or the real binaries from `KUBEFORGE_K8S_BIN_DIR`). The whole cluster
+//! converges with every gate passing (containerd's CRI plugin answers,
+//! kubelet and kube-proxy report healthy after reaching the apiserver with
+//! their own certificates), and adding a worker touches only that worker.
+
+use crate::lab_apply::{binaries, control_plane_files, start, write_bundle, Kf, TEST};
+use kubeforge_tests::lab::{self, Lab};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn node_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-tools/node");
+    dir.join("usr/bin/containerd").exists().then_some(dir)
+}
+
+fn inventory(lab: &Lab, workers: &[&str]) -> String {
+    let mut s = format!(
+        r#"[cluster]
+name = "lab"
+kubernetes_version = "1.31.4"
+node_cidr = "10.77.0.0/24"
+node_profile = "container"
+
+[ssh]
+key = "{key}"
+accept_new_host_keys = true
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+"#,
+        key = lab.key().display()
+    );
+    for w in workers {
+        s.push_str(&format!(
+            "\n[[nodes]]\nname = \"{w}\"\naddress = \"{}\"\nroles = [\"worker\"]\n",
+            lab.node_address(w)
+        ));
+    }
+    s
+}
+
+/// Restart counters and start times of every unit on the nodes.
+fn clocks(lab: &Lab, nodes: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let s = lab.ssh_ok(
+            n,
+            "for u in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do \
+               systemctl show -p Id,NRestarts,ActiveEnterTimestampMonotonic,ActiveState $u | tr '\\n' ' '; echo; done",
+        );
+        out.extend(s.lines().map(|l| format!("{n}: {l}")));
+    }
+    out
+}
+
+fn plan(kf: &Kf) -> String {
+    let out = Command::new(&kf.bin)
+        .current_dir(&kf.dir)
+        .args([
+            "plan",
+            "-i",
+            "inventory.toml",
+            "--ssh-config",
+            "ssh_config",
+            "--bundle",
+        ])
+        .arg(&kf.bundle)
+        .output()
+        .expect("plan runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "plan failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn workers_converge_and_an_added_worker_touches_only_itself() {
+    if !lab::available(TEST) {
+        return;
+    }
+    let Some(b) = binaries() else { return };
+    let Some(node) = node_dir() else {
+        kubeforge_tests::skip(
+            TEST,
+            "containerd, runc and the CNI plugins are not unpacked (run tests/setup.sh)",
+        );
+        return;
+    };
+    let nodes = [
+        ("cp1", Ipv4Addr::new(10, 77, 0, 11)),
+        ("worker1", Ipv4Addr::new(10, 77, 0, 21)),
+        ("worker2", Ipv4Addr::new(10, 77, 0, 22)),
+    ];
+    let (mut lab, kf) = start(&b, &nodes, |lab| inventory(lab, &["worker1"]));
+    lab.watch_units(&["containerd", "kubelet", "kube-proxy"]);
+    let mut files = control_plane_files(&b.etcd_dir, b.k8s_dir.as_deref(), &b.standin);
+    for name in ["kubelet", "kube-proxy"] {
+        files.push((
+            name.to_string(),
+            match &b.k8s_dir {
+                Some(d) => d.join(name),
+                None => b.standin.clone(),
+            },
+        ));
+    }
+    for (name, rel) in [
+        ("containerd", "usr/bin/containerd"),
+        ("containerd-shim-runc-v2", "usr/bin/containerd-shim-runc-v2"),
+        ("ctr", "usr/bin/ctr"),
+        ("runc", "usr/sbin/runc"),
+        ("bridge", "usr/lib/cni/bridge"),
+        ("host-local", "usr/lib/cni/host-local"),
+        ("portmap", "usr/lib/cni/portmap"),
+        ("loopback", "usr/lib/cni/loopback"),
+    ] {
+        files.push((name.to_string(), node.join(rel)));
+    }
+    write_bundle(&kf.bundle, &files);
+
+    // Every phase, every gate.
+    let out = kf.apply_phases(&[], &[]);
+    assert!(out.status.success(), "apply failed");
+    let cri = lab.ssh_ok(
+        "worker1",
+        "ctr --address /run/containerd/containerd.sock plugins ls | grep -w cri",
+    );
+    assert!(cri.trim_end().ends_with("ok"), "{cri}");
+    for n in ["cp1", "worker1"] {
+        assert_eq!(
+            lab.ssh_ok(n, "systemctl is-active containerd kubelet kube-proxy")
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["active", "active", "active"],
+            "{n}"
+        );
+    }
+    let out = kf.apply_phases(&[], &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No changes"));
+
+    // Add worker2: the plan touches only it; nothing restarts elsewhere.
+    std::fs::write(
+        kf.dir.join("inventory.toml"),
+        inventory(&lab, &["worker1", "worker2"]),
+    )
+    .expect("inventory");
+    // Existing nodes only get the new /etc/hosts line: no file, no unit.
+    let text = plan(&kf);
+    for n in ["cp1 (10.77.0.11)", "worker1 (10.77.0.21)"] {
+        let at = text
+            .find(n)
+            .unwrap_or_else(|| panic!("{n} missing: {text}"));
+        let block: String = text[at..]
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            block,
+            format!("{n}:\n  run: /etc/hosts entries of the cluster's nodes"),
+            "{text}"
+        );
+    }
+    assert!(text.contains("worker2 (10.77.0.22):\n"), "{text}");
+    let before = clocks(&lab, &["cp1", "worker1"]);
+    let out = kf.apply_phases(&[], &[]);
+    assert!(out.status.success(), "apply with worker2 failed");
+    assert_eq!(
+        before,
+        clocks(&lab, &["cp1", "worker1"]),
+        "an existing node restarted a unit"
+    );
+    assert_eq!(
+        lab.ssh_ok(
+            "worker2",
+            "systemctl is-active containerd kubelet kube-proxy"
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>(),
+        ["active", "active", "active"]
+    );
+}
