@@ -106,6 +106,22 @@ roles = ["etcd", "control-plane"]
 inventory rejected: 1 error"#,
     ),
     (
+        "unknown_node_profile",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.4"
+node_profile = "vm"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+"#,
+        r#"bad.toml:4:16: error: unknown node_profile "vm"
+  help: use one of "host", "container"
+inventory rejected: 1 error"#,
+    ),
+    (
         "unknown_cluster_key",
         r#"[cluster]
 name = "demo"
@@ -117,7 +133,7 @@ name = "cp1"
 address = "10.77.0.11"
 roles = ["etcd", "control-plane"]
 "#,
-        r#"bad.toml:4:1: error: unknown field `service_cidrs`, expected one of `name`, `kubernetes_version`, `service_cidr`, `pod_cidr`, `node_cidr`, `pod_subnet_prefix`, `cluster_domain`, `dns_service_ip`, `apiserver_port`, `container_runtime`, `cni`, `kube_proxy_mode`, `bin_dir`, `sandbox_image`
+        r#"bad.toml:4:1: error: unknown field `service_cidrs`, expected one of `name`, `kubernetes_version`, `service_cidr`, `pod_cidr`, `node_cidr`, `pod_subnet_prefix`, `cluster_domain`, `dns_service_ip`, `apiserver_port`, `container_runtime`, `cni`, `kube_proxy_mode`, `bin_dir`, `sandbox_image`, `node_profile`
   help: remove the key or fix its spelling; the inventory reference in README.md lists every key
 inventory rejected: 1 error"#,
     ),
