@@ -152,20 +152,27 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
         inventory(&lab, &["worker1", "worker2"]),
     )
     .expect("inventory");
-    // Existing nodes only get the new /etc/hosts line: no file, no unit.
+    // Existing nodes only get the new /etc/hosts line and the route to the
+    // new pod subnet (live, and in the boot script): nothing restarts.
     let text = plan(&kf);
     for n in ["cp1 (10.77.0.11)", "worker1 (10.77.0.21)"] {
         let at = text
             .find(n)
             .unwrap_or_else(|| panic!("{n} missing: {text}"));
-        let block: String = text[at..]
+        // The block of the node, without the diff lines.
+        let block: Vec<&str> = text[at..]
             .lines()
             .take_while(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("\n");
+            .filter(|l| !l.starts_with("      "))
+            .collect();
         assert_eq!(
             block,
-            format!("{n}:\n  run: /etc/hosts entries of the cluster's nodes"),
+            [
+                format!("{n}:").as_str(),
+                "  run: /etc/hosts entries of the cluster's nodes",
+                "  run: routes to the other nodes' pod subnets",
+                "  ~ /etc/kubeforge/pod-routes.sh (0755)",
+            ],
             "{text}"
         );
     }

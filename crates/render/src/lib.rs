@@ -535,7 +535,7 @@ impl Renderer {
         let units = t
             .unit
             .iter()
-            .filter(|u| u.on.matches(node))
+            .filter(|u| u.on.matches(node) && u.when.is_none_or(|w| w.holds(cluster)))
             .map(|u| UnitInfo {
                 name: u.name.clone(),
                 phase: u.phase.clone(),
@@ -657,6 +657,18 @@ fn node_context(
             },
         );
     }
+    // Routes to the other kubelet nodes' pod subnets (bridge CNI).
+    let routes: Vec<Value> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.name != node.name && n.runs_kubelet())
+        .filter_map(|n| {
+            subnets.get(&n.name).map(
+                |s| json!({"node": n.name, "subnet": s.to_string(), "via": n.address.to_string()}),
+            )
+        })
+        .collect();
+    ctx["pod_routes"] = json!(routes);
     ctx["hosts"] = json!(cluster
         .nodes
         .iter()

@@ -73,6 +73,8 @@ pub struct UnitRow {
     pub name: String,
     pub on: On,
     pub phase: String,
+    #[serde(default)]
+    pub when: Option<When>,
     /// Shipped by the node's own package (nginx, keepalived): not rendered.
     #[serde(default)]
     pub packaged: bool,

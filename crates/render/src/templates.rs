@@ -21,6 +21,8 @@ templates!(
     "node/containerd.service",
     "node/containerd-config.toml",
     "node/cni-bridge.conflist",
+    "node/pod-routes.sh",
+    "node/kubeforge-pod-routes.service",
     "node/kubelet.service",
     "node/kubelet-config.yaml",
     "node/kube-proxy.service",
