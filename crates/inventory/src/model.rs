@@ -161,6 +161,8 @@ pub struct Cluster {
     pub cni: Cni,
     pub proxy_mode: ProxyMode,
     pub bin_dir: String,
+    /// Where the cluster's own images (CoreDNS, pause) come from.
+    pub image_registry: String,
     pub sandbox_image: String,
     pub node_profile: NodeProfile,
     pub pki: PkiSettings,

@@ -50,6 +50,8 @@ pub struct RawCluster {
     pub sandbox_image: Option<Spanned<String>>,
     #[serde(default)]
     pub node_profile: Option<Spanned<String>>,
+    #[serde(default)]
+    pub image_registry: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

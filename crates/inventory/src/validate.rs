@@ -462,8 +462,30 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
         ],
         NodeProfile::Host,
     );
+    let image_registry = match &rc.image_registry {
+        None => "registry.k8s.io".to_string(),
+        Some(v) => {
+            let r = v.get_ref().trim_end_matches('/');
+            let host = r.split('/').next().unwrap_or_default();
+            let (name, port) = match host.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (host, None),
+            };
+            if r.contains("://")
+                || !is_dns_name(&name.to_ascii_lowercase()) && name.parse::<IpAddr>().is_err()
+                || port.is_some_and(|p| p.parse::<u16>().is_err())
+            {
+                c.error(
+                    v.span(),
+                    format!("image_registry \"{}\" is not a registry host", v.get_ref()),
+                    "write HOST[:PORT][/PATH] without a scheme, for example \"registry.local:5000\"",
+                );
+            }
+            r.to_string()
+        }
+    };
     let sandbox_image = rc.sandbox_image.as_ref().map_or_else(
-        || "registry.k8s.io/pause:3.10".to_string(),
+        || format!("{image_registry}/pause:3.10"),
         |v| v.get_ref().clone(),
     );
 
@@ -929,6 +951,7 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
         cni,
         proxy_mode,
         bin_dir,
+        image_registry,
         sandbox_image,
         node_profile,
         pki,

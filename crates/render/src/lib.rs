@@ -619,6 +619,7 @@ fn cluster_context(cluster: &Cluster) -> Value {
             "proxy_mode": cluster.proxy_mode,
             "runtime": cluster.runtime,
             "sandbox_image": cluster.sandbox_image,
+            "image_registry": cluster.image_registry,
             "node_profile": cluster.node_profile,
             "leaf_validity_hours": u64::from(cluster.pki.leaf_validity_days) * 24,
         },

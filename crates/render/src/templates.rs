@@ -18,6 +18,7 @@ templates!(
     "control-plane/kube-scheduler.service",
     "control-plane/kube-scheduler-config.yaml",
     "control-plane/rbac.yaml",
+    "control-plane/coredns.yaml",
     "node/containerd.service",
     "node/containerd-config.toml",
     "node/cni-bridge.conflist",

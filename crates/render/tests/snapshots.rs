@@ -273,3 +273,34 @@ fn every_supported_version_renders_without_removed_flags() {
         }
     }
 }
+
+/// CoreDNS's Service IP is the kubelets' clusterDNS, on every example.
+#[test]
+fn coredns_service_ip_is_the_kubelet_cluster_dns() {
+    for rel in ["single.toml", "ha.toml", "vagrant/inventory.toml"] {
+        let rendered = render(rel);
+        let cp = rendered
+            .nodes
+            .iter()
+            .find(|n| n.files.contains_key("/etc/kubernetes/addons/coredns.yaml"))
+            .unwrap();
+        let coredns =
+            String::from_utf8_lossy(&cp.files["/etc/kubernetes/addons/coredns.yaml"].content)
+                .into_owned();
+        let ip = coredns
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("clusterIP: "))
+            .unwrap()
+            .to_string();
+        for node in &rendered.nodes {
+            if let Some(f) = node.files.get("/etc/kubernetes/kubelet-config.yaml") {
+                let text = String::from_utf8_lossy(&f.content);
+                assert!(
+                    text.contains(&format!("clusterDNS:\n  - {ip}\n")),
+                    "{rel} {}: {text}",
+                    node.name
+                );
+            }
+        }
+    }
+}
