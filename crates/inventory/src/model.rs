@@ -163,6 +163,8 @@ pub struct Cluster {
     pub bin_dir: String,
     /// Where the cluster's own images (CoreDNS, pause) come from.
     pub image_registry: String,
+    /// Registry host -> mirror URL, for containerd.
+    pub registry_mirrors: BTreeMap<String, String>,
     pub sandbox_image: String,
     pub node_profile: NodeProfile,
     pub pki: PkiSettings,

@@ -52,6 +52,8 @@ pub struct RawCluster {
     pub node_profile: Option<Spanned<String>>,
     #[serde(default)]
     pub image_registry: Option<Spanned<String>>,
+    #[serde(default)]
+    pub registry_mirrors: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

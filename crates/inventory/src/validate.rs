@@ -484,6 +484,36 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
             r.to_string()
         }
     };
+    let mut registry_mirrors = BTreeMap::new();
+    for (host, mirror) in &rc.registry_mirrors {
+        let h = host.get_ref();
+        let (name, port) = match h.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (h.as_str(), None),
+        };
+        if !is_dns_name(name) || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+            c.error(
+                host.span(),
+                format!("registry_mirrors key \"{h}\" is not a registry host"),
+                "write the registry as images name it, for example \"docker.io\" or \"registry.k8s.io\"",
+            );
+            continue;
+        }
+        let m = mirror.get_ref();
+        let ok = m
+            .strip_prefix("https://")
+            .or_else(|| m.strip_prefix("http://"))
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+        if !ok {
+            c.error(
+                mirror.span(),
+                format!("mirror \"{m}\" of {h} is not an http(s) URL"),
+                "write the mirror's URL, for example \"https://registry.local:5000\"",
+            );
+            continue;
+        }
+        registry_mirrors.insert(h.clone(), m.trim_end_matches('/').to_string());
+    }
     let sandbox_image = rc.sandbox_image.as_ref().map_or_else(
         || format!("{image_registry}/pause:3.10"),
         |v| v.get_ref().clone(),
@@ -952,6 +982,7 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
         proxy_mode,
         bin_dir,
         image_registry,
+        registry_mirrors,
         sandbox_image,
         node_profile,
         pki,

@@ -138,6 +138,22 @@ roles = ["etcd", "control-plane"]
 inventory rejected: 1 error"#,
     ),
     (
+        "registry_mirror_not_a_url",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.4"
+registry_mirrors = { "docker.io" = "registry.local:5000" }
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+"#,
+        r#"bad.toml:4:36: error: mirror "registry.local:5000" of docker.io is not an http(s) URL
+  help: write the mirror's URL, for example "https://registry.local:5000"
+inventory rejected: 1 error"#,
+    ),
+    (
         "unknown_cluster_key",
         r#"[cluster]
 name = "demo"
@@ -149,7 +165,7 @@ name = "cp1"
 address = "10.77.0.11"
 roles = ["etcd", "control-plane"]
 "#,
-        r#"bad.toml:4:1: error: unknown field `service_cidrs`, expected one of `name`, `kubernetes_version`, `service_cidr`, `pod_cidr`, `node_cidr`, `pod_subnet_prefix`, `cluster_domain`, `dns_service_ip`, `apiserver_port`, `container_runtime`, `cni`, `kube_proxy_mode`, `bin_dir`, `sandbox_image`, `node_profile`, `image_registry`
+        r#"bad.toml:4:1: error: unknown field `service_cidrs`, expected one of `name`, `kubernetes_version`, `service_cidr`, `pod_cidr`, `node_cidr`, `pod_subnet_prefix`, `cluster_domain`, `dns_service_ip`, `apiserver_port`, `container_runtime`, `cni`, `kube_proxy_mode`, `bin_dir`, `sandbox_image`, `node_profile`, `image_registry`, `registry_mirrors`
   help: remove the key or fix its spelling; the inventory reference in README.md lists every key
 inventory rejected: 1 error"#,
     ),

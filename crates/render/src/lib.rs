@@ -389,12 +389,37 @@ impl Renderer {
             if row.when.is_some_and(|w| !w.holds(cluster)) {
                 continue;
             }
-            let content = self.template(&row.template, &ctx, &node.name)?;
             let mode = row
                 .mode
                 .as_deref()
                 .and_then(|m| u32::from_str_radix(m, 8).ok())
                 .unwrap_or(0o644);
+            if let Some(list) = &row.each {
+                let phase = self.phase_of(row.on, &row.restarts, &row.reloads);
+                let items = ctx
+                    .get(list)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                for item in items {
+                    let mut item_ctx = ctx.clone();
+                    item_ctx["item"] = item;
+                    let content = self.template(&row.template, &item_ctx, &node.name)?;
+                    let path = render_str(&row.path, &item_ctx, &row.template, &node.name)?;
+                    add(file(
+                        &path,
+                        mode,
+                        row.secret,
+                        content,
+                        &row.restarts,
+                        &row.reloads,
+                        &row.template,
+                        phase.clone(),
+                    ))?;
+                }
+                continue;
+            }
+            let content = self.template(&row.template, &ctx, &node.name)?;
             add(file(
                 &row.path,
                 mode,
@@ -553,6 +578,19 @@ impl Renderer {
     }
 }
 
+/// Renders a one-off template string (the paths of `each` rows).
+fn render_str(text: &str, ctx: &Value, what: &str, node: &str) -> Result<String, RenderError> {
+    let err = |e: &dyn std::error::Error| RenderError::Template {
+        template: what.to_string(),
+        node: node.to_string(),
+        detail: error_chain(e),
+    };
+    let context = tera::Context::from_value(ctx.clone()).map_err(|e| err(&e))?;
+    let mut tera = tera::Tera::default();
+    tera.autoescape_on(vec![]);
+    tera.render_str(text, &context).map_err(|e| err(&e))
+}
+
 fn ca_of<'a>(pki: &'a Pki, ca: CaId, node: Option<&str>) -> Result<&'a KeyCert, RenderError> {
     pki.cas.get(&ca).ok_or_else(|| RenderError::MissingPki {
         what: ca.to_string(),
@@ -670,6 +708,18 @@ fn node_context(
         })
         .collect();
     ctx["pod_routes"] = json!(routes);
+    ctx["registry_mirrors"] = json!(cluster
+        .registry_mirrors
+        .iter()
+        .map(|(host, mirror)| {
+            let upstream = if host == "docker.io" {
+                "registry-1.docker.io"
+            } else {
+                host.as_str()
+            };
+            json!({"host": host, "upstream": upstream, "mirror": mirror})
+        })
+        .collect::<Vec<_>>());
     ctx["hosts"] = json!(cluster
         .nodes
         .iter()

@@ -84,7 +84,11 @@ pub struct UnitRow {
 #[serde(deny_unknown_fields)]
 pub struct FileRow {
     pub template: String,
+    /// A template itself when `each` is set.
     pub path: String,
+    /// One file per item of this context list (available as `item`).
+    #[serde(default)]
+    pub each: Option<String>,
     pub on: On,
     #[serde(default)]
     pub when: Option<When>,

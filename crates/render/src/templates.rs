@@ -30,6 +30,7 @@ templates!(
     "node/kube-proxy-config.yaml",
     "node/modules-load.conf",
     "node/sysctl.conf",
+    "node/registry-hosts.toml",
     "lb/nginx.conf",
     "lb/keepalived.conf",
     "lb/check-apiserver-lb.sh",

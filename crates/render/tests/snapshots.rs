@@ -304,3 +304,37 @@ fn coredns_service_ip_is_the_kubelet_cluster_dns() {
         }
     }
 }
+
+/// Registry mirrors become one containerd hosts.toml per registry, on the
+/// nodes that run containerd, and restart nothing.
+#[test]
+fn registry_mirrors_render_hosts_toml() {
+    let text = std::fs::read_to_string(inventory("single.toml")).unwrap().replace(
+        "[ssh]",
+        "image_registry = \"registry.local:5000\"\nregistry_mirrors = { \"docker.io\" = \"https://registry.local:5000\", \"quay.io\" = \"https://registry.local:5000/quay\" }\n\n[ssh]",
+    );
+    let loaded = kubeforge_inventory::parse(std::path::Path::new("single.toml"), &text).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let pki = kubeforge_pki::reconcile(state.path(), &loaded.cluster, &Default::default()).unwrap();
+    let alloc = kubeforge_render::allocate_pod_subnets(state.path(), &loaded.cluster).unwrap();
+    let r = Renderer::new()
+        .unwrap()
+        .render(&loaded.cluster, &pki.pki, &alloc.subnets)
+        .unwrap();
+    let worker = r.nodes.iter().find(|n| n.name == "worker1").unwrap();
+    let docker = &worker.files["/etc/containerd/certs.d/docker.io/hosts.toml"];
+    assert!(docker.restarts.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&docker.content),
+        "# Rendered by kubeforge: pulls from docker.io go to its mirror first.\nserver = \"https://registry-1.docker.io\"\n\n[host.\"https://registry.local:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    );
+    assert!(worker
+        .files
+        .contains_key("/etc/containerd/certs.d/quay.io/hosts.toml"));
+    let config =
+        String::from_utf8_lossy(&worker.files["/etc/containerd/config.toml"].content).into_owned();
+    assert!(
+        config.contains("sandbox_image = \"registry.local:5000/pause:3.10\""),
+        "{config}"
+    );
+}
