@@ -456,27 +456,9 @@ impl Renderer {
                 .ok_or_else(|| RenderError::Table(format!("unknown CA \"{}\"", row.ca)))?;
             let ca = ca_of(pki, ca_id, Some(&node.name))?;
             let src = format!("ca:{}", row.ca);
-            add(file(
-                &format!("{}.crt", row.path),
-                0o644,
-                false,
-                ca.cert_pem.clone().into_bytes(),
-                &row.restarts,
-                &[],
-                &src,
-                self.phase_of(row.on, &row.restarts, &[]),
-            ))?;
-            if row.key {
-                add(file(
-                    &format!("{}.key", row.path),
-                    0o600,
-                    true,
-                    ca.key.0.clone().into_bytes(),
-                    &row.restarts,
-                    &[],
-                    &src,
-                    self.phase_of(row.on, &row.restarts, &[]),
-                ))?;
+            let phase = self.phase_of(row.on, &row.restarts, &[]);
+            for f in key_pair_files(&row.path, ca, row.key, &row.restarts, &src, &phase) {
+                add(f)?;
             }
         }
         for row in t.cert.iter().filter(|r| r.on.matches(node)) {
@@ -491,26 +473,10 @@ impl Renderer {
                     node: node.name.clone(),
                 })?;
             let src = format!("cert:{}", row.cert);
-            add(file(
-                &format!("{}.crt", row.path),
-                0o644,
-                false,
-                kc.cert_pem.clone().into_bytes(),
-                &row.restarts,
-                &[],
-                &src,
-                self.phase_of(row.on, &row.restarts, &[]),
-            ))?;
-            add(file(
-                &format!("{}.key", row.path),
-                0o600,
-                true,
-                kc.key.0.clone().into_bytes(),
-                &row.restarts,
-                &[],
-                &src,
-                self.phase_of(row.on, &row.restarts, &[]),
-            ))?;
+            let phase = self.phase_of(row.on, &row.restarts, &[]);
+            for f in key_pair_files(&row.path, kc, true, &row.restarts, &src, &phase) {
+                add(f)?;
+            }
         }
         for row in t.keyfile.iter().filter(|r| r.on.matches(node)) {
             let (content, secret, mode) = match row.key.as_str() {
@@ -576,6 +542,40 @@ impl Renderer {
             steps,
         })
     }
+}
+
+/// `<stem>.crt` (0644) and, when asked, `<stem>.key` (0600, secret).
+fn key_pair_files(
+    stem: &str,
+    kc: &KeyCert,
+    with_key: bool,
+    restarts: &[String],
+    source: &str,
+    phase: &str,
+) -> Vec<RenderedFile> {
+    let mut out = vec![file(
+        &format!("{stem}.crt"),
+        0o644,
+        false,
+        kc.cert_pem.clone().into_bytes(),
+        restarts,
+        &[],
+        source,
+        phase.to_string(),
+    )];
+    if with_key {
+        out.push(file(
+            &format!("{stem}.key"),
+            0o600,
+            true,
+            kc.key.0.clone().into_bytes(),
+            restarts,
+            &[],
+            source,
+            phase.to_string(),
+        ));
+    }
+    out
 }
 
 /// Renders a one-off template string (the paths of `each` rows).
