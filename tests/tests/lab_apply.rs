@@ -24,16 +24,6 @@ const CONTROL_PLANE_BINARIES: [&str; 3] = [
     "kube-controller-manager",
     "kube-scheduler",
 ];
-const PHASES: [&str; 8] = [
-    "--phase",
-    "etcd",
-    "--phase",
-    "apiserver",
-    "--phase",
-    "controllers",
-    "--phase",
-    "lb",
-];
 const UNITS: [&str; 5] = [
     "etcd",
     "kube-apiserver",
@@ -97,8 +87,32 @@ pub(crate) fn write_bundle(dir: &Path, files: &[(String, PathBuf)]) {
     std::fs::write(dir.join("SHA256SUMS"), sums).expect("SHA256SUMS");
 }
 
-fn make_bundle(dir: &Path, etcd_dir: &Path, k8s: Option<&Path>, standin: &Path) {
-    write_bundle(dir, &control_plane_files(etcd_dir, k8s, standin));
+/// Every binary a cluster needs: etcd, the Kubernetes binaries (stand-ins
+/// or real), Debian's containerd, runc and CNI plugins.
+pub(crate) fn bundle_files(b: &Binaries) -> Vec<(String, PathBuf)> {
+    let mut files = control_plane_files(&b.etcd_dir, b.k8s_dir.as_deref(), &b.standin);
+    for name in ["kubelet", "kube-proxy"] {
+        files.push((
+            name.to_string(),
+            match &b.k8s_dir {
+                Some(d) => d.join(name),
+                None => b.standin.clone(),
+            },
+        ));
+    }
+    for (name, rel) in [
+        ("containerd", "usr/bin/containerd"),
+        ("containerd-shim-runc-v2", "usr/bin/containerd-shim-runc-v2"),
+        ("ctr", "usr/bin/ctr"),
+        ("runc", "usr/sbin/runc"),
+        ("bridge", "usr/lib/cni/bridge"),
+        ("host-local", "usr/lib/cni/host-local"),
+        ("portmap", "usr/lib/cni/portmap"),
+        ("loopback", "usr/lib/cni/loopback"),
+    ] {
+        files.push((name.to_string(), b.node_dir.join(rel)));
+    }
+    files
 }
 
 pub(crate) struct Kf {
@@ -108,8 +122,9 @@ pub(crate) struct Kf {
 }
 
 impl Kf {
+    /// `kubeforge apply`, every phase.
     pub(crate) fn apply(&self, extra: &[&str]) -> Output {
-        self.apply_phases(&PHASES, extra)
+        self.apply_phases(&[], extra)
     }
 
     pub(crate) fn apply_phases(&self, phases: &[&str], extra: &[&str]) -> Output {
@@ -191,6 +206,7 @@ fn single_inventory(lab: &Lab) -> String {
         r#"[cluster]
 name = "lab"
 kubernetes_version = "1.31.4"
+node_profile = "container"
 
 [ssh]
 key = "{key}"
@@ -215,6 +231,7 @@ fn inventory(lab: &Lab, extra_san: Option<&str>) -> String {
 name = "lab"
 kubernetes_version = "1.31.4"
 node_cidr = "10.77.0.0/24"
+node_profile = "container"
 
 [pki]
 extra_apiserver_sans = {sans}
@@ -288,6 +305,8 @@ pub(crate) struct Binaries {
     pub(crate) kubeforge: PathBuf,
     pub(crate) standin: PathBuf,
     pub(crate) k8s_dir: Option<PathBuf>,
+    /// Debian's containerd, runc and CNI plugins, unpacked by tests/setup.sh.
+    pub(crate) node_dir: PathBuf,
 }
 
 /// The binaries, or `None` after reporting what is missing (a failure
@@ -311,11 +330,18 @@ pub(crate) fn binaries() -> Option<Binaries> {
     if find_tool("curl", None).is_none() {
         return missing("curl not found");
     }
+    let node_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-tools/node");
+    if !node_dir.join("usr/bin/containerd").exists() {
+        return missing(
+            "containerd, runc and the CNI plugins are not unpacked (run tests/setup.sh)",
+        );
+    }
     Some(Binaries {
         etcd_dir,
         kubeforge,
         standin,
         k8s_dir: std::env::var_os("KUBEFORGE_K8S_BIN_DIR").map(PathBuf::from),
+        node_dir,
     })
 }
 
@@ -328,7 +354,7 @@ pub(crate) fn start(
 ) -> (Lab, Kf) {
     let mut lab = Lab::up(nodes);
     lab.watch_units(&UNITS);
-    lab.watch_units(&["nginx"]);
+    lab.watch_units(&["nginx", "containerd", "kubelet", "kube-proxy"]);
     let work = lab.path().join("control");
     std::fs::create_dir_all(&work).expect("control dir");
     std::fs::write(work.join("ssh_config"), "").expect("ssh_config");
@@ -338,7 +364,7 @@ pub(crate) fn start(
         dir: work.clone(),
         bundle: work.join("bundle"),
     };
-    make_bundle(&kf.bundle, &b.etcd_dir, b.k8s_dir.as_deref(), &b.standin);
+    write_bundle(&kf.bundle, &bundle_files(b));
     (lab, kf)
 }
 
@@ -424,7 +450,6 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
             "--bundle",
         ])
         .arg(&kf.bundle)
-        .args(PHASES)
         .output()
         .expect("plan runs");
     let plan_text = String::from_utf8_lossy(&plan.stdout).into_owned();

@@ -6,16 +6,10 @@
 //! kubelet and kube-proxy report healthy after reaching the apiserver with
 //! their own certificates), and adding a worker touches only that worker.
 
-use crate::lab_apply::{binaries, control_plane_files, start, write_bundle, Kf, TEST};
+use crate::lab_apply::{binaries, start, Kf, TEST};
 use kubeforge_tests::lab::{self, Lab};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::Command;
-
-fn node_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-tools/node");
-    dir.join("usr/bin/containerd").exists().then_some(dir)
-}
 
 fn inventory(lab: &Lab, workers: &[&str]) -> String {
     let mut s = format!(
@@ -88,13 +82,6 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
         return;
     }
     let Some(b) = binaries() else { return };
-    let Some(node) = node_dir() else {
-        kubeforge_tests::skip(
-            TEST,
-            "containerd, runc and the CNI plugins are not unpacked (run tests/setup.sh)",
-        );
-        return;
-    };
     let nodes = [
         ("cp1", Ipv4Addr::new(10, 77, 0, 11)),
         ("worker1", Ipv4Addr::new(10, 77, 0, 21)),
@@ -102,29 +89,6 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
     ];
     let (mut lab, kf) = start(&b, &nodes, |lab| inventory(lab, &["worker1"]));
     lab.watch_units(&["containerd", "kubelet", "kube-proxy"]);
-    let mut files = control_plane_files(&b.etcd_dir, b.k8s_dir.as_deref(), &b.standin);
-    for name in ["kubelet", "kube-proxy"] {
-        files.push((
-            name.to_string(),
-            match &b.k8s_dir {
-                Some(d) => d.join(name),
-                None => b.standin.clone(),
-            },
-        ));
-    }
-    for (name, rel) in [
-        ("containerd", "usr/bin/containerd"),
-        ("containerd-shim-runc-v2", "usr/bin/containerd-shim-runc-v2"),
-        ("ctr", "usr/bin/ctr"),
-        ("runc", "usr/sbin/runc"),
-        ("bridge", "usr/lib/cni/bridge"),
-        ("host-local", "usr/lib/cni/host-local"),
-        ("portmap", "usr/lib/cni/portmap"),
-        ("loopback", "usr/lib/cni/loopback"),
-    ] {
-        files.push((name.to_string(), node.join(rel)));
-    }
-    write_bundle(&kf.bundle, &files);
 
     // Every phase, every gate.
     let out = kf.apply_phases(&[], &[]);
