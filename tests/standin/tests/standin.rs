@@ -260,13 +260,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The stand-in under a real binary's name, in `dir`.
+/// The stand-in under a real binary's name, in `dir`: a symbolic link, not
+/// a copy, since executing a freshly written file races with other tests'
+/// forks that still hold it open for writing ("Text file busy").
 fn install(dir: &Path, name: &str) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let path = bin.join(name);
     if !path.exists() {
-        std::fs::copy(STANDIN, &path).unwrap();
+        std::os::unix::fs::symlink(STANDIN, &path).unwrap();
     }
     path
 }
