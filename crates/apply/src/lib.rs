@@ -13,7 +13,7 @@ mod preflight;
 pub use bundle::{load_bundle, Bundle};
 pub use execute::{execute, Applied};
 pub use facts::gather;
-pub use preflight::preflight;
+pub use preflight::{preflight, warnings as preflight_warnings};
 
 use kubeforge_transport::{Transport, TransportError};
 use std::collections::BTreeMap;

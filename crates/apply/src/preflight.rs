@@ -129,3 +129,17 @@ pub async fn preflight(
         Err(ApplyError::Preflight(problems))
     }
 }
+
+/// Problems that do not stop an apply: clocks that systemd does not report
+/// synchronized (certificates and etcd need agreeing clocks).
+pub fn warnings(hosts: &BTreeMap<String, HostFacts>) -> Vec<String> {
+    hosts
+        .iter()
+        .filter(|(_, h)| h.ntp_synchronized == Some(false))
+        .map(|(name, _)| {
+            format!(
+                "{name}: the clock is not synchronized (timedatectl: NTPSynchronized=no); enable chrony or systemd-timesyncd"
+            )
+        })
+        .collect()
+}

@@ -90,3 +90,22 @@ async fn clock_skew_bound_is_checked() {
         }
     }
 }
+
+#[test]
+fn unsynchronized_clocks_are_a_warning() {
+    use kubeforge_transport::ops::HostFacts;
+    let mut hosts = std::collections::BTreeMap::new();
+    for (name, ntp) in [("a", Some(true)), ("b", Some(false)), ("c", None)] {
+        hosts.insert(
+            name.to_string(),
+            HostFacts {
+                ntp_synchronized: ntp,
+                ..HostFacts::default()
+            },
+        );
+    }
+    assert_eq!(
+        kubeforge_apply::preflight_warnings(&hosts),
+        ["b: the clock is not synchronized (timedatectl: NTPSynchronized=no); enable chrony or systemd-timesyncd"]
+    );
+}

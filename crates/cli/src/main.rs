@@ -510,7 +510,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let result = async {
                     let facts =
                         kubeforge_apply::gather(&transports, &rendered, nodes.concurrency).await?;
-                    kubeforge_apply::preflight(cluster, &transports, &facts, &apply_opts).await?;
+                    let hosts =
+                        kubeforge_apply::preflight(cluster, &transports, &facts, &apply_opts)
+                            .await?;
+                    for w in kubeforge_apply::preflight_warnings(&hosts) {
+                        let _ = writeln!(std::io::stderr(), "warning: {w}");
+                    }
                     let plan = kubeforge_plan::plan(&cluster.name, &rendered, &facts);
                     if plan.is_empty() {
                         return Ok::<_, anyhow::Error>((plan, None));

@@ -206,6 +206,8 @@ pub struct HostFacts {
     pub listening: Vec<u16>,
     /// Commands kubeforge needs that the node lacks.
     pub missing_commands: Vec<String>,
+    /// Whether systemd reports the clock synchronized (None: unknown).
+    pub ntp_synchronized: Option<bool>,
 }
 
 pub const HOST: &str = r#"echo "hostname=$(hostname)"
@@ -215,6 +217,10 @@ echo "time=$(date +%s.%N)"
 echo "arch=$(uname -m)"
 echo "kernel=$(uname -s)"
 [ -d /run/systemd/system ] && echo "systemd=yes"
+if command -v timedatectl >/dev/null 2>&1; then
+  ntp=$(timedatectl show -p NTPSynchronized --value 2>/dev/null || true)
+  [ -n "$ntp" ] && echo "ntp=$ntp"
+fi
 for c in sh sha256sum stat mktemp flock systemctl journalctl curl ip; do
   command -v "$c" >/dev/null 2>&1 || echo "missing=$c"
 done
@@ -240,6 +246,7 @@ pub async fn host(t: &dyn Transport) -> Result<HostFacts, TransportError> {
             "kernel" => f.kernel = v.to_string(),
             "systemd" => f.has_systemd = true,
             "missing" => f.missing_commands.push(v.to_string()),
+            "ntp" => f.ntp_synchronized = Some(v == "yes"),
             "listen" => {
                 if let Some(port) = v.rsplit(':').next().and_then(|p| p.parse().ok()) {
                     if !f.listening.contains(&port) {
