@@ -24,6 +24,15 @@ const CONTROL_PLANE_BINARIES: [&str; 3] = [
     "kube-controller-manager",
     "kube-scheduler",
 ];
+/// Units whose restart counters and start times the HA test compares.
+const CLOCK_UNITS: [&str; 6] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "nginx",
+    "keepalived",
+];
 const UNITS: [&str; 5] = [
     "etcd",
     "kube-apiserver",
@@ -152,13 +161,16 @@ impl Kf {
 }
 
 /// `NRestarts` and the start time of every watched unit on every node.
-pub(crate) fn unit_clock(lab: &Lab, nodes: &[&str]) -> Vec<String> {
+pub(crate) fn unit_clock(lab: &Lab, nodes: &[&str], units: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     for n in nodes {
         let s = lab.ssh_ok(
             n,
-            "for u in etcd kube-apiserver kube-controller-manager kube-scheduler nginx keepalived; do \
-               systemctl show -p Id,NRestarts,ActiveEnterTimestampMonotonic,ActiveState $u | tr '\\n' ' '; echo; done",
+            &format!(
+                "for u in {}; do \
+                   systemctl show -p Id,NRestarts,ActiveEnterTimestampMonotonic,ActiveState $u | tr '\\n' ' '; echo; done",
+                units.join(" ")
+            ),
         );
         for line in s.lines() {
             out.push(format!("{n}: {line}"));
@@ -201,11 +213,13 @@ fn etcd_health(kf: &Kf, etcdctl: &Path) -> Output {
         .expect("etcdctl runs")
 }
 
-fn single_inventory(lab: &Lab) -> String {
-    format!(
+/// One control-plane + etcd node (cp1) and the given workers, no LB.
+pub(crate) fn small_inventory(lab: &Lab, workers: &[&str]) -> String {
+    let mut s = format!(
         r#"[cluster]
 name = "lab"
 kubernetes_version = "1.31.4"
+node_cidr = "10.77.0.0/24"
 node_profile = "container"
 
 [ssh]
@@ -218,7 +232,14 @@ address = "10.77.0.11"
 roles = ["etcd", "control-plane"]
 "#,
         key = lab.key().display()
-    )
+    );
+    for w in workers {
+        s.push_str(&format!(
+            "\n[[nodes]]\nname = \"{w}\"\naddress = \"{}\"\nroles = [\"worker\"]\n",
+            lab.node_address(w)
+        ));
+    }
+    s
 }
 
 fn inventory(lab: &Lab, extra_san: Option<&str>) -> String {
@@ -411,7 +432,7 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
 
     // 2. Second apply: no changes, no restarts.
     let cps = ["cp1", "cp2", "cp3", "lb1", "lb2"];
-    let before = unit_clock(&lab, &cps);
+    let before = unit_clock(&lab, &cps, &CLOCK_UNITS);
     let t = Instant::now();
     let out = kf.apply(&[]);
     let noop = t.elapsed();
@@ -422,7 +443,7 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
     );
     assert_eq!(
         before,
-        unit_clock(&lab, &cps),
+        unit_clock(&lab, &cps, &CLOCK_UNITS),
         "a unit restarted on a no-op apply"
     );
     eprintln!(
@@ -517,12 +538,12 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
             }
         })
     };
-    let before = unit_clock(&lab, &cps);
+    let before = unit_clock(&lab, &cps, &CLOCK_UNITS);
     let out = kf.apply(&[]);
     stop.store(true, Ordering::Relaxed);
     let _ = probe.join();
     assert!(out.status.success(), "change apply failed");
-    let after = unit_clock(&lab, &cps);
+    let after = unit_clock(&lab, &cps, &CLOCK_UNITS);
     for (b, a) in before.iter().zip(&after) {
         if b.contains("Id=kube-apiserver.service") && !b.starts_with("lb") {
             assert_ne!(b, a, "kube-apiserver did not restart");
@@ -590,11 +611,9 @@ fn single_control_plane_without_lb_converges() {
         return;
     }
     let Some(b) = binaries() else { return };
-    let (_lab, kf) = start(
-        &b,
-        &[("cp1", Ipv4Addr::new(10, 77, 0, 11))],
-        single_inventory,
-    );
+    let (_lab, kf) = start(&b, &[("cp1", Ipv4Addr::new(10, 77, 0, 11))], |lab| {
+        small_inventory(lab, &[])
+    });
     let work = kf.dir.clone();
     let out = kf.apply(&[]);
     assert!(out.status.success(), "apply failed");

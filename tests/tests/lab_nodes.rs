@@ -6,52 +6,21 @@
 //! kubelet and kube-proxy report healthy after reaching the apiserver with
 //! their own certificates), and adding a worker touches only that worker.
 
-use crate::lab_apply::{binaries, start, Kf, TEST};
-use kubeforge_tests::lab::{self, Lab};
+use crate::lab_apply::{binaries, small_inventory, start, unit_clock, Kf, TEST};
+use kubeforge_tests::lab;
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-fn inventory(lab: &Lab, workers: &[&str]) -> String {
-    let mut s = format!(
-        r#"[cluster]
-name = "lab"
-kubernetes_version = "1.31.4"
-node_cidr = "10.77.0.0/24"
-node_profile = "container"
-
-[ssh]
-key = "{key}"
-accept_new_host_keys = true
-
-[[nodes]]
-name = "cp1"
-address = "10.77.0.11"
-roles = ["etcd", "control-plane"]
-"#,
-        key = lab.key().display()
-    );
-    for w in workers {
-        s.push_str(&format!(
-            "\n[[nodes]]\nname = \"{w}\"\naddress = \"{}\"\nroles = [\"worker\"]\n",
-            lab.node_address(w)
-        ));
-    }
-    s
-}
-
-/// Restart counters and start times of every unit on the nodes.
-fn clocks(lab: &Lab, nodes: &[&str]) -> Vec<String> {
-    let mut out = Vec::new();
-    for n in nodes {
-        let s = lab.ssh_ok(
-            n,
-            "for u in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do \
-               systemctl show -p Id,NRestarts,ActiveEnterTimestampMonotonic,ActiveState $u | tr '\\n' ' '; echo; done",
-        );
-        out.extend(s.lines().map(|l| format!("{n}: {l}")));
-    }
-    out
-}
+/// Units whose restart counters and start times must not change.
+const CLOCK_UNITS: [&str; 7] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "containerd",
+    "kubelet",
+    "kube-proxy",
+];
 
 fn plan(kf: &Kf) -> String {
     let out = Command::new(&kf.bin)
@@ -87,7 +56,7 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
         ("worker1", Ipv4Addr::new(10, 77, 0, 21)),
         ("worker2", Ipv4Addr::new(10, 77, 0, 22)),
     ];
-    let (mut lab, kf) = start(&b, &nodes, |lab| inventory(lab, &["worker1"]));
+    let (mut lab, kf) = start(&b, &nodes, |lab| small_inventory(lab, &["worker1"]));
     lab.watch_units(&["containerd", "kubelet", "kube-proxy"]);
 
     // Every phase, every gate.
@@ -113,7 +82,7 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
     // Add worker2: the plan touches only it; nothing restarts elsewhere.
     std::fs::write(
         kf.dir.join("inventory.toml"),
-        inventory(&lab, &["worker1", "worker2"]),
+        small_inventory(&lab, &["worker1", "worker2"]),
     )
     .expect("inventory");
     // Existing nodes only get the new /etc/hosts line and the route to the
@@ -141,12 +110,12 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
         );
     }
     assert!(text.contains("worker2 (10.77.0.22):\n"), "{text}");
-    let before = clocks(&lab, &["cp1", "worker1"]);
+    let before = unit_clock(&lab, &["cp1", "worker1"], &CLOCK_UNITS);
     let out = kf.apply_phases(&[], &[]);
     assert!(out.status.success(), "apply with worker2 failed");
     assert_eq!(
         before,
-        clocks(&lab, &["cp1", "worker1"]),
+        unit_clock(&lab, &["cp1", "worker1"], &CLOCK_UNITS),
         "an existing node restarted a unit"
     );
     assert_eq!(
