@@ -76,7 +76,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -87,7 +87,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::{find_tool, root_privileges, run, skip, tail};
+use crate::{capture, find_tool, root_privileges, run, skip, tail};
 
 /// The host bridge every node is plugged into.
 pub const BRIDGE: &str = "kflab0";
@@ -451,53 +451,14 @@ fn remove_tree(tools: &Tools, dir: &Path) -> Result<(), String> {
 /// command is killed (its status then says so) and a line saying so is
 /// appended to its stderr.
 pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> std::io::Result<Output> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = reader(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = reader(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + timeout;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            timed_out = true;
-            break child.wait()?;
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = out.join().unwrap_or_default();
-    let mut stderr = err.join().unwrap_or_default();
-    if timed_out {
+    let c = capture(cmd, timeout)?;
+    let mut stderr = c.stderr;
+    if c.timed_out {
         stderr.extend_from_slice(format!("\n(killed after {timeout:?})\n").as_bytes());
     }
     Ok(Output {
-        status,
-        stdout,
+        status: c.status,
+        stdout: c.stdout,
         stderr,
     })
 }

@@ -159,23 +159,30 @@ fn describe_command(cmd: &Command) -> String {
         .join(" ")
 }
 
-/// Runs `cmd` to completion with stdin closed, capturing its output; kills
-/// it after `timeout`.
-pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Run, String> {
-    let command = describe_command(cmd);
+/// How a command ended under [`capture`].
+pub struct Captured {
+    pub status: ExitStatus,
+    /// It was killed at its timeout (`status` then says killed).
+    pub timed_out: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `cmd` with stdin closed, reading stdout and stderr as it goes
+/// (so a chatty command never blocks), and kills it after `timeout`.
+pub fn capture(cmd: &mut Command, timeout: Duration) -> std::io::Result<Captured> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+        .spawn()?;
     let reader = |pipe: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut buf = Vec::new();
             if let Some(mut p) = pipe {
                 let _ = p.read_to_end(&mut buf);
             }
-            String::from_utf8_lossy(&buf).into_owned()
+            buf
         })
     };
     let out = reader(
@@ -191,22 +198,35 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Run, String> {
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
     let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("waiting for `{command}`: {e}")),
+        if let Some(s) = child.try_wait()? {
+            break s;
         }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            timed_out = true;
+            break child.wait()?;
+        }
+        thread::sleep(Duration::from_millis(10));
     };
-    Ok(Run {
+    Ok(Captured {
         status,
+        timed_out,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// Runs `cmd` to completion with stdin closed, capturing its output; kills
+/// it after `timeout`.
+pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Run, String> {
+    let command = describe_command(cmd);
+    let c = capture(cmd, timeout).map_err(|e| format!("running `{command}`: {e}"))?;
+    Ok(Run {
+        status: (!c.timed_out).then_some(c.status),
+        stdout: String::from_utf8_lossy(&c.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&c.stderr).into_owned(),
         command,
     })
 }
@@ -577,21 +597,12 @@ pub fn render_inventory(inventory: &Path) -> Result<RenderedCluster, String> {
     let cluster = loaded.cluster;
     let state = tempfile::tempdir().map_err(|e| e.to_string())?;
     let out = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let reconciled =
-        kubeforge_pki::reconcile(state.path(), &cluster, &kubeforge_pki::Options::default())
-            .map_err(|e| format!("pki: {e}"))?;
-    reconciled
-        .persist(state.path())
-        .map_err(|e| format!("pki: {e}"))?;
-    let alloc = kubeforge_render::allocate_pod_subnets(state.path(), &cluster)
-        .map_err(|e| format!("pod subnets: {e}"))?;
-    alloc
-        .persist(state.path())
-        .map_err(|e| format!("pod subnets: {e}"))?;
-    let rendered = kubeforge_render::Renderer::new()
-        .map_err(|e| format!("renderer: {e}"))?
-        .render(&cluster, &reconciled.pki, &alloc.subnets)
+    let prepared = kubeforge_render::prepare(state.path(), &cluster, &Default::default())
         .map_err(|e| format!("render: {e}"))?;
+    prepared
+        .persist(state.path())
+        .map_err(|e| format!("state: {e}"))?;
+    let rendered = prepared.rendered;
     kubeforge_render::write_tree(&rendered, out.path()).map_err(|e| format!("write: {e}"))?;
     Ok(RenderedCluster {
         cluster,

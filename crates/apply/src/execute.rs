@@ -194,12 +194,7 @@ impl Run<'_> {
     }
 
     fn readyz(&self, url: String) -> Gate<'static> {
-        Gate {
-            name: format!("{url} to answer ok"),
-            unit: "kube-apiserver",
-            script: gates::HTTPS_OK,
-            args: vec![url, "/etc/kubernetes/pki/ca.crt".into()],
-        }
+        https_ok(url, "kube-apiserver")
     }
 
     async fn etcd_gates(&self, phase: &str) -> Result<(), ApplyError> {
@@ -340,6 +335,16 @@ impl Run<'_> {
 }
 
 const NGINX_CONF: &str = "/etc/nginx/nginx.conf";
+
+/// `url` must answer "ok" over HTTPS verified with the cluster CA.
+fn https_ok(url: String, unit: &'static str) -> Gate<'static> {
+    Gate {
+        name: format!("{url} to answer ok"),
+        unit,
+        script: gates::HTTPS_OK,
+        args: vec![url, "/etc/kubernetes/pki/ca.crt".into()],
+    }
+}
 
 /// The health gate of a node component after it started or restarted.
 fn node_gate(unit: &str) -> Option<Gate<'static>> {
@@ -490,27 +495,13 @@ pub async fn execute(
                     async move {
                         let done = run.do_node(phase, w, false).await?;
                         for u in w.start.iter().chain(&w.restart) {
-                            let port = match u.as_str() {
-                                "kube-controller-manager" => 10257,
-                                "kube-scheduler" => 10259,
+                            let (port, unit) = match u.as_str() {
+                                "kube-controller-manager" => (10257, "kube-controller-manager"),
+                                "kube-scheduler" => (10259, "kube-scheduler"),
                                 _ => continue,
                             };
                             let url = format!("https://127.0.0.1:{port}/healthz");
-                            run.gate(
-                                phase,
-                                w.node,
-                                Gate {
-                                    name: format!("{url} to answer ok"),
-                                    unit: if port == 10257 {
-                                        "kube-controller-manager"
-                                    } else {
-                                        "kube-scheduler"
-                                    },
-                                    script: gates::HTTPS_OK,
-                                    args: vec![url, "/etc/kubernetes/pki/ca.crt".into()],
-                                },
-                            )
-                            .await?;
+                            run.gate(phase, w.node, https_ok(url, unit)).await?;
                         }
                         Ok::<_, ApplyError>(done)
                     }

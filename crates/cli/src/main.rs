@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kubeforge_inventory::{Cluster, InventoryError, Loaded};
 use kubeforge_pki::{Action, CaId, Event};
 use kubeforge_plan::Facts;
+use kubeforge_render::Prepared;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -367,14 +368,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Render { inv, pki, out } => {
             let (loaded, state) = load(&inv, &mut term)?;
             let cluster = &loaded.cluster;
+            let prepared = prepare(&state, cluster, pki.new_ca)?;
+            prepared.persist(&state)?;
             let Prepared {
                 reconciled,
-                alloc,
                 rendered,
                 ..
-            } = prepare(&state, cluster, pki.new_ca)?;
-            reconciled.persist(&state)?;
-            alloc.persist(&state)?;
+            } = prepared;
             let written = kubeforge_render::write_tree(&rendered, &out)?;
             term.line(format!("PKI in {}:", state.display()))?;
             let mut any = false;
@@ -672,30 +672,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The PKI (decided, not yet written), the pod subnets and every node's
-/// rendered files: what render, plan, apply and kubeconfig start from.
-struct Prepared {
-    reconciled: kubeforge_pki::Reconciled,
-    alloc: kubeforge_render::Allocation,
-    renderer: kubeforge_render::Renderer,
-    rendered: kubeforge_render::Rendered,
-}
-
 fn prepare(state: &Path, cluster: &Cluster, new_cas: Vec<CaId>) -> Result<Prepared> {
     let opts = kubeforge_pki::Options {
         new_cas,
         ..Default::default()
     };
-    let reconciled = kubeforge_pki::reconcile(state, cluster, &opts)?;
-    let alloc = kubeforge_render::allocate_pod_subnets(state, cluster)?;
-    let renderer = kubeforge_render::Renderer::new()?;
-    let rendered = renderer.render(cluster, &reconciled.pki, &alloc.subnets)?;
-    Ok(Prepared {
-        reconciled,
-        alloc,
-        renderer,
-        rendered,
-    })
+    Ok(kubeforge_render::prepare(state, cluster, &opts)?)
 }
 
 /// The phases named with --phase (checked), or all of them.

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use kubeforge_plan::{plan, Facts, FileAction, NodeFacts, Plan, RemoteFile, UnitFacts};
-use kubeforge_render::{Rendered, Renderer};
+use kubeforge_render::Rendered;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -13,12 +13,9 @@ fn rendered(rel: &str) -> Rendered {
         .join(rel);
     let loaded = kubeforge_inventory::load(&path).unwrap();
     let state = tempfile::tempdir().unwrap();
-    let pki = kubeforge_pki::reconcile(state.path(), &loaded.cluster, &Default::default()).unwrap();
-    let alloc = kubeforge_render::allocate_pod_subnets(state.path(), &loaded.cluster).unwrap();
-    Renderer::new()
+    kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
         .unwrap()
-        .render(&loaded.cluster, &pki.pki, &alloc.subnets)
-        .unwrap()
+        .rendered
 }
 
 /// Facts of a node that holds exactly the rendered files and runs its units.

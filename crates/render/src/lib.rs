@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
+    #[error(transparent)]
+    Pki(#[from] kubeforge_pki::PkiError),
     #[error("templates/files.toml: {0}")]
     Table(String),
     #[error("template {template} for node {node}: {detail}")]
@@ -142,6 +144,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct Renderer {
     tera: tera::Tera,
     table: Table,
+    /// The apply phases in order, from the table's units.
+    phases: Vec<String>,
 }
 
 impl Renderer {
@@ -157,7 +161,17 @@ impl Renderer {
             .map_err(|e| RenderError::Table(error_chain(&e)))?;
         let names: Vec<&str> = templates.iter().map(|(n, _)| *n).collect();
         let table = Table::parse(files_toml, &names).map_err(RenderError::Table)?;
-        Ok(Renderer { tera, table })
+        let mut phases: Vec<String> = Vec::new();
+        for u in &table.unit {
+            if !phases.contains(&u.phase) {
+                phases.push(u.phase.clone());
+            }
+        }
+        Ok(Renderer {
+            tera,
+            table,
+            phases,
+        })
     }
 
     pub fn table(&self) -> &Table {
@@ -167,17 +181,11 @@ impl Renderer {
     /// The apply phases in order: the order of first appearance in the
     /// table's units.
     pub fn phases(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for u in &self.table.unit {
-            if !out.contains(&u.phase) {
-                out.push(u.phase.clone());
-            }
-        }
-        out
+        self.phases.clone()
     }
 
     pub fn phase_rank(&self, phase: &str) -> usize {
-        self.phases()
+        self.phases
             .iter()
             .position(|p| p == phase)
             .unwrap_or(usize::MAX)
@@ -204,7 +212,7 @@ impl Renderer {
                     .find(|u| u.on == on)
                     .map(|u| u.phase.clone())
             })
-            .unwrap_or_else(|| self.phases().last().cloned().unwrap_or_default())
+            .unwrap_or_else(|| self.phases.last().cloned().unwrap_or_default())
     }
 
     fn template(&self, name: &str, ctx: &Value, node: &str) -> Result<Vec<u8>, RenderError> {
@@ -765,6 +773,44 @@ impl Rendered {
             node.units.retain(|u| phases.contains(&u.phase));
             node.steps.retain(|s| phases.contains(&s.phase));
         }
+    }
+}
+
+/// The PKI (decided, not yet written), the pod subnets and every node's
+/// rendered files: where render, plan, apply and kubeconfig start.
+pub struct Prepared {
+    pub reconciled: kubeforge_pki::Reconciled,
+    pub alloc: Allocation,
+    pub renderer: Renderer,
+    pub rendered: Rendered,
+}
+
+/// Reads the state directory, decides the PKI and the pod subnets, and
+/// renders every node's files. Writes nothing.
+pub fn prepare(
+    state_dir: &Path,
+    cluster: &Cluster,
+    opts: &kubeforge_pki::Options,
+) -> Result<Prepared, RenderError> {
+    let reconciled = kubeforge_pki::reconcile(state_dir, cluster, opts)?;
+    let alloc = allocate_pod_subnets(state_dir, cluster)?;
+    let renderer = Renderer::new()?;
+    let rendered = renderer.render(cluster, &reconciled.pki, &alloc.subnets)?;
+    Ok(Prepared {
+        reconciled,
+        alloc,
+        renderer,
+        rendered,
+    })
+}
+
+impl Prepared {
+    /// Writes what the PKI and the pod subnets decided into the state
+    /// directory.
+    pub fn persist(&self, state_dir: &Path) -> Result<(), RenderError> {
+        self.reconciled.persist(state_dir)?;
+        self.alloc.persist(state_dir)?;
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 //! are random) but every certificate's subject and SANs shown.
 #![allow(clippy::unwrap_used)]
 
-use kubeforge_render::{Rendered, Renderer};
+use kubeforge_render::Rendered;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -16,12 +16,9 @@ fn inventory(rel: &str) -> PathBuf {
 fn render(rel: &str) -> Rendered {
     let loaded = kubeforge_inventory::load(&inventory(rel)).unwrap();
     let state = tempfile::tempdir().unwrap();
-    let pki = kubeforge_pki::reconcile(state.path(), &loaded.cluster, &Default::default()).unwrap();
-    let alloc = kubeforge_render::allocate_pod_subnets(state.path(), &loaded.cluster).unwrap();
-    Renderer::new()
+    kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
         .unwrap()
-        .render(&loaded.cluster, &pki.pki, &alloc.subnets)
-        .unwrap()
+        .rendered
 }
 
 /// Replaces what differs between runs (PEM bodies, embedded base64 data,
@@ -153,11 +150,12 @@ fn vagrant() {
 fn rendering_is_deterministic() {
     let loaded = kubeforge_inventory::load(&inventory("ha.toml")).unwrap();
     let state = tempfile::tempdir().unwrap();
-    let pki = kubeforge_pki::reconcile(state.path(), &loaded.cluster, &Default::default()).unwrap();
-    let alloc = kubeforge_render::allocate_pod_subnets(state.path(), &loaded.cluster).unwrap();
-    let r = Renderer::new().unwrap();
-    let a = r.render(&loaded.cluster, &pki.pki, &alloc.subnets).unwrap();
-    let b = r.render(&loaded.cluster, &pki.pki, &alloc.subnets).unwrap();
+    let p = kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default()).unwrap();
+    let a = p.rendered;
+    let b = p
+        .renderer
+        .render(&loaded.cluster, &p.reconciled.pki, &p.alloc.subnets)
+        .unwrap();
     for (x, y) in a.nodes.iter().zip(&b.nodes) {
         assert_eq!(x.files, y.files, "node {}", x.name);
     }
@@ -243,14 +241,9 @@ fn every_supported_version_renders_without_removed_flags() {
             let loaded =
                 kubeforge_inventory::parse(std::path::Path::new("ha.toml"), &text).unwrap();
             let state = tempfile::tempdir().unwrap();
-            let pki = kubeforge_pki::reconcile(state.path(), &loaded.cluster, &Default::default())
-                .unwrap();
-            let alloc =
-                kubeforge_render::allocate_pod_subnets(state.path(), &loaded.cluster).unwrap();
-            let r = Renderer::new()
+            let r = kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
                 .unwrap()
-                .render(&loaded.cluster, &pki.pki, &alloc.subnets)
-                .unwrap();
+                .rendered;
             for node in &r.nodes {
                 for f in node.files.values().filter(|f| !f.secret) {
                     let text = String::from_utf8_lossy(&f.content);
@@ -315,12 +308,9 @@ fn registry_mirrors_render_hosts_toml() {
     );
     let loaded = kubeforge_inventory::parse(std::path::Path::new("single.toml"), &text).unwrap();
     let state = tempfile::tempdir().unwrap();
-    let pki = kubeforge_pki::reconcile(state.path(), &loaded.cluster, &Default::default()).unwrap();
-    let alloc = kubeforge_render::allocate_pod_subnets(state.path(), &loaded.cluster).unwrap();
-    let r = Renderer::new()
+    let r = kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
         .unwrap()
-        .render(&loaded.cluster, &pki.pki, &alloc.subnets)
-        .unwrap();
+        .rendered;
     let worker = r.nodes.iter().find(|n| n.name == "worker1").unwrap();
     let docker = &worker.files["/etc/containerd/certs.d/docker.io/hosts.toml"];
     assert!(docker.restarts.is_empty());

@@ -84,15 +84,9 @@ impl Rendered {
         let state = dir.path().join("state");
         let out = dir.path().join("out");
         std::fs::create_dir_all(&state).unwrap();
-        let reconciled =
-            kubeforge_pki::reconcile(&state, &cluster, &kubeforge_pki::Options::default()).unwrap();
-        reconciled.persist(&state).unwrap();
-        let alloc = kubeforge_render::allocate_pod_subnets(&state, &cluster).unwrap();
-        alloc.persist(&state).unwrap();
-        let rendered = kubeforge_render::Renderer::new()
-            .unwrap()
-            .render(&cluster, &reconciled.pki, &alloc.subnets)
-            .unwrap();
+        let prepared = kubeforge_render::prepare(&state, &cluster, &Default::default()).unwrap();
+        prepared.persist(&state).unwrap();
+        let rendered = prepared.rendered;
         kubeforge_render::write_tree(&rendered, &out).unwrap();
         assert!(rendered.nodes.iter().any(|n| n.name == NODE));
         assert!(rendered.nodes.iter().any(|n| n.name == WORKER));
