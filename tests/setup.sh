@@ -7,11 +7,17 @@
 #   etcd 3.5           - the newest 3.5.x that Debian offers (bookworm has
 #                        only 3.4), unpacked from its .deb into
 #                        target/test-tools/etcd without being installed
+#   kubectl            - Debian's kubectl package (from trixie: bookworm's
+#                        is 1.20), unpacked into target/test-tools/kubectl:
+#                        the lab tests read the API with it through the
+#                        admin kubeconfig
 #   containerd, runc,  - for the lab's nodes (bundled by the lab tests),
 #   CNI plugins          unpacked into target/test-tools/node
 #   systemd-container, - the lab nodes (tests/src/lab.rs): systemd-nspawn
 #   debootstrap,         boots them, debootstrap builds their root file
-#   openssh-client       system, ssh reaches them. Only installed as root:
+#   openssh-client,      system, ssh reaches them, busybox-static fills the
+#   busybox-static       container images the lab tests build themselves
+#                        (tests/src/oci.rs). Only installed as root:
 #                        the lab needs root anyway, so a non-root run just
 #                        skips the lab tests. The node root file system
 #                        itself is built lazily by the first lab test (into
@@ -35,6 +41,8 @@ lab_apt=()
 command -v systemd-nspawn >/dev/null || lab_apt+=(systemd-container)
 command -v debootstrap >/dev/null || lab_apt+=(debootstrap)
 { command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; } || lab_apt+=(openssh-client)
+dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed' \
+  || lab_apt+=(busybox-static)
 if [ "${#lab_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     need_apt+=("${lab_apt[@]}")
@@ -47,6 +55,12 @@ if [ ! -x "$etcd_dir/etcd" ] || [ ! -x "$etcd_dir/etcdctl" ]; then
 else
   need_etcd=0
 fi
+kubectl_dir="$tools/kubectl"
+if [ ! -x "$kubectl_dir/usr/bin/kubectl" ]; then
+  need_kubectl=1
+else
+  need_kubectl=0
+fi
 # containerd, runc and the CNI plugins for the lab's nodes: Debian's packages
 # of this machine's release (the nodes run it too), unpacked like etcd.
 node_dir="$tools/node"
@@ -57,7 +71,8 @@ else
   need_node=0
 fi
 
-if [ "${#need_apt[@]}" -gt 0 ] || [ "$need_etcd" = 1 ] || [ "$need_node" = 1 ]; then
+if [ "${#need_apt[@]}" -gt 0 ] || [ "$need_etcd" = 1 ] || [ "$need_node" = 1 ] \
+   || [ "$need_kubectl" = 1 ]; then
   if [ "$(id -u)" != 0 ]; then
     missing="${need_apt[*]}"
     [ "$need_etcd" = 1 ] && missing="$missing etcd"
@@ -65,7 +80,8 @@ if [ "${#need_apt[@]}" -gt 0 ] || [ "$need_etcd" = 1 ] || [ "$need_node" = 1 ]; 
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  if [ "$need_etcd" = 1 ] && ! apt-cache madison etcd-server 2>/dev/null | grep ' 3\.5\.' >/dev/null; then
+  if { [ "$need_etcd" = 1 ] || [ "$need_kubectl" = 1 ]; } \
+     && [ ! -f /etc/apt/sources.list.d/kubeforge-newer.sources ]; then
     # Add Debian's newer suites with a low pin, so nothing on this machine
     # is upgraded by them; only single packages are taken from them.
     src=/etc/apt/sources.list.d/kubeforge-newer.sources
@@ -95,6 +111,20 @@ if [ "${#need_apt[@]}" -gt 0 ] || [ "$need_etcd" = 1 ] || [ "$need_node" = 1 ]; 
     rm -rf "$tools/etcd"
     mkdir -p "$tools/etcd"
     for deb in "$work"/*.deb; do dpkg -x "$deb" "$tools/etcd"; done
+    rm -rf "$work"
+  fi
+  if [ "$need_kubectl" = 1 ]; then
+    version=$(apt-cache madison kubectl | awk '{print $3}' | grep '^1\.3[0-9]\.' | sort -V | head -1)
+    if [ -z "$version" ]; then
+      echo "tests/setup.sh: no kubectl 1.3x in Debian's package lists" >&2
+      exit 1
+    fi
+    work=$(mktemp -d)
+    chmod 755 "$work"
+    (cd "$work" && apt-get download -q "kubectl=$version" >&2)
+    rm -rf "$kubectl_dir"
+    mkdir -p "$kubectl_dir"
+    for deb in "$work"/*.deb; do dpkg -x "$deb" "$kubectl_dir"; done
     rm -rf "$work"
   fi
   if [ "$need_node" = 1 ]; then

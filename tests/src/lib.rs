@@ -14,6 +14,7 @@
 #![allow(clippy::print_stderr)]
 
 pub mod lab;
+pub mod oci;
 
 use std::ffi::OsStr;
 use std::fs::File;

@@ -4,6 +4,7 @@
 mod etcd_tls;
 mod lab_apply;
 mod lab_nodes;
+mod lab_real;
 mod lab_smoke;
 mod ssh_transport;
 mod vagrant;

@@ -213,14 +213,22 @@ fn etcd_health(kf: &Kf, etcdctl: &Path) -> Output {
         .expect("etcdctl runs")
 }
 
+/// The sandbox image of the small inventory: built by the lab tests
+/// (`kubeforge_tests::oci`) and imported from the bundle, as no registry is
+/// reachable from the lab.
+pub(crate) const PAUSE_IMAGE: &str = "lab.local/pause:3.10";
+
 /// One control-plane + etcd node (cp1) and the given workers, no LB.
 pub(crate) fn small_inventory(lab: &Lab, workers: &[&str]) -> String {
     let mut s = format!(
         r#"[cluster]
 name = "lab"
-kubernetes_version = "1.31.4"
+kubernetes_version = "{version}"
 node_cidr = "10.77.0.0/24"
 node_profile = "container"
+# No image registry is reachable from the lab: CoreDNS could not run.
+coredns = false
+sandbox_image = "{pause}"
 
 [ssh]
 key = "{key}"
@@ -231,7 +239,9 @@ name = "cp1"
 address = "10.77.0.11"
 roles = ["etcd", "control-plane"]
 "#,
-        key = lab.key().display()
+        key = lab.key().display(),
+        pause = PAUSE_IMAGE,
+        version = k8s_version(),
     );
     for w in workers {
         s.push_str(&format!(
@@ -250,9 +260,11 @@ fn inventory(lab: &Lab, extra_san: Option<&str>) -> String {
     format!(
         r#"[cluster]
 name = "lab"
-kubernetes_version = "1.31.4"
+kubernetes_version = "{version}"
 node_cidr = "10.77.0.0/24"
 node_profile = "container"
+# No image registry is reachable from the lab: CoreDNS could not run.
+coredns = false
 
 [pki]
 extra_apiserver_sans = {sans}
@@ -297,8 +309,85 @@ name = "worker1"
 address = "10.77.0.21"
 roles = ["worker"]
 "#,
-        key = lab.key().display()
+        key = lab.key().display(),
+        version = k8s_version(),
     )
+}
+
+/// The Kubernetes version the lab inventories name: that of the real
+/// binaries in `KUBEFORGE_K8S_BIN_DIR` (`kube-apiserver --version`), else
+/// the version the stand-ins' flag lists come from.
+pub(crate) fn k8s_version() -> String {
+    let standin = "1.31.4".to_string();
+    let Some(dir) = std::env::var_os("KUBEFORGE_K8S_BIN_DIR") else {
+        return standin;
+    };
+    let out = Command::new(Path::new(&dir).join("kube-apiserver"))
+        .arg("--version")
+        .output()
+        .expect("kube-apiserver --version runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "Kubernetes v1.31.4"; the stand-in says something else.
+    text.trim()
+        .strip_prefix("Kubernetes v")
+        .map(|v| v.split(['-', '+']).next().unwrap_or(v).to_string())
+        .unwrap_or(standin)
+}
+
+/// True when `KUBEFORGE_K8S_BIN_DIR` holds the real binaries.
+pub(crate) fn real_k8s() -> bool {
+    std::env::var_os("KUBEFORGE_K8S_BIN_DIR").is_some_and(|dir| {
+        Command::new(Path::new(&dir).join("kube-apiserver"))
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("Kubernetes v"))
+    })
+}
+
+/// Debian's kubectl that tests/setup.sh unpacks, else one on PATH.
+pub(crate) fn kubectl() -> Option<PathBuf> {
+    let unpacked = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-tools/kubectl/usr/bin/kubectl");
+    if unpacked.exists() {
+        return Some(unpacked);
+    }
+    find_tool("kubectl", None)
+}
+
+/// Writes the admin kubeconfig with `kubeforge kubeconfig` and returns it.
+pub(crate) fn admin_kubeconfig(kf: &Kf) -> PathBuf {
+    let path = kf.dir.join("admin.conf");
+    let out = Command::new(&kf.bin)
+        .current_dir(&kf.dir)
+        .args(["kubeconfig", "-i", "inventory.toml", "--out"])
+        .arg(&path)
+        .output()
+        .expect("kubeforge kubeconfig runs");
+    assert!(
+        out.status.success(),
+        "kubeforge kubeconfig: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+/// Runs kubectl with the admin kubeconfig; returns stdout, panics with
+/// stderr on failure.
+pub(crate) fn kubectl_ok(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubectl {}: {stdout}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 fn vip_holders(lab: &Lab) -> Vec<String> {
@@ -429,6 +518,61 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
         "readyz via the VIP"
     );
     assert_eq!(vip_holders(&lab).len(), 1, "exactly one LB holds the VIP");
+    // The apply waited for every node to be Ready in the API; look from
+    // outside too, through the VIP, with the admin credentials (allowed by
+    // the RBAC addon the apply applied).
+    assert!(
+        stdout.contains("api apply: ClusterRoleBinding kubeforge:cluster-admins"),
+        "{stdout}"
+    );
+    let listed = match kubectl() {
+        // Debian's kubectl with the kubeconfig `kubeforge kubeconfig` writes.
+        Some(k) => kubectl_ok(
+            &k,
+            &admin_kubeconfig(&kf),
+            &["get", "--raw", "/api/v1/nodes"],
+        ),
+        None => {
+            kubeforge_tests::skip(TEST, "kubectl not found: listing the nodes with curl");
+            String::from_utf8_lossy(
+                &curl_readyz(&kf, "https://10.77.0.100:8443/api/v1/nodes").stdout,
+            )
+            .into_owned()
+        }
+    };
+    for n in ["cp1", "cp2", "cp3", "worker1"] {
+        assert!(
+            listed.contains(&format!("\"name\":\"{n}\"")),
+            "node {n} not registered: {listed}"
+        );
+    }
+    let r = curl_readyz(
+        &kf,
+        "https://10.77.0.100:8443/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/kubeforge:node-autorenew",
+    );
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("selfnodeclient"),
+        "{}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+
+    // node_profile = "container": the node sees the kernel settings the
+    // kubelet wants, the host keeps its own.
+    let host = std::fs::read_to_string("/proc/sys/kernel/panic").expect("host kernel.panic");
+    let seen = lab.ssh_ok(
+        "worker1",
+        "cat /proc/sys/vm/overcommit_memory /proc/sys/kernel/panic",
+    );
+    assert_eq!(
+        seen.split_whitespace().collect::<Vec<_>>(),
+        ["1", "10"],
+        "{seen}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/panic").expect("host kernel.panic"),
+        host,
+        "the host's kernel.panic changed"
+    );
 
     // 2. Second apply: no changes, no restarts.
     let cps = ["cp1", "cp2", "cp3", "lb1", "lb2"];

@@ -1,9 +1,12 @@
 //! A bundle: a local directory of binaries with a `SHA256SUMS` manifest
-//! (`<sha256>  <name>` per line, as `sha256sum` writes it). Every file is
-//! checked against the manifest when the bundle is loaded; a mismatch is
-//! refused.
+//! (`<sha256>  <name>` per line, as `sha256sum` writes it), and optionally
+//! container image archives in its `images/` sub-directory (manifest lines
+//! `<sha256>  images/<file>.tar`). Every file is checked against the
+//! manifest when the bundle is loaded; a mismatch is refused, and so is an
+//! image archive that names no image.
 
 use crate::ApplyError;
+use kubeforge_render::ImageArchive;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -16,6 +19,9 @@ pub struct Bundle {
     pub dir: PathBuf,
     /// Name -> (path, sha256).
     pub files: BTreeMap<String, (PathBuf, String)>,
+    /// The image archives of `images/`, by file name, with the image
+    /// names read from each.
+    pub images: Vec<ImageArchive>,
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {
@@ -40,10 +46,11 @@ pub fn load_bundle(dir: &Path) -> Result<Bundle, ApplyError> {
     };
     let text = std::fs::read_to_string(&manifest).map_err(|e| {
         err(format!(
-            "{e}\n  help: a bundle directory holds the binaries and a SHA256SUMS file (`sha256sum * > SHA256SUMS`)"
+            "{e}\n  help: a bundle directory holds the binaries and a SHA256SUMS file (`sha256sum * images/*.tar > SHA256SUMS`)"
         ))
     })?;
     let mut files = BTreeMap::new();
+    let mut images = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -56,9 +63,24 @@ pub fn load_bundle(dir: &Path) -> Result<Bundle, ApplyError> {
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(err(format!("line {}: `{sha}` is not a sha256", i + 1)));
         }
-        if name.contains('/') || name.is_empty() {
-            return Err(err(format!("line {}: `{name}` is not a file name", i + 1)));
-        }
+        let image = match name.split_once('/') {
+            Some((kubeforge_images::BUNDLE_DIR, file)) => {
+                kubeforge_images::check_file_name(file)
+                    .map_err(|e| err(format!("line {}: {e}", i + 1)))?;
+                Some(file)
+            }
+            Some(_) => {
+                return Err(err(format!(
+                    "line {}: `{name}` is in a sub-directory; only {}/ (image archives) may be",
+                    i + 1,
+                    kubeforge_images::BUNDLE_DIR
+                )))
+            }
+            None if name.is_empty() => {
+                return Err(err(format!("line {}: `{name}` is not a file name", i + 1)))
+            }
+            None => None,
+        };
         let path = dir.join(name);
         let actual = sha256_file(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         if actual != sha.to_ascii_lowercase() {
@@ -67,10 +89,26 @@ pub fn load_bundle(dir: &Path) -> Result<Bundle, ApplyError> {
                 path.display()
             )));
         }
-        files.insert(name.to_string(), (path, actual));
+        match image {
+            Some(file) => {
+                let read = kubeforge_images::read_names(&path).map_err(|e| err(e.to_string()))?;
+                images.push(ImageArchive {
+                    file: file.to_string(),
+                    path,
+                    sha256: actual,
+                    names: read.names,
+                });
+            }
+            None => {
+                files.insert(name.to_string(), (path, actual));
+            }
+        }
     }
+    images.sort_by(|a, b| a.file.cmp(&b.file));
+    images.dedup_by(|a, b| a.file == b.file);
     Ok(Bundle {
         dir: dir.to_path_buf(),
         files,
+        images,
     })
 }

@@ -2,11 +2,13 @@
 //! lb, node), on each node only the files the plan lists and only the units
 //! whose files changed; each phase behind its health gates.
 
+use crate::api::{Api, Credentials};
+use crate::cluster::{nodes_not_ready, rollout, Rollout};
 use crate::gates::{self, Gate};
 use crate::{bounded, ApplyError, Event, EventKind, Options, Progress, Transports};
 use kubeforge_inventory::{Cluster, Role};
 use kubeforge_plan::{FileAction, NodePlan, Plan};
-use kubeforge_render::{NodeTree, Rendered, RenderedFile};
+use kubeforge_render::{ApiObject, NodeTree, Rendered, RenderedFile, ADDONS_PHASE};
 use kubeforge_transport::{ops, Script, Transport};
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,10 @@ pub struct Applied {
     pub started: Vec<(String, String)>,
     pub restarted: Vec<(String, String)>,
     pub reloaded: Vec<(String, String)>,
+    /// Addon objects applied to the API.
+    pub api_applied: usize,
+    /// What the cluster gates let pass with a warning.
+    pub warnings: Vec<String>,
 }
 
 struct Work<'a> {
@@ -127,7 +133,8 @@ impl Run<'_> {
     ) -> Result<Applied, ApplyError> {
         let t = self.t(w.node)?;
         let mut done = Applied::default();
-        for step in &w.steps {
+        let before_files = |s: &&&kubeforge_render::Step| s.stage.is_before_files();
+        for step in w.steps.iter().filter(before_files) {
             self.step(phase, w.node, format!("run: {}", step.name));
             t.run_ok(Script::new(&step.name, &step.run)).await?;
             done.steps_run += 1;
@@ -185,6 +192,14 @@ impl Run<'_> {
             ops::systemctl(t, &["reload", u]).await?;
             done.reloaded.push((w.node.to_string(), u.clone()));
         }
+        // Steps that need the phase's units running (importing the
+        // bundle's images into containerd); large archives take a while.
+        for step in w.steps.iter().filter(|s| !before_files(s)) {
+            self.step(phase, w.node, format!("run: {}", step.name));
+            t.run_ok(Script::new(&step.name, &step.run).timeout(Duration::from_secs(600)))
+                .await?;
+            done.steps_run += 1;
+        }
         Ok(done)
     }
 
@@ -195,6 +210,192 @@ impl Run<'_> {
 
     fn readyz(&self, url: String) -> Gate<'static> {
         https_ok(url, "kube-apiserver")
+    }
+
+    /// Applies the addon objects the plan lists through the addon node's
+    /// API server, then waits for every node to be Ready and every addon
+    /// Deployment to be available (a warning when its image cannot be
+    /// pulled). Runs when objects were applied or kubelets (re)started.
+    async fn addons(
+        &self,
+        rendered: &Rendered,
+        plan: &Plan,
+        applied: &mut Applied,
+    ) -> Result<(), ApplyError> {
+        let phase = ADDONS_PHASE;
+        let Some(node) = rendered.addon_node.as_deref() else {
+            return Ok(());
+        };
+        let changes = plan
+            .nodes
+            .iter()
+            .find(|p| p.node == node)
+            .map(|p| p.api.as_slice())
+            .unwrap_or_default();
+        let kubelets = applied
+            .started
+            .iter()
+            .chain(&applied.restarted)
+            .any(|(_, u)| u == "kubelet");
+        if changes.is_empty() && !kubelets {
+            return Ok(());
+        }
+        self.progress.event(Event {
+            node: None,
+            phase: phase.to_string(),
+            kind: EventKind::PhaseStarted,
+            message: format!("{} objects", changes.len()),
+        });
+        let t = self.t(node)?;
+        let creds = Credentials::from_rendered(rendered)?;
+        let api = Api {
+            t,
+            creds: &creds,
+            port: rendered.api_port,
+        };
+        let objects: Vec<&ApiObject> = rendered.addons.iter().flat_map(|a| &a.objects).collect();
+        if !changes.is_empty() {
+            let url = format!("https://127.0.0.1:{}/readyz", rendered.api_port);
+            self.gate(phase, node, self.readyz(url)).await?;
+            for c in changes {
+                let Some(o) = objects.iter().find(|o| o.path == c.path) else {
+                    continue;
+                };
+                self.step(phase, node, format!("apply {}", o.display()));
+                api.apply(&[o]).await?;
+                applied.api_applied += 1;
+            }
+        }
+        self.nodes_ready(&api, node).await?;
+        for o in objects.iter().filter(|o| o.kind == "Deployment") {
+            if let Some(w) = self.deployment_available(&api, node, o).await? {
+                applied.warnings.push(w);
+            }
+        }
+        self.progress.event(Event {
+            node: None,
+            phase: phase.to_string(),
+            kind: EventKind::PhaseDone,
+            message: String::new(),
+        });
+        Ok(())
+    }
+
+    /// Every node that runs a kubelet is Ready in the API.
+    async fn nodes_ready(&self, api: &Api<'_>, via: &str) -> Result<(), ApplyError> {
+        let want: Vec<&str> = self
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| n.runs_kubelet())
+            .map(|n| n.name.as_str())
+            .collect();
+        if want.is_empty() {
+            return Ok(());
+        }
+        self.step(
+            ADDONS_PHASE,
+            via,
+            format!("waiting for {} nodes to be Ready in the API", want.len()),
+        );
+        let start = Instant::now();
+        loop {
+            let bad = match api.get("list the nodes", "/api/v1/nodes").await {
+                Ok(r) if r.ok() => {
+                    let bad = nodes_not_ready(&r.json().unwrap_or_default(), &want);
+                    if bad.is_empty() {
+                        return Ok(());
+                    }
+                    bad
+                }
+                Ok(r) => vec![(via.to_string(), r.message())],
+                Err(e) => vec![(via.to_string(), e.to_string())],
+            };
+            if start.elapsed() >= self.opts.gate_timeout {
+                let first = bad[0].0.clone();
+                let journal = match self.t(&first) {
+                    Ok(t) => ops::journal(t, "kubelet", 20).await,
+                    Err(e) => e.to_string(),
+                };
+                let detail = bad
+                    .iter()
+                    .map(|(n, why)| format!("{n}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(ApplyError::Gate(Box::new(crate::GateFailure {
+                    node: first,
+                    gate: "node Ready in the API".to_string(),
+                    unit: "kubelet".to_string(),
+                    secs: self.opts.gate_timeout.as_secs(),
+                    detail,
+                    journal,
+                })));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// An addon Deployment has an available replica. When its image cannot
+    /// be pulled the cluster still works: that is a warning, not a failure.
+    async fn deployment_available(
+        &self,
+        api: &Api<'_>,
+        via: &str,
+        o: &ApiObject,
+    ) -> Result<Option<String>, ApplyError> {
+        let body: serde_json::Value = serde_json::from_str(&o.body).unwrap_or_default();
+        let selector = body
+            .pointer("/spec/selector/matchLabels")
+            .and_then(serde_json::Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}%3D{}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        let ns = o.namespace.clone().unwrap_or_default();
+        let pods = format!("/api/v1/namespaces/{ns}/pods?labelSelector={selector}");
+        self.step(
+            ADDONS_PHASE,
+            via,
+            format!("waiting for {} to be available", o.display()),
+        );
+        let start = Instant::now();
+        loop {
+            let state = match (
+                api.get("read a deployment", &o.path).await,
+                api.get("list its pods", &pods).await,
+            ) {
+                (Ok(d), Ok(p)) if d.ok() && p.ok() => {
+                    rollout(&d.json().unwrap_or_default(), &p.json().unwrap_or_default())
+                }
+                (Ok(d), _) if !d.ok() => Rollout::Waiting(d.message()),
+                (_, Ok(p)) if !p.ok() => Rollout::Waiting(p.message()),
+                (Err(e), _) | (_, Err(e)) => Rollout::Waiting(e.to_string()),
+                _ => Rollout::Waiting(String::new()),
+            };
+            match state {
+                Rollout::Available => return Ok(None),
+                Rollout::ImagePull(node, image, message) => {
+                    return Ok(Some(format!(
+                        "{} is not available: node {node} cannot pull {image} ({message})\n  help: set image_registry or registry_mirrors in the inventory to a registry the nodes reach, or put the image in the bundle",
+                        o.display()
+                    )))
+                }
+                Rollout::Waiting(why) if start.elapsed() >= self.opts.gate_timeout => {
+                    return Err(ApplyError::Gate(Box::new(crate::GateFailure {
+                        node: via.to_string(),
+                        gate: format!("{} available", o.display()),
+                        unit: "kube-controller-manager".to_string(),
+                        secs: self.opts.gate_timeout.as_secs(),
+                        detail: why,
+                        journal: ops::journal(api.t, "kube-controller-manager", 20).await,
+                    })))
+                }
+                Rollout::Waiting(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+            }
+        }
     }
 
     async fn etcd_gates(&self, phase: &str) -> Result<(), ApplyError> {
@@ -422,6 +623,10 @@ pub async fn execute(
     let mut applied = Applied::default();
     for phase in phases {
         if !opts.phases.is_empty() && !opts.phases.contains(phase) {
+            continue;
+        }
+        if phase == ADDONS_PHASE {
+            run.addons(rendered, plan, &mut applied).await?;
             continue;
         }
         let works: Vec<Work<'_>> = rendered

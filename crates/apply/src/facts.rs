@@ -2,6 +2,7 @@
 //! (sha256, mode, owner; the old text of changed non-secret files for the
 //! diff) and the state of its units.
 
+use crate::api::{Api, Credentials};
 use crate::{bounded, ApplyError, Transports};
 use kubeforge_plan::{Facts, NodeFacts, RemoteFile, UnitFacts};
 use kubeforge_render::Rendered;
@@ -52,6 +53,20 @@ pub async fn gather(
                     steps_done.push(step.name.clone());
                 }
             }
+            let api = if rendered.addon_node.as_ref() == Some(&tree.name)
+                && !rendered.addons.is_empty()
+            {
+                let creds = Credentials::from_rendered(rendered)?;
+                let api = Api {
+                    t: t.as_ref(),
+                    creds: &creds,
+                    port: rendered.api_port,
+                };
+                let objects: Vec<_> = rendered.addons.iter().flat_map(|a| &a.objects).collect();
+                Some(api.read(&objects).await?)
+            } else {
+                None
+            };
             let units = unit_states
                 .into_iter()
                 .map(|(u, s)| {
@@ -70,6 +85,7 @@ pub async fn gather(
                     files,
                     units,
                     steps_done,
+                    api,
                 },
             ))
         },

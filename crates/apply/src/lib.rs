@@ -4,12 +4,15 @@
 //! Every effect goes through [`kubeforge_transport::Transport`]. Nothing
 //! here prints: progress is reported through [`Progress`].
 
+mod api;
 mod bundle;
+mod cluster;
 mod execute;
 mod facts;
 mod gates;
 mod preflight;
 
+pub use api::Credentials;
 pub use bundle::{load_bundle, Bundle};
 pub use execute::{execute, Applied};
 pub use facts::gather;

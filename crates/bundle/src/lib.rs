@@ -8,7 +8,11 @@
 //!   `SHA256SUMS`). Every file is checked against its published sha256 and
 //!   refused on mismatch.
 //! - [`from_local`]: files already on this machine (air-gapped); when their
-//!   directory holds a `SHA256SUMS`, each file is checked against it.
+//!   directory holds a `SHA256SUMS`, each file is checked against it. It
+//!   also takes container image archives (OCI image layout or
+//!   docker-archive tar files) into the bundle's `images/` directory
+//!   (manifest lines `<sha256>  images/<file>.tar`), each refused unless it
+//!   names its images.
 //!
 //! Nothing partial is ever left in the output directory: everything is
 //! written into a temporary directory next to it, which is renamed into
@@ -89,9 +93,12 @@ fn refused(what: impl Into<String>, help: impl Into<String>) -> BundleError {
 /// One file of a finished bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuiltFile {
+    /// Its manifest name: `kubelet`, or `images/pause.tar`.
     pub name: String,
     pub sha256: String,
     pub size: u64,
+    /// For an image archive: the names of its images.
+    pub image_names: Vec<String>,
 }
 
 /// A finished bundle.
@@ -317,6 +324,8 @@ struct Staging {
     tmp: tempfile::TempDir,
     out: PathBuf,
     files: BTreeMap<String, Hashed>,
+    /// Manifest name of an image archive -> the names of its images.
+    image_names: BTreeMap<String, Vec<String>>,
 }
 
 impl Staging {
@@ -359,6 +368,7 @@ impl Staging {
             tmp,
             out: out.to_path_buf(),
             files: BTreeMap::new(),
+            image_names: BTreeMap::new(),
         })
     }
 
@@ -404,6 +414,7 @@ impl Staging {
         let files: Vec<BuiltFile> = std::mem::take(&mut self.files)
             .into_iter()
             .map(|(name, h)| BuiltFile {
+                image_names: self.image_names.remove(&name).unwrap_or_default(),
                 name,
                 sha256: h.sha256,
                 size: h.size,
@@ -585,17 +596,75 @@ fn fetch_etcd(
 /// Files already on this machine.
 #[derive(Debug, Clone, Default)]
 pub struct Local {
-    /// Every regular file of this directory (except its `SHA256SUMS`).
+    /// Every regular file of this directory (except its `SHA256SUMS`), and
+    /// every regular file of its `images/` sub-directory as an image
+    /// archive.
     pub dir: Option<PathBuf>,
     /// These files.
     pub files: Vec<PathBuf>,
+    /// These container image archives (OCI image layout or docker-archive
+    /// tar files, named `NAME.tar`), put into the bundle's `images/`.
+    pub images: Vec<PathBuf>,
+}
+
+/// A file to copy into the bundle.
+struct Source {
+    path: PathBuf,
+    /// Its manifest name: `kubelet` or `images/pause.tar`.
+    name: String,
+    /// The directory whose `SHA256SUMS` may list it, and the name it has
+    /// there.
+    listed_in: PathBuf,
+    listed_as: String,
+    image: bool,
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The regular files of `dir` (following symlinks), sorted, without its
+/// `SHA256SUMS`.
+fn regular_files(dir: &Path) -> Result<Vec<PathBuf>, BundleError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err("reading", dir))? {
+        let path = entry.map_err(io_err("reading", dir))?.path();
+        let meta = std::fs::metadata(&path).map_err(io_err("reading", &path))?;
+        if meta.is_file() && path.file_name() != Some(MANIFEST.as_ref()) {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn image_source(path: PathBuf, listed_in: PathBuf, listed_as: String) -> Source {
+    let file = file_name(&path);
+    Source {
+        name: format!("{}/{file}", kubeforge_images::BUNDLE_DIR),
+        path,
+        listed_in,
+        listed_as,
+        image: true,
+    }
 }
 
 /// Copies local files into a new bundle directory `out` (which must not
 /// exist, or be empty). A file whose directory holds a `SHA256SUMS` must be
-/// listed there and match it.
+/// listed there and match it (an image archive of `--from DIR`'s `images/`
+/// as `images/<file>` in `DIR/SHA256SUMS`, when that exists). Every image
+/// archive must name its images.
 pub fn from_local(local: &Local, out: &Path) -> Result<Built, BundleError> {
-    let mut sources: Vec<PathBuf> = Vec::new();
+    let mut sources: Vec<Source> = Vec::new();
     if let Some(dir) = &local.dir {
         if !dir.is_dir() {
             return Err(refused(
@@ -603,89 +672,153 @@ pub fn from_local(local: &Local, out: &Path) -> Result<Built, BundleError> {
                 "pass --from a directory holding the binaries (and, ideally, their SHA256SUMS)",
             ));
         }
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(io_err("reading", dir))? {
-            let path = entry.map_err(io_err("reading", dir))?.path();
-            let meta = std::fs::metadata(&path).map_err(io_err("reading", &path))?;
-            if meta.is_file() && path.file_name() != Some(MANIFEST.as_ref()) {
-                found.push(path);
+        for path in regular_files(dir)? {
+            let name = file_name(&path);
+            sources.push(Source {
+                listed_in: dir.clone(),
+                listed_as: name.clone(),
+                name,
+                path,
+                image: false,
+            });
+        }
+        let images = dir.join(kubeforge_images::BUNDLE_DIR);
+        if images.is_dir() {
+            let (listed_in, prefix) = if dir.join(MANIFEST).exists() {
+                (dir.clone(), format!("{}/", kubeforge_images::BUNDLE_DIR))
+            } else {
+                (images.clone(), String::new())
+            };
+            for path in regular_files(&images)? {
+                let listed_as = format!("{prefix}{}", file_name(&path));
+                sources.push(image_source(path, listed_in.clone(), listed_as));
             }
         }
-        found.sort();
-        sources.extend(found);
     }
-    for f in &local.files {
-        let meta = std::fs::metadata(f).map_err(io_err("reading", f))?;
-        if !meta.is_file() {
-            return Err(refused(
-                format!("{} is not a regular file", f.display()),
-                "pass files with --file, or a directory with --from",
-            ));
+    for (list, image) in [(&local.files, false), (&local.images, true)] {
+        for f in list {
+            let meta = std::fs::metadata(f).map_err(io_err("reading", f))?;
+            if !meta.is_file() {
+                return Err(refused(
+                    format!("{} is not a regular file", f.display()),
+                    "pass files with --file or --image, or a directory with --from",
+                ));
+            }
+            let name = file_name(f);
+            let source = if image {
+                image_source(f.clone(), parent_dir(f), name)
+            } else {
+                Source {
+                    path: f.clone(),
+                    listed_in: parent_dir(f),
+                    listed_as: name.clone(),
+                    name,
+                    image: false,
+                }
+            };
+            sources.push(source);
         }
-        sources.push(f.clone());
     }
     if sources.is_empty() {
         return Err(refused(
             "no files to put in the bundle",
-            "pass a directory holding the binaries with --from, or files with --file",
+            "pass a directory holding the binaries with --from, files with --file, or image archives with --image",
         ));
     }
     let mut manifests: BTreeMap<PathBuf, Option<BTreeMap<String, String>>> = BTreeMap::new();
     let mut staging = Staging::new(out)?;
     for src in sources {
-        let name = src
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        staging.reserve(&name, &src)?;
-        let dir = match src.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let manifest_path = dir.join(MANIFEST);
-        if !manifests.contains_key(&dir) {
+        if src.image {
+            kubeforge_images::check_file_name(&file_name(&src.path)).map_err(|e| {
+                refused(
+                    format!("{}: {e}", src.path.display()),
+                    "rename the archive (image archives are tar files, NAME.tar)",
+                )
+            })?;
+            if staging.files.contains_key(&src.name) {
+                return Err(refused(
+                    format!(
+                        "two image archives are named `{}` (the second: {})",
+                        src.name,
+                        src.path.display()
+                    ),
+                    "a bundle holds each name once; rename one of them",
+                ));
+            }
+        } else {
+            staging.reserve(&src.name, &src.path)?;
+        }
+        let manifest_path = src.listed_in.join(MANIFEST);
+        if !manifests.contains_key(&src.listed_in) {
             let parsed = match std::fs::read_to_string(&manifest_path) {
                 Ok(text) => Some(parse_manifest(&text, &manifest_path)?),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(io_err("reading", &manifest_path)(e)),
             };
-            manifests.insert(dir.clone(), parsed);
+            manifests.insert(src.listed_in.clone(), parsed);
         }
         let expected =
-            match manifests.get(&dir) {
-                Some(Some(m)) => match m.get(&name) {
+            match manifests.get(&src.listed_in) {
+                Some(Some(m)) => match m.get(&src.listed_as) {
                     Some(sha) => Some(sha.clone()),
                     None => return Err(refused(
                         format!(
-                            "{} is not listed in {}",
-                            src.display(),
-                            manifest_path.display()
+                            "{} is not listed in {}{}",
+                            src.path.display(),
+                            manifest_path.display(),
+                            if src.listed_as.contains('/') {
+                                format!(" (as {})", src.listed_as)
+                            } else {
+                                String::new()
+                            }
                         ),
                         "add its sha256 to that SHA256SUMS, or move the file out of the directory",
                     )),
                 },
                 _ => None,
             };
-        let mode = std::fs::metadata(&src)
-            .map_err(io_err("reading", &src))?
-            .permissions()
-            .mode()
-            & 0o777;
-        let mut reader = std::fs::File::open(&src).map_err(io_err("opening", &src))?;
-        let dest = staging.path(&name);
-        let got = write_hashing(&mut reader, &dest, mode | 0o400).map_err(|e| match e {
-            CopyError::Read(e) => io_err("reading", &src)(e),
+        let mode = if src.image {
+            0o644
+        } else {
+            (std::fs::metadata(&src.path)
+                .map_err(io_err("reading", &src.path))?
+                .permissions()
+                .mode()
+                & 0o777)
+                | 0o400
+        };
+        let dest = staging.path(&src.name);
+        if let Some(parent) = dest.parent() {
+            if !parent.exists() {
+                std::fs::create_dir(parent).map_err(io_err("creating", parent))?;
+                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+                    .map_err(io_err("setting the mode of", parent))?;
+            }
+        }
+        let mut reader = std::fs::File::open(&src.path).map_err(io_err("opening", &src.path))?;
+        let got = write_hashing(&mut reader, &dest, mode).map_err(|e| match e {
+            CopyError::Read(e) => io_err("reading", &src.path)(e),
             CopyError::Write(e) => io_err("writing", &dest)(e),
         })?;
         if let Some(expected) = expected {
             staging.check(
-                &src.display().to_string(),
+                &src.path.display().to_string(),
                 &got,
                 &expected,
                 &manifest_path.display().to_string(),
             )?;
         }
-        staging.files.insert(name, got);
+        if src.image {
+            // Read from the copy that was just checked.
+            let names = kubeforge_images::read_names(&dest).map_err(|e| {
+                refused(
+                    format!("{}: {}", src.path.display(), e.what),
+                    format!("{}; nothing was written to {}", e.help, out.display()),
+                )
+            })?;
+            staging.image_names.insert(src.name.clone(), names.names);
+        }
+        staging.files.insert(src.name, got);
     }
     staging.finish()
 }

@@ -268,6 +268,7 @@ fn refuses_a_non_empty_output_directory() {
         &Local {
             dir: Some(src),
             files: vec![],
+            images: vec![],
         },
         &out,
     )
@@ -300,6 +301,7 @@ fn local_files_make_a_bundle() {
         &Local {
             dir: Some(src.clone()),
             files: vec![],
+            images: vec![],
         },
         &out,
     )
@@ -326,6 +328,7 @@ fn local_files_make_a_bundle() {
         &Local {
             dir: None,
             files: vec![src.join("kubelet"), loose.join("kube-proxy")],
+            images: vec![],
         },
         &out2,
     )
@@ -344,6 +347,7 @@ fn local_files_are_checked_against_their_sha256sums() {
         &Local {
             dir: Some(src.clone()),
             files: vec![],
+            images: vec![],
         },
         &out,
     )
@@ -362,6 +366,7 @@ fn local_files_are_checked_against_their_sha256sums() {
         &Local {
             dir: Some(src),
             files: vec![],
+            images: vec![],
         },
         &out,
     )

@@ -119,12 +119,23 @@ enum Command {
     ///
     ///     kubeforge bundle --version 1.31.4 --out ./bundle --etcd-version 3.5.16
     ///
-    /// Local-files mode (--from / --file, air-gapped): copies every regular
-    /// file of a directory (or the given files) into the bundle. When a
-    /// file's directory holds a SHA256SUMS, the file must be listed there
-    /// and match it.
+    /// Local-files mode (--from / --file / --image, air-gapped): copies
+    /// every regular file of a directory (or the given files) into the
+    /// bundle. When a file's directory holds a SHA256SUMS, the file must be
+    /// listed there and match it.
     ///
     ///     kubeforge bundle --from ./downloads --out ./bundle
+    ///
+    /// Container images for nodes without a registry: --image FILE
+    /// (repeatable) adds an image archive (OCI image layout or
+    /// docker-archive tar, as `ctr images export`, `docker save` or `skopeo
+    /// copy ... oci-archive:` write it, named NAME.tar) as images/NAME.tar;
+    /// --from DIR also takes every file of DIR/images/. The image names are
+    /// read from each archive, and an archive that names no image is
+    /// refused. apply copies the archives to every node that runs a
+    /// kubelet and imports them into containerd.
+    ///
+    ///     kubeforge bundle --from ./downloads --image ./pause.tar --out ./bundle
     ///
     /// A file that does not match its sha256 is refused. Nothing is written
     /// to --out (which must not exist, or be empty) until every file is
@@ -133,24 +144,24 @@ enum Command {
     #[command(
         verbatim_doc_comment,
         about = "Build a bundle directory (binaries + SHA256SUMS) for `apply --bundle`",
-        group(clap::ArgGroup::new("source").required(true).multiple(true).args(["kubernetes", "from", "files"]))
+        group(clap::ArgGroup::new("source").required(true).multiple(true).args(["kubernetes", "from", "files", "images"]))
     )]
     Bundle {
         /// Download mode: the Kubernetes release, such as 1.31.4.
         #[arg(
             long = "version",
             value_name = "VERSION",
-            conflicts_with_all = ["from", "files"]
+            conflicts_with_all = ["from", "files", "images"]
         )]
         kubernetes: Option<String>,
         /// The bundle directory to create (must not exist, or be empty).
         #[arg(long, short)]
         out: PathBuf,
         /// Download mode: the nodes' architecture.
-        #[arg(long, value_enum, default_value_t = BundleArch::Amd64, conflicts_with_all = ["from", "files"])]
+        #[arg(long, value_enum, default_value_t = BundleArch::Amd64, conflicts_with_all = ["from", "files", "images"])]
         arch: BundleArch,
         /// Download mode: the Kubernetes release bucket.
-        #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_BASE_URL, conflicts_with_all = ["from", "files"])]
+        #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_BASE_URL, conflicts_with_all = ["from", "files", "images"])]
         base_url: String,
         /// Download mode: also etcd and etcdctl of this etcd release, such
         /// as 3.5.16.
@@ -158,14 +169,19 @@ enum Command {
         etcd_version: Option<String>,
         /// Download mode: where the etcd releases are
         /// (URL/vVERSION/etcd-vVERSION-linux-ARCH.tar.gz and URL/vVERSION/SHA256SUMS).
-        #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_ETCD_BASE_URL, conflicts_with_all = ["from", "files"])]
+        #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_ETCD_BASE_URL, conflicts_with_all = ["from", "files", "images"])]
         etcd_base_url: String,
-        /// Local-files mode: every regular file of this directory.
+        /// Local-files mode: every regular file of this directory, and of
+        /// its images/ as image archives.
         #[arg(long, value_name = "LOCALDIR")]
         from: Option<PathBuf>,
         /// Local-files mode: this file (repeatable).
         #[arg(long = "file", value_name = "PATH")]
         files: Vec<PathBuf>,
+        /// Local-files mode: this container image archive, as
+        /// images/NAME.tar (repeatable).
+        #[arg(long = "image", value_name = "FILE")]
+        images: Vec<PathBuf>,
     },
 }
 
@@ -201,8 +217,9 @@ struct NodeArgs {
     /// Seconds to wait for an SSH connection.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     connect_timeout: u64,
-    /// Only these phases (etcd, apiserver, controllers, lb, node;
-    /// repeatable): their files, binaries and units. Default: all.
+    /// Only these phases (etcd, apiserver, controllers, lb, node, addons;
+    /// repeatable): their files, binaries, units and, for addons, the API
+    /// objects and the cluster gates. Default: all.
     #[arg(long = "phase", value_name = "PHASE")]
     phases: Vec<String>,
 }
@@ -415,7 +432,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let run_phases = selected_phases(&renderer, &nodes.phases)?;
                 let bundle = load_bundle(nodes.bundle.as_deref())?;
-                renderer.add_binaries(cluster, &mut rendered, &bundle, &run_phases)?;
+                renderer.add_binaries(cluster, &mut rendered, &bundle.files, &run_phases)?;
+                renderer.add_images(cluster, &mut rendered, &bundle.images, &run_phases)?;
                 rendered.retain_phases(&run_phases);
                 let rt = runtime()?;
                 rt.block_on(async {
@@ -471,7 +489,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let phases = nodes.phases.clone();
             init_log(&state)?;
             let bundle = load_bundle(nodes.bundle.as_deref())?;
-            renderer.add_binaries(cluster, &mut rendered, &bundle, &run_phases)?;
+            renderer.add_binaries(cluster, &mut rendered, &bundle.files, &run_phases)?;
+            renderer.add_images(cluster, &mut rendered, &bundle.images, &run_phases)?;
             rendered.retain_phases(&run_phases);
             let apply_opts = kubeforge_apply::Options {
                 concurrency: nodes.concurrency,
@@ -547,20 +566,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (plan, applied) = outcome;
             match applied {
                 None => term.line(format!(
-                    "No changes: {} nodes, {} files up to date. ({:.1} s)",
+                    "No changes: {} nodes, {} files and {} API objects up to date. ({:.1} s)",
                     plan.summary.nodes,
                     plan.summary.unchanged,
+                    plan.summary.api_unchanged,
                     started.elapsed().as_secs_f64()
                 ))?,
                 Some(a) => {
                     term.raw(kubeforge_plan::to_text(&plan))?;
+                    for w in &a.warnings {
+                        let _ = writeln!(std::io::stderr(), "warning: {w}");
+                    }
                     term.line(format!(
-                        "Applied: {} steps run, {} files written, {} units started, {} restarted, {} reloaded in {:.1} s.",
+                        "Applied: {} steps run, {} files written, {} units started, {} restarted, {} reloaded, {} API objects applied in {:.1} s.",
                         a.steps_run,
                         a.files_written,
                         a.started.len(),
                         a.restarted.len(),
                         a.reloaded.len(),
+                        a.api_applied,
                         started.elapsed().as_secs_f64()
                     ))?;
                 }
@@ -625,6 +649,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             etcd_base_url,
             from,
             files,
+            images,
         } => {
             let built = match kubernetes {
                 Some(version) => {
@@ -646,7 +671,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     })?
                 }
                 None => kubeforge_bundle::from_local(
-                    &kubeforge_bundle::Local { dir: from, files },
+                    &kubeforge_bundle::Local {
+                        dir: from,
+                        files,
+                        images,
+                    },
                     &out,
                 )?,
             };
@@ -658,6 +687,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     f.sha256,
                     f.size as f64 / 1e6
                 ))?;
+                if !f.image_names.is_empty() {
+                    term.line(format!("    images: {}", f.image_names.join(", ")))?;
+                }
             }
             term.line(format!(
                 "wrote {} files ({:.1} MB) and {} to {}\nnext: kubeforge apply -i INVENTORY --bundle {}",
@@ -711,11 +743,9 @@ fn reach(n: &NodeArgs) -> online::Reach {
     }
 }
 
-fn load_bundle(
-    dir: Option<&Path>,
-) -> Result<std::collections::BTreeMap<String, (PathBuf, String)>> {
+fn load_bundle(dir: Option<&Path>) -> Result<kubeforge_apply::Bundle> {
     Ok(match dir {
-        Some(d) => kubeforge_apply::load_bundle(d)?.files,
+        Some(d) => kubeforge_apply::load_bundle(d)?,
         None => Default::default(),
     })
 }

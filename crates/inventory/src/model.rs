@@ -167,6 +167,9 @@ pub struct Cluster {
     pub registry_mirrors: BTreeMap<String, String>,
     pub sandbox_image: String,
     pub node_profile: NodeProfile,
+    /// kubeforge applies CoreDNS (off when the cluster's DNS comes from
+    /// elsewhere).
+    pub coredns: bool,
     pub pki: PkiSettings,
     pub loadbalancer: Option<LoadBalancer>,
     pub nodes: Vec<Node>,

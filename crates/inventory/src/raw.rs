@@ -54,6 +54,8 @@ pub struct RawCluster {
     pub image_registry: Option<Spanned<String>>,
     #[serde(default)]
     pub registry_mirrors: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    pub coredns: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

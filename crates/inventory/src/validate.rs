@@ -413,6 +413,18 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
         ],
         Cni::Bridge,
     );
+    // Calico's IPAM hands out blocks of /20 to /32 only.
+    if let (Cni::Calico, Some(v)) = (cni, &rc.pod_subnet_prefix) {
+        if pod_subnet_prefix < 20 {
+            c.error(
+                v.span(),
+                format!(
+                    "pod_subnet_prefix {pod_subnet_prefix} is too large a block for cni \"calico\""
+                ),
+                "use a prefix from 20 to 28: Calico allocates pod addresses in blocks of that size",
+            );
+        }
+    }
     let proxy_mode = c.choice(
         "kube_proxy_mode",
         &rc.kube_proxy_mode,
@@ -985,6 +997,7 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
         registry_mirrors,
         sandbox_image,
         node_profile,
+        coredns: rc.coredns.unwrap_or(true),
         pki,
         loadbalancer,
         nodes,

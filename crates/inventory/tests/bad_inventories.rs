@@ -165,7 +165,7 @@ name = "cp1"
 address = "10.77.0.11"
 roles = ["etcd", "control-plane"]
 "#,
-        r#"bad.toml:4:1: error: unknown field `service_cidrs`, expected one of `name`, `kubernetes_version`, `service_cidr`, `pod_cidr`, `node_cidr`, `pod_subnet_prefix`, `cluster_domain`, `dns_service_ip`, `apiserver_port`, `container_runtime`, `cni`, `kube_proxy_mode`, `bin_dir`, `sandbox_image`, `node_profile`, `image_registry`, `registry_mirrors`
+        r#"bad.toml:4:1: error: unknown field `service_cidrs`, expected one of `name`, `kubernetes_version`, `service_cidr`, `pod_cidr`, `node_cidr`, `pod_subnet_prefix`, `cluster_domain`, `dns_service_ip`, `apiserver_port`, `container_runtime`, `cni`, `kube_proxy_mode`, `bin_dir`, `sandbox_image`, `node_profile`, `image_registry`, `registry_mirrors`, `coredns`
   help: remove the key or fix its spelling; the inventory reference in README.md lists every key
 inventory rejected: 1 error"#,
     ),
@@ -629,6 +629,31 @@ roles = ["worker"]
 "#,
         r#"bad.toml:7:7: error: unknown cni "cilium"
   help: use one of "bridge", "flannel", "calico"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "calico_block_too_large",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.4"
+service_cidr = "10.96.0.0/12"
+pod_cidr = "10.244.0.0/16"
+node_cidr = "10.77.0.0/24"
+cni = "calico"
+pod_subnet_prefix = 18
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+"#,
+        r#"bad.toml:8:21: error: pod_subnet_prefix 18 is too large a block for cni "calico"
+  help: use a prefix from 20 to 28: Calico allocates pod addresses in blocks of that size
 inventory rejected: 1 error"#,
     ),
     (

@@ -4,7 +4,7 @@
 //! whether systemd must reload its units, and which units to start,
 //! restart or reload. Pure: facts come in as data.
 
-use kubeforge_render::{NodeTree, Rendered};
+use kubeforge_render::{Addon, NodeTree, Rendered};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -34,6 +34,46 @@ pub struct NodeFacts {
     pub units: BTreeMap<String, UnitFacts>,
     /// Preparation steps whose check passed (nothing to do).
     pub steps_done: Vec<String>,
+    /// The addon objects as the API has them (the addon node only).
+    pub api: Option<ApiFacts>,
+}
+
+/// An addon object as found through the API (JSON): the live object, and
+/// what a server-side dry-run apply of the rendered one returned.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LiveObject {
+    pub live: Option<String>,
+    pub dry_run: Option<String>,
+}
+
+/// What was read from the API, by object path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiFacts {
+    /// The API did not answer (a new cluster): everything is applied.
+    Unreachable(String),
+    Objects(BTreeMap<String, LiveObject>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApiAction {
+    Create,
+    Update,
+    /// Its state is not known (the API is not up yet): applied anyway.
+    Apply,
+}
+
+/// An addon object to apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiChange {
+    /// `Kind namespace/name`.
+    pub object: String,
+    pub path: String,
+    pub action: ApiAction,
+    pub secret: bool,
+    /// What the apply changes, as a diff of the object's JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
 }
 
 /// Facts for the whole cluster; `Offline` plans as if every node were bare.
@@ -80,11 +120,17 @@ pub struct NodePlan {
     pub restart: Vec<String>,
     /// Running units that pick up changed files with a reload.
     pub reload: Vec<String>,
+    /// Addon objects applied through this node's API server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api: Vec<ApiChange>,
+    /// Addon objects the API already has as rendered.
+    pub api_unchanged: usize,
 }
 
 impl NodePlan {
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.api.is_empty()
+            && self.changes.is_empty()
             && self.steps.is_empty()
             && !self.daemon_reload
             && self.start.is_empty()
@@ -104,6 +150,9 @@ pub struct Summary {
     pub start: usize,
     pub restart: usize,
     pub reload: usize,
+    /// Addon objects to apply, and those already as rendered.
+    pub api_apply: usize,
+    pub api_unchanged: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -143,7 +192,71 @@ fn unified_diff(path: &str, old: &[u8], new: &[u8]) -> Option<String> {
     )
 }
 
-fn plan_node(tree: &NodeTree, facts: Option<&NodeFacts>) -> NodePlan {
+/// The object without what the API server owns (status, versions, field
+/// managers), for comparing the live object with a dry-run apply.
+fn normalized(json: &str) -> Option<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_str(json).ok()?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("status");
+    }
+    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        for k in ["managedFields", "resourceVersion", "generation"] {
+            meta.remove(k);
+        }
+    }
+    Some(v)
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// The addon objects to apply, and how many are already as rendered.
+fn plan_api(addons: &[Addon], facts: Option<&ApiFacts>) -> (Vec<ApiChange>, usize) {
+    let mut out = Vec::new();
+    let mut same = 0;
+    for o in addons.iter().flat_map(|a| &a.objects) {
+        let change = |action, diff| ApiChange {
+            object: o.display(),
+            path: o.path.clone(),
+            action,
+            secret: o.secret,
+            diff,
+        };
+        let found = match facts {
+            None | Some(ApiFacts::Unreachable(_)) => {
+                out.push(change(ApiAction::Apply, None));
+                continue;
+            }
+            Some(ApiFacts::Objects(map)) => map.get(&o.path).cloned().unwrap_or_default(),
+        };
+        let Some(live) = found.live.as_deref().and_then(normalized) else {
+            out.push(change(ApiAction::Create, None));
+            continue;
+        };
+        match found.dry_run.as_deref().and_then(normalized) {
+            Some(dry) if dry == live => same += 1,
+            Some(dry) if !o.secret => {
+                let (old, new) = (pretty(&live), pretty(&dry));
+                let diff = similar::TextDiff::from_lines(&old, &new)
+                    .unified_diff()
+                    .context_radius(2)
+                    .header(
+                        &format!("{} (in the API)", o.path),
+                        &format!("{} (rendered)", o.path),
+                    )
+                    .to_string();
+                out.push(change(ApiAction::Update, Some(diff)));
+            }
+            _ => out.push(change(ApiAction::Update, None)),
+        }
+    }
+    (out, same)
+}
+
+fn plan_node(tree: &NodeTree, facts: Option<&NodeFacts>, addons: &[Addon]) -> NodePlan {
     let empty = NodeFacts::default();
     let facts = facts.unwrap_or(&empty);
     let mut changes = Vec::new();
@@ -234,6 +347,7 @@ fn plan_node(tree: &NodeTree, facts: Option<&NodeFacts>) -> NodePlan {
         .filter(|s| !facts.steps_done.contains(&s.name))
         .map(|s| s.name.clone())
         .collect();
+    let (api, api_unchanged) = plan_api(addons, facts.api.as_ref());
     NodePlan {
         node: tree.name.clone(),
         address: tree.address.clone(),
@@ -244,6 +358,8 @@ fn plan_node(tree: &NodeTree, facts: Option<&NodeFacts>) -> NodePlan {
         start,
         restart,
         reload,
+        api,
+        api_unchanged,
     }
 }
 
@@ -256,7 +372,12 @@ pub fn plan(cluster: &str, rendered: &Rendered, facts: &Facts) -> Plan {
             Facts::Offline => None,
             Facts::Gathered(map) => map.get(&tree.name),
         };
-        let p = plan_node(tree, node_facts);
+        let addons: &[Addon] = if rendered.addon_node.as_ref() == Some(&tree.name) {
+            &rendered.addons
+        } else {
+            &[]
+        };
+        let p = plan_node(tree, node_facts, addons);
         summary.nodes += 1;
         if !p.is_empty() {
             summary.nodes_changed += 1;
@@ -272,6 +393,8 @@ pub fn plan(cluster: &str, rendered: &Rendered, facts: &Facts) -> Plan {
         summary.start += p.start.len();
         summary.restart += p.restart.len();
         summary.reload += p.reload.len();
+        summary.api_apply += p.api.len();
+        summary.api_unchanged += p.api_unchanged;
         nodes.push(p);
     }
     Plan {
@@ -333,20 +456,33 @@ pub fn to_text(plan: &Plan) -> String {
         if !n.reload.is_empty() {
             let _ = writeln!(s, "  reload: {}", n.reload.join(", "));
         }
+        for c in &n.api {
+            let what = match c.action {
+                ApiAction::Create => "create",
+                ApiAction::Update => "update",
+                ApiAction::Apply => "apply",
+            };
+            let _ = writeln!(s, "  api {what}: {}", c.object);
+            if let Some(diff) = &c.diff {
+                for line in diff.lines() {
+                    let _ = writeln!(s, "      {line}");
+                }
+            }
+        }
         let _ = writeln!(s);
     }
     let m = &plan.summary;
     if plan.is_empty() {
         let _ = writeln!(
             s,
-            "No changes: {} nodes, {} files up to date.",
-            m.nodes, m.unchanged
+            "No changes: {} nodes, {} files and {} API objects up to date.",
+            m.nodes, m.unchanged, m.api_unchanged
         );
     } else {
         let _ = writeln!(
             s,
-            "Plan: {} of {} nodes change; {} steps to run; {} files to create, {} to update, {} unchanged; {} units to start, {} to restart, {} to reload.",
-            m.nodes_changed, m.nodes, m.steps, m.create, m.update, m.unchanged, m.start, m.restart, m.reload
+            "Plan: {} of {} nodes change; {} steps to run; {} files to create, {} to update, {} unchanged; {} units to start, {} to restart, {} to reload; {} API objects to apply, {} unchanged.",
+            m.nodes_changed, m.nodes, m.steps, m.create, m.update, m.unchanged, m.start, m.restart, m.reload, m.api_apply, m.api_unchanged
         );
     }
     s

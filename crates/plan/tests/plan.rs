@@ -2,7 +2,10 @@
 //! case also checks that planning again after "applying" is empty.
 #![allow(clippy::unwrap_used)]
 
-use kubeforge_plan::{plan, Facts, FileAction, NodeFacts, Plan, RemoteFile, UnitFacts};
+use kubeforge_plan::{
+    plan, ApiAction, ApiFacts, Facts, FileAction, LiveObject, NodeFacts, Plan, RemoteFile,
+    UnitFacts,
+};
 use kubeforge_render::Rendered;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,16 +55,42 @@ fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
                 })
                 .collect();
             let steps_done = n.steps.iter().map(|s| s.name.clone()).collect();
+            let api = (r.addon_node.as_ref() == Some(&n.name)).then(|| {
+                let objects = r
+                    .addons
+                    .iter()
+                    .flat_map(|a| &a.objects)
+                    .map(|o| {
+                        let applied = with_server_fields(&o.body);
+                        let live = LiveObject {
+                            live: Some(applied.clone()),
+                            dry_run: Some(applied),
+                        };
+                        (o.path.clone(), live)
+                    })
+                    .collect();
+                ApiFacts::Objects(objects)
+            });
             (
                 n.name.clone(),
                 NodeFacts {
                     files,
                     units,
                     steps_done,
+                    api,
                 },
             )
         })
         .collect()
+}
+
+/// An object as the API returns it: with the fields the server owns.
+fn with_server_fields(body: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["metadata"]["resourceVersion"] = "42".into();
+    v["metadata"]["managedFields"] = serde_json::json!([{"manager": "kubeforge"}]);
+    v["status"] = serde_json::json!({"observedGeneration": 1});
+    v.to_string()
 }
 
 fn node<'a>(p: &'a Plan, name: &str) -> &'a kubeforge_plan::NodePlan {
@@ -328,4 +357,50 @@ fn table_of_changes() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn api_objects_create_update_and_unknown() {
+    let r = rendered("ha.toml");
+    let addon_node = r.addon_node.clone().unwrap();
+    let objects: Vec<_> = r.addons.iter().flat_map(|a| &a.objects).collect();
+    assert!(objects.len() >= 3, "{objects:?}");
+
+    // The API not up yet: every object is applied, state unknown.
+    let mut facts = converged(&r);
+    facts.get_mut(&addon_node).unwrap().api = Some(ApiFacts::Unreachable("no answer".into()));
+    let p = plan("ha", &r, &Facts::Gathered(facts));
+    let n = node(&p, &addon_node);
+    assert_eq!(n.api.len(), objects.len());
+    assert!(n.api.iter().all(|c| c.action == ApiAction::Apply));
+    assert!(p
+        .nodes
+        .iter()
+        .filter(|x| x.node != addon_node)
+        .all(|x| x.api.is_empty()));
+
+    // One object missing, one changed in the API, the rest as rendered.
+    let mut facts = converged(&r);
+    let Some(ApiFacts::Objects(map)) = &mut facts.get_mut(&addon_node).unwrap().api else {
+        panic!("no api facts")
+    };
+    map.remove(&objects[0].path);
+    let changed = map.get_mut(&objects[1].path).unwrap();
+    let mut live: serde_json::Value = serde_json::from_str(changed.live.as_ref().unwrap()).unwrap();
+    live["metadata"]["labels"]["edited-by"] = "someone".into();
+    changed.live = Some(live.to_string());
+    let p = plan("ha", &r, &Facts::Gathered(facts));
+    let n = node(&p, &addon_node);
+    assert_eq!(n.api.len(), 2, "{:?}", n.api);
+    assert_eq!(n.api[0].action, ApiAction::Create);
+    assert_eq!(n.api[1].action, ApiAction::Update);
+    let diff = n.api[1].diff.as_deref().unwrap();
+    assert!(diff.contains("-      \"edited-by\": \"someone\""), "{diff}");
+    assert_eq!(p.summary.api_apply, 2);
+    assert_eq!(p.summary.api_unchanged, objects.len() - 2);
+    let text = kubeforge_plan::to_text(&p);
+    assert!(
+        text.contains(&format!("  api create: {}", objects[0].display())),
+        "{text}"
+    );
 }

@@ -2,12 +2,18 @@
 //! every node must hold out, each with its mode, owner and the units that
 //! restart or reload when it changes. Pure: nothing here writes to a node.
 
+mod cni;
+mod images;
+mod manifests;
 mod subnets;
 mod table;
 mod templates;
 
+pub use cni::{cni_images, CALICO_VERSION, FLANNEL_CNI_PLUGIN_VERSION, FLANNEL_VERSION};
+pub use images::{ImageArchive, CONTAINERD_SOCKET};
+pub use manifests::{Addon, ApiObject, ADDONS_PHASE, ADDON_DIR};
 pub use subnets::{allocate as allocate_pod_subnets, Allocation, PodSubnets};
-pub use table::{On, Table, FILES_TOML};
+pub use table::{On, Stage, Table, FILES_TOML};
 pub use templates::TEMPLATES;
 
 use base64::Engine;
@@ -39,6 +45,12 @@ pub enum RenderError {
         path: String,
         node: String,
         what: &'static str,
+    },
+    #[error("addon manifest {template} ({path}): {detail}")]
+    Addon {
+        template: String,
+        path: String,
+        detail: String,
     },
     #[error("{path}: {detail}")]
     State { path: PathBuf, detail: String },
@@ -89,6 +101,9 @@ pub struct UnitInfo {
 pub struct Step {
     pub name: String,
     pub phase: String,
+    /// Before the phase's files (the default) or after its units.
+    #[serde(skip_serializing_if = "Stage::is_before_files")]
+    pub stage: Stage,
     /// Read-only; exits 0 when nothing needs doing.
     #[serde(skip)]
     pub check: String,
@@ -104,7 +119,8 @@ pub struct NodeTree {
     pub roles: Vec<Role>,
     pub files: BTreeMap<String, RenderedFile>,
     pub units: Vec<UnitInfo>,
-    /// Preparation steps, run before the phase's files are written.
+    /// Preparation steps, run before the phase's files are written (or,
+    /// with `Stage::AfterUnits`, after its units are started).
     pub steps: Vec<Step>,
 }
 
@@ -113,6 +129,13 @@ pub struct NodeTree {
 #[derive(Debug, Clone)]
 pub struct Rendered {
     pub nodes: Vec<NodeTree>,
+    /// The API objects applied after the node phases, from the first
+    /// control-plane node's addon manifests, in path order.
+    pub addons: Vec<Addon>,
+    /// The control-plane node addons are applied through.
+    pub addon_node: Option<String>,
+    /// The API servers' port on the control-plane nodes.
+    pub api_port: u16,
     pub admin_kubeconfig: Vec<u8>,
     pub super_admin_kubeconfig: Vec<u8>,
 }
@@ -179,9 +202,11 @@ impl Renderer {
     }
 
     /// The apply phases in order: the order of first appearance in the
-    /// table's units.
+    /// table's units, then the addons.
     pub fn phases(&self) -> Vec<String> {
-        self.phases.clone()
+        let mut p = self.phases.clone();
+        p.push(ADDONS_PHASE.to_string());
+        p
     }
 
     pub fn phase_rank(&self, phase: &str) -> usize {
@@ -301,8 +326,30 @@ impl Renderer {
         let admin = self.kubeconfig(cluster, pki, "admin", None, cluster.api_url(), &base)?;
         let super_admin =
             self.kubeconfig(cluster, pki, "super-admin", None, cluster.api_url(), &base)?;
+        let addon_node = cluster
+            .nodes_with(kubeforge_inventory::Role::ControlPlane)
+            .next()
+            .map(|n| n.name.clone());
+        let mut addons = Vec::new();
+        if let Some(tree) = nodes.iter().find(|t| Some(&t.name) == addon_node.as_ref()) {
+            for (path, f) in tree.files.iter().filter(|(p, _)| p.starts_with(ADDON_DIR)) {
+                let err = |detail: String| RenderError::Addon {
+                    template: f.source.clone(),
+                    path: path.clone(),
+                    detail,
+                };
+                let text = std::str::from_utf8(&f.content).map_err(|e| err(e.to_string()))?;
+                addons.push(Addon {
+                    path: path.clone(),
+                    objects: manifests::parse(text).map_err(err)?,
+                });
+            }
+        }
         Ok(Rendered {
             nodes,
+            addons,
+            addon_node,
+            api_port: cluster.apiserver_port,
             admin_kubeconfig: admin,
             super_admin_kubeconfig: super_admin,
         })
@@ -527,6 +574,7 @@ impl Renderer {
             steps.push(Step {
                 name: row.name.clone(),
                 phase: self.phase_of(row.on, &[], &[]),
+                stage: row.stage,
                 check: one(&row.check)?,
                 run: one(&row.run)?,
             });
@@ -670,6 +718,7 @@ fn cluster_context(cluster: &Cluster) -> Value {
             "leaf_validity_hours": u64::from(cluster.pki.leaf_validity_days) * 24,
         },
         "control_planes": cps,
+        "cni_images": cni::context(cluster),
         "etcd": {
             "initial_cluster": initial_cluster,
             "client_urls": client_urls,
@@ -772,6 +821,9 @@ impl Rendered {
             node.files.retain(|_, f| phases.contains(&f.phase));
             node.units.retain(|u| phases.contains(&u.phase));
             node.steps.retain(|s| phases.contains(&s.phase));
+        }
+        if !phases.iter().any(|p| p == ADDONS_PHASE) {
+            self.addons.clear();
         }
     }
 }

@@ -33,15 +33,32 @@ impl On {
 #[serde(rename_all = "kebab-case")]
 pub enum When {
     CniBridge,
+    /// cni = "flannel".
+    CniFlannel,
+    /// cni = "calico".
+    CniCalico,
+    /// The CNI uses the standard plugins from the bundle (bridge,
+    /// host-local, portmap, loopback): bridge and flannel. Calico installs
+    /// its own.
+    CniPlugins,
     /// The nodes are real hosts (node_profile = "host").
     HostProfile,
+    /// The nodes are containers (node_profile = "container").
+    ContainerProfile,
+    /// kubeforge applies CoreDNS (`coredns = true`, the default).
+    Coredns,
 }
 
 impl When {
     pub fn holds(self, cluster: &Cluster) -> bool {
         match self {
             When::CniBridge => cluster.cni == Cni::Bridge,
+            When::CniFlannel => cluster.cni == Cni::Flannel,
+            When::CniCalico => cluster.cni == Cni::Calico,
+            When::CniPlugins => matches!(cluster.cni, Cni::Bridge | Cni::Flannel),
             When::HostProfile => cluster.node_profile == NodeProfile::Host,
+            When::ContainerProfile => cluster.node_profile == NodeProfile::Container,
+            When::Coredns => cluster.coredns,
         }
     }
 }
@@ -55,6 +72,42 @@ pub struct StepRow {
     pub on: On,
     #[serde(default)]
     pub when: Option<When>,
+    #[serde(default)]
+    pub stage: Stage,
+    pub check: String,
+    pub run: String,
+}
+
+/// When a step runs within its phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// Before the phase's files are written (the default).
+    #[default]
+    BeforeFiles,
+    /// After the phase's units are started, restarted or reloaded (for
+    /// steps that talk to a unit, such as importing images into
+    /// containerd).
+    AfterUnits,
+}
+
+impl Stage {
+    pub fn is_before_files(&self) -> bool {
+        *self == Stage::BeforeFiles
+    }
+}
+
+/// The container image archives of the bundle (`images/<file>.tar`): each
+/// is copied to `dir` on the nodes the row is `on`, and one step (`check`
+/// and `run`, templates that see `images`, a list of `{file, path,
+/// names}`) imports them after the phase's units run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesRow {
+    /// The step's name, as the plan shows it.
+    pub name: String,
+    pub on: On,
+    pub dir: String,
     pub check: String,
     pub run: String,
 }
@@ -168,6 +221,8 @@ pub struct Table {
     #[serde(default)]
     pub step: Vec<StepRow>,
     #[serde(default)]
+    pub images: Vec<ImagesRow>,
+    #[serde(default)]
     pub binary: Vec<BinaryRow>,
     #[serde(default)]
     pub unit: Vec<UnitRow>,
@@ -235,6 +290,14 @@ impl Table {
         }
         for b in &t.binary {
             check_units(&b.name, &b.restarts)?;
+        }
+        for i in &t.images {
+            if !i.dir.starts_with('/') {
+                return Err(format!(
+                    "images \"{}\" has dir \"{}\", not an absolute path",
+                    i.name, i.dir
+                ));
+            }
         }
         for k in &t.keyfile {
             if !["sa.key", "sa.pub"].contains(&k.key.as_str()) {

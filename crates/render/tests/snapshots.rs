@@ -145,6 +145,41 @@ fn vagrant() {
     snapshot_inventory("vagrant/inventory.toml", "vagrant");
 }
 
+/// The single example with another CNI: its addon manifest on the
+/// control-plane node, and no bridge configuration or pod routes anywhere.
+fn snapshot_single_with_cni(cni: &str) {
+    let text = std::fs::read_to_string(inventory("single.toml"))
+        .unwrap()
+        .replace("cni = \"bridge\"", &format!("cni = \"{cni}\""));
+    assert!(text.contains(&format!("cni = \"{cni}\"")));
+    let loaded = kubeforge_inventory::parse(&inventory("single.toml"), &text).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let rendered = kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
+        .unwrap()
+        .rendered;
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_snapshot_path("snapshots");
+    settings.bind(|| {
+        for node in &rendered.nodes {
+            insta::assert_snapshot!(
+                format!("single-{cni}__{}", node.name),
+                describe(&rendered, &node.name)
+            );
+        }
+    });
+}
+
+#[test]
+fn single_flannel() {
+    snapshot_single_with_cni("flannel");
+}
+
+#[test]
+fn single_calico() {
+    snapshot_single_with_cni("calico");
+}
+
 /// Rendering is a pure function of the model and the PKI: twice the same.
 #[test]
 fn rendering_is_deterministic() {

@@ -1,6 +1,6 @@
 //! Just enough HTTP/1.1: one request per connection (`Connection: close`),
-//! request line and headers in, status, headers and body out; and a client
-//! `GET` over TLS.
+//! request line, headers and a Content-Length body in, status, headers and
+//! body out; and a client request over TLS.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const MAX_HEAD: usize = 16 * 1024;
+const MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// `https://host:port[/path]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,7 @@ pub struct Request {
     pub target: String,
     /// The whole request line, for logs.
     pub line: String,
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -72,9 +74,18 @@ impl Request {
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or_default()
     }
+
+    /// The value of a query parameter.
+    pub fn query(&self, key: &str) -> Option<&str> {
+        let (_, q) = self.target.split_once('?')?;
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
 }
 
-/// Reads the request head (request line and headers; a body is not read).
+/// Reads a request: its head and the body its Content-Length announces.
 pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -91,7 +102,39 @@ pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Reques
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    parse_request_head(&buf)
+    let mut req = parse_request_head(&buf)?;
+    let (end, sep) = match find(&buf, b"\r\n\r\n") {
+        Some(i) => (i, 4),
+        None => (find(&buf, b"\n\n").unwrap_or(buf.len()), 2),
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("bad Content-Length {v:?}"))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    if len > MAX_BODY {
+        return Err(format!("request body of {len} bytes is too large"));
+    }
+    let mut body = buf.get(end + sep..).unwrap_or_default().to_vec();
+    while body.len() < len {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading request body: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before the whole body".into());
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(len);
+    req.body = body;
+    Ok(req)
 }
 
 pub fn parse_request_head(buf: &[u8]) -> Result<Request, String> {
@@ -110,6 +153,7 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Request, String> {
         method: method.to_string(),
         target: target.to_string(),
         line: line.to_string(),
+        body: Vec::new(),
     })
 }
 
@@ -123,6 +167,7 @@ pub fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
+        415 => "Unsupported Media Type",
         405 => "Method Not Allowed",
         500 => "Internal Server Error",
         _ => "",
@@ -222,12 +267,31 @@ pub async fn get(
     path: &str,
     timeout: Duration,
 ) -> Result<Response, String> {
-    tokio::time::timeout(timeout, get_inner(url, config, path))
+    send(url, config, "GET", path, None, timeout).await
+}
+
+/// `method path` on `url` over TLS with `config`, with an optional body
+/// (content type, bytes); the whole exchange within `timeout`.
+pub async fn send(
+    url: &Url,
+    config: Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+) -> Result<Response, String> {
+    tokio::time::timeout(timeout, send_inner(url, config, method, path, body))
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
-async fn get_inner(url: &Url, config: Arc<ClientConfig>, path: &str) -> Result<Response, String> {
+async fn send_inner(
+    url: &Url,
+    config: Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+) -> Result<Response, String> {
     let tcp = TcpStream::connect((url.host.as_str(), url.port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -237,11 +301,25 @@ async fn get_inner(url: &Url, config: Arc<ClientConfig>, path: &str) -> Result<R
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kubeforge-standin\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kubeforge-standin\r\nAccept: */*\r\nConnection: close\r\n",
         url.authority()
-    );
-    tls.write_all(request.as_bytes())
+    )
+    .into_bytes();
+    match body {
+        Some((content_type, bytes)) => {
+            request.extend_from_slice(
+                format!(
+                    "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                    bytes.len()
+                )
+                .as_bytes(),
+            );
+            request.extend_from_slice(bytes);
+        }
+        None => request.extend_from_slice(b"\r\n"),
+    }
+    tls.write_all(&request)
         .await
         .map_err(|e| format!("sending request: {e}"))?;
     let mut raw = Vec::new();

@@ -60,6 +60,7 @@ mod flags;
 mod http;
 mod notify;
 mod roles;
+mod store;
 mod tls;
 
 /// The components the stand-in can play.

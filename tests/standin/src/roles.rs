@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use crate::files::{self, Kubeconfig, Pair};
 use crate::flags::Parsed;
 use crate::http::{self, Url};
+use crate::store::Store;
 use crate::{notify, tls, Role, VERSION};
 
 /// How long kube-apiserver waits at startup for every etcd server.
@@ -510,6 +511,7 @@ struct ApiServer {
     etcd: Vec<Url>,
     etcd_tls: Arc<ClientConfig>,
     ready: Cached,
+    store: Store,
 }
 
 impl ApiServer {
@@ -602,10 +604,15 @@ async fn apiserver(p: &Parsed) -> Result<(), String> {
         }
     }
 
+    let store = Store {
+        etcd: etcd.clone(),
+        tls: etcd_tls.clone(),
+    };
     let state = Arc::new(Service::ApiServer(ApiServer {
         etcd,
         etcd_tls,
         ready: Cached::new(ETCD_RECHECK),
+        store,
     }));
     let listener = listen(addr, "HTTPS").await?;
     notify_ready();
@@ -1037,7 +1044,10 @@ async fn kubelet(p: &Parsed) -> Result<(), String> {
             Arc::new(Service::Node(health.clone())),
         )))
     };
-    reach_apiserver(health, server, client_tls).await;
+    reach_apiserver(health, server.clone(), client_tls.clone()).await;
+    let node_ip = p.get("node-ip").unwrap_or_default().to_string();
+    let labels = p.get("node-labels").unwrap_or_default().to_string();
+    tokio::spawn(register_node(server, client_tls, hostname, node_ip, labels));
     let listener = listen(SocketAddr::new(api_ip, api_port), "HTTPS kubelet API").await?;
     notify_ready();
     let kubelet_api = serve(
@@ -1051,6 +1061,64 @@ async fn kubelet(p: &Parsed) -> Result<(), String> {
             r = task => r.map_err(|e| format!("/healthz server: {e}"))?,
         },
         None => kubelet_api.await,
+    }
+}
+
+/// Registers this node with the apiserver, Ready, as the kubelet's own
+/// identity (retrying until the apiserver takes it).
+async fn register_node(
+    api: Url,
+    tls: Arc<ClientConfig>,
+    name: String,
+    node_ip: String,
+    labels: String,
+) {
+    let q = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut label_json = vec![format!("\"kubernetes.io/hostname\":\"{}\"", q(&name))];
+    for kv in labels.split(',').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        label_json.push(format!("\"{}\":\"{}\"", q(k), q(v)));
+    }
+    let addresses = node_ip
+        .split(',')
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            format!(
+                "{{\"type\":\"InternalIP\",\"address\":\"{}\"}}",
+                q(a.trim())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let body = format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{{\"name\":\"{}\",\"labels\":{{{}}}}},\"status\":{{\"conditions\":[{{\"type\":\"Ready\",\"status\":\"True\",\"reason\":\"KubeletReady\",\"message\":\"kubelet stand-in (not a real kubelet)\"}}],\"addresses\":[{addresses}],\"nodeInfo\":{{\"kubeletVersion\":\"{VERSION}\"}}}}}}",
+        q(&name),
+        label_json.join(",")
+    );
+    let path = format!("/api/v1/nodes/{name}?fieldManager=kubelet-standin&force=true");
+    loop {
+        let r = http::send(
+            &api,
+            tls.clone(),
+            "PATCH",
+            &path,
+            Some(("application/apply-patch+yaml", body.as_bytes())),
+            CHECK_TIMEOUT,
+        )
+        .await;
+        match r {
+            Ok(r) if r.status == 200 || r.status == 201 => {
+                log!(
+                    "registered node {name} with apiserver {}:{}",
+                    api.host,
+                    api.port
+                );
+                return;
+            }
+            Ok(r) => log!("registering node {name}: {} {}", r.status, r.body.trim()),
+            Err(e) => log!("registering node {name}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
@@ -1240,8 +1308,14 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(e);
         }
     };
-    let (status, content_type, body) = match request.method.as_str() {
-        "GET" | "HEAD" => service.respond(request.path(), client.is_some()).await,
+    let health = ["/livez", "/healthz", "/readyz", "/version"].contains(&request.path());
+    let (status, content_type, body) = match (service, request.method.as_str()) {
+        // API objects, for clients with a certificate of the cluster CA.
+        (Service::ApiServer(a), _) if client.is_some() && !health => {
+            let (status, body) = a.store.handle(&request).await;
+            (status, "application/json", body)
+        }
+        (_, "GET" | "HEAD") => service.respond(request.path(), client.is_some()).await,
         _ => (405, "text/plain", "method not allowed\n".to_string()),
     };
     let result = http::write_response(

@@ -1,0 +1,247 @@
+//! The API, reached through a control-plane node: kubeforge runs `curl`
+//! there against its local API server with the break-glass credentials,
+//! which travel on the script's stdin into a private directory under /run
+//! that is removed when the script ends. Used to read and apply the addon
+//! objects and for the cluster gates.
+
+use crate::ApplyError;
+use base64::Engine as _;
+use kubeforge_plan::{ApiFacts, LiveObject};
+use kubeforge_render::{ApiObject, Rendered};
+use kubeforge_transport::{Script, Transport};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Reads the credentials, then one request per line (`METHOD PATH BODY`,
+/// the body base64 or `-`), and prints `CODE BASE64-RESPONSE` per request.
+const REQUESTS: &str = r#"set -eu
+port=$1
+umask 077
+d=$(mktemp -d /run/kubeforge-api.XXXXXX)
+trap 'rm -rf "$d"' EXIT
+IFS= read -r c; printf '%s' "$c" | base64 -d > "$d/c.crt"
+IFS= read -r k; printf '%s' "$k" | base64 -d > "$d/c.key"
+while read -r m p b; do
+  if [ "$b" = - ]; then
+    set --
+  else
+    printf '%s' "$b" | base64 -d > "$d/body"
+    set -- -H 'Content-Type: application/apply-patch+yaml' --data-binary @"$d/body"
+  fi
+  code=$(curl -sS --max-time 20 --cacert /etc/kubernetes/pki/ca.crt \
+      --cert "$d/c.crt" --key "$d/c.key" -H 'Accept: application/json' \
+      -X "$m" "$@" -o "$d/out" -w '%{http_code}' "https://127.0.0.1:$port$p" \
+      </dev/null 2>"$d/err") || { code=000; cp "$d/err" "$d/out"; }
+  printf '%s %s\n' "$code" "$(base64 -w0 < "$d/out")"
+  rm -f "$d/out" "$d/body"
+done
+"#;
+
+/// Query of a server-side apply by kubeforge.
+const APPLY_QUERY: &str = "fieldManager=kubeforge&force=true";
+
+/// One request and its answer.
+pub(crate) struct Request {
+    pub method: &'static str,
+    pub path: String,
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Response {
+    pub code: u16,
+    pub body: String,
+}
+
+impl Response {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+
+    /// The API's own message, or the body.
+    pub fn message(&self) -> String {
+        let text = self
+            .json()
+            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| self.body.trim().to_string());
+        if self.code == 0 {
+            format!("no answer: {text}")
+        } else {
+            format!("HTTP {}: {text}", self.code)
+        }
+    }
+}
+
+/// The break-glass client certificate and key, base64 encoded as in the
+/// kubeconfig.
+#[derive(Clone)]
+pub struct Credentials {
+    cert: String,
+    key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(..)")
+    }
+}
+
+impl Credentials {
+    pub fn from_rendered(rendered: &Rendered) -> Result<Credentials, ApplyError> {
+        let kc: Value = serde_yaml_ng::from_slice(&rendered.super_admin_kubeconfig)
+            .map_err(|e| ApplyError::Other(format!("the super-admin kubeconfig: {e}")))?;
+        let field = |name: &str| {
+            kc.pointer(&format!("/users/0/user/{name}"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    ApplyError::Other(format!("the super-admin kubeconfig has no {name}"))
+                })
+        };
+        Ok(Credentials {
+            cert: field("client-certificate-data")?,
+            key: field("client-key-data")?,
+        })
+    }
+}
+
+/// The API of one control-plane node.
+pub(crate) struct Api<'a> {
+    pub t: &'a dyn Transport,
+    pub creds: &'a Credentials,
+    pub port: u16,
+}
+
+impl Api<'_> {
+    pub async fn send(&self, what: &str, reqs: &[Request]) -> Result<Vec<Response>, ApplyError> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut stdin = format!("{}\n{}\n", self.creds.cert, self.creds.key);
+        for r in reqs {
+            let body = r.body.as_deref().map(|b| b64.encode(b));
+            stdin.push_str(&format!(
+                "{} {} {}\n",
+                r.method,
+                r.path,
+                body.as_deref().unwrap_or("-")
+            ));
+        }
+        let out = self
+            .t
+            .run(
+                Script::new(what, REQUESTS)
+                    .args([self.port.to_string()])
+                    .stdin(stdin.into_bytes())
+                    .timeout(Duration::from_secs(30 + 20 * reqs.len() as u64)),
+            )
+            .await?;
+        if !out.success() {
+            return Err(ApplyError::Other(format!(
+                "{}: {what} failed: {}",
+                self.t.node(),
+                out.stderr_str().trim()
+            )));
+        }
+        let mut res = Vec::new();
+        for line in out.stdout_str().lines() {
+            let (code, body) = line.split_once(' ').unwrap_or((line, ""));
+            let body = b64.decode(body.trim()).unwrap_or_default();
+            res.push(Response {
+                code: code.parse().unwrap_or(0),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        if res.len() != reqs.len() {
+            return Err(ApplyError::Other(format!(
+                "{}: {what}: {} answers to {} requests",
+                self.t.node(),
+                res.len(),
+                reqs.len()
+            )));
+        }
+        Ok(res)
+    }
+
+    pub async fn get(&self, what: &str, path: &str) -> Result<Response, ApplyError> {
+        let mut r = self
+            .send(
+                what,
+                &[Request {
+                    method: "GET",
+                    path: path.to_string(),
+                    body: None,
+                }],
+            )
+            .await?;
+        r.pop()
+            .ok_or_else(|| ApplyError::Other(format!("{what}: no answer")))
+    }
+
+    /// Each object as the API has it and as a dry-run apply would leave it.
+    pub async fn read(&self, objects: &[&ApiObject]) -> Result<ApiFacts, ApplyError> {
+        let ready = self.get("read the API's readiness", "/readyz").await?;
+        if !ready.ok() {
+            return Ok(ApiFacts::Unreachable(ready.message()));
+        }
+        let mut reqs = Vec::new();
+        for o in objects {
+            reqs.push(Request {
+                method: "GET",
+                path: o.path.clone(),
+                body: None,
+            });
+            reqs.push(Request {
+                method: "PATCH",
+                path: format!("{}?{APPLY_QUERY}&dryRun=All", o.path),
+                body: Some(o.body.clone()),
+            });
+        }
+        let res = self.send("read the addon objects", &reqs).await?;
+        let mut map = BTreeMap::new();
+        for (o, pair) in objects.iter().zip(res.chunks(2)) {
+            let [live, dry] = pair else { continue };
+            if live.code != 404 && !live.ok() {
+                return Err(ApplyError::Other(format!(
+                    "{}: reading {}: {}",
+                    self.t.node(),
+                    o.display(),
+                    live.message()
+                )));
+            }
+            map.insert(
+                o.path.clone(),
+                LiveObject {
+                    live: live.ok().then(|| live.body.clone()),
+                    dry_run: dry.ok().then(|| dry.body.clone()),
+                },
+            );
+        }
+        Ok(ApiFacts::Objects(map))
+    }
+
+    /// Applies the objects in order; stops at the first the API refuses.
+    pub async fn apply(&self, objects: &[&ApiObject]) -> Result<(), ApplyError> {
+        for o in objects {
+            let req = Request {
+                method: "PATCH",
+                path: format!("{}?{APPLY_QUERY}", o.path),
+                body: Some(o.body.clone()),
+            };
+            let res = self.send("apply an addon object", &[req]).await?;
+            if let Some(r) = res.first().filter(|r| !r.ok()) {
+                return Err(ApplyError::Other(format!(
+                    "{}: the API refused {}: {}\n  help: the manifest is {}; `kubeforge render` writes it for inspection",
+                    self.t.node(),
+                    o.display(),
+                    r.message(),
+                    o.path
+                )));
+            }
+        }
+        Ok(())
+    }
+}

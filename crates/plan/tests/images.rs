@@ -1,0 +1,109 @@
+//! The import step of the bundle's container images in a plan: shown as
+//! `run:` on kubelet nodes whose containerd lacks an image, absent once
+//! its check passes.
+#![allow(clippy::unwrap_used)]
+
+use kubeforge_plan::{plan, to_text, Facts, NodeFacts, RemoteFile, UnitFacts};
+use kubeforge_render::{ImageArchive, Rendered};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+const STEP: &str = "import the bundle's container images into containerd";
+
+fn rendered_with_images() -> Rendered {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/ha.toml");
+    let loaded = kubeforge_inventory::load(&path).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut p =
+        kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default()).unwrap();
+    let images = [ImageArchive {
+        file: "pause.tar".into(),
+        path: PathBuf::from("/bundle/images/pause.tar"),
+        sha256: "a".repeat(64),
+        names: vec!["registry.local/pause:3.10".into()],
+    }];
+    p.renderer
+        .add_images(
+            &loaded.cluster,
+            &mut p.rendered,
+            &images,
+            &p.renderer.phases(),
+        )
+        .unwrap();
+    p.rendered
+}
+
+/// Every file in place and every unit running; `imported` says whether
+/// the import step's check passes.
+fn converged(r: &Rendered, imported: bool) -> Facts {
+    let mut map = BTreeMap::new();
+    for n in &r.nodes {
+        let mut facts = NodeFacts::default();
+        for f in n.files.values() {
+            facts.files.insert(
+                f.path.clone(),
+                RemoteFile {
+                    sha256: f.sha256.clone(),
+                    mode: f.mode,
+                    owner: f.owner.clone(),
+                    content: None,
+                },
+            );
+        }
+        for u in &n.units {
+            facts.units.insert(
+                u.name.clone(),
+                UnitFacts {
+                    active: true,
+                    enabled: true,
+                },
+            );
+        }
+        facts.steps_done = n
+            .steps
+            .iter()
+            .filter(|s| imported || s.name != STEP)
+            .map(|s| s.name.clone())
+            .collect();
+        map.insert(n.name.clone(), facts);
+    }
+    Facts::Gathered(map)
+}
+
+#[test]
+fn the_import_step_runs_only_where_an_image_is_missing() {
+    let r = rendered_with_images();
+    let bare = plan("ha", &r, &Facts::Offline);
+    for n in &bare.nodes {
+        let kubelet = n.node.starts_with("cp") || n.node.starts_with("worker");
+        assert_eq!(n.steps.contains(&STEP.to_string()), kubelet, "{}", n.node);
+        let archive = n
+            .changes
+            .iter()
+            .any(|c| c.path == "/var/lib/kubeforge/images/pause.tar" && c.mode == "0644");
+        assert_eq!(archive, kubelet, "{}", n.node);
+    }
+    assert!(to_text(&bare).contains(&format!("  run: {STEP}\n")));
+
+    let missing = plan("ha", &r, &converged(&r, false));
+    let changed: Vec<(&str, &[String])> = missing
+        .nodes
+        .iter()
+        .filter(|n| !n.steps.is_empty())
+        .map(|n| (n.node.as_str(), n.steps.as_slice()))
+        .collect();
+    assert_eq!(
+        changed.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        ["cp1", "cp2", "cp3", "worker1", "worker2"]
+    );
+    assert!(changed.iter().all(|(_, s)| *s == [STEP.to_string()]));
+    assert!(missing.nodes.iter().all(|n| n.changes.is_empty()));
+
+    let done = plan("ha", &r, &converged(&r, true));
+    assert!(
+        done.nodes
+            .iter()
+            .all(|n| n.steps.is_empty() && n.changes.is_empty() && n.start.is_empty()),
+        "{done:?}"
+    );
+}

@@ -1,0 +1,225 @@
+//! The stand-in kube-apiserver's objects: kept in etcd (through etcd's
+//! JSON gateway, `/v3/kv/*`) under [`PREFIX`], so every stand-in apiserver
+//! of a cluster sees the same ones. Just enough for an installer: a
+//! server-side apply stores the applied object as sent (a dry run returns
+//! it without storing), GET returns an object or lists a collection.
+//! No defaulting, merging, validation, watch or authorization.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use rustls::ClientConfig;
+
+use crate::http::{self, Request, Url};
+
+const PREFIX: &str = "/kubeforge-standin/objects";
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Store {
+    pub etcd: Vec<Url>,
+    pub tls: Arc<ClientConfig>,
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+fn unb64(s: &str) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The end of an etcd range holding every key that starts with `prefix`.
+fn range_end(prefix: &str) -> String {
+    let mut b = prefix.as_bytes().to_vec();
+    if let Some(last) = b.last_mut() {
+        *last += 1;
+    }
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// A Status object as the API answers errors.
+pub fn status(code: u16, reason: &str, message: &str) -> String {
+    let message = message.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{{}},\"status\":\"Failure\",\"message\":\"{message}\",\"reason\":\"{reason}\",\"code\":{code}}}"
+    )
+}
+
+/// The `"value"`s of an etcd range answer, decoded, with their keys.
+fn kvs(answer: &str) -> Vec<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Kv {
+        key: String,
+        #[serde(default)]
+        value: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Range {
+        #[serde(default)]
+        kvs: Vec<Kv>,
+    }
+    serde_yaml_ng::from_str::<Range>(answer)
+        .map(|r| {
+            r.kvs
+                .into_iter()
+                .map(|kv| (unb64(&kv.key), unb64(&kv.value)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Store {
+    async fn call(&self, rpc: &str, body: String) -> Result<String, String> {
+        let mut errors = Vec::new();
+        for url in &self.etcd {
+            let r = http::send(
+                url,
+                self.tls.clone(),
+                "POST",
+                &format!("/v3/kv/{rpc}"),
+                Some(("application/json", body.as_bytes())),
+                TIMEOUT,
+            )
+            .await;
+            match r {
+                Ok(r) if r.status == 200 => return Ok(r.body),
+                Ok(r) => errors.push(format!(
+                    "{}:{}: {} {}",
+                    url.host, url.port, r.status, r.body
+                )),
+                Err(e) => errors.push(format!("{}:{}: {e}", url.host, url.port)),
+            }
+        }
+        Err(format!("etcd: {}", errors.join("; ")))
+    }
+
+    async fn put(&self, path: &str, value: &str) -> Result<(), String> {
+        let key = format!("{PREFIX}{path}");
+        self.call(
+            "put",
+            format!("{{\"key\":\"{}\",\"value\":\"{}\"}}", b64(&key), b64(value)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Objects whose path starts with `prefix`.
+    async fn range(&self, prefix: &str, exact: bool) -> Result<Vec<(String, String)>, String> {
+        let key = format!("{PREFIX}{prefix}");
+        let body = if exact {
+            format!("{{\"key\":\"{}\"}}", b64(&key))
+        } else {
+            format!(
+                "{{\"key\":\"{}\",\"range_end\":\"{}\"}}",
+                b64(&key),
+                b64(&range_end(&key))
+            )
+        };
+        Ok(kvs(&self.call("range", body).await?)
+            .into_iter()
+            .map(|(k, v)| (k.trim_start_matches(PREFIX).to_string(), v))
+            .collect())
+    }
+
+    /// Answers an API request: (status, JSON body).
+    pub async fn handle(&self, req: &Request) -> (u16, String) {
+        let path = req.path().trim_end_matches('/').to_string();
+        match req.method.as_str() {
+            "PATCH" | "PUT" | "POST" => {
+                let body = String::from_utf8_lossy(&req.body).into_owned();
+                if serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&body).is_err() {
+                    return (
+                        400,
+                        status(400, "BadRequest", "the body is not JSON or YAML"),
+                    );
+                }
+                if req.query("dryRun") == Some("All") {
+                    return (200, body);
+                }
+                match self.put(&path, &body).await {
+                    Ok(()) => (200, body),
+                    Err(e) => (500, status(500, "InternalError", &e)),
+                }
+            }
+            "GET" => {
+                match self.range(&path, true).await {
+                    Ok(found) if !found.is_empty() => (200, found[0].1.clone()),
+                    Ok(_) => match self.range(&format!("{path}/"), false).await {
+                        Ok(items) => {
+                            let depth = path.matches('/').count() + 1;
+                            let items: Vec<String> = items
+                                .into_iter()
+                                .filter(|(k, _)| k.matches('/').count() == depth)
+                                .map(|(_, v)| v)
+                                .collect();
+                            if items.is_empty() && !is_collection(&path) {
+                                (404, status(404, "NotFound", &format!("{path} not found")))
+                            } else {
+                                (
+                                200,
+                                format!("{{\"kind\":\"List\",\"apiVersion\":\"v1\",\"items\":[{}]}}", items.join(",")),
+                            )
+                            }
+                        }
+                        Err(e) => (500, status(500, "InternalError", &e)),
+                    },
+                    Err(e) => (500, status(500, "InternalError", &e)),
+                }
+            }
+            _ => (405, status(405, "MethodNotAllowed", &req.method)),
+        }
+    }
+}
+
+/// A collection path: `/api/v1/nodes`, `/api/v1/namespaces/N/pods`,
+/// `/apis/G/V/R`, `/apis/G/V/namespaces/N/R`.
+fn is_collection(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let rest = match parts.first() {
+        Some(&"api") => parts.get(2..),
+        Some(&"apis") => parts.get(3..),
+        _ => None,
+    };
+    matches!(rest, Some([_]) | Some(["namespaces", _, _]))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collections() {
+        assert!(is_collection("/api/v1/nodes"));
+        assert!(is_collection("/api/v1/namespaces/kube-system/pods"));
+        assert!(is_collection(
+            "/apis/apps/v1/namespaces/kube-system/deployments"
+        ));
+        assert!(!is_collection("/api/v1/nodes/w1"));
+        assert!(!is_collection(
+            "/apis/apps/v1/namespaces/kube-system/deployments/coredns"
+        ));
+    }
+
+    #[test]
+    fn ranges_and_answers() {
+        assert_eq!(range_end("/a/b/"), "/a/b0");
+        let answer = format!(
+            "{{\"header\":{{}},\"kvs\":[{{\"key\":\"{}\",\"value\":\"{}\"}}],\"count\":\"1\"}}",
+            b64("/kubeforge-standin/objects/api/v1/nodes/w1"),
+            b64("{\"kind\":\"Node\"}")
+        );
+        assert_eq!(
+            kvs(&answer),
+            [(
+                "/kubeforge-standin/objects/api/v1/nodes/w1".to_string(),
+                "{\"kind\":\"Node\"}".to_string()
+            )]
+        );
+        assert!(status(404, "NotFound", "x \"y\"").contains("\"message\":\"x \\\"y\\\"\""));
+    }
+}

@@ -1,0 +1,164 @@
+//! The lab with the real Kubernetes server binaries, given by directory in
+//! `KUBEFORGE_K8S_BIN_DIR` (v1.28 or newer; the inventory takes their
+//! version). Not run with the stand-ins, which run no pods: it says so and
+//! passes.
+//!
+//! cp1 (etcd + control plane), worker1 and worker2; containerd, runc and
+//! the CNI plugins are Debian's, the pause and busybox images are built
+//! here and carried in the bundle (no registry anywhere). apply itself
+//! waits for every node to be Ready in the API; then, with Debian's kubectl
+//! and the kubeconfig `kubeforge kubeconfig` writes: a pod from the local
+//! busybox image is scheduled on worker1, and a NodePort service answers
+//! from the other nodes (worker2 through its own node port too, which
+//! crosses to worker1's pod subnet over the routes kubeforge set).
+#![allow(clippy::print_stderr)]
+
+use crate::lab_apply::{
+    admin_kubeconfig, binaries, k8s_version, kubectl, kubectl_ok, real_k8s, small_inventory, start,
+    TEST,
+};
+use crate::lab_nodes::{bundle_with_images, BUSYBOX_IMAGE};
+use kubeforge_tests::lab;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+const NODE_PORT: u16 = 30080;
+
+fn workload() -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {{app: web}}
+spec:
+  nodeSelector:
+    kubernetes.io/hostname: worker1
+  containers:
+    - name: web
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: Never
+      command: ["/bin/sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+      ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports:
+    - port: 80
+      targetPort: 8080
+      nodePort: {NODE_PORT}
+"#
+    )
+}
+
+/// `curl` on `from` to `url` until it answers (kube-proxy needs a moment
+/// to program the node port), at most a minute.
+fn curl_from(lab: &lab::Lab, from: &str, url: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let o = lab.ssh_timeout(
+            from,
+            &format!("curl -sS --max-time 3 {url}"),
+            Duration::from_secs(10),
+        );
+        let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        if o.status.success() && !out.is_empty() {
+            eprintln!(
+                "{from}$ curl {url} -> {out:?} ({:.1} s)",
+                start.elapsed().as_secs_f64()
+            );
+            return out;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{from}: {url} did not answer: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn real_binaries_nodes_ready_pod_on_worker_and_node_port() {
+    if !lab::available(TEST) {
+        return;
+    }
+    if !real_k8s() {
+        eprintln!(
+            "note: lab_real not run: it needs the real Kubernetes binaries in KUBEFORGE_K8S_BIN_DIR"
+        );
+        return;
+    }
+    let Some(b) = binaries() else { return };
+    let Some(kubectl) = kubectl() else {
+        kubeforge_tests::skip(TEST, "kubectl not found (tests/setup.sh unpacks Debian's)");
+        return;
+    };
+    let nodes = [
+        ("cp1", Ipv4Addr::new(10, 77, 0, 11)),
+        ("worker1", Ipv4Addr::new(10, 77, 0, 21)),
+        ("worker2", Ipv4Addr::new(10, 77, 0, 22)),
+    ];
+    let (lab, mut kf) = start(&b, &nodes, |lab| {
+        small_inventory(lab, &["worker1", "worker2"])
+    });
+    kf.bundle = bundle_with_images(&kf);
+    eprintln!("lab_real: Kubernetes v{}", k8s_version());
+
+    let t = Instant::now();
+    let out = kf.apply(&[]);
+    assert!(out.status.success(), "apply failed");
+    eprintln!(
+        "lab_real: apply with every gate (nodes Ready in the API) {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let kc = admin_kubeconfig(&kf);
+    let k = |args: &[&str]| kubectl_ok(&kubectl, &kc, args);
+
+    let nodes = k(&["get", "nodes", "-o", "wide"]);
+    eprintln!("$ kubectl get nodes -o wide\n{nodes}");
+    let ready = k(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+    ]);
+    let mut ready: Vec<&str> = ready.lines().collect();
+    ready.sort_unstable();
+    assert_eq!(ready, ["cp1=True", "worker1=True", "worker2=True"]);
+
+    let manifest = kf.dir.join("web.yaml");
+    std::fs::write(&manifest, workload()).expect("web.yaml");
+    let manifest = manifest.display().to_string();
+    eprintln!(
+        "$ kubectl apply -f web.yaml\n{}",
+        k(&["apply", "-f", &manifest])
+    );
+    let t = Instant::now();
+    k(&["wait", "--for=condition=Ready", "pod/web", "--timeout=120s"]);
+    eprintln!(
+        "lab_real: pod web Ready after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let pods = k(&["get", "pods", "-o", "wide"]);
+    eprintln!("$ kubectl get pods -o wide\n{pods}");
+    let on = k(&["get", "pod", "web", "-o", "jsonpath={.spec.nodeName}"]);
+    assert_eq!(on, "worker1", "the scheduler placed the pod on {on}");
+
+    // The node port of worker1 from worker2, and of worker2 from cp1 (the
+    // pod is on worker1: kube-proxy on worker2 forwards across nodes).
+    let a = curl_from(&lab, "worker2", &format!("http://10.77.0.21:{NODE_PORT}/"));
+    let b2 = curl_from(&lab, "cp1", &format!("http://10.77.0.22:{NODE_PORT}/"));
+    assert_eq!(a, "web", "the pod's hostname");
+    assert_eq!(b2, "web");
+
+    // A second apply changes nothing.
+    let out = kf.apply(&[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No changes"));
+}
