@@ -20,6 +20,7 @@ port=$1
 umask 077
 d=$(mktemp -d /run/kubeforge-api.XXXXXX)
 trap 'rm -rf "$d"' EXIT
+trap 'rm -rf "$d"; exit 1' HUP INT TERM PIPE
 IFS= read -r c; printf '%s' "$c" | base64 -d > "$d/c.crt"
 IFS= read -r k; printf '%s' "$k" | base64 -d > "$d/c.key"
 while read -r m p b; do
