@@ -64,7 +64,7 @@ pub enum TransportError {
 }
 
 /// A script to run on a node: `sh -c SCRIPT kubeforge ARGS...`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Script<'a> {
     /// A short name for messages and logs (never the script body).
     pub what: &'a str,
@@ -72,6 +72,22 @@ pub struct Script<'a> {
     pub args: Vec<String>,
     pub stdin: Option<Vec<u8>>,
     pub timeout: Duration,
+}
+
+/// Shows the script's name and arguments, never its stdin (which carries
+/// file contents, keys among them, and credentials).
+impl std::fmt::Debug for Script<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Script")
+            .field("what", &self.what)
+            .field("args", &self.args)
+            .field(
+                "stdin",
+                &self.stdin.as_ref().map(|b| format!("{} bytes", b.len())),
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl<'a> Script<'a> {
@@ -232,5 +248,16 @@ impl Transport for LocalTransport {
             .await
             .map_err(err)?;
         Ok((first, Box::new(LocalHeld { child })))
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    #[test]
+    fn debug_never_shows_stdin() {
+        let s = super::Script::new("put", "cat").stdin(b"-----BEGIN PRIVATE KEY-----".to_vec());
+        let text = format!("{s:?}");
+        assert!(!text.contains("PRIVATE"), "{text}");
+        assert!(text.contains("27 bytes"), "{text}");
     }
 }
