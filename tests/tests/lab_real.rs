@@ -10,7 +10,12 @@
 //! and the kubeconfig `kubeforge kubeconfig` writes: a pod from the local
 //! busybox image is scheduled on worker1, and a NodePort service answers
 //! from the other nodes (worker2 through its own node port too, which
-//! crosses to worker1's pod subnet over the routes kubeforge set).
+//! crosses to worker1's pod subnet over the routes kubeforge set), and
+//! `kubectl logs` and `exec` reach the pod through the kubelet's serving
+//! certificate. Run twice: kubelets joining with the certificates kubeforge
+//! issued, and with a bootstrap token (their client and serving
+//! certificates then come through CSRs, the serving ones approved by
+//! kubeforge).
 #![allow(clippy::print_stderr)]
 
 use crate::lab_apply::{
@@ -85,6 +90,15 @@ fn curl_from(lab: &lab::Lab, from: &str, url: &str) -> String {
 
 #[test]
 fn real_binaries_nodes_ready_pod_on_worker_and_node_port() {
+    real_cluster("certificate");
+}
+
+#[test]
+fn real_binaries_with_bootstrap_token_join() {
+    real_cluster("bootstrap-token");
+}
+
+fn real_cluster(join: &str) {
     if !lab::available(TEST) {
         return;
     }
@@ -105,10 +119,17 @@ fn real_binaries_nodes_ready_pod_on_worker_and_node_port() {
         ("worker2", Ipv4Addr::new(10, 77, 0, 22)),
     ];
     let (lab, mut kf) = start(&b, &nodes, |lab| {
-        small_inventory(lab, &["worker1", "worker2"])
+        small_inventory(lab, &["worker1", "worker2"]).replacen(
+            "[cluster]\n",
+            &format!("[cluster]\nkubelet_join = \"{join}\"\n"),
+            1,
+        )
     });
     kf.bundle = bundle_with_images(&kf);
-    eprintln!("lab_real: Kubernetes v{}", k8s_version());
+    eprintln!(
+        "lab_real: Kubernetes v{}, kubelet_join = {join}",
+        k8s_version()
+    );
 
     let t = Instant::now();
     let out = kf.apply(&[]);
@@ -156,6 +177,18 @@ fn real_binaries_nodes_ready_pod_on_worker_and_node_port() {
     let b2 = curl_from(&lab, "cp1", &format!("http://10.77.0.22:{NODE_PORT}/"));
     assert_eq!(a, "web", "the pod's hostname");
     assert_eq!(b2, "web");
+
+    // The API server reaches the pod through the kubelet's serving
+    // certificate (kubeforge's, or one it approved).
+    let served = k(&["exec", "web", "--", "cat", "/www/index.html"]);
+    assert_eq!(served.trim(), "web");
+    k(&["logs", "web"]);
+    if join == "bootstrap-token" {
+        let csrs = k(&["get", "csr"]);
+        eprintln!("$ kubectl get csr\n{csrs}");
+        assert!(csrs.contains("kubernetes.io/kubelet-serving"), "{csrs}");
+        assert!(!csrs.contains("Pending"), "{csrs}");
+    }
 
     // A second apply changes nothing.
     let out = kf.apply(&[]);

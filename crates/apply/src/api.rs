@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Reads the credentials, then one request per line (`METHOD PATH BODY`,
-/// the body base64 or `-`), and prints `CODE BASE64-RESPONSE` per request.
+/// the body base64 or `-`; a PATCH is a server-side apply, anything else
+/// JSON), and prints `CODE BASE64-RESPONSE` per request.
 const REQUESTS: &str = r#"set -eu
 port=$1
 umask 077
@@ -28,7 +29,11 @@ while read -r m p b; do
     set --
   else
     printf '%s' "$b" | base64 -d > "$d/body"
-    set -- -H 'Content-Type: application/apply-patch+yaml' --data-binary @"$d/body"
+    case "$m" in
+      PATCH) ct=application/apply-patch+yaml ;;
+      *) ct=application/json ;;
+    esac
+    set -- -H "Content-Type: $ct" --data-binary @"$d/body"
   fi
   code=$(curl -sS --max-time 20 --cacert /etc/kubernetes/pki/ca.crt \
       --cert "$d/c.crt" --key "$d/c.key" -H 'Accept: application/json' \
@@ -222,6 +227,48 @@ impl Api<'_> {
             );
         }
         Ok(ApiFacts::Objects(map))
+    }
+
+    /// Approves a CertificateSigningRequest (its JSON as read), saying why.
+    pub async fn approve_csr(&self, csr: &Value, message: &str) -> Result<(), ApplyError> {
+        let name = csr
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut body = csr.clone();
+        let condition = serde_json::json!({
+            "type": "Approved",
+            "status": "True",
+            "reason": "KubeforgeApproved",
+            "message": message,
+        });
+        match body
+            .pointer_mut("/status/conditions")
+            .and_then(Value::as_array_mut)
+        {
+            Some(c) => c.push(condition),
+            None => body["status"] = serde_json::json!({ "conditions": [condition] }),
+        }
+        let req = Request {
+            method: "PUT",
+            path: format!(
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}/approval"
+            ),
+            body: Some(body.to_string()),
+        };
+        let res = self
+            .send("approve a certificate signing request", &[req])
+            .await?;
+        match res.first() {
+            Some(r) if r.ok() => Ok(()),
+            Some(r) => Err(ApplyError::Other(format!(
+                "{}: approving certificate signing request {name}: {}",
+                self.t.node(),
+                r.message()
+            ))),
+            None => Err(ApplyError::Other(format!("approving {name}: no answer"))),
+        }
     }
 
     /// Applies the objects in order; stops at the first the API refuses.

@@ -1,12 +1,13 @@
 //! Executes exactly a plan: phase by phase (etcd, apiserver, controllers,
-//! lb, node), on each node only the files the plan lists and only the units
-//! whose files changed; each phase behind its health gates.
+//! addons, lb, node), on each node only the files the plan lists and only
+//! the units whose files changed, and in the API only the addon objects it
+//! lists; each phase behind its health gates, the cluster gates last.
 
 use crate::api::{Api, Credentials};
-use crate::cluster::{nodes_not_ready, rollout, Rollout};
+use crate::cluster::{judge_serving_csr, nodes_not_ready, rollout, Csr, Rollout};
 use crate::gates::{self, Gate};
 use crate::{bounded, ApplyError, Event, EventKind, Options, Progress, Transports};
-use kubeforge_inventory::{Cluster, Role};
+use kubeforge_inventory::{Cluster, KubeletJoin, Role};
 use kubeforge_plan::{FileAction, NodePlan, Plan};
 use kubeforge_render::{ApiObject, NodeTree, Rendered, RenderedFile, ADDONS_PHASE};
 use kubeforge_transport::{ops, Script, Transport};
@@ -212,11 +213,23 @@ impl Run<'_> {
         https_ok(url, "kube-apiserver")
     }
 
+    /// The addon node's API, with the break-glass credentials.
+    fn api<'r>(
+        &'r self,
+        rendered: &Rendered,
+        node: &str,
+        creds: &'r Credentials,
+    ) -> Result<Api<'r>, ApplyError> {
+        Ok(Api {
+            t: self.t(node)?,
+            creds,
+            port: rendered.api_port,
+        })
+    }
+
     /// Applies the addon objects the plan lists through the addon node's
-    /// API server, then waits for every node to be Ready and every addon
-    /// Deployment to be available (a warning when its image cannot be
-    /// pulled). Runs when objects were applied or kubelets (re)started.
-    async fn addons(
+    /// API server (the control plane is up; nodes may still be missing).
+    async fn apply_addons(
         &self,
         rendered: &Rendered,
         plan: &Plan,
@@ -232,12 +245,7 @@ impl Run<'_> {
             .find(|p| p.node == node)
             .map(|p| p.api.as_slice())
             .unwrap_or_default();
-        let kubelets = applied
-            .started
-            .iter()
-            .chain(&applied.restarted)
-            .any(|(_, u)| u == "kubelet");
-        if changes.is_empty() && !kubelets {
+        if changes.is_empty() {
             return Ok(());
         }
         self.progress.event(Event {
@@ -246,27 +254,63 @@ impl Run<'_> {
             kind: EventKind::PhaseStarted,
             message: format!("{} objects", changes.len()),
         });
-        let t = self.t(node)?;
         let creds = Credentials::from_rendered(rendered)?;
-        let api = Api {
-            t,
-            creds: &creds,
-            port: rendered.api_port,
-        };
+        let api = self.api(rendered, node, &creds)?;
         let objects: Vec<&ApiObject> = rendered.addons.iter().flat_map(|a| &a.objects).collect();
-        if !changes.is_empty() {
-            let url = format!("https://127.0.0.1:{}/readyz", rendered.api_port);
-            self.gate(phase, node, self.readyz(url)).await?;
-            for c in changes {
-                let Some(o) = objects.iter().find(|o| o.path == c.path) else {
-                    continue;
-                };
-                self.step(phase, node, format!("apply {}", o.display()));
-                api.apply(&[o]).await?;
-                applied.api_applied += 1;
-            }
+        let url = format!("https://127.0.0.1:{}/readyz", rendered.api_port);
+        self.gate(phase, node, self.readyz(url)).await?;
+        for c in changes {
+            let Some(o) = objects.iter().find(|o| o.path == c.path) else {
+                continue;
+            };
+            self.step(phase, node, format!("apply {}", o.display()));
+            api.apply(&[o]).await?;
+            applied.api_applied += 1;
         }
+        self.progress.event(Event {
+            node: None,
+            phase: phase.to_string(),
+            kind: EventKind::PhaseDone,
+            message: String::new(),
+        });
+        Ok(())
+    }
+
+    /// After every phase, when addon objects were applied or a kubelet
+    /// (re)started: with bootstrap tokens, the kubelets' serving
+    /// certificate requests approved; every node Ready in the API; every
+    /// addon Deployment available (a warning when its image cannot be
+    /// pulled).
+    async fn cluster_gates(
+        &self,
+        rendered: &Rendered,
+        applied: &mut Applied,
+    ) -> Result<(), ApplyError> {
+        let Some(node) = rendered.addon_node.as_deref() else {
+            return Ok(());
+        };
+        let kubelets = applied
+            .started
+            .iter()
+            .chain(&applied.restarted)
+            .any(|(_, u)| u == "kubelet");
+        if applied.api_applied == 0 && !kubelets {
+            return Ok(());
+        }
+        let phase = ADDONS_PHASE;
+        self.progress.event(Event {
+            node: None,
+            phase: phase.to_string(),
+            kind: EventKind::PhaseStarted,
+            message: "cluster gates".to_string(),
+        });
+        let creds = Credentials::from_rendered(rendered)?;
+        let api = self.api(rendered, node, &creds)?;
         self.nodes_ready(&api, node).await?;
+        if self.cluster.kubelet_join == KubeletJoin::BootstrapToken {
+            self.serving_certificates(&api, node, applied).await?;
+        }
+        let objects: Vec<&ApiObject> = rendered.addons.iter().flat_map(|a| &a.objects).collect();
         for o in objects.iter().filter(|o| o.kind == "Deployment") {
             if let Some(w) = self.deployment_available(&api, node, o).await? {
                 applied.warnings.push(w);
@@ -279,6 +323,108 @@ impl Run<'_> {
             message: String::new(),
         });
         Ok(())
+    }
+
+    /// Kubelets that joined with a bootstrap token ask for their serving
+    /// certificate through a CSR: approves those whose names are exactly
+    /// their node's (see [`judge_serving_csr`]) until every kubelet node
+    /// holds one. A request kubeforge refuses is reported, never approved.
+    async fn serving_certificates(
+        &self,
+        api: &Api<'_>,
+        via: &str,
+        applied: &mut Applied,
+    ) -> Result<(), ApplyError> {
+        const SERVING: &str = "/var/lib/kubelet/pki/kubelet-server-current.pem";
+        let nodes: Vec<(&str, std::net::Ipv4Addr)> = self
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| n.runs_kubelet())
+            .map(|n| (n.name.as_str(), n.address))
+            .collect();
+        self.step(
+            ADDONS_PHASE,
+            via,
+            "approving the kubelets' serving certificate requests".to_string(),
+        );
+        let start = Instant::now();
+        let mut refused: Vec<String> = Vec::new();
+        loop {
+            let list = api
+                .get(
+                    "list certificate signing requests",
+                    "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+                )
+                .await?;
+            let items = list
+                .json()
+                .and_then(|v| v.get("items").and_then(|i| i.as_array()).cloned())
+                .unwrap_or_default();
+            for csr in &items {
+                match judge_serving_csr(csr, &nodes) {
+                    Csr::Skip => {}
+                    Csr::Approve { name, node } => {
+                        self.step(
+                            ADDONS_PHASE,
+                            via,
+                            format!("approve {name} (serving certificate of {node})"),
+                        );
+                        api.approve_csr(
+                            csr,
+                            &format!(
+                                "kubeforge: the names are those of node {node} in the inventory"
+                            ),
+                        )
+                        .await?;
+                    }
+                    Csr::Refuse { name, why } => {
+                        let line =
+                            format!("certificate signing request {name} not approved: {why}");
+                        if !refused.contains(&line) {
+                            refused.push(line);
+                        }
+                    }
+                }
+            }
+            let mut missing = Vec::new();
+            for (name, _) in &nodes {
+                let t = self.t(name)?;
+                let o = t
+                    .run(
+                        Script::new(
+                            "look for the kubelet's serving certificate",
+                            "[ -s \"$1\" ]",
+                        )
+                        .args([SERVING]),
+                    )
+                    .await?;
+                if !o.success() {
+                    missing.push(name.to_string());
+                }
+            }
+            if missing.is_empty() {
+                applied.warnings.extend(refused);
+                return Ok(());
+            }
+            if start.elapsed() >= self.opts.gate_timeout {
+                let first = missing[0].clone();
+                let mut detail = format!("no serving certificate on {}", missing.join(", "));
+                for r in &refused {
+                    detail.push_str("; ");
+                    detail.push_str(r);
+                }
+                return Err(ApplyError::Gate(Box::new(crate::GateFailure {
+                    node: first.clone(),
+                    gate: "kubelet serving certificate issued".to_string(),
+                    unit: "kubelet".to_string(),
+                    secs: self.opts.gate_timeout.as_secs(),
+                    detail,
+                    journal: ops::journal(self.t(&first)?, "kubelet", 20).await,
+                })));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
     }
 
     /// Every node that runs a kubelet is Ready in the API.
@@ -626,7 +772,7 @@ pub async fn execute(
             continue;
         }
         if phase == ADDONS_PHASE {
-            run.addons(rendered, plan, &mut applied).await?;
+            run.apply_addons(rendered, plan, &mut applied).await?;
             continue;
         }
         let works: Vec<Work<'_>> = rendered
@@ -751,6 +897,9 @@ pub async fn execute(
             kind: EventKind::PhaseDone,
             message: String::new(),
         });
+    }
+    if opts.phases.is_empty() || opts.phases.iter().any(|p| p == ADDONS_PHASE) {
+        run.cluster_gates(rendered, &mut applied).await?;
     }
     Ok(applied)
 }

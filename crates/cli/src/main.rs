@@ -217,7 +217,7 @@ struct NodeArgs {
     /// Seconds to wait for an SSH connection.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     connect_timeout: u64,
-    /// Only these phases (etcd, apiserver, controllers, lb, node, addons;
+    /// Only these phases (etcd, apiserver, controllers, addons, lb, node;
     /// repeatable): their files, binaries, units and, for addons, the API
     /// objects and the cluster gates. Default: all.
     #[arg(long = "phase", value_name = "PHASE")]

@@ -63,6 +63,17 @@ pub enum ProxyMode {
     Nftables,
 }
 
+/// How kubelets get their client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KubeletJoin {
+    /// kubeforge issues it (CN system:node:NAME) and places it.
+    Certificate,
+    /// The kubelet asks for it with a bootstrap token; its client and
+    /// serving certificate requests are approved automatically.
+    BootstrapToken,
+}
+
 /// What the nodes are. `Container` is for nodes that are containers
 /// themselves (systemd-nspawn, LXD): kubeforge then never writes kernel
 /// settings that are global to the host (module loading, non-namespaced
@@ -170,6 +181,7 @@ pub struct Cluster {
     /// kubeforge applies CoreDNS (off when the cluster's DNS comes from
     /// elsewhere).
     pub coredns: bool,
+    pub kubelet_join: KubeletJoin,
     pub pki: PkiSettings,
     pub loadbalancer: Option<LoadBalancer>,
     pub nodes: Vec<Node>,

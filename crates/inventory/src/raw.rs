@@ -56,6 +56,8 @@ pub struct RawCluster {
     pub registry_mirrors: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     pub coredns: Option<bool>,
+    #[serde(default)]
+    pub kubelet_join: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -425,6 +425,15 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
             );
         }
     }
+    let kubelet_join = c.choice(
+        "kubelet_join",
+        &rc.kubelet_join,
+        &[
+            ("certificate", KubeletJoin::Certificate),
+            ("bootstrap-token", KubeletJoin::BootstrapToken),
+        ],
+        KubeletJoin::Certificate,
+    );
     let proxy_mode = c.choice(
         "kube_proxy_mode",
         &rc.kube_proxy_mode,
@@ -998,6 +1007,7 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
         sandbox_image,
         node_profile,
         coredns: rc.coredns.unwrap_or(true),
+        kubelet_join,
         pki,
         loadbalancer,
         nodes,

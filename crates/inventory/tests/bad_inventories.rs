@@ -122,6 +122,22 @@ roles = ["etcd", "control-plane"]
 inventory rejected: 1 error"#,
     ),
     (
+        "unknown_kubelet_join",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.4"
+kubelet_join = "token"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+"#,
+        r#"bad.toml:4:16: error: unknown kubelet_join "token"
+  help: use one of "certificate", "bootstrap-token"
+inventory rejected: 1 error"#,
+    ),
+    (
         "image_registry_with_scheme",
         r#"[cluster]
 name = "demo"
@@ -165,7 +181,7 @@ name = "cp1"
 address = "10.77.0.11"
 roles = ["etcd", "control-plane"]
 "#,
-        r#"bad.toml:4:1: error: unknown field `service_cidrs`, expected one of `name`, `kubernetes_version`, `service_cidr`, `pod_cidr`, `node_cidr`, `pod_subnet_prefix`, `cluster_domain`, `dns_service_ip`, `apiserver_port`, `container_runtime`, `cni`, `kube_proxy_mode`, `bin_dir`, `sandbox_image`, `node_profile`, `image_registry`, `registry_mirrors`, `coredns`
+        r#"bad.toml:4:1: error: unknown field `service_cidrs`, expected one of `name`, `kubernetes_version`, `service_cidr`, `pod_cidr`, `node_cidr`, `pod_subnet_prefix`, `cluster_domain`, `dns_service_ip`, `apiserver_port`, `container_runtime`, `cni`, `kube_proxy_mode`, `bin_dir`, `sandbox_image`, `node_profile`, `image_registry`, `registry_mirrors`, `coredns`, `kubelet_join`
   help: remove the key or fix its spelling; the inventory reference in README.md lists every key
 inventory rejected: 1 error"#,
     ),

@@ -393,10 +393,18 @@ fn sans_for(rule: SanRule, cluster: &Cluster, node: Option<&Node>) -> Vec<San> {
     out
 }
 
+/// Certificates the cluster issues itself when kubelets join with a
+/// bootstrap token (`kubelet_join = "bootstrap-token"`).
+pub const BOOTSTRAPPED: [&str; 2] = ["kubelet-client", "kubelet-server"];
+
 /// Every leaf certificate the cluster needs, in catalog then node order.
 pub fn requests(cluster: &Cluster) -> Vec<LeafRequest> {
     let mut out = Vec::new();
+    let bootstrap = cluster.kubelet_join == kubeforge_inventory::KubeletJoin::BootstrapToken;
     for spec in CATALOG {
+        if bootstrap && BOOTSTRAPPED.contains(&spec.id) {
+            continue;
+        }
         match spec.scope {
             Scope::Cluster => out.push(LeafRequest {
                 spec,

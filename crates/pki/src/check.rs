@@ -193,3 +193,16 @@ pub(crate) fn encryption_key_usable(key: &str) -> Result<(), String> {
         Err(e) => Err(format!("the key is not base64: {e}")),
     }
 }
+
+/// `[a-z0-9]{6}.[a-z0-9]{16}`.
+pub(crate) fn bootstrap_token_usable(token: &str) -> Result<(), String> {
+    let ok = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    match token.split_once('.') {
+        Some((id, secret)) if ok(id, 6) && ok(secret, 16) => Ok(()),
+        _ => Err("not a bootstrap token ([a-z0-9]{6}.[a-z0-9]{16})".into()),
+    }
+}

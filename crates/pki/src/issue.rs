@@ -26,6 +26,27 @@ fn random(n: usize, what: &str) -> Result<Vec<u8>, PkiError> {
     Ok(buf)
 }
 
+/// A bootstrap token, `[a-z0-9]{6}.[a-z0-9]{16}` (the format the API
+/// server accepts).
+pub(crate) fn bootstrap_token() -> Result<SecretPem, PkiError> {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let bytes = random(64, "bootstrap token")?;
+    // 252 = 7 * 36: rejecting larger bytes keeps every character equally likely.
+    let chars: Vec<u8> = bytes
+        .into_iter()
+        .filter(|b| *b < 252)
+        .map(|b| ALPHABET[usize::from(b % 36)])
+        .collect();
+    if chars.len() < 22 {
+        return Err(PkiError::Issue {
+            what: "bootstrap token".into(),
+            detail: "not enough random bytes".into(),
+        });
+    }
+    let text = String::from_utf8_lossy(&chars[..22]).into_owned();
+    Ok(SecretPem(format!("{}.{}", &text[..6], &text[6..])))
+}
+
 fn serial(what: &str) -> Result<SerialNumber, PkiError> {
     let mut bytes = random(16, what)?;
     bytes[0] &= 0x7f;

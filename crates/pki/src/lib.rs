@@ -49,6 +49,8 @@ pub struct Pki {
     pub sa_public_pem: String,
     /// Base64 of 32 random bytes for the apiserver's secretbox provider.
     pub encryption_key: SecretPem,
+    /// The kubelets' bootstrap token (`kubelet_join = "bootstrap-token"`).
+    pub bootstrap_token: Option<SecretPem>,
 }
 
 impl Pki {
@@ -367,6 +369,49 @@ pub fn reconcile(
         }
     };
 
+    // The kubelets' bootstrap token: created once, kept. It is no identity
+    // (nodes that joined have their own certificates), so a lost one is
+    // simply created again.
+    let bootstrap_token =
+        if cluster.kubelet_join == kubeforge_inventory::KubeletJoin::BootstrapToken {
+            let kept = match store.read_optional("bootstrap-token")? {
+                Some(t) => {
+                    let t = t.trim().to_string();
+                    check::bootstrap_token_usable(&t).map_err(|detail| PkiError::Issue {
+                        what: format!("{}", store.path("bootstrap-token").display()),
+                        detail: format!(
+                            "{detail}\n  help: remove the file and kubeforge creates a new token"
+                        ),
+                    })?;
+                    Some(SecretPem(t))
+                }
+                None => None,
+            };
+            Some(match kept {
+                Some(t) => {
+                    events.push(Event {
+                        subject: "kubelet bootstrap token".into(),
+                        action: Action::Kept,
+                    });
+                    t
+                }
+                None => {
+                    let t = issue::bootstrap_token()?;
+                    writes.push(vec![store::Write::secret(
+                        "bootstrap-token",
+                        &format!("{}\n", t.0),
+                    )]);
+                    events.push(Event {
+                        subject: "kubelet bootstrap token".into(),
+                        action: Action::Created,
+                    });
+                    t
+                }
+            })
+        } else {
+            None
+        };
+
     // Leaves
     let mut leaves = BTreeMap::new();
     for req in catalog::requests(cluster) {
@@ -414,6 +459,7 @@ pub fn reconcile(
             sa_private,
             sa_public_pem,
             encryption_key,
+            bootstrap_token,
         },
         events,
         writes,

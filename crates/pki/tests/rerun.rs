@@ -563,3 +563,48 @@ fn lost_keys_of_an_established_cluster_are_errors_not_regenerated() {
         assert!(err.to_string().contains("restore"), "{err}");
     }
 }
+
+#[test]
+fn bootstrap_token_join_issues_no_kubelet_certificates_and_keeps_its_token() {
+    let text = ha_text().replace(
+        "[cluster]\n",
+        "[cluster]\nkubelet_join = \"bootstrap-token\"\n",
+    );
+    let cluster = kubeforge_inventory::parse(&common::inventory_path("ha.toml"), &text)
+        .unwrap()
+        .cluster;
+    let (dir, first) = fresh(&cluster, now());
+    assert_eq!(
+        action_of(&first.events, "kubelet bootstrap token"),
+        &Action::Created
+    );
+    for id in ["kubelet-client", "kubelet-server"] {
+        assert!(
+            first.pki.leaf(id, Some("worker1")).is_none(),
+            "{id} issued although kubelets bootstrap"
+        );
+    }
+    let token = first.pki.bootstrap_token.as_ref().unwrap().0.clone();
+    let (id, secret) = token.split_once('.').unwrap();
+    assert!(id.len() == 6 && secret.len() == 16, "{token}");
+    let on_disk = std::fs::read_to_string(pki(dir.path()).join("bootstrap-token")).unwrap();
+    assert_eq!(on_disk.trim(), token);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(pki(dir.path()).join("bootstrap-token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    let again = reconcile(dir.path(), &cluster, &Options::default()).unwrap();
+    assert_eq!(
+        action_of(&again.events, "kubelet bootstrap token"),
+        &Action::Kept
+    );
+    assert_eq!(again.pki.bootstrap_token.as_ref().unwrap().0, token);
+    assert!(again.is_clean());
+
+    std::fs::write(pki(dir.path()).join("bootstrap-token"), "not-a-token\n").unwrap();
+    let err = reconcile(dir.path(), &cluster, &Options::default()).unwrap_err();
+    assert!(err.to_string().contains("not a bootstrap token"), "{err}");
+}

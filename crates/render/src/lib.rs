@@ -202,10 +202,19 @@ impl Renderer {
     }
 
     /// The apply phases in order: the order of first appearance in the
-    /// table's units, then the addons.
+    /// table's units, with the addons right after the last phase of a
+    /// control-plane unit (the API is up; nodes may still be missing).
     pub fn phases(&self) -> Vec<String> {
         let mut p = self.phases.clone();
-        p.push(ADDONS_PHASE.to_string());
+        let after = self
+            .table
+            .unit
+            .iter()
+            .filter(|u| u.on == On::ControlPlane)
+            .filter_map(|u| p.iter().position(|x| *x == u.phase))
+            .max()
+            .map_or(p.len(), |i| i + 1);
+        p.insert(after, ADDONS_PHASE.to_string());
         p
     }
 
@@ -486,7 +495,11 @@ impl Renderer {
                 self.phase_of(row.on, &row.restarts, &row.reloads),
             ))?;
         }
-        for row in t.kubeconfig.iter().filter(|r| r.on.matches(node)) {
+        for row in t
+            .kubeconfig
+            .iter()
+            .filter(|r| r.on.matches(node) && r.when.is_none_or(|w| w.holds(cluster)))
+        {
             let local = format!("https://127.0.0.1:{}", cluster.apiserver_port);
             let server = match row.server {
                 table::Server::Local => local,
@@ -516,7 +529,11 @@ impl Renderer {
                 add(f)?;
             }
         }
-        for row in t.cert.iter().filter(|r| r.on.matches(node)) {
+        for row in t
+            .cert
+            .iter()
+            .filter(|r| r.on.matches(node) && r.when.is_none_or(|w| w.holds(cluster)))
+        {
             let spec = catalog::spec(&row.cert).ok_or_else(|| {
                 RenderError::Table(format!("unknown certificate \"{}\"", row.cert))
             })?;
@@ -715,6 +732,7 @@ fn cluster_context(cluster: &Cluster) -> Value {
             "sandbox_image": cluster.sandbox_image,
             "image_registry": cluster.image_registry,
             "node_profile": cluster.node_profile,
+            "kubelet_join": cluster.kubelet_join,
             "leaf_validity_hours": u64::from(cluster.pki.leaf_validity_days) * 24,
         },
         "control_planes": cps,
@@ -788,6 +806,12 @@ fn node_context(
         "labels": labels,
         "taints": taints,
         "pod_subnet": subnets.get(&node.name).map(|s| s.to_string()).unwrap_or_default(),
+        // Where this node's kubelet reaches the API (as in its kubeconfig).
+        "api_server": if node.has(Role::ControlPlane) {
+            format!("https://127.0.0.1:{}", cluster.apiserver_port)
+        } else {
+            cluster.api_url()
+        },
     });
     if let Some(lb) = &cluster.loadbalancer {
         let lbs: Vec<&Node> = cluster.nodes_with(Role::Lb).collect();
@@ -809,7 +833,18 @@ fn node_context(
             "peers": peers,
         });
     }
-    ctx["secrets"] = json!({ "encryption_key": pki.encryption_key.0 });
+    let token = pki
+        .bootstrap_token
+        .as_ref()
+        .map(|t| t.0.as_str())
+        .unwrap_or_default();
+    let (token_id, token_secret) = token.split_once('.').unwrap_or_default();
+    ctx["secrets"] = json!({
+        "encryption_key": pki.encryption_key.0,
+        "bootstrap_token": token,
+        "bootstrap_token_id": token_id,
+        "bootstrap_token_secret": token_secret,
+    });
     ctx
 }
 

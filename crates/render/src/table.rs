@@ -1,7 +1,7 @@
 //! The placement table (`templates/files.toml`): which file goes to which
 //! nodes and which units restart or reload when it changes.
 
-use kubeforge_inventory::{Cluster, Cni, Node, NodeProfile, Role};
+use kubeforge_inventory::{Cluster, Cni, KubeletJoin, Node, NodeProfile, Role};
 use kubeforge_pki::{catalog, CaId};
 use serde::Deserialize;
 
@@ -47,6 +47,10 @@ pub enum When {
     ContainerProfile,
     /// kubeforge applies CoreDNS (`coredns = true`, the default).
     Coredns,
+    /// Kubelets get the client certificate kubeforge issued.
+    JoinCertificate,
+    /// Kubelets join with a bootstrap token.
+    JoinBootstrapToken,
 }
 
 impl When {
@@ -59,6 +63,8 @@ impl When {
             When::HostProfile => cluster.node_profile == NodeProfile::Host,
             When::ContainerProfile => cluster.node_profile == NodeProfile::Container,
             When::Coredns => cluster.coredns,
+            When::JoinCertificate => cluster.kubelet_join == KubeletJoin::Certificate,
+            When::JoinBootstrapToken => cluster.kubelet_join == KubeletJoin::BootstrapToken,
         }
     }
 }
@@ -161,6 +167,8 @@ pub struct KubeconfigRow {
     pub cert: String,
     pub path: String,
     pub on: On,
+    #[serde(default)]
+    pub when: Option<When>,
     pub server: Server,
     #[serde(default)]
     pub restarts: Vec<String>,
@@ -184,6 +192,8 @@ pub struct CertRow {
     pub cert: String,
     pub path: String,
     pub on: On,
+    #[serde(default)]
+    pub when: Option<When>,
     #[serde(default)]
     pub restarts: Vec<String>,
 }

@@ -19,6 +19,7 @@ templates!(
     "control-plane/kube-scheduler-config.yaml",
     "control-plane/rbac.yaml",
     "control-plane/coredns.yaml",
+    "control-plane/kubelet-bootstrap.yaml",
     "addons/flannel.yaml",
     "addons/calico.yaml",
     "node/containerd.service",
@@ -39,4 +40,5 @@ templates!(
     "lb/keepalived.conf",
     "lb/check-apiserver-lb.sh",
     "common/kubeconfig.yaml",
+    "common/bootstrap-kubeconfig.yaml",
 );

@@ -54,6 +54,10 @@ fn redact(content: &[u8]) -> String {
             "client-certificate-data:",
             "client-key-data:",
             "secret:",
+            "token:",
+            "token-id:",
+            "token-secret:",
+            "name: bootstrap-token-",
         ]
         .into_iter()
         .find(|k| trimmed.starts_with(k));
@@ -178,6 +182,59 @@ fn single_flannel() {
 #[test]
 fn single_calico() {
     snapshot_single_with_cni("calico");
+}
+
+/// The single example with `kubelet_join = "bootstrap-token"`: no kubelet
+/// certificates placed, a bootstrap kubeconfig on every kubelet node, the
+/// token and its RBAC as an addon (secret), the apiserver accepting tokens.
+#[test]
+fn single_bootstrap_token() {
+    let text = std::fs::read_to_string(inventory("single.toml"))
+        .unwrap()
+        .replace(
+            "[cluster]\n",
+            "[cluster]\nkubelet_join = \"bootstrap-token\"\n",
+        );
+    let loaded = kubeforge_inventory::parse(&inventory("single.toml"), &text).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let rendered = kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
+        .unwrap()
+        .rendered;
+    for node in &rendered.nodes {
+        let files: Vec<&str> = node.files.keys().map(String::as_str).collect();
+        assert!(
+            !files.contains(&"/etc/kubernetes/kubelet.conf"),
+            "{files:?}"
+        );
+        assert!(
+            !files.contains(&"/etc/kubernetes/pki/kubelet-server.key"),
+            "{files:?}"
+        );
+        let boot = &node.files["/etc/kubernetes/bootstrap-kubelet.conf"];
+        assert!(boot.secret && boot.mode == 0o600);
+    }
+    let cp1 = rendered.nodes.iter().find(|n| n.name == "cp1").unwrap();
+    let addon = &cp1.files["/etc/kubernetes/addons/kubelet-bootstrap.yaml"];
+    assert!(addon.secret && addon.mode == 0o600);
+    let secret = rendered
+        .addons
+        .iter()
+        .flat_map(|a| &a.objects)
+        .find(|o| o.kind == "Secret")
+        .unwrap();
+    assert!(secret.secret);
+    assert!(secret.name.starts_with("bootstrap-token-") && secret.name.len() == 22);
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_snapshot_path("snapshots");
+    settings.bind(|| {
+        for node in &rendered.nodes {
+            insta::assert_snapshot!(
+                format!("single-bootstrap-token__{}", node.name),
+                describe(&rendered, &node.name)
+            );
+        }
+    });
 }
 
 /// Rendering is a pure function of the model and the PKI: twice the same.
