@@ -229,6 +229,27 @@ impl Api<'_> {
         Ok(ApiFacts::Objects(map))
     }
 
+    /// Every CertificateSigningRequest, as JSON.
+    pub async fn csrs(&self) -> Result<Vec<Value>, ApplyError> {
+        let list = self
+            .get(
+                "list certificate signing requests",
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            )
+            .await?;
+        if !list.ok() {
+            return Err(ApplyError::Other(format!(
+                "{}: listing certificate signing requests: {}",
+                self.t.node(),
+                list.message()
+            )));
+        }
+        Ok(list
+            .json()
+            .and_then(|v| v.get("items").and_then(Value::as_array).cloned())
+            .unwrap_or_default())
+    }
+
     /// Approves a CertificateSigningRequest (its JSON as read), saying why.
     pub async fn approve_csr(&self, csr: &Value, message: &str) -> Result<(), ApplyError> {
         let name = csr

@@ -24,6 +24,8 @@ pub struct Applied {
     pub reloaded: Vec<(String, String)>,
     /// Addon objects applied to the API.
     pub api_applied: usize,
+    /// Kubelet serving certificate requests approved.
+    pub csrs_approved: usize,
     /// What the cluster gates let pass with a warning.
     pub warnings: Vec<String>,
 }
@@ -239,13 +241,10 @@ impl Run<'_> {
         let Some(node) = rendered.addon_node.as_deref() else {
             return Ok(());
         };
-        let changes = plan
-            .nodes
-            .iter()
-            .find(|p| p.node == node)
-            .map(|p| p.api.as_slice())
-            .unwrap_or_default();
-        if changes.is_empty() {
+        let np = plan.nodes.iter().find(|p| p.node == node);
+        let changes = np.map(|p| p.api.as_slice()).unwrap_or_default();
+        let approvals = np.map(|p| p.approve.as_slice()).unwrap_or_default();
+        if changes.is_empty() && approvals.is_empty() {
             return Ok(());
         }
         self.progress.event(Event {
@@ -266,6 +265,47 @@ impl Run<'_> {
             self.step(phase, node, format!("apply {}", o.display()));
             api.apply(&[o]).await?;
             applied.api_applied += 1;
+        }
+        if !approvals.is_empty() {
+            let nodes = crate::facts::kubelet_nodes(rendered);
+            let all = api.csrs().await?;
+            for a in approvals {
+                let found = all.iter().find(|c| {
+                    c.pointer("/metadata/name")
+                        .and_then(serde_json::Value::as_str)
+                        == Some(a.name.as_str())
+                });
+                let Some(csr) = found else {
+                    self.step(
+                        phase,
+                        node,
+                        format!("{} is gone; nothing to approve", a.name),
+                    );
+                    continue;
+                };
+                match judge_serving_csr(csr, &nodes) {
+                    Csr::Approve { name, node: of } => {
+                        self.step(
+                            phase,
+                            node,
+                            format!("approve {name} (serving certificate of {of})"),
+                        );
+                        api.approve_csr(
+                            csr,
+                            &format!(
+                                "kubeforge: the names are those of node {of} in the inventory"
+                            ),
+                        )
+                        .await?;
+                        applied.csrs_approved += 1;
+                    }
+                    _ => self.step(
+                        phase,
+                        node,
+                        format!("{} is no longer pending; left alone", a.name),
+                    ),
+                }
+            }
         }
         self.progress.event(Event {
             node: None,
@@ -351,17 +391,7 @@ impl Run<'_> {
         let start = Instant::now();
         let mut refused: Vec<String> = Vec::new();
         loop {
-            let list = api
-                .get(
-                    "list certificate signing requests",
-                    "/apis/certificates.k8s.io/v1/certificatesigningrequests",
-                )
-                .await?;
-            let items = list
-                .json()
-                .and_then(|v| v.get("items").and_then(|i| i.as_array()).cloned())
-                .unwrap_or_default();
-            for csr in &items {
+            for csr in &api.csrs().await? {
                 match judge_serving_csr(csr, &nodes) {
                     Csr::Skip => {}
                     Csr::Approve { name, node } => {

@@ -3,8 +3,10 @@
 //! diff) and the state of its units.
 
 use crate::api::{Api, Credentials};
+use crate::cluster::{judge_serving_csr, Csr};
 use crate::{bounded, ApplyError, Transports};
-use kubeforge_plan::{Facts, NodeFacts, RemoteFile, UnitFacts};
+use kubeforge_inventory::Role;
+use kubeforge_plan::{ApiFacts, Facts, NodeFacts, PendingCsr, RemoteFile, UnitFacts};
 use kubeforge_render::Rendered;
 use kubeforge_transport::ops;
 use std::collections::BTreeMap;
@@ -53,6 +55,7 @@ pub async fn gather(
                     steps_done.push(step.name.clone());
                 }
             }
+            let mut csrs = Vec::new();
             let api = if rendered.addon_node.as_ref() == Some(&tree.name)
                 && !rendered.addons.is_empty()
             {
@@ -63,7 +66,26 @@ pub async fn gather(
                     port: rendered.api_port,
                 };
                 let objects: Vec<_> = rendered.addons.iter().flat_map(|a| &a.objects).collect();
-                Some(api.read(&objects).await?)
+                let facts = api.read(&objects).await?;
+                if matches!(facts, ApiFacts::Objects(_)) {
+                    let nodes = kubelet_nodes(rendered);
+                    for csr in api.csrs().await? {
+                        match judge_serving_csr(&csr, &nodes) {
+                            Csr::Skip => {}
+                            Csr::Approve { name, node } => csrs.push(PendingCsr {
+                                name,
+                                node: Some(node),
+                                refused: String::new(),
+                            }),
+                            Csr::Refuse { name, why } => csrs.push(PendingCsr {
+                                name,
+                                node: None,
+                                refused: why,
+                            }),
+                        }
+                    }
+                }
+                Some(facts)
             } else {
                 None
             };
@@ -86,6 +108,7 @@ pub async fn gather(
                     units,
                     steps_done,
                     api,
+                    csrs,
                 },
             ))
         },
@@ -97,4 +120,19 @@ pub async fn gather(
         map.insert(name, facts);
     }
     Ok(Facts::Gathered(map))
+}
+
+/// The nodes that run a kubelet, with their addresses: whose serving
+/// certificate requests kubeforge approves.
+pub(crate) fn kubelet_nodes(rendered: &Rendered) -> Vec<(&str, std::net::Ipv4Addr)> {
+    rendered
+        .nodes
+        .iter()
+        .filter(|t| {
+            t.roles
+                .iter()
+                .any(|r| matches!(r, Role::ControlPlane | Role::Worker))
+        })
+        .filter_map(|t| Some((t.name.as_str(), t.address.parse().ok()?)))
+        .collect()
 }

@@ -577,8 +577,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     for w in &a.warnings {
                         let _ = writeln!(std::io::stderr(), "warning: {w}");
                     }
+                    let approved = if a.csrs_approved > 0 {
+                        format!(
+                            ", {} serving certificate requests approved",
+                            a.csrs_approved
+                        )
+                    } else {
+                        String::new()
+                    };
                     term.line(format!(
-                        "Applied: {} steps run, {} files written, {} units started, {} restarted, {} reloaded, {} API objects applied in {:.1} s.",
+                        "Applied: {} steps run, {} files written, {} units started, {} restarted, {} reloaded, {} API objects applied{approved} in {:.1} s.",
                         a.steps_run,
                         a.files_written,
                         a.started.len(),

@@ -36,6 +36,21 @@ pub struct NodeFacts {
     pub steps_done: Vec<String>,
     /// The addon objects as the API has them (the addon node only).
     pub api: Option<ApiFacts>,
+    /// Pending kubelet serving certificate requests, as kubeforge judged
+    /// them (the addon node only).
+    pub csrs: Vec<PendingCsr>,
+}
+
+/// A pending kubelet serving certificate request and kubeforge's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingCsr {
+    pub name: String,
+    /// The inventory node it is for, when it is approved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Why it is not approved (empty when it is).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub refused: String,
 }
 
 /// An addon object as found through the API (JSON): the live object, and
@@ -125,11 +140,19 @@ pub struct NodePlan {
     pub api: Vec<ApiChange>,
     /// Addon objects the API already has as rendered.
     pub api_unchanged: usize,
+    /// Kubelet serving certificate requests to approve (their names match
+    /// an inventory node's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approve: Vec<PendingCsr>,
+    /// Pending serving certificate requests kubeforge will not approve.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<PendingCsr>,
 }
 
 impl NodePlan {
     pub fn is_empty(&self) -> bool {
         self.api.is_empty()
+            && self.approve.is_empty()
             && self.changes.is_empty()
             && self.steps.is_empty()
             && !self.daemon_reload
@@ -153,6 +176,8 @@ pub struct Summary {
     /// Addon objects to apply, and those already as rendered.
     pub api_apply: usize,
     pub api_unchanged: usize,
+    /// Kubelet serving certificate requests to approve.
+    pub csr_approve: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -348,6 +373,11 @@ fn plan_node(tree: &NodeTree, facts: Option<&NodeFacts>, addons: &[Addon]) -> No
         .map(|s| s.name.clone())
         .collect();
     let (api, api_unchanged) = plan_api(addons, facts.api.as_ref());
+    let (approve, refused): (Vec<PendingCsr>, Vec<PendingCsr>) = facts
+        .csrs
+        .iter()
+        .cloned()
+        .partition(|c| c.refused.is_empty());
     NodePlan {
         node: tree.name.clone(),
         address: tree.address.clone(),
@@ -360,6 +390,8 @@ fn plan_node(tree: &NodeTree, facts: Option<&NodeFacts>, addons: &[Addon]) -> No
         reload,
         api,
         api_unchanged,
+        approve,
+        refused,
     }
 }
 
@@ -394,6 +426,7 @@ pub fn plan(cluster: &str, rendered: &Rendered, facts: &Facts) -> Plan {
         summary.restart += p.restart.len();
         summary.reload += p.reload.len();
         summary.api_apply += p.api.len();
+        summary.csr_approve += p.approve.len();
         summary.api_unchanged += p.api_unchanged;
         nodes.push(p);
     }
@@ -416,6 +449,13 @@ pub fn to_text(plan: &Plan) -> String {
         );
     }
     for n in &plan.nodes {
+        for c in &n.refused {
+            let _ = writeln!(
+                s,
+                "note: certificate signing request {} is not approved: {}",
+                c.name, c.refused
+            );
+        }
         if n.is_empty() {
             let _ = writeln!(s, "{} ({}): no changes", n.node, n.address);
             continue;
@@ -456,6 +496,14 @@ pub fn to_text(plan: &Plan) -> String {
         if !n.reload.is_empty() {
             let _ = writeln!(s, "  reload: {}", n.reload.join(", "));
         }
+        for c in &n.approve {
+            let _ = writeln!(
+                s,
+                "  api approve: certificate signing request {} (serving certificate of {})",
+                c.name,
+                c.node.as_deref().unwrap_or("?")
+            );
+        }
         for c in &n.api {
             let what = match c.action {
                 ApiAction::Create => "create",
@@ -484,6 +532,14 @@ pub fn to_text(plan: &Plan) -> String {
             "Plan: {} of {} nodes change; {} steps to run; {} files to create, {} to update, {} unchanged; {} units to start, {} to restart, {} to reload; {} API objects to apply, {} unchanged.",
             m.nodes_changed, m.nodes, m.steps, m.create, m.update, m.unchanged, m.start, m.restart, m.reload, m.api_apply, m.api_unchanged
         );
+        if m.csr_approve > 0 {
+            s.pop();
+            let _ = writeln!(
+                s,
+                " {} serving certificate requests to approve.",
+                m.csr_approve
+            );
+        }
     }
     s
 }

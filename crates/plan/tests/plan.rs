@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use kubeforge_plan::{
-    plan, ApiAction, ApiFacts, Facts, FileAction, LiveObject, NodeFacts, Plan, RemoteFile,
-    UnitFacts,
+    plan, ApiAction, ApiFacts, Facts, FileAction, LiveObject, NodeFacts, PendingCsr, Plan,
+    RemoteFile, UnitFacts,
 };
 use kubeforge_render::Rendered;
 use std::collections::BTreeMap;
@@ -78,6 +78,7 @@ fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
                     units,
                     steps_done,
                     api,
+                    csrs: Vec::new(),
                 },
             )
         })
@@ -403,4 +404,57 @@ fn api_objects_create_update_and_unknown() {
         text.contains(&format!("  api create: {}", objects[0].display())),
         "{text}"
     );
+}
+
+#[test]
+fn pending_serving_certificate_requests_are_approved_or_reported() {
+    let r = rendered("ha.toml");
+    let addon_node = r.addon_node.clone().unwrap();
+    let mut facts = converged(&r);
+    facts.get_mut(&addon_node).unwrap().csrs = vec![
+        PendingCsr {
+            name: "csr-renew".into(),
+            node: Some("worker1".into()),
+            refused: String::new(),
+        },
+        PendingCsr {
+            name: "csr-evil".into(),
+            node: None,
+            refused: "asks for the name DNSName(\"evil.example\"), not node worker1's".into(),
+        },
+    ];
+    let p = plan("ha", &r, &Facts::Gathered(facts));
+    let n = node(&p, &addon_node);
+    assert_eq!(n.approve.len(), 1);
+    assert_eq!(n.refused.len(), 1);
+    assert!(!p.is_empty());
+    assert_eq!(p.summary.csr_approve, 1);
+    let text = kubeforge_plan::to_text(&p);
+    assert!(
+        text.contains(
+            "  api approve: certificate signing request csr-renew (serving certificate of worker1)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "note: certificate signing request csr-evil is not approved: asks for the name"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 serving certificate requests to approve."),
+        "{text}"
+    );
+
+    // A refused request alone changes nothing.
+    let mut facts = converged(&r);
+    facts.get_mut(&addon_node).unwrap().csrs = vec![PendingCsr {
+        name: "csr-evil".into(),
+        node: None,
+        refused: "x".into(),
+    }];
+    let p = plan("ha", &r, &Facts::Gathered(facts));
+    assert!(p.is_empty());
+    assert!(kubeforge_plan::to_text(&p).contains("not approved: x"));
 }
