@@ -3,6 +3,7 @@
 
 mod etcd_tls;
 mod lab_apply;
+mod lab_bootstrap;
 mod lab_nodes;
 mod lab_real;
 mod lab_smoke;

@@ -227,27 +227,24 @@ fn b64(what: &str, s: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{what}: not base64: {e}"))
 }
 
-/// A kubeconfig with a client certificate: the cluster and user of the
-/// current context (else the first ones), `server`, the CA and the client
-/// certificate and key, embedded (`*-data`, base64) or as file paths.
-pub fn load_kubeconfig(flag: &str, path: &Path) -> Result<Kubeconfig, String> {
-    let what = flag_path(flag, path);
-    let v = load_yaml(flag, path)?;
-    if let Some(kind) = str_field(&v, "kind") {
+/// The cluster and user entries of a kubeconfig's current context (else
+/// the first ones).
+fn cluster_and_user(what: &str, v: &Value) -> Result<(Value, Value), String> {
+    if let Some(kind) = str_field(v, "kind") {
         if kind != "Config" {
             return Err(format!("{what}: kind {kind}, expected Config"));
         }
     }
     let list = |key: &str| -> Result<&Vec<Value>, String> {
-        field(&v, key)
+        field(v, key)
             .and_then(Value::as_sequence)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| format!("{what}: no {key}"))
     };
     let clusters = list("clusters")?;
     let users = list("users")?;
-    let context = str_field(&v, "current-context").and_then(|cur| {
-        field(&v, "contexts")
+    let context = str_field(v, "current-context").and_then(|cur| {
+        field(v, "contexts")
             .and_then(Value::as_sequence)?
             .iter()
             .find(|c| str_field(c, "name") == Some(cur))
@@ -270,43 +267,115 @@ pub fn load_kubeconfig(flag: &str, path: &Path) -> Result<Kubeconfig, String> {
             .cloned()
             .ok_or_else(|| format!("{what}: {which} entry without {key}"))
     };
-    let cluster = pick(clusters, "cluster", "clusters")?;
-    let user = pick(users, "user", "users")?;
+    Ok((
+        pick(clusters, "cluster", "clusters")?,
+        pick(users, "user", "users")?,
+    ))
+}
 
-    let server = str_field(&cluster, "server")
+/// `clusters[].cluster.server`, an https:// URL.
+fn server_of(what: &str, cluster: &Value) -> Result<String, String> {
+    let server = str_field(cluster, "server")
         .ok_or_else(|| format!("{what}: clusters[].cluster.server is missing"))?
         .to_string();
     if !server.starts_with("https://") {
         return Err(format!("{what}: server {server:?} is not an https:// URL"));
     }
     crate::http::Url::parse(&server).map_err(|e| format!("{what}: server: {e}"))?;
+    Ok(server)
+}
 
-    // Data (base64) or a file, for each of the three.
-    let blob = |obj: &Value, data_key: &str, file_key: &str| -> Result<(String, Vec<u8>), String> {
-        if let Some(d) = str_field(obj, data_key) {
-            let w = format!("{what}: {data_key}");
-            return Ok((w.clone(), b64(&w, d)?));
-        }
-        if let Some(f) = str_field(obj, file_key) {
-            let p = resolve(path, f);
-            let w = format!("{what}: {file_key} {}", p.display());
-            return Ok((w.clone(), read(&w, &p)?));
-        }
-        Err(format!("{what}: neither {data_key} nor {file_key} is set"))
-    };
+/// Data (base64) or a file (relative to the kubeconfig): (what, bytes).
+fn blob(
+    what: &str,
+    path: &Path,
+    obj: &Value,
+    data_key: &str,
+    file_key: &str,
+) -> Result<(String, Vec<u8>), String> {
+    if let Some(d) = str_field(obj, data_key) {
+        let w = format!("{what}: {data_key}");
+        return Ok((w.clone(), b64(&w, d)?));
+    }
+    if let Some(f) = str_field(obj, file_key) {
+        let p = resolve(path, f);
+        let w = format!("{what}: {file_key} {}", p.display());
+        return Ok((w.clone(), read(&w, &p)?));
+    }
+    Err(format!("{what}: neither {data_key} nor {file_key} is set"))
+}
+
+/// A kubeconfig with a client certificate: the cluster and user of the
+/// current context (else the first ones), `server`, the CA and the client
+/// certificate and key, embedded (`*-data`, base64) or as file paths.
+pub fn load_kubeconfig(flag: &str, path: &Path) -> Result<Kubeconfig, String> {
+    let what = flag_path(flag, path);
+    let v = load_yaml(flag, path)?;
+    let (cluster, user) = cluster_and_user(&what, &v)?;
+    let server = server_of(&what, &cluster)?;
     let (w, ca_pem) = blob(
+        &what,
+        path,
         &cluster,
         "certificate-authority-data",
         "certificate-authority",
     )?;
     let ca = certs_from_pem(&w, &ca_pem)?;
-    let (w, cert_pem) = blob(&user, "client-certificate-data", "client-certificate")?;
+    let (w, cert_pem) = blob(
+        &what,
+        path,
+        &user,
+        "client-certificate-data",
+        "client-certificate",
+    )?;
     let chain = certs_from_pem(&w, &cert_pem)?;
-    let (w, key_pem) = blob(&user, "client-key-data", "client-key")?;
+    let (w, key_pem) = blob(&what, path, &user, "client-key-data", "client-key")?;
     let key = key_from_pem(&w, &key_pem)?;
     let client = Pair { chain, key };
     check_pair(&format!("{what}: client certificate"), &client)?;
     Ok(Kubeconfig { server, ca, client })
+}
+
+/// What a bootstrap kubeconfig (a token user) says.
+#[derive(Debug, Clone)]
+pub struct BootstrapKubeconfig {
+    pub server: String,
+    pub ca: Vec<CertificateDer<'static>>,
+    /// `certificate-authority` (absolute) or `certificate-authority-data`
+    /// as given, for the kubeconfig the kubelet writes.
+    pub ca_file: Option<PathBuf>,
+    pub ca_data: Option<String>,
+    pub token: String,
+}
+
+/// The kubelet's `--bootstrap-kubeconfig`: server, CA and a `token` user.
+pub fn load_bootstrap_kubeconfig(flag: &str, path: &Path) -> Result<BootstrapKubeconfig, String> {
+    let what = flag_path(flag, path);
+    let v = load_yaml(flag, path)?;
+    let (cluster, user) = cluster_and_user(&what, &v)?;
+    let server = server_of(&what, &cluster)?;
+    let (w, ca_pem) = blob(
+        &what,
+        path,
+        &cluster,
+        "certificate-authority-data",
+        "certificate-authority",
+    )?;
+    let ca = certs_from_pem(&w, &ca_pem)?;
+    let token = str_field(&user, "token")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            format!("{what}: the user has no token (the stand-in bootstraps with a token only)")
+        })?
+        .to_string();
+    Ok(BootstrapKubeconfig {
+        server,
+        ca,
+        ca_file: str_field(&cluster, "certificate-authority").map(|f| resolve(path, f)),
+        ca_data: str_field(&cluster, "certificate-authority-data").map(str::to_string),
+        token,
+    })
 }
 
 // --- component configs ------------------------------------------------------
@@ -427,6 +496,19 @@ pub struct KubeletConfig {
     /// The path of `containerRuntimeEndpoint` (`unix://<path>`).
     pub container_runtime_socket: PathBuf,
     pub cluster_dns: Vec<IpAddr>,
+    /// `serverTLSBootstrap`: ask for the serving certificate through a
+    /// CertificateSigningRequest.
+    pub server_tls_bootstrap: bool,
+    pub rotate_certificates: bool,
+}
+
+fn bool_field(what: &str, v: &Value, key: &str) -> Result<bool, String> {
+    match field(v, key) {
+        None => Ok(false),
+        Some(b) => b
+            .as_bool()
+            .ok_or_else(|| format!("{what}: {key} {b:?} is not a boolean")),
+    }
 }
 
 fn port_field(what: &str, v: &Value, key: &str, default: u16) -> Result<u16, String> {
@@ -503,6 +585,8 @@ pub fn load_kubelet_config(flag: &str, path: &Path) -> Result<KubeletConfig, Str
         cgroup_driver,
         container_runtime_socket,
         cluster_dns,
+        server_tls_bootstrap: bool_field(&what, &v, "serverTLSBootstrap")?,
+        rotate_certificates: bool_field(&what, &v, "rotateCertificates")?,
     })
 }
 
@@ -697,6 +781,7 @@ mod tests {
         assert_eq!(kc.client_ca_file, Some(PathBuf::from("/etc/ca.crt")));
         assert_eq!(kc.container_runtime_socket, PathBuf::from("/run/c.sock"));
         assert_eq!(kc.cluster_dns, ["10.96.0.10".parse::<IpAddr>().unwrap()]);
+        assert!(!kc.server_tls_bootstrap && !kc.rotate_certificates);
         let base = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n";
         for (extra, why) in [
             (
@@ -757,5 +842,45 @@ mod tests {
         )
         .unwrap_err()
         .contains("clientConnection.kubeconfig"));
+    }
+
+    #[test]
+    fn bootstrap_kubeconfigs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        write(dir.path(), "ca.crt", &ca.pem());
+        let doc = |user: &str| {
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n  - name: lab\n    cluster:\n      certificate-authority: ca.crt\n      server: https://10.77.0.11:6443\nusers:\n  - name: kubelet-bootstrap\n    user:\n{user}\ncontexts:\n  - name: c\n    context:\n      cluster: lab\n      user: kubelet-bootstrap\ncurrent-context: c\n"
+            )
+        };
+        let p = write(
+            dir.path(),
+            "b.conf",
+            &doc("      token: abcdef.0123456789abcdef"),
+        );
+        let b = load_bootstrap_kubeconfig("bootstrap-kubeconfig", &p).unwrap();
+        assert_eq!(b.server, "https://10.77.0.11:6443");
+        assert_eq!(b.token, "abcdef.0123456789abcdef");
+        assert_eq!(b.ca_file, Some(dir.path().join("ca.crt")));
+        assert_eq!(b.ca.len(), 1);
+        let p = write(dir.path(), "c.conf", &doc("      username: x"));
+        let e = load_bootstrap_kubeconfig("bootstrap-kubeconfig", &p).unwrap_err();
+        assert!(
+            e.contains("--bootstrap-kubeconfig=") && e.contains("no token"),
+            "{e}"
+        );
+        // A kubeconfig needs a client certificate.
+        let p = write(
+            dir.path(),
+            "d.conf",
+            &doc("      token: abcdef.0123456789abcdef"),
+        );
+        let e = load_kubeconfig("kubeconfig", &p).unwrap_err();
+        assert!(e.contains("client-certificate"), "{e}");
     }
 }

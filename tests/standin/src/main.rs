@@ -16,14 +16,19 @@
 //!    component configs, encryption config, audit policy) and fails loudly,
 //!    naming flag and path, when one does not parse or a certificate does not
 //!    match its key;
-//! 3. then behaves just enough like the component for health checks:
+//! 3. then behaves just enough like the component for health checks and
+//!    kubelet TLS bootstrapping:
 //!    - kube-apiserver checks every `--etcd-servers` URL over mutual TLS
 //!      (`GET /health`), then serves HTTPS `/livez`, `/healthz`, `/readyz`
 //!      (etcd healthy now) and `/version`, and notifies systemd (`READY=1`);
+//!      it keeps API objects in etcd (`store`) for clients with a
+//!      certificate of the cluster CA or a bootstrap token (`auth`);
 //!    - kube-controller-manager and kube-scheduler wait for their apiserver's
 //!      `/readyz` (with the kubeconfig's client certificate), then serve
-//!      HTTPS `/healthz`;
-//!    - kubelet checks its kubeconfig's identity against
+//!      HTTPS `/healthz`; the controller manager approves kubelet client
+//!      certificate requests and signs kubelet requests (`csr`);
+//!    - kubelet bootstraps its client and serving certificates when told to
+//!      (`bootstrap`), checks its kubeconfig's identity against
 //!      `--hostname-override`, waits for the container runtime's socket and
 //!      the apiserver's `/readyz`, then serves plain-HTTP `/healthz` and the
 //!      kubelet API (HTTPS, client certificates required);
@@ -55,6 +60,9 @@ macro_rules! log {
     };
 }
 
+mod auth;
+mod bootstrap;
+mod csr;
 mod files;
 mod flags;
 mod http;

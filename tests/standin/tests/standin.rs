@@ -74,13 +74,22 @@ struct Rendered {
     dir: TempDir,
     /// The addresses of every node (none may be left in what runs).
     node_addresses: Vec<String>,
+    /// The addon objects: (API path, JSON body of the server-side apply).
+    addons: Vec<(String, String)>,
 }
 
 impl Rendered {
     fn new() -> Rendered {
-        let inventory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../inventories/single.toml");
-        let cluster = kubeforge_inventory::load(&inventory).unwrap().cluster;
+        Rendered::with(|text| text)
+    }
+
+    /// `inventories/single.toml` changed by `edit` first.
+    fn with(edit: impl FnOnce(String) -> String) -> Rendered {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../inventories/single.toml");
         let dir = tempfile::tempdir().unwrap();
+        let inventory = dir.path().join("inventory.toml");
+        std::fs::write(&inventory, edit(std::fs::read_to_string(example).unwrap())).unwrap();
+        let cluster = kubeforge_inventory::load(&inventory).unwrap().cluster;
         let state = dir.path().join("state");
         let out = dir.path().join("out");
         std::fs::create_dir_all(&state).unwrap();
@@ -91,9 +100,16 @@ impl Rendered {
         assert!(rendered.nodes.iter().any(|n| n.name == NODE));
         assert!(rendered.nodes.iter().any(|n| n.name == WORKER));
         let node_addresses = rendered.nodes.iter().map(|n| n.address.clone()).collect();
+        let addons = rendered
+            .addons
+            .iter()
+            .flat_map(|a| &a.objects)
+            .map(|o| (o.path.clone(), o.body.clone()))
+            .collect();
         Rendered {
             dir,
             node_addresses,
+            addons,
         }
     }
 
@@ -514,8 +530,17 @@ struct Worker {
 fn prepare_worker(r: &Rendered, api_port: u16, cri: &Path) -> Worker {
     let etc = r.path_on(WORKER, "/etc/kubernetes").display().to_string();
     let server = format!("server: https://127.0.0.1:{api_port}");
-    for conf in ["kubelet.conf", "kube-proxy.conf"] {
+    // kubelet.conf, or with kubelet_join = "bootstrap-token" the
+    // bootstrap kubeconfig the kubelet writes kubelet.conf from.
+    for conf in ["kubelet.conf", "bootstrap-kubelet.conf", "kube-proxy.conf"] {
         let path = format!("/etc/kubernetes/{conf}");
+        if !r.path_on(WORKER, &path).exists() {
+            continue;
+        }
+        let text = r.read_on(WORKER, &path);
+        if text.contains("/etc/kubernetes") {
+            r.edit_on(WORKER, &path, "/etc/kubernetes", &etc);
+        }
         let text = r.read_on(WORKER, &path);
         let old = text
             .lines()
@@ -556,6 +581,10 @@ fn prepare_worker(r: &Rendered, api_port: u16, cri: &Path) -> Worker {
     r.assert_file_relocated(WORKER, kc);
     let mut kubelet = r.argv_on(WORKER, "kubelet", "kubelet");
     set_flag(&mut kubelet, "node-ip", "127.0.0.1");
+    if kubelet.iter().any(|a| a.starts_with("--cert-dir=")) {
+        let dir = r.path_on(WORKER, "/var/lib/kubelet/pki");
+        set_flag(&mut kubelet, "cert-dir", &dir.display().to_string());
+    }
     assert_relocated(&kubelet, r);
 
     let proxy_healthz = free_port();
@@ -699,29 +728,30 @@ fn assert_checked_every_file(argv: &[String], log: &str, except: &[&str]) {
     }
 }
 
-#[test]
-fn control_plane_against_real_etcd() {
-    const TEST: &str = "control_plane_against_real_etcd";
-    let started = Instant::now();
+/// etcd, or None after a skip notice (a failure under CI) when it or curl
+/// is missing.
+fn etcd_or_skip(test: &str) -> Option<PathBuf> {
     let etcd = etcd_dir().join("etcd");
     if !executable(&etcd) {
         skip(
-            TEST,
+            test,
             &format!(
                 "no etcd at {} (run tests/setup.sh or set KUBEFORGE_ETCD_DIR)",
                 etcd.display()
             ),
         );
-        return;
+        return None;
     }
     if on_path("curl").is_none() {
-        skip(TEST, "curl is not on PATH");
-        return;
+        skip(test, "curl is not on PATH");
+        return None;
     }
-    let r = Rendered::new();
-    let ca = r.node_path("/etc/kubernetes/pki/ca.crt");
+    Some(etcd)
+}
 
-    // etcd from its rendered unit, on loopback ports.
+/// cp1's etcd from its rendered unit, on loopback ports: the process and
+/// its client URL.
+fn start_etcd(r: &Rendered, etcd: &Path) -> (Proc, String) {
     let (client_port, peer_port) = (free_port(), free_port());
     let client_url = format!("https://127.0.0.1:{client_port}");
     let peer_url = format!("https://127.0.0.1:{peer_port}");
@@ -735,8 +765,8 @@ fn control_plane_against_real_etcd() {
     set_flag(&mut argv, "advertise-client-urls", &client_url);
     set_flag(&mut argv, "listen-peer-urls", &peer_url);
     set_flag(&mut argv, "initial-advertise-peer-urls", &peer_url);
-    assert_relocated(&argv, &r);
-    let mut cmd = Command::new(&etcd);
+    assert_relocated(&argv, r);
+    let mut cmd = Command::new(etcd);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("ETCD") {
             cmd.env_remove(k);
@@ -760,16 +790,22 @@ fn control_plane_against_real_etcd() {
         cmd.env(k, v);
     }
     cmd.args(&argv[1..]);
-    let mut etcd_proc = Proc::spawn("etcd", cmd, &r.tmp().join("etcd.log"));
+    (
+        Proc::spawn("etcd", cmd, &r.tmp().join("etcd.log")),
+        client_url,
+    )
+}
 
-    // kube-apiserver (the stand-in) from its rendered unit.
+/// cp1's kube-apiserver (the stand-in) from its rendered unit against
+/// `etcd_url`, serving (READY=1): the process, its port and its argv.
+fn start_apiserver(r: &Rendered, etcd_url: &str) -> (Proc, u16, Vec<String>) {
     let api_port = free_port();
     let mut argv = r.argv("kube-apiserver", "kube-apiserver");
     set_flag(&mut argv, "advertise-address", "127.0.0.1");
     set_flag(&mut argv, "bind-address", "127.0.0.1");
     set_flag(&mut argv, "secure-port", &api_port.to_string());
-    set_flag(&mut argv, "etcd-servers", &client_url);
-    assert_relocated(&argv, &r);
+    set_flag(&mut argv, "etcd-servers", etcd_url);
+    assert_relocated(&argv, r);
     let notify_path = r.tmp().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     let api_bin = install(r.tmp(), "kube-apiserver");
@@ -777,6 +813,44 @@ fn control_plane_against_real_etcd() {
     cmd.args(&argv[1..]).env("NOTIFY_SOCKET", &notify_path);
     let mut api = Proc::spawn("kube-apiserver", cmd, &r.tmp().join("kube-apiserver.log"));
     wait_ready(&notify, &mut api, Duration::from_secs(75));
+    (api, api_port, argv)
+}
+
+/// cp1's kube-controller-manager (the stand-in) from its rendered unit
+/// against the apiserver at `api_port`: the process, its port, its argv.
+fn start_controller_manager(r: &Rendered, api_port: u16) -> (Proc, u16, Vec<String>) {
+    let server = format!("server: https://127.0.0.1:{api_port}");
+    r.edit(
+        "/etc/kubernetes/controller-manager.conf",
+        "server: https://127.0.0.1:6443",
+        &server,
+    );
+    let name = "kube-controller-manager";
+    let port = free_port();
+    let mut argv = r.argv(name, name);
+    set_flag(&mut argv, "secure-port", &port.to_string());
+    assert_relocated(&argv, r);
+    let mut cmd = Command::new(install(r.tmp(), name));
+    cmd.args(&argv[1..]);
+    let p = Proc::spawn(name, cmd, &r.tmp().join(format!("{name}.log")));
+    (p, port, argv)
+}
+
+#[test]
+fn control_plane_against_real_etcd() {
+    const TEST: &str = "control_plane_against_real_etcd";
+    let started = Instant::now();
+    let Some(etcd) = etcd_or_skip(TEST) else {
+        return;
+    };
+    let r = Rendered::new();
+    let ca = r.node_path("/etc/kubernetes/pki/ca.crt");
+
+    // etcd from its rendered unit, on loopback ports.
+    let (mut etcd_proc, client_url) = start_etcd(&r, &etcd);
+
+    // kube-apiserver (the stand-in) from its rendered unit.
+    let (mut api, api_port, argv) = start_apiserver(&r, &client_url);
     eprintln!(
         "{TEST}: etcd healthy and the apiserver serving after {:.1?}",
         started.elapsed()
@@ -824,21 +898,19 @@ fn control_plane_against_real_etcd() {
 
     // kube-controller-manager and kube-scheduler (stand-ins) against it.
     let server = format!("server: https://127.0.0.1:{api_port}");
-    for conf in ["controller-manager.conf", "scheduler.conf"] {
-        r.edit(
-            &format!("/etc/kubernetes/{conf}"),
-            "server: https://127.0.0.1:6443",
-            &server,
-        );
-    }
+    r.edit(
+        "/etc/kubernetes/scheduler.conf",
+        "server: https://127.0.0.1:6443",
+        &server,
+    );
     let etc = r.node_path("/etc/kubernetes").display().to_string();
     r.edit(
         "/etc/kubernetes/kube-scheduler-config.yaml",
         "/etc/kubernetes/scheduler.conf",
         &format!("{etc}/scheduler.conf"),
     );
-    let mut controllers = Vec::new();
-    for name in ["kube-controller-manager", "kube-scheduler"] {
+    let scheduler = {
+        let name = "kube-scheduler";
         let port = free_port();
         let mut argv = r.argv(name, name);
         set_flag(&mut argv, "secure-port", &port.to_string());
@@ -846,8 +918,9 @@ fn control_plane_against_real_etcd() {
         let mut cmd = Command::new(install(r.tmp(), name));
         cmd.args(&argv[1..]);
         let p = Proc::spawn(name, cmd, &r.tmp().join(format!("{name}.log")));
-        controllers.push((p, port, argv));
-    }
+        (p, port, argv)
+    };
+    let mut controllers = [start_controller_manager(&r, api_port), scheduler];
     for (p, port, argv) in &mut controllers {
         let url = format!("https://127.0.0.1:{port}/healthz");
         let body = wait_for(
@@ -985,5 +1058,330 @@ fn control_plane_against_real_etcd() {
     let status = api.terminate(Duration::from_secs(5));
     assert!(status.success(), "kube-apiserver after SIGTERM: {status}");
     assert!(api.log().contains("received SIGTERM"));
+    eprintln!("{TEST}: done after {:.1?}", started.elapsed());
+}
+
+/// `curl` with the admin client certificate of the state directory.
+fn admin_flags(r: &Rendered) -> Vec<String> {
+    vec![
+        "--cert".into(),
+        r.state_pki("admin.crt").display().to_string(),
+        "--key".into(),
+        r.state_pki("admin.key").display().to_string(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The certificate signing requests, as the admin lists them.
+fn list_csrs(r: &Rendered, ca: &Path, api_port: u16) -> Vec<serde_json::Value> {
+    let (code, body) = curl(
+        &format!(
+            "https://127.0.0.1:{api_port}/apis/certificates.k8s.io/v1/certificatesigningrequests"
+        ),
+        ca,
+        &strs(&admin_flags(r)),
+    );
+    assert_eq!(code, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn conditions(csr: &serde_json::Value) -> Vec<(String, String)> {
+    csr["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `kubelet_join = "bootstrap-token"`: worker1's kubelet starts with the
+/// bootstrap kubeconfig only. Through the bootstrap token it gets a client
+/// certificate the controller manager approves and signs, writes its
+/// kubeconfig, asks for its serving certificate with that client
+/// certificate, and serves the kubelet API with it once approved (here by
+/// the test, as kubeforge's cluster gates do). A restart asks for nothing.
+#[test]
+fn kubelet_bootstraps_with_a_token() {
+    const TEST: &str = "kubelet_bootstraps_with_a_token";
+    let started = Instant::now();
+    let Some(etcd) = etcd_or_skip(TEST) else {
+        return;
+    };
+    let r = Rendered::with(|text| {
+        text.replacen(
+            "[cluster]\n",
+            "[cluster]\nkubelet_join = \"bootstrap-token\"\n",
+            1,
+        )
+    });
+    let ca = r.node_path("/etc/kubernetes/pki/ca.crt");
+    let (_etcd, etcd_url) = start_etcd(&r, &etcd);
+    let (api, api_port, argv) = start_apiserver(&r, &etcd_url);
+    assert!(
+        argv.iter()
+            .any(|a| a == "--enable-bootstrap-token-auth=true"),
+        "{argv:?}"
+    );
+    let api_url = |path: &str| format!("https://127.0.0.1:{api_port}{path}");
+    let admin = admin_flags(&r);
+
+    // The addons, as kubeforge's addons phase applies them.
+    assert!(
+        r.addons.iter().any(|(p, _)| p.contains("bootstrap-token-")),
+        "{:?}",
+        r.addons.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    // `METHOD path` with a JSON body and `flags`: (status, answer).
+    let send = |method: &str, path: &str, body: &str, flags: &[&str]| {
+        let file = r.tmp().join("body.json");
+        std::fs::write(&file, body).unwrap();
+        let data = format!("@{}", file.display());
+        let content_type = if method == "PATCH" {
+            "Content-Type: application/apply-patch+yaml"
+        } else {
+            "Content-Type: application/json"
+        };
+        let mut all = flags.to_vec();
+        all.extend(["-X", method, "-H", content_type, "--data-binary", &data]);
+        curl(&api_url(path), &ca, &all)
+    };
+    let apply = |path: &str, body: &str| {
+        let (code, answer) = send(
+            "PATCH",
+            &format!("{path}?fieldManager=kubeforge&force=true"),
+            body,
+            &strs(&admin),
+        );
+        assert_eq!(code, 200, "{path}: {answer}");
+    };
+    for (path, body) in &r.addons {
+        apply(path, body);
+    }
+
+    // The bootstrap token: CSRs only.
+    let token = r
+        .read_on(WORKER, "/etc/kubernetes/bootstrap-kubelet.conf")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: ").map(str::to_string))
+        .unwrap();
+    let (token_id, _) = token.split_once('.').unwrap();
+    let bearer = format!("Authorization: Bearer {token}");
+    let csrs = api_url("/apis/certificates.k8s.io/v1/certificatesigningrequests");
+    let (code, body) = curl(&csrs, &ca, &["-H", &bearer]);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(&api_url("/api/v1/nodes"), &ca, &["-H", &bearer]);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains(&format!("system:bootstrap:{token_id}")),
+        "{body}"
+    );
+    let wrong = format!("Authorization: Bearer {token_id}.0000000000000000");
+    let (code, _) = curl(&csrs, &ca, &["-H", &wrong]);
+    assert_eq!(code, 401);
+    // Creating: by name, once (409 the second time).
+    let csr_path = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    let named = r#"{"apiVersion":"certificates.k8s.io/v1","kind":"CertificateSigningRequest","metadata":{"name":"by-name"},"spec":{"request":"eA==","signerName":"example.com/none","usages":["client auth"]}}"#;
+    let (code, body) = send("POST", csr_path, named, &strs(&admin));
+    assert_eq!(code, 201, "{body}");
+    assert!(body.contains("\"username\":\"kubernetes-admin\""), "{body}");
+    let (code, body) = send("POST", csr_path, named, &strs(&admin));
+    assert_eq!(code, 409, "{body}");
+    // Without a binding of system:node-bootstrapper to its group the token
+    // may not ask for certificates.
+    let (binding_path, binding) = r
+        .addons
+        .iter()
+        .find(|(p, _)| p.ends_with("/clusterrolebindings/kubeforge:kubelet-bootstrap"))
+        .unwrap();
+    assert!(
+        binding.contains("\"system:node-bootstrapper\""),
+        "{binding}"
+    );
+    apply(
+        binding_path,
+        &binding.replace("\"system:node-bootstrapper\"", "\"view\""),
+    );
+    let (code, body) = send("POST", csr_path, named, &["-H", &bearer]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("system:node-bootstrapper"), "{body}");
+    apply(binding_path, binding);
+
+    let (mut cm, cm_port, _) = start_controller_manager(&r, api_port);
+    let body = wait_for(
+        "kube-controller-manager /healthz",
+        Duration::from_secs(30),
+        || {
+            cm.assert_running();
+            let (code, body) = curl(&format!("https://127.0.0.1:{cm_port}/healthz"), &ca, &[]);
+            (code == 200).then_some(body)
+        },
+    );
+    assert_eq!(body, "ok");
+
+    // worker1's kubelet: no kubelet.conf, no certificate.
+    let cri = r.tmp().join("containerd.sock");
+    fake_cri(&cri);
+    let w = prepare_worker(&r, api_port, &cri);
+    let kubelet_conf = r.path_on(WORKER, "/etc/kubernetes/kubelet.conf");
+    assert!(!kubelet_conf.exists());
+    let cert_dir = r.path_on(WORKER, "/var/lib/kubelet/pki");
+    assert!(
+        w.kubelet
+            .contains(&format!("--cert-dir={}", cert_dir.display())),
+        "{:?}",
+        w.kubelet
+    );
+    let spawn_kubelet = |n: u32| {
+        let mut cmd = Command::new(install(r.tmp(), "kubelet"));
+        cmd.args(&w.kubelet[1..]);
+        Proc::spawn("kubelet", cmd, &r.tmp().join(format!("kubelet-{n}.log")))
+    };
+    let mut kubelet = spawn_kubelet(1);
+    let client_pem = cert_dir.join("kubelet-client-current.pem");
+    wait_for("the client certificate", Duration::from_secs(30), || {
+        kubelet.assert_running();
+        (client_pem.exists() && kubelet_conf.exists()).then_some(())
+    });
+    eprintln!("{TEST}: client certificate after {:.1?}", started.elapsed());
+    let conf = std::fs::read_to_string(&kubelet_conf).unwrap();
+    assert!(
+        conf.contains(&format!("client-certificate: \"{}\"", client_pem.display())),
+        "{conf}"
+    );
+    assert!(!conf.contains(&token), "{conf}");
+    for f in [&client_pem, &kubelet_conf] {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+
+    // The serving request: pending until approved (by kubeforge, here the
+    // test), never by the controller manager.
+    let serving = wait_for("the serving CSR", Duration::from_secs(30), || {
+        kubelet.assert_running();
+        list_csrs(&r, &ca, api_port)
+            .into_iter()
+            .find(|c| c["spec"]["signerName"] == "kubernetes.io/kubelet-serving")
+    });
+    thread::sleep(Duration::from_secs(2));
+    let all = list_csrs(&r, &ca, api_port);
+    let serving = all
+        .iter()
+        .find(|c| c["metadata"]["name"] == serving["metadata"]["name"])
+        .unwrap()
+        .clone();
+    assert_eq!(conditions(&serving), [], "{serving}");
+    assert_eq!(serving["spec"]["username"], "system:node:worker1");
+    let client = all
+        .iter()
+        .find(|c| c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet")
+        .unwrap();
+    assert_eq!(
+        client["spec"]["username"],
+        format!("system:bootstrap:{token_id}")
+    );
+    assert_eq!(
+        conditions(client),
+        [("Approved".to_string(), "AutoApproved".to_string())]
+    );
+    assert!(!client["status"]["certificate"].as_str().unwrap().is_empty());
+
+    let mut approved = serving.clone();
+    approved["status"]["conditions"] = serde_json::json!([{
+        "type": "Approved", "status": "True", "reason": "KubeforgeApproved", "message": "test"
+    }]);
+    let file = r.tmp().join("approval.json");
+    std::fs::write(&file, approved.to_string()).unwrap();
+    let data = format!("@{}", file.display());
+    let mut flags = strs(&admin);
+    flags.extend([
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &data,
+    ]);
+    let name = serving["metadata"]["name"].as_str().unwrap();
+    let (code, body) = curl(
+        &api_url(&format!(
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}/approval"
+        )),
+        &ca,
+        &flags,
+    );
+    assert_eq!(code, 200, "{body}");
+    let server_pem = cert_dir.join("kubelet-server-current.pem");
+    wait_for("the serving certificate", Duration::from_secs(30), || {
+        kubelet.assert_running();
+        server_pem.exists().then_some(())
+    });
+    eprintln!(
+        "{TEST}: serving certificate after {:.1?}",
+        started.elapsed()
+    );
+
+    // The kubelet API presents it: verified for the name worker1 with the
+    // cluster CA.
+    let resolve = format!("{WORKER}:{}:127.0.0.1", w.kubelet_api);
+    let url = format!("https://{WORKER}:{}/healthz", w.kubelet_api);
+    let client_flags = [
+        "--resolve".to_string(),
+        resolve,
+        "--cert".into(),
+        r.state_pki("apiserver-kubelet-client.crt")
+            .display()
+            .to_string(),
+        "--key".into(),
+        r.state_pki("apiserver-kubelet-client.key")
+            .display()
+            .to_string(),
+    ];
+    let body = wait_for("the kubelet API", Duration::from_secs(10), || {
+        let (code, body) = curl(&url, &ca, &strs(&client_flags));
+        (code == 200).then_some(body)
+    });
+    assert_eq!(body, "ok");
+
+    // A restart asks for nothing.
+    kubelet.terminate(Duration::from_secs(5));
+    let mut kubelet = spawn_kubelet(2);
+    let body = wait_for("kubelet /healthz", Duration::from_secs(30), || {
+        kubelet.assert_running();
+        http_get_plain(w.kubelet_healthz, "/healthz")
+    });
+    assert_eq!(body, "ok");
+    let (code, _) = curl(&url, &ca, &strs(&client_flags));
+    assert_eq!(code, 200);
+    let log = kubelet.log();
+    assert!(!log.contains("TLS bootstrap"), "{log}");
+    assert!(log.contains("serving certificate: "), "{log}");
+    assert!(log.contains("no new request"), "{log}");
+    assert_eq!(
+        list_csrs(&r, &ca, api_port)
+            .iter()
+            .filter(|c| c["spec"]["signerName"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("kubernetes.io/"))
+            .count(),
+        2
+    );
+    assert!(
+        api.log()
+            .contains(&format!("bootstrap token user system:bootstrap:{token_id}")),
+        "{}",
+        api.log()
+    );
+    assert!(!api.log().contains(&token), "the token is never logged");
     eprintln!("{TEST}: done after {:.1?}", started.elapsed());
 }
