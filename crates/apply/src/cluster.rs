@@ -175,6 +175,9 @@ pub(crate) fn judge_serving_csr(csr: &Value, nodes: &[(&str, Ipv4Addr)]) -> Csr 
     if let Some(u) = usages.iter().find(|u| !SERVING_USAGES.contains(u)) {
         return refuse(format!("asks for usage {u:?}"));
     }
+    if !usages.contains(&"server auth") {
+        return refuse("does not ask for server auth".into());
+    }
     let pem = {
         use base64::Engine as _;
         match base64::engine::general_purpose::STANDARD.decode(text("/spec/request")) {
@@ -227,6 +230,9 @@ pub(crate) fn judge_serving_csr(csr: &Value, nodes: &[(&str, Ipv4Addr)]) -> Csr 
                                 "asks for IP {ip:?}, not node {node}'s address {address}"
                             ));
                         }
+                    }
+                    GeneralName::DNSName(d) => {
+                        return refuse(format!("asks for the name DNS:{d}, not node {node}'s"))
                     }
                     other => {
                         return refuse(format!("asks for the name {other}, not node {node}'s"))

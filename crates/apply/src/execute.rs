@@ -117,6 +117,15 @@ impl Run<'_> {
             .ok_or_else(|| ApplyError::Other(format!("no connection to node {node}")))
     }
 
+    fn phase_event(&self, phase: &str, kind: EventKind, message: String) {
+        self.progress.event(Event {
+            node: None,
+            phase: phase.to_string(),
+            kind,
+            message,
+        });
+    }
+
     fn step(&self, phase: &str, node: &str, message: String) {
         tracing::info!(node, phase, "{message}");
         self.progress.event(Event {
@@ -247,12 +256,11 @@ impl Run<'_> {
         if changes.is_empty() && approvals.is_empty() {
             return Ok(());
         }
-        self.progress.event(Event {
-            node: None,
-            phase: phase.to_string(),
-            kind: EventKind::PhaseStarted,
-            message: format!("{} objects", changes.len()),
-        });
+        self.phase_event(
+            phase,
+            EventKind::PhaseStarted,
+            format!("{} objects", changes.len()),
+        );
         let creds = Credentials::from_rendered(rendered)?;
         let api = self.api(rendered, node, &creds)?;
         let objects: Vec<&ApiObject> = rendered.addons.iter().flat_map(|a| &a.objects).collect();
@@ -285,19 +293,7 @@ impl Run<'_> {
                 };
                 match judge_serving_csr(csr, &nodes) {
                     Csr::Approve { name, node: of } => {
-                        self.step(
-                            phase,
-                            node,
-                            format!("approve {name} (serving certificate of {of})"),
-                        );
-                        api.approve_csr(
-                            csr,
-                            &format!(
-                                "kubeforge: the names are those of node {of} in the inventory"
-                            ),
-                        )
-                        .await?;
-                        applied.csrs_approved += 1;
+                        self.approve(&api, node, csr, &name, &of, applied).await?;
                     }
                     _ => self.step(
                         phase,
@@ -307,12 +303,7 @@ impl Run<'_> {
                 }
             }
         }
-        self.progress.event(Event {
-            node: None,
-            phase: phase.to_string(),
-            kind: EventKind::PhaseDone,
-            message: String::new(),
-        });
+        self.phase_event(phase, EventKind::PhaseDone, String::new());
         Ok(())
     }
 
@@ -338,12 +329,7 @@ impl Run<'_> {
             return Ok(());
         }
         let phase = ADDONS_PHASE;
-        self.progress.event(Event {
-            node: None,
-            phase: phase.to_string(),
-            kind: EventKind::PhaseStarted,
-            message: "cluster gates".to_string(),
-        });
+        self.phase_event(phase, EventKind::PhaseStarted, "cluster gates".to_string());
         let creds = Credentials::from_rendered(rendered)?;
         let api = self.api(rendered, node, &creds)?;
         self.nodes_ready(&api, node).await?;
@@ -356,12 +342,32 @@ impl Run<'_> {
                 applied.warnings.push(w);
             }
         }
-        self.progress.event(Event {
-            node: None,
-            phase: phase.to_string(),
-            kind: EventKind::PhaseDone,
-            message: String::new(),
-        });
+        self.phase_event(phase, EventKind::PhaseDone, String::new());
+        Ok(())
+    }
+
+    /// Approves a serving certificate request kubeforge judged to be
+    /// `node`'s own.
+    async fn approve(
+        &self,
+        api: &Api<'_>,
+        via: &str,
+        csr: &serde_json::Value,
+        name: &str,
+        node: &str,
+        applied: &mut Applied,
+    ) -> Result<(), ApplyError> {
+        self.step(
+            ADDONS_PHASE,
+            via,
+            format!("approve {name} (serving certificate of {node})"),
+        );
+        api.approve_csr(
+            csr,
+            &format!("kubeforge: the names are those of node {node} in the inventory"),
+        )
+        .await?;
+        applied.csrs_approved += 1;
         Ok(())
     }
 
@@ -395,18 +401,7 @@ impl Run<'_> {
                 match judge_serving_csr(csr, &nodes) {
                     Csr::Skip => {}
                     Csr::Approve { name, node } => {
-                        self.step(
-                            ADDONS_PHASE,
-                            via,
-                            format!("approve {name} (serving certificate of {node})"),
-                        );
-                        api.approve_csr(
-                            csr,
-                            &format!(
-                                "kubeforge: the names are those of node {node} in the inventory"
-                            ),
-                        )
-                        .await?;
+                        self.approve(api, via, csr, &name, &node, applied).await?;
                     }
                     Csr::Refuse { name, why } => {
                         let line =

@@ -149,13 +149,10 @@ fn vagrant() {
     snapshot_inventory("vagrant/inventory.toml", "vagrant");
 }
 
-/// The single example with another CNI: its addon manifest on the
-/// control-plane node, and no bridge configuration or pod routes anywhere.
-fn snapshot_single_with_cni(cni: &str) {
-    let text = std::fs::read_to_string(inventory("single.toml"))
-        .unwrap()
-        .replace("cni = \"bridge\"", &format!("cni = \"{cni}\""));
-    assert!(text.contains(&format!("cni = \"{cni}\"")));
+/// The single example with its text edited: every node's tree as
+/// `single-<name>__<node>` snapshots; returns what was rendered.
+fn snapshot_single_edited(name: &str, edit: impl Fn(String) -> String) -> Rendered {
+    let text = edit(std::fs::read_to_string(inventory("single.toml")).unwrap());
     let loaded = kubeforge_inventory::parse(&inventory("single.toml"), &text).unwrap();
     let state = tempfile::tempdir().unwrap();
     let rendered = kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
@@ -167,10 +164,21 @@ fn snapshot_single_with_cni(cni: &str) {
     settings.bind(|| {
         for node in &rendered.nodes {
             insta::assert_snapshot!(
-                format!("single-{cni}__{}", node.name),
+                format!("single-{name}__{}", node.name),
                 describe(&rendered, &node.name)
             );
         }
+    });
+    rendered
+}
+
+/// The single example with another CNI: its addon manifest on the
+/// control-plane node, and no bridge configuration or pod routes anywhere.
+fn snapshot_single_with_cni(cni: &str) {
+    snapshot_single_edited(cni, |text| {
+        let text = text.replace("cni = \"bridge\"", &format!("cni = \"{cni}\""));
+        assert!(text.contains(&format!("cni = \"{cni}\"")));
+        text
     });
 }
 
@@ -189,17 +197,12 @@ fn single_calico() {
 /// token and its RBAC as an addon (secret), the apiserver accepting tokens.
 #[test]
 fn single_bootstrap_token() {
-    let text = std::fs::read_to_string(inventory("single.toml"))
-        .unwrap()
-        .replace(
+    let rendered = snapshot_single_edited("bootstrap-token", |text| {
+        text.replace(
             "[cluster]\n",
             "[cluster]\nkubelet_join = \"bootstrap-token\"\n",
-        );
-    let loaded = kubeforge_inventory::parse(&inventory("single.toml"), &text).unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let rendered = kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
-        .unwrap()
-        .rendered;
+        )
+    });
     for node in &rendered.nodes {
         let files: Vec<&str> = node.files.keys().map(String::as_str).collect();
         assert!(
@@ -224,17 +227,6 @@ fn single_bootstrap_token() {
         .unwrap();
     assert!(secret.secret);
     assert!(secret.name.starts_with("bootstrap-token-") && secret.name.len() == 22);
-    let mut settings = insta::Settings::clone_current();
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_snapshot_path("snapshots");
-    settings.bind(|| {
-        for node in &rendered.nodes {
-            insta::assert_snapshot!(
-                format!("single-bootstrap-token__{}", node.name),
-                describe(&rendered, &node.name)
-            );
-        }
-    });
 }
 
 /// Rendering is a pure function of the model and the PKI: twice the same.
