@@ -14,11 +14,37 @@ fn inventory(rel: &str) -> PathBuf {
 }
 
 fn render(rel: &str) -> Rendered {
-    let loaded = kubeforge_inventory::load(&inventory(rel)).unwrap();
+    render_text(rel, &std::fs::read_to_string(inventory(rel)).unwrap())
+}
+
+/// Renders the inventory text `text` as if it were the example `rel`.
+fn render_text(rel: &str, text: &str) -> Rendered {
+    let loaded = kubeforge_inventory::parse(&inventory(rel), text).unwrap();
     let state = tempfile::tempdir().unwrap();
     kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
         .unwrap()
         .rendered
+}
+
+/// Every node's tree as `<prefix>__<node>` snapshots.
+fn snapshot_nodes(prefix: &str, rendered: &Rendered, with_admin: bool) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_snapshot_path("snapshots");
+    settings.bind(|| {
+        for node in &rendered.nodes {
+            insta::assert_snapshot!(
+                format!("{prefix}__{}", node.name),
+                describe(rendered, &node.name)
+            );
+        }
+        if with_admin {
+            insta::assert_snapshot!(
+                format!("{prefix}__admin.conf"),
+                redact(&rendered.admin_kubeconfig)
+            );
+        }
+    });
 }
 
 /// Replaces what differs between runs (PEM bodies, embedded base64 data,
@@ -116,22 +142,7 @@ fn describe(rendered: &Rendered, node: &str) -> String {
 }
 
 fn snapshot_inventory(rel: &str, prefix: &str) {
-    let rendered = render(rel);
-    let mut settings = insta::Settings::clone_current();
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_snapshot_path("snapshots");
-    settings.bind(|| {
-        for node in &rendered.nodes {
-            insta::assert_snapshot!(
-                format!("{prefix}__{}", node.name),
-                describe(&rendered, &node.name)
-            );
-        }
-        insta::assert_snapshot!(
-            format!("{prefix}__admin.conf"),
-            redact(&rendered.admin_kubeconfig)
-        );
-    });
+    snapshot_nodes(prefix, &render(rel), true);
 }
 
 #[test]
@@ -153,22 +164,8 @@ fn vagrant() {
 /// `single-<name>__<node>` snapshots; returns what was rendered.
 fn snapshot_single_edited(name: &str, edit: impl Fn(String) -> String) -> Rendered {
     let text = edit(std::fs::read_to_string(inventory("single.toml")).unwrap());
-    let loaded = kubeforge_inventory::parse(&inventory("single.toml"), &text).unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let rendered = kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
-        .unwrap()
-        .rendered;
-    let mut settings = insta::Settings::clone_current();
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_snapshot_path("snapshots");
-    settings.bind(|| {
-        for node in &rendered.nodes {
-            insta::assert_snapshot!(
-                format!("single-{name}__{}", node.name),
-                describe(&rendered, &node.name)
-            );
-        }
-    });
+    let rendered = render_text("single.toml", &text);
+    snapshot_nodes(&format!("single-{name}"), &rendered, false);
     rendered
 }
 
@@ -322,12 +319,7 @@ fn every_supported_version_renders_without_removed_flags() {
                 "kube_proxy_mode = \"iptables\"",
                 &format!("kube_proxy_mode = \"{mode}\""),
             );
-            let loaded =
-                kubeforge_inventory::parse(std::path::Path::new("ha.toml"), &text).unwrap();
-            let state = tempfile::tempdir().unwrap();
-            let r = kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
-                .unwrap()
-                .rendered;
+            let r = render_text("ha.toml", &text);
             for node in &r.nodes {
                 for f in node.files.values().filter(|f| !f.secret) {
                     let text = String::from_utf8_lossy(&f.content);
@@ -390,11 +382,7 @@ fn registry_mirrors_render_hosts_toml() {
         "[ssh]",
         "image_registry = \"registry.local:5000\"\nregistry_mirrors = { \"docker.io\" = \"https://registry.local:5000\", \"quay.io\" = \"https://registry.local:5000/quay\" }\n\n[ssh]",
     );
-    let loaded = kubeforge_inventory::parse(std::path::Path::new("single.toml"), &text).unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let r = kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
-        .unwrap()
-        .rendered;
+    let r = render_text("single.toml", &text);
     let worker = r.nodes.iter().find(|n| n.name == "worker1").unwrap();
     let docker = &worker.files["/etc/containerd/certs.d/docker.io/hosts.toml"];
     assert!(docker.restarts.is_empty());
