@@ -430,11 +430,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let facts = if offline {
                 Facts::Offline
             } else {
-                let run_phases = selected_phases(&renderer, &nodes.phases)?;
-                let bundle = load_bundle(nodes.bundle.as_deref())?;
-                renderer.add_binaries(cluster, &mut rendered, &bundle.files, &run_phases)?;
-                renderer.add_images(cluster, &mut rendered, &bundle.images, &run_phases)?;
-                rendered.retain_phases(&run_phases);
+                with_bundle(&renderer, cluster, &mut rendered, &nodes)?;
                 let rt = runtime()?;
                 rt.block_on(async {
                     let t = online::connect_all(cluster, &state, &reach(&nodes)).await?;
@@ -485,13 +481,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 mut rendered,
             } = prepare(&state, cluster, pki.new_ca)?;
             let known = renderer.phases();
-            let run_phases = selected_phases(&renderer, &nodes.phases)?;
             let phases = nodes.phases.clone();
+            with_bundle(&renderer, cluster, &mut rendered, &nodes)?;
             init_log(&state)?;
-            let bundle = load_bundle(nodes.bundle.as_deref())?;
-            renderer.add_binaries(cluster, &mut rendered, &bundle.files, &run_phases)?;
-            renderer.add_images(cluster, &mut rendered, &bundle.images, &run_phases)?;
-            rendered.retain_phases(&run_phases);
             let apply_opts = kubeforge_apply::Options {
                 concurrency: nodes.concurrency,
                 gate_timeout: Duration::from_secs(gate_timeout),
@@ -749,6 +741,22 @@ fn reach(n: &NodeArgs) -> online::Reach {
         connect_timeout: Duration::from_secs(n.connect_timeout),
         concurrency: n.concurrency,
     }
+}
+
+/// What plan and apply work on: the bundle's binaries and images added to
+/// the rendered trees, then only the phases named with --phase kept.
+fn with_bundle(
+    renderer: &kubeforge_render::Renderer,
+    cluster: &kubeforge_inventory::Cluster,
+    rendered: &mut kubeforge_render::Rendered,
+    nodes: &NodeArgs,
+) -> Result<()> {
+    let run_phases = selected_phases(renderer, &nodes.phases)?;
+    let bundle = load_bundle(nodes.bundle.as_deref())?;
+    renderer.add_binaries(cluster, rendered, &bundle.files, &run_phases)?;
+    renderer.add_images(cluster, rendered, &bundle.images, &run_phases)?;
+    rendered.retain_phases(&run_phases);
+    Ok(())
 }
 
 fn load_bundle(dir: Option<&Path>) -> Result<kubeforge_apply::Bundle> {
