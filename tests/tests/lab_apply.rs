@@ -155,6 +155,28 @@ impl Kf {
         out
     }
 
+    /// `kubeforge plan` online; its text (the run must succeed).
+    pub(crate) fn plan(&self) -> String {
+        let out = Command::new(&self.bin)
+            .current_dir(&self.dir)
+            .args([
+                "plan",
+                "-i",
+                "inventory.toml",
+                "--ssh-config",
+                "ssh_config",
+                "--bundle",
+            ])
+            .arg(&self.bundle)
+            .output()
+            .expect("plan runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("$ kubeforge plan\n{text}{stderr}");
+        assert!(out.status.success(), "plan failed: {text}{stderr}");
+        text
+    }
+
     pub(crate) fn pki(&self, rel: &str) -> PathBuf {
         self.dir.join(".kubeforge/lab/pki").join(rel)
     }
@@ -179,7 +201,8 @@ pub(crate) fn unit_clock(lab: &Lab, nodes: &[&str], units: &[&str]) -> Vec<Strin
     out
 }
 
-pub(crate) fn curl_readyz(kf: &Kf, url: &str) -> Output {
+/// `curl` GET of `url` with the cluster CA and the admin certificate.
+pub(crate) fn curl_admin(kf: &Kf, url: &str) -> Output {
     Command::new("curl")
         .args(["-sS", "--max-time", "3", "--cacert"])
         .arg(kf.pki("ca.crt"))
@@ -217,6 +240,15 @@ fn etcd_health(kf: &Kf, etcdctl: &Path) -> Output {
 /// (`kubeforge_tests::oci`) and imported from the bundle, as no registry is
 /// reachable from the lab.
 pub(crate) const PAUSE_IMAGE: &str = "lab.local/pause:3.10";
+
+/// An inventory text with `kubelet_join` set in its [cluster] table.
+pub(crate) fn with_kubelet_join(inventory: String, join: &str) -> String {
+    inventory.replacen(
+        "[cluster]\n",
+        &format!("[cluster]\nkubelet_join = \"{join}\"\n"),
+        1,
+    )
+}
 
 /// One control-plane + etcd node (cp1) and the given workers, no LB.
 pub(crate) fn small_inventory(lab: &Lab, workers: &[&str]) -> String {
@@ -511,7 +543,7 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
     );
     assert!(health.status.success(), "etcd health: {text}");
     assert_eq!(text.matches("is healthy").count(), 3, "{text}");
-    let r = curl_readyz(&kf, "https://10.77.0.100:8443/readyz");
+    let r = curl_admin(&kf, "https://10.77.0.100:8443/readyz");
     assert_eq!(
         String::from_utf8_lossy(&r.stdout),
         "ok",
@@ -535,7 +567,7 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
         None => {
             kubeforge_tests::skip(TEST, "kubectl not found: listing the nodes with curl");
             String::from_utf8_lossy(
-                &curl_readyz(&kf, "https://10.77.0.100:8443/api/v1/nodes").stdout,
+                &curl_admin(&kf, "https://10.77.0.100:8443/api/v1/nodes").stdout,
             )
             .into_owned()
         }
@@ -546,7 +578,7 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
             "node {n} not registered: {listed}"
         );
     }
-    let r = curl_readyz(
+    let r = curl_admin(
         &kf,
         "https://10.77.0.100:8443/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/kubeforge:node-autorenew",
     );
@@ -604,22 +636,7 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
         inventory(&lab, Some("api.lab.example")),
     )
     .expect("inventory");
-    let plan = Command::new(&kf.bin)
-        .current_dir(&work)
-        .args([
-            "plan",
-            "-i",
-            "inventory.toml",
-            "--ssh-config",
-            "ssh_config",
-            "--bundle",
-        ])
-        .arg(&kf.bundle)
-        .output()
-        .expect("plan runs");
-    let plan_text = String::from_utf8_lossy(&plan.stdout).into_owned();
-    eprintln!("{plan_text}{}", String::from_utf8_lossy(&plan.stderr));
-    assert!(plan.status.success());
+    let plan_text = kf.plan();
     for n in ["cp1", "cp2", "cp3"] {
         assert!(
             plan_text.contains(&format!("{n} (10.77.0.1")),
@@ -713,7 +730,7 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
         let h = vip_holders(&lab);
         h.len() == 1 && h[0] != holder
     });
-    let r = curl_readyz(&kf, "https://10.77.0.100:8443/readyz");
+    let r = curl_admin(&kf, "https://10.77.0.100:8443/readyz");
     assert_eq!(
         String::from_utf8_lossy(&r.stdout),
         "ok",
@@ -723,7 +740,7 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
     // 5. One etcd member stops: the cluster stays available; apply brings
     //    it (and keepalived) back.
     lab.ssh_ok("cp3", "systemctl stop etcd");
-    let r = curl_readyz(&kf, "https://10.77.0.100:8443/readyz");
+    let r = curl_admin(&kf, "https://10.77.0.100:8443/readyz");
     assert_eq!(
         String::from_utf8_lossy(&r.stdout),
         "ok",
@@ -761,7 +778,7 @@ fn single_control_plane_without_lb_converges() {
     let work = kf.dir.clone();
     let out = kf.apply(&[]);
     assert!(out.status.success(), "apply failed");
-    let r = curl_readyz(&kf, "https://10.77.0.11:6443/readyz");
+    let r = curl_admin(&kf, "https://10.77.0.11:6443/readyz");
     assert_eq!(String::from_utf8_lossy(&r.stdout), "ok");
     let out = kf.apply(&[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("No changes"));

@@ -6,7 +6,9 @@
 //! for a name that is not the node's is reported, never approved.
 #![allow(clippy::print_stderr)]
 
-use crate::lab_apply::{binaries, curl_readyz, small_inventory, start, unit_clock, Kf};
+use crate::lab_apply::{
+    binaries, curl_admin, small_inventory, start, unit_clock, with_kubelet_join, Kf,
+};
 use kubeforge_tests::lab::{self, Lab};
 use serde_json::Value;
 use std::net::Ipv4Addr;
@@ -28,16 +30,12 @@ const UNITS: [&str; 6] = [
 ];
 
 fn bootstrap_inventory(lab: &Lab) -> String {
-    small_inventory(lab, &["worker1"]).replacen(
-        "[cluster]\n",
-        "[cluster]\nkubelet_join = \"bootstrap-token\"\n",
-        1,
-    )
+    with_kubelet_join(small_inventory(lab, &["worker1"]), "bootstrap-token")
 }
 
 /// The certificate signing requests, as the admin lists them.
 fn list_csrs(kf: &Kf) -> Vec<Value> {
-    let out = curl_readyz(kf, &format!("{API}{CSRS}"));
+    let out = curl_admin(kf, &format!("{API}{CSRS}"));
     let text = String::from_utf8_lossy(&out.stdout);
     let list: Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("the CSR list is not JSON ({e}): {text}"));

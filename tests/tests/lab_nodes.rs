@@ -34,29 +34,6 @@ const CLOCK_UNITS: [&str; 7] = [
     "kube-proxy",
 ];
 
-fn plan(kf: &Kf) -> String {
-    let out = Command::new(&kf.bin)
-        .current_dir(&kf.dir)
-        .args([
-            "plan",
-            "-i",
-            "inventory.toml",
-            "--ssh-config",
-            "ssh_config",
-            "--bundle",
-        ])
-        .arg(&kf.bundle)
-        .output()
-        .expect("plan runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "plan failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
 /// A new bundle made by `kubeforge bundle --from` the lab's bundle, with
 /// the pause and busybox images built here added by `--image`.
 pub(crate) fn bundle_with_images(kf: &Kf) -> PathBuf {
@@ -201,7 +178,7 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
     kf.bundle = bundle_with_images(&kf);
 
     // The plan imports the images on both kubelet nodes.
-    let text = plan(&kf);
+    let text = kf.plan();
     assert_eq!(
         text.matches(&format!("  run: {IMPORT_STEP}\n")).count(),
         2,
@@ -248,7 +225,7 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
     .expect("inventory");
     // Existing nodes only get the new /etc/hosts line and the route to the
     // new pod subnet (live, and in the boot script): nothing restarts.
-    let text = plan(&kf);
+    let text = kf.plan();
     for n in ["cp1 (10.77.0.11)", "worker1 (10.77.0.21)"] {
         let at = text
             .find(n)

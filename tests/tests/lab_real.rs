@@ -20,7 +20,7 @@
 
 use crate::lab_apply::{
     admin_kubeconfig, binaries, k8s_version, kubectl, kubectl_ok, real_k8s, small_inventory, start,
-    TEST,
+    with_kubelet_join, TEST,
 };
 use crate::lab_nodes::{bundle_with_images, BUSYBOX_IMAGE};
 use kubeforge_tests::lab;
@@ -119,11 +119,7 @@ fn real_cluster(join: &str) {
         ("worker2", Ipv4Addr::new(10, 77, 0, 22)),
     ];
     let (lab, mut kf) = start(&b, &nodes, |lab| {
-        small_inventory(lab, &["worker1", "worker2"]).replacen(
-            "[cluster]\n",
-            &format!("[cluster]\nkubelet_join = \"{join}\"\n"),
-            1,
-        )
+        with_kubelet_join(small_inventory(lab, &["worker1", "worker2"]), join)
     });
     kf.bundle = bundle_with_images(&kf);
     eprintln!(
