@@ -334,7 +334,8 @@ impl Run<'_> {
         let api = self.api(rendered, node, &creds)?;
         self.nodes_ready(&api, node).await?;
         if self.cluster.kubelet_join == KubeletJoin::BootstrapToken {
-            self.serving_certificates(&api, node, applied).await?;
+            self.serving_certificates(&api, node, rendered, applied)
+                .await?;
         }
         let objects: Vec<&ApiObject> = rendered.addons.iter().flat_map(|a| &a.objects).collect();
         for o in objects.iter().filter(|o| o.kind == "Deployment") {
@@ -379,16 +380,12 @@ impl Run<'_> {
         &self,
         api: &Api<'_>,
         via: &str,
+        rendered: &Rendered,
         applied: &mut Applied,
     ) -> Result<(), ApplyError> {
         const SERVING: &str = "/var/lib/kubelet/pki/kubelet-server-current.pem";
-        let nodes: Vec<(&str, std::net::Ipv4Addr)> = self
-            .cluster
-            .nodes
-            .iter()
-            .filter(|n| n.runs_kubelet())
-            .map(|n| (n.name.as_str(), n.address))
-            .collect();
+        // The same nodes the plan judged the requests against.
+        let nodes = crate::facts::kubelet_nodes(rendered);
         self.step(
             ADDONS_PHASE,
             via,
