@@ -305,6 +305,23 @@ fn blob(
     Err(format!("{what}: neither {data_key} nor {file_key} is set"))
 }
 
+/// A kubeconfig cluster's `server` and its CA certificates.
+fn server_and_ca(
+    what: &str,
+    path: &Path,
+    cluster: &Value,
+) -> Result<(String, Vec<CertificateDer<'static>>), String> {
+    let server = server_of(what, cluster)?;
+    let (w, ca_pem) = blob(
+        what,
+        path,
+        cluster,
+        "certificate-authority-data",
+        "certificate-authority",
+    )?;
+    Ok((server, certs_from_pem(&w, &ca_pem)?))
+}
+
 /// A kubeconfig with a client certificate: the cluster and user of the
 /// current context (else the first ones), `server`, the CA and the client
 /// certificate and key, embedded (`*-data`, base64) or as file paths.
@@ -312,15 +329,7 @@ pub fn load_kubeconfig(flag: &str, path: &Path) -> Result<Kubeconfig, String> {
     let what = flag_path(flag, path);
     let v = load_yaml(flag, path)?;
     let (cluster, user) = cluster_and_user(&what, &v)?;
-    let server = server_of(&what, &cluster)?;
-    let (w, ca_pem) = blob(
-        &what,
-        path,
-        &cluster,
-        "certificate-authority-data",
-        "certificate-authority",
-    )?;
-    let ca = certs_from_pem(&w, &ca_pem)?;
+    let (server, ca) = server_and_ca(&what, path, &cluster)?;
     let (w, cert_pem) = blob(
         &what,
         path,
@@ -353,15 +362,7 @@ pub fn load_bootstrap_kubeconfig(flag: &str, path: &Path) -> Result<BootstrapKub
     let what = flag_path(flag, path);
     let v = load_yaml(flag, path)?;
     let (cluster, user) = cluster_and_user(&what, &v)?;
-    let server = server_of(&what, &cluster)?;
-    let (w, ca_pem) = blob(
-        &what,
-        path,
-        &cluster,
-        "certificate-authority-data",
-        "certificate-authority",
-    )?;
-    let ca = certs_from_pem(&w, &ca_pem)?;
+    let (server, ca) = server_and_ca(&what, path, &cluster)?;
     let token = str_field(&user, "token")
         .map(str::trim)
         .filter(|t| !t.is_empty())
