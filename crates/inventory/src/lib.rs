@@ -7,10 +7,12 @@
 mod diagnostic;
 mod model;
 mod raw;
+mod selector;
 mod validate;
 
 pub use diagnostic::{Diagnostic, InventoryError, Severity};
 pub use model::*;
+pub use selector::Selector;
 
 use std::path::Path;
 

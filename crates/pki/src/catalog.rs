@@ -1,7 +1,7 @@
 //! The certificate catalog: every CA and leaf certificate of a cluster as a
 //! table entry. Code reads this table; it never special-cases a certificate.
 
-use kubeforge_inventory::{Cluster, Node, Role};
+use kubeforge_inventory::{Cluster, Node, Role, Selector};
 use serde::Serialize;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -79,26 +79,7 @@ pub enum Scope {
     /// One for the whole cluster.
     Cluster,
     /// One per node with this role.
-    PerNode(NodeSel),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NodeSel {
-    Etcd,
-    ControlPlane,
-    /// Nodes that run a kubelet (control-plane and worker).
-    Kubelet,
-}
-
-impl NodeSel {
-    pub fn matches(self, node: &Node) -> bool {
-        match self {
-            NodeSel::Etcd => node.has(Role::Etcd),
-            NodeSel::ControlPlane => node.has(Role::ControlPlane),
-            NodeSel::Kubelet => node.runs_kubelet(),
-        }
-    }
+    PerNode(Selector),
 }
 
 /// Which subject alternative names a certificate must carry.
@@ -178,7 +159,7 @@ pub const CATALOG: &[CertSpec] = &[
         cn: "{node}",
         org: None,
         kind: Kind::ServerClient,
-        scope: Scope::PerNode(NodeSel::Etcd),
+        scope: Scope::PerNode(Selector::Etcd),
         sans: SanRule::NodeAndLoopback,
         purpose: "etcd member serving clients",
     },
@@ -188,7 +169,7 @@ pub const CATALOG: &[CertSpec] = &[
         cn: "{node}",
         org: None,
         kind: Kind::ServerClient,
-        scope: Scope::PerNode(NodeSel::Etcd),
+        scope: Scope::PerNode(Selector::Etcd),
         sans: SanRule::NodeAndLoopback,
         purpose: "etcd member to member",
     },
@@ -218,7 +199,7 @@ pub const CATALOG: &[CertSpec] = &[
         cn: "kube-controller-manager",
         org: None,
         kind: Kind::Server,
-        scope: Scope::PerNode(NodeSel::ControlPlane),
+        scope: Scope::PerNode(Selector::ControlPlane),
         sans: SanRule::NodeAndLoopback,
         purpose: "kube-controller-manager serving /healthz on 10257",
     },
@@ -238,7 +219,7 @@ pub const CATALOG: &[CertSpec] = &[
         cn: "kube-scheduler",
         org: None,
         kind: Kind::Server,
-        scope: Scope::PerNode(NodeSel::ControlPlane),
+        scope: Scope::PerNode(Selector::ControlPlane),
         sans: SanRule::NodeAndLoopback,
         purpose: "kube-scheduler serving /healthz on 10259",
     },
@@ -248,7 +229,7 @@ pub const CATALOG: &[CertSpec] = &[
         cn: "system:node:{node}",
         org: Some("system:nodes"),
         kind: Kind::Client,
-        scope: Scope::PerNode(NodeSel::Kubelet),
+        scope: Scope::PerNode(Selector::Kubelet),
         sans: SanRule::None,
         purpose: "kubelet to kube-apiserver (Node authorizer)",
     },
@@ -258,7 +239,7 @@ pub const CATALOG: &[CertSpec] = &[
         cn: "{node}",
         org: None,
         kind: Kind::Server,
-        scope: Scope::PerNode(NodeSel::Kubelet),
+        scope: Scope::PerNode(Selector::Kubelet),
         sans: SanRule::Node,
         purpose: "kubelet serving on 10250",
     },
