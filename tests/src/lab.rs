@@ -115,10 +115,14 @@ pub const PACKAGES: &[&str] = &[
     "keepalived",
     "util-linux",
     "coreutils",
+    // What kube-proxy and the kubelet run on a real host: without them the
+    // real kube-proxy exits ("iptables is not available on this host").
+    "iptables",
+    "conntrack",
 ];
 /// Bump when the build of the root file system changes: a cached one with
 /// another stamp is rebuilt.
-pub const ROOTFS_STAMP: &str = "kubeforge-lab-rootfs 3";
+pub const ROOTFS_STAMP: &str = "kubeforge-lab-rootfs 4";
 const STAMP_FILE: &str = ".kubeforge-lab-stamp";
 /// Units masked in the nodes: timers and services that only add noise.
 const MASKED_UNITS: &[&str] = &[
