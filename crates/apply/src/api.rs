@@ -6,7 +6,7 @@
 
 use crate::ApplyError;
 use base64::Engine as _;
-use kubeforge_plan::{ApiFacts, LiveObject};
+use kubeforge_plan::{ApiApply, ApiFacts, LiveObject};
 use kubeforge_render::{ApiObject, Rendered};
 use kubeforge_transport::{Script, Transport};
 use serde_json::Value;
@@ -98,6 +98,11 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// A client certificate and its key, each base64 encoded PEM.
+    pub fn new(cert: String, key: String) -> Credentials {
+        Credentials { cert, key }
+    }
+
     pub fn from_rendered(rendered: &Rendered) -> Result<Credentials, ApplyError> {
         let kc: Value = serde_yaml_ng::from_slice(&rendered.super_admin_kubeconfig)
             .map_err(|e| ApplyError::Other(format!("the super-admin kubeconfig: {e}")))?;
@@ -292,25 +297,23 @@ impl Api<'_> {
         }
     }
 
-    /// Applies the objects in order; stops at the first the API refuses.
-    pub async fn apply(&self, objects: &[&ApiObject]) -> Result<(), ApplyError> {
-        for o in objects {
-            let req = Request {
-                method: "PATCH",
-                path: format!("{}?{APPLY_QUERY}", o.path),
-                body: Some(o.body.clone()),
-            };
-            let res = self.send("apply an addon object", &[req]).await?;
-            if let Some(r) = res.first().filter(|r| !r.ok()) {
-                return Err(ApplyError::Other(format!(
-                    "{}: the API refused {}: {}\n  help: the manifest is {}; `kubeforge render` writes it for inspection",
-                    self.t.node(),
-                    o.display(),
-                    r.message(),
-                    o.path
-                )));
-            }
+    /// Applies one object (server-side apply by kubeforge).
+    pub async fn apply(&self, o: &ApiApply) -> Result<(), ApplyError> {
+        let req = Request {
+            method: "PATCH",
+            path: format!("{}?{APPLY_QUERY}", o.path),
+            body: Some(o.body.clone()),
+        };
+        let res = self.send("apply an addon object", &[req]).await?;
+        match res.first() {
+            Some(r) if !r.ok() => Err(ApplyError::Other(format!(
+                "{}: the API refused {}: {}\n  help: `kubeforge render` writes the manifests for inspection ({})",
+                self.t.node(),
+                o.object,
+                r.message(),
+                o.path
+            ))),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }

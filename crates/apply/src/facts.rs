@@ -5,7 +5,6 @@
 use crate::api::{Api, Credentials};
 use crate::cluster::{judge_serving_csr, Csr};
 use crate::{bounded, ApplyError, Transports};
-use kubeforge_inventory::Role;
 use kubeforge_plan::{ApiFacts, Facts, NodeFacts, PendingCsr, RemoteFile, UnitFacts};
 use kubeforge_render::Rendered;
 use kubeforge_transport::ops;
@@ -68,7 +67,7 @@ pub async fn gather(
                 let objects: Vec<_> = rendered.addons.iter().flat_map(|a| &a.objects).collect();
                 let facts = api.read(&objects).await?;
                 if matches!(facts, ApiFacts::Objects(_)) {
-                    let nodes = kubelet_nodes(rendered);
+                    let nodes = rendered.kubelet_nodes();
                     for csr in api.csrs().await? {
                         match judge_serving_csr(&csr, &nodes) {
                             Csr::Skip => {}
@@ -120,19 +119,4 @@ pub async fn gather(
         map.insert(name, facts);
     }
     Ok(Facts::Gathered(map))
-}
-
-/// The nodes that run a kubelet, with their addresses: whose serving
-/// certificate requests kubeforge approves.
-pub(crate) fn kubelet_nodes(rendered: &Rendered) -> Vec<(&str, std::net::Ipv4Addr)> {
-    rendered
-        .nodes
-        .iter()
-        .filter(|t| {
-            t.roles
-                .iter()
-                .any(|r| matches!(r, Role::ControlPlane | Role::Worker))
-        })
-        .filter_map(|t| Some((t.name.as_str(), t.address.parse().ok()?)))
-        .collect()
 }

@@ -1,40 +1,46 @@
-//! Health gates: each is a read-only check on a node, retried until it
-//! passes or its timeout ends; a failure names the node, the gate, the
-//! unit and shows the unit's last journal lines.
+//! Health gates: one poller for every wait of an apply. A gate is a
+//! read-only probe retried until it passes or the gate timeout ends; a
+//! failure names the node, the gate and the unit, and shows the unit's
+//! last journal lines.
 
-use crate::ApplyError;
+use crate::{ApplyError, GateFailure, Options};
+use kubeforge_render::{Check, Gate};
 use kubeforge_transport::{ops, Script, Transport};
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// One gate: a script that exits 0 when healthy.
-pub(crate) struct Gate<'a> {
-    pub name: String,
-    pub unit: &'a str,
-    pub script: &'static str,
-    pub args: Vec<String>,
+/// The script of each check; its positional arguments are the gate's
+/// `args` (see [`Check`]).
+fn script(check: Check) -> &'static str {
+    match check {
+        Check::HttpsOk => HTTPS_OK,
+        Check::HttpOk => HTTP_OK,
+        Check::EtcdMembers => ETCD_MEMBERS,
+        Check::Containerd => CONTAINERD,
+    }
 }
 
-pub(crate) const ETCD_HEALTH: &str = r#"set -eu
-pki=/etc/kubernetes/pki/etcd
-out=$(curl -sS --max-time 5 --cacert $pki/ca.crt --cert $pki/healthcheck-client.crt --key $pki/healthcheck-client.key https://127.0.0.1:2379/health)
+/// $1 URL, $2 CA, $3 client certificate, $4 its key, $5 member count.
+const ETCD_MEMBERS: &str = r#"set -eu
+out=$(curl -sS --max-time 5 --cacert "$2" --cert "$3" --key "$4" "$1/health")
 case "$out" in *'"health":"true"'*) ;; *) echo "$out"; exit 1;; esac
-members=$(curl -sS --max-time 5 --cacert $pki/ca.crt --cert $pki/healthcheck-client.crt --key $pki/healthcheck-client.key -X POST -d '{}' https://127.0.0.1:2379/v3/cluster/member/list)
+members=$(curl -sS --max-time 5 --cacert "$2" --cert "$3" --key "$4" -X POST -d '{}' "$1/v3/cluster/member/list")
 n=$(printf '%s' "$members" | grep -o '"peerURLs"' | wc -l)
-[ "$n" -eq "$1" ] || { echo "member list has $n members, want $1"; exit 1; }
+[ "$n" -eq "$5" ] || { echo "member list has $n members, want $5"; exit 1; }
 started=$(printf '%s' "$members" | grep -o '"clientURLs"' | wc -l)
-[ "$started" -eq "$1" ] || { echo "$started of $1 members started"; exit 1; }
+[ "$started" -eq "$5" ] || { echo "$started of $5 members started"; exit 1; }
 "#;
 
-/// GET an HTTPS URL with the cluster CA; the body must be "ok".
-pub(crate) const HTTPS_OK: &str = r#"out=$(curl -sS --max-time 5 --cacert "$2" "$1" 2>&1) || { echo "$out"; exit 1; }
+/// GET an HTTPS URL with a CA; the body must be "ok".
+const HTTPS_OK: &str = r#"out=$(curl -sS --max-time 5 --cacert "$2" "$1" 2>&1) || { echo "$out"; exit 1; }
 [ "$out" = ok ] || { echo "$out"; exit 1; }
 "#;
 
 /// The URL must answer 2xx over plain HTTP (node-local health endpoints).
-pub(crate) const HTTP_OK: &str = r#"curl -sS -f --max-time 5 -o /dev/null "$1""#;
+const HTTP_OK: &str = r#"curl -sS -f --max-time 5 -o /dev/null "$1""#;
 
 /// containerd answers on its socket, and its CRI plugin loaded.
-pub(crate) const CONTAINERD: &str = r#"set -eu
+const CONTAINERD: &str = r#"set -eu
 [ -S "$1" ] || { echo "no socket $1"; exit 1; }
 if command -v ctr >/dev/null 2>&1; then
   out=$(ctr --address "$1" plugins ls 2>&1) || { echo "$out"; exit 1; }
@@ -47,37 +53,95 @@ fi
 pub(crate) const HOLDS_ADDRESS: &str =
     r#"if ip -o -4 addr show | grep -q " $1/"; then echo yes; else echo no; fi"#;
 
-pub(crate) async fn wait(
-    t: &dyn Transport,
-    gate: &Gate<'_>,
-    timeout: Duration,
-) -> Result<(), ApplyError> {
+/// What one probe found.
+pub(crate) enum Probe<T, W = String> {
+    Pass(T),
+    /// Not yet, and why.
+    Wait(W),
+}
+
+/// Runs `probe` until it passes or `opts.gate_timeout` ends (it always
+/// runs at least once); then the last reason it gave.
+pub(crate) async fn poll<T, W, F, Fut>(opts: &Options, mut probe: F) -> Result<T, W>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Probe<T, W>>,
+{
     let start = Instant::now();
     loop {
-        let out = t
-            .run(
-                Script::new(&gate.name, gate.script)
-                    .args(gate.args.clone())
-                    .timeout(Duration::from_secs(15)),
-            )
-            .await;
-        let last = match out {
-            Ok(o) if o.success() => return Ok(()),
-            Ok(o) => format!("{}{}", o.stdout_str(), o.stderr_str())
+        match probe().await {
+            Probe::Pass(v) => return Ok(v),
+            Probe::Wait(why) if start.elapsed() >= opts.gate_timeout => return Err(why),
+            Probe::Wait(_) => tokio::time::sleep(opts.poll_interval).await,
+        }
+    }
+}
+
+/// A gate that did not pass on the node of `t` within `secs`, with
+/// `unit`'s journal there.
+pub(crate) async fn failure(
+    t: &dyn Transport,
+    gate: &str,
+    unit: &str,
+    secs: u64,
+    detail: String,
+) -> ApplyError {
+    ApplyError::Gate(Box::new(GateFailure {
+        node: t.node().to_string(),
+        gate: gate.to_string(),
+        unit: unit.to_string(),
+        secs,
+        detail,
+        journal: ops::journal(t, unit, 20).await,
+    }))
+}
+
+/// Runs a gate's check once.
+async fn probe(t: &dyn Transport, gate: &Gate) -> Probe<()> {
+    let out = t
+        .run(
+            Script::new(&gate.name, script(gate.check))
+                .args(gate.args.clone())
+                .timeout(Duration::from_secs(15)),
+        )
+        .await;
+    match out {
+        Ok(o) if o.success() => Probe::Pass(()),
+        Ok(o) => Probe::Wait(
+            format!("{}{}", o.stdout_str(), o.stderr_str())
                 .trim()
                 .to_string(),
-            Err(e) => e.to_string(),
-        };
-        if start.elapsed() >= timeout {
-            return Err(ApplyError::Gate(Box::new(crate::GateFailure {
-                node: t.node().to_string(),
-                gate: gate.name.clone(),
-                unit: gate.unit.to_string(),
-                secs: timeout.as_secs(),
-                detail: last,
-                journal: ops::journal(t, gate.unit, 20).await,
-            })));
+        ),
+        Err(e) => Probe::Wait(e.to_string()),
+    }
+}
+
+/// Waits until `gate` passes on the node of `t`.
+pub(crate) async fn wait(t: &dyn Transport, gate: &Gate, opts: &Options) -> Result<(), ApplyError> {
+    match poll(opts, || probe(t, gate)).await {
+        Ok(()) => Ok(()),
+        Err(why) => Err(failure(t, &gate.name, &gate.unit, opts.gate_timeout.as_secs(), why).await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_check_script_takes_the_arguments_the_table_gives() {
+        for check in [
+            Check::HttpsOk,
+            Check::HttpOk,
+            Check::EtcdMembers,
+            Check::Containerd,
+        ] {
+            let s = script(check);
+            let top = (1..=9)
+                .filter(|i| s.contains(&format!("${i}")) || s.contains(&format!("\"${i}")))
+                .max()
+                .unwrap_or(0);
+            assert_eq!(top, check.arity(), "{check:?}");
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -1,11 +1,12 @@
-//! Apply: gather facts read-only, check the hosts, then execute exactly a
-//! plan, phase by phase, each change behind a health gate.
+//! Apply: lock the nodes, gather facts read-only, check the hosts, plan,
+//! and execute exactly that plan, phase by phase, each change behind a
+//! health gate ([`apply`]).
 //!
 //! Every effect goes through [`kubeforge_transport::Transport`]. Nothing
 //! here prints: progress is reported through [`Progress`].
 
 mod api;
-mod bundle;
+mod api_phase;
 mod cluster;
 mod execute;
 mod facts;
@@ -13,12 +14,13 @@ mod gates;
 mod preflight;
 
 pub use api::Credentials;
-pub use bundle::{load_bundle, Bundle};
 pub use execute::{execute, Applied};
 pub use facts::gather;
 pub use preflight::{preflight, warnings as preflight_warnings};
 
-use kubeforge_transport::{Transport, TransportError};
+use kubeforge_plan::{Facts, Plan};
+use kubeforge_render::Rendered;
+use kubeforge_transport::{ops, Held, Transport, TransportError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,10 +34,14 @@ pub struct Options {
     pub concurrency: usize,
     /// How long a health gate waits before it fails.
     pub gate_timeout: Duration,
+    /// How long a gate waits between two probes.
+    pub poll_interval: Duration,
+    /// How long to wait after reloading a load balancer before relying on
+    /// its new configuration (nginx starts new workers right after the
+    /// signal).
+    pub lb_settle: Duration,
     /// The largest clock difference allowed between a node and this machine.
     pub max_clock_skew: Duration,
-    /// Phases to run (all when empty).
-    pub phases: Vec<String>,
 }
 
 impl Default for Options {
@@ -43,8 +49,9 @@ impl Default for Options {
         Options {
             concurrency: 8,
             gate_timeout: Duration::from_secs(120),
+            poll_interval: Duration::from_millis(500),
+            lb_settle: Duration::from_millis(800),
             max_clock_skew: Duration::from_secs(30),
-            phases: Vec::new(),
         }
     }
 }
@@ -64,6 +71,8 @@ pub enum EventKind {
     PhaseStarted,
     Step,
     PhaseDone,
+    /// A problem that does not stop the apply.
+    Warning,
 }
 
 pub trait Progress: Send + Sync {
@@ -81,12 +90,12 @@ impl Progress for Quiet {
 pub enum ApplyError {
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Plan(#[from] kubeforge_plan::PlanError),
     #[error("pre-flight checks failed; nothing was changed:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Preflight(Vec<String>),
     #[error("{0}")]
     Gate(Box<GateFailure>),
-    #[error("bundle {path}: {detail}")]
-    Bundle { path: String, detail: String },
     #[error("{0}")]
     Other(String),
 }
@@ -125,4 +134,153 @@ where
         .buffered(limit.max(1))
         .collect()
         .await
+}
+
+/// [`bounded`] for fallible work: every item runs to its end, then the
+/// first error (in the items' order) is returned, else every result.
+pub(crate) async fn fan_out<T, R, F, Fut>(
+    items: Vec<T>,
+    limit: usize,
+    f: F,
+) -> Result<Vec<R>, ApplyError>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<R, ApplyError>>,
+{
+    bounded(items, limit, f).await.into_iter().collect()
+}
+
+/// The transport of a node.
+pub(crate) fn transport<'a>(
+    transports: &'a Transports,
+    node: &str,
+) -> Result<&'a dyn Transport, ApplyError> {
+    transports
+        .get(node)
+        .map(|t| t.as_ref())
+        .ok_or_else(|| ApplyError::Other(format!("no connection to node {node}")))
+}
+
+/// What [`apply`] works on.
+pub struct Request<'a> {
+    pub cluster: &'a kubeforge_inventory::Cluster,
+    pub rendered: &'a Rendered,
+    /// The phases to run (all when empty).
+    pub phases: &'a [String],
+    pub transports: &'a Transports,
+    pub opts: &'a Options,
+    /// Who holds the nodes' apply lock, as another apply reports it.
+    pub owner: &'a str,
+}
+
+/// What an [`apply`] found and did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub plan: Plan,
+    /// `None` when the plan was empty: nothing was touched.
+    pub applied: Option<Applied>,
+}
+
+/// The whole apply: lock every node, gather facts, run the pre-flight
+/// checks, plan, persist the control machine's state (`persist`, before
+/// any node holds something the control machine does not), execute the
+/// plan, and release the locks (also when a step fails).
+pub async fn apply(
+    req: &Request<'_>,
+    persist: &mut dyn FnMut() -> Result<(), ApplyError>,
+    progress: &dyn Progress,
+) -> Result<Outcome, ApplyError> {
+    let locks = lock_all(req.transports, req.owner).await?;
+    let result = locked(req, persist, progress).await;
+    for l in locks {
+        l.release().await;
+    }
+    result
+}
+
+async fn locked(
+    req: &Request<'_>,
+    persist: &mut dyn FnMut() -> Result<(), ApplyError>,
+    progress: &dyn Progress,
+) -> Result<Outcome, ApplyError> {
+    let facts = gather(req.transports, req.rendered, req.opts.concurrency).await?;
+    let hosts = preflight(req.rendered, req.transports, &facts, req.opts).await?;
+    for w in preflight_warnings(&hosts) {
+        progress.event(Event {
+            node: None,
+            phase: "pre-flight".into(),
+            kind: EventKind::Warning,
+            message: w,
+        });
+    }
+    let plan = kubeforge_plan::plan(&req.cluster.name, req.rendered, &facts, req.phases)?;
+    if plan.is_empty() {
+        return Ok(Outcome {
+            plan,
+            applied: None,
+        });
+    }
+    persist()?;
+    let creds = if plan.cluster_gates.is_some() || plan.phases.iter().any(|p| p.api.is_some()) {
+        Some(Credentials::from_rendered(req.rendered)?)
+    } else {
+        None
+    };
+    let applied = execute(&plan, creds.as_ref(), req.transports, req.opts, progress).await?;
+    Ok(Outcome {
+        plan,
+        applied: Some(applied),
+    })
+}
+
+/// Takes the apply lock on every node, one after the other; when one is
+/// held elsewhere, releases those taken and fails.
+async fn lock_all(transports: &Transports, owner: &str) -> Result<Vec<Box<dyn Held>>, ApplyError> {
+    let mut locks = Vec::new();
+    for (name, t) in transports {
+        match ops::lock(t.as_ref(), ops::LOCK_PATH, owner).await {
+            Ok(l) => locks.push(l),
+            Err(e) => {
+                for l in locks {
+                    l.release().await;
+                }
+                return Err(ApplyError::Other(format!(
+                    "{e}\n  (while locking {name}; nothing was changed)"
+                )));
+            }
+        }
+    }
+    Ok(locks)
+}
+
+/// Plans against facts gathered read-only from the nodes (the `plan`
+/// command; apply does the same under its locks).
+pub async fn plan_online(
+    cluster: &kubeforge_inventory::Cluster,
+    rendered: &Rendered,
+    phases: &[String],
+    transports: &Transports,
+    concurrency: usize,
+) -> Result<Plan, ApplyError> {
+    let facts = gather(transports, rendered, concurrency).await?;
+    Ok(kubeforge_plan::plan(
+        &cluster.name,
+        rendered,
+        &facts,
+        phases,
+    )?)
+}
+
+/// Plans as if every node were bare (no node contacted).
+pub fn plan_offline(
+    cluster: &kubeforge_inventory::Cluster,
+    rendered: &Rendered,
+    phases: &[String],
+) -> Result<Plan, ApplyError> {
+    Ok(kubeforge_plan::plan(
+        &cluster.name,
+        rendered,
+        &Facts::Offline,
+        phases,
+    )?)
 }

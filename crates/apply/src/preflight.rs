@@ -4,38 +4,20 @@
 //! not running yet free. Every problem is reported, not just the first.
 
 use crate::{bounded, ApplyError, Options, Transports};
-use kubeforge_inventory::Cluster;
 use kubeforge_plan::Facts;
+use kubeforge_render::Rendered;
 use kubeforge_transport::ops::{self, HostFacts};
 use std::collections::BTreeMap;
-
-/// Ports each unit listens on.
-fn ports(cluster: &Cluster, unit: &str) -> Vec<u16> {
-    match unit {
-        "etcd" => vec![2379, 2380],
-        "kube-apiserver" => vec![cluster.apiserver_port],
-        "kube-controller-manager" => vec![10257],
-        "kube-scheduler" => vec![10259],
-        "nginx" => cluster
-            .loadbalancer
-            .as_ref()
-            .map(|l| vec![l.port])
-            .unwrap_or_default(),
-        "kubelet" => vec![10250, 10248],
-        "kube-proxy" => vec![10256, 10249],
-        _ => Vec::new(),
-    }
-}
 
 const ARCHES: [&str; 2] = ["x86_64", "aarch64"];
 
 pub async fn preflight(
-    cluster: &Cluster,
+    rendered: &Rendered,
     transports: &Transports,
     facts: &Facts,
     opts: &Options,
 ) -> Result<BTreeMap<String, HostFacts>, ApplyError> {
-    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let names: Vec<String> = rendered.nodes.iter().map(|n| n.name.clone()).collect();
     let results = bounded(names, opts.concurrency, |name| async move {
         let t = transports.get(&name);
         let r = match t {
@@ -59,53 +41,85 @@ pub async fn preflight(
             }
         }
     }
-    let mut by_hostname: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    let mut by_machine_id: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (name, h) in &hosts {
-        if h.kernel != "Linux" {
-            problems.push(format!("{name}: runs {}, not Linux", h.kernel));
+        host_problems(name, h, now, opts, &mut problems);
+        port_problems(rendered, facts, name, h, &mut problems);
+    }
+    duplicates(&hosts, &mut problems);
+    if problems.is_empty() {
+        Ok(hosts)
+    } else {
+        Err(ApplyError::Preflight(problems))
+    }
+}
+
+/// The host itself: Linux with systemd, a supported architecture, the
+/// commands kubeforge uses, and a clock close to this machine's.
+fn host_problems(name: &str, h: &HostFacts, now: f64, opts: &Options, problems: &mut Vec<String>) {
+    if h.kernel != "Linux" {
+        problems.push(format!("{name}: runs {}, not Linux", h.kernel));
+    }
+    if !h.has_systemd {
+        problems.push(format!("{name}: systemd is not running as init"));
+    }
+    if !ARCHES.contains(&h.arch.as_str()) {
+        problems.push(format!(
+            "{name}: architecture {} is not supported (x86_64, aarch64)",
+            h.arch
+        ));
+    }
+    if !h.missing_commands.is_empty() {
+        problems.push(format!(
+            "{name}: missing commands: {} (install them, e.g. curl and util-linux)",
+            h.missing_commands.join(", ")
+        ));
+    }
+    let skew = (h.time - now).abs();
+    if skew > opts.max_clock_skew.as_secs_f64() {
+        problems.push(format!(
+            "{name}: clock differs from this machine's by {skew:.1} s (allowed {} s); enable time sync (chrony or systemd-timesyncd)",
+            opts.max_clock_skew.as_secs()
+        ));
+    }
+}
+
+/// The ports (from the table) of units that are not running yet must be
+/// free.
+fn port_problems(
+    rendered: &Rendered,
+    facts: &Facts,
+    name: &str,
+    h: &HostFacts,
+    problems: &mut Vec<String>,
+) {
+    let (Facts::Gathered(map), Some(tree)) =
+        (facts, rendered.nodes.iter().find(|t| t.name == name))
+    else {
+        return;
+    };
+    let Some(nf) = map.get(name) else { return };
+    for unit in &tree.units {
+        if nf.units.get(&unit.name).is_some_and(|s| s.active) {
+            continue;
         }
-        if !h.has_systemd {
-            problems.push(format!("{name}: systemd is not running as init"));
-        }
-        if !ARCHES.contains(&h.arch.as_str()) {
-            problems.push(format!(
-                "{name}: architecture {} is not supported (x86_64, aarch64)",
-                h.arch
-            ));
-        }
-        if !h.missing_commands.is_empty() {
-            problems.push(format!(
-                "{name}: missing commands: {} (install them, e.g. curl and util-linux)",
-                h.missing_commands.join(", ")
-            ));
-        }
-        let skew = (h.time - now).abs();
-        if skew > opts.max_clock_skew.as_secs_f64() {
-            problems.push(format!(
-                "{name}: clock differs from this machine's by {skew:.1} s (allowed {} s); enable time sync (chrony or systemd-timesyncd)",
-                opts.max_clock_skew.as_secs()
-            ));
-        }
-        by_hostname.entry(&h.hostname).or_default().push(name);
-        by_machine_id.entry(&h.machine_id).or_default().push(name);
-        if let Facts::Gathered(map) = facts {
-            if let (Some(node), Some(nf)) = (cluster.node(name), map.get(name)) {
-                let _ = node;
-                for (unit, state) in &nf.units {
-                    if state.active {
-                        continue;
-                    }
-                    for port in ports(cluster, unit) {
-                        if h.listening.contains(&port) {
-                            problems.push(format!(
-                                "{name}: port {port} that {unit} needs is taken by another program (see `ss -ltnp 'sport = :{port}'`)"
-                            ));
-                        }
-                    }
-                }
+        for port in &unit.ports {
+            if h.listening.contains(port) {
+                problems.push(format!(
+                    "{name}: port {port} that {} needs is taken by another program (see `ss -ltnp 'sport = :{port}'`)",
+                    unit.name
+                ));
             }
         }
+    }
+}
+
+/// No two nodes may be the same host.
+fn duplicates(hosts: &BTreeMap<String, HostFacts>, problems: &mut Vec<String>) {
+    let mut by_hostname: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut by_machine_id: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, h) in hosts {
+        by_hostname.entry(&h.hostname).or_default().push(name);
+        by_machine_id.entry(&h.machine_id).or_default().push(name);
     }
     for (hostname, nodes) in by_hostname {
         if nodes.len() > 1 {
@@ -122,11 +136,6 @@ pub async fn preflight(
                 nodes.join(", ")
             ));
         }
-    }
-    if problems.is_empty() {
-        Ok(hosts)
-    } else {
-        Err(ApplyError::Preflight(problems))
     }
 }
 

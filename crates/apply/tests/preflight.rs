@@ -24,11 +24,20 @@ address = "10.77.0.12"
 roles = ["worker"]
 "#;
 
-#[tokio::test]
-async fn cloned_hosts_are_refused() {
-    let cluster = kubeforge_inventory::parse(std::path::Path::new("t.toml"), INVENTORY)
+/// The inventory text rendered (the PKI in a temporary directory).
+fn rendered(text: &str) -> kubeforge_render::Rendered {
+    let cluster = kubeforge_inventory::parse(std::path::Path::new("t.toml"), text)
         .unwrap()
         .cluster;
+    let state = tempfile::tempdir().unwrap();
+    kubeforge_render::prepare(state.path(), &cluster, &Default::default())
+        .unwrap()
+        .rendered
+}
+
+#[tokio::test]
+async fn cloned_hosts_are_refused() {
+    let rendered = rendered(INVENTORY);
     let mut transports: Transports = Transports::new();
     for n in ["a", "b"] {
         transports.insert(
@@ -36,7 +45,7 @@ async fn cloned_hosts_are_refused() {
             Arc::new(LocalTransport::new(n)) as Arc<dyn Transport>,
         );
     }
-    let err = preflight(&cluster, &transports, &Facts::Offline, &Options::default())
+    let err = preflight(&rendered, &transports, &Facts::Offline, &Options::default())
         .await
         .unwrap_err();
     let ApplyError::Preflight(problems) = &err else {
@@ -66,23 +75,18 @@ async fn cloned_hosts_are_refused() {
 
 #[tokio::test]
 async fn clock_skew_bound_is_checked() {
-    let cluster = kubeforge_inventory::parse(
-        std::path::Path::new("t.toml"),
-        &INVENTORY.replace(
-            "[[nodes]]\nname = \"b\"\naddress = \"10.77.0.12\"\nroles = [\"worker\"]\n",
-            "",
-        ),
-    )
-    .unwrap()
-    .cluster;
-    assert_eq!(cluster.nodes.len(), 1);
+    let rendered = rendered(&INVENTORY.replace(
+        "[[nodes]]\nname = \"b\"\naddress = \"10.77.0.12\"\nroles = [\"worker\"]\n",
+        "",
+    ));
+    assert_eq!(rendered.nodes.len(), 1);
     let mut transports: Transports = Transports::new();
     transports.insert(
         "a".into(),
         Arc::new(LocalTransport::new("a")) as Arc<dyn Transport>,
     );
     // The same machine: no skew, and (unless a tool is missing) no problem.
-    match preflight(&cluster, &transports, &Facts::Offline, &Options::default()).await {
+    match preflight(&rendered, &transports, &Facts::Offline, &Options::default()).await {
         Ok(hosts) => assert_eq!(hosts.len(), 1),
         Err(e) => {
             let text = e.to_string();

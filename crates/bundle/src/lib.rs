@@ -1,6 +1,5 @@
 //! Builds a bundle directory: the binaries plus a `SHA256SUMS` manifest
-//! (`<sha256>  <name>` per line, the format `kubeforge_apply::load_bundle`
-//! reads). Two sources:
+//! (`<sha256>  <name>` per line, the format [`load`] reads). Two sources:
 //!
 //! - [`download`]: the official release files (the Kubernetes release bucket
 //!   layout, `{base}/v{version}/bin/linux/{arch}/{name}` with `{name}.sha256`
@@ -27,6 +26,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod load;
+pub use load::{load, Bundle};
 
 /// The manifest file of a bundle.
 pub const MANIFEST: &str = "SHA256SUMS";
@@ -296,9 +298,13 @@ fn check_name(name: &str, origin: &Path) -> Result<(), BundleError> {
     Ok(())
 }
 
-/// Parses a `sha256sum` manifest into name -> sha256.
-fn parse_manifest(text: &str, path: &Path) -> Result<BTreeMap<String, String>, BundleError> {
-    let mut map = BTreeMap::new();
+/// The lines of a `sha256sum` manifest: (line number, name, sha256 in
+/// lower case), comments and empty lines left out.
+pub(crate) fn manifest_lines(
+    text: &str,
+    path: &Path,
+) -> Result<Vec<(usize, String, String)>, BundleError> {
+    let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -314,9 +320,32 @@ fn parse_manifest(text: &str, path: &Path) -> Result<BTreeMap<String, String>, B
                 "write it with `sha256sum FILES > SHA256SUMS`",
             ));
         };
-        map.insert(name.to_string(), sha.to_ascii_lowercase());
+        out.push((i + 1, name.to_string(), sha.to_ascii_lowercase()));
     }
-    Ok(map)
+    Ok(out)
+}
+
+/// Parses a `sha256sum` manifest into name -> sha256.
+fn parse_manifest(text: &str, path: &Path) -> Result<BTreeMap<String, String>, BundleError> {
+    Ok(manifest_lines(text, path)?
+        .into_iter()
+        .map(|(_, name, sha)| (name, sha))
+        .collect())
+}
+
+/// The sha256 of a file, read in chunks.
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
 }
 
 /// The temporary directory a bundle is built in, next to the output.

@@ -150,7 +150,7 @@ fn downloads_a_bundle_load_bundle_accepts() {
     assert_eq!(built.dir, out);
     assert_eq!(built.files.len(), 8);
     assert_eq!(entries(work.path()), ["bundle"], "no temporary left");
-    let loaded = kubeforge_apply::load_bundle(&out).unwrap();
+    let loaded = kubeforge_bundle::load(&out).unwrap();
     let mut names: Vec<&str> = SERVER_BINARIES.to_vec();
     names.extend(["etcd", "etcdctl"]);
     names.sort();
@@ -307,7 +307,7 @@ fn local_files_make_a_bundle() {
     )
     .unwrap();
     assert_eq!(built.files.len(), 3);
-    let loaded = kubeforge_apply::load_bundle(&out).unwrap();
+    let loaded = kubeforge_bundle::load(&out).unwrap();
     assert_eq!(
         loaded.files.keys().collect::<Vec<_>>(),
         ["etcd", "kube-apiserver", "kubelet"]
@@ -334,7 +334,7 @@ fn local_files_make_a_bundle() {
     )
     .unwrap();
     assert_eq!(built.files.len(), 2);
-    kubeforge_apply::load_bundle(&out2).unwrap();
+    kubeforge_bundle::load(&out2).unwrap();
 }
 
 #[test]

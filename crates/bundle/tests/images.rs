@@ -104,7 +104,7 @@ fn image_archives_go_into_images_with_their_names() {
     );
 
     // The reader takes images/ apart from the binaries, names and all.
-    let loaded = kubeforge_apply::load_bundle(&out).unwrap();
+    let loaded = kubeforge_bundle::load(&out).unwrap();
     assert_eq!(loaded.files.keys().collect::<Vec<_>>(), ["kubelet"]);
     let images: Vec<(&str, &[String], &str)> = loaded
         .images
@@ -247,12 +247,12 @@ fn bundle_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, PathBuf) {
 fn the_bundle_reader_allows_images_and_no_other_sub_directory() {
     let pause = oci(r#"{"io.containerd.image.name":"lab.local/pause:3.10"}"#);
     let (_w, dir) = bundle_with(&[("kubelet", b"k"), ("images/pause.tar", &pause)]);
-    let loaded = kubeforge_apply::load_bundle(&dir).unwrap();
+    let loaded = kubeforge_bundle::load(&dir).unwrap();
     assert_eq!(loaded.images.len(), 1);
     assert_eq!(loaded.images[0].names, ["lab.local/pause:3.10"]);
 
     let (_w, dir) = bundle_with(&[("bin/kubelet", b"k")]);
-    let msg = kubeforge_apply::load_bundle(&dir).unwrap_err().to_string();
+    let msg = kubeforge_bundle::load(&dir).unwrap_err().to_string();
     assert!(
         msg.contains(
             "line 1: `bin/kubelet` is in a sub-directory; only images/ (image archives) may be"
@@ -261,14 +261,14 @@ fn the_bundle_reader_allows_images_and_no_other_sub_directory() {
     );
 
     let (_w, dir) = bundle_with(&[("images/sub/pause.tar", &pause)]);
-    let msg = kubeforge_apply::load_bundle(&dir).unwrap_err().to_string();
+    let msg = kubeforge_bundle::load(&dir).unwrap_err().to_string();
     assert!(
         msg.contains("`sub/pause.tar` is not an image archive name"),
         "{msg}"
     );
 
     let (_w, dir) = bundle_with(&[("images/pause.tar", &oci("{}"))]);
-    let msg = kubeforge_apply::load_bundle(&dir).unwrap_err().to_string();
+    let msg = kubeforge_bundle::load(&dir).unwrap_err().to_string();
     assert!(
         msg.contains("images/pause.tar: the archive names no image"),
         "{msg}"
@@ -277,7 +277,7 @@ fn the_bundle_reader_allows_images_and_no_other_sub_directory() {
     // A replaced archive is refused like a replaced binary.
     let (_w, dir) = bundle_with(&[("images/pause.tar", &pause)]);
     std::fs::write(dir.join("images/pause.tar"), docker(r#"["x:1"]"#)).unwrap();
-    let msg = kubeforge_apply::load_bundle(&dir).unwrap_err().to_string();
+    let msg = kubeforge_bundle::load(&dir).unwrap_err().to_string();
     assert!(
         msg.contains("refusing a corrupted or replaced file"),
         "{msg}"

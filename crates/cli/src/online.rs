@@ -107,6 +107,7 @@ impl Progress for Bars {
                     self.plain(format!("   [{}] {n}: {}", e.phase, e.message))
                 }
                 (EventKind::Step, None) => self.plain(format!("   [{}] {}", e.phase, e.message)),
+                (EventKind::Warning, _) => self.plain(format!("warning: {}", e.message)),
             }
             return;
         };
@@ -115,6 +116,9 @@ impl Progress for Bars {
         };
         let key = format!("{}/{}", e.phase, e.node.clone().unwrap_or_default());
         match e.kind {
+            EventKind::Warning => {
+                let _ = multi.println(format!("warning: {}", e.message));
+            }
             EventKind::PhaseStarted | EventKind::Step => {
                 let bar = bars.entry(key).or_insert_with(|| {
                     let b = multi.add(ProgressBar::new_spinner());
@@ -146,4 +150,9 @@ impl Progress for Bars {
 /// Turns an apply error into the message an admin sees.
 pub fn explain(e: ApplyError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
+}
+
+/// Closes every node's connection.
+pub async fn close_all(transports: Transports) {
+    drop(transports);
 }

@@ -16,7 +16,7 @@
 //! An archive with both is read as an OCI image layout, as containerd
 //! does. Only the small metadata files are read; layers are skipped.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,20 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// The sub-directory of a bundle that holds image archives
 /// (`images/<file>.tar`); the only sub-directory a bundle may have.
 pub const BUNDLE_DIR: &str = "images";
+
+/// A container image archive of a bundle (`images/<file>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageArchive {
+    /// Its file name in the bundle's `images/` directory, such as
+    /// `pause.tar`.
+    pub file: String,
+    /// Where it is on the control machine.
+    pub path: std::path::PathBuf,
+    pub sha256: String,
+    /// The names its images get when imported (read from the archive on
+    /// the control machine).
+    pub names: Vec<String>,
+}
 
 /// Checks the file name an image archive has in a bundle: `NAME.tar`, with
 /// NAME of ASCII letters, digits, `.`, `_`, `+` and `-`, not starting with

@@ -2,12 +2,22 @@
 //! gathered from it, give an exact per-node list of changes: files to
 //! create or update (with a diff for text files that hold no secret),
 //! whether systemd must reload its units, and which units to start,
-//! restart or reload. Pure: facts come in as data.
+//! restart or reload. The same changes, grouped into the table's phases
+//! with their strategies and gates ([`PhasePlan`]), are what apply
+//! executes. Pure: facts come in as data.
 
-use kubeforge_render::{Addon, NodeTree, Rendered};
+mod text;
+mod work;
+
+pub use text::to_text;
+pub use work::{
+    ApiApply, ApiWork, Chmod, ClusterGates, Content, Deployment, GateRun, LbEdit, NodeWork,
+    PhasePlan, Put, StepWork,
+};
+
+use kubeforge_render::{Addon, NodeTree, PhaseGate, Rendered, Strategy};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 /// A file as found on a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +194,14 @@ pub struct Summary {
 pub struct Plan {
     pub cluster: String,
     pub offline: bool,
+    /// What changes, node by node.
     pub nodes: Vec<NodePlan>,
+    /// The same changes as apply executes them: phase by phase, in the
+    /// table's order (phases without work left out).
+    pub phases: Vec<PhasePlan>,
+    /// After the last phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_gates: Option<ClusterGates>,
     pub summary: Summary,
 }
 
@@ -192,6 +209,23 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.nodes.iter().all(NodePlan::is_empty)
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("unknown phase \"{name}\"\n  help: use one of {}", .known.join(", "))]
+    UnknownPhase { name: String, known: Vec<String> },
+    #[error("the bundle has no `{name}`, which node {node} needs (phase {phase})\n  help: add it to the bundle directory and its SHA256SUMS, or leave out --bundle to not manage binaries")]
+    MissingBinary {
+        name: String,
+        node: String,
+        phase: String,
+    },
+}
+
+/// Whether systemd must re-read its units after this file changes.
+pub fn is_unit_file(path: &str) -> bool {
+    path.starts_with("/etc/systemd/system/")
 }
 
 fn octal(mode: u32) -> String {
@@ -281,265 +315,300 @@ fn plan_api(addons: &[Addon], facts: Option<&ApiFacts>) -> (Vec<ApiChange>, usiz
     (out, same)
 }
 
-fn plan_node(tree: &NodeTree, facts: Option<&NodeFacts>, addons: &[Addon]) -> NodePlan {
+/// One node's rendered files, units and steps against its facts, for the
+/// selected phases.
+fn decide<'a>(
+    tree: &'a NodeTree,
+    facts: Option<&'a NodeFacts>,
+    selected: &dyn Fn(&str) -> bool,
+) -> (work::Decided<'a>, Vec<FileChange>, usize) {
     let empty = NodeFacts::default();
-    let facts = facts.unwrap_or(&empty);
+    let f_facts = facts.unwrap_or(&empty);
     let mut changes = Vec::new();
     let mut unchanged = 0;
+    let mut puts = Vec::new();
+    let mut chmods = Vec::new();
     let mut restart: Vec<String> = Vec::new();
     let mut reload: Vec<String> = Vec::new();
-    let mut daemon_reload = false;
-    for f in tree.files.values() {
-        let change = match facts.files.get(&f.path) {
-            None => Some(FileChange {
-                path: f.path.clone(),
-                action: FileAction::Create,
-                mode: octal(f.mode),
-                old_mode: None,
-                secret: f.secret,
-                diff: None,
-            }),
-            Some(remote) if remote.sha256 != f.sha256 => Some(FileChange {
-                path: f.path.clone(),
-                action: FileAction::Update,
-                mode: octal(f.mode),
-                old_mode: (remote.mode != f.mode).then(|| octal(remote.mode)),
-                secret: f.secret,
-                diff: if f.secret {
-                    None
-                } else {
-                    remote
-                        .content
-                        .as_deref()
-                        .and_then(|old| unified_diff(&f.path, old, &f.content))
-                },
-            }),
-            Some(remote) if remote.mode != f.mode || remote.owner != f.owner => Some(FileChange {
-                path: f.path.clone(),
-                action: FileAction::Chmod,
-                mode: octal(f.mode),
-                old_mode: Some(octal(remote.mode)),
-                secret: f.secret,
-                diff: None,
-            }),
-            Some(_) => None,
+    for f in tree.files.values().filter(|f| selected(&f.phase)) {
+        let Some(c) = file_change(f, f_facts.files.get(&f.path)) else {
+            unchanged += 1;
+            continue;
         };
-        match change {
-            None => unchanged += 1,
-            Some(c) => {
-                if c.action != FileAction::Chmod {
-                    if f.path.starts_with("/etc/systemd/system/") {
-                        daemon_reload = true;
-                    }
-                    for u in &f.restarts {
-                        if !restart.contains(u) {
-                            restart.push(u.clone());
-                        }
-                    }
-                    for u in &f.reloads {
-                        if !reload.contains(u) {
-                            reload.push(u.clone());
-                        }
-                    }
+        if c.action == FileAction::Chmod {
+            chmods.push(f);
+        } else {
+            puts.push(f);
+            for u in &f.restarts {
+                if !restart.contains(u) {
+                    restart.push(u.clone());
                 }
-                changes.push(c);
+            }
+            for u in &f.reloads {
+                if !reload.contains(u) {
+                    reload.push(u.clone());
+                }
             }
         }
+        changes.push(c);
     }
-    let mut start = Vec::new();
-    for unit in &tree.units {
-        let state = facts.units.get(&unit.name).copied().unwrap_or_default();
-        if !state.active || !state.enabled {
-            start.push(unit.name.clone());
-        }
-    }
-    // Only units this node runs (a file may name units of other roles).
-    let runs = |u: &String| tree.units.iter().any(|x| &x.name == u);
-    restart.retain(|u| runs(u));
-    reload.retain(|u| runs(u));
-    // A unit that is started anew needs no restart or reload.
-    restart.retain(|u| !start.contains(u));
-    reload.retain(|u| !start.contains(u) && !restart.contains(u));
-    // Keep the units' own order (the apply phases) in every list.
+    let units: Vec<&kubeforge_render::UnitInfo> =
+        tree.units.iter().filter(|u| selected(&u.phase)).collect();
+    let start: Vec<String> = units
+        .iter()
+        .filter(|u| {
+            let state = f_facts.units.get(&u.name).copied().unwrap_or_default();
+            !state.active || !state.enabled
+        })
+        .map(|u| u.name.clone())
+        .collect();
+    // Only units this node runs in the selected phases (a file may name
+    // units of other roles); a unit started anew needs no restart or
+    // reload; every list in the units' own order.
+    let runs = |u: &String| units.iter().any(|x| &x.name == u);
+    restart.retain(|u| runs(u) && !start.contains(u));
+    reload.retain(|u| runs(u) && !start.contains(u) && !restart.contains(u));
     let order = |list: &mut Vec<String>| {
-        list.sort_by_key(|u| tree.units.iter().position(|x| &x.name == u));
+        list.sort_by_key(|u| units.iter().position(|x| &x.name == u));
     };
     order(&mut restart);
     order(&mut reload);
     let steps = tree
         .steps
         .iter()
-        .filter(|s| !facts.steps_done.contains(&s.name))
-        .map(|s| s.name.clone())
+        .filter(|s| selected(&s.phase) && !f_facts.steps_done.contains(&s.name))
         .collect();
-    let (api, api_unchanged) = plan_api(addons, facts.api.as_ref());
-    let (approve, refused): (Vec<PendingCsr>, Vec<PendingCsr>) = facts
-        .csrs
-        .iter()
-        .cloned()
-        .partition(|c| c.refused.is_empty());
-    NodePlan {
-        node: tree.name.clone(),
-        address: tree.address.clone(),
-        steps,
+    (
+        work::Decided {
+            tree,
+            puts,
+            chmods,
+            steps,
+            start,
+            restart,
+            reload,
+        },
         changes,
         unchanged,
-        daemon_reload,
-        start,
-        restart,
-        reload,
-        api,
-        api_unchanged,
-        approve,
-        refused,
+    )
+}
+
+/// How a rendered file differs from what the node holds (`None`: not at
+/// all).
+fn file_change(
+    f: &kubeforge_render::RenderedFile,
+    remote: Option<&RemoteFile>,
+) -> Option<FileChange> {
+    let change = |action, old_mode: Option<u32>, diff| FileChange {
+        path: f.path.clone(),
+        action,
+        mode: octal(f.mode),
+        old_mode: old_mode.map(octal),
+        secret: f.secret,
+        diff,
+    };
+    match remote {
+        None => Some(change(FileAction::Create, None, None)),
+        Some(r) if r.sha256 != f.sha256 => {
+            let diff = if f.secret {
+                None
+            } else {
+                r.content
+                    .as_deref()
+                    .and_then(|old| unified_diff(&f.path, old, &f.content))
+            };
+            Some(change(
+                FileAction::Update,
+                (r.mode != f.mode).then_some(r.mode),
+                diff,
+            ))
+        }
+        Some(r) if r.mode != f.mode || r.owner != f.owner => {
+            Some(change(FileAction::Chmod, Some(r.mode), None))
+        }
+        Some(_) => None,
     }
 }
 
-/// Compares every node's rendered files with its facts.
-pub fn plan(cluster: &str, rendered: &Rendered, facts: &Facts) -> Plan {
+/// Compares every node's rendered files with its facts, for the phases
+/// named in `only` (every phase when it is empty): the one place where a
+/// plan is limited to some phases.
+pub fn plan(
+    cluster: &str,
+    rendered: &Rendered,
+    facts: &Facts,
+    only: &[String],
+) -> Result<Plan, PlanError> {
+    let known: Vec<String> = rendered.phases.iter().map(|p| p.name.clone()).collect();
+    if let Some(bad) = only.iter().find(|p| !known.contains(p)) {
+        return Err(PlanError::UnknownPhase {
+            name: bad.clone(),
+            known,
+        });
+    }
+    let selected = |p: &str| only.is_empty() || only.iter().any(|x| x == p);
+    for tree in &rendered.nodes {
+        if let Some(m) = tree.missing.iter().find(|m| selected(&m.phase)) {
+            return Err(PlanError::MissingBinary {
+                name: m.name.clone(),
+                node: tree.name.clone(),
+                phase: m.phase.clone(),
+            });
+        }
+    }
+    let api_phase = rendered
+        .phases
+        .iter()
+        .find(|p| p.strategy == Strategy::Api && selected(&p.name));
     let mut nodes = Vec::new();
+    let mut decided = Vec::new();
     let mut summary = Summary::default();
     for tree in &rendered.nodes {
         let node_facts = match facts {
             Facts::Offline => None,
             Facts::Gathered(map) => map.get(&tree.name),
         };
-        let addons: &[Addon] = if rendered.addon_node.as_ref() == Some(&tree.name) {
-            &rendered.addons
+        let (d, changes, unchanged) = decide(tree, node_facts, &selected);
+        let addon_node = api_phase.is_some() && rendered.addon_node.as_ref() == Some(&tree.name);
+        let empty = NodeFacts::default();
+        let f = node_facts.unwrap_or(&empty);
+        let (api, api_unchanged) = if addon_node {
+            plan_api(&rendered.addons, f.api.as_ref())
         } else {
-            &[]
+            (Vec::new(), 0)
         };
-        let p = plan_node(tree, node_facts, addons);
-        summary.nodes += 1;
-        if !p.is_empty() {
-            summary.nodes_changed += 1;
-        }
-        for c in &p.changes {
-            match c.action {
-                FileAction::Create => summary.create += 1,
-                FileAction::Update | FileAction::Chmod => summary.update += 1,
-            }
-        }
-        summary.unchanged += p.unchanged;
-        summary.steps += p.steps.len();
-        summary.start += p.start.len();
-        summary.restart += p.restart.len();
-        summary.reload += p.reload.len();
-        summary.api_apply += p.api.len();
-        summary.csr_approve += p.approve.len();
-        summary.api_unchanged += p.api_unchanged;
+        let (approve, refused): (Vec<PendingCsr>, Vec<PendingCsr>) = if addon_node {
+            f.csrs.iter().cloned().partition(|c| c.refused.is_empty())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let p = NodePlan {
+            node: tree.name.clone(),
+            address: tree.address.clone(),
+            steps: d.steps.iter().map(|s| s.name.clone()).collect(),
+            changes,
+            unchanged,
+            daemon_reload: d.puts.iter().any(|f| is_unit_file(&f.path)),
+            start: d.start.clone(),
+            restart: d.restart.clone(),
+            reload: d.reload.clone(),
+            api,
+            api_unchanged,
+            approve,
+            refused,
+        };
+        add_to_summary(&mut summary, &p);
         nodes.push(p);
+        decided.push(d);
     }
-    Plan {
+    let mut phases = Vec::new();
+    for row in rendered.phases.iter().filter(|p| selected(&p.name)) {
+        if row.strategy == Strategy::Api {
+            let addon = nodes
+                .iter()
+                .find(|n| Some(&n.node) == rendered.addon_node.as_ref());
+            let (changes, approve) = addon
+                .map(|n| (n.api.as_slice(), n.approve.as_slice()))
+                .unwrap_or_default();
+            if let Some(api) = work::api_work(rendered, row.wait_for.as_deref(), changes, approve) {
+                phases.push(PhasePlan {
+                    phase: row.name.clone(),
+                    strategy: row.strategy,
+                    nodes: Vec::new(),
+                    api: Some(api),
+                    vip: None,
+                });
+            }
+            continue;
+        }
+        let works: Vec<NodeWork> = decided
+            .iter()
+            .map(|d| work::node_work(rendered, facts, d, &row.name, row.strategy))
+            .filter(|w| !w.is_empty())
+            .collect();
+        if works.is_empty() {
+            continue;
+        }
+        phases.push(PhasePlan {
+            phase: row.name.clone(),
+            strategy: work::resolve(row.strategy, &works),
+            nodes: works,
+            api: None,
+            vip: (row.gate == Some(PhaseGate::Vip))
+                .then(|| rendered.vip.clone())
+                .flatten(),
+        });
+    }
+    let cluster_gates = cluster_gates(rendered, &phases, &selected);
+    Ok(Plan {
         cluster: cluster.to_string(),
         offline: matches!(facts, Facts::Offline),
         nodes,
+        phases,
+        cluster_gates,
         summary,
-    }
+    })
 }
 
-/// The plan as text for a terminal or a log; never contains key material.
-pub fn to_text(plan: &Plan) -> String {
-    let mut s = String::new();
-    if plan.offline {
-        let _ = writeln!(
-            s,
-            "Offline plan for cluster \"{}\": every node is assumed bare.\n",
-            plan.cluster
-        );
+fn add_to_summary(summary: &mut Summary, p: &NodePlan) {
+    summary.nodes += 1;
+    if !p.is_empty() {
+        summary.nodes_changed += 1;
     }
-    for n in &plan.nodes {
-        for c in &n.refused {
-            let _ = writeln!(
-                s,
-                "note: certificate signing request {} is not approved: {}",
-                c.name, c.refused
-            );
-        }
-        if n.is_empty() {
-            let _ = writeln!(s, "{} ({}): no changes", n.node, n.address);
-            continue;
-        }
-        let _ = writeln!(s, "{} ({}):", n.node, n.address);
-        for step in &n.steps {
-            let _ = writeln!(s, "  run: {step}");
-        }
-        for c in &n.changes {
-            let sign = match c.action {
-                FileAction::Create => '+',
-                FileAction::Update => '~',
-                FileAction::Chmod => 'm',
-            };
-            let mut note = c.mode.clone();
-            if let Some(old) = &c.old_mode {
-                note = format!("{old} -> {note}");
-            }
-            if c.secret {
-                note.push_str(", secret");
-            }
-            let _ = writeln!(s, "  {sign} {} ({note})", c.path);
-            if let Some(diff) = &c.diff {
-                for line in diff.lines() {
-                    let _ = writeln!(s, "      {line}");
-                }
-            }
-        }
-        if n.daemon_reload {
-            let _ = writeln!(s, "  systemctl daemon-reload");
-        }
-        if !n.start.is_empty() {
-            let _ = writeln!(s, "  enable and start: {}", n.start.join(", "));
-        }
-        if !n.restart.is_empty() {
-            let _ = writeln!(s, "  restart: {}", n.restart.join(", "));
-        }
-        if !n.reload.is_empty() {
-            let _ = writeln!(s, "  reload: {}", n.reload.join(", "));
-        }
-        for c in &n.approve {
-            let _ = writeln!(
-                s,
-                "  api approve: certificate signing request {} (serving certificate of {})",
-                c.name,
-                c.node.as_deref().unwrap_or("?")
-            );
-        }
-        for c in &n.api {
-            let what = match c.action {
-                ApiAction::Create => "create",
-                ApiAction::Update => "update",
-                ApiAction::Apply => "apply",
-            };
-            let _ = writeln!(s, "  api {what}: {}", c.object);
-            if let Some(diff) = &c.diff {
-                for line in diff.lines() {
-                    let _ = writeln!(s, "      {line}");
-                }
-            }
-        }
-        let _ = writeln!(s);
-    }
-    let m = &plan.summary;
-    if plan.is_empty() {
-        let _ = writeln!(
-            s,
-            "No changes: {} nodes, {} files and {} API objects up to date.",
-            m.nodes, m.unchanged, m.api_unchanged
-        );
-    } else {
-        let _ = writeln!(
-            s,
-            "Plan: {} of {} nodes change; {} steps to run; {} files to create, {} to update, {} unchanged; {} units to start, {} to restart, {} to reload; {} API objects to apply, {} unchanged.",
-            m.nodes_changed, m.nodes, m.steps, m.create, m.update, m.unchanged, m.start, m.restart, m.reload, m.api_apply, m.api_unchanged
-        );
-        if m.csr_approve > 0 {
-            s.pop();
-            let _ = writeln!(
-                s,
-                " {} serving certificate requests to approve.",
-                m.csr_approve
-            );
+    for c in &p.changes {
+        match c.action {
+            FileAction::Create => summary.create += 1,
+            FileAction::Update | FileAction::Chmod => summary.update += 1,
         }
     }
-    s
+    summary.unchanged += p.unchanged;
+    summary.steps += p.steps.len();
+    summary.start += p.start.len();
+    summary.restart += p.restart.len();
+    summary.reload += p.reload.len();
+    summary.api_apply += p.api.len();
+    summary.csr_approve += p.approve.len();
+    summary.api_unchanged += p.api_unchanged;
+}
+
+/// The cluster gate runs after the last phase when a selected phase
+/// carries it and the plan applies API objects or starts or restarts a
+/// unit that registers a node.
+fn cluster_gates(
+    rendered: &Rendered,
+    phases: &[PhasePlan],
+    selected: &dyn Fn(&str) -> bool,
+) -> Option<ClusterGates> {
+    let phase = rendered
+        .phases
+        .iter()
+        .find(|p| p.gate == Some(PhaseGate::Cluster) && selected(&p.name))?;
+    let via = rendered.addon_node.clone()?;
+    let objects = phases
+        .iter()
+        .filter_map(|p| p.api.as_ref())
+        .any(|a| !a.objects.is_empty());
+    let registers = phases.iter().flat_map(|p| &p.nodes).any(|w| {
+        let tree = rendered.nodes.iter().find(|t| t.name == w.node);
+        w.start
+            .iter()
+            .chain(&w.restart)
+            .any(|u| tree.is_some_and(|t| t.units.iter().any(|x| &x.name == u && x.registers)))
+    });
+    if !(objects || registers) {
+        return None;
+    }
+    let kubelets = rendered.kubelet_nodes();
+    Some(ClusterGates {
+        phase: phase.name.clone(),
+        via,
+        port: rendered.api_port,
+        nodes: kubelets.iter().map(|(n, _)| n.to_string()).collect(),
+        serving_certificates: if rendered.serving_csrs {
+            kubelets.iter().map(|(n, a)| (n.to_string(), *a)).collect()
+        } else {
+            Vec::new()
+        },
+        deployments: work::deployments(rendered),
+    })
 }

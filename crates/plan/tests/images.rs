@@ -3,10 +3,15 @@
 //! its check passes.
 #![allow(clippy::unwrap_used)]
 
-use kubeforge_plan::{plan, to_text, Facts, NodeFacts, RemoteFile, UnitFacts};
+use kubeforge_plan::{to_text, Facts, NodeFacts, Plan, RemoteFile, UnitFacts};
 use kubeforge_render::{ImageArchive, Rendered};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+/// A plan of every phase.
+fn plan(cluster: &str, r: &Rendered, facts: &Facts) -> Plan {
+    kubeforge_plan::plan(cluster, r, facts, &[]).unwrap()
+}
 
 const STEP: &str = "import the bundle's container images into containerd";
 
@@ -23,12 +28,7 @@ fn rendered_with_images() -> Rendered {
         names: vec!["registry.local/pause:3.10".into()],
     }];
     p.renderer
-        .add_images(
-            &loaded.cluster,
-            &mut p.rendered,
-            &images,
-            &p.renderer.phases(),
-        )
+        .add_images(&loaded.cluster, &mut p.rendered, &images)
         .unwrap();
     p.rendered
 }

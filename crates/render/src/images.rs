@@ -5,54 +5,34 @@
 
 use crate::table::Stage;
 use crate::{cluster_context, render_str, RenderError, Rendered, RenderedFile, Renderer, Step};
+use kubeforge_images::ImageArchive;
 use kubeforge_inventory::Cluster;
-use serde::Serialize;
 use serde_json::json;
-use std::path::PathBuf;
 
 /// containerd's socket on the nodes: the `[grpc] address` of
 /// `templates/node/containerd-config.toml` (a test keeps them equal).
 pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
-/// A container image archive of the bundle (`images/<file>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImageArchive {
-    /// Its file name in the bundle's `images/` directory, such as
-    /// `pause.tar`.
-    pub file: String,
-    /// Where it is on the control machine.
-    pub path: PathBuf,
-    pub sha256: String,
-    /// The names its images get when imported (read from the archive on
-    /// the control machine).
-    pub names: Vec<String>,
-}
-
 impl Renderer {
     /// Places the bundle's image archives, and the step that imports
-    /// them, on the nodes of every `[[images]]` row, for the given phases
-    /// only. Nothing happens without archives.
+    /// them, on the nodes of every `[[images]]` row. Nothing happens
+    /// without archives.
     pub fn add_images(
         &self,
         cluster: &Cluster,
         rendered: &mut Rendered,
         images: &[ImageArchive],
-        phases: &[String],
     ) -> Result<(), RenderError> {
         if images.is_empty() {
             return Ok(());
         }
-        let mut ctx = cluster_context(cluster);
-        ctx["containerd"] = json!({ "socket": CONTAINERD_SOCKET });
+        let ctx = cluster_context(cluster);
         for tree in &mut rendered.nodes {
             let Some(node) = cluster.node(&tree.name) else {
                 continue;
             };
             for row in self.table.images.iter().filter(|r| r.on.matches(node)) {
                 let phase = self.phase_of(row.on, &[], &[]);
-                if !phases.contains(&phase) {
-                    continue;
-                }
                 let dir = row.dir.trim_end_matches('/');
                 let mut list = Vec::new();
                 for image in images {

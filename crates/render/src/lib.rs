@@ -10,14 +10,15 @@ mod table;
 mod templates;
 
 pub use cni::{cni_images, CALICO_VERSION, FLANNEL_CNI_PLUGIN_VERSION, FLANNEL_VERSION};
-pub use images::{ImageArchive, CONTAINERD_SOCKET};
-pub use manifests::{Addon, ApiObject, ADDONS_PHASE, ADDON_DIR};
+pub use images::CONTAINERD_SOCKET;
+pub use kubeforge_images::ImageArchive;
+pub use manifests::{Addon, ApiObject, ADDON_DIR};
 pub use subnets::{allocate as allocate_pod_subnets, Allocation, PodSubnets};
-pub use table::{On, Stage, Table, FILES_TOML};
+pub use table::{Check, GateScope, PhaseGate, PhaseRow, Stage, Strategy, Table, FILES_TOML};
 pub use templates::TEMPLATES;
 
 use base64::Engine;
-use kubeforge_inventory::{Cluster, Node, Role};
+use kubeforge_inventory::{Cluster, KubeletJoin, Node, Role, Selector};
 use kubeforge_pki::{catalog, CaId, KeyCert, Pki};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -94,7 +95,61 @@ pub struct UnitInfo {
     pub phase: String,
     /// Shipped by the node's package rather than rendered.
     pub packaged: bool,
+    /// TCP ports it listens on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// What must pass after it starts or restarts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+    /// It registers its node in the API: its start or restart calls for
+    /// the cluster gate.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub registers: bool,
 }
+
+/// A health gate, rendered for one node: `check` with `args` must pass
+/// there (or, with [`GateScope::All`], on every node of the unit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gate {
+    /// What it waits for, for progress and errors.
+    pub name: String,
+    /// The unit whose journal a failure shows.
+    pub unit: String,
+    pub check: Check,
+    pub args: Vec<String>,
+    pub scope: GateScope,
+}
+
+/// A required binary the bundle does not have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MissingBinary {
+    pub name: String,
+    pub phase: String,
+}
+
+/// A `drain` file as it is while one node is taken out of the load
+/// balancer, for one LB node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drained {
+    /// The LB node that holds the file.
+    pub lb: String,
+    /// The file with the node drained (`drained` = its name).
+    pub file: RenderedFile,
+}
+
+/// What the VIP gate checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Vip {
+    pub address: String,
+    /// The LB nodes that may hold it.
+    pub holders: Vec<String>,
+    /// The API's readiness through the VIP, checked from a control-plane
+    /// node (it holds the cluster CA).
+    pub ready: Option<(String, Gate)>,
+}
+
+/// Where a kubelet keeps the serving certificate it got through a CSR.
+pub const KUBELET_SERVING_CERT: &str = "/var/lib/kubelet/pki/kubelet-server-current.pem";
 
 /// A preparation step, rendered for one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -122,6 +177,10 @@ pub struct NodeTree {
     /// Preparation steps, run before the phase's files are written (or,
     /// with `Stage::AfterUnits`, after its units are started).
     pub steps: Vec<Step>,
+    /// Required binaries the bundle lacks: an error for a plan of their
+    /// phase.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<MissingBinary>,
 }
 
 /// The rendered cluster: one tree per node plus the control machine's
@@ -138,6 +197,36 @@ pub struct Rendered {
     pub api_port: u16,
     pub admin_kubeconfig: Vec<u8>,
     pub super_admin_kubeconfig: Vec<u8>,
+    /// The apply phases, in order.
+    pub phases: Vec<PhaseRow>,
+    /// Per node that a `drain-from-lb` phase may restart: its `drain`
+    /// files, rendered with it taken out of the load balancer.
+    pub drains: BTreeMap<String, Vec<Drained>>,
+    /// The VIP gate, with a load balancer.
+    pub vip: Option<Vip>,
+    /// Kubelets get their serving certificates through CSRs that kubeforge
+    /// approves (bootstrap-token joins).
+    pub serving_csrs: bool,
+}
+
+impl Rendered {
+    /// The nodes that run a kubelet, with their addresses: whose serving
+    /// certificate requests kubeforge approves.
+    pub fn kubelet_nodes(&self) -> Vec<(&str, std::net::Ipv4Addr)> {
+        self.nodes
+            .iter()
+            .filter(|t| {
+                t.roles
+                    .iter()
+                    .any(|r| matches!(r, Role::ControlPlane | Role::Worker))
+            })
+            .filter_map(|t| Some((t.name.as_str(), t.address.parse().ok()?)))
+            .collect()
+    }
+
+    pub fn phase(&self, name: &str) -> Option<&PhaseRow> {
+        self.phases.iter().find(|p| p.name == name)
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -167,8 +256,84 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct Renderer {
     tera: tera::Tera,
     table: Table,
-    /// The apply phases in order, from the table's units.
-    phases: Vec<String>,
+}
+
+/// Where a rendered file comes from and what it does on its node.
+struct Meta<'a> {
+    mode: u32,
+    secret: bool,
+    restarts: &'a [String],
+    reloads: &'a [String],
+    source: &'a str,
+    phase: &'a str,
+}
+
+fn file(path: &str, content: Vec<u8>, m: &Meta<'_>) -> RenderedFile {
+    RenderedFile {
+        phase: m.phase.to_string(),
+        from_file: None,
+        path: path.to_string(),
+        mode: m.mode,
+        owner: "root:root".into(),
+        sha256: sha256_hex(&content),
+        content,
+        secret: m.secret,
+        restarts: m.restarts.to_vec(),
+        reloads: m.reloads.to_vec(),
+        source: m.source.to_string(),
+    }
+}
+
+/// One node's files as they are collected: a path placed by several rows
+/// is one file, which must have the same content and mode everywhere; its
+/// restarts and reloads are merged, and it goes in with the earliest phase.
+struct Files<'r> {
+    renderer: &'r Renderer,
+    node: &'r str,
+    files: BTreeMap<String, RenderedFile>,
+}
+
+impl Files<'_> {
+    fn add(&mut self, f: RenderedFile) -> Result<(), RenderError> {
+        let Some(existing) = self.files.get_mut(&f.path) else {
+            self.files.insert(f.path.clone(), f);
+            return Ok(());
+        };
+        let conflict = |what| RenderError::Conflict {
+            path: f.path.clone(),
+            node: self.node.to_string(),
+            what,
+        };
+        if existing.content != f.content {
+            return Err(conflict("contents"));
+        }
+        if existing.mode != f.mode {
+            return Err(conflict("modes"));
+        }
+        if self.renderer.phase_rank(&f.phase) < self.renderer.phase_rank(&existing.phase) {
+            existing.phase = f.phase.clone();
+        }
+        for u in f.restarts {
+            if !existing.restarts.contains(&u) {
+                existing.restarts.push(u);
+            }
+        }
+        for u in f.reloads {
+            if !existing.reloads.contains(&u) {
+                existing.reloads.push(u);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What rendering one node needs.
+struct NodeInput<'a> {
+    cluster: &'a Cluster,
+    pki: &'a Pki,
+    node: &'a Node,
+    base: &'a Value,
+    ctx: Value,
 }
 
 impl Renderer {
@@ -184,50 +349,30 @@ impl Renderer {
             .map_err(|e| RenderError::Table(error_chain(&e)))?;
         let names: Vec<&str> = templates.iter().map(|(n, _)| *n).collect();
         let table = Table::parse(files_toml, &names).map_err(RenderError::Table)?;
-        let mut phases: Vec<String> = Vec::new();
-        for u in &table.unit {
-            if !phases.contains(&u.phase) {
-                phases.push(u.phase.clone());
-            }
-        }
-        Ok(Renderer {
-            tera,
-            table,
-            phases,
-        })
+        Ok(Renderer { tera, table })
     }
 
     pub fn table(&self) -> &Table {
         &self.table
     }
 
-    /// The apply phases in order: the order of first appearance in the
-    /// table's units, with the addons right after the last phase of a
-    /// control-plane unit (the API is up; nodes may still be missing).
+    /// The apply phases in order (the table's `[[phase]]` rows).
     pub fn phases(&self) -> Vec<String> {
-        let mut p = self.phases.clone();
-        let after = self
-            .table
-            .unit
-            .iter()
-            .filter(|u| u.on == On::ControlPlane)
-            .filter_map(|u| p.iter().position(|x| *x == u.phase))
-            .max()
-            .map_or(p.len(), |i| i + 1);
-        p.insert(after, ADDONS_PHASE.to_string());
-        p
+        self.table.phase.iter().map(|p| p.name.clone()).collect()
     }
 
     pub fn phase_rank(&self, phase: &str) -> usize {
-        self.phases
+        self.table
+            .phase
             .iter()
-            .position(|p| p == phase)
+            .position(|p| p.name == phase)
             .unwrap_or(usize::MAX)
     }
 
     /// The phase that installs a file: that of the first unit it restarts
-    /// or reloads, else that of the first unit placed on the same nodes.
-    fn phase_of(&self, on: On, restarts: &[String], reloads: &[String]) -> String {
+    /// or reloads, else that of the first unit placed on the same nodes,
+    /// else the last phase.
+    fn phase_of(&self, on: Selector, restarts: &[String], reloads: &[String]) -> String {
         let unit_phase = |name: &String| {
             self.table
                 .unit
@@ -246,7 +391,13 @@ impl Renderer {
                     .find(|u| u.on == on)
                     .map(|u| u.phase.clone())
             })
-            .unwrap_or_else(|| self.phases.last().cloned().unwrap_or_default())
+            .unwrap_or_else(|| {
+                self.table
+                    .phase
+                    .last()
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default()
+            })
     }
 
     fn template(&self, name: &str, ctx: &Value, node: &str) -> Result<Vec<u8>, RenderError> {
@@ -266,16 +417,15 @@ impl Renderer {
             })
     }
 
-    /// Adds the binaries each node needs, from a bundle (name -> local
-    /// path and sha256), for the given phases only. A required binary
-    /// missing from the bundle is an error naming it.
+    /// Adds the binaries each node needs from a bundle (name -> local path
+    /// and sha256). A required binary the bundle lacks is recorded in the
+    /// node's `missing` list: a plan of its phase refuses to run.
     pub fn add_binaries(
         &self,
         cluster: &Cluster,
         rendered: &mut Rendered,
         bundle: &BTreeMap<String, (PathBuf, String)>,
-        phases: &[String],
-    ) -> Result<(), RenderError> {
+    ) {
         for tree in &mut rendered.nodes {
             let Some(node) = cluster.node(&tree.name) else {
                 continue;
@@ -285,17 +435,14 @@ impl Renderer {
                     continue;
                 }
                 let phase = self.phase_of(row.on, &row.restarts, &[]);
-                if !phases.contains(&phase) {
-                    continue;
-                }
                 let Some((path, sha)) = bundle.get(&row.name) else {
-                    if row.optional {
-                        continue;
+                    if !row.optional {
+                        tree.missing.push(MissingBinary {
+                            name: row.name.clone(),
+                            phase,
+                        });
                     }
-                    return Err(RenderError::MissingBinary {
-                        name: row.name.clone(),
-                        node: node.name.clone(),
-                    });
+                    continue;
                 };
                 let dir = row.dir.as_deref().unwrap_or(&cluster.bin_dir);
                 let target = format!("{}/{}", dir.trim_end_matches('/'), row.name);
@@ -317,7 +464,6 @@ impl Renderer {
                 );
             }
         }
-        Ok(())
     }
 
     /// Renders every node's files.
@@ -329,31 +475,31 @@ impl Renderer {
     ) -> Result<Rendered, RenderError> {
         let base = cluster_context(cluster);
         let mut nodes = Vec::new();
+        let mut drains = BTreeMap::new();
         for node in &cluster.nodes {
-            nodes.push(self.render_node(cluster, pki, subnets, node, &base)?);
+            let input = NodeInput {
+                cluster,
+                pki,
+                node,
+                base: &base,
+                ctx: node_context(cluster, subnets, node, pki, &base),
+            };
+            nodes.push(self.render_node(&input)?);
+            if self.drained_by_rollout(cluster, node) {
+                drains.insert(
+                    node.name.clone(),
+                    self.drained(cluster, pki, subnets, node, &base)?,
+                );
+            }
         }
         let admin = self.kubeconfig(cluster, pki, "admin", None, cluster.api_url(), &base)?;
         let super_admin =
             self.kubeconfig(cluster, pki, "super-admin", None, cluster.api_url(), &base)?;
         let addon_node = cluster
-            .nodes_with(kubeforge_inventory::Role::ControlPlane)
+            .nodes_with(Role::ControlPlane)
             .next()
             .map(|n| n.name.clone());
-        let mut addons = Vec::new();
-        if let Some(tree) = nodes.iter().find(|t| Some(&t.name) == addon_node.as_ref()) {
-            for (path, f) in tree.files.iter().filter(|(p, _)| p.starts_with(ADDON_DIR)) {
-                let err = |detail: String| RenderError::Addon {
-                    template: f.source.clone(),
-                    path: path.clone(),
-                    detail,
-                };
-                let text = std::str::from_utf8(&f.content).map_err(|e| err(e.to_string()))?;
-                addons.push(Addon {
-                    path: path.clone(),
-                    objects: manifests::parse(text).map_err(err)?,
-                });
-            }
-        }
+        let addons = addons_of(&nodes, addon_node.as_deref())?;
         Ok(Rendered {
             nodes,
             addons,
@@ -361,6 +507,102 @@ impl Renderer {
             api_port: cluster.apiserver_port,
             admin_kubeconfig: admin,
             super_admin_kubeconfig: super_admin,
+            phases: self.table.phase.clone(),
+            drains,
+            vip: self.vip(cluster),
+            serving_csrs: cluster.kubelet_join == KubeletJoin::BootstrapToken,
+        })
+    }
+
+    /// Whether a `drain-from-lb` phase may restart a unit of this node.
+    fn drained_by_rollout(&self, cluster: &Cluster, node: &Node) -> bool {
+        let draining: Vec<&str> = self
+            .table
+            .phase
+            .iter()
+            .filter(|p| p.strategy == Strategy::DrainFromLb)
+            .map(|p| p.name.as_str())
+            .collect();
+        self.table.unit.iter().any(|u| {
+            draining.contains(&u.phase.as_str())
+                && u.on.matches(node)
+                && u.when.is_none_or(|w| w.holds(cluster))
+        })
+    }
+
+    /// The `drain` files of every node that holds one, rendered with
+    /// `drained` taken out of the load balancer.
+    fn drained(
+        &self,
+        cluster: &Cluster,
+        pki: &Pki,
+        subnets: &PodSubnets,
+        drained: &Node,
+        base: &Value,
+    ) -> Result<Vec<Drained>, RenderError> {
+        let mut out = Vec::new();
+        for holder in &cluster.nodes {
+            for row in self.table.file.iter().filter(|r| r.drain) {
+                if !row.on.matches(holder) || row.when.is_some_and(|w| !w.holds(cluster)) {
+                    continue;
+                }
+                let mut ctx = node_context(cluster, subnets, holder, pki, base);
+                ctx["drained"] = json!(drained.name);
+                let content = self.template(&row.template, &ctx, &holder.name)?;
+                let phase = self.phase_of(row.on, &row.restarts, &row.reloads);
+                let meta = Meta {
+                    mode: file_mode(row.mode.as_deref()),
+                    secret: row.secret,
+                    restarts: &row.restarts,
+                    reloads: &row.reloads,
+                    source: &row.template,
+                    phase: &phase,
+                };
+                out.push(Drained {
+                    lb: holder.name.clone(),
+                    file: file(&row.path, content, &meta),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The VIP gate: which LB nodes may hold it, and the API's readiness
+    /// through it, from the first control-plane node with the cluster CA
+    /// the table places there.
+    fn vip(&self, cluster: &Cluster) -> Option<Vip> {
+        let lb = cluster.loadbalancer.as_ref()?;
+        let address = lb.vip.addr().to_string();
+        let ca = self
+            .table
+            .ca
+            .iter()
+            .find(|r| r.ca == "kubernetes" && r.on == Selector::ControlPlane)
+            .map(|r| format!("{}.crt", r.path));
+        let ready = cluster
+            .nodes_with(Role::ControlPlane)
+            .next()
+            .zip(ca)
+            .map(|(cp, ca)| {
+                let url = format!("https://{address}:{}/readyz", lb.port);
+                (
+                    cp.name.clone(),
+                    Gate {
+                        name: format!("{url} to answer ok"),
+                        unit: "kube-apiserver".into(),
+                        check: Check::HttpsOk,
+                        args: vec![url, ca],
+                        scope: GateScope::Node,
+                    },
+                )
+            });
+        Some(Vip {
+            address,
+            holders: cluster
+                .nodes_with(Role::Lb)
+                .map(|n| n.name.clone())
+                .collect(),
+            ready,
         })
     }
 
@@ -400,102 +642,75 @@ impl Renderer {
         )
     }
 
-    fn render_node(
-        &self,
-        cluster: &Cluster,
-        pki: &Pki,
-        subnets: &PodSubnets,
-        node: &Node,
-        base: &Value,
-    ) -> Result<NodeTree, RenderError> {
-        let ctx = node_context(cluster, subnets, node, pki, base);
-        let mut files: BTreeMap<String, RenderedFile> = BTreeMap::new();
-        let mut add = |f: RenderedFile| -> Result<(), RenderError> {
-            match files.get_mut(&f.path) {
-                None => {
-                    files.insert(f.path.clone(), f);
-                }
-                Some(existing) => {
-                    if existing.content != f.content {
-                        return Err(RenderError::Conflict {
-                            path: f.path,
-                            node: node.name.clone(),
-                            what: "contents",
-                        });
-                    }
-                    if existing.mode != f.mode {
-                        return Err(RenderError::Conflict {
-                            path: f.path,
-                            node: node.name.clone(),
-                            what: "modes",
-                        });
-                    }
-                    if self.phase_rank(&f.phase) < self.phase_rank(&existing.phase) {
-                        existing.phase = f.phase.clone();
-                    }
-                    for u in f.restarts {
-                        if !existing.restarts.contains(&u) {
-                            existing.restarts.push(u);
-                        }
-                    }
-                    for u in f.reloads {
-                        if !existing.reloads.contains(&u) {
-                            existing.reloads.push(u);
-                        }
-                    }
-                }
-            }
-            Ok(())
+    fn render_node(&self, n: &NodeInput<'_>) -> Result<NodeTree, RenderError> {
+        let mut files = Files {
+            renderer: self,
+            node: &n.node.name,
+            files: BTreeMap::new(),
         };
-        let t = &self.table;
+        self.template_files(n, &mut files)?;
+        self.kubeconfig_files(n, &mut files)?;
+        self.ca_files(n, &mut files)?;
+        self.cert_files(n, &mut files)?;
+        self.key_files(n, &mut files)?;
+        Ok(NodeTree {
+            name: n.node.name.clone(),
+            address: n.node.address.to_string(),
+            roles: n.node.roles.clone(),
+            files: files.files,
+            units: self.units(n)?,
+            steps: self.steps(n)?,
+            missing: Vec::new(),
+        })
+    }
 
-        for row in t.file.iter().filter(|r| r.on.matches(node)) {
+    /// The `[[file]]` rows: templates (one file per item with `each`).
+    fn template_files(&self, n: &NodeInput<'_>, files: &mut Files<'_>) -> Result<(), RenderError> {
+        let (cluster, node) = (n.cluster, n.node);
+        for row in self.table.file.iter().filter(|r| r.on.matches(node)) {
             if row.when.is_some_and(|w| !w.holds(cluster)) {
                 continue;
             }
-            let mode = row
-                .mode
-                .as_deref()
-                .and_then(|m| u32::from_str_radix(m, 8).ok())
-                .unwrap_or(0o644);
-            if let Some(list) = &row.each {
-                let phase = self.phase_of(row.on, &row.restarts, &row.reloads);
-                let items = ctx
-                    .get(list)
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                for item in items {
-                    let mut item_ctx = ctx.clone();
-                    item_ctx["item"] = item;
-                    let content = self.template(&row.template, &item_ctx, &node.name)?;
-                    let path = render_str(&row.path, &item_ctx, &row.template, &node.name)?;
-                    add(file(
-                        &path,
-                        mode,
-                        row.secret,
-                        content,
-                        &row.restarts,
-                        &row.reloads,
-                        &row.template,
-                        phase.clone(),
-                    ))?;
-                }
+            let phase = self.phase_of(row.on, &row.restarts, &row.reloads);
+            let meta = Meta {
+                mode: file_mode(row.mode.as_deref()),
+                secret: row.secret,
+                restarts: &row.restarts,
+                reloads: &row.reloads,
+                source: &row.template,
+                phase: &phase,
+            };
+            let Some(list) = &row.each else {
+                let content = self.template(&row.template, &n.ctx, &node.name)?;
+                files.add(file(&row.path, content, &meta))?;
                 continue;
+            };
+            let items = n
+                .ctx
+                .get(list)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for item in items {
+                let mut item_ctx = n.ctx.clone();
+                item_ctx["item"] = item;
+                let content = self.template(&row.template, &item_ctx, &node.name)?;
+                let path = render_str(&row.path, &item_ctx, &row.template, &node.name)?;
+                files.add(file(&path, content, &meta))?;
             }
-            let content = self.template(&row.template, &ctx, &node.name)?;
-            add(file(
-                &row.path,
-                mode,
-                row.secret,
-                content,
-                &row.restarts,
-                &row.reloads,
-                &row.template,
-                self.phase_of(row.on, &row.restarts, &row.reloads),
-            ))?;
         }
-        for row in t
+        Ok(())
+    }
+
+    /// The `[[kubeconfig]]` rows: a certificate and its key embedded, 0600.
+    fn kubeconfig_files(
+        &self,
+        n: &NodeInput<'_>,
+        files: &mut Files<'_>,
+    ) -> Result<(), RenderError> {
+        let (cluster, node) = (n.cluster, n.node);
+        for row in self
+            .table
             .kubeconfig
             .iter()
             .filter(|r| r.on.matches(node) && r.when.is_none_or(|w| w.holds(cluster)))
@@ -507,29 +722,42 @@ impl Renderer {
                 table::Server::LocalIfControlPlane if node.has(Role::ControlPlane) => local,
                 table::Server::LocalIfControlPlane => cluster.api_url(),
             };
-            let content = self.kubeconfig(cluster, pki, &row.cert, Some(node), server, base)?;
-            add(file(
-                &row.path,
-                0o600,
-                true,
-                content,
-                &row.restarts,
-                &[],
-                &format!("kubeconfig:{}", row.cert),
-                self.phase_of(row.on, &row.restarts, &[]),
-            ))?;
+            let content = self.kubeconfig(cluster, n.pki, &row.cert, Some(node), server, n.base)?;
+            let phase = self.phase_of(row.on, &row.restarts, &[]);
+            let meta = Meta {
+                mode: 0o600,
+                secret: true,
+                restarts: &row.restarts,
+                reloads: &[],
+                source: &format!("kubeconfig:{}", row.cert),
+                phase: &phase,
+            };
+            files.add(file(&row.path, content, &meta))?;
         }
-        for row in t.ca.iter().filter(|r| r.on.matches(node)) {
+        Ok(())
+    }
+
+    /// The `[[ca]]` rows: CA certificates, and keys where a component signs.
+    fn ca_files(&self, n: &NodeInput<'_>, files: &mut Files<'_>) -> Result<(), RenderError> {
+        for row in self.table.ca.iter().filter(|r| r.on.matches(n.node)) {
             let ca_id = CaId::parse(&row.ca)
                 .ok_or_else(|| RenderError::Table(format!("unknown CA \"{}\"", row.ca)))?;
-            let ca = ca_of(pki, ca_id, Some(&node.name))?;
-            let src = format!("ca:{}", row.ca);
+            let ca = ca_of(n.pki, ca_id, Some(&n.node.name))?;
             let phase = self.phase_of(row.on, &row.restarts, &[]);
-            for f in key_pair_files(&row.path, ca, row.key, &row.restarts, &src, &phase) {
-                add(f)?;
+            let source = format!("ca:{}", row.ca);
+            for f in key_pair_files(&row.path, ca, row.key, &row.restarts, &source, &phase) {
+                files.add(f)?;
             }
         }
-        for row in t
+        Ok(())
+    }
+
+    /// The `[[cert]]` rows: leaf certificates with their keys; per-node
+    /// certificates only on their own node.
+    fn cert_files(&self, n: &NodeInput<'_>, files: &mut Files<'_>) -> Result<(), RenderError> {
+        let (cluster, node) = (n.cluster, n.node);
+        for row in self
+            .table
             .cert
             .iter()
             .filter(|r| r.on.matches(node) && r.when.is_none_or(|w| w.holds(cluster)))
@@ -538,83 +766,134 @@ impl Renderer {
                 RenderError::Table(format!("unknown certificate \"{}\"", row.cert))
             })?;
             let per_node = matches!(spec.scope, catalog::Scope::PerNode(_));
-            let kc = pki
+            let kc = n
+                .pki
                 .leaf(&row.cert, per_node.then_some(node.name.as_str()))
                 .ok_or_else(|| RenderError::MissingPki {
                     what: format!("certificate {}", row.cert),
                     node: node.name.clone(),
                 })?;
-            let src = format!("cert:{}", row.cert);
             let phase = self.phase_of(row.on, &row.restarts, &[]);
-            for f in key_pair_files(&row.path, kc, true, &row.restarts, &src, &phase) {
-                add(f)?;
+            let source = format!("cert:{}", row.cert);
+            for f in key_pair_files(&row.path, kc, true, &row.restarts, &source, &phase) {
+                files.add(f)?;
             }
         }
-        for row in t.keyfile.iter().filter(|r| r.on.matches(node)) {
+        Ok(())
+    }
+
+    /// The `[[keyfile]]` rows: the service-account key pair.
+    fn key_files(&self, n: &NodeInput<'_>, files: &mut Files<'_>) -> Result<(), RenderError> {
+        for row in self.table.keyfile.iter().filter(|r| r.on.matches(n.node)) {
             let (content, secret, mode) = match row.key.as_str() {
-                "sa.key" => (pki.sa_private.0.clone(), true, 0o600),
-                _ => (pki.sa_public_pem.clone(), false, 0o644),
+                "sa.key" => (n.pki.sa_private.0.clone(), true, 0o600),
+                _ => (n.pki.sa_public_pem.clone(), false, 0o644),
             };
-            add(file(
-                &row.path,
+            let phase = self.phase_of(row.on, &row.restarts, &[]);
+            let meta = Meta {
                 mode,
                 secret,
-                content.into_bytes(),
-                &row.restarts,
-                &[],
-                &format!("key:{}", row.key),
-                self.phase_of(row.on, &row.restarts, &[]),
-            ))?;
+                restarts: &row.restarts,
+                reloads: &[],
+                source: &format!("key:{}", row.key),
+                phase: &phase,
+            };
+            files.add(file(&row.path, content.into_bytes(), &meta))?;
         }
+        Ok(())
+    }
 
+    /// The `[[step]]` rows, their check and run scripts rendered.
+    fn steps(&self, n: &NodeInput<'_>) -> Result<Vec<Step>, RenderError> {
         let mut steps = Vec::new();
-        for row in t.step.iter().filter(|r| r.on.matches(node)) {
-            if row.when.is_some_and(|w| !w.holds(cluster)) {
+        for row in self.table.step.iter().filter(|r| r.on.matches(n.node)) {
+            if row.when.is_some_and(|w| !w.holds(n.cluster)) {
                 continue;
             }
-            let one = |text: &str| -> Result<String, RenderError> {
-                let mut tera = tera::Tera::default();
-                tera.autoescape_on(vec![]);
-                let context =
-                    tera::Context::from_value(ctx.clone()).map_err(|e| RenderError::Template {
-                        template: format!("step {}", row.name),
-                        node: node.name.clone(),
-                        detail: error_chain(&e),
-                    })?;
-                tera.render_str(text, &context)
-                    .map_err(|e| RenderError::Template {
-                        template: format!("step {}", row.name),
-                        node: node.name.clone(),
-                        detail: error_chain(&e),
-                    })
-            };
+            let what = format!("step {}", row.name);
             steps.push(Step {
                 name: row.name.clone(),
                 phase: self.phase_of(row.on, &[], &[]),
                 stage: row.stage,
-                check: one(&row.check)?,
-                run: one(&row.run)?,
+                check: render_str(&row.check, &n.ctx, &what, &n.node.name)?,
+                run: render_str(&row.run, &n.ctx, &what, &n.node.name)?,
             });
         }
-        let units = t
+        Ok(steps)
+    }
+
+    /// The `[[unit]]` rows of the node, with their ports and gates.
+    fn units(&self, n: &NodeInput<'_>) -> Result<Vec<UnitInfo>, RenderError> {
+        let mut units = Vec::new();
+        for u in self
+            .table
             .unit
             .iter()
-            .filter(|u| u.on.matches(node) && u.when.is_none_or(|w| w.holds(cluster)))
-            .map(|u| UnitInfo {
+            .filter(|u| u.on.matches(n.node) && u.when.is_none_or(|w| w.holds(n.cluster)))
+        {
+            let what = format!("unit {}", u.name);
+            let mut ports = Vec::new();
+            for p in &u.ports {
+                let text = render_str(p, &n.ctx, &what, &n.node.name)?;
+                ports.push(text.trim().parse().map_err(|_| RenderError::Template {
+                    template: what.clone(),
+                    node: n.node.name.clone(),
+                    detail: format!("port \"{p}\" renders as \"{text}\", not a TCP port"),
+                })?);
+            }
+            let gate = match &u.gate {
+                None => None,
+                Some(g) => Some(Gate {
+                    name: render_str(&g.name, &n.ctx, &what, &n.node.name)?,
+                    unit: u.name.clone(),
+                    check: g.check,
+                    args: g
+                        .args
+                        .iter()
+                        .map(|a| render_str(a, &n.ctx, &what, &n.node.name))
+                        .collect::<Result<_, _>>()?,
+                    scope: g.scope,
+                }),
+            };
+            units.push(UnitInfo {
                 name: u.name.clone(),
                 phase: u.phase.clone(),
                 packaged: u.packaged,
-            })
-            .collect();
-        Ok(NodeTree {
-            name: node.name.clone(),
-            address: node.address.to_string(),
-            roles: node.roles.clone(),
-            files,
-            units,
-            steps,
-        })
+                ports,
+                gate,
+                registers: u.registers,
+            });
+        }
+        Ok(units)
     }
+}
+
+/// A row's octal mode (checked when the table loads), 0644 by default.
+fn file_mode(mode: Option<&str>) -> u32 {
+    mode.and_then(|m| u32::from_str_radix(m, 8).ok())
+        .unwrap_or(0o644)
+}
+
+/// The addon objects: every manifest the table places under [`ADDON_DIR`]
+/// on the addon node, split into its objects, in path order.
+fn addons_of(nodes: &[NodeTree], addon_node: Option<&str>) -> Result<Vec<Addon>, RenderError> {
+    let mut addons = Vec::new();
+    let Some(tree) = nodes.iter().find(|t| Some(t.name.as_str()) == addon_node) else {
+        return Ok(addons);
+    };
+    for (path, f) in tree.files.iter().filter(|(p, _)| p.starts_with(ADDON_DIR)) {
+        let err = |detail: String| RenderError::Addon {
+            template: f.source.clone(),
+            path: path.clone(),
+            detail,
+        };
+        let text = std::str::from_utf8(&f.content).map_err(|e| err(e.to_string()))?;
+        addons.push(Addon {
+            path: path.clone(),
+            objects: manifests::parse(text).map_err(err)?,
+        });
+    }
+    Ok(addons)
 }
 
 /// `<stem>.crt` (0644) and, when asked, `<stem>.key` (0600, secret).
@@ -626,32 +905,33 @@ fn key_pair_files(
     source: &str,
     phase: &str,
 ) -> Vec<RenderedFile> {
+    let mut meta = Meta {
+        mode: 0o644,
+        secret: false,
+        restarts,
+        reloads: &[],
+        source,
+        phase,
+    };
     let mut out = vec![file(
         &format!("{stem}.crt"),
-        0o644,
-        false,
         kc.cert_pem.clone().into_bytes(),
-        restarts,
-        &[],
-        source,
-        phase.to_string(),
+        &meta,
     )];
     if with_key {
+        meta.mode = 0o600;
+        meta.secret = true;
         out.push(file(
             &format!("{stem}.key"),
-            0o600,
-            true,
             kc.key.0.clone().into_bytes(),
-            restarts,
-            &[],
-            source,
-            phase.to_string(),
+            &meta,
         ));
     }
     out
 }
 
-/// Renders a one-off template string (the paths of `each` rows).
+/// Renders a one-off template string (the paths of `each` rows, steps,
+/// unit ports and gates).
 fn render_str(text: &str, ctx: &Value, what: &str, node: &str) -> Result<String, RenderError> {
     let err = |e: &dyn std::error::Error| RenderError::Template {
         template: what.to_string(),
@@ -669,32 +949,6 @@ fn ca_of<'a>(pki: &'a Pki, ca: CaId, node: Option<&str>) -> Result<&'a KeyCert, 
         what: ca.to_string(),
         node: node.unwrap_or("control machine").into(),
     })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn file(
-    path: &str,
-    mode: u32,
-    secret: bool,
-    content: Vec<u8>,
-    restarts: &[String],
-    reloads: &[String],
-    source: &str,
-    phase: String,
-) -> RenderedFile {
-    RenderedFile {
-        phase,
-        from_file: None,
-        path: path.to_string(),
-        mode,
-        owner: "root:root".into(),
-        sha256: sha256_hex(&content),
-        content,
-        secret,
-        restarts: restarts.to_vec(),
-        reloads: reloads.to_vec(),
-        source: source.to_string(),
-    }
 }
 
 fn cluster_context(cluster: &Cluster) -> Value {
@@ -740,7 +994,11 @@ fn cluster_context(cluster: &Cluster) -> Value {
         "etcd": {
             "initial_cluster": initial_cluster,
             "client_urls": client_urls,
+            "members": etcd.len(),
         },
+        "containerd": { "socket": CONTAINERD_SOCKET },
+        // A `drain` file's node taken out of the load balancer (none here).
+        "drained": "",
     })
 }
 
@@ -846,21 +1104,6 @@ fn node_context(
         "bootstrap_token_secret": token_secret,
     });
     ctx
-}
-
-impl Rendered {
-    /// Keeps only the files and units of the given phases (an apply or
-    /// plan limited with `--phase`).
-    pub fn retain_phases(&mut self, phases: &[String]) {
-        for node in &mut self.nodes {
-            node.files.retain(|_, f| phases.contains(&f.phase));
-            node.units.retain(|u| phases.contains(&u.phase));
-            node.steps.retain(|s| phases.contains(&s.phase));
-        }
-        if !phases.iter().any(|p| p == ADDONS_PHASE) {
-            self.addons.clear();
-        }
-    }
 }
 
 /// The PKI (decided, not yet written), the pod subnets and every node's

@@ -9,10 +9,6 @@ use serde_json::Value;
 /// Manifests placed here on the control-plane nodes are applied to the API.
 pub const ADDON_DIR: &str = "/etc/kubernetes/addons/";
 
-/// The apply phase of the addon objects: right after the control plane is
-/// up (the cluster gates that need nodes run after every phase).
-pub const ADDONS_PHASE: &str = "addons";
-
 /// Where the API serves each kind kubeforge's manifests use:
 /// (apiVersion, kind, resource, namespaced).
 const KINDS: &[(&str, &str, &str, bool)] = &[

@@ -1,33 +1,11 @@
 //! The placement table (`templates/files.toml`): which file goes to which
 //! nodes and which units restart or reload when it changes.
 
-use kubeforge_inventory::{Cluster, Cni, KubeletJoin, Node, NodeProfile, Role};
+use kubeforge_inventory::{Cluster, Cni, KubeletJoin, NodeProfile, Selector};
 use kubeforge_pki::{catalog, CaId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const FILES_TOML: &str = include_str!("../../../templates/files.toml");
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum On {
-    Etcd,
-    ControlPlane,
-    Kubelet,
-    Lb,
-    All,
-}
-
-impl On {
-    pub fn matches(self, node: &Node) -> bool {
-        match self {
-            On::Etcd => node.has(Role::Etcd),
-            On::ControlPlane => node.has(Role::ControlPlane),
-            On::Kubelet => node.runs_kubelet(),
-            On::Lb => node.has(Role::Lb),
-            On::All => true,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -69,13 +47,131 @@ impl When {
     }
 }
 
+/// How an apply walks the nodes of a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Every node at once (bounded by the concurrency); each node's gates
+    /// right after its own units start or restart.
+    Parallel,
+    /// One node after the other; the next starts when the previous one's
+    /// gates passed.
+    OneAtATime,
+    /// When a unit of the phase starts for the first time (a new etcd
+    /// cluster), every node starts it at once without waiting for it, then
+    /// the gates of all run; otherwise (restarts) one node at a time.
+    Together,
+    /// One node at a time; a node whose unit restarts is first taken out of
+    /// the load balancers (the table's `drain` files rendered with
+    /// `drained` = its name, and their units reloaded), restarted, gated,
+    /// and put back before the next.
+    DrainFromLb,
+    /// No node work: the addon objects go into the API, and pending
+    /// kubelet serving certificate requests are approved.
+    Api,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Parallel => "parallel",
+            Strategy::OneAtATime => "one-at-a-time",
+            Strategy::Together => "together",
+            Strategy::DrainFromLb => "drain-from-lb",
+            Strategy::Api => "api",
+        }
+    }
+}
+
+/// A gate of a phase as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseGate {
+    /// After the phase's nodes: exactly one LB node holds the VIP, and the
+    /// API answers through it.
+    Vip,
+    /// After the last phase, when the plan applies API objects or starts or
+    /// restarts a unit that `registers` a node: every kubelet node Ready in
+    /// the API, the kubelets' serving certificates issued (bootstrap-token
+    /// joins), every addon Deployment available.
+    Cluster,
+}
+
+/// An apply phase, in table order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseRow {
+    pub name: String,
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub gate: Option<PhaseGate>,
+    /// `api` phases: the unit whose gate must pass on the node the objects
+    /// go through before anything is sent.
+    #[serde(default)]
+    pub wait_for: Option<String>,
+}
+
+/// A health check: a read-only script on a node that exits 0 when healthy,
+/// retried until it passes or the gate timeout ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Check {
+    /// args: URL, CA file. GET over HTTPS, verified with the CA; the body
+    /// must be `ok`.
+    HttpsOk,
+    /// args: URL. GET over plain HTTP answers 2xx.
+    HttpOk,
+    /// args: client URL, CA file, client certificate, client key, member
+    /// count. etcd's /health is true over mutual TLS, and the member list
+    /// has that many members, every one started.
+    EtcdMembers,
+    /// args: socket. containerd answers on its socket, and its CRI plugin
+    /// loaded (checked with `ctr` where it is installed).
+    Containerd,
+}
+
+impl Check {
+    /// How many arguments the check takes.
+    pub fn arity(self) -> usize {
+        match self {
+            Check::HttpsOk => 2,
+            Check::HttpOk | Check::Containerd => 1,
+            Check::EtcdMembers => 5,
+        }
+    }
+}
+
+/// Where a unit's gate runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GateScope {
+    /// On the node whose unit started or restarted.
+    #[default]
+    Node,
+    /// On every node that runs the unit (the members of a cluster).
+    All,
+}
+
+/// A unit's health gate: after it starts or restarts. `name` and `args`
+/// are templates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateRow {
+    pub check: Check,
+    pub args: Vec<String>,
+    /// What the gate waits for, as progress and errors say it.
+    pub name: String,
+    #[serde(default)]
+    pub scope: GateScope,
+}
+
 /// A preparation step: `check` (read-only, exits 0 when the node is as it
 /// should be) and `run` (makes it so). Both are templates.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepRow {
     pub name: String,
-    pub on: On,
+    pub on: Selector,
     #[serde(default)]
     pub when: Option<When>,
     #[serde(default)]
@@ -112,7 +208,7 @@ impl Stage {
 pub struct ImagesRow {
     /// The step's name, as the plan shows it.
     pub name: String,
-    pub on: On,
+    pub on: Selector,
     pub dir: String,
     pub check: String,
     pub run: String,
@@ -130,13 +226,24 @@ pub enum Server {
 #[serde(deny_unknown_fields)]
 pub struct UnitRow {
     pub name: String,
-    pub on: On,
+    pub on: Selector,
     pub phase: String,
     #[serde(default)]
     pub when: Option<When>,
     /// Shipped by the node's own package (nginx, keepalived): not rendered.
     #[serde(default)]
     pub packaged: bool,
+    /// TCP ports it listens on (templates): pre-flight checks that they are
+    /// free while it is not running.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// What must pass after it starts or restarts.
+    #[serde(default)]
+    pub gate: Option<GateRow>,
+    /// It registers its node in the API (the kubelet): its start or restart
+    /// calls for the cluster gate.
+    #[serde(default)]
+    pub registers: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,7 +255,7 @@ pub struct FileRow {
     /// One file per item of this context list (available as `item`).
     #[serde(default)]
     pub each: Option<String>,
-    pub on: On,
+    pub on: Selector,
     #[serde(default)]
     pub when: Option<When>,
     #[serde(default)]
@@ -159,6 +266,11 @@ pub struct FileRow {
     pub restarts: Vec<String>,
     #[serde(default)]
     pub reloads: Vec<String>,
+    /// Rendered again with `drained` = a node's name for each node that
+    /// a `drain-from-lb` phase restarts: the file that takes that node out
+    /// of the load balancer while it restarts (its `reloads` apply it).
+    #[serde(default)]
+    pub drain: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,7 +278,7 @@ pub struct FileRow {
 pub struct KubeconfigRow {
     pub cert: String,
     pub path: String,
-    pub on: On,
+    pub on: Selector,
     #[serde(default)]
     pub when: Option<When>,
     pub server: Server,
@@ -179,7 +291,7 @@ pub struct KubeconfigRow {
 pub struct CaRow {
     pub ca: String,
     pub path: String,
-    pub on: On,
+    pub on: Selector,
     #[serde(default)]
     pub key: bool,
     #[serde(default)]
@@ -191,7 +303,7 @@ pub struct CaRow {
 pub struct CertRow {
     pub cert: String,
     pub path: String,
-    pub on: On,
+    pub on: Selector,
     #[serde(default)]
     pub when: Option<When>,
     #[serde(default)]
@@ -203,7 +315,7 @@ pub struct CertRow {
 pub struct KeyfileRow {
     pub key: String,
     pub path: String,
-    pub on: On,
+    pub on: Selector,
     #[serde(default)]
     pub restarts: Vec<String>,
 }
@@ -212,7 +324,7 @@ pub struct KeyfileRow {
 #[serde(deny_unknown_fields)]
 pub struct BinaryRow {
     pub name: String,
-    pub on: On,
+    pub on: Selector,
     /// Where it goes on the node (default: the cluster's bin_dir).
     #[serde(default)]
     pub dir: Option<String>,
@@ -228,6 +340,8 @@ pub struct BinaryRow {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Table {
+    #[serde(default)]
+    pub phase: Vec<PhaseRow>,
     #[serde(default)]
     pub step: Vec<StepRow>,
     #[serde(default)]
@@ -253,6 +367,7 @@ impl Table {
     /// template and unit it names must exist.
     pub fn parse(text: &str, templates: &[&str]) -> Result<Table, String> {
         let t: Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        t.check_phases()?;
         let units: Vec<&str> = t.unit.iter().map(|u| u.name.as_str()).collect();
         let check_units = |what: &str, list: &[String]| -> Result<(), String> {
             match list.iter().find(|u| !units.contains(&u.as_str())) {
@@ -273,6 +388,12 @@ impl Table {
             }
             check_units(&f.path, &f.restarts)?;
             check_units(&f.path, &f.reloads)?;
+            if f.drain && (f.reloads.is_empty() || f.each.is_some()) {
+                return Err(format!(
+                    "file {} is a drain file: it needs `reloads` (the units that apply it) and no `each`",
+                    f.path
+                ));
+            }
         }
         for k in &t.kubeconfig {
             if catalog::spec(&k.cert).is_none() {
@@ -316,5 +437,86 @@ impl Table {
             check_units(&k.path, &k.restarts)?;
         }
         Ok(t)
+    }
+
+    /// Phases are named once; every unit names a declared phase, its gate
+    /// has the arguments its check takes, and an `api` phase waits for a
+    /// known unit.
+    fn check_phases(&self) -> Result<(), String> {
+        let mut names: Vec<&str> = Vec::new();
+        for p in &self.phase {
+            if names.contains(&p.name.as_str()) {
+                return Err(format!("phase \"{}\" is declared twice", p.name));
+            }
+            names.push(&p.name);
+            match (p.strategy, &p.wait_for) {
+                (Strategy::Api, Some(u)) if self.unit.iter().any(|x| &x.name == u) => {}
+                (Strategy::Api, Some(u)) => {
+                    return Err(format!(
+                        "phase \"{}\" waits for unknown unit \"{u}\"",
+                        p.name
+                    ))
+                }
+                (Strategy::Api, None) => {
+                    return Err(format!(
+                        "phase \"{}\" (strategy api) needs `wait_for`: the unit whose gate says the API answers",
+                        p.name
+                    ))
+                }
+                (_, Some(_)) => {
+                    return Err(format!(
+                        "phase \"{}\": only api phases take `wait_for`",
+                        p.name
+                    ))
+                }
+                (_, None) => {}
+            }
+        }
+        if self
+            .phase
+            .iter()
+            .filter(|p| p.strategy == Strategy::Api)
+            .count()
+            > 1
+        {
+            return Err("more than one phase has strategy api".into());
+        }
+        for u in &self.unit {
+            if !names.contains(&u.phase.as_str()) {
+                return Err(format!(
+                    "unit \"{}\" names unknown phase \"{}\" (declared: {})",
+                    u.name,
+                    u.phase,
+                    names.join(", ")
+                ));
+            }
+            if self
+                .phase
+                .iter()
+                .any(|p| p.name == u.phase && p.strategy == Strategy::Api)
+            {
+                return Err(format!(
+                    "unit \"{}\" is in phase \"{}\", which has no nodes (strategy api)",
+                    u.name, u.phase
+                ));
+            }
+            if let Some(g) = &u.gate {
+                if g.args.len() != g.check.arity() {
+                    return Err(format!(
+                        "unit \"{}\": its gate check {:?} takes {} arguments, not {}",
+                        u.name,
+                        g.check,
+                        g.check.arity(),
+                        g.args.len()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The phase row of that name.
+    pub fn phase_row(&self, name: &str) -> Option<&PhaseRow> {
+        self.phase.iter().find(|p| p.name == name)
     }
 }

@@ -420,9 +420,7 @@ fn node_side_matches_the_cni() {
                 )
             })
             .collect();
-        renderer
-            .add_binaries(&c.cluster, &mut rendered, &bundle, &renderer.phases())
-            .unwrap();
+        renderer.add_binaries(&c.cluster, &mut rendered, &bundle);
         for tree in &rendered.nodes {
             if !["cp1", "worker1", "worker2"].contains(&tree.name.as_str()) {
                 continue;

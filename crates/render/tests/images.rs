@@ -43,7 +43,7 @@ fn archives_and_their_import_step_go_to_every_kubelet_node_only() {
     let (cluster, renderer, mut rendered) = setup("ha.toml");
     let before = rendered.clone();
     renderer
-        .add_images(&cluster, &mut rendered, &archives(), &renderer.phases())
+        .add_images(&cluster, &mut rendered, &archives())
         .unwrap();
     for (tree, old) in rendered.nodes.iter().zip(&before.nodes) {
         let node = cluster.node(&tree.name).unwrap();
@@ -99,39 +99,30 @@ fn archives_and_their_import_step_go_to_every_kubelet_node_only() {
 }
 
 #[test]
-fn nothing_without_archives_or_without_the_node_phase() {
+fn nothing_without_archives_and_everything_in_the_node_phase() {
     let (cluster, renderer, mut rendered) = setup("single.toml");
     let files = |r: &Rendered| r.nodes.iter().map(|n| n.files.len()).sum::<usize>();
     let steps = |r: &Rendered| r.nodes.iter().map(|n| n.steps.len()).sum::<usize>();
     let (f0, s0) = (files(&rendered), steps(&rendered));
-    renderer
-        .add_images(&cluster, &mut rendered, &[], &renderer.phases())
-        .unwrap();
-    assert_eq!((files(&rendered), steps(&rendered)), (f0, s0));
-    let no_node: Vec<String> = renderer
-        .phases()
-        .into_iter()
-        .filter(|p| p != "node")
-        .collect();
-    renderer
-        .add_images(&cluster, &mut rendered, &archives(), &no_node)
-        .unwrap();
+    renderer.add_images(&cluster, &mut rendered, &[]).unwrap();
     assert_eq!((files(&rendered), steps(&rendered)), (f0, s0));
 
-    // Limited to other phases afterwards, the archives and step go too.
+    // The archives and the import step go with the node phase (a plan
+    // limited to other phases leaves them out).
     renderer
-        .add_images(&cluster, &mut rendered, &archives(), &renderer.phases())
+        .add_images(&cluster, &mut rendered, &archives())
         .unwrap();
     assert!(files(&rendered) > f0 && steps(&rendered) > s0);
-    rendered.retain_phases(&no_node);
-    assert!(rendered
-        .nodes
-        .iter()
-        .all(|n| n.steps.iter().all(|s| s.name != STEP)
-            && !n
-                .files
-                .keys()
-                .any(|p| p.starts_with("/var/lib/kubeforge/images/"))));
+    for n in &rendered.nodes {
+        for s in n.steps.iter().filter(|s| s.name == STEP) {
+            assert_eq!(s.phase, "node");
+        }
+        for (p, f) in &n.files {
+            if p.starts_with("/var/lib/kubeforge/images/") {
+                assert_eq!(f.phase, "node", "{p}");
+            }
+        }
+    }
 }
 
 #[test]

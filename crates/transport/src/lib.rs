@@ -5,6 +5,7 @@
 //! local transport in tests behave the same.
 
 pub mod ops;
+pub mod recording;
 mod ssh;
 
 pub use ssh::{SshOptions, SshTransport};

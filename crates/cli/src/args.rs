@@ -1,0 +1,231 @@
+//! The command line: what each command takes (clap).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kubeforge_pki::CaId;
+use std::path::PathBuf;
+
+/// Installs Kubernetes "the binary way": from a TOML inventory, kubeforge
+/// generates the whole PKI, renders systemd units and configs for etcd,
+/// the control plane, the nodes and an nginx + keepalived VIP, and shows
+/// exactly what it would change on every node.
+#[derive(Parser, Debug)]
+#[command(name = "kubeforge", version, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Write a commented skeleton inventory to DIR/inventory.toml.
+    Init {
+        /// A highly available layout: 3 control-plane + etcd nodes, 2 LB
+        /// nodes holding a keepalived VIP, 2 workers.
+        #[arg(long)]
+        ha: bool,
+        /// Overwrite an existing DIR/inventory.toml.
+        #[arg(long)]
+        force: bool,
+        /// Directory to write into (created if missing).
+        dir: PathBuf,
+    },
+    /// Check an inventory and print every problem with file:line:column.
+    Validate(InventoryArgs),
+    /// Issue or reuse the PKI and write every node's files below --out.
+    Render {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        #[command(flatten)]
+        pki: PkiArgs,
+        /// Output directory: OUT/<node>/<path on the node>, OUT/admin.conf,
+        /// OUT/manifest.json.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Show what an apply would change on every node (facts are gathered
+    /// read-only over SSH).
+    Plan {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        #[command(flatten)]
+        pki: PkiArgs,
+        #[command(flatten)]
+        nodes: NodeArgs,
+        /// Plan without contacting the nodes, as if every node were bare.
+        #[arg(long)]
+        offline: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Make the nodes match the inventory: gather facts, check the hosts,
+    /// lock them, then execute exactly the plan, phase by phase, behind
+    /// health gates. A converged cluster is left untouched.
+    Apply {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        #[command(flatten)]
+        pki: PkiArgs,
+        #[command(flatten)]
+        nodes: NodeArgs,
+        /// Seconds a health gate waits before the apply stops.
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        gate_timeout: u64,
+        /// Largest clock difference allowed between a node and this machine.
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        max_clock_skew: u64,
+    },
+    /// Print the admin kubeconfig (pointing at the VIP), or write it.
+    Kubeconfig {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        /// Write it to this file (mode 0600) instead of printing it.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// List every certificate in the state directory with its expiry.
+    Certs {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Build a bundle directory (binaries + SHA256SUMS) for `apply --bundle`.
+    ///
+    /// Download mode (--version): fetches kube-apiserver,
+    /// kube-controller-manager, kube-scheduler, kubelet, kube-proxy and
+    /// kubectl from the official release bucket
+    /// (BASE/vVERSION/bin/linux/ARCH/NAME) and checks each against its
+    /// published NAME.sha256; with --etcd-version also etcd and etcdctl from
+    /// the etcd release tarball, checked against its SHA256SUMS. Proxies are
+    /// taken from HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
+    ///
+    ///     kubeforge bundle --version 1.31.4 --out ./bundle --etcd-version 3.5.16
+    ///
+    /// Local-files mode (--from / --file / --image, air-gapped): copies
+    /// every regular file of a directory (or the given files) into the
+    /// bundle. When a file's directory holds a SHA256SUMS, the file must be
+    /// listed there and match it.
+    ///
+    ///     kubeforge bundle --from ./downloads --out ./bundle
+    ///
+    /// Container images for nodes without a registry: --image FILE
+    /// (repeatable) adds an image archive (OCI image layout or
+    /// docker-archive tar, as `ctr images export`, `docker save` or `skopeo
+    /// copy ... oci-archive:` write it, named NAME.tar) as images/NAME.tar;
+    /// --from DIR also takes every file of DIR/images/. The image names are
+    /// read from each archive, and an archive that names no image is
+    /// refused. apply copies the archives to every node that runs a
+    /// kubelet and imports them into containerd.
+    ///
+    ///     kubeforge bundle --from ./downloads --image ./pause.tar --out ./bundle
+    ///
+    /// A file that does not match its sha256 is refused. Nothing is written
+    /// to --out (which must not exist, or be empty) until every file is
+    /// checked: the bundle is built next to it and renamed into place, with
+    /// SHA256SUMS written last.
+    #[command(
+        verbatim_doc_comment,
+        about = "Build a bundle directory (binaries + SHA256SUMS) for `apply --bundle`",
+        group(clap::ArgGroup::new("source").required(true).multiple(true).args(["kubernetes", "from", "files", "images"]))
+    )]
+    Bundle {
+        /// Download mode: the Kubernetes release, such as 1.31.4.
+        #[arg(
+            long = "version",
+            value_name = "VERSION",
+            conflicts_with_all = ["from", "files", "images"]
+        )]
+        kubernetes: Option<String>,
+        /// The bundle directory to create (must not exist, or be empty).
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Download mode: the nodes' architecture.
+        #[arg(long, value_enum, default_value_t = BundleArch::Amd64, conflicts_with_all = ["from", "files", "images"])]
+        arch: BundleArch,
+        /// Download mode: the Kubernetes release bucket.
+        #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_BASE_URL, conflicts_with_all = ["from", "files", "images"])]
+        base_url: String,
+        /// Download mode: also etcd and etcdctl of this etcd release, such
+        /// as 3.5.16.
+        #[arg(long, value_name = "VERSION", requires = "kubernetes")]
+        etcd_version: Option<String>,
+        /// Download mode: where the etcd releases are
+        /// (URL/vVERSION/etcd-vVERSION-linux-ARCH.tar.gz and URL/vVERSION/SHA256SUMS).
+        #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_ETCD_BASE_URL, conflicts_with_all = ["from", "files", "images"])]
+        etcd_base_url: String,
+        /// Local-files mode: every regular file of this directory, and of
+        /// its images/ as image archives.
+        #[arg(long, value_name = "LOCALDIR")]
+        from: Option<PathBuf>,
+        /// Local-files mode: this file (repeatable).
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// Local-files mode: this container image archive, as
+        /// images/NAME.tar (repeatable).
+        #[arg(long = "image", value_name = "FILE")]
+        images: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BundleArch {
+    Amd64,
+    Arm64,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct InventoryArgs {
+    /// The inventory file (TOML).
+    #[arg(long, short)]
+    pub(crate) inventory: PathBuf,
+    /// State directory holding the PKI [default: <inventory dir>/.kubeforge/<cluster>].
+    #[arg(long)]
+    pub(crate) state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct NodeArgs {
+    /// Directory of binaries with a SHA256SUMS manifest; each binary is
+    /// pushed to bin_dir where missing or different. Without it, binaries
+    /// are not managed.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) bundle: Option<PathBuf>,
+    /// An ssh_config file to use instead of ~/.ssh/config.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ssh_config: Option<PathBuf>,
+    /// Nodes worked on at the same time.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) concurrency: usize,
+    /// Seconds to wait for an SSH connection.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub(crate) connect_timeout: u64,
+    /// Only these phases (etcd, apiserver, controllers, addons, lb, node;
+    /// repeatable): their files, binaries, units and, for addons, the API
+    /// objects and the cluster gate. Default: all.
+    #[arg(long = "phase", value_name = "PHASE")]
+    pub(crate) phases: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PkiArgs {
+    /// Replace a CA (kubernetes, etcd, front-proxy; repeatable). Every
+    /// certificate it signed is reissued and the old CA is kept as a .bak
+    /// file. Never done without this flag.
+    #[arg(long = "new-ca", value_name = "CA", value_parser = parse_ca)]
+    pub(crate) new_ca: Vec<CaId>,
+}
+
+pub(crate) fn parse_ca(s: &str) -> Result<CaId, String> {
+    CaId::parse(s).ok_or_else(|| format!("unknown CA \"{s}\": use kubernetes, etcd or front-proxy"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    Text,
+    Json,
+}

@@ -1,0 +1,62 @@
+//! `kubeforge plan`: what an apply would change, node by node and phase by
+//! phase (facts gathered read-only over SSH, or none with --offline).
+
+use crate::args::{InventoryArgs, NodeArgs, Output, PkiArgs};
+use crate::common::{load, pki_line, prepare, reach, runtime, with_bundle, Term};
+use crate::online;
+use anyhow::Result;
+
+pub(crate) fn run(
+    inv: &InventoryArgs,
+    pki: &PkiArgs,
+    nodes: &NodeArgs,
+    offline: bool,
+    output: Output,
+    term: &mut Term,
+) -> Result<()> {
+    let (loaded, state) = load(inv, term)?;
+    let cluster = &loaded.cluster;
+    let mut prepared = prepare(&state, cluster, pki.new_ca.clone())?;
+    with_bundle(&mut prepared, cluster, nodes)?;
+    let rendered = &prepared.rendered;
+    let plan = if offline {
+        kubeforge_apply::plan_offline(cluster, rendered, &nodes.phases)?
+    } else {
+        runtime()?.block_on(async {
+            let t = online::connect_all(cluster, &state, &reach(nodes)).await?;
+            let plan = kubeforge_apply::plan_online(
+                cluster,
+                rendered,
+                &nodes.phases,
+                &t,
+                nodes.concurrency,
+            )
+            .await;
+            online::close_all(t).await;
+            Ok::<_, anyhow::Error>(plan?)
+        })?
+    };
+    let events = &prepared.reconciled.events;
+    match output {
+        Output::Json => {
+            let doc = serde_json::json!({
+                "plan": plan,
+                "pki": events,
+                "warnings": loaded.warnings,
+            });
+            term.line(serde_json::to_string_pretty(&doc)?)?;
+        }
+        Output::Text => {
+            let lines: Vec<String> = events.iter().filter_map(|e| pki_line(e, false)).collect();
+            if !lines.is_empty() {
+                term.line(format!("PKI ({}):", state.display()))?;
+                for l in lines {
+                    term.line(l)?;
+                }
+                term.line("")?;
+            }
+            term.raw(kubeforge_plan::to_text(&plan))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! What the commands share: the terminal, loading the inventory, preparing
+//! the PKI and the rendered trees, the bundle, the runtime, the log file.
+
+use crate::args::NodeArgs;
+use crate::online;
+use anyhow::{Context, Result};
+use kubeforge_inventory::{Cluster, Loaded};
+use kubeforge_pki::{Action, CaId, Event};
+use kubeforge_render::Prepared;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything the commands print goes through here.
+pub(crate) struct Term {
+    pub(crate) out: std::io::Stdout,
+}
+
+impl Term {
+    pub(crate) fn line(&mut self, s: impl AsRef<str>) -> Result<()> {
+        writeln!(self.out, "{}", s.as_ref()).context("writing to stdout")
+    }
+    pub(crate) fn raw(&mut self, s: impl AsRef<str>) -> Result<()> {
+        write!(self.out, "{}", s.as_ref()).context("writing to stdout")
+    }
+    pub(crate) fn warn(&mut self, s: impl AsRef<str>) {
+        let _ = writeln!(std::io::stderr(), "{}", s.as_ref());
+    }
+}
+
+/// Reads and validates the inventory (printing its warnings); returns it
+/// with the state directory.
+pub(crate) fn load(
+    args: &crate::args::InventoryArgs,
+    term: &mut Term,
+) -> Result<(Loaded, PathBuf)> {
+    let loaded = kubeforge_inventory::load(&args.inventory)?;
+    for w in &loaded.warnings {
+        term.warn(w.to_string());
+    }
+    let state = match &args.state_dir {
+        Some(s) => s.clone(),
+        None => default_state_dir(&args.inventory, &loaded.cluster),
+    };
+    Ok((loaded, state))
+}
+
+fn default_state_dir(inventory: &Path, cluster: &Cluster) -> PathBuf {
+    let dir = inventory
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    dir.join(".kubeforge").join(&cluster.name)
+}
+
+/// A line about what the PKI did (or would do) with a certificate.
+pub(crate) fn pki_line(e: &Event, persisted: bool) -> Option<String> {
+    let verb = |done: &str, would: &str| {
+        if persisted {
+            done.to_string()
+        } else {
+            would.to_string()
+        }
+    };
+    match &e.action {
+        Action::Kept => None,
+        Action::Created => Some(format!(
+            "  {}: {}",
+            e.subject,
+            verb("created", "would be created")
+        )),
+        Action::Reissued { why } => Some(format!(
+            "  {}: {} ({why})",
+            e.subject,
+            verb("reissued", "would be reissued")
+        )),
+        Action::CaRegenerated => Some(format!(
+            "  {}: {} as asked with --new-ca",
+            e.subject,
+            verb("regenerated", "would be regenerated")
+        )),
+        Action::CaExpiresSoon { .. } => Some(format!("  warning: {e}")),
+    }
+}
+
+/// The PKI decided and every node's files rendered; nothing written.
+pub(crate) fn prepare(state: &Path, cluster: &Cluster, new_cas: Vec<CaId>) -> Result<Prepared> {
+    let opts = kubeforge_pki::Options {
+        new_cas,
+        ..Default::default()
+    };
+    Ok(kubeforge_render::prepare(state, cluster, &opts)?)
+}
+
+/// With `--bundle`, its binaries and images are added to the rendered
+/// trees (each checked against the bundle's SHA256SUMS); without it,
+/// binaries and images are not managed.
+pub(crate) fn with_bundle(
+    prepared: &mut Prepared,
+    cluster: &Cluster,
+    nodes: &NodeArgs,
+) -> Result<()> {
+    let Some(dir) = &nodes.bundle else {
+        return Ok(());
+    };
+    let bundle = kubeforge_bundle::load(dir)?;
+    prepared
+        .renderer
+        .add_binaries(cluster, &mut prepared.rendered, &bundle.files);
+    prepared
+        .renderer
+        .add_images(cluster, &mut prepared.rendered, &bundle.images)?;
+    Ok(())
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub(crate) fn reach(n: &NodeArgs) -> online::Reach {
+    online::Reach {
+        ssh_config: n.ssh_config.clone(),
+        connect_timeout: Duration::from_secs(n.connect_timeout),
+        concurrency: n.concurrency,
+    }
+}
+
+/// Full logs of an apply go to `<state>/kubeforge.log`.
+pub(crate) fn init_log(state: &Path) -> Result<()> {
+    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    let path = state.join("kubeforge.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    LOG_FILE
+        .set(std::sync::Mutex::new(file))
+        .map_err(|_| anyhow::anyhow!("log file opened twice"))?;
+    Ok(())
+}
+
+static LOG_FILE: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
+/// Writes tracing output to the log file once one is open.
+pub(crate) struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match LOG_FILE.get() {
+            Some(m) => match m.lock() {
+                Ok(mut f) => f.write(buf),
+                Err(_) => Ok(buf.len()),
+            },
+            None => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! The plan as text, for a terminal or a log.
+
+use crate::{ApiAction, FileAction, Plan};
+use kubeforge_render::Strategy;
+use std::fmt::Write as _;
+
+/// The plan as text for a terminal or a log; never contains key material.
+pub fn to_text(plan: &Plan) -> String {
+    let mut s = String::new();
+    if plan.offline {
+        let _ = writeln!(
+            s,
+            "Offline plan for cluster \"{}\": every node is assumed bare.\n",
+            plan.cluster
+        );
+    }
+    for n in &plan.nodes {
+        for c in &n.refused {
+            let _ = writeln!(
+                s,
+                "note: certificate signing request {} is not approved: {}",
+                c.name, c.refused
+            );
+        }
+        if n.is_empty() {
+            let _ = writeln!(s, "{} ({}): no changes", n.node, n.address);
+            continue;
+        }
+        let _ = writeln!(s, "{} ({}):", n.node, n.address);
+        for step in &n.steps {
+            let _ = writeln!(s, "  run: {step}");
+        }
+        for c in &n.changes {
+            let sign = match c.action {
+                FileAction::Create => '+',
+                FileAction::Update => '~',
+                FileAction::Chmod => 'm',
+            };
+            let mut note = c.mode.clone();
+            if let Some(old) = &c.old_mode {
+                note = format!("{old} -> {note}");
+            }
+            if c.secret {
+                note.push_str(", secret");
+            }
+            let _ = writeln!(s, "  {sign} {} ({note})", c.path);
+            if let Some(diff) = &c.diff {
+                for line in diff.lines() {
+                    let _ = writeln!(s, "      {line}");
+                }
+            }
+        }
+        if n.daemon_reload {
+            let _ = writeln!(s, "  systemctl daemon-reload");
+        }
+        if !n.start.is_empty() {
+            let _ = writeln!(s, "  enable and start: {}", n.start.join(", "));
+        }
+        if !n.restart.is_empty() {
+            let _ = writeln!(s, "  restart: {}", n.restart.join(", "));
+        }
+        if !n.reload.is_empty() {
+            let _ = writeln!(s, "  reload: {}", n.reload.join(", "));
+        }
+        for c in &n.approve {
+            let _ = writeln!(
+                s,
+                "  api approve: certificate signing request {} (serving certificate of {})",
+                c.name,
+                c.node.as_deref().unwrap_or("?")
+            );
+        }
+        for c in &n.api {
+            let what = match c.action {
+                ApiAction::Create => "create",
+                ApiAction::Update => "update",
+                ApiAction::Apply => "apply",
+            };
+            let _ = writeln!(s, "  api {what}: {}", c.object);
+            if let Some(diff) = &c.diff {
+                for line in diff.lines() {
+                    let _ = writeln!(s, "      {line}");
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+    rollout(plan, &mut s);
+    let m = &plan.summary;
+    if plan.is_empty() {
+        let _ = writeln!(
+            s,
+            "No changes: {} nodes, {} files and {} API objects up to date.",
+            m.nodes, m.unchanged, m.api_unchanged
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "Plan: {} of {} nodes change; {} steps to run; {} files to create, {} to update, {} unchanged; {} units to start, {} to restart, {} to reload; {} API objects to apply, {} unchanged.",
+            m.nodes_changed, m.nodes, m.steps, m.create, m.update, m.unchanged, m.start, m.restart, m.reload, m.api_apply, m.api_unchanged
+        );
+        if m.csr_approve > 0 {
+            s.pop();
+            let _ = writeln!(
+                s,
+                " {} serving certificate requests to approve.",
+                m.csr_approve
+            );
+        }
+    }
+    s
+}
+
+/// How apply walks the phases: one line per phase with work, in order.
+fn rollout(plan: &Plan, s: &mut String) {
+    if plan.phases.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "Rollout:");
+    for p in &plan.phases {
+        let nodes: Vec<&str> = p.nodes.iter().map(|w| w.node.as_str()).collect();
+        let drained = p.nodes.iter().any(|w| !w.drain.is_empty());
+        let how = match (p.strategy, &p.api) {
+            (Strategy::Api, Some(a)) => format!(
+                "(through {}): {} objects to apply, {} requests to approve",
+                a.via,
+                a.objects.len(),
+                a.approve.len()
+            ),
+            (Strategy::Api, None) => String::new(),
+            (Strategy::Parallel, _) => format!("({}): at once", nodes.join(", ")),
+            (Strategy::Together, _) => {
+                format!("({}): started together, then gated", nodes.join(", "))
+            }
+            (Strategy::DrainFromLb, _) if drained => format!(
+                "({}): one at a time, each out of the load balancer while it restarts",
+                nodes.join(", ")
+            ),
+            (Strategy::OneAtATime | Strategy::DrainFromLb, _) => {
+                format!("({}): one at a time, gated in between", nodes.join(", "))
+            }
+        };
+        let vip = if p.vip.is_some() {
+            "; then the VIP gate"
+        } else {
+            ""
+        };
+        let _ = writeln!(s, "  {} {how}{vip}", p.phase);
+    }
+    if let Some(g) = &plan.cluster_gates {
+        let _ = writeln!(
+            s,
+            "  then the cluster gate through {}: {} nodes Ready in the API",
+            g.via,
+            g.nodes.len()
+        );
+    }
+    let _ = writeln!(s);
+}
