@@ -2,6 +2,7 @@
 //! Add a module by adding a line below and a file next to this one.
 
 mod etcd_tls;
+mod flag_matrix;
 mod lab_apply;
 mod lab_bootstrap;
 mod lab_nodes;

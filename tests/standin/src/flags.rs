@@ -6,6 +6,9 @@
 
 use std::collections::HashMap;
 
+pub use crate::flaglist::normalize;
+use crate::flaglist::{self, removed};
+
 /// How a flag takes its value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Arity {
@@ -27,66 +30,42 @@ pub struct FlagSpec {
     pub ty: String,
 }
 
-/// One component's flags.
+/// One component's flags in one Kubernetes minor.
 #[derive(Debug)]
 pub struct FlagTable {
+    /// The minor (1.NN) the flags are those of.
+    pub minor: u32,
     specs: Vec<FlagSpec>,
     by_name: HashMap<String, usize>,
 }
 
-/// `_` and `-` are the same in flag names.
-pub fn normalize(name: &str) -> String {
-    name.replace('_', "-")
-}
-
 impl FlagTable {
-    /// Parses a `flags/<component>.txt` list.
-    pub fn parse(text: &str) -> Result<FlagTable, String> {
+    /// The flags of Kubernetes 1.`minor` from a `flags/<component>.txt` list.
+    pub fn parse(text: &str, minor: u32) -> Result<FlagTable, String> {
         let mut specs = Vec::new();
         let mut by_name = HashMap::new();
-        for (n, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let bad = || format!("line {}: {raw:?}", n + 1);
-            let (names, ty) = line.rsplit_once(' ').ok_or_else(bad)?;
-            let (short, long) = match names.split_once(", ") {
-                Some((s, l)) => {
-                    let s = s.strip_prefix('-').ok_or_else(bad)?;
-                    let mut chars = s.chars();
-                    let c = chars.next().ok_or_else(bad)?;
-                    if chars.next().is_some() {
-                        return Err(bad());
-                    }
-                    (Some(c), l)
-                }
-                None => (None, names),
-            };
-            let long = long.strip_prefix("--").ok_or_else(bad)?;
-            if long.is_empty() || long.contains(' ') {
-                return Err(bad());
-            }
-            let arity = match ty {
+        for flag in flaglist::flags_of_minor(text, minor)? {
+            let arity = match flag.ty.as_str() {
                 "bool" => Arity::Bool,
                 "optional" => Arity::Optional,
                 _ => Arity::Value,
             };
-            let name = normalize(long);
-            if by_name.insert(name.clone(), specs.len()).is_some() {
-                return Err(format!("line {}: --{long} is listed twice", n + 1));
-            }
+            by_name.insert(flag.name.clone(), specs.len());
             specs.push(FlagSpec {
-                name,
-                short,
+                name: flag.name,
+                short: flag.short,
                 arity,
-                ty: ty.to_string(),
+                ty: flag.ty,
             });
         }
         if specs.is_empty() {
-            return Err("no flags".into());
+            return Err(format!("no flags for 1.{minor}"));
         }
-        Ok(FlagTable { specs, by_name })
+        Ok(FlagTable {
+            minor,
+            specs,
+            by_name,
+        })
     }
 
     #[cfg(test)]
@@ -117,70 +96,6 @@ impl FlagTable {
             })
             .collect()
     }
-}
-
-/// A flag that kubeforge's reference notes (shared/reference/pki-and-flags.md,
-/// "Removed flags (do not render them)") call removed. The stand-in rejects
-/// it even where the real v1.31 binary still accepts it.
-struct Removed {
-    names: &'static [&'static str],
-    /// Components it applies to; empty: all.
-    roles: &'static [&'static str],
-    why: &'static str,
-}
-
-const KLOG: &[&str] = &[
-    "add-dir-header",
-    "alsologtostderr",
-    "log-backtrace-at",
-    "log-dir",
-    "log-file",
-    "log-file-max-size",
-    "logtostderr",
-    "one-output",
-    "skip-headers",
-    "skip-log-headers",
-    "stderrthreshold",
-];
-
-const REMOVED: &[Removed] = &[
-    Removed {
-        names: KLOG,
-        roles: &[],
-        why: "klog flags were removed in Kubernetes 1.26",
-    },
-    Removed {
-        names: &["insecure-port", "insecure-bind-address"],
-        roles: &["kube-apiserver"],
-        why: "the apiserver's insecure port is gone",
-    },
-    Removed {
-        names: &["port", "address"],
-        roles: &["kube-scheduler"],
-        why: "kube-scheduler's insecure serving flags are gone (it serves on --secure-port)",
-    },
-    Removed {
-        names: &["network-plugin", "cni-bin-dir", "cni-conf-dir"],
-        roles: &["kubelet"],
-        why: "dockershim flags, removed in Kubernetes 1.24",
-    },
-    Removed {
-        names: &["container-runtime"],
-        roles: &["kubelet"],
-        why: "removed in Kubernetes 1.27",
-    },
-    Removed {
-        names: &["pod-infra-container-image"],
-        roles: &["kubelet"],
-        why: "deprecated: the sandbox image comes from the CRI runtime's config",
-    },
-];
-
-fn removed(role: &str, name: &str) -> Option<&'static str> {
-    REMOVED
-        .iter()
-        .find(|r| (r.roles.is_empty() || r.roles.contains(&role)) && r.names.contains(&name))
-        .map(|r| r.why)
 }
 
 /// The flags given, in order, by normalized name.
@@ -315,8 +230,9 @@ pub fn parse_args(table: &FlagTable, role: &str, args: &[String]) -> Result<Pars
                     None => format!("unknown flag: --{name} (removed: {why}; pki-and-flags.md)"),
                     Some(_) => format!(
                         "flag --{name} is rejected by the stand-in: {why} (pki-and-flags.md, \
-                         \"Removed flags\"); the real {role} v1.31 still accepts it, deprecated, \
-                         but kubeforge must not render it"
+                         \"Removed flags\"); the real {role} v1.{} still accepts it, deprecated, \
+                         but kubeforge must not render it",
+                        table.minor
                     ),
                 });
             }
@@ -386,10 +302,12 @@ pub fn parse_args(table: &FlagTable, role: &str, args: &[String]) -> Result<Pars
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::flaglist::{DEFAULT_MINOR, FIRST_MINOR, LAST_MINOR};
     use crate::Role;
 
+    /// The role's flags in the default minor.
     fn table(role: Role) -> FlagTable {
-        FlagTable::parse(role.flag_list()).unwrap()
+        FlagTable::parse(role.flag_list(), DEFAULT_MINOR).unwrap()
     }
 
     fn args(v: &[&str]) -> Vec<String> {
@@ -399,14 +317,45 @@ mod tests {
     #[test]
     fn every_list_parses() {
         for role in Role::ALL {
-            let t = table(role);
-            assert!(t.len() > 50, "{}: {} flags", role.name(), t.len());
-            for must in ["help", "version", "v", "vmodule", "log-flush-frequency"] {
-                assert!(t.lookup(must).is_some(), "{}: --{must}", role.name());
+            for minor in FIRST_MINOR..=LAST_MINOR {
+                let t = FlagTable::parse(role.flag_list(), minor).unwrap();
+                let what = format!("{} 1.{minor}", role.name());
+                assert!(t.len() > 50, "{what}: {} flags", t.len());
+                for must in ["help", "version", "v", "vmodule", "log-flush-frequency"] {
+                    assert!(t.lookup(must).is_some(), "{what}: --{must}");
+                }
+                assert_eq!(t.lookup("help").unwrap().short, Some('h'));
+                assert_eq!(t.lookup("v").unwrap().short, Some('v'));
             }
-            assert_eq!(t.lookup("help").unwrap().short, Some('h'));
-            assert_eq!(t.lookup("v").unwrap().short, Some('v'));
         }
+        assert!(FlagTable::parse(Role::Kubelet.flag_list(), LAST_MINOR + 1).is_err());
+    }
+
+    /// The lists follow the flags across releases (see the files' headers).
+    #[test]
+    fn flags_differ_by_minor() {
+        let has = |role: Role, minor: u32, flag: &str| {
+            FlagTable::parse(role.flag_list(), minor)
+                .unwrap()
+                .lookup(flag)
+                .is_some()
+        };
+        // Removed from the apiserver in 1.29.
+        assert!(has(Role::ApiServer, 28, "cloud-provider"));
+        assert!(!has(Role::ApiServer, 29, "cloud-provider"));
+        // New in 1.31 (kubelet) and 1.32 (apiserver).
+        assert!(!has(Role::Kubelet, 30, "fail-cgroupv1"));
+        assert!(has(Role::Kubelet, 31, "fail-cgroupv1"));
+        assert!(!has(Role::ApiServer, 31, "requestheader-uid-headers"));
+        assert!(has(Role::ApiServer, 32, "requestheader-uid-headers"));
+        // Removed from the kubelet in 1.31 and 1.34.
+        assert!(has(Role::Kubelet, 30, "keep-terminated-pod-volumes"));
+        assert!(!has(Role::Kubelet, 31, "keep-terminated-pod-volumes"));
+        assert!(has(Role::Kubelet, 33, "cloud-config"));
+        assert!(!has(Role::Kubelet, 34, "cloud-config"));
+        let kubelet_28 = FlagTable::parse(Role::Kubelet.flag_list(), 28).unwrap();
+        let e = parse_args(&kubelet_28, "kubelet", &args(&["--fail-cgroupv1=false"])).unwrap_err();
+        assert_eq!(e, "unknown flag: --fail-cgroupv1");
     }
 
     #[test]
@@ -482,7 +431,7 @@ mod tests {
         let sched = table(Role::Scheduler);
         let e = parse_args(&sched, "kube-scheduler", &args(&["--port=0"])).unwrap_err();
         assert!(e.starts_with("unknown flag: --port"), "{e}");
-        // In kube-proxy v1.31's own list, but removed per pki-and-flags.md.
+        // In kube-proxy's 1.31 list, but removed per pki-and-flags.md.
         let proxy = table(Role::KubeProxy);
         assert!(proxy.lookup("log-dir").is_some());
         let e = parse_args(&proxy, "kube-proxy", &args(&["--log_dir=/tmp"])).unwrap_err();
@@ -534,8 +483,10 @@ mod tests {
             .collect()
     }
 
-    /// Every flag kubeforge renders is a real v1.31 flag of its component
-    /// and none is one the reference notes call removed.
+    /// Every flag kubeforge's templates name is a real flag of its component
+    /// in every minor the lists cover and none is one the reference notes
+    /// call removed (the integration test `flag_matrix` checks the rendered
+    /// units of each minor).
     #[test]
     fn rendered_templates_use_known_flags() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates");
@@ -553,17 +504,19 @@ mod tests {
             let text = std::fs::read_to_string(root.join(file)).unwrap();
             let flags = template_flags(&text);
             assert!(!flags.is_empty(), "{file}: no flags found");
-            let t = table(role);
-            for f in &flags {
-                assert!(
-                    t.lookup(f).is_some(),
-                    "{file}: --{f} is not a {} flag",
-                    role.name()
-                );
-                assert!(
-                    removed(role.name(), &normalize(f)).is_none(),
-                    "{file}: --{f} is removed"
-                );
+            for minor in FIRST_MINOR..=LAST_MINOR {
+                let t = FlagTable::parse(role.flag_list(), minor).unwrap();
+                for f in &flags {
+                    assert!(
+                        t.lookup(f).is_some(),
+                        "{file}: --{f} is not a {} 1.{minor} flag",
+                        role.name()
+                    );
+                    assert!(
+                        removed(role.name(), &normalize(f)).is_none(),
+                        "{file}: --{f} is removed"
+                    );
+                }
             }
         }
     }

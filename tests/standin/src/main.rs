@@ -6,11 +6,14 @@
 //! part from the name it was started as (the basename of `argv[0]`): copy or
 //! link it as `kube-apiserver`, `kube-controller-manager`, `kube-scheduler`,
 //! `kubelet` or `kube-proxy` (or run `kubeforge-standin <part> [flags]`).
+//! It plays Kubernetes 1.31 unless told another minor: the environment
+//! variable `KUBEFORGE_STANDIN_MINOR=1.NN`, or `kubeforge-standin --minor
+//! 1.NN <part> [flags]`.
 //!
 //! Whatever the part, the stand-in
 //! 1. checks the command line against the real flag names of that component
-//!    in Kubernetes v1.31 (`flags/<component>.txt`), rejecting unknown flags
-//!    like the real binaries (exit 1, `unknown flag: --x`) and the flags that
+//!    in that minor (`flags/<component>.txt`), rejecting unknown flags like
+//!    the real binaries (exit 1, `unknown flag: --x`) and the flags that
 //!    kubeforge's reference notes call removed;
 //! 2. loads every file the flags name (certificates, keys, kubeconfigs,
 //!    component configs, encryption config, audit policy) and fails loudly,
@@ -46,6 +49,27 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 
 static ROLE_NAME: OnceLock<&'static str> = OnceLock::new();
+static MINOR: OnceLock<u32> = OnceLock::new();
+
+/// The environment variable that tells the stand-in its minor (`1.NN`).
+const MINOR_VAR: &str = "KUBEFORGE_STANDIN_MINOR";
+
+/// The Kubernetes minor (1.NN) the stand-in plays.
+pub(crate) fn minor() -> u32 {
+    MINOR.get().copied().unwrap_or(flaglist::DEFAULT_MINOR)
+}
+
+/// The version it reports: `v1.31.4-kubeforge-standin` in the default minor
+/// (the example inventories' version), `v1.NN.0-kubeforge-standin` in another.
+pub(crate) fn version() -> String {
+    let minor = minor();
+    let patch = if minor == flaglist::DEFAULT_MINOR {
+        4
+    } else {
+        0
+    };
+    format!("v1.{minor}.{patch}-kubeforge-standin")
+}
 
 /// The name every log line starts with.
 pub(crate) fn role_name() -> &'static str {
@@ -64,6 +88,7 @@ mod auth;
 mod bootstrap;
 mod csr;
 mod files;
+mod flaglist;
 mod flags;
 mod http;
 mod notify;
@@ -104,41 +129,42 @@ impl Role {
         Role::ALL.into_iter().find(|r| r.name() == name)
     }
 
-    /// The v1.31 flag list of the component (see the files' headers).
+    /// The flag list of the component, every minor (see the files' headers).
     pub(crate) fn flag_list(self) -> &'static str {
-        match self {
-            Role::ApiServer => include_str!("../flags/kube-apiserver.txt"),
-            Role::ControllerManager => include_str!("../flags/kube-controller-manager.txt"),
-            Role::Scheduler => include_str!("../flags/kube-scheduler.txt"),
-            Role::Kubelet => include_str!("../flags/kubelet.txt"),
-            Role::KubeProxy => include_str!("../flags/kube-proxy.txt"),
-        }
+        flaglist::list_text(self.name()).unwrap_or_default()
     }
 }
 
-const VERSION: &str = "v1.31.4-kubeforge-standin";
-
-fn usage(role: Option<Role>) -> String {
+fn usage(role: Option<Role>, minor: u32) -> String {
     let mut s = String::new();
     match role {
         Some(r) => s.push_str(&format!(
-            "{name} (kubeforge stand-in): a TEST STAND-IN for {name} v1.31, not the real program.\n\n\
+            "{name} (kubeforge stand-in): a TEST STAND-IN for {name} v1.{minor}, not the real program.\n\n\
              Usage: {name} [flags]\n\n\
-             It accepts exactly the flag names of the real {name} v1.31 (unknown ones\n\
+             It accepts exactly the flag names of the real {name} v1.{minor} (unknown ones\n\
              are an error, exit 1), loads and checks every file the flags name, and\n\
-             then serves only health endpoints. See kubeforge's tests/standin.\n\n\
+             then serves only health endpoints. {MINOR_VAR}=1.NN picks another minor\n\
+             (1.{first} to 1.{last}; default 1.{default}). See kubeforge's tests/standin.\n\n\
              Flags:\n",
-            name = r.name()
+            name = r.name(),
+            first = flaglist::FIRST_MINOR,
+            last = flaglist::LAST_MINOR,
+            default = flaglist::DEFAULT_MINOR,
         )),
-        None => s.push_str(
+        None => s.push_str(&format!(
             "kubeforge-standin: a TEST STAND-IN for the Kubernetes server binaries (not Kubernetes).\n\n\
              Usage: copy or link this binary as kube-apiserver, kube-controller-manager,\n\
              kube-scheduler, kubelet or kube-proxy and run it under that name, or run\n\
-             `kubeforge-standin <component> [flags]`.\n",
-        ),
+             `kubeforge-standin [--minor 1.NN] <component> [flags]`.\n\n\
+             It checks the flags of Kubernetes 1.NN: from --minor, else from\n\
+             {MINOR_VAR}, else 1.{default} (1.{first} to 1.{last}).\n",
+            first = flaglist::FIRST_MINOR,
+            last = flaglist::LAST_MINOR,
+            default = flaglist::DEFAULT_MINOR,
+        )),
     }
     if let Some(r) = role {
-        if let Ok(table) = flags::FlagTable::parse(r.flag_list()) {
+        if let Ok(table) = flags::FlagTable::parse(r.flag_list(), minor) {
             for line in table.usage_lines() {
                 s.push_str("  ");
                 s.push_str(&line);
@@ -156,9 +182,19 @@ fn write_stdout(text: &str) {
     let _ = out.flush();
 }
 
+/// What the command line asks for.
+#[derive(Debug)]
+struct Invocation {
+    role: Option<Role>,
+    /// `--minor 1.NN` before the part's name (as `kubeforge-standin`).
+    minor: Option<String>,
+    /// The part's arguments.
+    args: Vec<String>,
+}
+
 /// Which part to play and its arguments: from `argv[0]`'s basename, else
-/// from the first argument.
-fn pick_role(args: Vec<OsString>) -> Result<(Option<Role>, Vec<String>), String> {
+/// from the first argument (after `--minor 1.NN`, if given).
+fn pick_role(args: Vec<OsString>) -> Result<Invocation, String> {
     let mut args = args.into_iter();
     let argv0 = args.next().unwrap_or_default();
     let base = Path::new(&argv0)
@@ -172,38 +208,85 @@ fn pick_role(args: Vec<OsString>) -> Result<(Option<Role>, Vec<String>), String>
         })
         .collect::<Result<_, _>>()?;
     if let Some(role) = Role::from_name(&base) {
-        return Ok((Some(role), rest));
+        return Ok(Invocation {
+            role: Some(role),
+            minor: None,
+            args: rest,
+        });
     }
-    match rest.first().and_then(|a| Role::from_name(a)) {
-        Some(role) => Ok((Some(role), rest[1..].to_vec())),
-        None => Ok((None, rest)),
+    let (minor, rest) = match rest.first().map(String::as_str) {
+        Some("--minor") => match rest.get(1) {
+            Some(m) => (Some(m.clone()), &rest[2..]),
+            None => return Err("--minor needs a value, e.g. --minor 1.33".into()),
+        },
+        Some(a) if a.starts_with("--minor=") => {
+            (a.strip_prefix("--minor=").map(String::from), &rest[1..])
+        }
+        _ => (None, &rest[..]),
+    };
+    Ok(match rest.first().and_then(|a| Role::from_name(a)) {
+        Some(role) => Invocation {
+            role: Some(role),
+            minor,
+            args: rest[1..].to_vec(),
+        },
+        None => Invocation {
+            role: None,
+            minor,
+            args: rest.to_vec(),
+        },
+    })
+}
+
+/// The minor to play: `--minor`, else `$KUBEFORGE_STANDIN_MINOR` (when not
+/// empty), else the default.
+fn choose_minor(flag: Option<&str>, env: Option<&str>) -> Result<u32, String> {
+    match (flag, env.map(str::trim).filter(|e| !e.is_empty())) {
+        (Some(m), _) => flaglist::parse_minor(m).map_err(|e| format!("--minor: {e}")),
+        (None, Some(m)) => flaglist::parse_minor(m).map_err(|e| format!("{MINOR_VAR}: {e}")),
+        (None, None) => Ok(flaglist::DEFAULT_MINOR),
     }
 }
 
 fn main() -> ExitCode {
-    let (role, args) = match pick_role(std::env::args_os().collect()) {
+    let Invocation {
+        role,
+        minor: minor_flag,
+        args,
+    } = match pick_role(std::env::args_os().collect()) {
         Ok(v) => v,
         Err(e) => {
             log!("{e}");
             return ExitCode::FAILURE;
         }
     };
+    if let Some(role) = role {
+        let _ = ROLE_NAME.set(role.name());
+    }
+    let env = std::env::var(MINOR_VAR).ok();
+    let minor = match choose_minor(minor_flag.as_deref(), env.as_deref()) {
+        Ok(m) => m,
+        Err(e) => {
+            log!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = MINOR.set(minor);
     let Some(role) = role else {
         let asked_help = args.iter().any(|a| a == "-h" || a == "--help");
         if asked_help {
-            write_stdout(&usage(None));
+            write_stdout(&usage(None, minor));
             return ExitCode::SUCCESS;
         }
         log!(
             "started as {:?}: not one of the parts it can play",
             std::env::args().next().unwrap_or_default()
         );
-        eprintln!("{}", usage(None));
+        eprintln!("{}", usage(None, minor));
         return ExitCode::FAILURE;
     };
-    let _ = ROLE_NAME.set(role.name());
 
-    let table = match flags::FlagTable::parse(role.flag_list()) {
+    let table = match flags::FlagTable::parse(role.flag_list(), minor) {
         Ok(t) => t,
         Err(e) => {
             log!("bad built-in flag list: {e}");
@@ -219,12 +302,12 @@ fn main() -> ExitCode {
         }
     };
     if parsed.flag_bool("help") == Some(true) {
-        write_stdout(&usage(Some(role)));
+        write_stdout(&usage(Some(role), minor));
         return ExitCode::SUCCESS;
     }
     if let Some(v) = parsed.get("version") {
         if v != "false" {
-            write_stdout(&format!("Kubernetes {VERSION}\n"));
+            write_stdout(&format!("Kubernetes {}\n", version()));
             return ExitCode::SUCCESS;
         }
     }
@@ -249,23 +332,62 @@ mod tests {
 
     #[test]
     fn role_from_argv0_or_first_argument() {
-        let (r, a) = pick_role(os(&["/opt/bin/kube-apiserver", "--v=2"])).unwrap();
-        assert_eq!(r, Some(Role::ApiServer));
-        assert_eq!(a, ["--v=2"]);
-        let (r, a) = pick_role(os(&["kubeforge-standin", "kubelet", "--config=x"])).unwrap();
-        assert_eq!(r, Some(Role::Kubelet));
-        assert_eq!(a, ["--config=x"]);
-        let (r, _) = pick_role(os(&["kubeforge-standin", "--help"])).unwrap();
-        assert_eq!(r, None);
+        let i = pick_role(os(&["/opt/bin/kube-apiserver", "--v=2"])).unwrap();
+        assert_eq!(i.role, Some(Role::ApiServer));
+        assert_eq!(i.args, ["--v=2"]);
+        let i = pick_role(os(&["kubeforge-standin", "kubelet", "--config=x"])).unwrap();
+        assert_eq!(i.role, Some(Role::Kubelet));
+        assert_eq!(i.args, ["--config=x"]);
+        assert_eq!(i.minor, None);
+        let i = pick_role(os(&["kubeforge-standin", "--help"])).unwrap();
+        assert_eq!(i.role, None);
+    }
+
+    #[test]
+    fn minor_from_flag_env_or_default() {
+        let i = pick_role(os(&[
+            "kubeforge-standin",
+            "--minor",
+            "1.33",
+            "kubelet",
+            "--v=1",
+        ]))
+        .unwrap();
+        assert_eq!(i.role, Some(Role::Kubelet));
+        assert_eq!(i.minor.as_deref(), Some("1.33"));
+        assert_eq!(i.args, ["--v=1"]);
+        let i = pick_role(os(&["kubeforge-standin", "--minor=1.28", "kube-proxy"])).unwrap();
+        assert_eq!(
+            (i.role, i.minor.as_deref()),
+            (Some(Role::KubeProxy), Some("1.28"))
+        );
+        assert!(pick_role(os(&["kubeforge-standin", "--minor"])).is_err());
+        // Under a component's name, --minor is one of its flags (and unknown).
+        let i = pick_role(os(&["/usr/bin/kubelet", "--minor", "1.33"])).unwrap();
+        assert_eq!((i.minor, i.args.len()), (None, 2));
+
+        assert_eq!(choose_minor(None, None), Ok(flaglist::DEFAULT_MINOR));
+        assert_eq!(choose_minor(None, Some("")), Ok(flaglist::DEFAULT_MINOR));
+        assert_eq!(choose_minor(None, Some("1.34")), Ok(34));
+        assert_eq!(choose_minor(Some("1.29"), Some("1.34")), Ok(29));
+        let e = choose_minor(None, Some("1.40")).unwrap_err();
+        assert!(
+            e.starts_with(MINOR_VAR) && e.contains("1.28 to 1.35"),
+            "{e}"
+        );
+        assert!(choose_minor(Some("v1.31"), None)
+            .unwrap_err()
+            .starts_with("--minor"));
     }
 
     #[test]
     fn usage_says_stand_in() {
         for r in Role::ALL {
-            let u = usage(Some(r));
+            let u = usage(Some(r), 33);
             assert!(u.contains("TEST STAND-IN"), "{u}");
+            assert!(u.contains(" v1.33"), "{u}");
             assert!(u.contains("--help"), "{u}");
         }
-        assert!(usage(None).contains("TEST STAND-IN"));
+        assert!(usage(None, 31).contains("TEST STAND-IN"));
     }
 }

@@ -19,7 +19,7 @@ use crate::files::{self, BootstrapKubeconfig, Kubeconfig, Pair};
 use crate::flags::Parsed;
 use crate::http::{self, Url};
 use crate::store::{self, Store};
-use crate::{bootstrap, csr, notify, tls, Role, VERSION};
+use crate::{bootstrap, csr, notify, tls, Role};
 
 /// How long kube-apiserver waits at startup for every etcd server.
 const ETCD_STARTUP_WAIT: Duration = Duration::from_secs(60);
@@ -1405,9 +1405,10 @@ async fn register_node(
         .collect::<Vec<_>>()
         .join(",");
     let body = format!(
-        "{{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{{\"name\":\"{}\",\"labels\":{{{}}}}},\"status\":{{\"conditions\":[{{\"type\":\"Ready\",\"status\":\"True\",\"reason\":\"KubeletReady\",\"message\":\"kubelet stand-in (not a real kubelet)\"}}],\"addresses\":[{addresses}],\"nodeInfo\":{{\"kubeletVersion\":\"{VERSION}\"}}}}}}",
+        "{{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{{\"name\":\"{}\",\"labels\":{{{}}}}},\"status\":{{\"conditions\":[{{\"type\":\"Ready\",\"status\":\"True\",\"reason\":\"KubeletReady\",\"message\":\"kubelet stand-in (not a real kubelet)\"}}],\"addresses\":[{addresses}],\"nodeInfo\":{{\"kubeletVersion\":\"{}\"}}}}}}",
         q(&name),
-        label_json.join(",")
+        label_json.join(","),
+        crate::version()
     );
     let path = format!("/api/v1/nodes/{name}?fieldManager=kubelet-standin&force=true");
     loop {
@@ -1532,7 +1533,11 @@ impl Service {
             (Service::ApiServer(_), "/version") => (
                 200,
                 JSON,
-                format!("{{\"major\":\"1\",\"minor\":\"31\",\"gitVersion\":\"{VERSION}\"}}"),
+                format!(
+                    "{{\"major\":\"1\",\"minor\":\"{}\",\"gitVersion\":\"{}\"}}",
+                    crate::minor(),
+                    crate::version()
+                ),
             ),
             (Service::Controller(c), "/healthz" | "/livez" | "/readyz") => {
                 match c.healthz().await {
@@ -1687,7 +1692,9 @@ mod tests {
     #[test]
     fn file_flags_are_real_flags() {
         for role in Role::ALL {
-            let table = crate::flags::FlagTable::parse(role.flag_list()).unwrap();
+            let table =
+                crate::flags::FlagTable::parse(role.flag_list(), crate::flaglist::DEFAULT_MINOR)
+                    .unwrap();
             for (flag, kind) in file_flags(role) {
                 assert!(table.lookup(flag).is_some(), "{}: --{flag}", role.name());
                 if let Kind::CertWithKey(k) | Kind::KeyOfPair(k) = kind {

@@ -463,6 +463,72 @@ fn unknown_flag_exits_1() {
     );
 }
 
+/// The flags checked are those of the minor the stand-in is told
+/// (`KUBEFORGE_STANDIN_MINOR` or `--minor`), 1.31 by default.
+#[test]
+fn checks_the_flags_of_its_minor() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubelet = install(dir.path(), "kubelet");
+    // --fail-cgroupv1 is new in 1.31; --keep-terminated-pod-volumes left in 1.31.
+    let run = |minor: Option<&str>, flag: &str| {
+        let mut cmd = Command::new(&kubelet);
+        cmd.env_remove("KUBEFORGE_STANDIN_MINOR");
+        if let Some(m) = minor {
+            cmd.env("KUBEFORGE_STANDIN_MINOR", m);
+        }
+        run_to_end(cmd.arg(flag).arg("--version"))
+    };
+    for (minor, flag, ok, version) in [
+        (None, "--fail-cgroupv1=false", true, "v1.31.4"),
+        (Some("1.31"), "--fail-cgroupv1=false", true, "v1.31.4"),
+        (Some("1.30"), "--fail-cgroupv1=false", false, ""),
+        (
+            Some("1.30"),
+            "--keep-terminated-pod-volumes",
+            true,
+            "v1.30.0",
+        ),
+        (None, "--keep-terminated-pod-volumes", false, ""),
+        (Some("1.35"), "--fail-cgroupv1", true, "v1.35.0"),
+    ] {
+        let out = run(minor, flag);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{minor:?} {flag}: {stderr}");
+        if ok {
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                format!("Kubernetes {version}-kubeforge-standin")
+            );
+        } else {
+            assert!(
+                stderr.contains("unknown flag: --"),
+                "{minor:?} {flag}: {stderr}"
+            );
+        }
+    }
+    for bad in ["1.40", "one"] {
+        let out = run(Some(bad), "--v=1");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("KUBEFORGE_STANDIN_MINOR"),
+            "{bad}: {stderr}"
+        );
+    }
+    // As kubeforge-standin, --minor comes before the part and wins.
+    let out = run_to_end(
+        Command::new(STANDIN)
+            .env("KUBEFORGE_STANDIN_MINOR", "1.29")
+            .args(["--minor", "1.33", "kube-apiserver", "--version"]),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Kubernetes v1.33.0-kubeforge-standin"
+    );
+    let out = run_to_end(Command::new(STANDIN).args(["--minor=1.28", "kube-apiserver", "--help"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kube-apiserver v1.28"));
+}
+
 #[test]
 fn bad_files_exit_1_naming_flag_and_path() {
     let started = Instant::now();
