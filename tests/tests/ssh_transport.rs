@@ -82,10 +82,16 @@ fn options(dir: &Path, sshd: &Sshd, accept_new: bool) -> SshOptions {
         key: Some(sshd.client_key.clone()),
         sudo: false,
         accept_new_host_keys: accept_new,
-        known_hosts: dir.join("known_hosts"),
+        known_hosts: known_hosts(dir),
         config_file: Some(dir.join("ssh_config")),
         connect_timeout: Duration::from_secs(5),
     }
+}
+
+/// kubeforge's known_hosts, in a state directory whose path has a space
+/// (ssh_config splits UserKnownHostsFile into words).
+fn known_hosts(dir: &Path) -> PathBuf {
+    dir.join("state dir/known_hosts")
 }
 
 #[test]
@@ -109,6 +115,7 @@ fn ssh_transport_against_a_real_sshd() {
     let d = dir.path();
     // An empty ssh_config: the user's own ~/.ssh/config must not interfere.
     std::fs::write(d.join("ssh_config"), "").expect("ssh_config");
+    std::fs::create_dir_all(known_hosts(d).parent().expect("state dir")).expect("state dir");
     let host_key = d.join("host");
     keygen(&host_key);
     let sshd = start_sshd(d, &sshd_bin, &host_key);
@@ -133,7 +140,7 @@ fn ssh_transport_against_a_real_sshd() {
         let t = SshTransport::connect(options(d, &sshd, true))
             .await
             .expect("first contact accepted");
-        let known = std::fs::read_to_string(d.join("known_hosts")).expect("known_hosts written");
+        let known = std::fs::read_to_string(known_hosts(d)).expect("known_hosts written");
         assert!(known.contains("ssh-ed25519"), "{known}");
 
         // Atomic upload with mode, then facts read back over SSH.
@@ -196,11 +203,11 @@ fn ssh_transport_against_a_real_sshd() {
     keygen(&other_key);
     let sshd2 = start_sshd(d, &sshd_bin, &other_key);
     // Pretend the host at the new port was known with the first key.
-    let known = std::fs::read_to_string(d.join("known_hosts")).expect("known_hosts");
+    let known = std::fs::read_to_string(known_hosts(d)).expect("known_hosts");
     let first_line = known.lines().next().expect("one line").to_string();
     let key_part: Vec<&str> = first_line.split_whitespace().skip(1).collect();
     std::fs::write(
-        d.join("known_hosts"),
+        known_hosts(d),
         format!("[127.0.0.1]:{} {}\n", sshd2.port, key_part.join(" ")),
     )
     .expect("known_hosts");

@@ -6,6 +6,8 @@
 use crate::{ops, Held, Output, Script, Transport, TransportError};
 use async_trait::async_trait;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,16 +49,16 @@ impl SshTransport {
             } else {
                 KnownHosts::Strict
             });
-        let mut files = vec![opts.known_hosts.display().to_string()];
+        let mut files = vec![opts.known_hosts.clone()];
         if let Some(home) = std::env::var_os("HOME") {
-            files.push(
-                PathBuf::from(home)
-                    .join(".ssh/known_hosts")
-                    .display()
-                    .to_string(),
-            );
+            files.push(PathBuf::from(home).join(".ssh/known_hosts"));
         }
-        b.user_known_hosts_file(files.join(" "));
+        let known_hosts = known_hosts_files(&files).map_err(|detail| TransportError::Connect {
+            node: opts.node.clone(),
+            destination: format!("{}@{}:{}", opts.user, opts.address, opts.port),
+            detail,
+        })?;
+        b.user_known_hosts_file(known_hosts);
         if let Some(k) = &opts.key {
             b.keyfile(k);
         }
@@ -99,6 +101,44 @@ impl SshTransport {
             let _ = session.close().await;
         }
     }
+}
+
+/// The value of ssh_config's `UserKnownHostsFile` for several files: each
+/// path made absolute and double-quoted (ssh splits the value into words
+/// like a config line), with `\\` and `"` escaped by a backslash and `%`
+/// doubled (ssh expands `%` tokens in it). ssh also expands `${NAME}`
+/// there, with no way to escape it, and a line ends at a newline: a path
+/// containing either is refused with what to change.
+fn known_hosts_files(files: &[PathBuf]) -> Result<OsString, String> {
+    let mut value = Vec::new();
+    for file in files {
+        let path = std::path::absolute(file).map_err(|e| {
+            format!(
+                "cannot make the known-hosts path {} absolute: {e}",
+                file.display()
+            )
+        })?;
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.windows(2).any(|w| w == b"${") || bytes.iter().any(|&c| c == b'\n' || c == b'\r') {
+            return Err(format!(
+                "the known-hosts path {} contains `${{` or a line break, which ssh cannot read in UserKnownHostsFile; use a state directory without them",
+                path.display()
+            ));
+        }
+        if !value.is_empty() {
+            value.push(b' ');
+        }
+        value.push(b'"');
+        for &c in bytes {
+            match c {
+                b'\\' | b'"' => value.extend_from_slice(&[b'\\', c]),
+                b'%' => value.extend_from_slice(b"%%"),
+                _ => value.push(c),
+            }
+        }
+        value.push(b'"');
+    }
+    Ok(OsString::from_vec(value))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -180,5 +220,49 @@ impl Transport for SshTransport {
             .await
             .map_err(err)?;
         Ok((first, Box::new(SshHeld { child })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::known_hosts_files;
+    use std::path::PathBuf;
+
+    fn option(files: &[&str]) -> Result<String, String> {
+        let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+        known_hosts_files(&files).map(|v| v.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn every_known_hosts_path_is_quoted() {
+        assert_eq!(
+            option(&["/var/lib/kube forge/known_hosts", "/root/.ssh/known_hosts"]).as_deref(),
+            Ok(r#""/var/lib/kube forge/known_hosts" "/root/.ssh/known_hosts""#)
+        );
+    }
+
+    #[test]
+    fn quotes_backslashes_and_percents_are_escaped() {
+        assert_eq!(
+            option(&[r#"/s/a "b" c\d 100%/known_hosts"#]).as_deref(),
+            Ok(r#""/s/a \"b\" c\\d 100%%/known_hosts""#)
+        );
+    }
+
+    #[test]
+    fn a_relative_path_is_made_absolute() {
+        let cwd = std::env::current_dir().expect("cwd");
+        let got = option(&["state/known_hosts"]).expect("quoted");
+        assert_eq!(got, format!("\"{}/state/known_hosts\"", cwd.display()));
+    }
+
+    #[test]
+    fn what_ssh_would_expand_is_refused_with_advice() {
+        let err = option(&["/s/${HOME}/known_hosts"]).expect_err("refused");
+        assert!(err.contains("/s/${HOME}/known_hosts"), "{err}");
+        assert!(err.contains("use a state directory without"), "{err}");
+        assert!(option(&["/s/a\nb/known_hosts"]).is_err());
+        // A lone `$` is not expanded.
+        assert_eq!(option(&["/s/$x"]).as_deref(), Ok(r#""/s/$x""#));
     }
 }
