@@ -1,13 +1,14 @@
 //! The SSH transport against a real sshd on loopback: host-key handling
 //! (accept-new recorded in kubeforge's own known_hosts, then strict),
-//! atomic uploads, facts, the apply lock, sudo-less root.
+//! atomic uploads, facts, the apply lock, sudo-less root, and master
+//! connections that never outlive kubeforge for long.
 
 use kubeforge_tests::{find_tool, require, root_privileges, Procs};
-use kubeforge_transport::{ops, SshOptions, SshTransport, Transport};
+use kubeforge_transport::{ops, SshOptions, SshTransport, Transport, MASTER_LINGER};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -74,18 +75,154 @@ fn start_sshd(dir: &Path, sshd: &Path, host_key: &Path) -> Sshd {
 }
 
 fn options(dir: &Path, sshd: &Sshd, accept_new: bool) -> SshOptions {
+    options_at(dir, sshd.port, &sshd.client_key, accept_new)
+}
+
+fn options_at(dir: &Path, port: u16, client_key: &Path, accept_new: bool) -> SshOptions {
     SshOptions {
         node: "n1".into(),
         address: "127.0.0.1".into(),
         user: "root".into(),
-        port: sshd.port,
-        key: Some(sshd.client_key.clone()),
+        port,
+        key: Some(client_key.to_path_buf()),
         sudo: false,
         accept_new_host_keys: accept_new,
-        known_hosts: dir.join("known_hosts"),
+        known_hosts: known_hosts(dir),
         config_file: Some(dir.join("ssh_config")),
         connect_timeout: Duration::from_secs(5),
     }
+}
+
+/// Whether the master connection behind a control socket still answers.
+fn master_alive(control_socket: &Path) -> bool {
+    Command::new("ssh")
+        .arg("-S")
+        .arg(control_socket)
+        .args(["-o", "BatchMode=yes", "-O", "check", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The pid of the master behind a control socket (`ssh -O check`).
+fn master_pid(control_socket: &Path) -> u32 {
+    let out = Command::new("ssh")
+        .arg("-S")
+        .arg(control_socket)
+        .args(["-o", "BatchMode=yes", "-O", "check", "none"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ssh -O check");
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no master pid in {text:?}"))
+}
+
+/// Whether a process runs (a zombie does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+/// Polls `cond` every 200 ms for at most `limit`; how long it took.
+fn wait_until(limit: Duration, cond: impl Fn() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+const CHILD_ENV: &str = "KUBEFORGE_TEST_SSH_CHILD";
+
+/// A kubeforge-like process that opens a transport and is then killed:
+/// this test binary again, running only [`ssh_transport_child`].
+struct ChildProcess(std::process::Child);
+
+impl ChildProcess {
+    fn start(dir: &Path, sshd: &Sshd) -> ChildProcess {
+        let child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "ssh_transport::ssh_transport_child",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(
+                CHILD_ENV,
+                format!(
+                    "{}\n{}\n{}",
+                    sshd.port,
+                    sshd.client_key.display(),
+                    dir.display()
+                ),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the child test process starts");
+        ChildProcess(child)
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run by [`ChildProcess`] only: connects, tells its control socket
+/// through `<dir>/child-control`, and waits to be killed.
+#[test]
+#[ignore = "a helper process of ssh_transport_against_a_real_sshd"]
+fn ssh_transport_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.lines();
+    let (Some(port), Some(key), Some(dir)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("{CHILD_ENV}: port, key and directory expected");
+    };
+    let dir = Path::new(dir);
+    let port: u16 = port.parse().expect("port");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let t = rt
+        .block_on(SshTransport::connect(options_at(
+            dir,
+            port,
+            Path::new(key),
+            false,
+        )))
+        .expect("the child connects");
+    let tmp = dir.join("child-control.tmp");
+    std::fs::write(&tmp, t.control_socket().as_os_str().as_encoded_bytes()).expect("write");
+    std::fs::rename(&tmp, dir.join("child-control")).expect("rename");
+    // Killed long before this.
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+/// kubeforge's known_hosts, in a state directory whose path has a space
+/// (ssh_config splits UserKnownHostsFile into words).
+fn known_hosts(dir: &Path) -> PathBuf {
+    dir.join("state dir/known_hosts")
 }
 
 #[test]
@@ -109,6 +246,7 @@ fn ssh_transport_against_a_real_sshd() {
     let d = dir.path();
     // An empty ssh_config: the user's own ~/.ssh/config must not interfere.
     std::fs::write(d.join("ssh_config"), "").expect("ssh_config");
+    std::fs::create_dir_all(known_hosts(d).parent().expect("state dir")).expect("state dir");
     let host_key = d.join("host");
     keygen(&host_key);
     let sshd = start_sshd(d, &sshd_bin, &host_key);
@@ -133,7 +271,7 @@ fn ssh_transport_against_a_real_sshd() {
         let t = SshTransport::connect(options(d, &sshd, true))
             .await
             .expect("first contact accepted");
-        let known = std::fs::read_to_string(d.join("known_hosts")).expect("known_hosts written");
+        let known = std::fs::read_to_string(known_hosts(d)).expect("known_hosts written");
         assert!(known.contains("ssh-ed25519"), "{known}");
 
         // Atomic upload with mode, then facts read back over SSH.
@@ -186,8 +324,55 @@ fn ssh_transport_against_a_real_sshd() {
             .expect("free again")
             .release()
             .await;
+
+        // A master outlives pauses in the work longer than its linger, and
+        // exits by itself soon after its process is killed outright.
+        let child = ChildProcess::start(d, &sshd);
+        let control = d.join("child-control");
+        wait_until(Duration::from_secs(30), || control.exists()).expect("the child connected");
+        let child_master = PathBuf::from(std::fs::read_to_string(&control).expect("control"));
+        // Watched through its pid: every `ssh -O check` is a client of the
+        // master and would restart its linger.
+        let pid = master_pid(&child_master);
+        assert!(running(pid));
+        let idle_since = Instant::now();
+        drop(child); // SIGKILL: no chance to close anything
+        let gone = wait_until(MASTER_LINGER + Duration::from_secs(20), || !running(pid))
+            .expect("the killed process's master exits by itself");
+        assert!(
+            gone + Duration::from_secs(2) >= MASTER_LINGER,
+            "gone after {gone:?}"
+        );
+        // What a killed process cannot clean up: the master's directory.
+        if let Some(dir) = child_master.parent() {
+            std::fs::remove_dir_all(dir).expect("remove the killed process's control directory");
+        }
+        let idle = idle_since.elapsed();
+        if idle < MASTER_LINGER + Duration::from_secs(2) {
+            tokio::time::sleep(MASTER_LINGER + Duration::from_secs(2) - idle).await;
+        }
+        assert!(master_alive(t.control_socket()));
+        t.run_ok(kubeforge_transport::Script::new("echo", "echo still here"))
+            .await
+            .expect("a transport idle for longer than the linger still works");
+
         t.close().await;
         t2.close().await;
+
+        // close_all closes every master of the process at once.
+        let t3 = SshTransport::connect(options(d, &sshd, false))
+            .await
+            .expect("connect");
+        let master = t3.control_socket().to_path_buf();
+        assert!(master_alive(&master));
+        kubeforge_transport::close_all().await;
+        assert!(!master_alive(&master));
+        assert!(!master.exists(), "{}", master.display());
+        let after = t3
+            .run(kubeforge_transport::Script::new("echo", "echo too late"))
+            .await;
+        assert!(!matches!(&after, Ok(o) if o.success()), "{after:?}");
+        drop(t3);
     });
 
     // The same address with another host key: refused (a changed key is
@@ -196,11 +381,11 @@ fn ssh_transport_against_a_real_sshd() {
     keygen(&other_key);
     let sshd2 = start_sshd(d, &sshd_bin, &other_key);
     // Pretend the host at the new port was known with the first key.
-    let known = std::fs::read_to_string(d.join("known_hosts")).expect("known_hosts");
+    let known = std::fs::read_to_string(known_hosts(d)).expect("known_hosts");
     let first_line = known.lines().next().expect("one line").to_string();
     let key_part: Vec<&str> = first_line.split_whitespace().skip(1).collect();
     std::fs::write(
-        d.join("known_hosts"),
+        known_hosts(d),
         format!("[127.0.0.1]:{} {}\n", sshd2.port, key_part.join(" ")),
     )
     .expect("known_hosts");

@@ -1,12 +1,14 @@
 //! The PKI part of the state directory: `<state>/pki/`. Writes are atomic
-//! (temp file in the same directory, fsync, rename) and private keys are
-//! created with mode 0600.
+//! (a temporary file in the same directory under an unpredictable name,
+//! created exclusively with mode 0600, then flushed and renamed), so no
+//! file planted in the directory, a symlink included, ever receives a
+//! key, and private keys are never readable by others.
 
 use crate::{KeyCert, PkiError};
 use std::fmt;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub(crate) struct Store {
@@ -126,13 +128,22 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), PkiErr
     write_files(&[(path.to_path_buf(), content, mode)])
 }
 
-fn temp_path(path: &Path) -> PathBuf {
-    let dir = path.parent().unwrap_or(Path::new("."));
+/// A new temporary file next to `path`, under an unpredictable name
+/// (`.NAME.XXXXXXXXXXXX.tmp`), created with O_CREAT|O_EXCL|O_CLOEXEC and
+/// mode 0600: whatever already sits at a name it picks, a planted symlink
+/// among them, makes it pick another name instead of being followed, and
+/// no one else can read the content before it gets its final mode.
+fn temp_file(path: &Path, dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dir.join(format!(".{name}.tmp-{}", std::process::id()))
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .rand_bytes(12)
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
 }
 
 /// Flushes the file system holding `dir` to disk.
@@ -145,52 +156,34 @@ fn sync_fs(dir: &Path) -> Result<(), PkiError> {
 }
 
 /// Writes many files atomically, each with its mode, creating parents:
-/// every file is written to a temporary name, the file system is flushed
-/// once, then each is renamed over its final name and the renames are
-/// flushed. A crash leaves every file either old or new.
+/// every file is written to a fresh temporary file beside it (see
+/// [`temp_file`]; its mode is set on the open file, never through a
+/// path), the file system is flushed once, then each is renamed over its
+/// final name and the renames are flushed. A crash leaves every file
+/// either old or new; on an error no temporary file is left behind.
 pub fn write_files(items: &[(PathBuf, &[u8], u32)]) -> Result<(), PkiError> {
     let Some((first, _, _)) = items.first() else {
         return Ok(());
     };
-    let mut temps: Vec<PathBuf> = Vec::with_capacity(items.len());
-    let cleanup = |temps: &[PathBuf]| {
-        for t in temps {
-            let _ = fs::remove_file(t);
-        }
-    };
+    // Removed when dropped, so every early return cleans up.
+    let mut temps: Vec<tempfile::NamedTempFile> = Vec::with_capacity(items.len());
     for (path, content, mode) in items {
         let dir = path.parent().unwrap_or(Path::new("."));
-        if let Err(e) = fs::create_dir_all(dir) {
-            cleanup(&temps);
-            return Err(io(dir)(e));
-        }
-        let tmp = temp_path(path);
-        let result = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(*mode)
-                .open(&tmp)?;
-            f.set_permissions(fs::Permissions::from_mode(*mode))?;
-            f.write_all(content)
-        })();
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut tmp = temp_file(path, dir).map_err(io(path))?;
+        tmp.as_file_mut()
+            .write_all(content)
+            .and_then(|()| {
+                tmp.as_file()
+                    .set_permissions(fs::Permissions::from_mode(*mode))
+            })
+            .map_err(io(path))?;
         temps.push(tmp);
-        if let Err(e) = result {
-            cleanup(&temps);
-            return Err(io(path)(e));
-        }
     }
     let root = first.parent().unwrap_or(Path::new("."));
-    if let Err(e) = sync_fs(root) {
-        cleanup(&temps);
-        return Err(e);
-    }
-    for ((path, _, _), tmp) in items.iter().zip(&temps) {
-        if let Err(e) = fs::rename(tmp, path) {
-            cleanup(&temps);
-            return Err(io(path)(e));
-        }
+    sync_fs(root)?;
+    for ((path, _, _), tmp) in items.iter().zip(temps) {
+        tmp.persist(path).map_err(|e| io(path)(e.error))?;
     }
     sync_fs(root)
 }

@@ -3,12 +3,36 @@
 //! every higher operation ([`ops`]: atomic uploads, file facts, systemd,
 //! locks) is built on that one primitive, so SSH in production and the
 //! local transport in tests behave the same.
+//!
+//! # SSH master connections
+//!
+//! [`SshTransport`] keeps one multiplexed ssh master per node. A master
+//! exits by itself [`MASTER_LINGER`] after kubeforge is gone, even when
+//! kubeforge was killed; closing them at once on a normal end and on
+//! SIGINT/SIGTERM is up to the program, with one call around everything
+//! it does with nodes:
+//!
+//! ```no_run
+//! # async fn connect_and_apply() -> Result<(), String> { Ok(()) }
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! match kubeforge_transport::closing_masters(connect_and_apply()).await {
+//!     Ok(result) => result?,
+//!     Err(interrupted) => {
+//!         // "interrupted by SIGINT; the SSH connections ... were closed"
+//!         std::process::exit(interrupted.exit_code().into());
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! [`close_all`] alone closes every master open in the process, for a
+//! program that handles signals itself.
 
 pub mod ops;
 pub mod recording;
 mod ssh;
 
-pub use ssh::{SshOptions, SshTransport};
+pub use ssh::{close_all, closing_masters, Interrupted, SshOptions, SshTransport, MASTER_LINGER};
 
 use async_trait::async_trait;
 use std::process::Stdio;

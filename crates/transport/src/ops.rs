@@ -2,6 +2,7 @@
 //! positional arguments, so the same code runs over SSH and locally.
 
 use crate::{Output, Script, Transport, TransportError};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -23,22 +24,60 @@ pub(crate) async fn first_line<R: AsyncRead + Unpin>(
 }
 
 /// Writes a file atomically: a temporary file next to it (created 0600, so
-/// a secret is never readable by others), content, mode, owner, fsync, and
-/// a rename over the old file.
+/// a secret is never readable by others), content, a check that exactly
+/// the expected bytes arrived, mode, owner, fsync, a rename over the old
+/// file and an fsync of the directory.
+///
+/// Arguments: `PATH MODE OWNER SIZE SHA256`, the content on stdin. When the
+/// content that arrived is not `SIZE` bytes with digest `SHA256` (stdin
+/// ended early: kubeforge or ssh was killed, the connection dropped), the
+/// temporary file is removed, the old file is left as it was and the
+/// script exits 4 with a message naming the path, the expected and the
+/// received size and digest.
 pub const PUT: &str = r#"set -eu
-p="$1"; mode="$2"; owner="$3"
-d=$(dirname "$p")
-mkdir -p "$d"
+p="$1"; mode="$2"; owner="$3"; size="$4"; sum="$5"
+d=$(dirname -- "$p")
+mkdir -p -- "$d"
 t=$(mktemp "$d/.kubeforge-tmp.XXXXXX")
-trap 'rm -f "$t"' EXIT
+trap 'rm -f -- "$t"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
 cat > "$t"
-chown "$owner" "$t"
-chmod "$mode" "$t"
-sync "$t" 2>/dev/null || true
-mv -f "$t" "$p"
+got_size=$(stat -c %s -- "$t")
+got_sum=$(sha256sum < "$t" | cut -d' ' -f1)
+if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then
+  echo "refusing to install $p: expected $size bytes with sha256 $sum, received $got_size bytes with sha256 $got_sum (the upload was cut short or altered); the old file is unchanged, run the command again" >&2
+  exit 4
+fi
+chown -- "$owner" "$t"
+chmod -- "$mode" "$t"
+sync -- "$t" 2>/dev/null || sync
+mv -f -- "$t" "$p"
 trap - EXIT
+sync -- "$d" 2>/dev/null || sync
 "#;
 
+/// The status [`PUT`] exits with when the content that arrived is not the
+/// content that was sent.
+pub const PUT_MISMATCH: i32 = 4;
+
+/// The size and lowercase hex sha256 of `content`: the arguments [`PUT`]
+/// checks the received file against.
+pub fn size_and_sha256(content: &[u8]) -> (String, String) {
+    let digest = Sha256::digest(content);
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    (content.len().to_string(), hex)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `content` to `path` on the node atomically with `mode` and
+/// `owner` (`user:group`). The node installs the file only when exactly
+/// `content` arrived (its size and sha256 are passed along and checked);
+/// otherwise the old file stays and the error says so.
 pub async fn put(
     t: &dyn Transport,
     path: &str,
@@ -47,9 +86,16 @@ pub async fn put(
     owner: &str,
 ) -> Result<(), TransportError> {
     let what = format!("write {path}");
+    let (size, sha256) = size_and_sha256(&content);
     t.run_ok(
         Script::new(&what, PUT)
-            .args([path.to_string(), format!("{mode:04o}"), owner.to_string()])
+            .args([
+                path.to_string(),
+                format!("{mode:04o}"),
+                owner.to_string(),
+                size,
+                sha256,
+            ])
             .stdin(content),
     )
     .await

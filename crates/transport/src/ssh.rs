@@ -2,14 +2,152 @@
 //! master connection per node): honours `~/.ssh/config`, agents, ports,
 //! jump hosts and keys. Host keys are verified; unknown hosts are accepted
 //! only when asked, and then recorded in kubeforge's own known-hosts file.
+//!
+//! A master never outlives kubeforge for long: each runs with a short
+//! `ControlPersist` ([`MASTER_LINGER`]) and its transport keeps one idle
+//! channel open on it for as long as the transport lives, so the master
+//! stays up through pauses in the work and exits on its own that long
+//! after kubeforge is gone, however kubeforge ended (a killed process
+//! closes the channel's stdin). Every open master is also registered, so
+//! [`close_all`] (or [`closing_masters`] around the work, which adds
+//! SIGINT and SIGTERM) closes them at once. The idle channel takes one of
+//! the sessions sshd allows per connection (`MaxSessions`, 10 by default).
 
 use crate::{ops, Held, Output, Script, Transport, TransportError};
 use async_trait::async_trait;
-use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
-use std::path::PathBuf;
-use std::sync::Arc;
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+
+/// How long a master connection stays up once no client uses it any more
+/// (ssh's `ControlPersist`). A live transport always holds one channel, so
+/// this only counts once kubeforge itself is gone.
+pub const MASTER_LINGER: Duration = Duration::from_secs(15);
+
+/// How long [`close_all`] waits for one master to acknowledge `-O exit`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The control sockets of the master connections open in this process.
+static MASTERS: Mutex<BTreeMap<u64, PathBuf>> = Mutex::new(BTreeMap::new());
+static NEXT_MASTER: AtomicU64 = AtomicU64::new(0);
+
+/// A master's entry in [`MASTERS`], removed when its transport goes.
+struct Registered(u64);
+
+impl Registered {
+    fn new(control_socket: &Path) -> Registered {
+        let id = NEXT_MASTER.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = MASTERS.lock() {
+            m.insert(id, control_socket.to_path_buf());
+        }
+        Registered(id)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut m) = MASTERS.lock() {
+            m.remove(&self.0);
+        }
+    }
+}
+
+/// Closes every SSH master connection this process has open, all at
+/// once, and removes their control directories. Commands still running
+/// over them fail; transports left after it cannot run anything more.
+/// Meant for the end of a command and for SIGINT/SIGTERM handlers (see
+/// [`closing_masters`], which does both).
+pub async fn close_all() {
+    let sockets: Vec<PathBuf> = match MASTERS.lock() {
+        Ok(mut m) => std::mem::take(&mut *m).into_values().collect(),
+        Err(_) => return,
+    };
+    let closes = sockets.into_iter().map(|socket| async move {
+        let exit = tokio::process::Command::new("ssh")
+            .arg("-S")
+            .arg(&socket)
+            .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status();
+        if tokio::time::timeout(CLOSE_TIMEOUT, exit).await.is_err() {
+            tracing::warn!(
+                "the SSH master at {} did not close within {} s; it exits by itself {} s after its last use",
+                socket.display(),
+                CLOSE_TIMEOUT.as_secs(),
+                MASTER_LINGER.as_secs()
+            );
+        }
+        // The directory openssh made for this master: its socket and log.
+        if let Some(dir) = socket.parent() {
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
+    });
+    futures::future::join_all(closes).await;
+}
+
+/// Why [`closing_masters`] stopped the work before it finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("interrupted by {name}; the SSH connections to the nodes were closed (a command that was running on a node may have been cut short: run kubeforge again)")]
+pub struct Interrupted {
+    /// The signal's number (2 for SIGINT, 15 for SIGTERM).
+    pub signal: i32,
+    /// `SIGINT` or `SIGTERM`.
+    pub name: &'static str,
+}
+
+impl Interrupted {
+    /// The exit status a shell expects of a process ended by this signal.
+    pub fn exit_code(&self) -> u8 {
+        u8::try_from(128 + self.signal).unwrap_or(u8::MAX)
+    }
+}
+
+/// Runs `work` (everything a command does with nodes) and then closes
+/// every SSH master connection ([`close_all`]); on SIGINT or SIGTERM stops
+/// `work` first, closes them and returns [`Interrupted`]. Call it inside a
+/// tokio runtime with signals enabled (`enable_all`). tokio keeps its
+/// signal handlers for the rest of the process, so a caller that got
+/// [`Interrupted`] should exit with [`Interrupted::exit_code`] soon after.
+pub async fn closing_masters<F: Future>(work: F) -> Result<F::Output, Interrupted> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut work = std::pin::pin!(work);
+    let (mut int, mut term) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(int), Ok(term)) => (int, term),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("cannot watch for SIGINT/SIGTERM ({e}); SSH connections close {} s after an interruption", MASTER_LINGER.as_secs());
+            let out = work.await;
+            close_all().await;
+            return Ok(out);
+        }
+    };
+    let interrupted = tokio::select! {
+        out = &mut work => {
+            close_all().await;
+            return Ok(out);
+        }
+        _ = int.recv() => Interrupted { signal: 2, name: "SIGINT" },
+        _ = term.recv() => Interrupted { signal: 15, name: "SIGTERM" },
+    };
+    tracing::info!("{interrupted}");
+    // Close before the work is dropped: dropping it closes its own
+    // transports one by one, which then finds them closed already.
+    close_all().await;
+    Err(interrupted)
+}
 
 /// How to reach one node.
 #[derive(Debug, Clone)]
@@ -32,7 +170,11 @@ pub struct SshOptions {
 
 pub struct SshTransport {
     opts: SshOptions,
+    /// An idle remote `cat` that keeps the master in use while this
+    /// transport lives; dropped (its ssh killed, its stdin closed) first.
+    keepalive: Option<openssh::Child<Arc<Session>>>,
     session: Arc<Session>,
+    _registered: Registered,
 }
 
 impl SshTransport {
@@ -42,21 +184,22 @@ impl SshTransport {
             .port(opts.port)
             .connect_timeout(opts.connect_timeout)
             .server_alive_interval(Duration::from_secs(15))
+            .control_persist(linger())
             .known_hosts_check(if opts.accept_new_host_keys {
                 KnownHosts::Add
             } else {
                 KnownHosts::Strict
             });
-        let mut files = vec![opts.known_hosts.display().to_string()];
+        let mut files = vec![opts.known_hosts.clone()];
         if let Some(home) = std::env::var_os("HOME") {
-            files.push(
-                PathBuf::from(home)
-                    .join(".ssh/known_hosts")
-                    .display()
-                    .to_string(),
-            );
+            files.push(PathBuf::from(home).join(".ssh/known_hosts"));
         }
-        b.user_known_hosts_file(files.join(" "));
+        let known_hosts = known_hosts_files(&files).map_err(|detail| TransportError::Connect {
+            node: opts.node.clone(),
+            destination: format!("{}@{}:{}", opts.user, opts.address, opts.port),
+            detail,
+        })?;
+        b.user_known_hosts_file(known_hosts);
         if let Some(k) = &opts.key {
             b.keyfile(k);
         }
@@ -71,10 +214,35 @@ impl SshTransport {
                 destination: format!("{}@{}:{}", opts.user, opts.address, opts.port),
                 detail: error_chain(&e),
             })?;
+        let session = Arc::new(session);
+        let registered = Registered::new(session.control_socket());
+        let mut keepalive = Session::to_command(Arc::clone(&session), "cat");
+        keepalive
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let keepalive = keepalive
+            .spawn()
+            .await
+            .map_err(|e| TransportError::Connect {
+                node: opts.node.clone(),
+                destination: format!("{}@{}:{}", opts.user, opts.address, opts.port),
+                detail: format!(
+                    "cannot open the channel that keeps the connection up: {}",
+                    error_chain(&e)
+                ),
+            })?;
         Ok(SshTransport {
             opts,
-            session: Arc::new(session),
+            keepalive: Some(keepalive),
+            session,
+            _registered: registered,
         })
+    }
+
+    /// The control socket of this node's master connection (`ssh -S`).
+    pub fn control_socket(&self) -> &Path {
+        self.session.control_socket()
     }
 
     fn command(&self, script: &Script<'_>) -> openssh::OwningCommand<Arc<Session>> {
@@ -95,9 +263,61 @@ impl SshTransport {
 
     /// Closes the master connection (when no command holds it any more).
     pub async fn close(self) {
-        if let Ok(session) = Arc::try_unwrap(self.session) {
+        let SshTransport {
+            keepalive,
+            session,
+            _registered,
+            ..
+        } = self;
+        drop(keepalive);
+        if let Ok(session) = Arc::try_unwrap(session) {
             let _ = session.close().await;
         }
+    }
+}
+
+/// The value of ssh_config's `UserKnownHostsFile` for several files: each
+/// path made absolute and double-quoted (ssh splits the value into words
+/// like a config line), with `\\` and `"` escaped by a backslash and `%`
+/// doubled (ssh expands `%` tokens in it). ssh also expands `${NAME}`
+/// there, with no way to escape it, and a line ends at a newline: a path
+/// containing either is refused with what to change.
+fn known_hosts_files(files: &[PathBuf]) -> Result<OsString, String> {
+    let mut value = Vec::new();
+    for file in files {
+        let path = std::path::absolute(file).map_err(|e| {
+            format!(
+                "cannot make the known-hosts path {} absolute: {e}",
+                file.display()
+            )
+        })?;
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.windows(2).any(|w| w == b"${") || bytes.iter().any(|&c| c == b'\n' || c == b'\r') {
+            return Err(format!(
+                "the known-hosts path {} contains `${{` or a line break, which ssh cannot read in UserKnownHostsFile; use a state directory without them",
+                path.display()
+            ));
+        }
+        if !value.is_empty() {
+            value.push(b' ');
+        }
+        value.push(b'"');
+        for &c in bytes {
+            match c {
+                b'\\' | b'"' => value.extend_from_slice(&[b'\\', c]),
+                b'%' => value.extend_from_slice(b"%%"),
+                _ => value.push(c),
+            }
+        }
+        value.push(b'"');
+    }
+    Ok(OsString::from_vec(value))
+}
+
+fn linger() -> ControlPersist {
+    match NonZeroUsize::new(usize::try_from(MASTER_LINGER.as_secs()).unwrap_or(usize::MAX)) {
+        Some(secs) => ControlPersist::IdleFor(secs),
+        None => ControlPersist::ClosedAfterInitialConnection,
     }
 }
 
@@ -180,5 +400,49 @@ impl Transport for SshTransport {
             .await
             .map_err(err)?;
         Ok((first, Box::new(SshHeld { child })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::known_hosts_files;
+    use std::path::PathBuf;
+
+    fn option(files: &[&str]) -> Result<String, String> {
+        let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+        known_hosts_files(&files).map(|v| v.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn every_known_hosts_path_is_quoted() {
+        assert_eq!(
+            option(&["/var/lib/kube forge/known_hosts", "/root/.ssh/known_hosts"]).as_deref(),
+            Ok(r#""/var/lib/kube forge/known_hosts" "/root/.ssh/known_hosts""#)
+        );
+    }
+
+    #[test]
+    fn quotes_backslashes_and_percents_are_escaped() {
+        assert_eq!(
+            option(&[r#"/s/a "b" c\d 100%/known_hosts"#]).as_deref(),
+            Ok(r#""/s/a \"b\" c\\d 100%%/known_hosts""#)
+        );
+    }
+
+    #[test]
+    fn a_relative_path_is_made_absolute() {
+        let cwd = std::env::current_dir().expect("cwd");
+        let got = option(&["state/known_hosts"]).expect("quoted");
+        assert_eq!(got, format!("\"{}/state/known_hosts\"", cwd.display()));
+    }
+
+    #[test]
+    fn what_ssh_would_expand_is_refused_with_advice() {
+        let err = option(&["/s/${HOME}/known_hosts"]).expect_err("refused");
+        assert!(err.contains("/s/${HOME}/known_hosts"), "{err}");
+        assert!(err.contains("use a state directory without"), "{err}");
+        assert!(option(&["/s/a\nb/known_hosts"]).is_err());
+        // A lone `$` is not expanded.
+        assert_eq!(option(&["/s/$x"]).as_deref(), Ok(r#""/s/$x""#));
     }
 }

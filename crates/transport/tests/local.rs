@@ -1,7 +1,7 @@
 //! The operations over the local transport: real files, real `sh`.
 #![allow(clippy::unwrap_used)]
 
-use kubeforge_transport::{ops, LocalTransport, Script, Transport};
+use kubeforge_transport::{ops, LocalTransport, Output, Script, Transport};
 use std::os::unix::fs::PermissionsExt;
 
 #[tokio::test]
@@ -46,6 +46,100 @@ async fn failed_put_leaves_the_old_file() {
     assert!(err.to_string().contains("local: `write"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"old");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+/// Runs the upload script as `put` would, but with the size and digest of
+/// `declared` while `sent` is what actually arrives on stdin.
+async fn put_raw(t: &LocalTransport, path: &str, declared: &[u8], sent: &[u8]) -> Output {
+    let (size, sha) = ops::size_and_sha256(declared);
+    t.run(
+        Script::new("write", ops::PUT)
+            .args([path, "0755", "root:root", &size, &sha])
+            .stdin(sent.to_vec()),
+    )
+    .await
+    .unwrap()
+}
+
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut n: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    n.sort();
+    n
+}
+
+#[tokio::test]
+async fn a_cut_short_upload_is_refused_and_leaves_the_old_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = LocalTransport::new("local");
+    let path = dir.path().join("kubelet");
+    let p = path.to_str().unwrap();
+    std::fs::write(&path, "old binary").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let full: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    // Stdin ends after a prefix, as when kubeforge or ssh is killed.
+    let o = put_raw(&t, p, &full, &full[..70_000]).await;
+    assert_eq!(o.status, ops::PUT_MISMATCH, "{}", o.stderr_str());
+    let (size, sha) = ops::size_and_sha256(&full);
+    let (_, got) = ops::size_and_sha256(&full[..70_000]);
+    let msg = o.stderr_str();
+    for part in [p, &size, &sha, "70000", &got, "unchanged"] {
+        assert!(msg.contains(part), "{part} not in {msg}");
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), b"old binary");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o644);
+    assert_eq!(names(dir.path()), ["kubelet"]);
+}
+
+#[tokio::test]
+async fn an_altered_upload_is_refused_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = LocalTransport::new("local");
+    let path = dir.path().join("bin/etcd");
+    let p = path.to_str().unwrap();
+    // Same size, other bytes: the digest tells them apart.
+    let o = put_raw(&t, p, b"expected", b"EXPECTED").await;
+    assert_eq!(o.status, ops::PUT_MISMATCH, "{}", o.stderr_str());
+    assert!(!path.exists());
+    assert!(names(&dir.path().join("bin")).is_empty());
+    // Nothing at all arrived.
+    let o = put_raw(&t, p, b"expected", b"").await;
+    assert_eq!(o.status, ops::PUT_MISMATCH, "{}", o.stderr_str());
+    assert!(
+        o.stderr_str().contains("received 0 bytes"),
+        "{}",
+        o.stderr_str()
+    );
+    assert!(names(&dir.path().join("bin")).is_empty());
+}
+
+#[tokio::test]
+async fn a_whole_upload_is_installed_with_its_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = LocalTransport::new("n1");
+    let path = dir.path().join("f");
+    let p = path.to_str().unwrap();
+    // The whole content arrives (the arguments `put` itself sends).
+    let o = put_raw(&t, p, b"content\n", b"content\n").await;
+    assert!(o.success(), "{}", o.stderr_str());
+    assert_eq!(std::fs::read(&path).unwrap(), b"content\n");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
+    assert_eq!(names(dir.path()), ["f"]);
+}
+
+#[test]
+fn size_and_sha256_are_what_sha256sum_prints() {
+    assert_eq!(
+        ops::size_and_sha256(b"hello\n"),
+        (
+            "6".to_string(),
+            "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03".to_string()
+        )
+    );
 }
 
 #[tokio::test]
