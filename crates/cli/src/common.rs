@@ -132,9 +132,13 @@ pub(crate) fn reach(n: &NodeArgs) -> online::Reach {
 pub(crate) fn init_log(state: &Path) -> Result<()> {
     std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
     let path = state.join("kubeforge.log");
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Never through a link planted at the log's name.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     LOG_FILE

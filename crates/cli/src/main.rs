@@ -47,7 +47,11 @@ fn main() -> ExitCode {
                     eprintln!("error: {e:#}");
                 }
             }
-            ExitCode::FAILURE
+            // Ended by a signal: the status a shell expects (130, 143).
+            match e.downcast_ref::<kubeforge_transport::Interrupted>() {
+                Some(i) => ExitCode::from(i.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

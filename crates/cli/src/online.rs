@@ -151,8 +151,3 @@ impl Progress for Bars {
 pub fn explain(e: ApplyError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
-
-/// Closes every node's connection.
-pub async fn close_all(transports: Transports) {
-    drop(transports);
-}

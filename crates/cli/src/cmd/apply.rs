@@ -34,7 +34,7 @@ pub(crate) fn run(
         std::process::id()
     );
     let started = Instant::now();
-    let outcome = runtime()?.block_on(async {
+    let outcome = runtime()?.block_on(kubeforge_transport::closing_masters(async {
         let transports = online::connect_all(cluster, &state, &reach(nodes)).await?;
         let req = Request {
             cluster,
@@ -52,10 +52,10 @@ pub(crate) fn run(
                 .map_err(|e| ApplyError::Other(e.to_string()))
         };
         let bars = online::Bars::new();
-        let outcome = kubeforge_apply::apply(&req, &mut persist, &bars).await;
-        online::close_all(transports).await;
-        outcome.map_err(online::explain)
-    })?;
+        kubeforge_apply::apply(&req, &mut persist, &bars)
+            .await
+            .map_err(online::explain)
+    }))??;
     let secs = started.elapsed().as_secs_f64();
     let plan = &outcome.plan;
     let Some(a) = &outcome.applied else {

@@ -22,7 +22,7 @@ pub(crate) fn run(
     let plan = if offline {
         kubeforge_apply::plan_offline(cluster, rendered, &nodes.phases)?
     } else {
-        runtime()?.block_on(async {
+        runtime()?.block_on(kubeforge_transport::closing_masters(async {
             let t = online::connect_all(cluster, &state, &reach(nodes)).await?;
             let plan = kubeforge_apply::plan_online(
                 cluster,
@@ -32,9 +32,8 @@ pub(crate) fn run(
                 nodes.concurrency,
             )
             .await;
-            online::close_all(t).await;
             Ok::<_, anyhow::Error>(plan?)
-        })?
+        }))??
     };
     let events = &prepared.reconciled.events;
     match output {
