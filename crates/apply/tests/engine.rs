@@ -211,7 +211,7 @@ async fn phases_run_in_table_order_and_never_overlap() {
     rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
     run(&rec, &r, &p).await.unwrap();
     let lines = rec.lines();
-    let order = ["etcd", "apiserver", "controllers", "addons", "lb", "node"];
+    let order = ["etcd", "apiserver", "lb", "controllers", "addons", "node"];
     let mut last = 0;
     for phase in order {
         let start = pos(&lines, &[&format!("== {phase} started")]);

@@ -204,7 +204,7 @@ pub(crate) struct NodeArgs {
     /// Seconds to wait for an SSH connection.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub(crate) connect_timeout: u64,
-    /// Only these phases (etcd, apiserver, controllers, addons, lb, node;
+    /// Only these phases (etcd, apiserver, lb, controllers, addons, node;
     /// repeatable): their files, binaries, units and, for addons, the API
     /// objects and the cluster gate. Default: all.
     #[arg(long = "phase", value_name = "PHASE")]
