@@ -36,7 +36,7 @@ impl Checker<'_> {
                 if net.addr() != net.network() {
                     self.error(
                         value.span(),
-                        format!("{key} \"{text}\" has host bits set"),
+                        format!("{key} {text:?} has host bits set"),
                         format!("write the network address: \"{}\"", net.trunc()),
                     );
                     return None;
@@ -46,7 +46,7 @@ impl Checker<'_> {
             Ok(ipnet::IpNet::V6(_)) => {
                 self.error(
                     value.span(),
-                    format!("{key} \"{text}\" is IPv6, which kubeforge does not support yet"),
+                    format!("{key} {text:?} is IPv6, which kubeforge does not support yet"),
                     "use an IPv4 range",
                 );
                 None
@@ -54,7 +54,7 @@ impl Checker<'_> {
             Err(_) => {
                 self.error(
                     value.span(),
-                    format!("{key} \"{text}\" is not a CIDR range"),
+                    format!("{key} {text:?} is not a CIDR range"),
                     "write it as ADDRESS/PREFIX, for example \"10.96.0.0/12\"",
                 );
                 None
@@ -69,7 +69,7 @@ impl Checker<'_> {
             Ok(IpAddr::V6(_)) => {
                 self.error(
                     value.span(),
-                    format!("{key} \"{text}\" is IPv6, which kubeforge does not support yet"),
+                    format!("{key} {text:?} is IPv6, which kubeforge does not support yet"),
                     "use an IPv4 address",
                 );
                 None
@@ -77,7 +77,7 @@ impl Checker<'_> {
             Err(_) => {
                 self.error(
                     value.span(),
-                    format!("{key} \"{text}\" is not an IP address"),
+                    format!("{key} {text:?} is not an IP address"),
                     "write a dotted IPv4 address, for example \"10.77.0.11\"",
                 );
                 None
@@ -128,7 +128,7 @@ impl Checker<'_> {
         let names: Vec<_> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
         self.error(
             v.span(),
-            format!("unknown {key} \"{}\"", v.get_ref()),
+            format!("unknown {key} {:?}", v.get_ref()),
             format!("use one of {}", names.join(", ")),
         );
         default
@@ -375,7 +375,7 @@ fn cluster_name(c: &mut Checker<'_>, value: &Spanned<String>) -> String {
     if !is_dns_label(&name) {
         c.error(
             value.span(),
-            format!("cluster name \"{name}\" is not a DNS label"),
+            format!("cluster name {name:?} is not a DNS label"),
             "use lowercase letters, digits and '-', at most 63 characters",
         );
     }
@@ -387,10 +387,7 @@ fn kubernetes_version(c: &mut Checker<'_>, value: &Spanned<String>) -> Option<Ku
         None => {
             c.error(
                 value.span(),
-                format!(
-                    "kubernetes_version \"{}\" is not a version",
-                    value.get_ref()
-                ),
+                format!("kubernetes_version {:?} is not a version", value.get_ref()),
                 "write MAJOR.MINOR.PATCH, for example \"1.31.4\"",
             );
             None
@@ -508,7 +505,7 @@ fn cluster_domain(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> Strin
     if !is_dns_name(v.get_ref()) {
         c.error(
             v.span(),
-            format!("cluster_domain \"{}\" is not a DNS name", v.get_ref()),
+            format!("cluster_domain {:?} is not a DNS name", v.get_ref()),
             "use lowercase DNS labels separated by dots, for example \"cluster.local\"",
         );
     }
@@ -609,7 +606,7 @@ fn bin_dir(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> String {
     if !v.get_ref().starts_with('/') {
         c.error(
             v.span(),
-            format!("bin_dir \"{}\" is not an absolute path", v.get_ref()),
+            format!("bin_dir {:?} is not an absolute path", v.get_ref()),
             "write the directory on the nodes, for example \"/usr/local/bin\"",
         );
     }
@@ -647,7 +644,7 @@ fn image_registry(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> Strin
     {
         c.error(
             v.span(),
-            format!("image_registry \"{}\" is not a registry host", v.get_ref()),
+            format!("image_registry {:?} is not a registry host", v.get_ref()),
             "write HOST[:PORT][/PATH] without a scheme, for example \"registry.local:5000\"",
         );
     }
@@ -668,7 +665,7 @@ fn registry_mirrors(
         if !is_dns_name(name) || port.is_some_and(|p| p.parse::<u16>().is_err()) {
             c.error(
                 host.span(),
-                format!("registry_mirrors key \"{h}\" is not a registry host"),
+                format!("registry_mirrors key {h:?} is not a registry host"),
                 "write the registry as images name it, for example \"docker.io\" or \"registry.k8s.io\"",
             );
             continue;
@@ -681,7 +678,7 @@ fn registry_mirrors(
         if !ok {
             c.error(
                 mirror.span(),
-                format!("mirror \"{m}\" of {h} is not an http(s) URL"),
+                format!("mirror {m:?} of {h} is not an http(s) URL"),
                 "write the mirror's URL, for example \"https://registry.local:5000\"",
             );
             continue;
@@ -764,9 +761,7 @@ fn extra_apiserver_sans(c: &mut Checker<'_>, sans: &[Spanned<String>]) {
         if s.parse::<IpAddr>().is_err() && !is_dns_name(s.trim_start_matches("*.")) {
             c.error(
                 san.span(),
-                format!(
-                    "extra_apiserver_sans entry \"{s}\" is neither an IP address nor a DNS name"
-                ),
+                format!("extra_apiserver_sans entry {s:?} is neither an IP address nor a DNS name"),
                 "write an IP address or a lowercase DNS name",
             );
         }
@@ -846,14 +841,14 @@ fn node_name(c: &mut Checker<'_>, value: &Spanned<String>, seen: &mut Seen) -> S
     if !is_dns_label(&name) {
         c.error(
             value.span(),
-            format!("node name \"{name}\" is not a DNS label"),
+            format!("node name {name:?} is not a DNS label"),
             "use lowercase letters, digits and '-'; the name becomes the Kubernetes node name",
         );
     } else if let Some(first) = seen.names.get(&name) {
         let line = c.src.line_of(first);
         c.error(
             value.span(),
-            format!("duplicate node name \"{name}\" (first used on line {line})"),
+            format!("duplicate node name {name:?} (first used on line {line})"),
             "give every node its own name",
         );
     } else {
@@ -869,11 +864,11 @@ fn node_address(
     seen: &mut Seen,
     nets: Networks,
 ) -> Option<Ipv4Addr> {
-    let ip = c.ipv4(&format!("node \"{name}\": address"), value)?;
+    let ip = c.ipv4(&format!("node {name:?}: address"), value)?;
     if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
         c.error(
             value.span(),
-            format!("address {ip} of node \"{name}\" cannot be reached by other nodes"),
+            format!("address {ip} of node {name:?} cannot be reached by other nodes"),
             "use the address the node has on the cluster network",
         );
     }
@@ -882,7 +877,7 @@ fn node_address(
         c.error(
             value.span(),
             format!(
-                "node \"{name}\" has address {ip}, already used by node \"{other}\" on line {line}"
+                "node {name:?} has address {ip}, already used by node {other:?} on line {line}"
             ),
             "give every node its own address",
         );
@@ -894,7 +889,7 @@ fn node_address(
             if net.contains(&ip) {
                 c.error(
                     value.span(),
-                    format!("address {ip} of node \"{name}\" lies inside {key} {net}"),
+                    format!("address {ip} of node {name:?} lies inside {key} {net}"),
                     "node addresses, pods and services need separate ranges",
                 );
             }
@@ -904,7 +899,7 @@ fn node_address(
         if !net.contains(&ip) {
             c.error(
                 value.span(),
-                format!("address {ip} of node \"{name}\" lies outside node_cidr {net}"),
+                format!("address {ip} of node {name:?} lies outside node_cidr {net}"),
                 "fix the address or widen node_cidr",
             );
         }
@@ -917,7 +912,7 @@ fn node_roles(c: &mut Checker<'_>, name: &str, value: &Spanned<Vec<Spanned<Strin
     if value.get_ref().is_empty() {
         c.error(
             value.span(),
-            format!("node \"{name}\" has no roles"),
+            format!("node {name:?} has no roles"),
             "give it one or more of \"etcd\", \"control-plane\", \"worker\", \"lb\"",
         );
     }
@@ -925,13 +920,13 @@ fn node_roles(c: &mut Checker<'_>, name: &str, value: &Spanned<Vec<Spanned<Strin
         match Role::ALL.iter().find(|role| role.as_str() == r.get_ref()) {
             Some(role) if roles.contains(role) => c.error(
                 r.span(),
-                format!("node \"{name}\" lists role \"{}\" twice", r.get_ref()),
+                format!("node {name:?} lists role {:?} twice", r.get_ref()),
                 "list each role once",
             ),
             Some(role) => roles.push(*role),
             None => c.error(
                 r.span(),
-                format!("unknown role \"{}\" on node \"{name}\"", r.get_ref()),
+                format!("unknown role {:?} on node {name:?}", r.get_ref()),
                 "use \"etcd\", \"control-plane\", \"worker\" or \"lb\"",
             ),
         }
@@ -949,17 +944,14 @@ fn node_labels(
         if !is_qualified_name(k.get_ref()) {
             c.error(
                 k.span(),
-                format!(
-                    "label key \"{}\" on node \"{name}\" is not valid",
-                    k.get_ref()
-                ),
+                format!("label key {:?} on node {name:?} is not valid", k.get_ref()),
                 "use [prefix/]name with letters, digits, '-', '_' or '.'",
             );
         } else if !is_label_value(v.get_ref()) {
             c.error(
                 v.span(),
                 format!(
-                    "label value \"{}\" on node \"{name}\" is not valid",
+                    "label value {:?} on node {name:?} is not valid",
                     v.get_ref()
                 ),
                 "use at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric",
@@ -970,7 +962,7 @@ fn node_labels(
             c.error(
                 k.span(),
                 format!(
-                    "label \"{}\" on node \"{name}\" is in a namespace reserved for Kubernetes",
+                    "label {:?} on node {name:?} is in a namespace reserved for Kubernetes",
                     k.get_ref()
                 ),
                 "use a prefix of your own, for example \"example.com/zone\"",
@@ -989,7 +981,7 @@ fn node_taints(c: &mut Checker<'_>, name: &str, value: &[Spanned<String>]) -> Ve
             Some(taint) => taints.push(taint),
             None => c.error(
                 t.span(),
-                format!("taint \"{}\" on node \"{name}\" is not valid", t.get_ref()),
+                format!("taint {:?} on node {name:?} is not valid", t.get_ref()),
                 "write KEY[=VALUE]:EFFECT with EFFECT NoSchedule, PreferNoSchedule or NoExecute",
             ),
         }
@@ -1106,7 +1098,7 @@ fn missing_loadbalancer(
         let span = checked.spans.get(*n).cloned().unwrap_or(0..0);
         c.error(
             span,
-            format!("node \"{n}\" has the role \"lb\" but there is no [loadbalancer] section"),
+            format!("node {n:?} has the role \"lb\" but there is no [loadbalancer] section"),
             "add [loadbalancer] with vip = \"ADDRESS/PREFIX\", or remove the role",
         );
     }
@@ -1119,7 +1111,7 @@ fn lb_vip(c: &mut Checker<'_>, value: &Spanned<String>) -> Option<Ipv4Net> {
             c.error(
                 value.span(),
                 format!(
-                    "vip \"{}\" is not an IPv4 address with the prefix of its subnet",
+                    "vip {:?} is not an IPv4 address with the prefix of its subnet",
                     value.get_ref()
                 ),
                 "write ADDRESS/PREFIX as on the LB nodes' interface, for example \"10.77.0.100/24\"",
@@ -1183,7 +1175,7 @@ fn vip_placement(
     if let Some(n) = checked.nodes.iter().find(|n| n.address == ip) {
         c.error(
             value.span(),
-            format!("vip {ip} is the address of node \"{}\"", n.name),
+            format!("vip {ip} is the address of node {:?}", n.name),
             "pick an address no host uses; keepalived moves it between the LB nodes",
         );
     }
@@ -1192,7 +1184,7 @@ fn vip_placement(
             c.error(
                 value.span(),
                 format!(
-                    "vip {vip} is outside the subnet of LB node \"{}\" ({})",
+                    "vip {vip} is outside the subnet of LB node {:?} ({})",
                     n.name, n.address
                 ),
                 "the VIP must be in the subnet the LB nodes share; fix the address or the prefix",
@@ -1220,7 +1212,7 @@ fn lb_interface(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> String 
     if s.is_empty() || s.len() > 15 || s.contains(['/', ' ']) {
         c.error(
             i.span(),
-            format!("interface \"{s}\" is not a network interface name"),
+            format!("interface {s:?} is not a network interface name"),
             "name the LB nodes' interface that carries the VIP, for example \"eth0\"",
         );
     }
@@ -1248,7 +1240,7 @@ fn merge_ssh(c: &mut Checker<'_>, base: &Ssh, s: &RawSsh) -> Ssh {
         if u.get_ref().is_empty() || u.get_ref().contains(char::is_whitespace) {
             c.error(
                 u.span(),
-                format!("ssh user \"{}\" is not a user name", u.get_ref()),
+                format!("ssh user {:?} is not a user name", u.get_ref()),
                 "write the login name, for example \"root\" or \"vagrant\"",
             );
         }
