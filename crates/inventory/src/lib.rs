@@ -8,6 +8,7 @@ mod diagnostic;
 mod model;
 mod raw;
 mod validate;
+mod values;
 
 pub use diagnostic::{Diagnostic, InventoryError, Severity};
 pub use model::*;

@@ -3,6 +3,7 @@
 use crate::diagnostic::{Diagnostic, InventoryError, Severity, Source};
 use crate::model::*;
 use crate::raw::*;
+use crate::values::{self, InterfaceProblem, MirrorProblem, PathProblem};
 use crate::Loaded;
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, HashMap};
@@ -144,7 +145,7 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn is_dns_name(s: &str) -> bool {
+pub(crate) fn is_dns_name(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
@@ -603,24 +604,33 @@ fn bin_dir(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> String {
     let Some(v) = value else {
         return "/usr/local/bin".to_string();
     };
-    if !v.get_ref().starts_with('/') {
-        c.error(
+    let s = v.get_ref();
+    match values::bin_dir(s) {
+        Ok(()) => {}
+        Err(PathProblem::NotAbsolute) => c.error(
             v.span(),
-            format!("bin_dir {:?} is not an absolute path", v.get_ref()),
+            format!("bin_dir {s:?} is not an absolute path"),
             "write the directory on the nodes, for example \"/usr/local/bin\"",
-        );
+        ),
+        Err(PathProblem::Char(ch)) => c.error(
+            v.span(),
+            format!("bin_dir {s:?} holds {ch:?}"),
+            "use letters, digits, '/', '.', '_', '-' and '+' only: the directory is written into every systemd unit",
+        ),
+        Err(PathProblem::NotNormal) => c.error(
+            v.span(),
+            format!("bin_dir {s:?} is not a normalised path"),
+            "write it without \".\" or \"..\" components, doubled slashes or a trailing slash, for example \"/usr/local/bin\"",
+        ),
     }
-    v.get_ref().trim_end_matches('/').to_string()
+    s.trim_end_matches('/').to_string()
 }
 
 /// image_registry, registry_mirrors and sandbox_image.
 fn images(c: &mut Checker<'_>, rc: &RawCluster) -> Images {
     let registry = image_registry(c, &rc.image_registry);
     let mirrors = registry_mirrors(c, &rc.registry_mirrors);
-    let sandbox = rc
-        .sandbox_image
-        .as_ref()
-        .map_or_else(|| format!("{registry}/pause:3.10"), |v| v.get_ref().clone());
+    let sandbox = sandbox_image(c, &rc.sandbox_image, &registry);
     Images {
         registry,
         mirrors,
@@ -632,20 +642,19 @@ fn image_registry(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> Strin
     let Some(v) = value else {
         return "registry.k8s.io".to_string();
     };
-    let r = v.get_ref().trim_end_matches('/');
-    let host = r.split('/').next().unwrap_or_default();
-    let (name, port) = match host.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (host, None),
-    };
-    if r.contains("://")
-        || !is_dns_name(&name.to_ascii_lowercase()) && name.parse::<IpAddr>().is_err()
-        || port.is_some_and(|p| p.parse::<u16>().is_err())
-    {
+    let s = v.get_ref();
+    let r = s.trim_end_matches('/');
+    if r.contains("://") {
         c.error(
             v.span(),
-            format!("image_registry {:?} is not a registry host", v.get_ref()),
+            format!("image_registry {s:?} is not a registry host"),
             "write HOST[:PORT][/PATH] without a scheme, for example \"registry.local:5000\"",
+        );
+    } else if let Err(why) = values::registry_prefix(r) {
+        c.error(
+            v.span(),
+            format!("image_registry {s:?} is not a registry host: {why}"),
+            "write HOST[:PORT] and an optional /PATH prefix, without a tag, for example \"registry.local:5000\" or \"registry.local/k8s\"",
         );
     }
     r.to_string()
@@ -658,11 +667,9 @@ fn registry_mirrors(
     let mut registry_mirrors = BTreeMap::new();
     for (host, mirror) in value {
         let h = host.get_ref();
-        let (name, port) = match h.rsplit_once(':') {
-            Some((n, p)) => (n, Some(p)),
-            None => (h.as_str(), None),
-        };
-        if !is_dns_name(name) || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        // The key also names a directory on the nodes
+        // (/etc/containerd/certs.d/HOST): lowercase only.
+        if values::registry_host(h).is_err() || h.to_ascii_lowercase() != *h {
             c.error(
                 host.span(),
                 format!("registry_mirrors key {h:?} is not a registry host"),
@@ -671,21 +678,47 @@ fn registry_mirrors(
             continue;
         }
         let m = mirror.get_ref();
-        let ok = m
-            .strip_prefix("https://")
-            .or_else(|| m.strip_prefix("http://"))
-            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
-        if !ok {
-            c.error(
-                mirror.span(),
+        let problem = match values::mirror_url(m) {
+            Ok(()) => None,
+            Err(MirrorProblem::NotHttpUrl) => Some((
                 format!("mirror {m:?} of {h} is not an http(s) URL"),
                 "write the mirror's URL, for example \"https://registry.local:5000\"",
-            );
+            )),
+            Err(MirrorProblem::Char(ch)) => Some((
+                format!("mirror {m:?} of {h} holds {ch:?}"),
+                "write the mirror's URL without white space, quotes, backslashes or braces, for example \"https://registry.local:5000\"",
+            )),
+            Err(MirrorProblem::Credentials) => Some((
+                format!("mirror {m:?} of {h} holds a user name or password"),
+                "remove USER:PASSWORD@ from the URL: it is written in plain text to every node",
+            )),
+            Err(MirrorProblem::QueryOrFragment) => Some((
+                format!("mirror {m:?} of {h} has a query or a fragment"),
+                "write the scheme, host, port and path only, for example \"https://registry.local:5000/docker\"",
+            )),
+        };
+        if let Some((message, help)) = problem {
+            c.error(mirror.span(), message, help);
             continue;
         }
         registry_mirrors.insert(h.clone(), m.trim_end_matches('/').to_string());
     }
     registry_mirrors
+}
+
+fn sandbox_image(c: &mut Checker<'_>, value: &Option<Spanned<String>>, registry: &str) -> String {
+    let Some(v) = value else {
+        return format!("{registry}/pause:3.10");
+    };
+    let s = v.get_ref();
+    if let Err(why) = values::image_reference(s) {
+        c.error(
+            v.span(),
+            format!("sandbox_image {s:?} is not an image reference: {why}"),
+            "write [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST] with a lowercase path, for example \"registry.k8s.io/pause:3.10\"",
+        );
+    }
+    s.clone()
 }
 
 // --- pki settings ----------------------------------------------------------
@@ -758,7 +791,7 @@ fn pki_settings(c: &mut Checker<'_>, raw: Option<&Spanned<RawPki>>) -> PkiSettin
 fn extra_apiserver_sans(c: &mut Checker<'_>, sans: &[Spanned<String>]) {
     for san in sans {
         let s = san.get_ref();
-        if s.parse::<IpAddr>().is_err() && !is_dns_name(s.trim_start_matches("*.")) {
+        if s.parse::<IpAddr>().is_err() && !is_dns_name(s.strip_prefix("*.").unwrap_or(s)) {
             c.error(
                 san.span(),
                 format!("extra_apiserver_sans entry {s:?} is neither an IP address nor a DNS name"),
@@ -1209,12 +1242,29 @@ fn lb_interface(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> String 
         return "eth0".to_string();
     };
     let s = i.get_ref();
-    if s.is_empty() || s.len() > 15 || s.contains(['/', ' ']) {
-        c.error(
+    const HELP: &str = "name the LB nodes' interface that carries the VIP, for example \"eth0\"";
+    match values::interface(s) {
+        Ok(()) => {}
+        Err(InterfaceProblem::NotAName) => c.error(
             i.span(),
             format!("interface {s:?} is not a network interface name"),
-            "name the LB nodes' interface that carries the VIP, for example \"eth0\"",
-        );
+            HELP,
+        ),
+        Err(InterfaceProblem::TooLong) => c.error(
+            i.span(),
+            format!("interface {s:?} is longer than the 15 bytes of an interface name"),
+            HELP,
+        ),
+        Err(InterfaceProblem::KernelChar(ch)) => c.error(
+            i.span(),
+            format!("interface {s:?} holds {ch:?}, which interface names cannot hold"),
+            HELP,
+        ),
+        Err(InterfaceProblem::Char(ch)) => c.error(
+            i.span(),
+            format!("interface {s:?} holds {ch:?}"),
+            "use letters, digits, '.', '_' and '-' only: the name is written into keepalived.conf",
+        ),
     }
     s.clone()
 }
@@ -1237,7 +1287,7 @@ fn virtual_router_id(c: &mut Checker<'_>, value: &Option<Spanned<i64>>) -> u8 {
 fn merge_ssh(c: &mut Checker<'_>, base: &Ssh, s: &RawSsh) -> Ssh {
     let mut out = base.clone();
     if let Some(u) = &s.user {
-        if u.get_ref().is_empty() || u.get_ref().contains(char::is_whitespace) {
+        if !values::is_user_name(u.get_ref()) {
             c.error(
                 u.span(),
                 format!("ssh user {:?} is not a user name", u.get_ref()),
@@ -1252,6 +1302,13 @@ fn merge_ssh(c: &mut Checker<'_>, base: &Ssh, s: &RawSsh) -> Ssh {
         }
     }
     if let Some(k) = &s.key {
+        if !values::is_key_path(k.get_ref()) {
+            c.error(
+                k.span(),
+                format!("ssh key {:?} is not a file path", k.get_ref()),
+                "write the path of the private key on this machine, for example \"~/.ssh/id_ed25519\"",
+            );
+        }
         out.key = Some(k.get_ref().clone());
     }
     if let Some(sudo) = s.sudo {
