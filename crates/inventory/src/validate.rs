@@ -209,7 +209,7 @@ fn toml_error(src: &Source<'_>, e: &toml::de::Error) -> Diagnostic {
 
 pub(crate) fn validate(path: &Path, text: &str) -> Result<Loaded, InventoryError> {
     let mut c = Checker {
-        src: Source { path, text },
+        src: Source::new(path, text),
         out: Vec::new(),
     };
     let raw: RawInventory = match toml::from_str(text) {
