@@ -174,12 +174,14 @@ fn is_label_value(s: &str) -> bool {
             && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
 }
 
+/// `MAJOR.MINOR.PATCH` with an optional leading `v`: digits only, no
+/// leading zeros (but "0" itself), no sign, pre-release or build suffix.
 fn parse_version(text: &str) -> Option<KubeVersion> {
     let t = text.strip_prefix('v').unwrap_or(text);
-    let mut parts = t.split('.');
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    let patch = parts.next()?.parse().ok()?;
+    let mut parts = t.split('.').map(version_number);
+    let major = parts.next()??;
+    let minor = parts.next()??;
+    let patch = parts.next()??;
     if parts.next().is_some() {
         return None;
     }
@@ -188,6 +190,14 @@ fn parse_version(text: &str) -> Option<KubeVersion> {
         minor,
         patch,
     })
+}
+
+fn version_number(s: &str) -> Option<u32> {
+    let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (s.len() > 1 && s.starts_with('0')) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
@@ -332,6 +342,7 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
 
     // --- across nodes ----------------------------------------------------
     let control_planes = topology(c, &checked, &cluster_span);
+    pod_capacity(c, &rc, &cluster_span, nets, pod_subnet_prefix, &checked);
     let loadbalancer = loadbalancer(
         c,
         raw.loadbalancer.as_ref(),
@@ -1055,6 +1066,57 @@ fn topology(c: &mut Checker<'_>, checked: &Nodes, cluster_span: &Range<usize>) -
         }
     }
     control_planes
+}
+
+/// pod_cidr holds one /pod_subnet_prefix subnet for every node that runs a
+/// kubelet (render assigns them, and kube-controller-manager allocates the
+/// same).
+fn pod_capacity(
+    c: &mut Checker<'_>,
+    rc: &RawCluster,
+    cluster_span: &Range<usize>,
+    nets: Networks,
+    prefix: u8,
+    checked: &Nodes,
+) {
+    let Some(pod) = nets.pod else { return };
+    // A pod_subnet_prefix refused above has its own finding already.
+    let given = rc.pod_subnet_prefix.as_ref().map(|v| *v.get_ref());
+    if given.is_some_and(|p| p != i64::from(prefix)) || prefix < pod.prefix_len() {
+        return;
+    }
+    let kubelets = checked
+        .declared
+        .iter()
+        .filter(|(_, r)| r.contains(&Role::ControlPlane) || r.contains(&Role::Worker))
+        .count();
+    let bits = u32::from(prefix - pod.prefix_len());
+    let fit = 1usize.checked_shl(bits).unwrap_or(usize::MAX);
+    if kubelets <= fit {
+        return;
+    }
+    // Bits needed to number every kubelet node.
+    let needed = u8::try_from(usize::BITS - (kubelets - 1).leading_zeros()).unwrap_or(u8::MAX);
+    let wider = prefix.saturating_sub(needed);
+    let longer = pod.prefix_len().saturating_add(needed);
+    let change = if longer <= 28 {
+        format!("widen pod_cidr to a /{wider} or shorter prefix, or raise pod_subnet_prefix to {longer}")
+    } else {
+        format!("widen pod_cidr to a /{wider} or shorter prefix")
+    };
+    let span = match (&rc.pod_cidr, &rc.pod_subnet_prefix) {
+        (Some(v), _) => v.span(),
+        (None, Some(v)) => v.span(),
+        (None, None) => cluster_span.clone(),
+    };
+    c.error(
+        span,
+        format!(
+            "pod_cidr {pod} has room for {fit} node{} with a /{prefix} pod subnet each, but {kubelets} nodes run a kubelet",
+            if fit == 1 { "" } else { "s" }
+        ),
+        format!("{change}: every control-plane and worker node gets one /{prefix} of pod_cidr"),
+    );
 }
 
 // --- load balancer ---------------------------------------------------------

@@ -1758,6 +1758,174 @@ roles = ["lb"]
   help: use a number from 1 to 255, unique on the LB nodes' network
 inventory rejected: 1 error"#,
     ),
+    // --- versions and pod subnets ------------------------------------------
+    (
+        "version_with_plus_signs",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "+1.+31.+4"
+service_cidr = "10.96.0.0/12"
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+"#,
+        r#"bad.toml:3:22: error: kubernetes_version "+1.+31.+4" is not a version
+  help: write MAJOR.MINOR.PATCH, for example "1.31.4"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "version_with_leading_zero",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.04"
+service_cidr = "10.96.0.0/12"
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+"#,
+        r#"bad.toml:3:22: error: kubernetes_version "1.31.04" is not a version
+  help: write MAJOR.MINOR.PATCH, for example "1.31.4"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "version_with_pre_release",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.4-rc.1"
+service_cidr = "10.96.0.0/12"
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+"#,
+        r#"bad.toml:3:22: error: kubernetes_version "1.31.4-rc.1" is not a version
+  help: write MAJOR.MINOR.PATCH, for example "1.31.4"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "version_with_build_metadata",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "v1.31.4+k3s1"
+service_cidr = "10.96.0.0/12"
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+"#,
+        r#"bad.toml:3:22: error: kubernetes_version "v1.31.4+k3s1" is not a version
+  help: write MAJOR.MINOR.PATCH, for example "1.31.4"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "version_with_space",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = " 1.31.4"
+service_cidr = "10.96.0.0/12"
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+"#,
+        r#"bad.toml:3:22: error: kubernetes_version " 1.31.4" is not a version
+  help: write MAJOR.MINOR.PATCH, for example "1.31.4"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "pod_cidr_too_small_for_kubelet_nodes",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.4"
+service_cidr = "10.96.0.0/12"
+pod_cidr = "10.244.0.0/23"
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+
+[[nodes]]
+name = "worker2"
+address = "10.77.0.22"
+roles = ["worker"]
+"#,
+        r#"bad.toml:5:12: error: pod_cidr 10.244.0.0/23 has room for 2 nodes with a /24 pod subnet each, but 3 nodes run a kubelet
+  help: widen pod_cidr to a /22 or shorter prefix, or raise pod_subnet_prefix to 25: every control-plane and worker node gets one /24 of pod_cidr
+inventory rejected: 1 error"#,
+    ),
+    (
+        "pod_cidr_too_small_at_pod_subnet_prefix",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.4"
+service_cidr = "10.96.0.0/12"
+pod_cidr = "10.244.0.0/27"
+pod_subnet_prefix = 28
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+
+[[nodes]]
+name = "worker2"
+address = "10.77.0.22"
+roles = ["worker"]
+"#,
+        r#"bad.toml:5:12: error: pod_cidr 10.244.0.0/27 has room for 2 nodes with a /28 pod subnet each, but 3 nodes run a kubelet
+  help: widen pod_cidr to a /26 or shorter prefix: every control-plane and worker node gets one /28 of pod_cidr
+inventory rejected: 1 error"#,
+    ),
     // --- several problems at once -------------------------------------------
     (
         "all_errors_reported_in_file_order",
@@ -2263,6 +2431,11 @@ key = "~/.ssh/id_ed25519"
     );
     let text = BASE_LB
         .replacen(
+            "kubernetes_version = \"1.31.4\"",
+            "kubernetes_version = \"v1.31.0\"",
+            1,
+        )
+        .replacen(
             "node_cidr = \"10.77.0.0/24\"\n",
             &format!("node_cidr = \"10.77.0.0/24\"\n{cluster}"),
             1,
@@ -2277,6 +2450,7 @@ key = "~/.ssh/id_ed25519"
         Err(e) => panic!("rejected:\n{e}\n{text}"),
     };
     let c = &loaded.cluster;
+    assert_eq!(c.version.to_string(), "v1.31.0");
     assert_eq!(c.bin_dir, "/opt/k8s-1.31+lab/bin");
     assert_eq!(c.image_registry, "registry.local:5000/mirror/k8s");
     assert_eq!(

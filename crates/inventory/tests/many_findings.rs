@@ -8,8 +8,10 @@ const NODES: usize = 20_000;
 
 #[test]
 fn every_finding_of_20000_bad_nodes_has_its_own_location() {
+    // A pod range with room for a subnet for each of the nodes.
     let mut text = String::from(
-        "[cluster]\nname = \"many\"\nkubernetes_version = \"1.31.4\"\n\n\
+        "[cluster]\nname = \"many\"\nkubernetes_version = \"1.31.4\"\n\
+         pod_cidr = \"10.128.0.0/9\"\npod_subnet_prefix = 26\n\n\
          [[nodes]]\nname = \"cp1\"\naddress = \"10.0.0.11\"\nroles = [\"etcd\", \"control-plane\"]\n",
     );
     // (line, column, message) of every error, in file order.
