@@ -9,6 +9,7 @@ mod model;
 mod raw;
 mod selector;
 mod validate;
+mod values;
 
 pub use diagnostic::{Diagnostic, InventoryError, Severity};
 pub use model::*;

@@ -3,6 +3,7 @@
 use crate::diagnostic::{Diagnostic, InventoryError, Severity, Source};
 use crate::model::*;
 use crate::raw::*;
+use crate::values::{self, InterfaceProblem, MirrorProblem, PathProblem};
 use crate::Loaded;
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, HashMap};
@@ -36,7 +37,7 @@ impl Checker<'_> {
                 if net.addr() != net.network() {
                     self.error(
                         value.span(),
-                        format!("{key} \"{text}\" has host bits set"),
+                        format!("{key} {text:?} has host bits set"),
                         format!("write the network address: \"{}\"", net.trunc()),
                     );
                     return None;
@@ -46,7 +47,7 @@ impl Checker<'_> {
             Ok(ipnet::IpNet::V6(_)) => {
                 self.error(
                     value.span(),
-                    format!("{key} \"{text}\" is IPv6, which kubeforge does not support yet"),
+                    format!("{key} {text:?} is IPv6, which kubeforge does not support yet"),
                     "use an IPv4 range",
                 );
                 None
@@ -54,7 +55,7 @@ impl Checker<'_> {
             Err(_) => {
                 self.error(
                     value.span(),
-                    format!("{key} \"{text}\" is not a CIDR range"),
+                    format!("{key} {text:?} is not a CIDR range"),
                     "write it as ADDRESS/PREFIX, for example \"10.96.0.0/12\"",
                 );
                 None
@@ -69,7 +70,7 @@ impl Checker<'_> {
             Ok(IpAddr::V6(_)) => {
                 self.error(
                     value.span(),
-                    format!("{key} \"{text}\" is IPv6, which kubeforge does not support yet"),
+                    format!("{key} {text:?} is IPv6, which kubeforge does not support yet"),
                     "use an IPv4 address",
                 );
                 None
@@ -77,7 +78,7 @@ impl Checker<'_> {
             Err(_) => {
                 self.error(
                     value.span(),
-                    format!("{key} \"{text}\" is not an IP address"),
+                    format!("{key} {text:?} is not an IP address"),
                     "write a dotted IPv4 address, for example \"10.77.0.11\"",
                 );
                 None
@@ -128,7 +129,7 @@ impl Checker<'_> {
         let names: Vec<_> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
         self.error(
             v.span(),
-            format!("unknown {key} \"{}\"", v.get_ref()),
+            format!("unknown {key} {:?}", v.get_ref()),
             format!("use one of {}", names.join(", ")),
         );
         default
@@ -144,7 +145,7 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn is_dns_name(s: &str) -> bool {
+pub(crate) fn is_dns_name(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
@@ -173,12 +174,14 @@ fn is_label_value(s: &str) -> bool {
             && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
 }
 
+/// `MAJOR.MINOR.PATCH` with an optional leading `v`: digits only, no
+/// leading zeros (but "0" itself), no sign, pre-release or build suffix.
 fn parse_version(text: &str) -> Option<KubeVersion> {
     let t = text.strip_prefix('v').unwrap_or(text);
-    let mut parts = t.split('.');
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    let patch = parts.next()?.parse().ok()?;
+    let mut parts = t.split('.').map(version_number);
+    let major = parts.next()??;
+    let minor = parts.next()??;
+    let patch = parts.next()??;
     if parts.next().is_some() {
         return None;
     }
@@ -187,6 +190,14 @@ fn parse_version(text: &str) -> Option<KubeVersion> {
         minor,
         patch,
     })
+}
+
+fn version_number(s: &str) -> Option<u32> {
+    let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (s.len() > 1 && s.starts_with('0')) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
@@ -208,7 +219,7 @@ fn toml_error(src: &Source<'_>, e: &toml::de::Error) -> Diagnostic {
 
 pub(crate) fn validate(path: &Path, text: &str) -> Result<Loaded, InventoryError> {
     let mut c = Checker {
-        src: Source { path, text },
+        src: Source::new(path, text),
         out: Vec::new(),
     };
     let raw: RawInventory = match toml::from_str(text) {
@@ -234,43 +245,180 @@ pub(crate) fn validate(path: &Path, text: &str) -> Result<Loaded, InventoryError
     }
 }
 
+/// The cluster's address ranges, each as far as it is valid.
+#[derive(Clone, Copy)]
+struct Networks {
+    service: Option<Ipv4Net>,
+    pod: Option<Ipv4Net>,
+    node: Option<Ipv4Net>,
+}
+
+/// The images the nodes pull, and where from.
+struct Images {
+    registry: String,
+    mirrors: BTreeMap<String, String>,
+    sandbox: String,
+}
+
+/// What the node step found.
+struct Nodes {
+    /// The nodes with a usable address.
+    nodes: Vec<Node>,
+    /// The roles of every node, also of those left out of `nodes` for a bad
+    /// address: the topology checks count these, so that one bad address does
+    /// not add "no node has the role ..." for roles the file does list.
+    declared: Vec<(String, Vec<Role>)>,
+    /// The span of every node's table, by name.
+    spans: BTreeMap<String, Range<usize>>,
+}
+
+impl Nodes {
+    fn count(&self, role: Role) -> usize {
+        self.declared
+            .iter()
+            .filter(|(_, r)| r.contains(&role))
+            .count()
+    }
+}
+
+/// The names and addresses seen so far, to find duplicates.
+#[derive(Default)]
+struct Seen {
+    names: HashMap<String, Range<usize>>,
+    addrs: HashMap<Ipv4Addr, (String, Range<usize>)>,
+}
+
+/// Every check, in the order its findings are made: the cluster settings,
+/// the PKI settings, SSH, the nodes, then the checks across nodes and the
+/// load balancer.
 fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
     let cluster_span = raw.cluster.span();
     let rc = raw.cluster.into_inner();
 
     // --- cluster ---------------------------------------------------------
-    let name = rc.name.get_ref().clone();
+    let name = cluster_name(c, &rc.name);
+    let version = kubernetes_version(c, &rc.kubernetes_version);
+    let nets = networks(c, &rc, &cluster_span);
+    let pod_subnet_prefix = pod_subnet_prefix(c, &rc.pod_subnet_prefix, nets.pod);
+    let cluster_domain = cluster_domain(c, &rc.cluster_domain);
+    let dns_service_ip = dns_service_ip(c, &rc.dns_service_ip, nets.service);
+    let apiserver_port = match &rc.apiserver_port {
+        None => Some(6443),
+        Some(v) => c.port("apiserver_port", v),
+    };
+    let runtime = c.choice(
+        "container_runtime",
+        &rc.container_runtime,
+        &[("containerd", Runtime::Containerd)],
+        Runtime::Containerd,
+    );
+    let cni = cni(c, &rc, pod_subnet_prefix);
+    let kubelet_join = c.choice(
+        "kubelet_join",
+        &rc.kubelet_join,
+        &[
+            ("certificate", KubeletJoin::Certificate),
+            ("bootstrap-token", KubeletJoin::BootstrapToken),
+        ],
+        KubeletJoin::Certificate,
+    );
+    let proxy_mode = proxy_mode(c, &rc.kube_proxy_mode, version);
+    let bin_dir = bin_dir(c, &rc.bin_dir);
+    let node_profile = c.choice(
+        "node_profile",
+        &rc.node_profile,
+        &[
+            ("host", NodeProfile::Host),
+            ("container", NodeProfile::Container),
+        ],
+        NodeProfile::Host,
+    );
+    let images = images(c, &rc);
+
+    // --- pki, ssh, nodes -------------------------------------------------
+    let pki = pki_settings(c, raw.pki.as_ref());
+    let cluster_ssh = cluster_ssh(c, raw.ssh.as_ref());
+    let checked = nodes(c, &raw.nodes, &cluster_span, nets, &cluster_ssh);
+
+    // --- across nodes ----------------------------------------------------
+    let control_planes = topology(c, &checked, &cluster_span);
+    pod_capacity(c, &rc, &cluster_span, nets, pod_subnet_prefix, &checked);
+    let loadbalancer = loadbalancer(
+        c,
+        raw.loadbalancer.as_ref(),
+        &cluster_span,
+        &checked,
+        control_planes,
+        apiserver_port,
+        nets,
+    );
+
+    Some(Cluster {
+        source: c.src.path.to_path_buf(),
+        name,
+        version: version?,
+        service_cidr: nets.service?,
+        pod_cidr: nets.pod?,
+        node_cidr: nets.node,
+        pod_subnet_prefix,
+        cluster_domain,
+        dns_service_ip: dns_service_ip?,
+        apiserver_port: apiserver_port?,
+        runtime,
+        cni,
+        proxy_mode,
+        bin_dir,
+        image_registry: images.registry,
+        registry_mirrors: images.mirrors,
+        sandbox_image: images.sandbox,
+        node_profile,
+        coredns: rc.coredns.unwrap_or(true),
+        kubelet_join,
+        pki,
+        loadbalancer,
+        nodes: checked.nodes,
+    })
+}
+
+// --- cluster settings ------------------------------------------------------
+
+fn cluster_name(c: &mut Checker<'_>, value: &Spanned<String>) -> String {
+    let name = value.get_ref().clone();
     if !is_dns_label(&name) {
         c.error(
-            rc.name.span(),
-            format!("cluster name \"{name}\" is not a DNS label"),
+            value.span(),
+            format!("cluster name {name:?} is not a DNS label"),
             "use lowercase letters, digits and '-', at most 63 characters",
         );
     }
+    name
+}
 
-    let version = match parse_version(rc.kubernetes_version.get_ref()) {
+fn kubernetes_version(c: &mut Checker<'_>, value: &Spanned<String>) -> Option<KubeVersion> {
+    match parse_version(value.get_ref()) {
         None => {
             c.error(
-                rc.kubernetes_version.span(),
-                format!(
-                    "kubernetes_version \"{}\" is not a version",
-                    rc.kubernetes_version.get_ref()
-                ),
+                value.span(),
+                format!("kubernetes_version {:?} is not a version", value.get_ref()),
                 "write MAJOR.MINOR.PATCH, for example \"1.31.4\"",
             );
             None
         }
         Some(v) if v.major != 1 || v.minor < MIN_MINOR || v.minor > MAX_MINOR => {
             c.error(
-                rc.kubernetes_version.span(),
+                value.span(),
                 format!("Kubernetes {v} is not supported"),
                 format!("use a version from 1.{MIN_MINOR} to 1.{MAX_MINOR}"),
             );
             None
         }
         Some(v) => Some(v),
-    };
+    }
+}
 
+/// service_cidr, pod_cidr and node_cidr: each a valid range of a usable
+/// size, and no two of them overlapping.
+fn networks(c: &mut Checker<'_>, rc: &RawCluster, cluster_span: &Range<usize>) -> Networks {
     let default_service = Spanned::new(0..0, "10.96.0.0/12".to_string());
     let default_pod = Spanned::new(0..0, "10.244.0.0/16".to_string());
     let service_cidr = c.cidr(
@@ -332,77 +480,78 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
             }
         }
     }
+    Networks {
+        service: service_cidr,
+        pod: pod_cidr,
+        node: node_cidr,
+    }
+}
 
-    let pod_subnet_prefix = match &rc.pod_subnet_prefix {
-        None => 24u8,
-        Some(v) => {
-            let p = *v.get_ref();
-            let min = pod_cidr.map_or(0, |n| i64::from(n.prefix_len()));
-            if p < min.max(8) || p > 28 {
-                c.error(
-                    v.span(),
-                    format!("pod_subnet_prefix {p} does not fit pod_cidr"),
-                    format!(
-                        "use a prefix from {} to 28 (each node gets one such subnet of pod_cidr)",
-                        min.max(8)
-                    ),
-                );
-                24
-            } else {
-                u8::try_from(p).unwrap_or(24)
-            }
+fn pod_subnet_prefix(
+    c: &mut Checker<'_>,
+    value: &Option<Spanned<i64>>,
+    pod_cidr: Option<Ipv4Net>,
+) -> u8 {
+    let Some(v) = value else { return 24 };
+    let p = *v.get_ref();
+    let min = pod_cidr.map_or(0, |n| i64::from(n.prefix_len()));
+    if p < min.max(8) || p > 28 {
+        c.error(
+            v.span(),
+            format!("pod_subnet_prefix {p} does not fit pod_cidr"),
+            format!(
+                "use a prefix from {} to 28 (each node gets one such subnet of pod_cidr)",
+                min.max(8)
+            ),
+        );
+        24
+    } else {
+        u8::try_from(p).unwrap_or(24)
+    }
+}
+
+fn cluster_domain(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> String {
+    let Some(v) = value else {
+        return "cluster.local".to_string();
+    };
+    if !is_dns_name(v.get_ref()) {
+        c.error(
+            v.span(),
+            format!("cluster_domain {:?} is not a DNS name", v.get_ref()),
+            "use lowercase DNS labels separated by dots, for example \"cluster.local\"",
+        );
+    }
+    v.get_ref().clone()
+}
+
+fn dns_service_ip(
+    c: &mut Checker<'_>,
+    value: &Option<Spanned<String>>,
+    service_cidr: Option<Ipv4Net>,
+) -> Option<Ipv4Addr> {
+    let Some(v) = value else {
+        return service_cidr.map(|svc| nth_host(svc, 10));
+    };
+    let ip = c.ipv4("dns_service_ip", v);
+    if let (Some(ip), Some(svc)) = (ip, service_cidr) {
+        if !svc.contains(&ip) {
+            c.error(
+                v.span(),
+                format!("dns_service_ip {ip} is outside service_cidr {svc}"),
+                "pick an address inside service_cidr, or remove the key to use the tenth one",
+            );
+        } else if ip == nth_host(svc, 1) || ip == svc.network() || ip == svc.broadcast() {
+            c.error(
+                v.span(),
+                format!("dns_service_ip {ip} is reserved in service_cidr {svc}"),
+                "the network, broadcast and first addresses are taken; remove the key to use the tenth one",
+            );
         }
-    };
+    }
+    ip
+}
 
-    let cluster_domain = match &rc.cluster_domain {
-        None => "cluster.local".to_string(),
-        Some(v) => {
-            if !is_dns_name(v.get_ref()) {
-                c.error(
-                    v.span(),
-                    format!("cluster_domain \"{}\" is not a DNS name", v.get_ref()),
-                    "use lowercase DNS labels separated by dots, for example \"cluster.local\"",
-                );
-            }
-            v.get_ref().clone()
-        }
-    };
-
-    let dns_service_ip = match (&rc.dns_service_ip, service_cidr) {
-        (Some(v), svc) => {
-            let ip = c.ipv4("dns_service_ip", v);
-            if let (Some(ip), Some(svc)) = (ip, svc) {
-                if !svc.contains(&ip) {
-                    c.error(
-                        v.span(),
-                        format!("dns_service_ip {ip} is outside service_cidr {svc}"),
-                        "pick an address inside service_cidr, or remove the key to use the tenth one",
-                    );
-                } else if ip == nth_host(svc, 1) || ip == svc.network() || ip == svc.broadcast() {
-                    c.error(
-                        v.span(),
-                        format!("dns_service_ip {ip} is reserved in service_cidr {svc}"),
-                        "the network, broadcast and first addresses are taken; remove the key to use the tenth one",
-                    );
-                }
-            }
-            ip
-        }
-        (None, Some(svc)) => Some(nth_host(svc, 10)),
-        (None, None) => None,
-    };
-
-    let apiserver_port = match &rc.apiserver_port {
-        None => Some(6443),
-        Some(v) => c.port("apiserver_port", v),
-    };
-
-    let runtime = c.choice(
-        "container_runtime",
-        &rc.container_runtime,
-        &[("containerd", Runtime::Containerd)],
-        Runtime::Containerd,
-    );
+fn cni(c: &mut Checker<'_>, rc: &RawCluster, pod_subnet_prefix: u8) -> Cni {
     let cni = c.choice(
         "cni",
         &rc.cni,
@@ -425,18 +574,17 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
             );
         }
     }
-    let kubelet_join = c.choice(
-        "kubelet_join",
-        &rc.kubelet_join,
-        &[
-            ("certificate", KubeletJoin::Certificate),
-            ("bootstrap-token", KubeletJoin::BootstrapToken),
-        ],
-        KubeletJoin::Certificate,
-    );
+    cni
+}
+
+fn proxy_mode(
+    c: &mut Checker<'_>,
+    value: &Option<Spanned<String>>,
+    version: Option<KubeVersion>,
+) -> ProxyMode {
     let proxy_mode = c.choice(
         "kube_proxy_mode",
-        &rc.kube_proxy_mode,
+        value,
         &[
             ("iptables", ProxyMode::Iptables),
             ("ipvs", ProxyMode::Ipvs),
@@ -444,7 +592,7 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
         ],
         ProxyMode::Iptables,
     );
-    if let (Some(v), Some(span)) = (version, rc.kube_proxy_mode.as_ref().map(|m| m.span())) {
+    if let (Some(v), Some(span)) = (version, value.as_ref().map(|m| m.span())) {
         if proxy_mode == ProxyMode::Nftables && v.minor < 31 {
             c.error(
                 span.clone(),
@@ -460,162 +608,214 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
             );
         }
     }
+    proxy_mode
+}
 
-    let bin_dir = match &rc.bin_dir {
-        None => "/usr/local/bin".to_string(),
-        Some(v) => {
-            if !v.get_ref().starts_with('/') {
-                c.error(
-                    v.span(),
-                    format!("bin_dir \"{}\" is not an absolute path", v.get_ref()),
-                    "write the directory on the nodes, for example \"/usr/local/bin\"",
-                );
-            }
-            v.get_ref().trim_end_matches('/').to_string()
-        }
+fn bin_dir(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> String {
+    let Some(v) = value else {
+        return "/usr/local/bin".to_string();
     };
-    let node_profile = c.choice(
-        "node_profile",
-        &rc.node_profile,
-        &[
-            ("host", NodeProfile::Host),
-            ("container", NodeProfile::Container),
-        ],
-        NodeProfile::Host,
-    );
-    let image_registry = match &rc.image_registry {
-        None => "registry.k8s.io".to_string(),
-        Some(v) => {
-            let r = v.get_ref().trim_end_matches('/');
-            let host = r.split('/').next().unwrap_or_default();
-            let (name, port) = match host.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (host, None),
-            };
-            if r.contains("://")
-                || !is_dns_name(&name.to_ascii_lowercase()) && name.parse::<IpAddr>().is_err()
-                || port.is_some_and(|p| p.parse::<u16>().is_err())
-            {
-                c.error(
-                    v.span(),
-                    format!("image_registry \"{}\" is not a registry host", v.get_ref()),
-                    "write HOST[:PORT][/PATH] without a scheme, for example \"registry.local:5000\"",
-                );
-            }
-            r.to_string()
-        }
+    let s = v.get_ref();
+    match values::bin_dir(s) {
+        Ok(()) => {}
+        Err(PathProblem::NotAbsolute) => c.error(
+            v.span(),
+            format!("bin_dir {s:?} is not an absolute path"),
+            "write the directory on the nodes, for example \"/usr/local/bin\"",
+        ),
+        Err(PathProblem::Char(ch)) => c.error(
+            v.span(),
+            format!("bin_dir {s:?} holds {ch:?}"),
+            "use letters, digits, '/', '.', '_', '-' and '+' only: the directory is written into every systemd unit",
+        ),
+        Err(PathProblem::NotNormal) => c.error(
+            v.span(),
+            format!("bin_dir {s:?} is not a normalised path"),
+            "write it without \".\" or \"..\" components, doubled slashes or a trailing slash, for example \"/usr/local/bin\"",
+        ),
+    }
+    s.trim_end_matches('/').to_string()
+}
+
+/// image_registry, registry_mirrors and sandbox_image.
+fn images(c: &mut Checker<'_>, rc: &RawCluster) -> Images {
+    let registry = image_registry(c, &rc.image_registry);
+    let mirrors = registry_mirrors(c, &rc.registry_mirrors);
+    let sandbox = sandbox_image(c, &rc.sandbox_image, &registry);
+    Images {
+        registry,
+        mirrors,
+        sandbox,
+    }
+}
+
+fn image_registry(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> String {
+    let Some(v) = value else {
+        return "registry.k8s.io".to_string();
     };
+    let s = v.get_ref();
+    let r = s.trim_end_matches('/');
+    if r.contains("://") {
+        c.error(
+            v.span(),
+            format!("image_registry {s:?} is not a registry host"),
+            "write HOST[:PORT][/PATH] without a scheme, for example \"registry.local:5000\"",
+        );
+    } else if let Err(why) = values::registry_prefix(r) {
+        c.error(
+            v.span(),
+            format!("image_registry {s:?} is not a registry host: {why}"),
+            "write HOST[:PORT] and an optional /PATH prefix, without a tag, for example \"registry.local:5000\" or \"registry.local/k8s\"",
+        );
+    }
+    r.to_string()
+}
+
+fn registry_mirrors(
+    c: &mut Checker<'_>,
+    value: &BTreeMap<Spanned<String>, Spanned<String>>,
+) -> BTreeMap<String, String> {
     let mut registry_mirrors = BTreeMap::new();
-    for (host, mirror) in &rc.registry_mirrors {
+    for (host, mirror) in value {
         let h = host.get_ref();
-        let (name, port) = match h.rsplit_once(':') {
-            Some((n, p)) => (n, Some(p)),
-            None => (h.as_str(), None),
-        };
-        if !is_dns_name(name) || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        // The key also names a directory on the nodes
+        // (/etc/containerd/certs.d/HOST): lowercase only.
+        if values::registry_host(h).is_err() || h.to_ascii_lowercase() != *h {
             c.error(
                 host.span(),
-                format!("registry_mirrors key \"{h}\" is not a registry host"),
+                format!("registry_mirrors key {h:?} is not a registry host"),
                 "write the registry as images name it, for example \"docker.io\" or \"registry.k8s.io\"",
             );
             continue;
         }
         let m = mirror.get_ref();
-        let ok = m
-            .strip_prefix("https://")
-            .or_else(|| m.strip_prefix("http://"))
-            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
-        if !ok {
-            c.error(
-                mirror.span(),
-                format!("mirror \"{m}\" of {h} is not an http(s) URL"),
+        let problem = match values::mirror_url(m) {
+            Ok(()) => None,
+            Err(MirrorProblem::NotHttpUrl) => Some((
+                format!("mirror {m:?} of {h} is not an http(s) URL"),
                 "write the mirror's URL, for example \"https://registry.local:5000\"",
-            );
+            )),
+            Err(MirrorProblem::Char(ch)) => Some((
+                format!("mirror {m:?} of {h} holds {ch:?}"),
+                "write the mirror's URL without white space, quotes, backslashes or braces, for example \"https://registry.local:5000\"",
+            )),
+            Err(MirrorProblem::Credentials) => Some((
+                format!("mirror {m:?} of {h} holds a user name or password"),
+                "remove USER:PASSWORD@ from the URL: it is written in plain text to every node",
+            )),
+            Err(MirrorProblem::QueryOrFragment) => Some((
+                format!("mirror {m:?} of {h} has a query or a fragment"),
+                "write the scheme, host, port and path only, for example \"https://registry.local:5000/docker\"",
+            )),
+        };
+        if let Some((message, help)) = problem {
+            c.error(mirror.span(), message, help);
             continue;
         }
         registry_mirrors.insert(h.clone(), m.trim_end_matches('/').to_string());
     }
-    let sandbox_image = rc.sandbox_image.as_ref().map_or_else(
-        || format!("{image_registry}/pause:3.10"),
-        |v| v.get_ref().clone(),
-    );
+    registry_mirrors
+}
 
-    // --- pki -------------------------------------------------------------
-    let pki = {
-        let rp = raw.pki.as_ref().map(|p| p.get_ref());
-        let none = None;
-        let ca_validity_days = c.days(
-            "ca_validity_days",
-            rp.map_or(&none, |p| &p.ca_validity_days),
-            3650,
-        );
-        let leaf_validity_days = c.days(
-            "leaf_validity_days",
-            rp.map_or(&none, |p| &p.leaf_validity_days),
-            365,
-        );
-        let renew_before_days = c.days(
-            "renew_before_days",
-            rp.map_or(&none, |p| &p.renew_before_days),
-            30,
-        );
-        if let Some(p) = rp {
-            // A value left at its default has no span of its own: point at
-            // the other value of the comparison, and say which is the default.
-            let pki_span = raw.pki.as_ref().map_or(0..0, |p| p.span());
-            let span_of = |first: &Option<Spanned<i64>>, second: &Option<Spanned<i64>>| {
-                first
-                    .as_ref()
-                    .or(second.as_ref())
-                    .map_or(pki_span.clone(), |v| v.span())
-            };
-            let note = |v: &Option<Spanned<i64>>| if v.is_some() { "" } else { " (the default)" };
-            if leaf_validity_days > ca_validity_days {
-                c.error(
-                    span_of(&p.leaf_validity_days, &p.ca_validity_days),
-                    format!(
-                        "leaf_validity_days {leaf_validity_days}{} exceeds ca_validity_days {ca_validity_days}{}",
-                        note(&p.leaf_validity_days),
-                        note(&p.ca_validity_days),
-                    ),
-                    "a certificate cannot outlive the CA that signs it",
-                );
-            } else if renew_before_days >= leaf_validity_days {
-                c.error(
-                    span_of(&p.renew_before_days, &p.leaf_validity_days),
-                    format!(
-                        "renew_before_days {renew_before_days}{} is not shorter than leaf_validity_days {leaf_validity_days}{}",
-                        note(&p.renew_before_days),
-                        note(&p.leaf_validity_days),
-                    ),
-                    "every run would reissue every certificate; use a smaller number",
-                );
-            }
-            for san in &p.extra_apiserver_sans {
-                let s = san.get_ref();
-                if s.parse::<IpAddr>().is_err() && !is_dns_name(s.trim_start_matches("*.")) {
-                    c.error(
-                        san.span(),
-                        format!("extra_apiserver_sans entry \"{s}\" is neither an IP address nor a DNS name"),
-                        "write an IP address or a lowercase DNS name",
-                    );
-                }
-            }
-        }
-        PkiSettings {
-            ca_validity_days,
-            leaf_validity_days,
-            renew_before_days,
-            extra_apiserver_sans: rp.map_or_else(Vec::new, |p| {
-                p.extra_apiserver_sans
-                    .iter()
-                    .map(|s| s.get_ref().clone())
-                    .collect()
-            }),
-        }
+fn sandbox_image(c: &mut Checker<'_>, value: &Option<Spanned<String>>, registry: &str) -> String {
+    let Some(v) = value else {
+        return format!("{registry}/pause:3.10");
     };
+    let s = v.get_ref();
+    if let Err(why) = values::image_reference(s) {
+        c.error(
+            v.span(),
+            format!("sandbox_image {s:?} is not an image reference: {why}"),
+            "write [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST] with a lowercase path, for example \"registry.k8s.io/pause:3.10\"",
+        );
+    }
+    s.clone()
+}
 
-    // --- ssh defaults ------------------------------------------------------
+// --- pki settings ----------------------------------------------------------
+
+fn pki_settings(c: &mut Checker<'_>, raw: Option<&Spanned<RawPki>>) -> PkiSettings {
+    let rp = raw.map(|p| p.get_ref());
+    let none = None;
+    let ca_validity_days = c.days(
+        "ca_validity_days",
+        rp.map_or(&none, |p| &p.ca_validity_days),
+        3650,
+    );
+    let leaf_validity_days = c.days(
+        "leaf_validity_days",
+        rp.map_or(&none, |p| &p.leaf_validity_days),
+        365,
+    );
+    let renew_before_days = c.days(
+        "renew_before_days",
+        rp.map_or(&none, |p| &p.renew_before_days),
+        30,
+    );
+    if let Some(p) = rp {
+        // A value left at its default has no span of its own: point at
+        // the other value of the comparison, and say which is the default.
+        let pki_span = raw.map_or(0..0, |p| p.span());
+        let span_of = |first: &Option<Spanned<i64>>, second: &Option<Spanned<i64>>| {
+            first
+                .as_ref()
+                .or(second.as_ref())
+                .map_or(pki_span.clone(), |v| v.span())
+        };
+        let note = |v: &Option<Spanned<i64>>| if v.is_some() { "" } else { " (the default)" };
+        if leaf_validity_days > ca_validity_days {
+            c.error(
+                span_of(&p.leaf_validity_days, &p.ca_validity_days),
+                format!(
+                    "leaf_validity_days {leaf_validity_days}{} exceeds ca_validity_days {ca_validity_days}{}",
+                    note(&p.leaf_validity_days),
+                    note(&p.ca_validity_days),
+                ),
+                "a certificate cannot outlive the CA that signs it",
+            );
+        } else if renew_before_days >= leaf_validity_days {
+            c.error(
+                span_of(&p.renew_before_days, &p.leaf_validity_days),
+                format!(
+                    "renew_before_days {renew_before_days}{} is not shorter than leaf_validity_days {leaf_validity_days}{}",
+                    note(&p.renew_before_days),
+                    note(&p.leaf_validity_days),
+                ),
+                "every run would reissue every certificate; use a smaller number",
+            );
+        }
+        extra_apiserver_sans(c, &p.extra_apiserver_sans);
+    }
+    PkiSettings {
+        ca_validity_days,
+        leaf_validity_days,
+        renew_before_days,
+        extra_apiserver_sans: rp.map_or_else(Vec::new, |p| {
+            p.extra_apiserver_sans
+                .iter()
+                .map(|s| s.get_ref().clone())
+                .collect()
+        }),
+    }
+}
+
+fn extra_apiserver_sans(c: &mut Checker<'_>, sans: &[Spanned<String>]) {
+    for san in sans {
+        let s = san.get_ref();
+        if s.parse::<IpAddr>().is_err() && !is_dns_name(s.strip_prefix("*.").unwrap_or(s)) {
+            c.error(
+                san.span(),
+                format!("extra_apiserver_sans entry {s:?} is neither an IP address nor a DNS name"),
+                "write an IP address or a lowercase DNS name",
+            );
+        }
+    }
+}
+
+// --- ssh -------------------------------------------------------------------
+
+/// The [ssh] table over the built-in defaults: what every node starts from.
+fn cluster_ssh(c: &mut Checker<'_>, raw: Option<&RawSsh>) -> Ssh {
     let default_ssh = Ssh {
         user: "root".into(),
         port: 22,
@@ -623,172 +823,51 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
         sudo: false,
         accept_new_host_keys: false,
     };
-    let cluster_ssh = match &raw.ssh {
+    match raw {
         Some(s) => merge_ssh(c, &default_ssh, s),
         None => default_ssh,
-    };
+    }
+}
 
-    // --- nodes -----------------------------------------------------------
-    if raw.nodes.is_empty() {
+// --- nodes -----------------------------------------------------------------
+
+fn nodes(
+    c: &mut Checker<'_>,
+    raw: &[Spanned<RawNode>],
+    cluster_span: &Range<usize>,
+    nets: Networks,
+    cluster_ssh: &Ssh,
+) -> Nodes {
+    if raw.is_empty() {
         c.error(
             cluster_span.clone(),
             "the inventory has no nodes",
             "add at least one [[nodes]] table with name, address and roles",
         );
     }
-    let mut nodes = Vec::new();
-    let mut names: HashMap<String, Range<usize>> = HashMap::new();
-    let mut addrs: HashMap<Ipv4Addr, (String, Range<usize>)> = HashMap::new();
-    let mut node_spans: BTreeMap<String, Range<usize>> = BTreeMap::new();
-    // The roles of every node, also of those left out of `nodes` for a bad
-    // address: the topology checks count these, so that one bad address does
-    // not add "no node has the role ..." for roles the file does list.
-    let mut declared: Vec<(String, Vec<Role>)> = Vec::new();
-    for rn in &raw.nodes {
+    let mut out = Nodes {
+        nodes: Vec::new(),
+        declared: Vec::new(),
+        spans: BTreeMap::new(),
+    };
+    let mut seen = Seen::default();
+    for rn in raw {
         let rn_span = rn.span();
         let rn = rn.get_ref();
-        let name = rn.name.get_ref().clone();
-        if !is_dns_label(&name) {
-            c.error(
-                rn.name.span(),
-                format!("node name \"{name}\" is not a DNS label"),
-                "use lowercase letters, digits and '-'; the name becomes the Kubernetes node name",
-            );
-        } else if let Some(first) = names.get(&name) {
-            let line = c.src.line_of(first);
-            c.error(
-                rn.name.span(),
-                format!("duplicate node name \"{name}\" (first used on line {line})"),
-                "give every node its own name",
-            );
-        } else {
-            names.insert(name.clone(), rn.name.span());
-        }
-        node_spans.insert(name.clone(), rn_span);
-
-        let address = c.ipv4(&format!("node \"{name}\": address"), &rn.address);
-        if let Some(ip) = address {
-            if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
-                c.error(
-                    rn.address.span(),
-                    format!("address {ip} of node \"{name}\" cannot be reached by other nodes"),
-                    "use the address the node has on the cluster network",
-                );
-            }
-            if let Some((other, span)) = addrs.get(&ip) {
-                let line = c.src.line_of(span);
-                c.error(
-                    rn.address.span(),
-                    format!(
-                        "node \"{name}\" has address {ip}, already used by node \"{other}\" on line {line}"
-                    ),
-                    "give every node its own address",
-                );
-            } else {
-                addrs.insert(ip, (name.clone(), rn.address.span()));
-            }
-            for (key, net) in [("service_cidr", service_cidr), ("pod_cidr", pod_cidr)] {
-                if let Some(net) = net {
-                    if net.contains(&ip) {
-                        c.error(
-                            rn.address.span(),
-                            format!("address {ip} of node \"{name}\" lies inside {key} {net}"),
-                            "node addresses, pods and services need separate ranges",
-                        );
-                    }
-                }
-            }
-            if let Some(net) = node_cidr {
-                if !net.contains(&ip) {
-                    c.error(
-                        rn.address.span(),
-                        format!("address {ip} of node \"{name}\" lies outside node_cidr {net}"),
-                        "fix the address or widen node_cidr",
-                    );
-                }
-            }
-        }
-
-        let mut roles = Vec::new();
-        if rn.roles.get_ref().is_empty() {
-            c.error(
-                rn.roles.span(),
-                format!("node \"{name}\" has no roles"),
-                "give it one or more of \"etcd\", \"control-plane\", \"worker\", \"lb\"",
-            );
-        }
-        for r in rn.roles.get_ref() {
-            match Role::ALL.iter().find(|role| role.as_str() == r.get_ref()) {
-                Some(role) if roles.contains(role) => c.error(
-                    r.span(),
-                    format!("node \"{name}\" lists role \"{}\" twice", r.get_ref()),
-                    "list each role once",
-                ),
-                Some(role) => roles.push(*role),
-                None => c.error(
-                    r.span(),
-                    format!("unknown role \"{}\" on node \"{name}\"", r.get_ref()),
-                    "use \"etcd\", \"control-plane\", \"worker\" or \"lb\"",
-                ),
-            }
-        }
-
-        let mut labels = BTreeMap::new();
-        for (k, v) in &rn.labels {
-            if !is_qualified_name(k.get_ref()) {
-                c.error(
-                    k.span(),
-                    format!(
-                        "label key \"{}\" on node \"{name}\" is not valid",
-                        k.get_ref()
-                    ),
-                    "use [prefix/]name with letters, digits, '-', '_' or '.'",
-                );
-            } else if !is_label_value(v.get_ref()) {
-                c.error(
-                    v.span(),
-                    format!(
-                        "label value \"{}\" on node \"{name}\" is not valid",
-                        v.get_ref()
-                    ),
-                    "use at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric",
-                );
-            } else if k.get_ref().contains("kubernetes.io/")
-                && !k.get_ref().starts_with("node-role.kubernetes.io/")
-            {
-                c.error(
-                    k.span(),
-                    format!(
-                        "label \"{}\" on node \"{name}\" is in a namespace reserved for Kubernetes",
-                        k.get_ref()
-                    ),
-                    "use a prefix of your own, for example \"example.com/zone\"",
-                );
-            } else {
-                labels.insert(k.get_ref().clone(), v.get_ref().clone());
-            }
-        }
-
-        let mut taints = Vec::new();
-        for t in &rn.taints {
-            match parse_taint(t.get_ref()) {
-                Some(taint) => taints.push(taint),
-                None => c.error(
-                    t.span(),
-                    format!("taint \"{}\" on node \"{name}\" is not valid", t.get_ref()),
-                    "write KEY[=VALUE]:EFFECT with EFFECT NoSchedule, PreferNoSchedule or NoExecute",
-                ),
-            }
-        }
-
+        let name = node_name(c, &rn.name, &mut seen);
+        out.spans.insert(name.clone(), rn_span);
+        let address = node_address(c, &name, &rn.address, &mut seen, nets);
+        let roles = node_roles(c, &name, &rn.roles);
+        let labels = node_labels(c, &name, &rn.labels);
+        let taints = node_taints(c, &name, &rn.taints);
         let ssh = match &rn.ssh {
-            Some(s) => merge_ssh(c, &cluster_ssh, s),
+            Some(s) => merge_ssh(c, cluster_ssh, s),
             None => cluster_ssh.clone(),
         };
 
-        declared.push((name.clone(), roles.clone()));
+        out.declared.push((name.clone(), roles.clone()));
         if let Some(address) = address {
-            nodes.push(Node {
+            out.nodes.push(Node {
                 name,
                 address,
                 roles,
@@ -798,12 +877,170 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
             });
         }
     }
+    out
+}
 
-    // --- topology --------------------------------------------------------
-    let count = |role: Role| declared.iter().filter(|(_, r)| r.contains(&role)).count();
-    let control_planes = count(Role::ControlPlane);
-    let etcds = count(Role::Etcd);
-    if !raw.nodes.is_empty() {
+fn node_name(c: &mut Checker<'_>, value: &Spanned<String>, seen: &mut Seen) -> String {
+    let name = value.get_ref().clone();
+    if !is_dns_label(&name) {
+        c.error(
+            value.span(),
+            format!("node name {name:?} is not a DNS label"),
+            "use lowercase letters, digits and '-'; the name becomes the Kubernetes node name",
+        );
+    } else if let Some(first) = seen.names.get(&name) {
+        let line = c.src.line_of(first);
+        c.error(
+            value.span(),
+            format!("duplicate node name {name:?} (first used on line {line})"),
+            "give every node its own name",
+        );
+    } else {
+        seen.names.insert(name.clone(), value.span());
+    }
+    name
+}
+
+fn node_address(
+    c: &mut Checker<'_>,
+    name: &str,
+    value: &Spanned<String>,
+    seen: &mut Seen,
+    nets: Networks,
+) -> Option<Ipv4Addr> {
+    let ip = c.ipv4(&format!("node {name:?}: address"), value)?;
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        c.error(
+            value.span(),
+            format!("address {ip} of node {name:?} cannot be reached by other nodes"),
+            "use the address the node has on the cluster network",
+        );
+    }
+    if let Some((other, span)) = seen.addrs.get(&ip) {
+        let line = c.src.line_of(span);
+        c.error(
+            value.span(),
+            format!(
+                "node {name:?} has address {ip}, already used by node {other:?} on line {line}"
+            ),
+            "give every node its own address",
+        );
+    } else {
+        seen.addrs.insert(ip, (name.to_string(), value.span()));
+    }
+    for (key, net) in [("service_cidr", nets.service), ("pod_cidr", nets.pod)] {
+        if let Some(net) = net {
+            if net.contains(&ip) {
+                c.error(
+                    value.span(),
+                    format!("address {ip} of node {name:?} lies inside {key} {net}"),
+                    "node addresses, pods and services need separate ranges",
+                );
+            }
+        }
+    }
+    if let Some(net) = nets.node {
+        if !net.contains(&ip) {
+            c.error(
+                value.span(),
+                format!("address {ip} of node {name:?} lies outside node_cidr {net}"),
+                "fix the address or widen node_cidr",
+            );
+        }
+    }
+    Some(ip)
+}
+
+fn node_roles(c: &mut Checker<'_>, name: &str, value: &Spanned<Vec<Spanned<String>>>) -> Vec<Role> {
+    let mut roles = Vec::new();
+    if value.get_ref().is_empty() {
+        c.error(
+            value.span(),
+            format!("node {name:?} has no roles"),
+            "give it one or more of \"etcd\", \"control-plane\", \"worker\", \"lb\"",
+        );
+    }
+    for r in value.get_ref() {
+        match Role::ALL.iter().find(|role| role.as_str() == r.get_ref()) {
+            Some(role) if roles.contains(role) => c.error(
+                r.span(),
+                format!("node {name:?} lists role {:?} twice", r.get_ref()),
+                "list each role once",
+            ),
+            Some(role) => roles.push(*role),
+            None => c.error(
+                r.span(),
+                format!("unknown role {:?} on node {name:?}", r.get_ref()),
+                "use \"etcd\", \"control-plane\", \"worker\" or \"lb\"",
+            ),
+        }
+    }
+    roles
+}
+
+fn node_labels(
+    c: &mut Checker<'_>,
+    name: &str,
+    value: &BTreeMap<Spanned<String>, Spanned<String>>,
+) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    for (k, v) in value {
+        if !is_qualified_name(k.get_ref()) {
+            c.error(
+                k.span(),
+                format!("label key {:?} on node {name:?} is not valid", k.get_ref()),
+                "use [prefix/]name with letters, digits, '-', '_' or '.'",
+            );
+        } else if !is_label_value(v.get_ref()) {
+            c.error(
+                v.span(),
+                format!(
+                    "label value {:?} on node {name:?} is not valid",
+                    v.get_ref()
+                ),
+                "use at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric",
+            );
+        } else if k.get_ref().contains("kubernetes.io/")
+            && !k.get_ref().starts_with("node-role.kubernetes.io/")
+        {
+            c.error(
+                k.span(),
+                format!(
+                    "label {:?} on node {name:?} is in a namespace reserved for Kubernetes",
+                    k.get_ref()
+                ),
+                "use a prefix of your own, for example \"example.com/zone\"",
+            );
+        } else {
+            labels.insert(k.get_ref().clone(), v.get_ref().clone());
+        }
+    }
+    labels
+}
+
+fn node_taints(c: &mut Checker<'_>, name: &str, value: &[Spanned<String>]) -> Vec<Taint> {
+    let mut taints = Vec::new();
+    for t in value {
+        match parse_taint(t.get_ref()) {
+            Some(taint) => taints.push(taint),
+            None => c.error(
+                t.span(),
+                format!("taint {:?} on node {name:?} is not valid", t.get_ref()),
+                "write KEY[=VALUE]:EFFECT with EFFECT NoSchedule, PreferNoSchedule or NoExecute",
+            ),
+        }
+    }
+    taints
+}
+
+// --- cross-checks ----------------------------------------------------------
+
+/// Enough control-plane and etcd nodes; returns the number of control-plane
+/// nodes.
+fn topology(c: &mut Checker<'_>, checked: &Nodes, cluster_span: &Range<usize>) -> usize {
+    let control_planes = checked.count(Role::ControlPlane);
+    let etcds = checked.count(Role::Etcd);
+    if !checked.declared.is_empty() {
         if control_planes == 0 {
             c.error(
                 cluster_span.clone(),
@@ -817,7 +1054,7 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
                 "no node has the role \"etcd\"",
                 "add \"etcd\" to the roles of one node, or of three for high availability",
             );
-        } else if etcds % 2 == 0 {
+        } else if etcds.is_multiple_of(2) {
             c.warn(
                 cluster_span.clone(),
                 format!(
@@ -828,199 +1065,294 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
             );
         }
     }
+    control_planes
+}
 
-    let lb_names: Vec<&str> = declared
+/// pod_cidr holds one /pod_subnet_prefix subnet for every node that runs a
+/// kubelet (render assigns them, and kube-controller-manager allocates the
+/// same).
+fn pod_capacity(
+    c: &mut Checker<'_>,
+    rc: &RawCluster,
+    cluster_span: &Range<usize>,
+    nets: Networks,
+    prefix: u8,
+    checked: &Nodes,
+) {
+    let Some(pod) = nets.pod else { return };
+    // A pod_subnet_prefix refused above has its own finding already.
+    let given = rc.pod_subnet_prefix.as_ref().map(|v| *v.get_ref());
+    if given.is_some_and(|p| p != i64::from(prefix)) || prefix < pod.prefix_len() {
+        return;
+    }
+    let kubelets = checked
+        .declared
+        .iter()
+        .filter(|(_, r)| r.contains(&Role::ControlPlane) || r.contains(&Role::Worker))
+        .count();
+    let bits = u32::from(prefix - pod.prefix_len());
+    let fit = 1usize.checked_shl(bits).unwrap_or(usize::MAX);
+    if kubelets <= fit {
+        return;
+    }
+    // Bits needed to number every kubelet node.
+    let needed = u8::try_from(usize::BITS - (kubelets - 1).leading_zeros()).unwrap_or(u8::MAX);
+    let wider = prefix.saturating_sub(needed);
+    let longer = pod.prefix_len().saturating_add(needed);
+    let change = if longer <= 28 {
+        format!("widen pod_cidr to a /{wider} or shorter prefix, or raise pod_subnet_prefix to {longer}")
+    } else {
+        format!("widen pod_cidr to a /{wider} or shorter prefix")
+    };
+    let span = match (&rc.pod_cidr, &rc.pod_subnet_prefix) {
+        (Some(v), _) => v.span(),
+        (None, Some(v)) => v.span(),
+        (None, None) => cluster_span.clone(),
+    };
+    c.error(
+        span,
+        format!(
+            "pod_cidr {pod} has room for {fit} node{} with a /{prefix} pod subnet each, but {kubelets} nodes run a kubelet",
+            if fit == 1 { "" } else { "s" }
+        ),
+        format!("{change}: every control-plane and worker node gets one /{prefix} of pod_cidr"),
+    );
+}
+
+// --- load balancer ---------------------------------------------------------
+
+/// The [loadbalancer] table, or the lack of one, against the nodes.
+fn loadbalancer(
+    c: &mut Checker<'_>,
+    raw: Option<&Spanned<RawLoadBalancer>>,
+    cluster_span: &Range<usize>,
+    checked: &Nodes,
+    control_planes: usize,
+    apiserver_port: Option<u16>,
+    nets: Networks,
+) -> Option<LoadBalancer> {
+    let lb_names: Vec<&str> = checked
+        .declared
         .iter()
         .filter(|(_, r)| r.contains(&Role::Lb))
         .map(|(n, _)| n.as_str())
         .collect();
-    let lb_nodes: Vec<&Node> = nodes.iter().filter(|n| n.has(Role::Lb)).collect();
-    let loadbalancer = match &raw.loadbalancer {
-        None => {
-            if control_planes > 1 {
-                c.error(
-                    cluster_span.clone(),
-                    format!(
-                        "{control_planes} control-plane nodes need a [loadbalancer] with a virtual IP"
-                    ),
-                    "add [loadbalancer] with vip = \"ADDRESS/PREFIX\" and give two nodes the role \"lb\"",
-                );
-            }
-            if let Some(n) = lb_names.first() {
-                let span = node_spans.get(*n).cloned().unwrap_or(0..0);
-                c.error(
-                    span,
-                    format!(
-                        "node \"{n}\" has the role \"lb\" but there is no [loadbalancer] section"
-                    ),
-                    "add [loadbalancer] with vip = \"ADDRESS/PREFIX\", or remove the role",
-                );
-            }
+    let Some(rlb) = raw else {
+        missing_loadbalancer(c, cluster_span, checked, control_planes, &lb_names);
+        return None;
+    };
+    let lb_span = rlb.span();
+    let rlb = rlb.get_ref();
+    let vip = lb_vip(c, &rlb.vip);
+    if lb_names.is_empty() {
+        c.error(
+            lb_span.clone(),
+            "[loadbalancer] is set but no node has the role \"lb\"",
+            "give two nodes the role \"lb\": they run nginx and keepalived for the VIP",
+        );
+    } else if lb_names.len() == 1 {
+        c.warn(
+            lb_span.clone(),
+            "only one node has the role \"lb\": the VIP has no standby",
+            "give a second node the role \"lb\"",
+        );
+    }
+    let port = lb_port(c, rlb, &lb_span, checked, apiserver_port);
+    if let Some(vip) = vip {
+        vip_placement(c, &rlb.vip, vip, checked, nets);
+    }
+    let interface = lb_interface(c, &rlb.interface);
+    let virtual_router_id = virtual_router_id(c, &rlb.virtual_router_id);
+    match (vip, port) {
+        (Some(vip), Some(port)) => Some(LoadBalancer {
+            vip,
+            port,
+            interface,
+            virtual_router_id,
+        }),
+        _ => None,
+    }
+}
+
+/// Without a [loadbalancer]: at most one control-plane node, no LB nodes.
+fn missing_loadbalancer(
+    c: &mut Checker<'_>,
+    cluster_span: &Range<usize>,
+    checked: &Nodes,
+    control_planes: usize,
+    lb_names: &[&str],
+) {
+    if control_planes > 1 {
+        c.error(
+            cluster_span.clone(),
+            format!("{control_planes} control-plane nodes need a [loadbalancer] with a virtual IP"),
+            "add [loadbalancer] with vip = \"ADDRESS/PREFIX\" and give two nodes the role \"lb\"",
+        );
+    }
+    if let Some(n) = lb_names.first() {
+        let span = checked.spans.get(*n).cloned().unwrap_or(0..0);
+        c.error(
+            span,
+            format!("node {n:?} has the role \"lb\" but there is no [loadbalancer] section"),
+            "add [loadbalancer] with vip = \"ADDRESS/PREFIX\", or remove the role",
+        );
+    }
+}
+
+fn lb_vip(c: &mut Checker<'_>, value: &Spanned<String>) -> Option<Ipv4Net> {
+    match value.get_ref().parse::<ipnet::IpNet>() {
+        Ok(ipnet::IpNet::V4(net)) if net.prefix_len() < 32 => Some(net),
+        _ => {
+            c.error(
+                value.span(),
+                format!(
+                    "vip {:?} is not an IPv4 address with the prefix of its subnet",
+                    value.get_ref()
+                ),
+                "write ADDRESS/PREFIX as on the LB nodes' interface, for example \"10.77.0.100/24\"",
+            );
             None
         }
-        Some(rlb) => {
-            let lb_span = rlb.span();
-            let rlb = rlb.get_ref();
-            let vip = match rlb.vip.get_ref().parse::<ipnet::IpNet>() {
-                Ok(ipnet::IpNet::V4(net)) if net.prefix_len() < 32 => Some(net),
-                _ => {
-                    c.error(
-                        rlb.vip.span(),
-                        format!(
-                            "vip \"{}\" is not an IPv4 address with the prefix of its subnet",
-                            rlb.vip.get_ref()
-                        ),
-                        "write ADDRESS/PREFIX as on the LB nodes' interface, for example \"10.77.0.100/24\"",
-                    );
-                    None
-                }
-            };
-            if lb_names.is_empty() {
+    }
+}
+
+/// The load balancer's port, and not the apiserver's on a node that runs
+/// both.
+fn lb_port(
+    c: &mut Checker<'_>,
+    rlb: &RawLoadBalancer,
+    lb_span: &Range<usize>,
+    checked: &Nodes,
+    apiserver_port: Option<u16>,
+) -> Option<u16> {
+    let port = match &rlb.port {
+        None => Some(8443),
+        Some(p) => c.port("loadbalancer port", p),
+    };
+    if let (Some(port), Some(api)) = (port, apiserver_port) {
+        let shared = checked
+            .declared
+            .iter()
+            .any(|(_, r)| r.contains(&Role::Lb) && r.contains(&Role::ControlPlane));
+        if port == api && shared {
+            c.error(
+                rlb.port.as_ref().map_or(lb_span.clone(), |p| p.span()),
+                format!(
+                    "loadbalancer port {port} is also the apiserver port on a node that runs both"
+                ),
+                "use another port for the load balancer, for example 8443",
+            );
+        }
+    }
+    port
+}
+
+/// The VIP is a free host address in the LB nodes' subnet, outside the
+/// cluster's own ranges.
+fn vip_placement(
+    c: &mut Checker<'_>,
+    value: &Spanned<String>,
+    vip: Ipv4Net,
+    checked: &Nodes,
+    nets: Networks,
+) {
+    let ip = vip.addr();
+    if vip.network() == ip || vip.broadcast() == ip {
+        c.error(
+            value.span(),
+            format!(
+                "vip {ip} is the network or broadcast address of {}",
+                vip.trunc()
+            ),
+            "pick a free host address in the LB nodes' subnet",
+        );
+    }
+    if let Some(n) = checked.nodes.iter().find(|n| n.address == ip) {
+        c.error(
+            value.span(),
+            format!("vip {ip} is the address of node {:?}", n.name),
+            "pick an address no host uses; keepalived moves it between the LB nodes",
+        );
+    }
+    for n in checked.nodes.iter().filter(|n| n.has(Role::Lb)) {
+        if !vip.contains(&n.address) {
+            c.error(
+                value.span(),
+                format!(
+                    "vip {vip} is outside the subnet of LB node {:?} ({})",
+                    n.name, n.address
+                ),
+                "the VIP must be in the subnet the LB nodes share; fix the address or the prefix",
+            );
+        }
+    }
+    for (key, net) in [("service_cidr", nets.service), ("pod_cidr", nets.pod)] {
+        if let Some(net) = net {
+            if net.contains(&ip) {
                 c.error(
-                    lb_span.clone(),
-                    "[loadbalancer] is set but no node has the role \"lb\"",
-                    "give two nodes the role \"lb\": they run nginx and keepalived for the VIP",
+                    value.span(),
+                    format!("vip {ip} lies inside {key} {net}"),
+                    "pick an address on the node network",
                 );
-            } else if lb_names.len() == 1 {
-                c.warn(
-                    lb_span.clone(),
-                    "only one node has the role \"lb\": the VIP has no standby",
-                    "give a second node the role \"lb\"",
-                );
-            }
-            let port = match &rlb.port {
-                None => Some(8443),
-                Some(p) => c.port("loadbalancer port", p),
-            };
-            if let (Some(port), Some(api)) = (port, apiserver_port) {
-                let shared = declared
-                    .iter()
-                    .any(|(_, r)| r.contains(&Role::Lb) && r.contains(&Role::ControlPlane));
-                if port == api && shared {
-                    c.error(
-                        rlb.port.as_ref().map_or(lb_span.clone(), |p| p.span()),
-                        format!("loadbalancer port {port} is also the apiserver port on a node that runs both"),
-                        "use another port for the load balancer, for example 8443",
-                    );
-                }
-            }
-            if let Some(vip) = vip {
-                let ip = vip.addr();
-                if vip.network() == ip || vip.broadcast() == ip {
-                    c.error(
-                        rlb.vip.span(),
-                        format!(
-                            "vip {ip} is the network or broadcast address of {}",
-                            vip.trunc()
-                        ),
-                        "pick a free host address in the LB nodes' subnet",
-                    );
-                }
-                if let Some(n) = nodes.iter().find(|n| n.address == ip) {
-                    c.error(
-                        rlb.vip.span(),
-                        format!("vip {ip} is the address of node \"{}\"", n.name),
-                        "pick an address no host uses; keepalived moves it between the LB nodes",
-                    );
-                }
-                for n in &lb_nodes {
-                    if !vip.contains(&n.address) {
-                        c.error(
-                            rlb.vip.span(),
-                            format!(
-                                "vip {vip} is outside the subnet of LB node \"{}\" ({})",
-                                n.name, n.address
-                            ),
-                            "the VIP must be in the subnet the LB nodes share; fix the address or the prefix",
-                        );
-                    }
-                }
-                for (key, net) in [("service_cidr", service_cidr), ("pod_cidr", pod_cidr)] {
-                    if let Some(net) = net {
-                        if net.contains(&ip) {
-                            c.error(
-                                rlb.vip.span(),
-                                format!("vip {ip} lies inside {key} {net}"),
-                                "pick an address on the node network",
-                            );
-                        }
-                    }
-                }
-            }
-            let interface = rlb
-                .interface
-                .as_ref()
-                .map_or_else(|| "eth0".to_string(), |v| v.get_ref().clone());
-            if let Some(i) = &rlb.interface {
-                let s = i.get_ref();
-                if s.is_empty() || s.len() > 15 || s.contains(['/', ' ']) {
-                    c.error(
-                        i.span(),
-                        format!("interface \"{s}\" is not a network interface name"),
-                        "name the LB nodes' interface that carries the VIP, for example \"eth0\"",
-                    );
-                }
-            }
-            let virtual_router_id = match &rlb.virtual_router_id {
-                None => 51,
-                Some(v) => match u8::try_from(*v.get_ref()) {
-                    Ok(id) if id > 0 => id,
-                    _ => {
-                        c.error(
-                            v.span(),
-                            format!("virtual_router_id {} is out of range", v.get_ref()),
-                            "use a number from 1 to 255, unique on the LB nodes' network",
-                        );
-                        51
-                    }
-                },
-            };
-            match (vip, port) {
-                (Some(vip), Some(port)) => Some(LoadBalancer {
-                    vip,
-                    port,
-                    interface,
-                    virtual_router_id,
-                }),
-                _ => None,
             }
         }
-    };
+    }
+}
 
-    Some(Cluster {
-        source: c.src.path.to_path_buf(),
-        name,
-        version: version?,
-        service_cidr: service_cidr?,
-        pod_cidr: pod_cidr?,
-        node_cidr,
-        pod_subnet_prefix,
-        cluster_domain,
-        dns_service_ip: dns_service_ip?,
-        apiserver_port: apiserver_port?,
-        runtime,
-        cni,
-        proxy_mode,
-        bin_dir,
-        image_registry,
-        registry_mirrors,
-        sandbox_image,
-        node_profile,
-        coredns: rc.coredns.unwrap_or(true),
-        kubelet_join,
-        pki,
-        loadbalancer,
-        nodes,
-    })
+fn lb_interface(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> String {
+    let Some(i) = value else {
+        return "eth0".to_string();
+    };
+    let s = i.get_ref();
+    const HELP: &str = "name the LB nodes' interface that carries the VIP, for example \"eth0\"";
+    match values::interface(s) {
+        Ok(()) => {}
+        Err(InterfaceProblem::NotAName) => c.error(
+            i.span(),
+            format!("interface {s:?} is not a network interface name"),
+            HELP,
+        ),
+        Err(InterfaceProblem::TooLong) => c.error(
+            i.span(),
+            format!("interface {s:?} is longer than the 15 bytes of an interface name"),
+            HELP,
+        ),
+        Err(InterfaceProblem::KernelChar(ch)) => c.error(
+            i.span(),
+            format!("interface {s:?} holds {ch:?}, which interface names cannot hold"),
+            HELP,
+        ),
+        Err(InterfaceProblem::Char(ch)) => c.error(
+            i.span(),
+            format!("interface {s:?} holds {ch:?}"),
+            "use letters, digits, '.', '_' and '-' only: the name is written into keepalived.conf",
+        ),
+    }
+    s.clone()
+}
+
+fn virtual_router_id(c: &mut Checker<'_>, value: &Option<Spanned<i64>>) -> u8 {
+    let Some(v) = value else { return 51 };
+    match u8::try_from(*v.get_ref()) {
+        Ok(id) if id > 0 => id,
+        _ => {
+            c.error(
+                v.span(),
+                format!("virtual_router_id {} is out of range", v.get_ref()),
+                "use a number from 1 to 255, unique on the LB nodes' network",
+            );
+            51
+        }
+    }
 }
 
 fn merge_ssh(c: &mut Checker<'_>, base: &Ssh, s: &RawSsh) -> Ssh {
     let mut out = base.clone();
     if let Some(u) = &s.user {
-        if u.get_ref().is_empty() || u.get_ref().contains(char::is_whitespace) {
+        if !values::is_user_name(u.get_ref()) {
             c.error(
                 u.span(),
-                format!("ssh user \"{}\" is not a user name", u.get_ref()),
+                format!("ssh user {:?} is not a user name", u.get_ref()),
                 "write the login name, for example \"root\" or \"vagrant\"",
             );
         }
@@ -1032,6 +1364,13 @@ fn merge_ssh(c: &mut Checker<'_>, base: &Ssh, s: &RawSsh) -> Ssh {
         }
     }
     if let Some(k) = &s.key {
+        if !values::is_key_path(k.get_ref()) {
+            c.error(
+                k.span(),
+                format!("ssh key {:?} is not a file path", k.get_ref()),
+                "write the path of the private key on this machine, for example \"~/.ssh/id_ed25519\"",
+            );
+        }
         out.key = Some(k.get_ref().clone());
     }
     if let Some(sudo) = s.sudo {

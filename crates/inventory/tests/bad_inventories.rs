@@ -1758,6 +1758,174 @@ roles = ["lb"]
   help: use a number from 1 to 255, unique on the LB nodes' network
 inventory rejected: 1 error"#,
     ),
+    // --- versions and pod subnets ------------------------------------------
+    (
+        "version_with_plus_signs",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "+1.+31.+4"
+service_cidr = "10.96.0.0/12"
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+"#,
+        r#"bad.toml:3:22: error: kubernetes_version "+1.+31.+4" is not a version
+  help: write MAJOR.MINOR.PATCH, for example "1.31.4"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "version_with_leading_zero",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.04"
+service_cidr = "10.96.0.0/12"
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+"#,
+        r#"bad.toml:3:22: error: kubernetes_version "1.31.04" is not a version
+  help: write MAJOR.MINOR.PATCH, for example "1.31.4"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "version_with_pre_release",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.4-rc.1"
+service_cidr = "10.96.0.0/12"
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+"#,
+        r#"bad.toml:3:22: error: kubernetes_version "1.31.4-rc.1" is not a version
+  help: write MAJOR.MINOR.PATCH, for example "1.31.4"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "version_with_build_metadata",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "v1.31.4+k3s1"
+service_cidr = "10.96.0.0/12"
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+"#,
+        r#"bad.toml:3:22: error: kubernetes_version "v1.31.4+k3s1" is not a version
+  help: write MAJOR.MINOR.PATCH, for example "1.31.4"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "version_with_space",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = " 1.31.4"
+service_cidr = "10.96.0.0/12"
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+"#,
+        r#"bad.toml:3:22: error: kubernetes_version " 1.31.4" is not a version
+  help: write MAJOR.MINOR.PATCH, for example "1.31.4"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "pod_cidr_too_small_for_kubelet_nodes",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.4"
+service_cidr = "10.96.0.0/12"
+pod_cidr = "10.244.0.0/23"
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+
+[[nodes]]
+name = "worker2"
+address = "10.77.0.22"
+roles = ["worker"]
+"#,
+        r#"bad.toml:5:12: error: pod_cidr 10.244.0.0/23 has room for 2 nodes with a /24 pod subnet each, but 3 nodes run a kubelet
+  help: widen pod_cidr to a /22 or shorter prefix, or raise pod_subnet_prefix to 25: every control-plane and worker node gets one /24 of pod_cidr
+inventory rejected: 1 error"#,
+    ),
+    (
+        "pod_cidr_too_small_at_pod_subnet_prefix",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.4"
+service_cidr = "10.96.0.0/12"
+pod_cidr = "10.244.0.0/27"
+pod_subnet_prefix = 28
+node_cidr = "10.77.0.0/24"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "worker1"
+address = "10.77.0.21"
+roles = ["worker"]
+
+[[nodes]]
+name = "worker2"
+address = "10.77.0.22"
+roles = ["worker"]
+"#,
+        r#"bad.toml:5:12: error: pod_cidr 10.244.0.0/27 has room for 2 nodes with a /28 pod subnet each, but 3 nodes run a kubelet
+  help: widen pod_cidr to a /26 or shorter prefix: every control-plane and worker node gets one /28 of pod_cidr
+inventory rejected: 1 error"#,
+    ),
     // --- several problems at once -------------------------------------------
     (
         "all_errors_reported_in_file_order",
@@ -1786,6 +1954,374 @@ bad.toml:16:11: error: node "worker1" has address 10.77.0.11, already used by no
 bad.toml:17:20: error: unknown role "gpu" on node "worker1"
   help: use "etcd", "control-plane", "worker" or "lb"
 inventory rejected: 3 errors"#,
+    ),
+];
+
+/// Values that reach files on the nodes (systemd units, containerd's
+/// config.toml and hosts.toml, keepalived.conf, manifests) or the ssh
+/// command line, each broken with the syntax of where it goes: every one is
+/// refused at its own file:line:col.
+///
+/// (case name, text of BASE_LB to replace, its replacement, exact expected
+/// error text)
+static VALUE_CASES: &[(&str, &str, &str, &str)] = &[
+    // --- bin_dir: ExecStart= of every unit ------------------------------------
+    (
+        "bin_dir_newline_adds_a_systemd_directive",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nbin_dir = \"/usr/local/bin\\nExecStartPre=/bin/sh -c id\"\n",
+        r#"bad.toml:5:11: error: bin_dir "/usr/local/bin\nExecStartPre=/bin/sh -c id" holds '\n'
+  help: use letters, digits, '/', '.', '_', '-' and '+' only: the directory is written into every systemd unit
+inventory rejected: 1 error"#,
+    ),
+    (
+        "bin_dir_multiline_string_adds_a_section",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nbin_dir = '''/usr/local/bin\n[Service]\nUser=root'''\n",
+        r#"bad.toml:5:11: error: bin_dir "/usr/local/bin\n[Service]\nUser=root" holds '\n'
+  help: use letters, digits, '/', '.', '_', '-' and '+' only: the directory is written into every systemd unit
+inventory rejected: 1 error"#,
+    ),
+    (
+        "bin_dir_space_splits_exec_start",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nbin_dir = \"/usr/local/bin /tmp/payload\"\n",
+        r#"bad.toml:5:11: error: bin_dir "/usr/local/bin /tmp/payload" holds ' '
+  help: use letters, digits, '/', '.', '_', '-' and '+' only: the directory is written into every systemd unit
+inventory rejected: 1 error"#,
+    ),
+    (
+        "bin_dir_dollar_expands_in_units",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nbin_dir = \"/opt/${HOME}/bin\"\n",
+        r#"bad.toml:5:11: error: bin_dir "/opt/${HOME}/bin" holds '$'
+  help: use letters, digits, '/', '.', '_', '-' and '+' only: the directory is written into every systemd unit
+inventory rejected: 1 error"#,
+    ),
+    (
+        "bin_dir_backslash_continues_the_line",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nbin_dir = \"/usr/local/bin\\\\\"\n",
+        r#"bad.toml:5:11: error: bin_dir "/usr/local/bin\\" holds '\\'
+  help: use letters, digits, '/', '.', '_', '-' and '+' only: the directory is written into every systemd unit
+inventory rejected: 1 error"#,
+    ),
+    (
+        "bin_dir_dot_dot_component",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nbin_dir = \"/usr/local/../../tmp\"\n",
+        r#"bad.toml:5:11: error: bin_dir "/usr/local/../../tmp" is not a normalised path
+  help: write it without "." or ".." components, doubled slashes or a trailing slash, for example "/usr/local/bin"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "bin_dir_double_slash",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nbin_dir = \"/usr//bin\"\n",
+        r#"bad.toml:5:11: error: bin_dir "/usr//bin" is not a normalised path
+  help: write it without "." or ".." components, doubled slashes or a trailing slash, for example "/usr/local/bin"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "bin_dir_trailing_slash",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nbin_dir = \"/usr/local/bin/\"\n",
+        r#"bad.toml:5:11: error: bin_dir "/usr/local/bin/" is not a normalised path
+  help: write it without "." or ".." components, doubled slashes or a trailing slash, for example "/usr/local/bin"
+inventory rejected: 1 error"#,
+    ),
+    // --- image_registry: the CoreDNS Deployment -------------------------------
+    (
+        "image_registry_yaml_privileged_container",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nimage_registry = \"registry.local/x\\n          securityContext: {privileged: true}\\n#\"\n",
+        r#"bad.toml:5:18: error: image_registry "registry.local/x\n          securityContext: {privileged: true}\n#" is not a registry host: it holds '\n'
+  help: write HOST[:PORT] and an optional /PATH prefix, without a tag, for example "registry.local:5000" or "registry.local/k8s"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "image_registry_flow_mapping",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nimage_registry = \"registry.local/{privileged: true}\"\n",
+        r#"bad.toml:5:18: error: image_registry "registry.local/{privileged: true}" is not a registry host: it holds '{'
+  help: write HOST[:PORT] and an optional /PATH prefix, without a tag, for example "registry.local:5000" or "registry.local/k8s"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "image_registry_single_label_host",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nimage_registry = \"registry\"\n",
+        r#"bad.toml:5:18: error: image_registry "registry" is not a registry host: "registry" has no dot and no port, so image names would read it as a path on docker.io
+  help: write HOST[:PORT] and an optional /PATH prefix, without a tag, for example "registry.local:5000" or "registry.local/k8s"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "image_registry_with_tag",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nimage_registry = \"registry.local/k8s:v1\"\n",
+        r#"bad.toml:5:18: error: image_registry "registry.local/k8s:v1" is not a registry host: it has a tag
+  help: write HOST[:PORT] and an optional /PATH prefix, without a tag, for example "registry.local:5000" or "registry.local/k8s"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "image_registry_uppercase_path",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nimage_registry = \"registry.local/K8s\"\n",
+        r#"bad.toml:5:18: error: image_registry "registry.local/K8s" is not a registry host: its path is not lowercase letters and digits separated by '/', '.', '_', '__' or '-'
+  help: write HOST[:PORT] and an optional /PATH prefix, without a tag, for example "registry.local:5000" or "registry.local/k8s"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "image_registry_bad_port",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nimage_registry = \"registry.local:+5000\"\n",
+        r#"bad.toml:5:18: error: image_registry "registry.local:+5000" is not a registry host: it holds '+'
+  help: write HOST[:PORT] and an optional /PATH prefix, without a tag, for example "registry.local:5000" or "registry.local/k8s"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "image_registry_port_out_of_range",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nimage_registry = \"registry.local:70000\"\n",
+        r#"bad.toml:5:18: error: image_registry "registry.local:70000" is not a registry host: its port "70000" is not a number from 1 to 65535
+  help: write HOST[:PORT] and an optional /PATH prefix, without a tag, for example "registry.local:5000" or "registry.local/k8s"
+inventory rejected: 1 error"#,
+    ),
+    // --- sandbox_image: containerd's config.toml ------------------------------
+    (
+        "sandbox_image_toml_table",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nsandbox_image = \"registry.k8s.io/pause:3.10\\\"\\n[plugins.\\\"io.containerd.grpc.v1.cri\\\".containerd.runtimes.evil]\\n#\"\n",
+        r#"bad.toml:5:17: error: sandbox_image "registry.k8s.io/pause:3.10\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.evil]\n#" is not an image reference: it holds '"'
+  help: write [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST] with a lowercase path, for example "registry.k8s.io/pause:3.10"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "sandbox_image_closing_bracket",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nsandbox_image = \"registry.k8s.io/pause:3.10]\"\n",
+        r#"bad.toml:5:17: error: sandbox_image "registry.k8s.io/pause:3.10]" is not an image reference: it holds ']'
+  help: write [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST] with a lowercase path, for example "registry.k8s.io/pause:3.10"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "sandbox_image_uppercase_path",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nsandbox_image = \"registry.k8s.io/Pause:3.10\"\n",
+        r#"bad.toml:5:17: error: sandbox_image "registry.k8s.io/Pause:3.10" is not an image reference: its path has upper-case letters
+  help: write [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST] with a lowercase path, for example "registry.k8s.io/pause:3.10"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "sandbox_image_bad_digest",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nsandbox_image = \"registry.k8s.io/pause@sha256:1234\"\n",
+        r#"bad.toml:5:17: error: sandbox_image "registry.k8s.io/pause@sha256:1234" is not an image reference: it does not follow the image reference grammar
+  help: write [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST] with a lowercase path, for example "registry.k8s.io/pause:3.10"
+inventory rejected: 1 error"#,
+    ),
+    // --- registry_mirrors: hosts.toml and its directory -----------------------
+    (
+        "registry_mirror_key_leaves_certs_d",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nregistry_mirrors = { \"../../systemd/system\" = \"https://registry.local\" }\n",
+        r#"bad.toml:5:22: error: registry_mirrors key "../../systemd/system" is not a registry host
+  help: write the registry as images name it, for example "docker.io" or "registry.k8s.io"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "registry_mirror_key_toml_quote",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nregistry_mirrors = { \"docker.io\\\"\\n[x]\" = \"https://registry.local\" }\n",
+        r#"bad.toml:5:22: error: registry_mirrors key "docker.io\"\n[x]" is not a registry host
+  help: write the registry as images name it, for example "docker.io" or "registry.k8s.io"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "registry_mirror_url_toml_table",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nregistry_mirrors = { \"docker.io\" = \"https://registry.local\\\"]\\ncapabilities = [\\\"push\\\"]\\n[x.\\\"\" }\n",
+        r#"bad.toml:5:36: error: mirror "https://registry.local\"]\ncapabilities = [\"push\"]\n[x.\"" of docker.io holds '"'
+  help: write the mirror's URL without white space, quotes, backslashes or braces, for example "https://registry.local:5000"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "registry_mirror_url_space",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nregistry_mirrors = { \"docker.io\" = \"https://registry.local /x\" }\n",
+        r#"bad.toml:5:36: error: mirror "https://registry.local /x" of docker.io holds ' '
+  help: write the mirror's URL without white space, quotes, backslashes or braces, for example "https://registry.local:5000"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "registry_mirror_url_credentials",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nregistry_mirrors = { \"docker.io\" = \"https://ops:secret@registry.local\" }\n",
+        r#"bad.toml:5:36: error: mirror "https://ops:secret@registry.local" of docker.io holds a user name or password
+  help: remove USER:PASSWORD@ from the URL: it is written in plain text to every node
+inventory rejected: 1 error"#,
+    ),
+    (
+        "registry_mirror_url_query",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nregistry_mirrors = { \"docker.io\" = \"https://registry.local/?ns=docker.io\" }\n",
+        r#"bad.toml:5:36: error: mirror "https://registry.local/?ns=docker.io" of docker.io has a query or a fragment
+  help: write the scheme, host, port and path only, for example "https://registry.local:5000/docker"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "registry_mirror_url_not_http",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\nregistry_mirrors = { \"docker.io\" = \"ftp://registry.local\" }\n",
+        r#"bad.toml:5:36: error: mirror "ftp://registry.local" of docker.io is not an http(s) URL
+  help: write the mirror's URL, for example "https://registry.local:5000"
+inventory rejected: 1 error"#,
+    ),
+    // --- interface: keepalived.conf -------------------------------------------
+    (
+        "interface_newline_closes_the_block",
+        "vip = \"10.77.0.100/24\"\n",
+        "vip = \"10.77.0.100/24\"\ninterface = \"eth0\\n}\\nvrrp_script evil {\"\n",
+        r#"bad.toml:8:13: error: interface "eth0\n}\nvrrp_script evil {" is not a network interface name
+  help: name the LB nodes' interface that carries the VIP, for example "eth0"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "interface_brace",
+        "vip = \"10.77.0.100/24\"\n",
+        "vip = \"10.77.0.100/24\"\ninterface = \"eth0{\"\n",
+        r#"bad.toml:8:13: error: interface "eth0{" holds '{'
+  help: use letters, digits, '.', '_' and '-' only: the name is written into keepalived.conf
+inventory rejected: 1 error"#,
+    ),
+    (
+        "interface_dollar_variable",
+        "vip = \"10.77.0.100/24\"\n",
+        "vip = \"10.77.0.100/24\"\ninterface = \"$IFACE\"\n",
+        r#"bad.toml:8:13: error: interface "$IFACE" holds '$'
+  help: use letters, digits, '.', '_' and '-' only: the name is written into keepalived.conf
+inventory rejected: 1 error"#,
+    ),
+    (
+        "interface_too_long",
+        "vip = \"10.77.0.100/24\"\n",
+        "vip = \"10.77.0.100/24\"\ninterface = \"enp0s31f6-uplink\"\n",
+        r#"bad.toml:8:13: error: interface "enp0s31f6-uplink" is longer than the 15 bytes of an interface name
+  help: name the LB nodes' interface that carries the VIP, for example "eth0"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "interface_alias_colon",
+        "vip = \"10.77.0.100/24\"\n",
+        "vip = \"10.77.0.100/24\"\ninterface = \"eth0:1\"\n",
+        r#"bad.toml:8:13: error: interface "eth0:1" holds ':', which interface names cannot hold
+  help: name the LB nodes' interface that carries the VIP, for example "eth0"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "interface_dot_dot",
+        "vip = \"10.77.0.100/24\"\n",
+        "vip = \"10.77.0.100/24\"\ninterface = \"..\"\n",
+        r#"bad.toml:8:13: error: interface ".." is not a network interface name
+  help: name the LB nodes' interface that carries the VIP, for example "eth0"
+inventory rejected: 1 error"#,
+    ),
+    // --- other values of units, manifests and configs -------------------------
+    (
+        "cluster_name_newline",
+        "name = \"demo\"\n",
+        "name = \"demo\\nExecStartPre=/bin/sh\"\n",
+        r#"bad.toml:2:8: error: cluster name "demo\nExecStartPre=/bin/sh" is not a DNS label
+  help: use lowercase letters, digits and '-', at most 63 characters
+inventory rejected: 1 error"#,
+    ),
+    (
+        "kubernetes_version_newline",
+        "kubernetes_version = \"1.31.4\"\n",
+        "kubernetes_version = \"1.31.4\\n[x]\"\n",
+        r#"bad.toml:3:22: error: kubernetes_version "1.31.4\n[x]" is not a version
+  help: write MAJOR.MINOR.PATCH, for example "1.31.4"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "cluster_domain_extra_flag",
+        "node_cidr = \"10.77.0.0/24\"\n",
+        "node_cidr = \"10.77.0.0/24\"\ncluster_domain = \"cluster.local --authorization-mode=AlwaysAllow\"\n",
+        r#"bad.toml:5:18: error: cluster_domain "cluster.local --authorization-mode=AlwaysAllow" is not a DNS name
+  help: use lowercase DNS labels separated by dots, for example "cluster.local"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "node_name_shell_quote",
+        "name = \"lb2\"\n",
+        "name = \"lb2'; id; '\"\n",
+        r#"bad.toml:20:8: error: node name "lb2'; id; '" is not a DNS label
+  help: use lowercase letters, digits and '-'; the name becomes the Kubernetes node name
+inventory rejected: 1 error"#,
+    ),
+    (
+        "label_value_yaml",
+        "name = \"lb2\"\naddress = \"10.77.0.32\"\nroles = [\"lb\"]\n",
+        "name = \"lb2\"\naddress = \"10.77.0.32\"\nroles = [\"lb\"]\nlabels = { zone = \"a\\n- --anonymous-auth=true\" }\n",
+        r#"bad.toml:23:19: error: label value "a\n- --anonymous-auth=true" on node "lb2" is not valid
+  help: use at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric
+inventory rejected: 1 error"#,
+    ),
+    (
+        "label_key_adds_a_label",
+        "name = \"lb2\"\naddress = \"10.77.0.32\"\nroles = [\"lb\"]\n",
+        "name = \"lb2\"\naddress = \"10.77.0.32\"\nroles = [\"lb\"]\nlabels = { \"zone=a,node-role.kubernetes.io/control-plane\" = \"b\" }\n",
+        r#"bad.toml:23:12: error: label key "zone=a,node-role.kubernetes.io/control-plane" on node "lb2" is not valid
+  help: use [prefix/]name with letters, digits, '-', '_' or '.'
+inventory rejected: 1 error"#,
+    ),
+    (
+        "taint_extra_flag",
+        "name = \"lb2\"\naddress = \"10.77.0.32\"\nroles = [\"lb\"]\n",
+        "name = \"lb2\"\naddress = \"10.77.0.32\"\nroles = [\"lb\"]\ntaints = [\"a=b:NoSchedule --anonymous-auth=true\"]\n",
+        r#"bad.toml:23:11: error: taint "a=b:NoSchedule --anonymous-auth=true" on node "lb2" is not valid
+  help: write KEY[=VALUE]:EFFECT with EFFECT NoSchedule, PreferNoSchedule or NoExecute
+inventory rejected: 1 error"#,
+    ),
+    (
+        "extra_apiserver_san_list",
+        "\n[loadbalancer]\n",
+        "\n[pki]\nextra_apiserver_sans = [\"api.example.com,*.evil.example\"]\n\n[loadbalancer]\n",
+        r#"bad.toml:7:25: error: extra_apiserver_sans entry "api.example.com,*.evil.example" is neither an IP address nor a DNS name
+  help: write an IP address or a lowercase DNS name
+inventory rejected: 1 error"#,
+    ),
+    (
+        "extra_apiserver_san_double_wildcard",
+        "\n[loadbalancer]\n",
+        "\n[pki]\nextra_apiserver_sans = [\"*.*.example.com\"]\n\n[loadbalancer]\n",
+        r#"bad.toml:7:25: error: extra_apiserver_sans entry "*.*.example.com" is neither an IP address nor a DNS name
+  help: write an IP address or a lowercase DNS name
+inventory rejected: 1 error"#,
+    ),
+    (
+        "ssh_user_is_an_option",
+        "\n[loadbalancer]\n",
+        "\n[ssh]\nuser = \"-oProxyCommand=sh -c id\"\n\n[loadbalancer]\n",
+        r#"bad.toml:7:8: error: ssh user "-oProxyCommand=sh -c id" is not a user name
+  help: write the login name, for example "root" or "vagrant"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "ssh_user_with_at",
+        "name = \"lb2\"\naddress = \"10.77.0.32\"\nroles = [\"lb\"]\n",
+        "name = \"lb2\"\naddress = \"10.77.0.32\"\nroles = [\"lb\"]\nssh = { user = \"root@10.0.0.1\" }\n",
+        r#"bad.toml:23:16: error: ssh user "root@10.0.0.1" is not a user name
+  help: write the login name, for example "root" or "vagrant"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "ssh_key_newline",
+        "\n[loadbalancer]\n",
+        "\n[ssh]\nkey = \"~/.ssh/id\\nProxyCommand sh\"\n\n[loadbalancer]\n",
+        r#"bad.toml:7:7: error: ssh key "~/.ssh/id\nProxyCommand sh" is not a file path
+  help: write the path of the private key on this machine, for example "~/.ssh/id_ed25519"
+inventory rejected: 1 error"#,
     ),
 ];
 
@@ -1830,6 +2366,38 @@ fn bad_inventories_are_rejected_with_exact_messages() {
 }
 
 #[test]
+fn values_that_reach_files_are_refused_with_exact_messages() {
+    assert!(VALUE_CASES.len() >= 20, "only {} cases", VALUE_CASES.len());
+    let mut names: BTreeSet<&str> = CASES.iter().map(|(name, _, _)| *name).collect();
+    for (name, _, _, _) in VALUE_CASES {
+        assert!(names.insert(*name), "case name {name:?} is used twice");
+    }
+
+    let mut failures = Vec::new();
+    for (name, from, to, expected) in VALUE_CASES {
+        assert_eq!(
+            BASE_LB.matches(*from).count(),
+            1,
+            "case {name}: {from:?} is not found once in BASE_LB"
+        );
+        let toml = BASE_LB.replacen(*from, to, 1);
+        let actual = load_error_text(&toml);
+        if actual != *expected {
+            failures.push(format!(
+                "=== case {name}\n--- expected\n{expected}\n--- actual\n{actual}\n"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases did not match:\n\n{}",
+        failures.len(),
+        VALUE_CASES.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
 fn bases_load_without_findings() {
     for (name, base) in [("BASE_SINGLE", BASE_SINGLE), ("BASE_LB", BASE_LB)] {
         match parse(Path::new("bad.toml"), base) {
@@ -1841,6 +2409,58 @@ fn bases_load_without_findings() {
             Err(e) => panic!("{name} is rejected:\n{e}"),
         }
     }
+}
+
+#[test]
+fn values_of_the_allowed_forms_load() {
+    let digest = "a".repeat(64);
+    let cluster = format!(
+        r#"bin_dir = "/opt/k8s-1.31+lab/bin"
+image_registry = "registry.local:5000/mirror/k8s/"
+sandbox_image = "registry.local:5000/mirror/k8s/pause:3.10@sha256:{digest}"
+registry_mirrors = {{ "docker.io" = "https://registry.local:5000/docker/", "localhost:5001" = "http://10.77.0.5:5001", "quay.io" = "https://[fd00::5]:5000" }}
+cluster_domain = "k8s.example"
+
+[pki]
+extra_apiserver_sans = ["api.example.com", "*.api.example.com", "10.77.0.200"]
+
+[ssh]
+user = "ops.admin_1"
+key = "~/.ssh/id_ed25519"
+"#
+    );
+    let text = BASE_LB
+        .replacen(
+            "kubernetes_version = \"1.31.4\"",
+            "kubernetes_version = \"v1.31.0\"",
+            1,
+        )
+        .replacen(
+            "node_cidr = \"10.77.0.0/24\"\n",
+            &format!("node_cidr = \"10.77.0.0/24\"\n{cluster}"),
+            1,
+        )
+        .replacen(
+            "vip = \"10.77.0.100/24\"\n",
+            "vip = \"10.77.0.100/24\"\ninterface = \"enp0s31f6.100\"\n",
+            1,
+        );
+    let loaded = match parse(Path::new("good.toml"), &text) {
+        Ok(loaded) => loaded,
+        Err(e) => panic!("rejected:\n{e}\n{text}"),
+    };
+    let c = &loaded.cluster;
+    assert_eq!(c.version.to_string(), "v1.31.0");
+    assert_eq!(c.bin_dir, "/opt/k8s-1.31+lab/bin");
+    assert_eq!(c.image_registry, "registry.local:5000/mirror/k8s");
+    assert_eq!(
+        c.registry_mirrors.get("docker.io").map(String::as_str),
+        Some("https://registry.local:5000/docker")
+    );
+    assert_eq!(
+        c.loadbalancer.as_ref().map(|lb| lb.interface.as_str()),
+        Some("enp0s31f6.100")
+    );
 }
 
 #[test]

@@ -199,11 +199,59 @@ pub fn reconcile(
     opts: &Options,
 ) -> Result<Reconciled, PkiError> {
     let store = store::Store::new(state_dir);
-    let mut events = Vec::new();
-    let mut writes = Vec::new();
+    let mut d = Decisions::default();
     let settings = &cluster.pki;
 
-    // CAs
+    let (cas, established) = cas(&store, &mut d, settings, opts)?;
+    let (sa_private, sa_public_pem) = service_account_key(&store, &mut d, established)?;
+    let encryption_key = encryption_key(&store, &mut d, established)?;
+    let bootstrap_token =
+        if cluster.kubelet_join == kubeforge_inventory::KubeletJoin::BootstrapToken {
+            Some(bootstrap_token(&store, &mut d)?)
+        } else {
+            None
+        };
+    let leaves = leaves(&store, &mut d, cluster, &cas, opts)?;
+    Ok(Reconciled {
+        pki: Pki {
+            cas,
+            leaves,
+            sa_private,
+            sa_public_pem,
+            encryption_key,
+            bootstrap_token,
+        },
+        events: d.events,
+        writes: d.writes,
+    })
+}
+
+/// What reconcile decided so far: the events to report and the files to
+/// write.
+#[derive(Default)]
+struct Decisions {
+    events: Vec<Event>,
+    writes: Vec<Vec<store::Write>>,
+}
+
+impl Decisions {
+    fn event(&mut self, subject: impl Into<String>, action: Action) {
+        self.events.push(Event {
+            subject: subject.into(),
+            action,
+        });
+    }
+}
+
+/// The three CAs: kept, created when missing, or regenerated when asked
+/// for. Also returns whether the cluster is established (its Kubernetes CA
+/// existed before this run).
+fn cas(
+    store: &store::Store,
+    d: &mut Decisions,
+    settings: &kubeforge_inventory::PkiSettings,
+    opts: &Options,
+) -> Result<(BTreeMap<CaId, KeyCert>, bool), PkiError> {
     let mut cas = BTreeMap::new();
     // A cluster whose CA exists already: its service-account and encryption
     // keys are never created anew, since that would break running clusters.
@@ -246,17 +294,14 @@ pub fn reconcile(
                 })?;
                 let window = time::Duration::days(i64::from(settings.renew_before_days));
                 if info.not_after - opts.now < window {
-                    events.push(Event {
+                    d.event(
                         subject,
-                        action: Action::CaExpiresSoon {
+                        Action::CaExpiresSoon {
                             not_after: check::fmt_time(info.not_after),
                         },
-                    });
+                    );
                 } else {
-                    events.push(Event {
-                        subject,
-                        action: Action::Kept,
-                    });
+                    d.event(subject, Action::Kept);
                 }
                 cas.insert(
                     ca,
@@ -269,23 +314,65 @@ pub fn reconcile(
             existing => {
                 let kc = issue::ca(ca, settings.ca_validity_days, opts.now)?;
                 if existing.is_some() {
-                    writes.push(store::Write::backup(stem));
+                    d.writes.push(store::Write::backup(stem));
                 }
-                writes.push(store::Write::pair(stem, &kc));
-                events.push(Event {
+                d.writes.push(store::Write::pair(stem, &kc));
+                d.event(
                     subject,
-                    action: if existing.is_some() {
+                    if existing.is_some() {
                         Action::CaRegenerated
                     } else {
                         Action::Created
                     },
-                });
+                );
                 cas.insert(ca, kc);
             }
         }
     }
+    Ok((cas, established))
+}
 
-    // Service-account key pair: created once, never replaced.
+/// What a created-once item's absence from the state directory means.
+enum WhenMissing {
+    /// It is created (again).
+    Create,
+    /// It is an error: a new one would break the running cluster.
+    Refuse(PkiError),
+}
+
+/// An item that is created once and then never replaced: `kept` is the
+/// stored one, already read and checked. When there is none, `when_missing`
+/// decides whether `create` makes a new one (with the files to write) or
+/// the run stops.
+fn created_once<T>(
+    d: &mut Decisions,
+    subject: &str,
+    kept: Option<T>,
+    when_missing: WhenMissing,
+    create: impl FnOnce() -> Result<(T, Vec<store::Write>), PkiError>,
+) -> Result<T, PkiError> {
+    if let Some(kept) = kept {
+        d.event(subject, Action::Kept);
+        return Ok(kept);
+    }
+    match when_missing {
+        WhenMissing::Refuse(e) => Err(e),
+        WhenMissing::Create => {
+            let (created, writes) = create()?;
+            d.writes.push(writes);
+            d.event(subject, Action::Created);
+            Ok(created)
+        }
+    }
+}
+
+/// The service-account key pair: created once, never replaced; once the
+/// cluster is established, a lost pair is an error.
+fn service_account_key(
+    store: &store::Store,
+    d: &mut Decisions,
+    established: bool,
+) -> Result<(SecretPem, String), PkiError> {
     let sa_pub = store.read_optional("sa.pub")?;
     let sa_key = store.read_optional("sa.key")?;
     // Half a pair is not regenerated: that would invalidate every token.
@@ -303,116 +390,114 @@ pub fn reconcile(
         }
         _ => {}
     }
-    let (sa_private, sa_public_pem) = match sa_pub.zip(sa_key) {
-        Some((public, private)) => {
+    let kept = sa_pub
+        .zip(sa_key)
+        .map(|(public, private)| {
             check::sa_usable(&public, &private).map_err(|detail| PkiError::ServiceAccount {
                 path: store.path("sa.key"),
                 detail,
             })?;
-            events.push(Event {
-                subject: "service-account key".into(),
-                action: Action::Kept,
-            });
-            (SecretPem(private), public)
-        }
-        None if established => {
-            return Err(PkiError::ServiceAccount {
-                path: store.path("sa.key"),
-                detail: "sa.key and sa.pub are missing but the cluster CA exists".into(),
-            });
-        }
-        None => {
-            let (private, public) = issue::sa_key()?;
-            writes.push(vec![
-                store::Write::public("sa.pub", &public),
-                store::Write::secret("sa.key", &private.0),
-            ]);
-            events.push(Event {
-                subject: "service-account key".into(),
-                action: Action::Created,
-            });
-            (private, public)
-        }
+            Ok((SecretPem(private), public))
+        })
+        .transpose()?;
+    let when_missing = if established {
+        WhenMissing::Refuse(PkiError::ServiceAccount {
+            path: store.path("sa.key"),
+            detail: "sa.key and sa.pub are missing but the cluster CA exists".into(),
+        })
+    } else {
+        WhenMissing::Create
     };
+    created_once(d, "service-account key", kept, when_missing, || {
+        let (private, public) = issue::sa_key()?;
+        let writes = vec![
+            store::Write::public("sa.pub", &public),
+            store::Write::secret("sa.key", &private.0),
+        ];
+        Ok(((private, public), writes))
+    })
+}
 
-    // Secrets encryption key: created once, never replaced.
-    let encryption_key = match store.read_optional("encryption-key")? {
-        Some(k) => {
+/// The secrets encryption key: created once, never replaced; once the
+/// cluster is established, a lost key is an error (the Secrets encrypted
+/// with it could not be read).
+fn encryption_key(
+    store: &store::Store,
+    d: &mut Decisions,
+    established: bool,
+) -> Result<SecretPem, PkiError> {
+    let kept = store
+        .read_optional("encryption-key")?
+        .map(|k| {
             let k = k.trim().to_string();
             check::encryption_key_usable(&k).map_err(|detail| PkiError::EncryptionKey {
                 path: store.path("encryption-key"),
                 detail,
             })?;
-            events.push(Event {
-                subject: "secrets encryption key".into(),
-                action: Action::Kept,
-            });
-            SecretPem(k)
-        }
-        None if established => {
-            return Err(PkiError::EncryptionKey {
-                path: store.path("encryption-key"),
-                detail: "the file is missing but the cluster CA exists".into(),
-            });
-        }
-        None => {
-            let k = issue::encryption_key()?;
-            writes.push(vec![store::Write::secret(
-                "encryption-key",
-                &format!("{}\n", k.0),
-            )]);
-            events.push(Event {
-                subject: "secrets encryption key".into(),
-                action: Action::Created,
-            });
-            k
-        }
+            Ok(SecretPem(k))
+        })
+        .transpose()?;
+    let when_missing = if established {
+        WhenMissing::Refuse(PkiError::EncryptionKey {
+            path: store.path("encryption-key"),
+            detail: "the file is missing but the cluster CA exists".into(),
+        })
+    } else {
+        WhenMissing::Create
     };
+    created_once(d, "secrets encryption key", kept, when_missing, || {
+        let k = issue::encryption_key()?;
+        let writes = vec![store::Write::secret(
+            "encryption-key",
+            &format!("{}\n", k.0),
+        )];
+        Ok((k, writes))
+    })
+}
 
-    // The kubelets' bootstrap token: created once, kept. It is no identity
-    // (nodes that joined have their own certificates), so a lost one is
-    // simply created again.
-    let bootstrap_token =
-        if cluster.kubelet_join == kubeforge_inventory::KubeletJoin::BootstrapToken {
-            let kept = match store.read_optional("bootstrap-token")? {
-                Some(t) => {
-                    let t = t.trim().to_string();
-                    check::bootstrap_token_usable(&t).map_err(|detail| PkiError::Issue {
-                        what: format!("{}", store.path("bootstrap-token").display()),
-                        detail: format!(
-                            "{detail}\n  help: remove the file and kubeforge creates a new token"
-                        ),
-                    })?;
-                    Some(SecretPem(t))
-                }
-                None => None,
-            };
-            Some(match kept {
-                Some(t) => {
-                    events.push(Event {
-                        subject: "kubelet bootstrap token".into(),
-                        action: Action::Kept,
-                    });
-                    t
-                }
-                None => {
-                    let t = issue::bootstrap_token()?;
-                    writes.push(vec![store::Write::secret(
-                        "bootstrap-token",
-                        &format!("{}\n", t.0),
-                    )]);
-                    events.push(Event {
-                        subject: "kubelet bootstrap token".into(),
-                        action: Action::Created,
-                    });
-                    t
-                }
-            })
-        } else {
-            None
-        };
+/// The kubelets' bootstrap token: created once, kept. It is no identity
+/// (nodes that joined have their own certificates), so a lost one is
+/// simply created again.
+fn bootstrap_token(store: &store::Store, d: &mut Decisions) -> Result<SecretPem, PkiError> {
+    let kept = store
+        .read_optional("bootstrap-token")?
+        .map(|t| {
+            let t = t.trim().to_string();
+            check::bootstrap_token_usable(&t).map_err(|detail| PkiError::Issue {
+                what: format!("{}", store.path("bootstrap-token").display()),
+                detail: format!(
+                    "{detail}\n  help: remove the file and kubeforge creates a new token"
+                ),
+            })?;
+            Ok(SecretPem(t))
+        })
+        .transpose()?;
+    created_once(
+        d,
+        "kubelet bootstrap token",
+        kept,
+        WhenMissing::Create,
+        || {
+            let t = issue::bootstrap_token()?;
+            let writes = vec![store::Write::secret(
+                "bootstrap-token",
+                &format!("{}\n", t.0),
+            )];
+            Ok((t, writes))
+        },
+    )
+}
 
-    // Leaves
+/// Every leaf certificate of the catalog: kept while it passes the checks,
+/// else (re)issued by its CA.
+fn leaves(
+    store: &store::Store,
+    d: &mut Decisions,
+    cluster: &Cluster,
+    cas: &BTreeMap<CaId, KeyCert>,
+    opts: &Options,
+) -> Result<BTreeMap<String, KeyCert>, PkiError> {
+    let settings = &cluster.pki;
     let mut leaves = BTreeMap::new();
     for req in catalog::requests(cluster) {
         let stem = req.stem();
@@ -426,10 +511,7 @@ pub fn reconcile(
             .map(|(cert, key)| check::leaf(&req, cert, key, ca, settings, opts.now));
         match (existing, verdict) {
             (Some((cert_pem, key_pem)), Some(Ok(()))) => {
-                events.push(Event {
-                    subject: req.describe(),
-                    action: Action::Kept,
-                });
+                d.event(req.describe(), Action::Kept);
                 leaves.insert(
                     stem,
                     KeyCert {
@@ -440,28 +522,17 @@ pub fn reconcile(
             }
             (_, verdict) => {
                 let kc = issue::leaf(&req, ca, settings.leaf_validity_days, opts.now)?;
-                writes.push(store::Write::pair(&stem, &kc));
-                events.push(Event {
-                    subject: req.describe(),
-                    action: match verdict {
+                d.writes.push(store::Write::pair(&stem, &kc));
+                d.event(
+                    req.describe(),
+                    match verdict {
                         Some(Err(why)) => Action::Reissued { why },
                         _ => Action::Created,
                     },
-                });
+                );
                 leaves.insert(stem, kc);
             }
         }
     }
-    Ok(Reconciled {
-        pki: Pki {
-            cas,
-            leaves,
-            sa_private,
-            sa_public_pem,
-            encryption_key,
-            bootstrap_token,
-        },
-        events,
-        writes,
-    })
+    Ok(leaves)
 }

@@ -3,6 +3,7 @@
 //! restart or reload when it changes. Pure: nothing here writes to a node.
 
 mod cni;
+mod formats;
 mod images;
 mod manifests;
 mod subnets;
@@ -10,6 +11,7 @@ mod table;
 mod templates;
 
 pub use cni::{cni_images, CALICO_VERSION, FLANNEL_CNI_PLUGIN_VERSION, FLANNEL_VERSION};
+pub use formats::check_rendered;
 pub use images::CONTAINERD_SOCKET;
 pub use kubeforge_images::ImageArchive;
 pub use manifests::{Addon, ApiObject, ADDON_DIR};
