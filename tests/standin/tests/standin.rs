@@ -886,9 +886,11 @@ fn start_apiserver(r: &Rendered, etcd_url: &str) -> (Proc, u16, Vec<String>) {
 /// against the apiserver at `api_port`: the process, its port, its argv.
 fn start_controller_manager(r: &Rendered, api_port: u16) -> (Proc, u16, Vec<String>) {
     let server = format!("server: https://127.0.0.1:{api_port}");
+    // The controllers reach the API through the endpoint (the only
+    // control-plane node of this inventory).
     r.edit(
         "/etc/kubernetes/controller-manager.conf",
-        "server: https://127.0.0.1:6443",
+        "server: https://10.77.0.11:6443",
         &server,
     );
     let name = "kube-controller-manager";
@@ -966,7 +968,7 @@ fn control_plane_against_real_etcd() {
     let server = format!("server: https://127.0.0.1:{api_port}");
     r.edit(
         "/etc/kubernetes/scheduler.conf",
-        "server: https://127.0.0.1:6443",
+        "server: https://10.77.0.11:6443",
         &server,
     );
     let etc = r.node_path("/etc/kubernetes").display().to_string();
