@@ -9,7 +9,7 @@ use crate::{fan_out, transport, ApplyError, Event, EventKind, Options, Progress,
 use kubeforge_plan::{Content, GateRun, LbEdit, NodeWork, PhasePlan, Plan};
 use kubeforge_render::{Stage, Strategy, Vip};
 use kubeforge_transport::{ops, Script, Transport};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What an apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,6 +26,8 @@ pub struct Applied {
     pub csrs_approved: usize,
     /// What the cluster gates let pass with a warning.
     pub warnings: Vec<String>,
+    /// How long each phase took (and the cluster gate), in order.
+    pub timings: Vec<(String, Duration)>,
 }
 
 impl Applied {
@@ -38,6 +40,7 @@ impl Applied {
         self.api_applied += from.api_applied;
         self.csrs_approved += from.csrs_approved;
         self.warnings.extend(from.warnings);
+        self.timings.extend(from.timings);
     }
 }
 
@@ -336,13 +339,19 @@ pub async fn execute(
             None => format!("{} nodes", p.nodes.len()),
         };
         run.event(&p.phase, None, EventKind::PhaseStarted, what);
+        let started = Instant::now();
         applied.merge(run.phase(p).await?);
+        applied.timings.push((p.phase.clone(), started.elapsed()));
         run.event(&p.phase, None, EventKind::PhaseDone, String::new());
     }
     if let Some(g) = &plan.cluster_gates {
         let phase = g.phase.as_str();
         run.event(phase, None, EventKind::PhaseStarted, "cluster gates".into());
+        let started = Instant::now();
         applied.merge(run.cluster_gates(g).await?);
+        applied
+            .timings
+            .push(("cluster gate".to_string(), started.elapsed()));
         run.event(phase, None, EventKind::PhaseDone, String::new());
     }
     Ok(applied)

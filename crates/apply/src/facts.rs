@@ -1,122 +1,162 @@
-//! Facts gathered read-only from every node: the files the plan is about
-//! (sha256, mode, owner; the old text of changed non-secret files for the
-//! diff) and the state of its units.
+//! Facts gathered from every node in one round trip each (see
+//! [`kubeforge_transport::gather`]): the files the plan is about (sha256,
+//! mode, owner; the old text of changed non-secret files for the diff),
+//! the state of its units, which preparation steps are done, and the host
+//! itself for the pre-flight checks; from the addon node, also what the API
+//! holds and the pending serving certificate requests.
 
 use crate::api::{Api, Credentials};
 use crate::cluster::{judge_serving_csr, Csr};
-use crate::{bounded, ApplyError, Transports};
+use crate::{fan_out, transport, ApplyError, Transports};
 use kubeforge_plan::{ApiFacts, Facts, NodeFacts, PendingCsr, RemoteFile, UnitFacts};
-use kubeforge_render::Rendered;
-use kubeforge_transport::ops;
+use kubeforge_render::{NodeTree, Rendered};
+use kubeforge_transport::gather::{self, Request, CACHE};
+use kubeforge_transport::ops::HostFacts;
+use kubeforge_transport::Transport;
 use std::collections::BTreeMap;
 
+/// What was gathered from the nodes.
+#[derive(Debug, Clone)]
+pub struct Gathered {
+    pub facts: Facts,
+    pub hosts: BTreeMap<String, HostFacts>,
+    /// Files whose sha256 came from the nodes' caches, of all files found.
+    pub cached: usize,
+    pub files: usize,
+}
+
+/// Gathers every node's facts, at most `concurrency` nodes at a time.
+/// `record`: the run holds the apply lock and may refresh the nodes'
+/// sha256 caches; a plan only reads them.
 pub async fn gather(
     transports: &Transports,
     rendered: &Rendered,
     concurrency: usize,
-) -> Result<Facts, ApplyError> {
-    let results = bounded(
+    record: bool,
+) -> Result<Gathered, ApplyError> {
+    let results = fan_out(
         rendered.nodes.iter().collect(),
         concurrency,
         |tree| async move {
-            let t = transports
-                .get(&tree.name)
-                .ok_or_else(|| ApplyError::Other(format!("no connection to node {}", tree.name)))?;
-            let paths: Vec<String> = tree.files.keys().cloned().collect();
-            let stats = ops::stat(t.as_ref(), &paths).await?;
-            let units: Vec<String> = tree.units.iter().map(|u| u.name.clone()).collect();
-            let unit_states = ops::units(t.as_ref(), &units).await?;
-            let mut files = BTreeMap::new();
-            for (path, st) in stats {
-                let want = &tree.files[&path];
-                let content =
-                    if want.sha256 != st.sha256 && !want.secret && want.from_file.is_none() {
-                        ops::read(t.as_ref(), &path).await?
-                    } else {
-                        None
-                    };
-                files.insert(
-                    path,
-                    RemoteFile {
-                        sha256: st.sha256,
-                        mode: st.mode,
-                        owner: st.owner,
-                        content,
-                    },
-                );
-            }
-            let mut steps_done = Vec::new();
-            for step in &tree.steps {
-                let o = t
-                    .run(kubeforge_transport::Script::new(&step.name, &step.check))
-                    .await?;
-                if o.success() {
-                    steps_done.push(step.name.clone());
-                }
-            }
-            let mut csrs = Vec::new();
-            let api = if rendered.addon_node.as_ref() == Some(&tree.name)
-                && !rendered.addons.is_empty()
-            {
-                let creds = Credentials::from_rendered(rendered)?;
-                let api = Api {
-                    t: t.as_ref(),
-                    creds: &creds,
-                    port: rendered.api_port,
-                };
-                let objects: Vec<_> = rendered.addons.iter().flat_map(|a| &a.objects).collect();
-                let facts = api.read(&objects).await?;
-                if matches!(facts, ApiFacts::Objects(_)) {
-                    let nodes = rendered.kubelet_nodes();
-                    for csr in api.csrs().await? {
-                        match judge_serving_csr(&csr, &nodes) {
-                            Csr::Skip => {}
-                            Csr::Approve { name, node } => csrs.push(PendingCsr {
-                                name,
-                                node: Some(node),
-                                refused: String::new(),
-                            }),
-                            Csr::Refuse { name, why } => csrs.push(PendingCsr {
-                                name,
-                                node: None,
-                                refused: why,
-                            }),
-                        }
-                    }
-                }
-                Some(facts)
-            } else {
-                None
+            let t = transport(transports, &tree.name)?;
+            let files = async {
+                let report = gather::gather(t, &request(tree, record)).await?;
+                Ok::<_, ApplyError>(report)
             };
-            let units = unit_states
-                .into_iter()
-                .map(|(u, s)| {
-                    (
-                        u,
-                        UnitFacts {
+            let api = api_facts(t, rendered, tree);
+            let (report, (api, csrs)) = tokio::try_join!(files, api)?;
+            let cached = report.cached;
+            let found = report.files.len();
+            let facts = NodeFacts {
+                files: report
+                    .files
+                    .into_iter()
+                    .map(|(path, f)| {
+                        let file = RemoteFile {
+                            sha256: f.sha256,
+                            mode: f.mode,
+                            owner: f.owner,
+                            content: f.content,
+                        };
+                        (path, file)
+                    })
+                    .collect(),
+                units: report
+                    .units
+                    .into_iter()
+                    .map(|(u, s)| {
+                        let state = UnitFacts {
                             active: s.active,
                             enabled: s.enabled,
-                        },
-                    )
-                })
-                .collect();
-            Ok::<_, ApplyError>((
-                tree.name.clone(),
-                NodeFacts {
-                    files,
-                    units,
-                    steps_done,
-                    api,
-                    csrs,
-                },
-            ))
+                        };
+                        (u, state)
+                    })
+                    .collect(),
+                steps_done: report.checks_passed,
+                api,
+                csrs,
+            };
+            Ok((tree.name.clone(), facts, report.host, cached, found))
         },
     )
-    .await;
+    .await?;
+    let mut gathered = Gathered {
+        facts: Facts::Offline,
+        hosts: BTreeMap::new(),
+        cached: 0,
+        files: 0,
+    };
     let mut map = BTreeMap::new();
-    for r in results {
-        let (name, facts) = r?;
-        map.insert(name, facts);
+    for (name, facts, host, cached, found) in results {
+        map.insert(name.clone(), facts);
+        gathered.hosts.insert(name, host);
+        gathered.cached += cached;
+        gathered.files += found;
     }
-    Ok(Facts::Gathered(map))
+    gathered.facts = Facts::Gathered(map);
+    Ok(gathered)
+}
+
+/// What to ask a node: every file it must hold with its sha256 (the old
+/// text only of text files without secrets), its units and its steps'
+/// checks.
+fn request(tree: &NodeTree, record: bool) -> Request {
+    Request {
+        files: tree
+            .files
+            .values()
+            .map(|f| {
+                let diffable = !f.secret && f.from_file.is_none();
+                (f.path.clone(), f.sha256.clone(), diffable)
+            })
+            .collect(),
+        units: tree.units.iter().map(|u| u.name.clone()).collect(),
+        checks: tree
+            .steps
+            .iter()
+            .map(|s| (s.name.clone(), s.check.clone()))
+            .collect(),
+        cache: CACHE.to_string(),
+        record,
+    }
+}
+
+/// On the addon node: the addon objects as the API has them, and the
+/// pending serving certificate requests as kubeforge judges them.
+async fn api_facts(
+    t: &dyn Transport,
+    rendered: &Rendered,
+    tree: &NodeTree,
+) -> Result<(Option<ApiFacts>, Vec<PendingCsr>), ApplyError> {
+    if rendered.addon_node.as_ref() != Some(&tree.name) || rendered.addons.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let creds = Credentials::from_rendered(rendered)?;
+    let api = Api {
+        t,
+        creds: &creds,
+        port: rendered.api_port,
+    };
+    let objects: Vec<_> = rendered.addons.iter().flat_map(|a| &a.objects).collect();
+    let facts = api.read(&objects).await?;
+    let mut csrs = Vec::new();
+    if matches!(facts, ApiFacts::Objects(_)) {
+        let nodes = rendered.kubelet_nodes();
+        for csr in api.csrs().await? {
+            match judge_serving_csr(&csr, &nodes) {
+                Csr::Skip => {}
+                Csr::Approve { name, node } => csrs.push(PendingCsr {
+                    name,
+                    node: Some(node),
+                    refused: String::new(),
+                }),
+                Csr::Refuse { name, why } => csrs.push(PendingCsr {
+                    name,
+                    node: None,
+                    refused: why,
+                }),
+            }
+        }
+    }
+    Ok((Some(facts), csrs))
 }

@@ -15,7 +15,7 @@ mod preflight;
 
 pub use api::Credentials;
 pub use execute::{execute, Applied};
-pub use facts::gather;
+pub use facts::{gather, Gathered};
 pub use preflight::{preflight, warnings as preflight_warnings};
 
 use kubeforge_plan::{Facts, Plan};
@@ -23,7 +23,7 @@ use kubeforge_render::Rendered;
 use kubeforge_transport::{ops, Held, Transport, TransportError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The transports of the nodes, by node name.
 pub type Transports = BTreeMap<String, Arc<dyn Transport>>;
@@ -179,6 +179,14 @@ pub struct Outcome {
     pub plan: Plan,
     /// `None` when the plan was empty: nothing was touched.
     pub applied: Option<Applied>,
+    /// How long each step of the workflow took: the locks, the facts (and
+    /// how many sums came from the nodes' caches), pre-flight and plan; the
+    /// phases are in `applied`.
+    pub timings: Vec<(String, Duration)>,
+    /// Files found on the nodes, and how many of their sums came from the
+    /// nodes' caches instead of being read.
+    pub files_found: usize,
+    pub files_cached: usize,
 }
 
 /// The whole apply: lock every node, gather facts, run the pre-flight
@@ -190,8 +198,13 @@ pub async fn apply(
     persist: &mut dyn FnMut() -> Result<(), ApplyError>,
     progress: &dyn Progress,
 ) -> Result<Outcome, ApplyError> {
+    let started = Instant::now();
     let locks = lock_all(req.transports, req.owner).await?;
-    let result = locked(req, persist, progress).await;
+    let lock_time = started.elapsed();
+    let result = locked(req, persist, progress).await.map(|mut o| {
+        o.timings.insert(0, ("lock".to_string(), lock_time));
+        o
+    });
     for l in locks {
         l.release().await;
     }
@@ -203,9 +216,14 @@ async fn locked(
     persist: &mut dyn FnMut() -> Result<(), ApplyError>,
     progress: &dyn Progress,
 ) -> Result<Outcome, ApplyError> {
-    let facts = gather(req.transports, req.rendered, req.opts.concurrency).await?;
-    let hosts = preflight(req.rendered, req.transports, &facts, req.opts).await?;
-    for w in preflight_warnings(&hosts) {
+    let mut timings = Vec::new();
+    let started = Instant::now();
+    let gathered = gather(req.transports, req.rendered, req.opts.concurrency, true).await?;
+    timings.push(("facts".to_string(), started.elapsed()));
+    let started = Instant::now();
+    let facts = &gathered.facts;
+    preflight(req.rendered, &gathered.hosts, facts, req.opts)?;
+    for w in preflight_warnings(&gathered.hosts) {
         progress.event(Event {
             node: None,
             phase: "pre-flight".into(),
@@ -213,12 +231,17 @@ async fn locked(
             message: w,
         });
     }
-    let plan = kubeforge_plan::plan(&req.cluster.name, req.rendered, &facts, req.phases)?;
+    let plan = kubeforge_plan::plan(&req.cluster.name, req.rendered, facts, req.phases)?;
+    timings.push(("pre-flight and plan".to_string(), started.elapsed()));
+    let outcome = |plan, applied, timings| Outcome {
+        plan,
+        applied,
+        timings,
+        files_found: gathered.files,
+        files_cached: gathered.cached,
+    };
     if plan.is_empty() {
-        return Ok(Outcome {
-            plan,
-            applied: None,
-        });
+        return Ok(outcome(plan, None, timings));
     }
     persist()?;
     let creds = if plan.cluster_gates.is_some() || plan.phases.iter().any(|p| p.api.is_some()) {
@@ -227,30 +250,36 @@ async fn locked(
         None
     };
     let applied = execute(&plan, creds.as_ref(), req.transports, req.opts, progress).await?;
-    Ok(Outcome {
-        plan,
-        applied: Some(applied),
-    })
+    Ok(outcome(plan, Some(applied), timings))
 }
 
-/// Takes the apply lock on every node, one after the other; when one is
-/// held elsewhere, releases those taken and fails.
+/// Takes the apply lock on every node at the same time; when one is held
+/// elsewhere (or cannot be taken), releases those taken and fails.
 async fn lock_all(transports: &Transports, owner: &str) -> Result<Vec<Box<dyn Held>>, ApplyError> {
+    let tries = bounded(
+        transports.iter().collect(),
+        transports.len(),
+        |(name, t)| async move { (name, ops::lock(t.as_ref(), ops::LOCK_PATH, owner).await) },
+    )
+    .await;
     let mut locks = Vec::new();
-    for (name, t) in transports {
-        match ops::lock(t.as_ref(), ops::LOCK_PATH, owner).await {
+    let mut refused = Vec::new();
+    for (name, r) in tries {
+        match r {
             Ok(l) => locks.push(l),
-            Err(e) => {
-                for l in locks {
-                    l.release().await;
-                }
-                return Err(ApplyError::Other(format!(
-                    "{e}\n  (while locking {name}; nothing was changed)"
-                )));
-            }
+            Err(e) => refused.push(format!("{e}\n  (while locking {name})")),
         }
     }
-    Ok(locks)
+    if refused.is_empty() {
+        return Ok(locks);
+    }
+    for l in locks {
+        l.release().await;
+    }
+    Err(ApplyError::Other(format!(
+        "{}\nnothing was changed",
+        refused.join("\n")
+    )))
 }
 
 /// Plans against facts gathered read-only from the nodes (the `plan`
@@ -262,11 +291,11 @@ pub async fn plan_online(
     transports: &Transports,
     concurrency: usize,
 ) -> Result<Plan, ApplyError> {
-    let facts = gather(transports, rendered, concurrency).await?;
+    let gathered = gather(transports, rendered, concurrency, false).await?;
     Ok(kubeforge_plan::plan(
         &cluster.name,
         rendered,
-        &facts,
+        &gathered.facts,
         phases,
     )?)
 }

@@ -1,53 +1,42 @@
-//! Checks before anything changes: every node reachable and a Linux host
-//! with systemd and the commands kubeforge uses, unique hostnames and
-//! machine-ids, clocks within the allowed skew, and the ports of units
-//! not running yet free. Every problem is reported, not just the first.
+//! Checks before anything changes, on the facts gathered: every node a
+//! Linux host with systemd and the commands kubeforge uses, unique
+//! hostnames and machine-ids, clocks within the allowed skew, and the ports
+//! of units not running yet free. Every problem is reported, not just the
+//! first.
 
-use crate::{bounded, ApplyError, Options, Transports};
+use crate::{ApplyError, Options};
 use kubeforge_plan::Facts;
 use kubeforge_render::Rendered;
-use kubeforge_transport::ops::{self, HostFacts};
+use kubeforge_transport::ops::HostFacts;
 use std::collections::BTreeMap;
 
 const ARCHES: [&str; 2] = ["x86_64", "aarch64"];
 
-pub async fn preflight(
+/// Checks the hosts as gathered (see [`crate::gather`]); every problem
+/// is reported. Pure: nothing is asked of the nodes here.
+pub fn preflight(
     rendered: &Rendered,
-    transports: &Transports,
+    hosts: &BTreeMap<String, HostFacts>,
     facts: &Facts,
     opts: &Options,
-) -> Result<BTreeMap<String, HostFacts>, ApplyError> {
-    let names: Vec<String> = rendered.nodes.iter().map(|n| n.name.clone()).collect();
-    let results = bounded(names, opts.concurrency, |name| async move {
-        let t = transports.get(&name);
-        let r = match t {
-            Some(t) => ops::host(t.as_ref()).await.map_err(|e| e.to_string()),
-            None => Err(format!("{name}: not connected")),
-        };
-        (name, r)
-    })
-    .await;
+) -> Result<(), ApplyError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default();
     let mut problems = Vec::new();
-    let mut hosts = BTreeMap::new();
-    for (name, r) in results {
-        match r {
-            Err(e) => problems.push(e),
-            Ok(h) => {
-                hosts.insert(name, h);
-            }
+    for tree in &rendered.nodes {
+        if !hosts.contains_key(&tree.name) {
+            problems.push(format!("{}: no facts gathered", tree.name));
         }
     }
-    for (name, h) in &hosts {
+    for (name, h) in hosts {
         host_problems(name, h, now, opts, &mut problems);
         port_problems(rendered, facts, name, h, &mut problems);
     }
-    duplicates(&hosts, &mut problems);
+    duplicates(hosts, &mut problems);
     if problems.is_empty() {
-        Ok(hosts)
+        Ok(())
     } else {
         Err(ApplyError::Preflight(problems))
     }

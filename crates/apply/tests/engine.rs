@@ -207,6 +207,9 @@ async fn a_converged_plan_does_nothing_at_all() {
 async fn phases_run_in_table_order_and_never_overlap() {
     let r = rendered("ha.toml");
     let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &[]).unwrap();
+    // A first start: every apiserver at once (nothing to drain).
+    let apiserver = p.phases.iter().find(|x| x.phase == "apiserver").unwrap();
+    assert_eq!(apiserver.strategy, kubeforge_render::Strategy::Parallel);
     let rec = recorder(&r);
     rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
     run(&rec, &r, &p).await.unwrap();
@@ -690,32 +693,29 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/single.toml");
     let cluster = kubeforge_inventory::load(&path).unwrap().cluster;
     let rec = recorder(&r);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     for n in &r.nodes {
-        let stat: String = n
-            .files
-            .values()
-            .map(|f| format!("F {:o} {} {} {}\n", f.mode, f.owner, f.sha256, f.path))
-            .collect();
-        rec.answer(Some(&n.name), "stat files", vec![ok(&stat)]);
-        let units: String = n
-            .units
-            .iter()
-            .map(|u| format!("{} active enabled\n", u.name))
-            .collect();
-        rec.answer(Some(&n.name), "systemctl is-active", vec![ok(&units)]);
-        rec.answer(
-            Some(&n.name),
-            "gather host facts",
-            vec![ok(&format!(
-                "hostname={}\nmachine_id={}\ntime={}\nkernel=Linux\narch=x86_64\nsystemd=yes\n",
-                n.name,
-                n.name,
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs()
-            ))],
+        // The one gather round trip, as the node would answer it.
+        let mut out = format!(
+            "H hostname={0}\nH machine_id={0}\nH time={now}\nH kernel=Linux\nH arch=x86_64\nH systemd=yes\nK 0\n",
+            n.name
         );
+        for f in n.files.values() {
+            out.push_str(&format!(
+                "F {:o} {} {} {}\n",
+                f.mode, f.owner, f.sha256, f.path
+            ));
+        }
+        for u in &n.units {
+            out.push_str(&format!("U {} active enabled\n", u.name));
+        }
+        for i in 0..n.steps.len() {
+            out.push_str(&format!("S {i} 0\n"));
+        }
+        rec.answer(Some(&n.name), "gather facts", vec![ok(&out)]);
     }
     // The API: ready, every addon object as rendered.
     rec.answer(

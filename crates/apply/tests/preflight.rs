@@ -3,7 +3,7 @@
 //! with every problem named, before anything changes.
 #![allow(clippy::unwrap_used)]
 
-use kubeforge_apply::{preflight, ApplyError, Options, Transports};
+use kubeforge_apply::{gather, preflight, ApplyError, Options, Transports};
 use kubeforge_plan::Facts;
 use kubeforge_transport::{LocalTransport, Transport};
 use std::sync::Arc;
@@ -45,9 +45,9 @@ async fn cloned_hosts_are_refused() {
             Arc::new(LocalTransport::new(n)) as Arc<dyn Transport>,
         );
     }
-    let err = preflight(&rendered, &transports, &Facts::Offline, &Options::default())
-        .await
-        .unwrap_err();
+    // The local transport gathers this one machine's facts for both.
+    let g = gather(&transports, &rendered, 2, false).await.unwrap();
+    let err = preflight(&rendered, &g.hosts, &g.facts, &Options::default()).unwrap_err();
     let ApplyError::Preflight(problems) = &err else {
         panic!("{err}");
     };
@@ -86,8 +86,10 @@ async fn clock_skew_bound_is_checked() {
         Arc::new(LocalTransport::new("a")) as Arc<dyn Transport>,
     );
     // The same machine: no skew, and (unless a tool is missing) no problem.
-    match preflight(&rendered, &transports, &Facts::Offline, &Options::default()).await {
-        Ok(hosts) => assert_eq!(hosts.len(), 1),
+    let g = gather(&transports, &rendered, 2, false).await.unwrap();
+    assert_eq!(g.hosts.len(), 1);
+    match preflight(&rendered, &g.hosts, &Facts::Offline, &Options::default()) {
+        Ok(()) => {}
         Err(e) => {
             let text = e.to_string();
             assert!(!text.contains("clock differs"), "{text}");

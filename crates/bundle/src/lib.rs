@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod load;
-pub use load::{load, Bundle};
+pub use load::{load, load_cached, Bundle};
 
 /// The manifest file of a bundle.
 pub const MANIFEST: &str = "SHA256SUMS";

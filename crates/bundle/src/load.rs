@@ -23,6 +23,55 @@ pub struct Bundle {
 
 /// Loads the bundle in `dir`, checking every file it lists.
 pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+    load_cached(dir, None)
+}
+
+/// The key under which a file's sum is remembered: device, inode, size and
+/// change time (which no program can set), so a file changed in any way is
+/// read again.
+fn key(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some(format!(
+        "{} {} {} {}.{:09}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.ctime(),
+        m.ctime_nsec()
+    ))
+}
+
+/// Sums checked before, from `cache` ("KEY SHA256 PATH" lines).
+fn read_cache(cache: &Path) -> BTreeMap<PathBuf, (String, String)> {
+    let text = std::fs::read_to_string(cache).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.splitn(6, ' ').collect();
+        if let [dev, ino, size, ctime, sha, path] = f[..] {
+            out.insert(
+                PathBuf::from(path),
+                (format!("{dev} {ino} {size} {ctime}"), sha.to_string()),
+            );
+        }
+    }
+    out
+}
+
+/// Loads the bundle in `dir` like [`load`]; with `cache` (a file of the
+/// state directory), a file checked before and unchanged since is not read
+/// again, and the cache is rewritten with every file checked now.
+pub fn load_cached(dir: &Path, cache: Option<&Path>) -> Result<Bundle, BundleError> {
+    let known = cache.map(read_cache).unwrap_or_default();
+    let mut checked: Vec<(String, String, PathBuf)> = Vec::new();
+    let sum = |path: &Path| -> std::io::Result<String> {
+        if let (Some(k), Some((known_key, sha))) = (key(path), known.get(path)) {
+            if &k == known_key {
+                return Ok(sha.clone());
+            }
+        }
+        sha256_file(path)
+    };
     let manifest = dir.join(MANIFEST);
     let err = |detail: String| {
         refused(
@@ -55,12 +104,15 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
             None => None,
         };
         let path = dir.join(name);
-        let actual = sha256_file(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let actual = sum(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         if actual != sha {
             return Err(err(format!(
                 "{} has sha256 {actual}, the manifest says {sha}; refusing a corrupted or replaced file",
                 path.display()
             )));
+        }
+        if let Some(k) = key(&path) {
+            checked.push((k, actual.clone(), path.clone()));
         }
         match image {
             Some(file) => {
@@ -79,9 +131,31 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
     }
     images.sort_by(|a, b| a.file.cmp(&b.file));
     images.dedup_by(|a, b| a.file == b.file);
+    if let Some(cache) = cache {
+        write_cache(cache, &checked);
+    }
     Ok(Bundle {
         dir: dir.to_path_buf(),
         files,
         images,
     })
+}
+
+/// Rewrites the cache (best effort: a cache that cannot be written only
+/// means the files are read again next time).
+fn write_cache(cache: &Path, checked: &[(String, String, PathBuf)]) {
+    use std::io::Write as _;
+    let Some(dir) = cache.parent() else { return };
+    let mut text = String::new();
+    for (k, sha, path) in checked {
+        text.push_str(&format!("{k} {sha} {}\n", path.display()));
+    }
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut t = tempfile::NamedTempFile::new_in(dir)?;
+        t.write_all(text.as_bytes())?;
+        t.persist(cache).map_err(|e| e.error)?;
+        Ok(())
+    };
+    let _ = write();
 }

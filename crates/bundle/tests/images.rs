@@ -283,3 +283,29 @@ fn the_bundle_reader_allows_images_and_no_other_sub_directory() {
         "{msg}"
     );
 }
+
+#[test]
+fn checked_sums_are_remembered_and_a_replaced_file_is_still_refused() {
+    let (w, dir) = bundle_with(&[("kubelet", b"kubelet-1"), ("etcd", b"etcd-1")]);
+    let cache = w.path().join("state/bundle-sums");
+    let first = kubeforge_bundle::load_cached(&dir, Some(&cache)).unwrap();
+    let text = std::fs::read_to_string(&cache).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let second = kubeforge_bundle::load_cached(&dir, Some(&cache)).unwrap();
+    assert_eq!(first.files, second.files);
+    // Replaced with other bytes of the same size: its change time moved, so
+    // it is read again and refused.
+    std::fs::write(dir.join("kubelet"), b"kubelet-2").unwrap();
+    let msg = kubeforge_bundle::load_cached(&dir, Some(&cache))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("refusing a corrupted or replaced file"),
+        "{msg}"
+    );
+    // A forged cache line for a changed file does not help either: the key
+    // no longer matches.
+    let forged = text.replace(&sha(b"kubelet-1"), &sha(b"kubelet-2"));
+    std::fs::write(&cache, forged).unwrap();
+    assert!(kubeforge_bundle::load_cached(&dir, Some(&cache)).is_err());
+}

@@ -77,6 +77,9 @@ pub(crate) enum Command {
         /// Largest clock difference allowed between a node and this machine.
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         max_clock_skew: u64,
+        /// Output format of the result (progress goes to stderr either way).
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Print the admin kubeconfig (pointing at the VIP), or write it.
     Kubeconfig {

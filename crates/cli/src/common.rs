@@ -99,11 +99,14 @@ pub(crate) fn with_bundle(
     prepared: &mut Prepared,
     cluster: &Cluster,
     nodes: &NodeArgs,
+    state: &Path,
 ) -> Result<()> {
     let Some(dir) = &nodes.bundle else {
         return Ok(());
     };
-    let bundle = kubeforge_bundle::load(dir)?;
+    // Files checked on an earlier run and unchanged since are not read
+    // again.
+    let bundle = kubeforge_bundle::load_cached(dir, Some(&state.join("bundle-sums")))?;
     prepared
         .renderer
         .add_binaries(cluster, &mut prepared.rendered, &bundle.files);

@@ -78,7 +78,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             nodes,
             gate_timeout,
             max_clock_skew,
-        } => cmd::apply::run(&inv, &pki, &nodes, gate_timeout, max_clock_skew, term),
+            output,
+        } => cmd::apply::run(
+            &inv,
+            &pki,
+            &nodes,
+            cmd::apply::Limits {
+                gate_timeout,
+                max_clock_skew,
+            },
+            output,
+            term,
+        ),
         Command::Kubeconfig { inv, out } => cmd::kubeconfig::run(&inv, out, term),
         Command::Certs { inv, output } => cmd::certs::run(&inv, output, term),
         Command::Bundle {

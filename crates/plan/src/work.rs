@@ -353,10 +353,13 @@ fn lb_edits(rendered: &Rendered, facts: &crate::Facts, node: &str) -> Vec<LbEdit
 }
 
 /// The strategy a phase runs with in this plan: `together` only when one
-/// of its units starts for the first time.
+/// of its units starts for the first time (else one at a time); with
+/// `drain-from-lb`, when nothing restarts (a first start), every node at
+/// once.
 pub(crate) fn resolve(strategy: Strategy, nodes: &[NodeWork]) -> Strategy {
     match strategy {
         Strategy::Together if !nodes.iter().any(|w| !w.start.is_empty()) => Strategy::OneAtATime,
+        Strategy::DrainFromLb if nodes.iter().all(|w| w.restart.is_empty()) => Strategy::Parallel,
         s => s,
     }
 }

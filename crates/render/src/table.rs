@@ -64,7 +64,8 @@ pub enum Strategy {
     /// One node at a time; a node whose unit restarts is first taken out of
     /// the load balancers (the table's `drain` files rendered with
     /// `drained` = its name, and their units reloaded), restarted, gated,
-    /// and put back before the next.
+    /// and put back before the next. When nothing restarts (a first
+    /// start), every node at once.
     DrainFromLb,
     /// No node work: the addon objects go into the API, and pending
     /// kubelet serving certificate requests are approved.

@@ -277,8 +277,13 @@ fi
 
 pub async fn host(t: &dyn Transport) -> Result<HostFacts, TransportError> {
     let o = t.run_ok(Script::new("gather host facts", HOST)).await?;
+    Ok(parse_host(&o.stdout_str()))
+}
+
+/// The `key=value` lines [`HOST`] prints.
+pub fn parse_host(text: &str) -> HostFacts {
     let mut f = HostFacts::default();
-    for line in o.stdout_str().lines() {
+    for line in text.lines() {
         let Some((k, v)) = line.split_once('=') else {
             continue;
         };
@@ -304,7 +309,7 @@ pub async fn host(t: &dyn Transport) -> Result<HostFacts, TransportError> {
         }
     }
     f.listening.sort_unstable();
-    Ok(f)
+    f
 }
 
 /// Takes `/run/kubeforge.lock` with flock and holds it until the returned

@@ -1,30 +1,36 @@
 //! `kubeforge apply`: the nodes made to match the inventory, exactly as
 //! the plan says, phase by phase behind health gates.
 
-use crate::args::{InventoryArgs, NodeArgs, PkiArgs};
+use crate::args::{InventoryArgs, NodeArgs, Output, PkiArgs};
 use crate::common::{init_log, load, prepare, reach, runtime, with_bundle, Term};
 use crate::online;
 use anyhow::Result;
-use kubeforge_apply::{ApplyError, Request};
+use kubeforge_apply::{ApplyError, Outcome, Request};
 use std::time::{Duration, Instant};
+
+/// The apply's time limits, in seconds.
+pub(crate) struct Limits {
+    pub gate_timeout: u64,
+    pub max_clock_skew: u64,
+}
 
 pub(crate) fn run(
     inv: &InventoryArgs,
     pki: &PkiArgs,
     nodes: &NodeArgs,
-    gate_timeout: u64,
-    max_clock_skew: u64,
+    limits: Limits,
+    output: Output,
     term: &mut Term,
 ) -> Result<()> {
     let (loaded, state) = load(inv, term)?;
     let cluster = &loaded.cluster;
     let mut prepared = prepare(&state, cluster, pki.new_ca.clone())?;
-    with_bundle(&mut prepared, cluster, nodes)?;
+    with_bundle(&mut prepared, cluster, nodes, &state)?;
     init_log(&state)?;
     let opts = kubeforge_apply::Options {
         concurrency: nodes.concurrency,
-        gate_timeout: Duration::from_secs(gate_timeout),
-        max_clock_skew: Duration::from_secs(max_clock_skew),
+        gate_timeout: Duration::from_secs(limits.gate_timeout),
+        max_clock_skew: Duration::from_secs(limits.max_clock_skew),
         ..Default::default()
     };
     let owner = format!(
@@ -34,8 +40,11 @@ pub(crate) fn run(
         std::process::id()
     );
     let started = Instant::now();
+    let mut connect = Duration::ZERO;
     let outcome = runtime()?.block_on(kubeforge_transport::closing_masters(async {
+        let t = Instant::now();
         let transports = online::connect_all(cluster, &state, &reach(nodes)).await?;
+        connect = t.elapsed();
         let req = Request {
             cluster,
             rendered: &prepared.rendered,
@@ -57,12 +66,23 @@ pub(crate) fn run(
             .map_err(online::explain)
     }))??;
     let secs = started.elapsed().as_secs_f64();
+    let mut timings = vec![("connect".to_string(), connect)];
+    timings.extend(outcome.timings.iter().cloned());
+    if let Some(a) = &outcome.applied {
+        timings.extend(a.timings.iter().cloned());
+    }
+    if output == Output::Json {
+        return term.line(serde_json::to_string_pretty(&json_result(
+            &outcome, &timings, secs,
+        ))?);
+    }
     let plan = &outcome.plan;
     let Some(a) = &outcome.applied else {
-        return term.line(format!(
+        term.line(format!(
             "No changes: {} nodes, {} files and {} API objects up to date. ({secs:.1} s)",
             plan.summary.nodes, plan.summary.unchanged, plan.summary.api_unchanged,
-        ));
+        ))?;
+        return term.line(timing_line(&timings, &outcome));
     };
     term.raw(kubeforge_plan::to_text(plan))?;
     for w in &a.warnings {
@@ -84,5 +104,53 @@ pub(crate) fn run(
         a.restarted.len(),
         a.reloaded.len(),
         a.api_applied,
-    ))
+    ))?;
+    term.line(timing_line(&timings, &outcome))
+}
+
+/// "Timings: connect 0.3 s, lock 0.1 s, facts 0.6 s (212 of 231 sums
+/// cached), ..."
+fn timing_line(timings: &[(String, Duration)], outcome: &Outcome) -> String {
+    let parts: Vec<String> = timings
+        .iter()
+        .map(|(what, d)| {
+            let mut p = format!("{what} {:.1} s", d.as_secs_f64());
+            if what == "facts" {
+                p.push_str(&format!(
+                    " ({} of {} sums cached)",
+                    outcome.files_cached, outcome.files_found
+                ));
+            }
+            p
+        })
+        .collect();
+    format!("Timings: {}", parts.join(", "))
+}
+
+/// The result as JSON: the plan, what was done, the timings.
+fn json_result(outcome: &Outcome, timings: &[(String, Duration)], secs: f64) -> serde_json::Value {
+    let applied = outcome.applied.as_ref().map(|a| {
+        serde_json::json!({
+            "steps_run": a.steps_run,
+            "files_written": a.files_written,
+            "started": a.started,
+            "restarted": a.restarted,
+            "reloaded": a.reloaded,
+            "api_applied": a.api_applied,
+            "csrs_approved": a.csrs_approved,
+            "warnings": a.warnings,
+        })
+    });
+    serde_json::json!({
+        "changed": outcome.applied.is_some(),
+        "plan": outcome.plan,
+        "applied": applied,
+        "timings": timings
+            .iter()
+            .map(|(what, d)| serde_json::json!({"step": what, "seconds": d.as_secs_f64()}))
+            .collect::<Vec<_>>(),
+        "files_found": outcome.files_found,
+        "files_cached": outcome.files_cached,
+        "seconds": secs,
+    })
 }

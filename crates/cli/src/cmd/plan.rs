@@ -17,7 +17,7 @@ pub(crate) fn run(
     let (loaded, state) = load(inv, term)?;
     let cluster = &loaded.cluster;
     let mut prepared = prepare(&state, cluster, pki.new_ca.clone())?;
-    with_bundle(&mut prepared, cluster, nodes)?;
+    with_bundle(&mut prepared, cluster, nodes, &state)?;
     let rendered = &prepared.rendered;
     let plan = if offline {
         kubeforge_apply::plan_offline(cluster, rendered, &nodes.phases)?

@@ -1,0 +1,239 @@
+//! Every fact about a node in one round trip: the host itself
+//! ([`ops::HOST`]), mode, owner and sha256 of every managed file (with the
+//! old text of changed files that may be shown as a diff), the state of
+//! every unit, and whether each preparation step's read-only check passes.
+//!
+//! Hashing every file on every run is what a no-op re-run would spend most
+//! of its time on (binaries are hundreds of megabytes per node), so the
+//! node keeps a cache of sha256 sums keyed by size, change time (ctime,
+//! which no program can set) and inode: a file whose key is unchanged is
+//! not read again. Only a run that may write (`record`) refreshes the
+//! cache; `plan` only reads it.
+
+use crate::ops::{self, HostFacts};
+use crate::{Script, Transport, TransportError};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Where the node keeps its sha256 cache.
+pub const CACHE: &str = "/var/lib/kubeforge/sha256-cache";
+
+/// What to gather from one node.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Each managed file with the sha256 it should have and whether its old
+    /// text may be shown (text files without secrets).
+    pub files: Vec<(String, String, bool)>,
+    pub units: Vec<String>,
+    /// The preparation steps' read-only checks, by name.
+    pub checks: Vec<(String, String)>,
+    /// The sha256 cache file on the node.
+    pub cache: String,
+    /// Refresh the cache with what was hashed (a run holding the apply
+    /// lock); otherwise it is only read.
+    pub record: bool,
+}
+
+/// A file as found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub mode: u32,
+    pub owner: String,
+    pub sha256: String,
+    /// Its text, when asked for and it differs from what it should be.
+    pub content: Option<Vec<u8>>,
+}
+
+/// Everything gathered from a node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    pub host: HostFacts,
+    /// Present regular files; a missing path is absent.
+    pub files: BTreeMap<String, Found>,
+    /// Unit -> (active, enabled).
+    pub units: BTreeMap<String, ops::UnitState>,
+    /// The steps whose check passed.
+    pub checks_passed: Vec<String>,
+    /// Files whose sha256 came from the cache (not read again).
+    pub cached: usize,
+}
+
+/// Reads its request on stdin: `F DIFF SHA PATH`, `U UNIT`, `S INDEX
+/// BASE64-SCRIPT` lines. $1 is the cache file, $2 `record` or `read`.
+/// Prints the host facts as `H key=value`, then `F MODE OWNER SHA PATH`,
+/// `C PATH BASE64` (old text of a changed diffable file), `U UNIT ACTIVE
+/// ENABLED`, `S INDEX STATUS`, and `K COUNT` (sums taken from the cache).
+const GATHER: &str = r#"set -u
+cache="$1"; mode="$2"
+d=$(mktemp -d /run/kubeforge-gather.XXXXXX) || exit 1
+trap 'rm -rf "$d"' EXIT
+trap 'rm -rf "$d"; exit 1' HUP INT TERM PIPE
+: > "$d/req.f"; : > "$d/req.u"; : > "$d/req.s"
+while IFS= read -r line; do
+  case "$line" in
+    F\ *) printf '%s\n' "${line#F }" >> "$d/req.f" ;;
+    U\ *) printf '%s\n' "${line#U }" >> "$d/req.u" ;;
+    S\ *) printf '%s\n' "${line#S }" >> "$d/req.s" ;;
+  esac
+done
+( set +u; HOST_FACTS ) 2>/dev/null | sed 's/^/H /'
+# Mode, owner, size, ctime and inode of every managed file that is a
+# regular file: "PATH\tMODE\tOWNER\tSIZE\tCTIME\tINODE".
+cut -d' ' -f3- "$d/req.f" > "$d/paths"
+if [ -s "$d/paths" ]; then
+  tr '\n' '\0' < "$d/paths" | xargs -0 stat -L -c '%F	%a	%U:%G	%s	%.9Z	%i	%n' 2>/dev/null \
+    | awk -F'\t' '$1 == "regular file" || $1 == "regular empty file" { print $7 "\t" $2 "\t" $3 "\t" $4 "\t" $5 "\t" $6 }' > "$d/stat"
+else
+  : > "$d/stat"
+fi
+known_sums="$cache"
+[ -r "$known_sums" ] || known_sums=/dev/null
+# Sums known from the cache ("SIZE CTIME INODE SHA PATH" lines); the rest
+# is hashed in one go.
+awk -F'\t' -v cache="$known_sums" '
+  BEGIN { while ((getline l < cache) > 0) { split(l, c, " "); p = substr(l, length(c[1] c[2] c[3] c[4]) + 5); key[p] = c[1] " " c[2] " " c[3]; sum[p] = c[4] } }
+  { if (($1 in key) && key[$1] == $4 " " $5 " " $6) print "hit\t" $1 "\t" sum[$1]; else print "miss\t" $1 }
+' "$d/stat" > "$d/known"
+awk -F'\t' '$1 == "miss" { print $2 }' "$d/known" | tr '\n' '\0' > "$d/tohash"
+if [ -s "$d/tohash" ]; then
+  xargs -0 sha256sum -- < "$d/tohash" 2>/dev/null | sed 's/^\\//' | awk '{ s = $1; sub(/^[^ ]*  /, ""); print $0 "\t" s }' > "$d/hashed"
+else
+  : > "$d/hashed"
+fi
+awk -F'\t' '$1 == "hit" { print $2 "\t" $3 }' "$d/known" >> "$d/hashed"
+printf 'K %s\n' "$(awk -F'\t' '$1 == "hit"' "$d/known" | wc -l)"
+# F lines, and the old text of changed diffable files.
+awk -F'\t' 'NR == FNR { sum[$1] = $2; next } ($1 in sum) { print $1 "\t" $2 "\t" $3 "\t" sum[$1] }' "$d/hashed" "$d/stat" > "$d/found"
+awk -F'\t' '{ print "F " $2 " " $3 " " $4 " " $1 }' "$d/found"
+awk 'NR == FNR { split($0, f, "\t"); have[f[1]] = f[4]; next }
+     { p = substr($0, length($1 $2) + 3); if ($1 == "1" && (p in have) && have[p] != $2) print p }' "$d/found" "$d/req.f" |
+while IFS= read -r p; do
+  printf 'C %s %s\n' "$p" "$(base64 -w0 < "$p")"
+done
+while IFS= read -r u; do
+  printf 'U %s %s %s\n' "$u" "$(systemctl is-active "$u" 2>/dev/null || true)" "$(systemctl is-enabled "$u" 2>/dev/null || true)"
+done < "$d/req.u"
+while IFS=' ' read -r i b; do
+  printf '%s' "$b" | base64 -d > "$d/check" 2>/dev/null
+  if ( sh "$d/check" ) >/dev/null 2>&1 </dev/null; then printf 'S %s 0\n' "$i"; else printf 'S %s 1\n' "$i"; fi
+done < "$d/req.s"
+# The cache: every file hashed or confirmed now, with its key.
+if [ "$mode" = record ]; then
+  mkdir -p "$(dirname "$cache")"
+  awk -F'\t' 'NR == FNR { sum[$1] = $2; next } ($1 in sum) { print $4 " " $5 " " $6 " " sum[$1] " " $1 }' "$d/hashed" "$d/stat" > "$d/cache.new"
+  t=$(mktemp "$(dirname "$cache")/.sha256-cache.XXXXXX") && cat "$d/cache.new" > "$t" && mv -f "$t" "$cache"
+fi
+exit 0
+"#;
+
+/// The gather script with the host facts script inside.
+fn script() -> String {
+    GATHER.replace("HOST_FACTS", ops::HOST)
+}
+
+/// Gathers everything the request names from the node of `t`, read-only
+/// (but for the sha256 cache with `record`).
+pub async fn gather(t: &dyn Transport, req: &Request) -> Result<Report, TransportError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut stdin = String::new();
+    for (path, sha, diff) in &req.files {
+        stdin.push_str(&format!("F {} {sha} {path}\n", u8::from(*diff)));
+    }
+    for u in &req.units {
+        stdin.push_str(&format!("U {u}\n"));
+    }
+    for (i, (_, check)) in req.checks.iter().enumerate() {
+        stdin.push_str(&format!("S {i} {}\n", b64.encode(check)));
+    }
+    let body = script();
+    let mode = if req.record { "record" } else { "read" };
+    let out = t
+        .run_ok(
+            Script::new("gather facts", &body)
+                .args([req.cache.clone(), mode.to_string()])
+                .stdin(stdin.into_bytes())
+                .timeout(Duration::from_secs(600)),
+        )
+        .await?;
+    Ok(parse(&out.stdout_str(), req))
+}
+
+fn parse(text: &str, req: &Request) -> Report {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut r = Report::default();
+    let mut host = String::new();
+    let mut contents: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+    for line in text.lines() {
+        let Some((tag, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        match tag {
+            "H" => {
+                host.push_str(rest);
+                host.push('\n');
+            }
+            "K" => r.cached = rest.trim().parse().unwrap_or(0),
+            "F" => {
+                let mut p = rest.splitn(4, ' ');
+                let (Some(mode), Some(owner), Some(sha), Some(path)) =
+                    (p.next(), p.next(), p.next(), p.next())
+                else {
+                    continue;
+                };
+                let Ok(mode) = u32::from_str_radix(mode, 8) else {
+                    continue;
+                };
+                r.files.insert(
+                    path.to_string(),
+                    Found {
+                        mode,
+                        owner: owner.to_string(),
+                        sha256: sha.to_string(),
+                        content: None,
+                    },
+                );
+            }
+            "C" => {
+                if let Some((path, data)) = rest.rsplit_once(' ') {
+                    if let Ok(bytes) = b64.decode(data) {
+                        contents.insert(path, bytes);
+                    }
+                } else if !rest.is_empty() {
+                    // An empty file: no data after the path.
+                    contents.insert(rest, Vec::new());
+                }
+            }
+            "U" => {
+                let mut p = rest.split_whitespace();
+                if let Some(u) = p.next() {
+                    r.units.insert(
+                        u.to_string(),
+                        ops::UnitState {
+                            active: p.next() == Some("active"),
+                            enabled: p.next() == Some("enabled"),
+                        },
+                    );
+                }
+            }
+            "S" => {
+                let mut p = rest.split_whitespace();
+                if let (Some(i), Some("0")) = (p.next(), p.next()) {
+                    if let Some((name, _)) = i.parse::<usize>().ok().and_then(|i| req.checks.get(i))
+                    {
+                        r.checks_passed.push(name.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (path, bytes) in contents {
+        if let Some(f) = r.files.get_mut(path) {
+            f.content = Some(bytes);
+        }
+    }
+    r.host = ops::parse_host(&host);
+    r
+}

@@ -1,0 +1,105 @@
+//! The one-round-trip gather on this machine (the local transport): files,
+//! their old text where asked, units, step checks, host facts, and the
+//! sha256 cache that spares reading unchanged files again.
+#![allow(clippy::unwrap_used)]
+
+use kubeforge_transport::gather::{gather, Request};
+use kubeforge_transport::LocalTransport;
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+
+fn sha(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn files_units_checks_and_host_in_one_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.conf");
+    let b = dir.path().join("b.key");
+    let empty = dir.path().join("empty");
+    let missing = dir.path().join("missing");
+    let link = dir.path().join("link");
+    std::fs::write(&a, b"old text\n").unwrap();
+    std::fs::write(&b, b"secret").unwrap();
+    std::fs::write(&empty, b"").unwrap();
+    std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("/", &link).unwrap();
+    let cache = dir.path().join("cache/sha256-cache");
+    let p = |x: &std::path::Path| x.display().to_string();
+    let req = Request {
+        files: vec![
+            (p(&a), sha(b"new text\n"), true),
+            (p(&b), sha(b"other"), false),
+            (p(&empty), sha(b"x"), true),
+            (p(&missing), sha(b""), true),
+            (p(&link), sha(b""), true),
+        ],
+        units: vec!["kubeforge-no-such-unit".into()],
+        checks: vec![
+            ("passes".into(), "true".into()),
+            ("fails".into(), "exit 3".into()),
+            ("reads a file".into(), format!("[ -f '{}' ]", p(&a))),
+        ],
+        cache: p(&cache),
+        record: false,
+    };
+    let t = LocalTransport::new("here");
+    let r = gather(&t, &req).await.unwrap();
+    let fa = &r.files[&p(&a)];
+    assert_eq!(fa.sha256, sha(b"old text\n"));
+    assert_eq!(fa.mode, 0o644);
+    assert_eq!(fa.content.as_deref(), Some(&b"old text\n"[..]));
+    let fb = &r.files[&p(&b)];
+    assert_eq!((fb.mode, fb.content.is_none()), (0o600, true));
+    assert_eq!(fb.sha256, sha(b"secret"));
+    assert_eq!(r.files[&p(&empty)].content.as_deref(), Some(&b""[..]));
+    // Missing and not-a-regular-file are both absent.
+    assert!(!r.files.contains_key(&p(&missing)));
+    assert!(!r.files.contains_key(&p(&link)));
+    assert_eq!(r.checks_passed, ["passes", "reads a file"]);
+    assert!(r.units.contains_key("kubeforge-no-such-unit"));
+    assert_eq!(r.host.kernel, "Linux");
+    assert!(!r.host.hostname.is_empty());
+    assert_eq!(r.cached, 0);
+    assert!(!cache.exists(), "a read-only gather wrote the cache");
+}
+
+#[tokio::test]
+async fn the_cache_spares_unchanged_files_and_never_hides_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bin");
+    std::fs::write(&f, vec![7u8; 1 << 20]).unwrap();
+    let cache = dir.path().join("cache");
+    let path = f.display().to_string();
+    let mut req = Request {
+        files: vec![(path.clone(), "0".repeat(64), false)],
+        cache: cache.display().to_string(),
+        record: true,
+        ..Default::default()
+    };
+    let t = LocalTransport::new("here");
+    let first = gather(&t, &req).await.unwrap();
+    assert_eq!(first.cached, 0);
+    assert_eq!(first.files[&path].sha256, sha(&vec![7u8; 1 << 20]));
+    let second = gather(&t, &req).await.unwrap();
+    assert_eq!(second.cached, 1, "the sum was not taken from the cache");
+    assert_eq!(second.files[&path].sha256, first.files[&path].sha256);
+    // The same size, content changed in place: the change time moves, so
+    // the file is read again.
+    let mut bytes = vec![7u8; 1 << 20];
+    bytes[0] = 8;
+    std::fs::write(&f, &bytes).unwrap();
+    let third = gather(&t, &req).await.unwrap();
+    assert_eq!(third.cached, 0);
+    assert_eq!(third.files[&path].sha256, sha(&bytes));
+    // A plan only reads the cache.
+    req.record = false;
+    let before = std::fs::read(&cache).unwrap();
+    let fourth = gather(&t, &req).await.unwrap();
+    assert_eq!(fourth.cached, 1);
+    assert_eq!(std::fs::read(&cache).unwrap(), before);
+}
