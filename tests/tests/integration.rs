@@ -4,6 +4,7 @@
 mod etcd_tls;
 mod flag_matrix;
 mod lab_apply;
+mod lab_bench;
 mod lab_bootstrap;
 mod lab_nodes;
 mod lab_real;

@@ -47,7 +47,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            concurrency: 8,
+            concurrency: 32,
             gate_timeout: Duration::from_secs(120),
             poll_interval: Duration::from_millis(500),
             lb_settle: Duration::from_millis(800),

@@ -201,8 +201,9 @@ pub(crate) struct NodeArgs {
     /// An ssh_config file to use instead of ~/.ssh/config.
     #[arg(long, value_name = "FILE")]
     pub(crate) ssh_config: Option<PathBuf>,
-    /// Nodes worked on at the same time.
-    #[arg(long, default_value_t = 8)]
+    /// Nodes worked on at the same time (connections, facts, uploads, the
+    /// nodes of a parallel phase).
+    #[arg(long, default_value_t = 32)]
     pub(crate) concurrency: usize,
     /// Seconds to wait for an SSH connection.
     #[arg(long, default_value_t = 10, value_name = "SECS")]

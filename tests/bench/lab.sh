@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The lab benchmark at several sizes, side by side: fresh apply, no-op
+# re-apply, adding one worker, a no-op after it, and with a load balancer
+# (6 nodes or more) a rolling apiserver change with a probe through the VIP
+# and nginx stopping and coming back on the VIP holder. Prints a table and
+# writes target/bench/lab.csv and target/bench/lab.png (time against N).
+#
+#   tests/bench/lab.sh                       # N = 3 10 30 100
+#   NODES="6" tests/bench/lab.sh             # only the HA lab of 6 nodes
+#   RATE=1gbit tests/bench/lab.sh            # the host's bridge shaped
+#   KUBEFORGE_K8S_BIN_DIR=/path tests/bench/lab.sh   # real binaries
+#
+# Needs root (the lab). Stand-ins are used for the Kubernetes binaries
+# unless KUBEFORGE_K8S_BIN_DIR names real ones.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+etcd_dir=$(tests/setup.sh | tail -1)
+export KUBEFORGE_ETCD_DIR="${KUBEFORGE_ETCD_DIR:-$etcd_dir}"
+command -v tc >/dev/null || { apt-get install -y -q iproute2 >&2; }
+python3 -c 'import matplotlib' 2>/dev/null || {
+  apt-get install -y -q --no-install-recommends python3-matplotlib >&2 || true
+}
+cargo build --workspace --locked -q
+out=target/bench
+mkdir -p "$out"
+csv="$out/lab.csv"
+rows=()
+for n in ${NODES:-3 10 30 100}; do
+  log="$out/lab-$n.log"
+  if KUBEFORGE_BENCH_NODES=$n KUBEFORGE_BENCH_RATE="${RATE:-}" \
+     cargo test --locked -q -p kubeforge-tests --test integration lab_bench::bench \
+       -- --ignored --nocapture >"$log" 2>&1; then
+    rows+=("$(grep '^BENCH ' "$log" | tail -1)")
+  else
+    echo "N=$n failed; see $log" >&2
+    tail -30 "$log" >&2
+  fi
+done
+field() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+printf '%-6s %7s %7s %7s %7s %9s %9s %11s %12s\n' \
+  nodes boot fresh no-op add rolling "failed" "nginx-stop" "nginx-back"
+echo "nodes,boot,fresh,noop,add,noop_after_add,rolling,rolling_failed,nginx_stop_window,nginx_back_failed" > "$csv"
+for r in "${rows[@]}"; do
+  n=$(field "$r" nodes)
+  printf '%-6s %7s %7s %7s %7s %9s %9s %11s %12s\n' "$n" \
+    "$(field "$r" boot)" "$(field "$r" fresh)" "$(field "$r" noop)" "$(field "$r" add)" \
+    "$(field "$r" rolling)" "$(field "$r" rolling_probe_failed)" \
+    "$(field "$r" nginx_stop_window)" "$(field "$r" nginx_back_failed)"
+  echo "$n,$(field "$r" boot),$(field "$r" fresh),$(field "$r" noop),$(field "$r" add),$(field "$r" noop_after_add),$(field "$r" rolling),$(field "$r" rolling_probe_failed),$(field "$r" nginx_stop_window),$(field "$r" nginx_back_failed)" >> "$csv"
+done
+if python3 -c 'import matplotlib' 2>/dev/null; then
+  python3 - "$csv" "$out/lab.png" <<'PY'
+import csv, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+rows = list(csv.DictReader(open(sys.argv[1])))
+n = [int(r["nodes"]) for r in rows]
+fig, ax = plt.subplots(figsize=(7, 4.5))
+for key, label in [("fresh", "fresh apply"), ("noop", "no-op re-apply"), ("add", "add one worker"), ("rolling", "rolling apiserver change")]:
+    pts = [(x, float(r[key])) for x, r in zip(n, rows) if r[key]]
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+ax.set_xlabel("nodes")
+ax.set_ylabel("seconds")
+ax.set_title("kubeforge apply on lab nodes")
+ax.grid(True, alpha=0.3)
+ax.legend()
+fig.tight_layout()
+fig.savefig(sys.argv[2], dpi=100)
+PY
+  echo "plot: $out/lab.png"
+fi
+echo "csv: $csv"

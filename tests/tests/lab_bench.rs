@@ -1,0 +1,229 @@
+//! The lab benchmark (`tests/bench/lab.sh` runs it; ignored otherwise): a
+//! cluster of `KUBEFORGE_BENCH_NODES` lab nodes (default 6: 3
+//! control-plane + etcd, 2 LB, 1 worker; below 6: one control-plane node
+//! and workers) timed through a fresh apply, a no-op re-apply, adding one
+//! worker, a no-op again, and with a load balancer a rolling apiserver
+//! change with a probe through the VIP, and nginx stopping on the VIP
+//! holder and coming back. `KUBEFORGE_BENCH_RATE` (e.g. `1gbit`) shapes
+//! the host's side of the bridge (the control machine's uplink). Prints one
+//! `BENCH key=value ...` line.
+#![allow(clippy::print_stderr)]
+
+use crate::lab_apply::{binaries, curl_admin, start, Kf, PAUSE_IMAGE, TEST};
+use kubeforge_tests::lab::{self, Lab};
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const VIP: &str = "10.77.0.100";
+
+fn shape(n: usize) -> Vec<(String, Ipv4Addr)> {
+    let mut nodes = Vec::new();
+    if n >= 6 {
+        for i in 1..=3u8 {
+            nodes.push((format!("cp{i}"), Ipv4Addr::new(10, 77, 0, 10 + i)));
+        }
+        for i in 1..=2u8 {
+            nodes.push((format!("lb{i}"), Ipv4Addr::new(10, 77, 0, 30 + i)));
+        }
+    } else {
+        nodes.push(("cp1".into(), Ipv4Addr::new(10, 77, 0, 11)));
+    }
+    let workers = n.saturating_sub(nodes.len()).max(1);
+    for i in 1..=workers {
+        let last = u8::try_from(100 + i).expect("at most 150 workers");
+        nodes.push((format!("w{i}"), Ipv4Addr::new(10, 77, 0, last)));
+    }
+    nodes
+}
+
+/// The inventory of `nodes` (the ones present so far), with an extra
+/// apiserver SAN when asked.
+fn inventory(lab: &Lab, nodes: &[(String, Ipv4Addr)], san: Option<&str>) -> String {
+    let ha = nodes.iter().any(|(n, _)| n == "lb1");
+    let mut s = format!(
+        "[cluster]\nname = \"lab\"\nkubernetes_version = \"{}\"\nnode_cidr = \"10.77.0.0/24\"\n\
+         pod_cidr = \"10.200.0.0/16\"\nnode_profile = \"container\"\ncoredns = false\nsandbox_image = \"{PAUSE_IMAGE}\"\n\n\
+         [pki]\nextra_apiserver_sans = [{}]\n\n[ssh]\nkey = \"{}\"\naccept_new_host_keys = true\n",
+        crate::lab_apply::k8s_version(),
+        san.map(|s| format!("\"{s}\"")).unwrap_or_default(),
+        lab.key().display()
+    );
+    if ha {
+        s.push_str(&format!(
+            "\n[loadbalancer]\nvip = \"{VIP}/24\"\nport = 8443\ninterface = \"eth0\"\n"
+        ));
+    }
+    for (name, address) in nodes {
+        let roles = if name.starts_with("cp") {
+            r#"["etcd", "control-plane"]"#
+        } else if name.starts_with("lb") {
+            r#"["lb"]"#
+        } else {
+            r#"["worker"]"#
+        };
+        s.push_str(&format!(
+            "\n[[nodes]]\nname = \"{name}\"\naddress = \"{address}\"\nroles = {roles}\n"
+        ));
+    }
+    s
+}
+
+/// Runs `kubeforge apply` and returns its wall time; panics when it fails.
+fn timed_apply(kf: &Kf, what: &str) -> f64 {
+    let t = Instant::now();
+    let out = kf.apply(&[]);
+    let secs = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{what} failed");
+    eprintln!("bench: {what} {secs:.1} s");
+    secs
+}
+
+/// A probe loop through the VIP: GET /readyz every 50 ms until stopped;
+/// the times (since start) of failed and of successful requests.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    results: Arc<Mutex<Vec<(f64, bool)>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Probe {
+    fn start(kf: &Kf) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (Arc::clone(&stop), Arc::clone(&results));
+        let (ca, cert, key) = (kf.pki("ca.crt"), kf.pki("admin.crt"), kf.pki("admin.key"));
+        let thread = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                let o = Command::new("curl")
+                    .args(["-sS", "--max-time", "2", "--cacert"])
+                    .arg(&ca)
+                    .arg("--cert")
+                    .arg(&cert)
+                    .arg("--key")
+                    .arg(&key)
+                    .arg(format!("https://{VIP}:8443/readyz"))
+                    .output();
+                let ok = o.is_ok_and(|o| o.status.success() && o.stdout == b"ok");
+                if let Ok(mut v) = r.lock() {
+                    v.push((t0.elapsed().as_secs_f64(), ok));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Probe {
+            stop,
+            results,
+            thread,
+        }
+    }
+
+    /// (ok, failed, seconds from the first failure to the last one).
+    fn finish(self) -> (usize, usize, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        let v = self.results.lock().map(|v| v.clone()).unwrap_or_default();
+        let failed: Vec<f64> = v.iter().filter(|(_, ok)| !ok).map(|(t, _)| *t).collect();
+        let window = match (failed.first(), failed.last()) {
+            (Some(a), Some(b)) => b - a + 0.05,
+            _ => 0.0,
+        };
+        (v.len() - failed.len(), failed.len(), window)
+    }
+}
+
+fn vip_holder(lab: &Lab) -> Option<String> {
+    ["lb1", "lb2"]
+        .into_iter()
+        .find(|n| {
+            let o = lab.ssh(n, "ip -o -4 addr show dev eth0");
+            String::from_utf8_lossy(&o.stdout).contains(&format!(" {VIP}/"))
+        })
+        .map(str::to_string)
+}
+
+#[test]
+#[ignore = "a benchmark: tests/bench/lab.sh runs it"]
+fn bench() {
+    if !lab::available(TEST) {
+        return;
+    }
+    let Some(b) = binaries() else { return };
+    let n: usize = std::env::var("KUBEFORGE_BENCH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let all = shape(n);
+    let specs: Vec<(&str, Ipv4Addr)> = all.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let first: Vec<(String, Ipv4Addr)> = all[..all.len() - 1].to_vec();
+    let t = Instant::now();
+    let (lab, mut kf) = start(&b, &specs, |lab| inventory(lab, &first, None));
+    let boot = t.elapsed().as_secs_f64();
+    // The pause image (and busybox) in the bundle, as a real kubelet needs.
+    kf.bundle = crate::lab_nodes::bundle_with_images(&kf);
+    if let Ok(rate) = std::env::var("KUBEFORGE_BENCH_RATE") {
+        let out = Command::new("tc")
+            .args([
+                "qdisc",
+                "replace",
+                "dev",
+                lab::BRIDGE,
+                "root",
+                "tbf",
+                "rate",
+            ])
+            .arg(&rate)
+            .args(["burst", "4mb", "latency", "100ms"])
+            .output()
+            .expect("tc runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let fresh = timed_apply(&kf, "fresh apply");
+    let noop = timed_apply(&kf, "no-op apply");
+    std::fs::write(kf.dir.join("inventory.toml"), inventory(&lab, &all, None)).expect("inventory");
+    let add = timed_apply(&kf, "add one worker");
+    let noop2 = timed_apply(&kf, "no-op apply after the add");
+    let mut line = format!(
+        "BENCH nodes={n} boot={boot:.1} fresh={fresh:.1} noop={noop:.1} add={add:.1} noop_after_add={noop2:.1}"
+    );
+    if n >= 6 {
+        std::fs::write(
+            kf.dir.join("inventory.toml"),
+            inventory(&lab, &all, Some("api.bench.example")),
+        )
+        .expect("inventory");
+        let probe = Probe::start(&kf);
+        let rolling = timed_apply(&kf, "rolling apiserver change");
+        let (ok, failed, _) = probe.finish();
+        line.push_str(&format!(
+            " rolling={rolling:.1} rolling_probe_ok={ok} rolling_probe_failed={failed}"
+        ));
+        // nginx stops on the VIP holder: how long requests fail; then it
+        // comes back: whether the VIP moves back (a second disruption).
+        let holder = vip_holder(&lab).expect("a VIP holder");
+        let probe = Probe::start(&kf);
+        std::thread::sleep(Duration::from_secs(1));
+        lab.ssh_ok(&holder, "systemctl stop nginx");
+        std::thread::sleep(Duration::from_secs(8));
+        let (_, failed, window) = probe.finish();
+        let moved_to = vip_holder(&lab).unwrap_or_default();
+        let probe = Probe::start(&kf);
+        lab.ssh_ok(&holder, "systemctl start nginx");
+        std::thread::sleep(Duration::from_secs(8));
+        let (_, failed_back, window_back) = probe.finish();
+        let after = vip_holder(&lab).unwrap_or_default();
+        line.push_str(&format!(
+            " nginx_stop_failed={failed} nginx_stop_window={window:.2} vip_moved_to={moved_to} nginx_back_failed={failed_back} nginx_back_window={window_back:.2} vip_after_return={after}"
+        ));
+        let r = curl_admin(&kf, &format!("https://{VIP}:8443/readyz"));
+        assert_eq!(String::from_utf8_lossy(&r.stdout), "ok");
+    }
+    eprintln!("{line}");
+}
