@@ -8,6 +8,7 @@ use crate::gates;
 use crate::{fan_out, transport, ApplyError, Event, EventKind, Options, Progress, Transports};
 use kubeforge_plan::{Content, GateRun, LbEdit, NodeWork, PhasePlan, Plan};
 use kubeforge_render::{Stage, Strategy, Vip};
+use kubeforge_transport::gather::CACHE;
 use kubeforge_transport::{ops, Script, Transport};
 use std::time::{Duration, Instant};
 
@@ -102,7 +103,7 @@ impl Run<'_> {
                 })?,
             };
             self.step(phase, &w.node, format!("write {}", p.path));
-            ops::put(t, &p.path, content, p.mode, &p.owner).await?;
+            ops::put_cached(t, &p.path, content, p.mode, &p.owner, Some(CACHE)).await?;
             done.files_written += 1;
         }
         for c in &w.chmods {
@@ -316,6 +317,79 @@ impl Run<'_> {
     }
 }
 
+/// Which phases each phase waits for: every phase before it, except that
+/// a phase running beside an earlier one (`with`) waits only for the
+/// phases before that one.
+fn waits_for(phases: &[PhasePlan]) -> Vec<Vec<usize>> {
+    phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let upto = p
+                .with
+                .as_ref()
+                .and_then(|w| phases[..i].iter().position(|x| &x.phase == w))
+                .unwrap_or(i);
+            (0..upto).collect()
+        })
+        .collect()
+}
+
+impl Run<'_> {
+    /// One phase with its progress events and its time.
+    async fn timed_phase(&self, p: &PhasePlan) -> Result<Applied, ApplyError> {
+        let what = match &p.api {
+            Some(api) => format!("{} objects", api.objects.len()),
+            None => format!("{} nodes", p.nodes.len()),
+        };
+        self.event(&p.phase, None, EventKind::PhaseStarted, what);
+        let started = Instant::now();
+        let mut done = self.phase(p).await?;
+        done.timings.push((p.phase.clone(), started.elapsed()));
+        self.event(&p.phase, None, EventKind::PhaseDone, String::new());
+        Ok(done)
+    }
+
+    /// The phases, each started once every phase it waits for is done. On
+    /// a failure no further phase starts; those running finish, then the
+    /// first failure is returned.
+    async fn phases(&self, phases: &[PhasePlan]) -> Result<Applied, ApplyError> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let waits = waits_for(phases);
+        let mut started = vec![false; phases.len()];
+        let mut finished = vec![false; phases.len()];
+        let mut running = FuturesUnordered::new();
+        let mut applied = Applied::default();
+        let mut failure: Option<ApplyError> = None;
+        loop {
+            if failure.is_none() {
+                for (i, p) in phases.iter().enumerate() {
+                    if !started[i] && waits[i].iter().all(|&w| finished[w]) {
+                        started[i] = true;
+                        running.push(async move { (i, self.timed_phase(p).await) });
+                    }
+                }
+            }
+            let Some((i, result)) = running.next().await else {
+                break;
+            };
+            finished[i] = true;
+            match result {
+                Ok(done) => applied.merge(done),
+                Err(e) => {
+                    if failure.is_none() {
+                        failure = Some(e);
+                    }
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(applied),
+        }
+    }
+}
+
 /// Executes `plan` (made from facts just gathered) on the nodes. `creds`
 /// are the break-glass credentials the API work and the cluster gate use
 /// (needed only when the plan has such work).
@@ -332,18 +406,7 @@ pub async fn execute(
         progress,
         creds,
     };
-    let mut applied = Applied::default();
-    for p in &plan.phases {
-        let what = match &p.api {
-            Some(api) => format!("{} objects", api.objects.len()),
-            None => format!("{} nodes", p.nodes.len()),
-        };
-        run.event(&p.phase, None, EventKind::PhaseStarted, what);
-        let started = Instant::now();
-        applied.merge(run.phase(p).await?);
-        applied.timings.push((p.phase.clone(), started.elapsed()));
-        run.event(&p.phase, None, EventKind::PhaseDone, String::new());
-    }
+    let mut applied = run.phases(&plan.phases).await?;
     if let Some(g) = &plan.cluster_gates {
         let phase = g.phase.as_str();
         run.event(phase, None, EventKind::PhaseStarted, "cluster gates".into());

@@ -517,6 +517,7 @@ pub fn plan(
                     nodes: Vec::new(),
                     api: Some(api),
                     vip: None,
+                    with: None,
                 });
             }
             continue;
@@ -529,6 +530,20 @@ pub fn plan(
         if works.is_empty() {
             continue;
         }
+        // Early only when nothing restarts: beside the first phase of this
+        // plan from the named one on.
+        let rank = |name: &str| rendered.phases.iter().position(|p| p.name == name);
+        let early = row
+            .early
+            .as_deref()
+            .filter(|_| works.iter().all(|w| w.restart.is_empty()))
+            .and_then(|e| {
+                let from = rank(e)?;
+                phases
+                    .iter()
+                    .find(|p: &&PhasePlan| rank(&p.phase).is_some_and(|r| r >= from))
+                    .map(|p| p.phase.clone())
+            });
         phases.push(PhasePlan {
             phase: row.name.clone(),
             strategy: work::resolve(row.strategy, &works),
@@ -537,6 +552,7 @@ pub fn plan(
             vip: (row.gate == Some(PhaseGate::Vip))
                 .then(|| rendered.vip.clone())
                 .flatten(),
+            with: early,
         });
     }
     let cluster_gates = cluster_gates(rendered, &phases, &selected);

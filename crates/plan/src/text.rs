@@ -145,7 +145,11 @@ fn rollout(plan: &Plan, s: &mut String) {
         } else {
             ""
         };
-        let _ = writeln!(s, "  {} {how}{vip}", p.phase);
+        let with = match &p.with {
+            Some(w) => format!(" (beside {w} and what follows it)"),
+            None => String::new(),
+        };
+        let _ = writeln!(s, "  {} {how}{vip}{with}", p.phase);
     }
     if let Some(g) = &plan.cluster_gates {
         let _ = writeln!(

@@ -171,6 +171,10 @@ pub struct PhasePlan {
     /// The VIP gate, after the phase's nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vip: Option<Vip>,
+    /// The earlier phase this one runs beside (its units only start):
+    /// from that phase on, the two run at the same time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with: Option<String>,
 }
 
 /// An addon Deployment that must become available.

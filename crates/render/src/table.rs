@@ -110,6 +110,12 @@ pub struct PhaseRow {
     /// go through before anything is sent.
     #[serde(default)]
     pub wait_for: Option<String>,
+    /// An earlier phase this one may start together with when it only
+    /// starts units for the first time (new nodes): then it runs beside
+    /// the phases from that one on, instead of after them. Never when one
+    /// of its units restarts (an upgrade keeps the phases' order).
+    #[serde(default)]
+    pub early: Option<String>,
 }
 
 /// A health check: a read-only script on a node that exits 0 when healthy,

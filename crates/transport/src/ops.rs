@@ -54,6 +54,18 @@ sync -- "$t" 2>/dev/null || sync
 mv -f -- "$t" "$p"
 trap - EXIT
 sync -- "$d" 2>/dev/null || sync
+# $6: the node's sha256 cache (see gather), told the new file's sum so the
+# next run need not read it; a cache that cannot be written is no error.
+if [ -n "${6:-}" ]; then
+  {
+    c="$6"; mkdir -p -- "$(dirname -- "$c")"
+    exec 8>>"$c.lock"; flock 8
+    key=$(stat -L -c '%s %.9Z %i' -- "$p")
+    n=$(mktemp "$(dirname -- "$c")/.sha256-cache.XXXXXX")
+    { [ -r "$c" ] && awk -v p="$p" '{ q = substr($0, length($1 $2 $3 $4) + 5); if (q != p) print }' "$c"; printf '%s %s %s\n' "$key" "$sum" "$p"; } > "$n"
+    mv -f -- "$n" "$c"
+  } 2>/dev/null || true
+fi
 "#;
 
 /// The status [`PUT`] exits with when the content that arrived is not the
@@ -85,21 +97,32 @@ pub async fn put(
     mode: u32,
     owner: &str,
 ) -> Result<(), TransportError> {
+    put_cached(t, path, content, mode, owner, None).await
+}
+
+/// [`put`], and the node's sha256 cache (see
+/// [`crate::gather`]) told the new file's sum.
+pub async fn put_cached(
+    t: &dyn Transport,
+    path: &str,
+    content: Vec<u8>,
+    mode: u32,
+    owner: &str,
+    cache: Option<&str>,
+) -> Result<(), TransportError> {
     let what = format!("write {path}");
     let (size, sha256) = size_and_sha256(&content);
-    t.run_ok(
-        Script::new(&what, PUT)
-            .args([
-                path.to_string(),
-                format!("{mode:04o}"),
-                owner.to_string(),
-                size,
-                sha256,
-            ])
-            .stdin(content),
-    )
-    .await
-    .map(|_| ())
+    let mut args = vec![
+        path.to_string(),
+        format!("{mode:04o}"),
+        owner.to_string(),
+        size,
+        sha256,
+    ];
+    args.extend(cache.map(str::to_string));
+    t.run_ok(Script::new(&what, PUT).args(args).stdin(content))
+        .await
+        .map(|_| ())
 }
 
 /// What a file is on a node.

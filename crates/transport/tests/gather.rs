@@ -103,3 +103,50 @@ async fn the_cache_spares_unchanged_files_and_never_hides_a_change() {
     assert_eq!(fourth.cached, 1);
     assert_eq!(std::fs::read(&cache).unwrap(), before);
 }
+
+#[tokio::test]
+async fn a_file_written_by_put_is_cached_with_its_sum() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("etc/app.conf");
+    let cache = dir.path().join("cache/sums");
+    let t = LocalTransport::new("here");
+    let path = f.display().to_string();
+    let c = cache.display().to_string();
+    kubeforge_transport::ops::put_cached(
+        &t,
+        &path,
+        b"one\n".to_vec(),
+        0o644,
+        "root:root",
+        Some(&c),
+    )
+    .await
+    .unwrap();
+    let req = Request {
+        files: vec![(path.clone(), sha(b"one\n"), true)],
+        cache: c.clone(),
+        record: false,
+        ..Default::default()
+    };
+    let r = gather(&t, &req).await.unwrap();
+    assert_eq!(r.cached, 1, "{}", std::fs::read_to_string(&cache).unwrap());
+    assert_eq!(r.files[&path].sha256, sha(b"one\n"));
+    // Written again: one line for it, with the new sum.
+    kubeforge_transport::ops::put_cached(
+        &t,
+        &path,
+        b"two\n".to_vec(),
+        0o644,
+        "root:root",
+        Some(&c),
+    )
+    .await
+    .unwrap();
+    let text = std::fs::read_to_string(&cache).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let r = gather(&t, &req).await.unwrap();
+    assert_eq!(
+        (r.cached, r.files[&path].sha256.clone()),
+        (1, sha(b"two\n"))
+    );
+}
