@@ -119,10 +119,12 @@ pub const PACKAGES: &[&str] = &[
     // real kube-proxy exits ("iptables is not available on this host").
     "iptables",
     "conntrack",
+    // Binaries travel zstd-compressed to nodes that have it (gzip else).
+    "zstd",
 ];
 /// Bump when the build of the root file system changes: a cached one with
 /// another stamp is rebuilt.
-pub const ROOTFS_STAMP: &str = "kubeforge-lab-rootfs 4";
+pub const ROOTFS_STAMP: &str = "kubeforge-lab-rootfs 5";
 const STAMP_FILE: &str = ".kubeforge-lab-stamp";
 /// Units masked in the nodes: timers and services that only add noise.
 const MASKED_UNITS: &[&str] = &[

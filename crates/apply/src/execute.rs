@@ -4,12 +4,15 @@
 //! Nothing here looks at the table or the inventory again.
 
 use crate::api::Credentials;
+use crate::distribute::Staged;
 use crate::gates;
 use crate::{fan_out, transport, ApplyError, Event, EventKind, Options, Progress, Transports};
 use kubeforge_plan::{Content, GateRun, LbEdit, NodeWork, PhasePlan, Plan};
 use kubeforge_render::{Stage, Strategy, Vip};
+use kubeforge_transport::blobs;
 use kubeforge_transport::gather::CACHE;
 use kubeforge_transport::{ops, Script, Transport};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// What an apply did.
@@ -51,11 +54,22 @@ pub(crate) struct Run<'a> {
     pub opts: &'a Options,
     pub progress: &'a dyn Progress,
     pub creds: Option<&'a Credentials>,
+    /// Every node's address (node-to-node transfers).
+    pub addresses: BTreeMap<String, String>,
+    /// The binaries put into the nodes' blob stores so far.
+    pub staged: tokio::sync::Mutex<Staged>,
 }
 
 impl Run<'_> {
     pub(crate) fn t(&self, node: &str) -> Result<&dyn Transport, ApplyError> {
         transport(self.transports, node)
+    }
+
+    pub(crate) fn address(&self, node: &str) -> Result<String, ApplyError> {
+        self.addresses
+            .get(node)
+            .cloned()
+            .ok_or_else(|| ApplyError::Other(format!("no address for node {node}")))
     }
 
     pub(crate) fn event(&self, phase: &str, node: Option<&str>, kind: EventKind, message: String) {
@@ -91,7 +105,25 @@ impl Run<'_> {
             done.steps_run += 1;
         }
         for p in &w.puts {
+            self.step(phase, &w.node, format!("write {}", p.path));
+            let staged = self.staged.lock().await.has(&w.node, &p.sha256);
             let content = match &p.content {
+                // Sent ahead into the node's blob store.
+                Content::File(path) if staged => {
+                    let size = tokio::fs::metadata(path)
+                        .await
+                        .map(|m| m.len())
+                        .unwrap_or(0);
+                    let to = blobs::Target {
+                        path: &p.path,
+                        mode: p.mode,
+                        owner: &p.owner,
+                        cache: Some(CACHE),
+                    };
+                    blobs::install(t, blobs::STORE, &p.sha256, size, to).await?;
+                    done.files_written += 1;
+                    continue;
+                }
                 Content::Bytes(b) => b.clone(),
                 Content::File(path) => tokio::fs::read(path).await.map_err(|e| {
                     ApplyError::Other(format!(
@@ -102,7 +134,6 @@ impl Run<'_> {
                     ))
                 })?,
             };
-            self.step(phase, &w.node, format!("write {}", p.path));
             ops::put_cached(t, &p.path, content, p.mode, &p.owner, Some(CACHE)).await?;
             done.files_written += 1;
         }
@@ -266,6 +297,7 @@ impl Run<'_> {
     async fn phase(&self, p: &PhasePlan) -> Result<Applied, ApplyError> {
         let phase = p.phase.as_str();
         let mut done = Applied::default();
+        self.distribute(phase, p, &self.staged).await?;
         match p.strategy {
             Strategy::Api => {
                 if let Some(api) = &p.api {
@@ -405,8 +437,21 @@ pub async fn execute(
         opts,
         progress,
         creds,
+        addresses: plan
+            .nodes
+            .iter()
+            .map(|n| (n.node.clone(), n.address.clone()))
+            .collect(),
+        staged: Default::default(),
     };
-    let mut applied = run.phases(&plan.phases).await?;
+    let phases = run.phases(&plan.phases).await;
+    // After a successful run the blob stores are emptied; after a failure
+    // what they hold is reused by the next apply, which empties them.
+    if phases.is_ok() {
+        let staged = std::mem::take(&mut *run.staged.lock().await);
+        run.clear_blobs(staged).await;
+    }
+    let mut applied = phases?;
     if let Some(g) = &plan.cluster_gates {
         let phase = g.phase.as_str();
         run.event(phase, None, EventKind::PhaseStarted, "cluster gates".into());

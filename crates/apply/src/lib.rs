@@ -8,6 +8,7 @@
 mod api;
 mod api_phase;
 mod cluster;
+mod distribute;
 mod execute;
 mod facts;
 mod gates;

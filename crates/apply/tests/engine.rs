@@ -823,3 +823,69 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
         Some("take the apply lock")
     );
 }
+
+#[tokio::test]
+async fn binaries_go_out_a_few_times_and_from_node_to_node() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/ha.toml");
+    let cluster = kubeforge_inventory::load(&path).unwrap().cluster;
+    let mut r = rendered("ha.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let renderer = kubeforge_render::Renderer::new().unwrap();
+    let mut bundle = BTreeMap::new();
+    for b in renderer.table().binary.iter().map(|b| b.name.clone()) {
+        let file = dir.path().join(&b);
+        let bytes = format!("binary {b}").repeat(1000).into_bytes();
+        std::fs::write(&file, &bytes).unwrap();
+        bundle.insert(b, (file, sha_hex(&bytes)));
+    }
+    renderer.add_binaries(&cluster, &mut r, &bundle);
+    let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &["node".to_string()]).unwrap();
+    let rec = recorder(&r);
+    rec.answer(
+        None,
+        "list the blob store",
+        vec![ok("zstd\ngzip\nfetch\nserve\n")],
+    );
+    rec.answer(None, "serve a binary", vec![ok("ready\n")]);
+    run(&rec, &r, &p).await.unwrap();
+    let log = rec.log();
+    let kubelets = r.kubelet_nodes().len();
+    let kubelet_sha = &bundle["kubelet"].1;
+    let sent = log
+        .iter()
+        .filter(|c| c.what == "receive a binary" && c.args[1] == *kubelet_sha)
+        .count();
+    let fetched = log
+        .iter()
+        .filter(|c| c.what == "fetch a binary from another node" && c.args[1] == *kubelet_sha)
+        .count();
+    assert_eq!(sent + fetched, kubelets, "every kubelet node got it once");
+    assert!(
+        fetched > 0 && sent < kubelets,
+        "sent {sent}, fetched {fetched}"
+    );
+    // Each node installs from its store after its blob arrived, and the
+    // stores are cleared at the end.
+    let lines = rec.lines();
+    for (n, _) in r.kubelet_nodes() {
+        let arrived = log
+            .iter()
+            .position(|c| {
+                c.node == n
+                    && c.args.get(1) == Some(kubelet_sha)
+                    && (c.what == "receive a binary" || c.what.starts_with("fetch a binary"))
+            })
+            .unwrap();
+        let installed = pos(&lines, &[&format!("{n}: write /usr/local/bin/kubelet")]);
+        assert!(arrived < installed, "{n}");
+        assert!(pos(&lines, &[&format!("{n}: clear the blob store")]) > installed);
+    }
+}
+
+fn sha_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -28,6 +28,7 @@
 //! [`close_all`] alone closes every master open in the process, for a
 //! program that handles signals itself.
 
+pub mod blobs;
 pub mod gather;
 pub mod ops;
 pub mod recording;

@@ -23,6 +23,27 @@ pub(crate) async fn first_line<R: AsyncRead + Unpin>(
     }
 }
 
+/// The end of a script that installed `$p` with sha256 `$sum`: when `$c`
+/// names the node's sha256 cache (see [`crate::gather`]), it is told the
+/// new file's sum so the next run need not read it; a cache that cannot be
+/// written is no error.
+macro_rules! remember_sum {
+    () => {
+        r#"if [ -n "$c" ]; then
+  {
+    mkdir -p -- "$(dirname -- "$c")"
+    exec 8>>"$c.lock"; flock 8
+    key=$(stat -L -c '%s %.9Z %i' -- "$p")
+    n=$(mktemp "$(dirname -- "$c")/.sha256-cache.XXXXXX")
+    { [ -r "$c" ] && awk -v p="$p" '{ q = substr($0, length($1 $2 $3 $4) + 5); if (q != p) print }' "$c"; printf '%s %s %s\n' "$key" "$sum" "$p"; } > "$n"
+    mv -f -- "$n" "$c"
+  } 2>/dev/null || true
+fi
+"#
+    };
+}
+pub(crate) use remember_sum;
+
 /// Writes a file atomically: a temporary file next to it (created 0600, so
 /// a secret is never readable by others), content, a check that exactly
 /// the expected bytes arrived, mode, owner, fsync, a rename over the old
@@ -34,7 +55,8 @@ pub(crate) async fn first_line<R: AsyncRead + Unpin>(
 /// temporary file is removed, the old file is left as it was and the
 /// script exits 4 with a message naming the path, the expected and the
 /// received size and digest.
-pub const PUT: &str = r#"set -eu
+pub const PUT: &str = concat!(
+    r#"set -eu
 p="$1"; mode="$2"; owner="$3"; size="$4"; sum="$5"
 d=$(dirname -- "$p")
 mkdir -p -- "$d"
@@ -54,19 +76,11 @@ sync -- "$t" 2>/dev/null || sync
 mv -f -- "$t" "$p"
 trap - EXIT
 sync -- "$d" 2>/dev/null || sync
-# $6: the node's sha256 cache (see gather), told the new file's sum so the
-# next run need not read it; a cache that cannot be written is no error.
-if [ -n "${6:-}" ]; then
-  {
-    c="$6"; mkdir -p -- "$(dirname -- "$c")"
-    exec 8>>"$c.lock"; flock 8
-    key=$(stat -L -c '%s %.9Z %i' -- "$p")
-    n=$(mktemp "$(dirname -- "$c")/.sha256-cache.XXXXXX")
-    { [ -r "$c" ] && awk -v p="$p" '{ q = substr($0, length($1 $2 $3 $4) + 5); if (q != p) print }' "$c"; printf '%s %s %s\n' "$key" "$sum" "$p"; } > "$n"
-    mv -f -- "$n" "$c"
-  } 2>/dev/null || true
-fi
-"#;
+# $6: the node's sha256 cache (see gather), told the new file's sum.
+c="${6:-}"
+"#,
+    remember_sum!()
+);
 
 /// The status [`PUT`] exits with when the content that arrived is not the
 /// content that was sent.

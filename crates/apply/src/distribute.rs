@@ -1,0 +1,370 @@
+//! Binaries to the nodes of a phase before it runs: each distinct binary
+//! (by sha256) goes into the blob store of every node that needs it, from
+//! the control machine compressed on the wire (zstd, or gzip where the
+//! node has no zstd) or, once some node holds it, from that node: the
+//! control machine's uplink carries each binary a few times, not once per
+//! node. Installing from the store (see [`kubeforge_transport::blobs`])
+//! checks every byte again.
+
+use crate::execute::Run;
+use crate::{fan_out, ApplyError};
+use kubeforge_plan::{Content, PhasePlan};
+use kubeforge_transport::blobs::{self, Codec, Inventory};
+use kubeforge_transport::Held;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Uploads from the control machine at the same time.
+const UPLINK_STREAMS: usize = 4;
+/// Transfers a node serves at the same time.
+const PEER_STREAMS: usize = 2;
+
+/// One binary a phase needs somewhere.
+struct Need {
+    size: u64,
+    file: PathBuf,
+    /// Nodes that need it and lack it.
+    pending: Vec<String>,
+    /// Nodes that hold it (and can serve it).
+    holders: Vec<String>,
+}
+
+/// A transfer in flight: (sha256, target, from a peer).
+type Transfer = (String, String, Option<String>);
+
+/// What the transfers of one distribution share: each blob compressed once
+/// per codec, and the peers' servers, started once per (node, blob).
+#[derive(Default)]
+struct Shared {
+    /// (sha256, codec) -> the bytes on the wire.
+    compressed: tokio::sync::Mutex<BTreeMap<(String, &'static str), Wire>>,
+    /// (node, sha256) -> its server.
+    servers: tokio::sync::Mutex<BTreeMap<(String, String), Server>>,
+}
+
+/// A blob compressed for the wire, shared by the uploads of it.
+type Wire = Arc<Vec<u8>>;
+
+/// A peer serving a blob: its port, token and the handle that stops it.
+struct Server {
+    port: u16,
+    token: String,
+    held: Box<dyn Held>,
+}
+
+/// One blob's local file and size.
+struct Blob<'a> {
+    file: &'a std::path::Path,
+    size: u64,
+}
+
+/// What was staged where: node -> blobs, for installing and clearing.
+#[derive(Debug, Default)]
+pub(crate) struct Staged {
+    pub held: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Staged {
+    pub fn has(&self, node: &str, sha: &str) -> bool {
+        self.held.get(node).is_some_and(|s| s.contains(sha))
+    }
+}
+
+fn token() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn port() -> u16 {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    40000 + u16::from_le_bytes(b) % 20000
+}
+
+impl Run<'_> {
+    /// Puts every binary the phase installs into the blob stores of the
+    /// nodes that install it.
+    pub(crate) async fn distribute(
+        &self,
+        phase: &str,
+        p: &PhasePlan,
+        staged: &tokio::sync::Mutex<Staged>,
+    ) -> Result<(), ApplyError> {
+        let mut needs: BTreeMap<String, Need> = BTreeMap::new();
+        for w in &p.nodes {
+            for put in &w.puts {
+                let Content::File(file) = &put.content else {
+                    continue;
+                };
+                let size = std::fs::metadata(file)
+                    .map(|m| m.len())
+                    .map_err(|e| ApplyError::Other(format!("reading {}: {e}", file.display())))?;
+                let need = needs.entry(put.sha256.clone()).or_insert_with(|| Need {
+                    size,
+                    file: file.clone(),
+                    pending: Vec::new(),
+                    holders: Vec::new(),
+                });
+                if !need.pending.contains(&w.node) {
+                    need.pending.push(w.node.clone());
+                }
+            }
+        }
+        if needs.is_empty() {
+            return Ok(());
+        }
+        // What every node involved holds and can do.
+        let nodes: BTreeSet<String> = needs.values().flat_map(|n| n.pending.clone()).collect();
+        let inventories: BTreeMap<String, Inventory> = fan_out(
+            nodes.into_iter().collect(),
+            self.opts.concurrency,
+            |n| async move {
+                let inv = blobs::inventory(self.t(&n)?, blobs::STORE).await?;
+                Ok::<_, ApplyError>((n, inv))
+            },
+        )
+        .await?
+        .into_iter()
+        .collect();
+        {
+            let mut s = staged.lock().await;
+            for (sha, need) in &mut needs {
+                need.pending.retain(|n| {
+                    let held = inventories.get(n).is_some_and(|i| i.held.contains(sha));
+                    if held {
+                        s.held.entry(n.clone()).or_default().insert(sha.clone());
+                    }
+                    !held
+                });
+            }
+        }
+        let total: usize = needs.values().map(|n| n.pending.len()).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        self.event(
+            phase,
+            None,
+            crate::EventKind::Step,
+            format!("sending {} binaries to {total} places", needs.len()),
+        );
+        self.transfers(phase, &mut needs, &inventories, staged)
+            .await
+    }
+
+    /// Runs every pending transfer, peers first, the control machine when
+    /// no peer holds the blob or a peer transfer failed.
+    async fn transfers(
+        &self,
+        phase: &str,
+        needs: &mut BTreeMap<String, Need>,
+        inventories: &BTreeMap<String, Inventory>,
+        staged: &tokio::sync::Mutex<Staged>,
+    ) -> Result<(), ApplyError> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let shared = Shared::default();
+        let mut busy: BTreeMap<String, usize> = BTreeMap::new();
+        let mut uplink = 0;
+        let mut no_peer: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut running = FuturesUnordered::new();
+        let mut failure = None;
+        loop {
+            if failure.is_none() {
+                for (sha, need) in needs.iter_mut() {
+                    let mut i = 0;
+                    while i < need.pending.len() {
+                        let target = need.pending[i].clone();
+                        let can_fetch = inventories.get(&target).is_some_and(|v| v.can_fetch);
+                        let peer = need
+                            .holders
+                            .iter()
+                            .find(|h| {
+                                busy.get(*h).copied().unwrap_or(0) < PEER_STREAMS
+                                    && inventories.get(*h).is_some_and(|v| v.can_serve)
+                            })
+                            .filter(|_| {
+                                can_fetch && !no_peer.contains(&(sha.clone(), target.clone()))
+                            })
+                            .cloned();
+                        let transfer: Transfer = match peer {
+                            Some(h) => {
+                                *busy.entry(h.clone()).or_default() += 1;
+                                (sha.clone(), target, Some(h))
+                            }
+                            None if uplink < UPLINK_STREAMS => {
+                                uplink += 1;
+                                (sha.clone(), target, None)
+                            }
+                            None => {
+                                i += 1;
+                                continue;
+                            }
+                        };
+                        need.pending.remove(i);
+                        let (size, file) = (need.size, need.file.clone());
+                        let codec = inventories
+                            .get(&transfer.1)
+                            .map_or(Codec::None, Inventory::codec);
+                        let shared = &shared;
+                        running.push(async move {
+                            let blob = Blob { file: &file, size };
+                            let r = self.transfer(phase, &transfer, blob, codec, shared).await;
+                            (transfer, r)
+                        });
+                    }
+                }
+            }
+            let Some(((sha, target, peer), result)) = running.next().await else {
+                break;
+            };
+            match &peer {
+                Some(h) => {
+                    if let Some(b) = busy.get_mut(h) {
+                        *b -= 1;
+                    }
+                }
+                None => uplink -= 1,
+            }
+            match result {
+                Ok(()) => {
+                    if let Some(n) = needs.get_mut(&sha) {
+                        n.holders.push(target.clone());
+                    }
+                    staged
+                        .lock()
+                        .await
+                        .held
+                        .entry(target)
+                        .or_default()
+                        .insert(sha);
+                }
+                // A peer transfer that failed is done again from here.
+                Err(e) if peer.is_some() => {
+                    tracing::warn!(node = target, "fetching from {peer:?} failed: {e}");
+                    no_peer.insert((sha.clone(), target.clone()));
+                    if let Some(n) = needs.get_mut(&sha) {
+                        n.pending.push(target);
+                    }
+                }
+                Err(e) => {
+                    if failure.is_none() {
+                        failure = Some(e);
+                    }
+                }
+            }
+        }
+        for (_, server) in std::mem::take(&mut *shared.servers.lock().await) {
+            server.held.release().await;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// One blob to one node, from a peer or from here.
+    async fn transfer(
+        &self,
+        phase: &str,
+        (sha, target, peer): &Transfer,
+        Blob { file, size }: Blob<'_>,
+        codec: Codec,
+        shared: &Shared,
+    ) -> Result<(), ApplyError> {
+        let t = self.t(target)?;
+        let short = &sha[..12.min(sha.len())];
+        if let Some(h) = peer {
+            let address = self.address(h)?;
+            let (port, token) = {
+                let mut s = shared.servers.lock().await;
+                let key = (h.clone(), sha.clone());
+                if let Some(server) = s.get(&key) {
+                    (server.port, server.token.clone())
+                } else {
+                    let (port, token) = (port(), token());
+                    let held =
+                        blobs::serve(self.t(h)?, blobs::STORE, sha, &address, port, &token).await?;
+                    let server = Server {
+                        port,
+                        token: token.clone(),
+                        held,
+                    };
+                    s.insert(key, server);
+                    (port, token)
+                }
+            };
+            self.step(phase, target, format!("fetch binary {short} from {h}"));
+            return Ok(blobs::fetch(t, blobs::STORE, sha, size, &address, port, &token).await?);
+        }
+        let name = match codec {
+            Codec::Zstd => "zstd",
+            Codec::Gzip => "gzip",
+            Codec::None => "none",
+        };
+        let data = {
+            let mut c = shared.compressed.lock().await;
+            match c.get(&(sha.clone(), name)) {
+                Some(d) => Arc::clone(d),
+                None => {
+                    let d = Arc::new(compress(file, codec).await?);
+                    c.insert((sha.clone(), name), Arc::clone(&d));
+                    d
+                }
+            }
+        };
+        self.step(
+            phase,
+            target,
+            format!(
+                "send binary {short} ({:.1} of {:.1} MB)",
+                data.len() as f64 / 1e6,
+                size as f64 / 1e6
+            ),
+        );
+        Ok(blobs::receive(t, blobs::STORE, sha, size, codec, data.as_ref().clone()).await?)
+    }
+
+    /// Clears the blob stores of every node that got blobs.
+    pub(crate) async fn clear_blobs(&self, staged: Staged) {
+        let items: Vec<(String, Vec<String>)> = staged
+            .held
+            .into_iter()
+            .map(|(n, s)| (n, s.into_iter().collect()))
+            .collect();
+        let _ = fan_out(items, self.opts.concurrency, |(n, shas)| async move {
+            blobs::drop(self.t(&n)?, blobs::STORE, &shas).await?;
+            Ok::<_, ApplyError>(())
+        })
+        .await;
+    }
+}
+
+/// A local file compressed for the wire, off the async threads.
+async fn compress(file: &std::path::Path, codec: Codec) -> Result<Vec<u8>, ApplyError> {
+    let path = file.to_path_buf();
+    let err = |e: std::io::Error| ApplyError::Other(format!("compressing {}: {e}", path.display()));
+    let data = tokio::fs::read(file).await.map_err(err)?;
+    tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::io::Write as _;
+        match codec {
+            Codec::Zstd => {
+                let mut e = zstd::stream::Encoder::new(Vec::new(), 3)?;
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+                let _ = e.multithread(threads);
+                e.write_all(&data)?;
+                e.finish()
+            }
+            Codec::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(&data)?;
+                e.finish()
+            }
+            Codec::None => Ok(data),
+        }
+    })
+    .await
+    .map_err(|e| ApplyError::Other(format!("compressing: {e}")))?
+    .map_err(|e| ApplyError::Other(format!("compressing {}: {e}", file.display())))
+}

@@ -1,0 +1,314 @@
+//! Binaries in transit: a node's blob store (`/var/lib/kubeforge/blobs`,
+//! files named by their sha256) is filled before a phase runs, from the
+//! control machine (compressed on the wire) or from another node that
+//! already holds the blob, so that the control machine's uplink carries
+//! each binary a few times instead of once per node. Every blob is checked
+//! (size and sha256) before it is renamed into the store, and again when
+//! it is installed from there: a node never installs a binary whose sum it
+//! has not checked.
+//!
+//! A node serves a blob to its peers with `systemd-socket-activate` (part
+//! of systemd) on a port of its cluster address while the transfer lasts;
+//! a peer fetches it with bash's `/dev/tcp`, after a one-time token.
+
+use crate::{Held, Script, Transport, TransportError};
+use std::time::Duration;
+
+/// Where a node keeps blobs in transit.
+pub const STORE: &str = "/var/lib/kubeforge/blobs";
+
+/// How bytes are compressed on their way to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Zstd,
+    Gzip,
+    None,
+}
+
+impl Codec {
+    fn arg(self) -> &'static str {
+        match self {
+            Codec::Zstd => "zstd",
+            Codec::Gzip => "gzip",
+            Codec::None => "none",
+        }
+    }
+}
+
+/// What a node can take: the blobs it holds, how it can decompress, and
+/// whether it can fetch from a peer (bash with /dev/tcp) and serve one
+/// (systemd-socket-activate).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub held: Vec<String>,
+    pub zstd: bool,
+    pub gzip: bool,
+    pub can_fetch: bool,
+    pub can_serve: bool,
+}
+
+impl Inventory {
+    /// The best codec the node decompresses.
+    pub fn codec(&self) -> Codec {
+        if self.zstd {
+            Codec::Zstd
+        } else if self.gzip {
+            Codec::Gzip
+        } else {
+            Codec::None
+        }
+    }
+}
+
+const INVENTORY: &str = r#"d="$1"
+[ -d "$d" ] && for f in "$d"/*; do [ -f "$f" ] && echo "held ${f##*/}"; done
+command -v zstd >/dev/null 2>&1 && echo zstd
+command -v gzip >/dev/null 2>&1 && echo gzip
+command -v bash >/dev/null 2>&1 && echo fetch
+command -v systemd-socket-activate >/dev/null 2>&1 && echo serve
+exit 0
+"#;
+
+/// What the node holds (in the blob store `store`) and can do.
+pub async fn inventory(t: &dyn Transport, store: &str) -> Result<Inventory, TransportError> {
+    let o = t
+        .run_ok(Script::new("list the blob store", INVENTORY).args([store]))
+        .await?;
+    let mut inv = Inventory::default();
+    for line in o.stdout_str().lines() {
+        match line.split_once(' ') {
+            Some(("held", sha)) => inv.held.push(sha.to_string()),
+            _ => match line {
+                "zstd" => inv.zstd = true,
+                "gzip" => inv.gzip = true,
+                "fetch" => inv.can_fetch = true,
+                "serve" => inv.can_serve = true,
+                _ => {}
+            },
+        }
+    }
+    Ok(inv)
+}
+
+/// The end of every way into the store: `$t` holds what arrived; checked
+/// against $size and $sum, then renamed to its name.
+const INTO_STORE: &str = r#"got_size=$(stat -c %s -- "$t")
+got_sum=$(sha256sum < "$t" | cut -d' ' -f1)
+if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then
+  echo "refusing blob $sum: expected $size bytes, received $got_size bytes with sha256 $got_sum" >&2
+  exit 4
+fi
+chmod 0644 "$t"
+mv -f -- "$t" "$d/$sum"
+trap - EXIT
+"#;
+
+/// $1 store, $2 sha256, $3 size, $4 codec; the compressed bytes on stdin.
+const RECEIVE: &str = r#"set -eu
+d="$1"; sum="$2"; size="$3"; codec="$4"
+mkdir -p -- "$d"; chmod 0700 "$d"
+t=$(mktemp "$d/.in.XXXXXX")
+trap 'rm -f -- "$t"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
+case "$codec" in
+  zstd) zstd -q -d -c > "$t" ;;
+  gzip) gzip -d -c > "$t" ;;
+  *) cat > "$t" ;;
+esac
+INTO_STORE"#;
+
+/// Sends a blob from the control machine, `data` compressed with `codec`.
+pub async fn receive(
+    t: &dyn Transport,
+    store: &str,
+    sha256: &str,
+    size: u64,
+    codec: Codec,
+    data: Vec<u8>,
+) -> Result<(), TransportError> {
+    let body = RECEIVE.replace("INTO_STORE", INTO_STORE);
+    let secs = 60 + data.len() as u64 / 5_000_000;
+    t.run_ok(
+        Script::new("receive a binary", &body)
+            .args([
+                store.to_string(),
+                sha256.to_string(),
+                size.to_string(),
+                codec.arg().to_string(),
+            ])
+            .stdin(data)
+            .timeout(Duration::from_secs(secs)),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// $1 store, $2 sha256, $3 listen address, $4 port, $5 token. Serves the
+/// blob to every peer that sends the token first, until stdin closes.
+const SERVE: &str = r#"f="$1/$2"
+[ -f "$f" ] || { echo "no blob $2"; exit 1; }
+systemd-socket-activate -l "$3:$4" -a --inetd sh -c 'IFS= read -r t; [ "$t" = "$1" ] && exec cat "$2"' kubeforge "$5" "$f" 2>/dev/null &
+pid=$!
+i=0
+while ! ss -Hltn "sport = :$4" 2>/dev/null | grep -q .; do
+  kill -0 "$pid" 2>/dev/null || { echo "cannot listen on $3:$4"; exit 1; }
+  i=$((i + 1)); [ "$i" -gt 50 ] && { echo "cannot listen on $3:$4"; kill "$pid"; exit 1; }
+  sleep 0.1
+done
+echo ready
+read -r _ || true
+kill "$pid" 2>/dev/null
+"#;
+
+/// Serves a blob the node holds on `address:port` to peers that present
+/// `token`, until the handle is released.
+pub async fn serve(
+    t: &dyn Transport,
+    store: &str,
+    sha256: &str,
+    address: &str,
+    port: u16,
+    token: &str,
+) -> Result<Box<dyn Held>, TransportError> {
+    let (first, held) = t
+        .hold(
+            Script::new("serve a binary to the other nodes", SERVE)
+                .args([
+                    store.to_string(),
+                    sha256.to_string(),
+                    address.to_string(),
+                    port.to_string(),
+                    token.to_string(),
+                ])
+                .timeout(Duration::from_secs(30)),
+        )
+        .await?;
+    if first == "ready" {
+        Ok(held)
+    } else {
+        held.release().await;
+        Err(TransportError::Failed {
+            node: t.node().to_string(),
+            what: format!("serve blob {sha256}"),
+            status: 1,
+            stderr: first,
+        })
+    }
+}
+
+/// $1 store, $2 sha256, $3 size, $4 peer address, $5 port, $6 token.
+const FETCH: &str = r#"set -eu
+d="$1"; sum="$2"; size="$3"
+mkdir -p -- "$d"; chmod 0700 "$d"
+t=$(mktemp "$d/.in.XXXXXX")
+trap 'rm -f -- "$t"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
+bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "%s\n" "$3" >&3 && exec cat <&3' kubeforge "$4" "$5" "$6" > "$t"
+INTO_STORE"#;
+
+/// Fetches a blob from a peer that serves it.
+pub async fn fetch(
+    t: &dyn Transport,
+    store: &str,
+    sha256: &str,
+    size: u64,
+    peer: &str,
+    port: u16,
+    token: &str,
+) -> Result<(), TransportError> {
+    let body = FETCH.replace("INTO_STORE", INTO_STORE);
+    t.run_ok(
+        Script::new("fetch a binary from another node", &body)
+            .args([
+                store.to_string(),
+                sha256.to_string(),
+                size.to_string(),
+                peer.to_string(),
+                port.to_string(),
+                token.to_string(),
+            ])
+            .timeout(Duration::from_secs(60 + size / 5_000_000)),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// $1 store, $2 sha256, $3 size, $4 path, $5 mode, $6 owner, $7 the sha256
+/// cache (or empty). Installs a held blob atomically, checked again.
+const INSTALL: &str = concat!(
+    r#"set -eu
+f="$1/$2"; sum="$2"; size="$3"; p="$4"
+dir=$(dirname -- "$p")
+mkdir -p -- "$dir"
+t=$(mktemp "$dir/.kubeforge-tmp.XXXXXX")
+trap 'rm -f -- "$t"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
+cat -- "$f" > "$t"
+got_size=$(stat -c %s -- "$t")
+got_sum=$(sha256sum < "$t" | cut -d' ' -f1)
+if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then
+  echo "refusing to install $p from the blob store: expected $size bytes with sha256 $sum, found $got_size bytes with sha256 $got_sum" >&2
+  exit 4
+fi
+chown -- "$6" "$t"
+chmod -- "$5" "$t"
+sync -- "$t" 2>/dev/null || sync
+mv -f -- "$t" "$p"
+trap - EXIT
+sync -- "$dir" 2>/dev/null || sync
+c="${7:-}"
+"#,
+    crate::ops::remember_sum!()
+);
+
+/// Where a blob goes and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub path: &'a str,
+    pub mode: u32,
+    pub owner: &'a str,
+    /// The node's sha256 cache, told the installed file's sum.
+    pub cache: Option<&'a str>,
+}
+
+pub async fn install(
+    t: &dyn Transport,
+    store: &str,
+    sha256: &str,
+    size: u64,
+    to: Target<'_>,
+) -> Result<(), TransportError> {
+    let what = format!("write {}", to.path);
+    t.run_ok(
+        Script::new(&what, INSTALL)
+            .args([
+                store.to_string(),
+                sha256.to_string(),
+                size.to_string(),
+                to.path.to_string(),
+                format!("{:04o}", to.mode),
+                to.owner.to_string(),
+                to.cache.unwrap_or_default().to_string(),
+            ])
+            .timeout(Duration::from_secs(300)),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Removes these blobs from the node's store.
+pub async fn drop(
+    t: &dyn Transport,
+    store: &str,
+    sha256s: &[String],
+) -> Result<(), TransportError> {
+    t.run_ok(
+        Script::new(
+            "clear the blob store",
+            r#"d="$1"; shift; for s in "$@"; do rm -f -- "$d/$s"; done; rmdir -- "$d" 2>/dev/null; exit 0"#,
+        )
+        .args(std::iter::once(store.to_string()).chain(sha256s.iter().cloned())),
+    )
+    .await
+    .map(|_| ())
+}

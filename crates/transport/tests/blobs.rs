@@ -1,0 +1,115 @@
+//! The blob store on this machine (the local transport): a binary received
+//! compressed, checked, installed; fetched from a peer serving it on
+//! loopback; and refused whenever its bytes are not the ones announced.
+#![allow(clippy::unwrap_used)]
+
+use kubeforge_transport::blobs::{self, Codec, Target};
+use kubeforge_transport::LocalTransport;
+use sha2::{Digest, Sha256};
+use std::io::Write as _;
+
+fn sha(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(data, 3).unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test]
+async fn received_compressed_checked_and_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("blobs").display().to_string();
+    let t = LocalTransport::new("here");
+    let data: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| (i % 251).to_le_bytes())
+        .collect();
+    let sum = sha(&data);
+    let inv = blobs::inventory(&t, &store).await.unwrap();
+    assert!(inv.held.is_empty() && inv.gzip);
+    for (codec, wire) in [(Codec::Gzip, gzip(&data)), (Codec::None, data.clone())]
+        .into_iter()
+        .chain(inv.zstd.then(|| (Codec::Zstd, zstd(&data))))
+    {
+        blobs::receive(&t, &store, &sum, data.len() as u64, codec, wire)
+            .await
+            .unwrap();
+        let inv = blobs::inventory(&t, &store).await.unwrap();
+        assert_eq!(inv.held, std::slice::from_ref(&sum), "{codec:?}");
+    }
+    let dest = dir.path().join("bin/tool");
+    let to = Target {
+        path: &dest.display().to_string(),
+        mode: 0o755,
+        owner: "root:root",
+        cache: None,
+    };
+    blobs::install(&t, &store, &sum, data.len() as u64, to)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    // Cut short on the wire: refused, nothing new in the store.
+    let mut short = gzip(&data);
+    short.truncate(short.len() / 2);
+    let other = sha(b"other");
+    assert!(blobs::receive(&t, &store, &other, 5, Codec::Gzip, short)
+        .await
+        .is_err());
+    // The store altered after the fact: installing refuses it.
+    std::fs::write(format!("{store}/{sum}"), b"tampered").unwrap();
+    let err = blobs::install(&t, &store, &sum, data.len() as u64, to)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refusing to install"), "{err}");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        data,
+        "the installed file stayed"
+    );
+    blobs::drop(&t, &store, std::slice::from_ref(&sum))
+        .await
+        .unwrap();
+    assert!(blobs::inventory(&t, &store).await.unwrap().held.is_empty());
+}
+
+#[tokio::test]
+async fn fetched_from_a_peer_that_serves_it_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (a, b) = (a.display().to_string(), b.display().to_string());
+    let t = LocalTransport::new("here");
+    assert!(
+        blobs::inventory(&t, &a).await.unwrap().can_serve,
+        "serving needs systemd-socket-activate (Debian's systemd package)"
+    );
+    let data = vec![42u8; 3_000_000];
+    let sum = sha(&data);
+    blobs::receive(&t, &a, &sum, data.len() as u64, Codec::None, data.clone())
+        .await
+        .unwrap();
+    let port = 40000 + (std::process::id() % 20000) as u16;
+    let held = blobs::serve(&t, &a, &sum, "127.0.0.1", port, "s3cret")
+        .await
+        .unwrap();
+    // The wrong token gets nothing (and so fails its check).
+    assert!(
+        blobs::fetch(&t, &b, &sum, data.len() as u64, "127.0.0.1", port, "wrong")
+            .await
+            .is_err()
+    );
+    blobs::fetch(&t, &b, &sum, data.len() as u64, "127.0.0.1", port, "s3cret")
+        .await
+        .unwrap();
+    held.release().await;
+    assert_eq!(std::fs::read(format!("{b}/{sum}")).unwrap(), data);
+}
