@@ -133,46 +133,50 @@ pub(crate) enum Command {
     /// SHA256SUMS written last.
     #[command(
         verbatim_doc_comment,
-        about = "Build a bundle directory (binaries + SHA256SUMS) for `apply --bundle`",
-        group(clap::ArgGroup::new("source").required(true).multiple(true).args(["kubernetes", "from", "files", "images"]))
+        about = "Build a bundle directory (binaries + SHA256SUMS) for `apply --bundle`"
     )]
-    Bundle {
-        /// Download mode: the Kubernetes release, such as 1.31.4.
-        #[arg(
-            long = "version",
-            value_name = "VERSION",
-            conflicts_with_all = ["from", "files", "images"]
-        )]
-        kubernetes: Option<String>,
-        /// The bundle directory to create (must not exist, or be empty).
-        #[arg(long, short)]
-        out: PathBuf,
-        /// Download mode: the nodes' architecture.
-        #[arg(long, value_enum, default_value_t = BundleArch::Amd64, conflicts_with_all = ["from", "files", "images"])]
-        arch: BundleArch,
-        /// Download mode: the Kubernetes release bucket.
-        #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_BASE_URL, conflicts_with_all = ["from", "files", "images"])]
-        base_url: String,
-        /// Download mode: also etcd and etcdctl of this etcd release, such
-        /// as 3.5.16.
-        #[arg(long, value_name = "VERSION", requires = "kubernetes")]
-        etcd_version: Option<String>,
-        /// Download mode: where the etcd releases are
-        /// (URL/vVERSION/etcd-vVERSION-linux-ARCH.tar.gz and URL/vVERSION/SHA256SUMS).
-        #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_ETCD_BASE_URL, conflicts_with_all = ["from", "files", "images"])]
-        etcd_base_url: String,
-        /// Local-files mode: every regular file of this directory, and of
-        /// its images/ as image archives.
-        #[arg(long, value_name = "LOCALDIR")]
-        from: Option<PathBuf>,
-        /// Local-files mode: this file (repeatable).
-        #[arg(long = "file", value_name = "PATH")]
-        files: Vec<PathBuf>,
-        /// Local-files mode: this container image archive, as
-        /// images/NAME.tar (repeatable).
-        #[arg(long = "image", value_name = "FILE")]
-        images: Vec<PathBuf>,
-    },
+    Bundle(BundleArgs),
+}
+
+/// What `kubeforge bundle` takes.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["kubernetes", "from", "files", "images"])))]
+pub(crate) struct BundleArgs {
+    /// Download mode: the Kubernetes release, such as 1.31.4.
+    #[arg(
+        long = "version",
+        value_name = "VERSION",
+        conflicts_with_all = ["from", "files", "images"]
+    )]
+    pub(crate) kubernetes: Option<String>,
+    /// The bundle directory to create (must not exist, or be empty).
+    #[arg(long, short)]
+    pub(crate) out: PathBuf,
+    /// Download mode: the nodes' architecture.
+    #[arg(long, value_enum, default_value_t = BundleArch::Amd64, conflicts_with_all = ["from", "files", "images"])]
+    pub(crate) arch: BundleArch,
+    /// Download mode: the Kubernetes release bucket.
+    #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_BASE_URL, conflicts_with_all = ["from", "files", "images"])]
+    pub(crate) base_url: String,
+    /// Download mode: also etcd and etcdctl of this etcd release, such
+    /// as 3.5.16.
+    #[arg(long, value_name = "VERSION", requires = "kubernetes")]
+    pub(crate) etcd_version: Option<String>,
+    /// Download mode: where the etcd releases are
+    /// (URL/vVERSION/etcd-vVERSION-linux-ARCH.tar.gz and URL/vVERSION/SHA256SUMS).
+    #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_ETCD_BASE_URL, conflicts_with_all = ["from", "files", "images"])]
+    pub(crate) etcd_base_url: String,
+    /// Local-files mode: every regular file of this directory, and of
+    /// its images/ as image archives.
+    #[arg(long, value_name = "LOCALDIR")]
+    pub(crate) from: Option<PathBuf>,
+    /// Local-files mode: this file (repeatable).
+    #[arg(long = "file", value_name = "PATH")]
+    pub(crate) files: Vec<PathBuf>,
+    /// Local-files mode: this container image archive, as
+    /// images/NAME.tar (repeatable).
+    #[arg(long = "image", value_name = "FILE")]
+    pub(crate) images: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -92,10 +92,24 @@ pub(crate) fn prepare(state: &Path, cluster: &Cluster, new_cas: Vec<CaId>) -> Re
     Ok(kubeforge_render::prepare(state, cluster, &opts)?)
 }
 
+/// What plan and apply start from: the inventory, the state directory,
+/// and the PKI and rendered trees with the bundle's binaries and images.
+pub(crate) fn prepare_for_nodes(
+    inv: &crate::args::InventoryArgs,
+    pki: &crate::args::PkiArgs,
+    nodes: &NodeArgs,
+    term: &mut Term,
+) -> Result<(Loaded, PathBuf, Prepared)> {
+    let (loaded, state) = load(inv, term)?;
+    let mut prepared = prepare(&state, &loaded.cluster, pki.new_ca.clone())?;
+    with_bundle(&mut prepared, &loaded.cluster, nodes, &state)?;
+    Ok((loaded, state, prepared))
+}
+
 /// With `--bundle`, its binaries and images are added to the rendered
 /// trees (each checked against the bundle's SHA256SUMS); without it,
 /// binaries and images are not managed.
-pub(crate) fn with_bundle(
+fn with_bundle(
     prepared: &mut Prepared,
     cluster: &Cluster,
     nodes: &NodeArgs,

@@ -92,29 +92,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         ),
         Command::Kubeconfig { inv, out } => cmd::kubeconfig::run(&inv, out, term),
         Command::Certs { inv, output } => cmd::certs::run(&inv, output, term),
-        Command::Bundle {
-            kubernetes,
-            out,
-            arch,
-            base_url,
-            etcd_version,
-            etcd_base_url,
-            from,
-            files,
-            images,
-        } => cmd::bundle::run(
-            cmd::bundle::Request {
-                kubernetes,
-                out,
-                arch,
-                base_url,
-                etcd_version,
-                etcd_base_url,
-                from,
-                files,
-                images,
-            },
-            term,
-        ),
+        Command::Bundle(args) => cmd::bundle::run(args, term),
     }
 }

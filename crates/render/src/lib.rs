@@ -270,6 +270,20 @@ struct Meta<'a> {
     phase: &'a str,
 }
 
+impl<'a> Meta<'a> {
+    /// A `[[file]]` row's metadata, installed in `phase`.
+    fn of_file(row: &'a table::FileRow, phase: &'a str) -> Meta<'a> {
+        Meta {
+            mode: file_mode(row.mode.as_deref()),
+            secret: row.secret,
+            restarts: &row.restarts,
+            reloads: &row.reloads,
+            source: &row.template,
+            phase,
+        }
+    }
+}
+
 fn file(path: &str, content: Vec<u8>, m: &Meta<'_>) -> RenderedFile {
     RenderedFile {
         phase: m.phase.to_string(),
@@ -552,14 +566,7 @@ impl Renderer {
                 ctx["drained"] = json!(drained.name);
                 let content = self.template(&row.template, &ctx, &holder.name)?;
                 let phase = self.phase_of(row.on, &row.restarts, &row.reloads);
-                let meta = Meta {
-                    mode: file_mode(row.mode.as_deref()),
-                    secret: row.secret,
-                    restarts: &row.restarts,
-                    reloads: &row.reloads,
-                    source: &row.template,
-                    phase: &phase,
-                };
+                let meta = Meta::of_file(row, &phase);
                 out.push(Drained {
                     lb: holder.name.clone(),
                     file: file(&row.path, content, &meta),
@@ -674,14 +681,7 @@ impl Renderer {
                 continue;
             }
             let phase = self.phase_of(row.on, &row.restarts, &row.reloads);
-            let meta = Meta {
-                mode: file_mode(row.mode.as_deref()),
-                secret: row.secret,
-                restarts: &row.restarts,
-                reloads: &row.reloads,
-                source: &row.template,
-                phase: &phase,
-            };
+            let meta = Meta::of_file(row, &phase);
             let Some(list) = &row.each else {
                 let content = self.template(&row.template, &n.ctx, &node.name)?;
                 files.add(file(&row.path, content, &meta))?;

@@ -2,7 +2,7 @@
 //! the plan says, phase by phase behind health gates.
 
 use crate::args::{InventoryArgs, NodeArgs, Output, PkiArgs};
-use crate::common::{init_log, load, prepare, reach, runtime, with_bundle, Term};
+use crate::common::{init_log, prepare_for_nodes, reach, runtime, Term};
 use crate::online;
 use anyhow::Result;
 use kubeforge_apply::{ApplyError, Outcome, Request};
@@ -22,10 +22,8 @@ pub(crate) fn run(
     output: Output,
     term: &mut Term,
 ) -> Result<()> {
-    let (loaded, state) = load(inv, term)?;
+    let (loaded, state, prepared) = prepare_for_nodes(inv, pki, nodes, term)?;
     let cluster = &loaded.cluster;
-    let mut prepared = prepare(&state, cluster, pki.new_ca.clone())?;
-    with_bundle(&mut prepared, cluster, nodes, &state)?;
     init_log(&state)?;
     let opts = kubeforge_apply::Options {
         concurrency: nodes.concurrency,

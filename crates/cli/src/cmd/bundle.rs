@@ -1,26 +1,12 @@
 //! `kubeforge bundle`: a bundle directory from the release files or from
 //! local files.
 
-use crate::args::BundleArch;
+use crate::args::{BundleArch, BundleArgs};
 use crate::common::Term;
 use anyhow::Result;
-use std::path::PathBuf;
 
-/// What `kubeforge bundle` was asked for.
-pub(crate) struct Request {
-    pub kubernetes: Option<String>,
-    pub out: PathBuf,
-    pub arch: BundleArch,
-    pub base_url: String,
-    pub etcd_version: Option<String>,
-    pub etcd_base_url: String,
-    pub from: Option<PathBuf>,
-    pub files: Vec<PathBuf>,
-    pub images: Vec<PathBuf>,
-}
-
-pub(crate) fn run(req: Request, term: &mut Term) -> Result<()> {
-    let Request {
+pub(crate) fn run(args: BundleArgs, term: &mut Term) -> Result<()> {
+    let BundleArgs {
         kubernetes,
         out,
         arch,
@@ -30,7 +16,7 @@ pub(crate) fn run(req: Request, term: &mut Term) -> Result<()> {
         from,
         files,
         images,
-    } = req;
+    } = args;
     let built = match kubernetes {
         Some(version) => {
             let release = kubeforge_bundle::Release {

@@ -2,7 +2,7 @@
 //! phase (facts gathered read-only over SSH, or none with --offline).
 
 use crate::args::{InventoryArgs, NodeArgs, Output, PkiArgs};
-use crate::common::{load, pki_line, prepare, reach, runtime, with_bundle, Term};
+use crate::common::{pki_line, prepare_for_nodes, reach, runtime, Term};
 use crate::online;
 use anyhow::Result;
 
@@ -14,10 +14,8 @@ pub(crate) fn run(
     output: Output,
     term: &mut Term,
 ) -> Result<()> {
-    let (loaded, state) = load(inv, term)?;
+    let (loaded, state, prepared) = prepare_for_nodes(inv, pki, nodes, term)?;
     let cluster = &loaded.cluster;
-    let mut prepared = prepare(&state, cluster, pki.new_ca.clone())?;
-    with_bundle(&mut prepared, cluster, nodes, &state)?;
     let rendered = &prepared.rendered;
     let plan = if offline {
         kubeforge_apply::plan_offline(cluster, rendered, &nodes.phases)?
