@@ -100,7 +100,16 @@ pub(crate) fn with_bundle(
     cluster: &Cluster,
     nodes: &NodeArgs,
 ) -> Result<()> {
-    let Some(dir) = &nodes.bundle else {
+    with_bundle_dir(prepared, cluster, nodes.bundle.as_deref())
+}
+
+/// [`with_bundle`] with the bundle directory, if any.
+pub(crate) fn with_bundle_dir(
+    prepared: &mut Prepared,
+    cluster: &Cluster,
+    dir: Option<&Path>,
+) -> Result<()> {
+    let Some(dir) = dir else {
         return Ok(());
     };
     let bundle = kubeforge_bundle::load(dir)?;
