@@ -15,7 +15,7 @@ use crate::api::Api;
 use crate::gates::HOLDS_ADDRESS;
 use crate::{bounded, Credentials, Transports};
 use kubeforge_inventory::{Cluster, Role};
-use kubeforge_plan::{cert, ApiAction, Facts};
+use kubeforge_plan::{cert, ApiAction, Facts, NodeFacts};
 use kubeforge_render::{Check, NodeTree, Rendered};
 use kubeforge_transport::{Script, Transport};
 use serde::Serialize;
@@ -602,7 +602,7 @@ async fn holds(t: &dyn Transport, address: &str) -> Option<bool> {
     run_text(t, script).await.ok().map(|o| o.trim() == "yes")
 }
 
-/// Every probe of one node, at the same time.
+/// Every probe of one node.
 async fn probe(
     req: &StatusRequest<'_>,
     tree: &NodeTree,
@@ -614,8 +614,11 @@ async fn probe(
     let via = vip
         .and_then(|v| v.ready.as_ref())
         .filter(|(_, g)| vip_checker && g.args.len() >= 2);
-    let (clock, units, certs, etcd, apiserver, holds_vip, via_vip) = tokio::join!(
-        clock(t),
+    // The clock first and alone: its round trip bounds the skew's error.
+    // Then the rest at once (a handful of sessions on the node's one SSH
+    // connection).
+    let clock = clock(t).await;
+    let (units, certs, etcd, apiserver, holds_vip, via_vip) = tokio::join!(
         units(t, tree),
         certificates(t, tree),
         etcd(t, tree),
@@ -664,49 +667,95 @@ async fn probe(
     p
 }
 
-/// What differs from the rendered files, per reachable node, and the
-/// addon objects the API holds differently: gathered and planned exactly
-/// as `kubeforge plan` does.
-async fn drift(
-    req: &StatusRequest<'_>,
-) -> Result<(BTreeMap<String, Vec<String>>, Option<Vec<String>>), String> {
+/// The rendered trees of the reachable nodes; the addon node kept only
+/// when `api` (its API objects are read).
+fn reachable(req: &StatusRequest<'_>, api: bool) -> Rendered {
     let mut rendered = req.rendered.clone();
     rendered
         .nodes
         .retain(|n| req.transports.contains_key(&n.name));
-    if rendered
-        .addon_node
-        .as_ref()
-        .is_some_and(|n| !req.transports.contains_key(n))
+    if !api
+        || rendered
+            .addon_node
+            .as_ref()
+            .is_some_and(|n| !req.transports.contains_key(n))
     {
         rendered.addon_node = None;
     }
-    let facts = crate::gather(req.transports, &rendered, req.concurrency)
-        .await
-        .map_err(|e| e.to_string())?;
-    let api_known = match &facts {
-        Facts::Gathered(map) => map
-            .values()
-            .any(|f| matches!(f.api, Some(kubeforge_plan::ApiFacts::Objects(_)))),
-        Facts::Offline => false,
-    };
-    let plan = kubeforge_plan::plan(&req.cluster.name, &rendered, &facts, &[])
+    rendered
+}
+
+/// The facts `kubeforge plan` gathers, of every reachable node, without
+/// the API.
+async fn file_facts(req: &StatusRequest<'_>) -> Result<BTreeMap<String, NodeFacts>, String> {
+    let rendered = reachable(req, false);
+    match crate::gather(req.transports, &rendered, req.concurrency).await {
+        Ok(Facts::Gathered(map)) => Ok(map),
+        Ok(Facts::Offline) => Ok(BTreeMap::new()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The addon objects as the API of `addon` holds them (asked only when
+/// its apiserver is ready), within a minute.
+async fn api_facts(req: &StatusRequest<'_>, addon: &str) -> Result<NodeFacts, String> {
+    let mut rendered = reachable(req, true);
+    rendered.nodes.retain(|n| n.name == addon);
+    let gathered = tokio::time::timeout(
+        Duration::from_secs(60),
+        crate::gather(req.transports, &rendered, 1),
+    )
+    .await
+    .map_err(|_| format!("{addon}: reading the addon objects took more than 60 s"))?
+    .map_err(|e| e.to_string())?;
+    match gathered {
+        Facts::Gathered(mut map) => map
+            .remove(addon)
+            .ok_or_else(|| format!("{addon}: no facts")),
+        Facts::Offline => Err(format!("{addon}: no facts")),
+    }
+}
+
+/// What differs from the rendered files, per reachable node, and the
+/// addon objects the API holds differently (`None`: not known): planned
+/// exactly as `kubeforge plan` does.
+type Drift = (BTreeMap<String, Vec<String>>, Option<Vec<String>>);
+
+fn drift_of(
+    req: &StatusRequest<'_>,
+    mut facts: BTreeMap<String, NodeFacts>,
+    api: Option<NodeFacts>,
+) -> Result<Drift, String> {
+    let mut rendered = reachable(req, api.is_some());
+    let api_known = api
+        .as_ref()
+        .is_some_and(|a| matches!(a.api, Some(kubeforge_plan::ApiFacts::Objects(_))));
+    if let (Some(a), Some(addon)) = (api, rendered.addon_node.clone()) {
+        match facts.get_mut(&addon) {
+            Some(f) => {
+                f.api = a.api;
+                f.csrs = a.csrs;
+            }
+            None => rendered.addon_node = None,
+        }
+    }
+    let plan = kubeforge_plan::plan(&req.cluster.name, &rendered, &Facts::Gathered(facts), &[])
         .map_err(|e| e.to_string())?;
     let mut files = BTreeMap::new();
-    let mut api = Vec::new();
+    let mut objects = Vec::new();
     for n in &plan.nodes {
         files.insert(
             n.node.clone(),
             n.changes.iter().map(|c| c.path.clone()).collect(),
         );
-        api.extend(
+        objects.extend(
             n.api
                 .iter()
                 .filter(|c| c.action != ApiAction::Apply)
                 .map(|c| c.object.clone()),
         );
     }
-    Ok((files, api_known.then_some(api)))
+    Ok((files, api_known.then_some(objects)))
 }
 
 /// The newest entry of `<state>/backups/` and its age.
@@ -829,7 +878,7 @@ pub async fn status(req: &StatusRequest<'_>) -> Status {
             }
         }
     });
-    let (probes, drift) = tokio::join!(probes, drift(req));
+    let (probes, files) = tokio::join!(probes, file_facts(req));
     let ready_cps: Vec<String> = req
         .rendered
         .nodes
@@ -842,9 +891,26 @@ pub async fn status(req: &StatusRequest<'_>) -> Status {
         })
         .map(|(t, _)| t.name.clone())
         .collect();
-    let readiness = readiness(req, &ready_cps).await;
-    let (file_drift, api_drift, drift_error) = match drift {
-        Ok((f, a)) => (Some(f), a, None),
+    // The API only where its apiserver answers /readyz: a cluster whose
+    // API is down is read as quickly as a healthy one.
+    let addon = req
+        .rendered
+        .addon_node
+        .clone()
+        .filter(|n| ready_cps.contains(n) && !req.rendered.addons.is_empty());
+    let (readiness, api) = tokio::join!(readiness(req, &ready_cps), async {
+        match &addon {
+            Some(a) => Some(api_facts(req, a).await),
+            None => None,
+        }
+    });
+    let (api, api_error) = match api {
+        Some(Ok(f)) => (Some(f), None),
+        Some(Err(e)) => (None, Some(format!("addon objects: {e}"))),
+        None => (None, None),
+    };
+    let (file_drift, api_drift, drift_error) = match files.and_then(|f| drift_of(req, f, api)) {
+        Ok((f, a)) => (Some(f), a, api_error),
         Err(e) => (None, None, Some(e)),
     };
     let mut nodes = Vec::new();
@@ -1084,9 +1150,13 @@ pub fn judge(s: &Status, renew_before_days: i64, max_skew: Duration) -> Vec<Prob
                 node,
                 "drift",
                 format!(
-                    "{}: {} files differ from what kubeforge renders ({}); `kubeforge plan` shows how",
+                    "{}: {} from what kubeforge renders ({}); `kubeforge plan` shows how",
                     n.name,
-                    d.len(),
+                    if d.len() == 1 {
+                        "1 file differs".to_string()
+                    } else {
+                        format!("{} files differ", d.len())
+                    },
                     d.join(", ")
                 ),
             );

@@ -400,6 +400,34 @@ fn etcd_without_quorum_and_no_apiserver_fail() {
     // Without a ready apiserver, Ready is not known (and no problem of its own).
     let w1 = s.nodes.iter().find(|n| n.name == "worker1").unwrap();
     assert_eq!(w1.ready.as_ref().unwrap().status, "unknown");
+    // The API is not asked for the addon objects; the files are compared.
+    assert!(w
+        .rec
+        .log()
+        .iter()
+        .all(|c| c.what != "read the addon objects"));
+    assert!(s.api_drift.is_none() && s.drift_error.is_none());
+    assert!(s.nodes.iter().all(|n| n.drift.as_deref() == Some(&[][..])));
+}
+
+#[test]
+fn api_that_fails_to_answer_leaves_file_drift_known() {
+    let w = world();
+    let addon = w.rendered.addon_node.clone().unwrap();
+    w.rec.answer(
+        Some(&addon),
+        "read the addon objects",
+        vec![fail(1, "curl: (28) Operation timed out")],
+    );
+    let s = run(&w, &[]);
+    assert_eq!(s.verdict, Verdict::Degraded, "{}", messages(&s));
+    assert!(s.api_drift.is_none());
+    let e = s.drift_error.as_deref().unwrap();
+    assert!(
+        e.starts_with("addon objects: ") && e.contains("timed out"),
+        "{e}"
+    );
+    assert!(s.nodes.iter().all(|n| n.drift.as_deref() == Some(&[][..])));
 }
 
 #[test]
@@ -432,7 +460,7 @@ fn edited_file_vip_on_two_nodes_and_skew_are_degraded() {
     assert_eq!(s.verdict, Verdict::Degraded, "{}", messages(&s));
     let text = messages(&s);
     assert!(
-        text.contains("worker2: 1 files differ from what kubeforge renders (/etc/kubernetes/kubelet-config.yaml)"),
+        text.contains("worker2: 1 file differs from what kubeforge renders (/etc/kubernetes/kubelet-config.yaml)"),
         "{text}"
     );
     assert!(

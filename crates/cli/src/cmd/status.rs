@@ -205,6 +205,7 @@ fn rows(s: &Status) -> Vec<Row> {
         let (state, detail) = match &n.drift {
             None => ("unknown".to_string(), String::new()),
             Some(d) if d.is_empty() => ("none".to_string(), String::new()),
+            Some(d) if d.len() == 1 => ("1 file".to_string(), d.join(", ")),
             Some(d) => (format!("{} files", d.len()), d.join(", ")),
         };
         push("drift", &["drift"], state, detail);
@@ -302,12 +303,15 @@ fn table(s: &Status, elapsed: Duration, colour: bool) -> String {
         Verdict::Degraded => Level::Warn,
         Verdict::Failed => Level::Fail,
     };
+    let problems = match s.problems.len() {
+        1 => "1 problem".to_string(),
+        n => format!("{n} problems"),
+    };
     out.push_str(&format!(
-        "cluster \"{}\": {} ({} nodes, {} problems, checked in {:.1} s)\n\n",
+        "cluster \"{}\": {} ({} nodes, {problems}, checked in {:.1} s)\n\n",
         s.cluster,
         paint(s.verdict.as_str(), verdict, colour),
         s.nodes.len(),
-        s.problems.len(),
         elapsed.as_secs_f64()
     ));
     out.push_str(&format!(
