@@ -9,5 +9,6 @@ mod lab_bootstrap;
 mod lab_nodes;
 mod lab_real;
 mod lab_smoke;
+mod lab_status;
 mod ssh_transport;
 mod vagrant;

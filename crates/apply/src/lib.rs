@@ -13,6 +13,7 @@ mod execute;
 mod facts;
 mod gates;
 mod preflight;
+pub mod status;
 
 pub use api::Credentials;
 pub use execute::{execute, Applied};

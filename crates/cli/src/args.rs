@@ -97,6 +97,62 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Show the cluster's health in one table, read-only: every node
+    /// reachable, each unit's state and version, kubelets Ready in the
+    /// API, clock skew, etcd members (health, leader, DB size, revision)
+    /// and the newest backup, /readyz on every apiserver and through the
+    /// VIP and which LB node holds it, the soonest certificate expiry per
+    /// node, and files that differ from what kubeforge renders.
+    ///
+    /// Exit status: 0 healthy, 1 degraded (something needs a look; the
+    /// cluster serves), 2 failed (a node cannot be reached, or the API,
+    /// etcd or the VIP cannot serve, or a certificate has expired).
+    #[command(verbatim_doc_comment)]
+    Status {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        /// Also compare the binaries on the nodes with this bundle's.
+        #[arg(long, value_name = "DIR")]
+        bundle: Option<PathBuf>,
+        /// An ssh_config file to use instead of ~/.ssh/config.
+        #[arg(long, value_name = "FILE")]
+        ssh_config: Option<PathBuf>,
+        /// Nodes probed at the same time.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Seconds to wait for an SSH connection.
+        #[arg(long, default_value_t = 10, value_name = "SECS")]
+        connect_timeout: u64,
+        /// Largest clock difference between a node and this machine that
+        /// is not a problem.
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        max_clock_skew: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Print a shell completion script for kubeforge.
+    ///
+    ///     kubeforge completions bash > /etc/bash_completion.d/kubeforge
+    ///     kubeforge completions zsh > "${fpath[1]}/_kubeforge"
+    ///     kubeforge completions fish > ~/.config/fish/completions/kubeforge.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff), or write kubeforge.1 and one page per
+    /// command (kubeforge-plan.1, ...) into a directory.
+    ///
+    ///     kubeforge man | man -l -
+    ///     kubeforge man --out /usr/local/share/man/man1
+    #[command(verbatim_doc_comment)]
+    Man {
+        /// Write the pages into this directory (created if missing).
+        #[arg(long, short, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Build a bundle directory (binaries + SHA256SUMS) for `apply --bundle`.
     ///
     /// Download mode (--version): fetches kube-apiserver,
@@ -177,6 +233,13 @@ pub(crate) struct BundleArgs {
     /// images/NAME.tar (repeatable).
     #[arg(long = "image", value_name = "FILE")]
     pub(crate) images: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

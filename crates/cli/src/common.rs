@@ -115,7 +115,17 @@ fn with_bundle(
     nodes: &NodeArgs,
     state: &Path,
 ) -> Result<()> {
-    let Some(dir) = &nodes.bundle else {
+    with_bundle_dir(prepared, cluster, nodes.bundle.as_deref(), state)
+}
+
+/// [`with_bundle`] with the bundle directory, if any.
+pub(crate) fn with_bundle_dir(
+    prepared: &mut Prepared,
+    cluster: &Cluster,
+    dir: Option<&Path>,
+    state: &Path,
+) -> Result<()> {
+    let Some(dir) = dir else {
         return Ok(());
     };
     // Files checked on an earlier run and unchanged since are not read

@@ -5,6 +5,7 @@ mod args;
 mod cmd;
 mod common;
 mod online;
+mod progress;
 
 use args::{Cli, Command};
 use clap::Parser;
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
         .with(file_layer)
         .init();
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             #[allow(clippy::print_stderr)]
             {
@@ -56,12 +57,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+/// Runs a command; its exit status (`status` says how healthy the
+/// cluster is with it, the others succeed or fail).
+fn run(command: Command) -> anyhow::Result<ExitCode> {
     let mut term = Term {
         out: std::io::stdout(),
     };
     let term = &mut term;
-    match command {
+    let done = match command {
+        Command::Status {
+            inv,
+            bundle,
+            ssh_config,
+            concurrency,
+            connect_timeout,
+            max_clock_skew,
+            output,
+        } => {
+            let req = cmd::status::Request {
+                bundle,
+                reach: online::Reach {
+                    ssh_config,
+                    connect_timeout: std::time::Duration::from_secs(connect_timeout),
+                    concurrency,
+                },
+                max_clock_skew: std::time::Duration::from_secs(max_clock_skew),
+                output,
+            };
+            return cmd::status::run(&inv, &req, term).map(ExitCode::from);
+        }
+        Command::Completions { shell } => cmd::docs::completions(shell, term),
+        Command::Man { out } => cmd::docs::man(out.as_deref(), term),
         Command::Init { ha, force, dir } => cmd::init::run(ha, force, &dir, term),
         Command::Validate(args) => cmd::validate::run(&args, term),
         Command::Render { inv, pki, out } => cmd::render::run(&inv, &pki, &out, term),
@@ -93,5 +119,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Kubeconfig { inv, out } => cmd::kubeconfig::run(&inv, out, term),
         Command::Certs { inv, output } => cmd::certs::run(&inv, output, term),
         Command::Bundle(args) => cmd::bundle::run(args, term),
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }

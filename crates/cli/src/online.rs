@@ -1,14 +1,13 @@
 //! The commands that talk to nodes: online `plan` and `apply`.
 
+pub use crate::progress::Bars;
 use anyhow::{Context, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kubeforge_apply::{ApplyError, Event, EventKind, Progress, Transports};
+use kubeforge_apply::{ApplyError, Transports};
 use kubeforge_inventory::Cluster;
 use kubeforge_transport::{SshOptions, SshTransport, Transport};
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How to reach the nodes, from the command line.
@@ -29,6 +28,23 @@ fn expand_home(p: &str) -> PathBuf {
 /// Opens one multiplexed SSH connection per node, all at once (bounded);
 /// reports every node that cannot be reached.
 pub async fn connect_all(cluster: &Cluster, state: &Path, reach: &Reach) -> Result<Transports> {
+    let (transports, problems) = connect_each(cluster, state, reach).await?;
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "cannot reach every node; nothing was changed:\n{}",
+            problems.into_values().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(transports)
+}
+
+/// Like [`connect_all`], but a node that cannot be reached is returned
+/// with why instead of failing the whole command (`kubeforge status`).
+pub async fn connect_each(
+    cluster: &Cluster,
+    state: &Path,
+    reach: &Reach,
+) -> Result<(Transports, BTreeMap<String, String>)> {
     std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
     let known_hosts = state.join("known_hosts");
     let sem = Arc::new(tokio::sync::Semaphore::new(reach.concurrency.max(1)));
@@ -53,98 +69,21 @@ pub async fn connect_all(cluster: &Cluster, state: &Path, reach: &Reach) -> Resu
         }));
     }
     let mut transports: Transports = BTreeMap::new();
-    let mut problems = Vec::new();
+    let mut problems = BTreeMap::new();
     for (node, task) in cluster.nodes.iter().zip(tasks) {
         match task.await {
             Ok(Ok(t)) => {
                 transports.insert(node.name.clone(), Arc::new(t) as Arc<dyn Transport>);
             }
-            Ok(Err(e)) => problems.push(e.to_string()),
-            Err(e) => problems.push(format!("{}: {e}", node.name)),
-        }
-    }
-    if !problems.is_empty() {
-        anyhow::bail!(
-            "cannot reach every node; nothing was changed:\n{}",
-            problems.join("\n")
-        );
-    }
-    Ok(transports)
-}
-
-/// Progress bars per phase and node on a terminal; plain lines otherwise.
-pub struct Bars {
-    multi: Option<MultiProgress>,
-    bars: Mutex<BTreeMap<String, ProgressBar>>,
-}
-
-impl Bars {
-    pub fn new() -> Bars {
-        let multi = std::io::stderr()
-            .is_terminal()
-            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Bars {
-            multi,
-            bars: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    fn plain(&self, line: String) {
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "{line}");
-    }
-}
-
-impl Progress for Bars {
-    fn event(&self, e: Event) {
-        let Some(multi) = &self.multi else {
-            match (e.kind, &e.node) {
-                (EventKind::PhaseStarted, _) => {
-                    self.plain(format!("== phase {} ({})", e.phase, e.message))
-                }
-                (EventKind::PhaseDone, _) => self.plain(format!("== phase {} done", e.phase)),
-                (EventKind::Step, Some(n)) => {
-                    self.plain(format!("   [{}] {n}: {}", e.phase, e.message))
-                }
-                (EventKind::Step, None) => self.plain(format!("   [{}] {}", e.phase, e.message)),
-                (EventKind::Warning, _) => self.plain(format!("warning: {}", e.message)),
+            Ok(Err(e)) => {
+                problems.insert(node.name.clone(), e.to_string());
             }
-            return;
-        };
-        let Ok(mut bars) = self.bars.lock() else {
-            return;
-        };
-        let key = format!("{}/{}", e.phase, e.node.clone().unwrap_or_default());
-        match e.kind {
-            EventKind::Warning => {
-                let _ = multi.println(format!("warning: {}", e.message));
-            }
-            EventKind::PhaseStarted | EventKind::Step => {
-                let bar = bars.entry(key).or_insert_with(|| {
-                    let b = multi.add(ProgressBar::new_spinner());
-                    b.set_style(
-                        ProgressStyle::with_template("{spinner} {prefix:>22} {wide_msg}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
-                    b.set_prefix(match &e.node {
-                        Some(n) => format!("{} {n}", e.phase),
-                        None => e.phase.clone(),
-                    });
-                    b.enable_steady_tick(Duration::from_millis(120));
-                    b
-                });
-                bar.set_message(e.message);
-            }
-            EventKind::PhaseDone => {
-                let prefix = format!("{}/", e.phase);
-                for (k, b) in bars.iter() {
-                    if k.starts_with(&prefix) {
-                        b.finish_with_message("done");
-                    }
-                }
+            Err(e) => {
+                problems.insert(node.name.clone(), format!("{}: {e}", node.name));
             }
         }
     }
+    Ok((transports, problems))
 }
 
 /// Turns an apply error into the message an admin sees.

@@ -166,3 +166,119 @@ fn readme_documents_every_subcommand() {
         );
     }
 }
+
+/// Every command, as the completions and the man page must name them.
+const COMMANDS: [&str; 11] = [
+    "init",
+    "validate",
+    "render",
+    "plan",
+    "apply",
+    "kubeconfig",
+    "certs",
+    "status",
+    "completions",
+    "man",
+    "bundle",
+];
+
+#[test]
+fn completions_and_man_pages_name_every_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    for shell in ["bash", "zsh", "fish"] {
+        let r = kubeforge(d, &["completions", shell]);
+        assert_eq!(r.code, 0, "{shell}");
+        for c in COMMANDS {
+            assert!(r.stdout.contains(c), "{shell} completions lack {c}");
+        }
+        // Options of a command complete too.
+        assert!(r.stdout.contains("max-clock-skew"), "{shell}");
+    }
+    let r = kubeforge(d, &["completions", "tcsh"]);
+    assert_eq!(r.code, 2);
+    let r = kubeforge(d, &["man"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains(".TH kubeforge 1"), "{}", r.stdout);
+    for c in COMMANDS {
+        assert!(
+            r.stdout.contains(&format!("kubeforge\\-{c}")),
+            "the man page lacks {c}"
+        );
+    }
+    let r = kubeforge(d, &["man", "--out", "man1"]);
+    assert_eq!(r.code, 0);
+    for c in COMMANDS {
+        let page = d.join(format!("man1/kubeforge-{c}.1"));
+        assert!(page.exists(), "{} missing: {}", page.display(), r.stdout);
+    }
+    let status = std::fs::read_to_string(d.join("man1/kubeforge-status.1")).unwrap();
+    assert!(
+        status.contains("Exit status: 0 healthy, 1 degraded"),
+        "{status}"
+    );
+    let r = kubeforge(d, &["--help"]);
+    for c in ["status", "completions", "man"] {
+        assert!(r.stdout.contains(c), "--help lacks {c}");
+    }
+}
+
+/// `status` needs the PKI apply made; with it, nodes that cannot be
+/// reached are a table of unreachable nodes and exit status 2. The
+/// ssh_config sends every connection to this machine's port 1, where
+/// nothing listens.
+#[test]
+fn status_of_unreachable_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let inv = std::fs::read_to_string(repo().join("inventories/single.toml"))
+        .unwrap()
+        .replace("key = \"~/.ssh/id_ed25519\"", "port = 1");
+    std::fs::write(d.join("inventory.toml"), inv).unwrap();
+    std::fs::write(d.join("ssh_config"), "Host *\n    HostName 127.0.0.1\n").unwrap();
+    let r = kubeforge(d, &["status", "-i", "inventory.toml"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("holds no complete PKI"), "{}", r.stderr);
+    let r = kubeforge(d, &["render", "-i", "inventory.toml", "--out", "out"]);
+    assert_eq!(r.code, 0);
+    let args = [
+        "status",
+        "-i",
+        "inventory.toml",
+        "--ssh-config",
+        "ssh_config",
+        "--connect-timeout",
+        "3",
+    ];
+    let r = kubeforge(d, &args);
+    assert_eq!(r.code, 2, "unreachable nodes are a failure");
+    assert!(
+        r.stdout
+            .starts_with("cluster \"single\": failed (3 nodes, "),
+        "{}",
+        r.stdout
+    );
+    for n in ["cp1", "worker1", "worker2"] {
+        let row = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(n) && l.contains(" host "))
+            .unwrap_or_else(|| panic!("no host row for {n}"));
+        assert!(row.contains("unreachable"), "{row}");
+        assert!(
+            r.stdout
+                .contains(&format!("failed: {n}: unreachable: {n}: cannot connect")),
+            "{}",
+            r.stdout
+        );
+    }
+    assert!(!r.stdout.contains('\x1b'), "colours only on a terminal");
+    let mut json_args = args.to_vec();
+    json_args.extend(["--output", "json"]);
+    let r = kubeforge(d, &json_args);
+    assert_eq!(r.code, 2);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["verdict"], "failed");
+    assert_eq!(v["nodes"][0]["reachable"], false);
+    assert_eq!(v["etcd"]["members"][0]["healthy"], false);
+}

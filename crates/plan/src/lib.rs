@@ -6,6 +6,7 @@
 //! with their strategies and gates ([`PhasePlan`]), are what apply
 //! executes. Pure: facts come in as data.
 
+pub mod cert;
 mod text;
 mod work;
 
@@ -128,6 +129,11 @@ pub struct FileChange {
     /// Unified diff of a text file that holds no secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
+    /// What an update changes in meaning, for files a line diff does not
+    /// suit: a certificate's subject, issuer, SANs, validity and key; a
+    /// kubeconfig's server and user; "(secret) changed" for a key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub summary: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -393,38 +399,61 @@ fn decide<'a>(
     )
 }
 
+/// How an update is shown: a line diff of a text file without secrets; a
+/// summary of what changed in meaning for a certificate, a kubeconfig
+/// (server and user) or a key ("(secret) changed"). Never key material,
+/// nor the encoded bytes of a certificate.
+fn update_shown(
+    f: &kubeforge_render::RenderedFile,
+    r: &RemoteFile,
+) -> (Option<String>, Vec<String>) {
+    if f.from_file.is_some() {
+        return (None, Vec::new());
+    }
+    if cert::is_kubeconfig(&f.content) {
+        let old = r.content.as_deref().map(String::from_utf8_lossy);
+        return (None, cert::kubeconfig_changes(old.as_deref(), &f.content));
+    }
+    if f.secret {
+        return (None, vec!["(secret) changed".into()]);
+    }
+    if cert::is_certificate_pem(&f.content) {
+        return (
+            None,
+            cert::certificate_changes(r.content.as_deref(), &f.content),
+        );
+    }
+    let diff = r
+        .content
+        .as_deref()
+        .and_then(|old| unified_diff(&f.path, old, &f.content));
+    (diff, Vec::new())
+}
+
 /// How a rendered file differs from what the node holds (`None`: not at
 /// all).
 fn file_change(
     f: &kubeforge_render::RenderedFile,
     remote: Option<&RemoteFile>,
 ) -> Option<FileChange> {
-    let change = |action, old_mode: Option<u32>, diff| FileChange {
+    let change = |action, old_mode: Option<u32>, (diff, summary)| FileChange {
         path: f.path.clone(),
         action,
         mode: octal(f.mode),
         old_mode: old_mode.map(octal),
         secret: f.secret,
         diff,
+        summary,
     };
     match remote {
-        None => Some(change(FileAction::Create, None, None)),
-        Some(r) if r.sha256 != f.sha256 => {
-            let diff = if f.secret {
-                None
-            } else {
-                r.content
-                    .as_deref()
-                    .and_then(|old| unified_diff(&f.path, old, &f.content))
-            };
-            Some(change(
-                FileAction::Update,
-                (r.mode != f.mode).then_some(r.mode),
-                diff,
-            ))
-        }
+        None => Some(change(FileAction::Create, None, (None, Vec::new()))),
+        Some(r) if r.sha256 != f.sha256 => Some(change(
+            FileAction::Update,
+            (r.mode != f.mode).then_some(r.mode),
+            update_shown(f, r),
+        )),
         Some(r) if r.mode != f.mode || r.owner != f.owner => {
-            Some(change(FileAction::Chmod, Some(r.mode), None))
+            Some(change(FileAction::Chmod, Some(r.mode), (None, Vec::new())))
         }
         Some(_) => None,
     }

@@ -44,6 +44,9 @@ pub fn to_text(plan: &Plan) -> String {
                 note.push_str(", secret");
             }
             let _ = writeln!(s, "  {sign} {} ({note})", c.path);
+            for line in &c.summary {
+                let _ = writeln!(s, "      {line}");
+            }
             if let Some(diff) = &c.diff {
                 for line in diff.lines() {
                     let _ = writeln!(s, "      {line}");

@@ -471,3 +471,76 @@ fn pending_serving_certificate_requests_are_approved_or_reported() {
     assert!(p.is_empty());
     assert!(kubeforge_plan::to_text(&p).contains("not approved: x"));
 }
+
+/// The apiserver certificate reissued with one more SAN: the plan says
+/// what changed in it (names, validity, key), never its PEM; its key is
+/// "(secret) changed"; a kubeconfig shows its server and user only.
+#[test]
+fn certificate_and_kubeconfig_changes_in_meaning() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/ha.toml");
+    let loaded = kubeforge_inventory::load(&path).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    // Applied before the example named k8s.example.internal.
+    let mut earlier = loaded.cluster.clone();
+    earlier.pki.extra_apiserver_sans.clear();
+    let before = kubeforge_render::prepare(state.path(), &earlier, &Default::default()).unwrap();
+    before.persist(state.path()).unwrap();
+    // Certificates start at the second they are issued: one second later
+    // the reissued one's validity differs, as it would on a real run.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let after = kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
+        .unwrap()
+        .rendered;
+    // The nodes hold what was rendered before, the old certificate's
+    // content included (certificates are not secret: facts read them).
+    let mut facts = converged(&before.rendered);
+    // cp1's scheduler kubeconfig points elsewhere; facts hold only the
+    // lines that say where and who (never its embedded credentials).
+    let kc = facts
+        .get_mut("cp1")
+        .unwrap()
+        .files
+        .get_mut("/etc/kubernetes/scheduler.conf")
+        .unwrap();
+    kc.sha256 = "5".repeat(64);
+    kc.content = Some(
+        b"apiVersion: v1\nkind: Config\nclusters:\n  - name: ha\n    cluster:\n      server: https://10.0.0.99:6443\nusers:\n  - name: system:kube-scheduler\n    user:\ncurrent-context: system:kube-scheduler@ha\n"
+            .to_vec(),
+    );
+    let p = plan("ha", &after, &Facts::Gathered(facts));
+    let text = kubeforge_plan::to_text(&p);
+    assert_eq!(
+        text.matches("~ /etc/kubernetes/pki/apiserver.crt").count(),
+        3,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("SAN added: DNS:k8s.example.internal").count(),
+        3,
+        "{text}"
+    );
+    assert!(
+        !text.contains("BEGIN CERTIFICATE") && !text.contains("PRIVATE"),
+        "{text}"
+    );
+    assert!(!text.contains("-data:"), "{text}");
+    assert!(
+        text.contains("server: https://10.0.0.99:6443 -> https://"),
+        "{text}"
+    );
+    let cert = node(&p, "cp2")
+        .changes
+        .iter()
+        .find(|c| c.path == "/etc/kubernetes/pki/apiserver.crt")
+        .unwrap();
+    assert!(cert.diff.is_none());
+    assert!(
+        cert.summary.iter().any(|l| l.starts_with("validity: ")),
+        "{:?}",
+        cert.summary
+    );
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.add_filter(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "[time]");
+    settings.bind(|| insta::assert_snapshot!("apiserver_san_added", text));
+}
