@@ -41,6 +41,14 @@ pub enum RenderError {
         node: String,
         detail: String,
     },
+    #[error("node {node}: {detail} (rendered from {from})\n  help: a value of the inventory broke this file's syntax: change the value that appears at that line")]
+    Unparsable {
+        node: String,
+        /// The template, certificate or key the file came from.
+        from: String,
+        /// The path, the line and column, and what does not parse.
+        detail: String,
+    },
     #[error("{what} for node {node} is missing from the PKI")]
     MissingPki { what: String, node: String },
     #[error("templates/files.toml places {path} on node {node} twice with different {what}")]
@@ -297,6 +305,7 @@ struct Files<'r> {
 
 impl Files<'_> {
     fn add(&mut self, f: RenderedFile) -> Result<(), RenderError> {
+        parses(self.node, &f)?;
         let Some(existing) = self.files.get_mut(&f.path) else {
             self.files.insert(f.path.clone(), f);
             return Ok(());
@@ -327,6 +336,16 @@ impl Files<'_> {
         }
         Ok(())
     }
+}
+
+/// A rendered file must still parse as the format its path says it has
+/// ([`check_rendered`]): a value that broke its syntax stops rendering.
+fn parses(node: &str, f: &RenderedFile) -> Result<(), RenderError> {
+    check_rendered(&f.path, &f.content).map_err(|detail| RenderError::Unparsable {
+        node: node.to_string(),
+        from: f.source.clone(),
+        detail,
+    })
 }
 
 /// What rendering one node needs.
@@ -560,9 +579,11 @@ impl Renderer {
                     source: &row.template,
                     phase: &phase,
                 };
+                let file = file(&row.path, content, &meta);
+                parses(&holder.name, &file)?;
                 out.push(Drained {
                     lb: holder.name.clone(),
-                    file: file(&row.path, content, &meta),
+                    file,
                 });
             }
         }
