@@ -145,6 +145,9 @@ pub struct LoadBalancer {
     pub port: u16,
     pub interface: String,
     pub virtual_router_id: u8,
+    /// The user nginx's workers run as; `None`: the nginx package's own
+    /// default (no `user` directive).
+    pub nginx_user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

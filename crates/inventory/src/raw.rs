@@ -83,6 +83,8 @@ pub struct RawLoadBalancer {
     pub interface: Option<Spanned<String>>,
     #[serde(default)]
     pub virtual_router_id: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub nginx_user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

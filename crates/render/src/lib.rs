@@ -1110,6 +1110,7 @@ fn node_context(
             "port": lb.port,
             "interface": lb.interface,
             "virtual_router_id": lb.virtual_router_id,
+            "nginx_user": lb.nginx_user,
             "priority": priority,
             "peers": peers,
         });
