@@ -995,6 +995,9 @@ fn cluster_context(cluster: &Cluster) -> Value {
             "name": cluster.name,
             "version": cluster.version.to_string(),
             "minor": cluster.version.minor,
+            // The table's "anonymous-endpoints": the apiserver unit names
+            // the AuthenticationConfiguration instead of --anonymous-auth.
+            "anonymous_endpoints": table::When::AnonymousEndpoints.holds(cluster),
             "bin_dir": cluster.bin_dir,
             "service_cidr": cluster.service_cidr.to_string(),
             "pod_cidr": cluster.pod_cidr.to_string(),

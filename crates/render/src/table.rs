@@ -29,7 +29,15 @@ pub enum When {
     JoinCertificate,
     /// Kubelets join with a bootstrap token.
     JoinBootstrapToken,
+    /// Kubernetes 1.32 or later: kube-apiserver's AuthenticationConfiguration
+    /// limits anonymous requests to the health endpoints
+    /// (AnonymousAuthConfigurableEndpoints, on by default from 1.32).
+    AnonymousEndpoints,
 }
+
+/// The first minor whose AuthenticationConfiguration limits anonymous
+/// requests to named paths by default.
+pub const ANONYMOUS_ENDPOINTS_MINOR: u32 = 32;
 
 impl When {
     pub fn holds(self, cluster: &Cluster) -> bool {
@@ -43,6 +51,7 @@ impl When {
             When::Coredns => cluster.coredns,
             When::JoinCertificate => cluster.kubelet_join == KubeletJoin::Certificate,
             When::JoinBootstrapToken => cluster.kubelet_join == KubeletJoin::BootstrapToken,
+            When::AnonymousEndpoints => cluster.version.minor >= ANONYMOUS_ENDPOINTS_MINOR,
         }
     }
 }
