@@ -254,6 +254,8 @@ pub struct HostFacts {
     pub missing_commands: Vec<String>,
     /// Whether systemd reports the clock synchronized (None: unknown).
     pub ntp_synchronized: Option<bool>,
+    /// The `unmet=` lines of the extra checks given to [`host_with`].
+    pub unmet: Vec<String>,
 }
 
 pub const HOST: &str = r#"echo "hostname=$(hostname)"
@@ -276,7 +278,14 @@ fi
 "#;
 
 pub async fn host(t: &dyn Transport) -> Result<HostFacts, TransportError> {
-    let o = t.run_ok(Script::new("gather host facts", HOST)).await?;
+    host_with(t, "").await
+}
+
+/// [`host`] with `extra`, read-only shell run after [`HOST`] in the same
+/// round trip; its `unmet=VALUE` lines end up in [`HostFacts::unmet`].
+pub async fn host_with(t: &dyn Transport, extra: &str) -> Result<HostFacts, TransportError> {
+    let script = format!("{HOST}{extra}");
+    let o = t.run_ok(Script::new("gather host facts", &script)).await?;
     let mut f = HostFacts::default();
     for line in o.stdout_str().lines() {
         let Some((k, v)) = line.split_once('=') else {
@@ -292,6 +301,7 @@ pub async fn host(t: &dyn Transport) -> Result<HostFacts, TransportError> {
             "kernel" => f.kernel = v.to_string(),
             "systemd" => f.has_systemd = true,
             "missing" => f.missing_commands.push(v.to_string()),
+            "unmet" => f.unmet.push(v.to_string()),
             "ntp" => f.ntp_synchronized = Some(v == "yes"),
             "listen" => {
                 if let Some(port) = v.rsplit(':').next().and_then(|p| p.parse().ok()) {
