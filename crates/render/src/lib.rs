@@ -16,7 +16,9 @@ pub use images::CONTAINERD_SOCKET;
 pub use kubeforge_images::ImageArchive;
 pub use manifests::{Addon, ApiObject, ADDON_DIR};
 pub use subnets::{allocate as allocate_pod_subnets, Allocation, PodSubnets};
-pub use table::{Check, GateScope, PhaseGate, PhaseRow, Stage, Strategy, Table, FILES_TOML};
+pub use table::{
+    Check, GateScope, Need, PhaseGate, PhaseRow, RequirementRow, Stage, Strategy, Table, FILES_TOML,
+};
 pub use templates::TEMPLATES;
 
 use base64::Engine;
@@ -176,6 +178,19 @@ pub struct Step {
     pub run: String,
 }
 
+/// Something a node must have before anything changes (the table's
+/// `[[requirement]]` rows that hold for it), checked by pre-flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Requirement {
+    pub name: String,
+    /// Read-only shell; exits 0 when the node has it.
+    #[serde(skip)]
+    pub check: String,
+    /// What pre-flight reports when it fails: the node, what is needed,
+    /// what for, and the package that provides it.
+    pub problem: String,
+}
+
 /// Everything one node must hold.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeTree {
@@ -191,6 +206,9 @@ pub struct NodeTree {
     /// phase.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<MissingBinary>,
+    /// What the node must have before anything changes.
+    #[serde(skip)]
+    pub requirements: Vec<Requirement>,
 }
 
 /// The rendered cluster: one tree per node plus the control machine's
@@ -684,6 +702,16 @@ impl Renderer {
             units: self.units(n)?,
             steps: self.steps(n)?,
             missing: Vec::new(),
+            requirements: self
+                .table
+                .requirements_of(n.cluster, n.node)
+                .into_iter()
+                .map(|r| Requirement {
+                    name: r.name.clone(),
+                    check: r.check.script(r.arg.as_deref().unwrap_or_default()),
+                    problem: r.problem(&n.node.name),
+                })
+                .collect(),
         })
     }
 
