@@ -108,6 +108,7 @@ pub async fn gather(
                     steps_done,
                     api,
                     csrs,
+                    bootstrapped: crate::bootstrap::bootstrapped(t.as_ref(), tree).await?,
                 },
             ))
         },

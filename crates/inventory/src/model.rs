@@ -156,6 +156,9 @@ pub struct PkiSettings {
     pub leaf_validity_days: u32,
     pub renew_before_days: u32,
     pub extra_apiserver_sans: Vec<String>,
+    /// How long a kubelet bootstrap token is valid (`kubelet_join =
+    /// "bootstrap-token"`); one with less than half of it left is replaced.
+    pub bootstrap_token_ttl_hours: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

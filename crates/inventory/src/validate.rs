@@ -786,7 +786,22 @@ fn pki_settings(c: &mut Checker<'_>, raw: Option<&Spanned<RawPki>>) -> PkiSettin
         }
         extra_apiserver_sans(c, &p.extra_apiserver_sans);
     }
+    let bootstrap_token_ttl_hours = match rp.and_then(|p| p.bootstrap_token_ttl_hours.as_ref()) {
+        None => 24,
+        Some(v) => match u32::try_from(*v.get_ref()) {
+            Ok(h) if (1..=8760).contains(&h) => h,
+            _ => {
+                c.error(
+                    v.span(),
+                    format!("bootstrap_token_ttl_hours {} is out of range", v.get_ref()),
+                    "use a number of hours from 1 to 8760 (a year); the token only has to outlive a node's join",
+                );
+                24
+            }
+        },
+    };
     PkiSettings {
+        bootstrap_token_ttl_hours,
         ca_validity_days,
         leaf_validity_days,
         renew_before_days,

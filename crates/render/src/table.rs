@@ -294,6 +294,11 @@ pub struct FileRow {
     pub restarts: Vec<String>,
     #[serde(default)]
     pub reloads: Vec<String>,
+    /// The file stays on a node only until this holds there; then it is
+    /// removed (the bootstrap kubeconfig, once the kubelet has its client
+    /// certificate).
+    #[serde(default)]
+    pub until: Option<Until>,
     /// Rendered again with `drained` = a node's name for each node that
     /// a `drain-from-lb` phase restarts: the file that takes that node out
     /// of the load balancer while it restarts (its `reloads` apply it).
@@ -346,6 +351,16 @@ pub struct KeyfileRow {
     pub on: Selector,
     #[serde(default)]
     pub restarts: Vec<String>,
+}
+
+/// A node fact that ends a file's stay (`until`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Until {
+    /// The kubelet holds a valid client certificate of its own
+    /// (`/var/lib/kubelet/pki/kubelet-client-current.pem`, signed by the
+    /// cluster CA for `system:node:<name>`, valid now).
+    KubeletClientCertificate,
 }
 
 /// What a `[[requirement]]` row checks on a node, read-only.
