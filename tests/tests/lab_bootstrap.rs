@@ -7,7 +7,7 @@
 #![allow(clippy::print_stderr)]
 
 use crate::lab_apply::{
-    binaries, curl_admin, small_inventory, start, unit_clock, with_kubelet_join, Kf,
+    binaries, curl_admin, real_k8s, small_inventory, start, unit_clock, with_kubelet_join, Kf,
 };
 use kubeforge_tests::lab::{self, Lab};
 use serde_json::Value;
@@ -264,8 +264,10 @@ fn kubelets_join_with_a_bootstrap_token() {
     }
     assert_eq!(pki.lines().count(), 2, "{pki}");
     let conf = lab.ssh_ok("worker1", "cat /etc/kubernetes/kubelet.conf");
+    // The real kubelet writes the path plain, the stand-in quoted.
     assert!(
-        conf.contains("client-certificate: \"/var/lib/kubelet/pki/kubelet-client-current.pem\"")
+        conf.replace('"', "")
+            .contains("client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem")
             && conf.contains("name: default-auth"),
         "{conf}"
     );
@@ -276,8 +278,10 @@ fn kubelets_join_with_a_bootstrap_token() {
         .filter(|l| l.contains("TLS bootstrap: ") || l.contains("serving certificate: "))
         .collect();
     eprintln!("worker1's kubelet:\n{}", steps.join("\n"));
+    // The stand-in's own account of it (the real kubelet logs otherwise;
+    // the files and requests above are the proof either way).
     assert!(
-        journal.contains("TLS bootstrap: wrote /etc/kubernetes/kubelet.conf"),
+        real_k8s() || journal.contains("TLS bootstrap: wrote /etc/kubernetes/kubelet.conf"),
         "{journal}"
     );
     assert_eq!(
@@ -455,7 +459,10 @@ fn kubelets_join_with_a_bootstrap_token() {
     // The restarted kubelet asked for nothing new.
     assert_eq!(csrs.len(), 5, "{}", describe(&csrs));
     let journal = lab.journal("worker1", "kubelet", 40);
-    assert!(journal.contains("no new request"), "{journal}");
+    assert!(
+        real_k8s() || journal.contains("no new request"),
+        "{journal}"
+    );
 
     // 7. worker1 loses its client certificate (and the kubeconfig naming
     //    it): the apply gives it the bootstrap kubeconfig again, with the
