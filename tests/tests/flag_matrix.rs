@@ -244,3 +244,65 @@ fn check_argv_names_minor_component_and_flag() {
         "{p:?}"
     );
 }
+
+/// Anonymous requests: up to 1.31 `--anonymous-auth=true` (health checks
+/// need no credentials) and no AuthenticationConfiguration; from 1.32 the
+/// AuthenticationConfiguration (v1beta1 in 1.32 and 1.33, v1 from 1.34)
+/// allows them only for /livez, /readyz and /healthz, and the unit names it
+/// instead of `--anonymous-auth` (kube-apiserver refuses both together).
+#[test]
+fn anonymous_requests_only_for_health_endpoints_where_the_minor_can() {
+    const CONFIG: &str = "/etc/kubernetes/authentication-config.yaml";
+    let path = inventory("ha.toml");
+    let base = std::fs::read_to_string(&path).unwrap();
+    for minor in kubeforge_inventory::MIN_MINOR..=kubeforge_inventory::MAX_MINOR {
+        let text = with_version(&base, &format!("1.{minor}.0"));
+        let loaded = kubeforge_inventory::parse(&path, &text).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let rendered =
+            kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
+                .unwrap()
+                .rendered;
+        let cp = rendered.nodes.iter().find(|n| n.name == "cp1").unwrap();
+        let unit = &cp.files["/etc/systemd/system/kube-apiserver.service"].content;
+        let argv = exec_start_argv(&String::from_utf8_lossy(unit)).unwrap();
+        let anonymous_flag = argv.iter().any(|a| a.starts_with("--anonymous-auth"));
+        let config_flag = argv.contains(&format!("--authentication-config={CONFIG}"));
+        let config = cp.files.get(CONFIG);
+        if minor < 32 {
+            assert!(
+                argv.contains(&"--anonymous-auth=true".to_string()),
+                "1.{minor}"
+            );
+            assert!(!config_flag && config.is_none(), "1.{minor}");
+            continue;
+        }
+        assert!(!anonymous_flag && config_flag, "1.{minor}: {argv:?}");
+        let config = config.unwrap_or_else(|| panic!("1.{minor}: no {CONFIG}"));
+        assert_eq!(config.restarts, ["kube-apiserver"], "1.{minor}");
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&config.content).unwrap();
+        let version = if minor >= 34 { "v1" } else { "v1beta1" };
+        assert_eq!(
+            v["apiVersion"].as_str(),
+            Some(format!("apiserver.config.k8s.io/{version}").as_str()),
+            "1.{minor}"
+        );
+        assert_eq!(v["kind"].as_str(), Some("AuthenticationConfiguration"));
+        assert_eq!(v["anonymous"]["enabled"].as_bool(), Some(true));
+        let paths: Vec<&str> = v["anonymous"]["conditions"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["path"].as_str())
+            .collect();
+        assert_eq!(paths, ["/livez", "/readyz", "/healthz"], "1.{minor}");
+        // Nowhere else: not on workers or LB nodes.
+        for n in rendered
+            .nodes
+            .iter()
+            .filter(|n| n.name.starts_with("worker"))
+        {
+            assert!(!n.files.contains_key(CONFIG), "1.{minor} {}", n.name);
+        }
+    }
+}

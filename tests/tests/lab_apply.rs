@@ -730,6 +730,7 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
         let h = vip_holders(&lab);
         h.len() == 1 && h[0] != holder
     });
+    let new_holder = vip_holders(&lab).pop().expect("a VIP holder");
     let r = curl_admin(&kf, "https://10.77.0.100:8443/readyz");
     assert_eq!(
         String::from_utf8_lossy(&r.stdout),
@@ -763,6 +764,25 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
     assert_eq!(
         lab.ssh_ok(&holder, "systemctl is-active keepalived").trim(),
         "active"
+    );
+
+    // 6. The first holder's keepalived is back (it has the higher
+    //    priority): with nopreempt the VIP stays where it is, no second
+    //    move. Watched for well over the adverts a preemption would take.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(8) {
+        assert_eq!(
+            vip_holders(&lab),
+            vec![new_holder.clone()],
+            "the VIP moved back to {holder} when its keepalived returned"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = curl_admin(&kf, "https://10.77.0.100:8443/readyz");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "ok",
+        "readyz after the first holder returned"
     );
 }
 

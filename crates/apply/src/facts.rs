@@ -44,7 +44,8 @@ pub async fn gather(
                 Ok::<_, ApplyError>(report)
             };
             let api = api_facts(t, rendered, tree);
-            let (report, (api, csrs)) = tokio::try_join!(files, api)?;
+            let boot = crate::bootstrap::bootstrapped(t, tree);
+            let (report, (api, csrs), bootstrapped) = tokio::try_join!(files, api, boot)?;
             let cached = report.cached;
             let found = report.files.len();
             let facts = NodeFacts {
@@ -75,6 +76,7 @@ pub async fn gather(
                 steps_done: report.checks_passed,
                 api,
                 csrs,
+                bootstrapped,
             };
             Ok((tree.name.clone(), facts, report.host, cached, found))
         },
@@ -116,6 +118,7 @@ fn request(tree: &NodeTree, record: bool) -> Request {
             .iter()
             .map(|s| (s.name.clone(), s.check.clone()))
             .collect(),
+        host_extra: crate::preflight::requirements_script(tree),
         cache: CACHE.to_string(),
         record,
     }

@@ -7,6 +7,7 @@
 
 mod api;
 mod api_phase;
+mod bootstrap;
 mod cluster;
 mod distribute;
 mod execute;

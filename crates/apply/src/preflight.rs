@@ -1,12 +1,14 @@
 //! Checks before anything changes, on the facts gathered: every node a
 //! Linux host with systemd and the commands kubeforge uses, unique
-//! hostnames and machine-ids, clocks within the allowed skew, and the ports
-//! of units not running yet free. Every problem is reported, not just the
-//! first.
+//! hostnames and machine-ids, clocks within the allowed skew, the ports of
+//! units not running yet free, and every requirement the table gives the
+//! node's roles and the cluster's settings (`[[requirement]]` rows:
+//! commands, kernel modules, files, nginx's stream module), checked in the
+//! facts' round trip. Every problem is reported, not just the first.
 
 use crate::{ApplyError, Options};
 use kubeforge_plan::Facts;
-use kubeforge_render::Rendered;
+use kubeforge_render::{NodeTree, Rendered};
 use kubeforge_transport::ops::HostFacts;
 use std::collections::BTreeMap;
 
@@ -33,6 +35,9 @@ pub fn preflight(
     for (name, h) in hosts {
         host_problems(name, h, now, opts, &mut problems);
         port_problems(rendered, facts, name, h, &mut problems);
+        if let Some(tree) = rendered.nodes.iter().find(|t| &t.name == name) {
+            requirement_problems(tree, h, &mut problems);
+        }
     }
     duplicates(hosts, &mut problems);
     if problems.is_empty() {
@@ -69,6 +74,29 @@ fn host_problems(name: &str, h: &HostFacts, now: f64, opts: &Options, problems: 
             "{name}: clock differs from this machine's by {skew:.1} s (allowed {} s); enable time sync (chrony or systemd-timesyncd)",
             opts.max_clock_skew.as_secs()
         ));
+    }
+}
+
+/// The node's requirements as one read-only script: each check in a
+/// subshell, and `unmet=INDEX` for every one that fails.
+pub fn requirements_script(tree: &NodeTree) -> String {
+    let mut s = String::new();
+    for (i, r) in tree.requirements.iter().enumerate() {
+        s.push_str(&format!(
+            "if ( {} ) >/dev/null 2>&1; then :; else echo unmet={i}; fi\n",
+            r.check
+        ));
+    }
+    s
+}
+
+/// Every requirement the node lacks, with what it is for and the package
+/// that provides it.
+fn requirement_problems(tree: &NodeTree, h: &HostFacts, problems: &mut Vec<String>) {
+    for (i, r) in tree.requirements.iter().enumerate() {
+        if h.unmet.iter().any(|u| u.parse() == Ok(i)) {
+            problems.push(r.problem.clone());
+        }
     }
 }
 

@@ -145,6 +145,9 @@ pub struct LoadBalancer {
     pub port: u16,
     pub interface: String,
     pub virtual_router_id: u8,
+    /// The user nginx's workers run as; `None`: the nginx package's own
+    /// default (no `user` directive).
+    pub nginx_user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -153,6 +156,9 @@ pub struct PkiSettings {
     pub leaf_validity_days: u32,
     pub renew_before_days: u32,
     pub extra_apiserver_sans: Vec<String>,
+    /// How long a kubelet bootstrap token is valid (`kubelet_join =
+    /// "bootstrap-token"`); one with less than half of it left is replaced.
+    pub bootstrap_token_ttl_hours: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -71,6 +71,8 @@ pub struct RawPki {
     pub renew_before_days: Option<Spanned<i64>>,
     #[serde(default)]
     pub extra_apiserver_sans: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub bootstrap_token_ttl_hours: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +85,8 @@ pub struct RawLoadBalancer {
     pub interface: Option<Spanned<String>>,
     #[serde(default)]
     pub virtual_router_id: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub nginx_user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -786,7 +786,22 @@ fn pki_settings(c: &mut Checker<'_>, raw: Option<&Spanned<RawPki>>) -> PkiSettin
         }
         extra_apiserver_sans(c, &p.extra_apiserver_sans);
     }
+    let bootstrap_token_ttl_hours = match rp.and_then(|p| p.bootstrap_token_ttl_hours.as_ref()) {
+        None => 24,
+        Some(v) => match u32::try_from(*v.get_ref()) {
+            Ok(h) if (1..=8760).contains(&h) => h,
+            _ => {
+                c.error(
+                    v.span(),
+                    format!("bootstrap_token_ttl_hours {} is out of range", v.get_ref()),
+                    "use a number of hours from 1 to 8760 (a year); the token only has to outlive a node's join",
+                );
+                24
+            }
+        },
+    };
     PkiSettings {
+        bootstrap_token_ttl_hours,
         ca_validity_days,
         leaf_validity_days,
         renew_before_days,
@@ -1163,12 +1178,14 @@ fn loadbalancer(
     }
     let interface = lb_interface(c, &rlb.interface);
     let virtual_router_id = virtual_router_id(c, &rlb.virtual_router_id);
+    let nginx_user = nginx_user(c, &rlb.nginx_user);
     match (vip, port) {
         (Some(vip), Some(port)) => Some(LoadBalancer {
             vip,
             port,
             interface,
             virtual_router_id,
+            nginx_user,
         }),
         _ => None,
     }
@@ -1329,6 +1346,19 @@ fn lb_interface(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> String 
         ),
     }
     s.clone()
+}
+
+fn nginx_user(c: &mut Checker<'_>, value: &Option<Spanned<String>>) -> Option<String> {
+    let v = value.as_ref()?;
+    let s = v.get_ref();
+    if !values::is_system_user(s) {
+        c.error(
+            v.span(),
+            format!("nginx_user {s:?} is not a system user name"),
+            "name the user nginx's workers run as (\"www-data\" on Debian and Ubuntu, \"nginx\" on RHEL and Fedora), or leave nginx_user out for the nginx package's own default",
+        );
+    }
+    Some(s.clone())
 }
 
 fn virtual_router_id(c: &mut Checker<'_>, value: &Option<Spanned<i64>>) -> u8 {

@@ -228,6 +228,18 @@ pub(crate) fn is_user_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// A system user name as `useradd` takes it by default (and nginx.conf
+/// takes unquoted): 1 to 32 lowercase letters, digits, `_` and `-`,
+/// starting with a letter or `_`.
+pub(crate) fn is_system_user(s: &str) -> bool {
+    s.len() <= 32
+        && s.as_bytes()
+            .first()
+            .is_some_and(|b| b.is_ascii_lowercase() || *b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
 /// The path of an SSH private key on this machine: not empty, not starting
 /// with `-`, no control characters.
 pub(crate) fn is_key_path(s: &str) -> bool {
@@ -391,6 +403,21 @@ mod tests {
             &"a".repeat(33),
         ] {
             assert!(!is_user_name(bad), "{bad:?}");
+        }
+        for ok in ["www-data", "nginx", "_nginx", "nobody", "lb-proxy2"] {
+            assert!(is_system_user(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "WWW",
+            "2nginx",
+            "-nginx",
+            "www data",
+            "nginx;",
+            "a\nb",
+            &"a".repeat(33),
+        ] {
+            assert!(!is_system_user(bad), "{bad:?}");
         }
         assert!(is_key_path("~/.ssh/id_ed25519"));
         assert!(is_key_path("/tmp/lab key/id"));

@@ -2226,6 +2226,23 @@ inventory rejected: 1 error"#,
   help: name the LB nodes' interface that carries the VIP, for example "eth0"
 inventory rejected: 1 error"#,
     ),
+    // --- nginx_user: nginx.conf ------------------------------------------------
+    (
+        "nginx_user_semicolon_adds_a_directive",
+        "vip = \"10.77.0.100/24\"\n",
+        "vip = \"10.77.0.100/24\"\nnginx_user = \"www-data; load_module /tmp/x.so\"\n",
+        r#"bad.toml:8:14: error: nginx_user "www-data; load_module /tmp/x.so" is not a system user name
+  help: name the user nginx's workers run as ("www-data" on Debian and Ubuntu, "nginx" on RHEL and Fedora), or leave nginx_user out for the nginx package's own default
+inventory rejected: 1 error"#,
+    ),
+    (
+        "nginx_user_upper_case",
+        "vip = \"10.77.0.100/24\"\n",
+        "vip = \"10.77.0.100/24\"\nnginx_user = \"WWW\"\n",
+        r#"bad.toml:8:14: error: nginx_user "WWW" is not a system user name
+  help: name the user nginx's workers run as ("www-data" on Debian and Ubuntu, "nginx" on RHEL and Fedora), or leave nginx_user out for the nginx package's own default
+inventory rejected: 1 error"#,
+    ),
     // --- other values of units, manifests and configs -------------------------
     (
         "cluster_name_newline",
@@ -2442,7 +2459,7 @@ key = "~/.ssh/id_ed25519"
         )
         .replacen(
             "vip = \"10.77.0.100/24\"\n",
-            "vip = \"10.77.0.100/24\"\ninterface = \"enp0s31f6.100\"\n",
+            "vip = \"10.77.0.100/24\"\ninterface = \"enp0s31f6.100\"\nnginx_user = \"www-data\"\n",
             1,
         );
     let loaded = match parse(Path::new("good.toml"), &text) {
@@ -2460,6 +2477,12 @@ key = "~/.ssh/id_ed25519"
     assert_eq!(
         c.loadbalancer.as_ref().map(|lb| lb.interface.as_str()),
         Some("enp0s31f6.100")
+    );
+    assert_eq!(
+        c.loadbalancer
+            .as_ref()
+            .and_then(|lb| lb.nginx_user.as_deref()),
+        Some("www-data")
     );
 }
 

@@ -185,6 +185,42 @@ pub(crate) fn leaf(
     Ok(())
 }
 
+/// Whether `cert_pem` (the first certificate in it) is a client
+/// certificate that `ca_pem` signed for `common_name`, valid at `now`: the
+/// kubelet's own certificate after a bootstrap-token join. Says why not.
+pub fn client_certificate_valid(
+    cert_pem: &str,
+    ca_pem: &str,
+    common_name: &str,
+    now: std::time::SystemTime,
+) -> Result<(), String> {
+    let now = OffsetDateTime::from(now);
+    let pem = pem(cert_pem)?;
+    let cert = parsed(&pem)?;
+    let ca_pem = self::pem(ca_pem)?;
+    let ca_cert = parsed(&ca_pem)?;
+    if cert.issuer().as_raw() != ca_cert.subject().as_raw()
+        || cert.verify_signature(Some(ca_cert.public_key())).is_err()
+    {
+        return Err("not signed by the cluster CA".into());
+    }
+    let info = info_of(&cert)?;
+    if info.common_name != common_name {
+        return Err(format!("issued to {}, not {common_name}", info.common_name));
+    }
+    if !info.client_auth {
+        return Err("not a client certificate".into());
+    }
+    if now < info.not_before || now >= info.not_after {
+        return Err(format!(
+            "valid from {} to {}, not now",
+            fmt_time(info.not_before),
+            fmt_time(info.not_after)
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn encryption_key_usable(key: &str) -> Result<(), String> {
     use base64::Engine;
     match base64::engine::general_purpose::STANDARD.decode(key) {

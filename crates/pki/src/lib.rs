@@ -12,7 +12,7 @@ mod issue;
 mod store;
 
 pub use catalog::{CaId, CertSpec, LeafRequest, San, CATALOG};
-pub use check::{inspect, CertInfo};
+pub use check::{client_certificate_valid, inspect, CertInfo};
 pub use store::{write_atomic, write_files};
 
 use std::collections::BTreeMap;
@@ -51,6 +51,9 @@ pub struct Pki {
     pub encryption_key: SecretPem,
     /// The kubelets' bootstrap token (`kubelet_join = "bootstrap-token"`).
     pub bootstrap_token: Option<SecretPem>,
+    /// When it expires, RFC 3339 (the bootstrap token Secret's
+    /// `expiration`).
+    pub bootstrap_token_expiration: Option<String>,
 }
 
 impl Pki {
@@ -73,6 +76,11 @@ pub enum Reason {
     UsageChanged,
     KeyMismatch,
     Unreadable(String),
+    /// A bootstrap token recorded without its expiration.
+    NoExpiration,
+    /// A bootstrap token valid for longer than the inventory's TTL now
+    /// allows.
+    OutlivesTtl(String),
 }
 
 impl fmt::Display for Reason {
@@ -85,6 +93,13 @@ impl fmt::Display for Reason {
             Reason::UsageChanged => f.write_str("key usages differ from the catalog"),
             Reason::KeyMismatch => f.write_str("private key does not match the certificate"),
             Reason::Unreadable(e) => write!(f, "cannot be parsed: {e}"),
+            Reason::NoExpiration => f.write_str("has no expiration"),
+            Reason::OutlivesTtl(when) => {
+                write!(
+                    f,
+                    "expires {when}, later than bootstrap_token_ttl_hours allows"
+                )
+            }
         }
     }
 }
@@ -205,11 +220,12 @@ pub fn reconcile(
     let (cas, established) = cas(&store, &mut d, settings, opts)?;
     let (sa_private, sa_public_pem) = service_account_key(&store, &mut d, established)?;
     let encryption_key = encryption_key(&store, &mut d, established)?;
-    let bootstrap_token =
+    let (bootstrap_token, bootstrap_token_expiration) =
         if cluster.kubelet_join == kubeforge_inventory::KubeletJoin::BootstrapToken {
-            Some(bootstrap_token(&store, &mut d)?)
+            let (token, expires) = bootstrap_token(&store, &mut d, settings, opts.now)?;
+            (Some(token), Some(check::fmt_time(expires)))
         } else {
-            None
+            (None, None)
         };
     let leaves = leaves(&store, &mut d, cluster, &cas, opts)?;
     Ok(Reconciled {
@@ -220,6 +236,7 @@ pub fn reconcile(
             sa_public_pem,
             encryption_key,
             bootstrap_token,
+            bootstrap_token_expiration,
         },
         events: d.events,
         writes: d.writes,
@@ -455,37 +472,91 @@ fn encryption_key(
     })
 }
 
-/// The kubelets' bootstrap token: created once, kept. It is no identity
-/// (nodes that joined have their own certificates), so a lost one is
-/// simply created again.
-fn bootstrap_token(store: &store::Store, d: &mut Decisions) -> Result<SecretPem, PkiError> {
-    let kept = store
+/// The kubelets' bootstrap token and when it expires: kept while more
+/// than half of `bootstrap_token_ttl_hours` is left (and no more than all
+/// of it), else replaced. A replacement keeps the token id, so the bootstrap
+/// token Secret (`bootstrap-token-<id>`) is updated in place and the old
+/// secret stops working with it. It is no identity (nodes that joined have
+/// their own certificates), so a lost one is simply created again.
+///
+/// `<state>/pki/bootstrap-token` holds the token on its first line and
+/// `expiration=<RFC 3339>` on the second.
+fn bootstrap_token(
+    store: &store::Store,
+    d: &mut Decisions,
+    settings: &kubeforge_inventory::PkiSettings,
+    now: OffsetDateTime,
+) -> Result<(SecretPem, OffsetDateTime), PkiError> {
+    const SUBJECT: &str = "kubelet bootstrap token";
+    let ttl = time::Duration::hours(i64::from(settings.bootstrap_token_ttl_hours));
+    let stored = store
         .read_optional("bootstrap-token")?
-        .map(|t| {
-            let t = t.trim().to_string();
-            check::bootstrap_token_usable(&t).map_err(|detail| PkiError::Issue {
+        .map(|text| {
+            parse_bootstrap_token(&text).map_err(|detail| PkiError::Issue {
                 what: format!("{}", store.path("bootstrap-token").display()),
                 detail: format!(
                     "{detail}\n  help: remove the file and kubeforge creates a new token"
                 ),
-            })?;
-            Ok(SecretPem(t))
+            })
         })
         .transpose()?;
-    created_once(
-        d,
-        "kubelet bootstrap token",
-        kept,
-        WhenMissing::Create,
-        || {
-            let t = issue::bootstrap_token()?;
-            let writes = vec![store::Write::secret(
-                "bootstrap-token",
-                &format!("{}\n", t.0),
-            )];
-            Ok((t, writes))
+    let why = match &stored {
+        None => None,
+        Some((_, None)) => Some(Reason::NoExpiration),
+        Some((_, Some(expires))) if *expires - now < ttl / 2 => {
+            Some(Reason::ExpiresSoon(check::fmt_time(*expires)))
+        }
+        Some((_, Some(expires))) if *expires - now > ttl => {
+            Some(Reason::OutlivesTtl(check::fmt_time(*expires)))
+        }
+        Some((token, Some(expires))) => {
+            d.event(SUBJECT, Action::Kept);
+            return Ok((token.clone(), *expires));
+        }
+    };
+    let fresh = issue::bootstrap_token()?;
+    let token = match &stored {
+        Some((old, _)) => {
+            let id = old.0.split_once('.').map_or("", |(id, _)| id);
+            let secret = fresh.0.split_once('.').map_or("", |(_, s)| s);
+            SecretPem(format!("{id}.{secret}"))
+        }
+        None => fresh,
+    };
+    let expires = (now + ttl)
+        .replace_nanosecond(0)
+        .unwrap_or(now + ttl)
+        .to_offset(time::UtcOffset::UTC);
+    d.writes.push(vec![store::Write::secret(
+        "bootstrap-token",
+        &format!("{}\nexpiration={}\n", token.0, check::fmt_time(expires)),
+    )]);
+    d.event(
+        SUBJECT,
+        match why {
+            None => Action::Created,
+            Some(why) => Action::Reissued { why },
         },
-    )
+    );
+    Ok((token, expires))
+}
+
+/// The token and, when recorded, its expiration.
+fn parse_bootstrap_token(text: &str) -> Result<(SecretPem, Option<OffsetDateTime>), String> {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let token = lines.next().unwrap_or_default().to_string();
+    check::bootstrap_token_usable(&token)?;
+    let mut expires = None;
+    for line in lines {
+        let Some(value) = line.strip_prefix("expiration=") else {
+            return Err(format!("unexpected line {line:?}"));
+        };
+        expires = Some(
+            OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| format!("expiration {value:?} is not an RFC 3339 time: {e}"))?,
+        );
+    }
+    Ok((SecretPem(token), expires))
 }
 
 /// Every leaf certificate of the catalog: kept while it passes the checks,

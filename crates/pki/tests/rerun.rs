@@ -573,7 +573,8 @@ fn bootstrap_token_join_issues_no_kubelet_certificates_and_keeps_its_token() {
     let cluster = kubeforge_inventory::parse(&common::inventory_path("ha.toml"), &text)
         .unwrap()
         .cluster;
-    let (dir, first) = fresh(&cluster, now());
+    let t0 = now();
+    let (dir, first) = fresh(&cluster, t0);
     assert_eq!(
         action_of(&first.events, "kubelet bootstrap token"),
         &Action::Created
@@ -588,7 +589,15 @@ fn bootstrap_token_join_issues_no_kubelet_certificates_and_keeps_its_token() {
     let (id, secret) = token.split_once('.').unwrap();
     assert!(id.len() == 6 && secret.len() == 16, "{token}");
     let on_disk = std::fs::read_to_string(pki(dir.path()).join("bootstrap-token")).unwrap();
-    assert_eq!(on_disk.trim(), token);
+    let expires = t0 + Duration::hours(24);
+    assert_eq!(
+        on_disk,
+        format!("{token}\nexpiration={}\n", rfc3339(expires))
+    );
+    assert_eq!(
+        first.pki.bootstrap_token_expiration.as_deref(),
+        Some(rfc3339(expires).as_str())
+    );
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(pki(dir.path()).join("bootstrap-token"))
             .unwrap()
@@ -607,4 +616,163 @@ fn bootstrap_token_join_issues_no_kubelet_certificates_and_keeps_its_token() {
     std::fs::write(pki(dir.path()).join("bootstrap-token"), "not-a-token\n").unwrap();
     let err = reconcile(dir.path(), &cluster, &Options::default()).unwrap_err();
     assert!(err.to_string().contains("not a bootstrap token"), "{err}");
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn bootstrap_cluster(extra_pki: &str) -> kubeforge_inventory::Cluster {
+    let text = ha_text()
+        .replace(
+            "[cluster]\n",
+            "[cluster]\nkubelet_join = \"bootstrap-token\"\n",
+        )
+        .replace("[pki]\n", &format!("[pki]\n{extra_pki}"));
+    kubeforge_inventory::parse(&common::inventory_path("ha.toml"), &text)
+        .unwrap()
+        .cluster
+}
+
+fn token_of(r: &kubeforge_pki::Reconciled) -> (String, String) {
+    let t = r.pki.bootstrap_token.as_ref().unwrap().0.clone();
+    let (id, secret) = t.split_once('.').unwrap();
+    (id.to_string(), secret.to_string())
+}
+
+/// The token is kept while more than half its TTL is left; nearer to or
+/// past its expiry it gets a new secret and expiration under the same id
+/// (the Secret is updated in place, the old secret stops working), and the
+/// new one is written to the state directory.
+#[test]
+fn bootstrap_token_is_replaced_near_or_past_its_expiry() {
+    let cluster = bootstrap_cluster("");
+    let t0 = now();
+    let (dir, first) = fresh(&cluster, t0);
+    let (id, secret) = token_of(&first);
+
+    // 11 h later (13 h of 24 left): kept, nothing to write.
+    let r = reconcile(dir.path(), &cluster, &opts_at(t0 + Duration::hours(11))).unwrap();
+    assert_eq!(
+        action_of(&r.events, "kubelet bootstrap token"),
+        &Action::Kept
+    );
+    assert_eq!(token_of(&r), (id.clone(), secret.clone()));
+    assert!(r.is_clean());
+
+    // 13 h later (11 h left): replaced.
+    let t1 = t0 + Duration::hours(13);
+    let r = reconcile(dir.path(), &cluster, &opts_at(t1)).unwrap();
+    assert_eq!(
+        action_of(&r.events, "kubelet bootstrap token"),
+        &reissued(Reason::ExpiresSoon(rfc3339(t0 + Duration::hours(24))))
+    );
+    let (id1, secret1) = token_of(&r);
+    assert_eq!(id1, id, "the token id (the Secret's name) stays");
+    assert_ne!(secret1, secret);
+    assert_eq!(
+        r.pki.bootstrap_token_expiration.as_deref(),
+        Some(rfc3339(t1 + Duration::hours(24)).as_str())
+    );
+    r.persist(dir.path()).unwrap();
+    let on_disk = std::fs::read_to_string(pki(dir.path()).join("bootstrap-token")).unwrap();
+    assert!(
+        on_disk.starts_with(&format!("{id}.{secret1}\n")),
+        "{on_disk}"
+    );
+
+    // Past its expiry: replaced too.
+    let r = reconcile(dir.path(), &cluster, &opts_at(t1 + Duration::hours(30))).unwrap();
+    assert!(matches!(
+        action_of(&r.events, "kubelet bootstrap token"),
+        Action::Reissued {
+            why: Reason::ExpiresSoon(_)
+        }
+    ));
+    assert_ne!(token_of(&r).1, secret1);
+}
+
+/// A token file from before expirations were recorded, and a token valid
+/// for longer than a lowered TTL, are replaced; a TTL out of range is
+/// refused by validation.
+#[test]
+fn bootstrap_token_without_expiration_or_beyond_the_ttl_is_replaced() {
+    let cluster = bootstrap_cluster("");
+    let t0 = now();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(pki(dir.path())).unwrap();
+    std::fs::write(
+        pki(dir.path()).join("bootstrap-token"),
+        "abcdef.0123456789abcdef\n",
+    )
+    .unwrap();
+    let r = reconcile(dir.path(), &cluster, &opts_at(t0)).unwrap();
+    assert_eq!(
+        action_of(&r.events, "kubelet bootstrap token"),
+        &reissued(Reason::NoExpiration)
+    );
+    let (id, secret) = token_of(&r);
+    assert_eq!(id, "abcdef");
+    assert_ne!(secret, "0123456789abcdef");
+    r.persist(dir.path()).unwrap();
+
+    let short = bootstrap_cluster("bootstrap_token_ttl_hours = 2\n");
+    assert_eq!(short.pki.bootstrap_token_ttl_hours, 2);
+    let r = reconcile(dir.path(), &short, &opts_at(t0)).unwrap();
+    assert_eq!(
+        action_of(&r.events, "kubelet bootstrap token"),
+        &reissued(Reason::OutlivesTtl(rfc3339(t0 + Duration::hours(24))))
+    );
+    assert_eq!(
+        r.pki.bootstrap_token_expiration.as_deref(),
+        Some(rfc3339(t0 + Duration::hours(2)).as_str())
+    );
+
+    let text = ha_text().replace("[pki]\n", "[pki]\nbootstrap_token_ttl_hours = 0\n");
+    let err = kubeforge_inventory::parse(&common::inventory_path("ha.toml"), &text).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("bootstrap_token_ttl_hours 0 is out of range"),
+        "{err}"
+    );
+}
+
+/// The check that decides whether a kubelet holds its own client
+/// certificate: signed by the cluster CA, for its node name, a client
+/// certificate, valid now.
+#[test]
+fn a_kubelets_own_client_certificate_is_recognized() {
+    let cluster = ha();
+    let t0 = now();
+    let (_dir, r) = fresh(&cluster, t0);
+    let cert = &r
+        .pki
+        .leaf("kubelet-client", Some("worker1"))
+        .unwrap()
+        .cert_pem;
+    let ca = &r.pki.cas[&CaId::Kubernetes].cert_pem;
+    let etcd_ca = &r.pki.cas[&CaId::Etcd].cert_pem;
+    let at = |t: time::OffsetDateTime| std::time::SystemTime::from(t);
+    let check = kubeforge_pki::client_certificate_valid;
+    assert_eq!(check(cert, ca, "system:node:worker1", at(t0)), Ok(()));
+    assert_eq!(
+        check(cert, ca, "system:node:worker2", at(t0)),
+        Err("issued to system:node:worker1, not system:node:worker2".into())
+    );
+    assert_eq!(
+        check(cert, etcd_ca, "system:node:worker1", at(t0)),
+        Err("not signed by the cluster CA".into())
+    );
+    assert!(check(
+        cert,
+        ca,
+        "system:node:worker1",
+        at(t0 + Duration::days(400))
+    )
+    .unwrap_err()
+    .contains("not now"));
+    let server = &r.pki.leaf("apiserver", None).unwrap().cert_pem;
+    assert!(check(server, ca, "kube-apiserver", at(t0)).is_err());
+    assert!(check("garbage", ca, "x", at(t0)).is_err());
 }

@@ -50,6 +50,10 @@ pub struct NodeFacts {
     /// Pending kubelet serving certificate requests, as kubeforge judged
     /// them (the addon node only).
     pub csrs: Vec<PendingCsr>,
+    /// The kubelet holds a valid client certificate of its own
+    /// ([`kubeforge_render::Bootstrap`]): its bootstrap files are removed,
+    /// not written.
+    pub bootstrapped: bool,
 }
 
 /// A pending kubelet serving certificate request and kubeforge's verdict.
@@ -336,7 +340,17 @@ fn decide<'a>(
     let mut chmods = Vec::new();
     let mut restart: Vec<String> = Vec::new();
     let mut reload: Vec<String> = Vec::new();
-    for f in tree.files.values().filter(|f| selected(&f.phase)) {
+    // Bootstrap files stay only until the kubelet has its certificate;
+    // their removal step runs only from then on.
+    let bootstrap = tree.bootstrap.as_ref();
+    let gone =
+        |path: &String| bootstrap.is_some_and(|b| f_facts.bootstrapped && b.files.contains(path));
+    let removal = |step: &String| bootstrap.is_some_and(|b| &b.step == step);
+    for f in tree
+        .files
+        .values()
+        .filter(|f| selected(&f.phase) && !gone(&f.path))
+    {
         let Some(c) = file_change(f, f_facts.files.get(&f.path)) else {
             unchanged += 1;
             continue;
@@ -379,10 +393,22 @@ fn decide<'a>(
     };
     order(&mut restart);
     order(&mut reload);
+    // The removal step runs where the bootstrap files are, or are about
+    // to be written.
+    let written = puts
+        .iter()
+        .any(|f| bootstrap.is_some_and(|b| b.files.contains(&f.path)));
     let steps = tree
         .steps
         .iter()
-        .filter(|s| selected(&s.phase) && !f_facts.steps_done.contains(&s.name))
+        .filter(|s| selected(&s.phase))
+        .filter(|s| {
+            if removal(&s.name) {
+                written || !f_facts.steps_done.contains(&s.name)
+            } else {
+                !f_facts.steps_done.contains(&s.name)
+            }
+        })
         .collect();
     (
         work::Decided {

@@ -84,6 +84,7 @@ fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
                     steps_done,
                     api,
                     csrs: Vec::new(),
+                    bootstrapped: false,
                 },
             )
         })

@@ -16,7 +16,10 @@ pub use images::CONTAINERD_SOCKET;
 pub use kubeforge_images::ImageArchive;
 pub use manifests::{Addon, ApiObject, ADDON_DIR};
 pub use subnets::{allocate as allocate_pod_subnets, Allocation, PodSubnets};
-pub use table::{Check, GateScope, PhaseGate, PhaseRow, Stage, Strategy, Table, FILES_TOML};
+pub use table::{
+    Check, GateScope, Need, PhaseGate, PhaseRow, RequirementRow, Stage, Strategy, Table, Until,
+    FILES_TOML,
+};
 pub use templates::TEMPLATES;
 
 use base64::Engine;
@@ -39,6 +42,14 @@ pub enum RenderError {
     Template {
         template: String,
         node: String,
+        detail: String,
+    },
+    #[error("node {node}: {detail} (rendered from {from})\n  help: a value of the inventory broke this file's syntax: change the value that appears at that line")]
+    Unparsable {
+        node: String,
+        /// The template, certificate or key the file came from.
+        from: String,
+        /// The path, the line and column, and what does not parse.
         detail: String,
     },
     #[error("{what} for node {node} is missing from the PKI")]
@@ -150,6 +161,39 @@ pub struct Vip {
     pub ready: Option<(String, Gate)>,
 }
 
+/// How long the step that removes the bootstrap files waits for the
+/// kubelet's client certificate.
+const BOOTSTRAP_WAIT_SECS: u32 = 120;
+
+/// Where a kubelet keeps the client certificate it got through a CSR.
+pub const KUBELET_CLIENT_CERT: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
+
+/// Files a node holds only until its kubelet has a valid client
+/// certificate of its own (bootstrap-token joins): then they are removed,
+/// and placed again when it has none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bootstrap {
+    pub files: Vec<String>,
+    /// The step (in the node's `steps`, after the units) that removes
+    /// them once the kubelet's client certificate is newer than they are:
+    /// planned while they are on the node or about to be written.
+    pub step: String,
+    /// The kubelet's certificate on the node ([`KUBELET_CLIENT_CERT`]).
+    pub cert: String,
+    #[serde(skip)]
+    pub ca_pem: String,
+    pub common_name: String,
+}
+
+impl Bootstrap {
+    /// Whether `cert_pem`, read from [`Bootstrap::cert`] (certificates
+    /// only), is the kubelet's own valid client certificate.
+    pub fn has_client_certificate(&self, cert_pem: &str, now: std::time::SystemTime) -> bool {
+        kubeforge_pki::client_certificate_valid(cert_pem, &self.ca_pem, &self.common_name, now)
+            .is_ok()
+    }
+}
+
 /// Where a kubelet keeps the serving certificate it got through a CSR.
 pub const KUBELET_SERVING_CERT: &str = "/var/lib/kubelet/pki/kubelet-server-current.pem";
 
@@ -168,6 +212,19 @@ pub struct Step {
     pub run: String,
 }
 
+/// Something a node must have before anything changes (the table's
+/// `[[requirement]]` rows that hold for it), checked by pre-flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Requirement {
+    pub name: String,
+    /// Read-only shell; exits 0 when the node has it.
+    #[serde(skip)]
+    pub check: String,
+    /// What pre-flight reports when it fails: the node, what is needed,
+    /// what for, and the package that provides it.
+    pub problem: String,
+}
+
 /// Everything one node must hold.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeTree {
@@ -183,6 +240,12 @@ pub struct NodeTree {
     /// phase.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<MissingBinary>,
+    /// What the node must have before anything changes.
+    #[serde(skip)]
+    pub requirements: Vec<Requirement>,
+    /// Files held only until the kubelet has its client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<Bootstrap>,
 }
 
 /// The rendered cluster: one tree per node plus the control machine's
@@ -311,6 +374,7 @@ struct Files<'r> {
 
 impl Files<'_> {
     fn add(&mut self, f: RenderedFile) -> Result<(), RenderError> {
+        parses(self.node, &f)?;
         let Some(existing) = self.files.get_mut(&f.path) else {
             self.files.insert(f.path.clone(), f);
             return Ok(());
@@ -341,6 +405,16 @@ impl Files<'_> {
         }
         Ok(())
     }
+}
+
+/// A rendered file must still parse as the format its path says it has
+/// ([`check_rendered`]): a value that broke its syntax stops rendering.
+fn parses(node: &str, f: &RenderedFile) -> Result<(), RenderError> {
+    check_rendered(&f.path, &f.content).map_err(|detail| RenderError::Unparsable {
+        node: node.to_string(),
+        from: f.source.clone(),
+        detail,
+    })
 }
 
 /// What rendering one node needs.
@@ -567,9 +641,11 @@ impl Renderer {
                 let content = self.template(&row.template, &ctx, &holder.name)?;
                 let phase = self.phase_of(row.on, &row.restarts, &row.reloads);
                 let meta = Meta::of_file(row, &phase);
+                let file = file(&row.path, content, &meta);
+                parses(&holder.name, &file)?;
                 out.push(Drained {
                     lb: holder.name.clone(),
-                    file: file(&row.path, content, &meta),
+                    file,
                 });
             }
         }
@@ -662,14 +738,27 @@ impl Renderer {
         self.ca_files(n, &mut files)?;
         self.cert_files(n, &mut files)?;
         self.key_files(n, &mut files)?;
+        let mut steps = self.steps(n)?;
+        let bootstrap = self.bootstrap(n, &mut steps)?;
         Ok(NodeTree {
+            bootstrap,
             name: n.node.name.clone(),
             address: n.node.address.to_string(),
             roles: n.node.roles.clone(),
             files: files.files,
             units: self.units(n)?,
-            steps: self.steps(n)?,
+            steps,
             missing: Vec::new(),
+            requirements: self
+                .table
+                .requirements_of(n.cluster, n.node)
+                .into_iter()
+                .map(|r| Requirement {
+                    name: r.name.clone(),
+                    check: r.check.script(r.arg.as_deref().unwrap_or_default()),
+                    problem: r.problem(&n.node.name),
+                })
+                .collect(),
         })
     }
 
@@ -803,6 +892,66 @@ impl Renderer {
             files.add(file(&row.path, content.into_bytes(), &meta))?;
         }
         Ok(())
+    }
+
+    /// The `until = "kubelet-client-certificate"` files of the node, and
+    /// the step that removes them (added to `steps`).
+    fn bootstrap(
+        &self,
+        n: &NodeInput<'_>,
+        steps: &mut Vec<Step>,
+    ) -> Result<Option<Bootstrap>, RenderError> {
+        let rows: Vec<&table::FileRow> = self
+            .table
+            .file
+            .iter()
+            .filter(|r| {
+                r.until == Some(Until::KubeletClientCertificate)
+                    && r.on.matches(n.node)
+                    && r.when.is_none_or(|w| w.holds(n.cluster))
+            })
+            .collect();
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let files: Vec<String> = rows.iter().map(|r| r.path.clone()).collect();
+        let name = format!(
+            "remove {} (the kubelet has its client certificate)",
+            files.join(", ")
+        );
+        let quoted: Vec<String> = files.iter().map(|f| format!("'{f}'")).collect();
+        // After the units: the kubelet has started with the files, and its
+        // certificate is newer than them once it has joined with them (or
+        // renewed its certificate since).
+        let newer = quoted
+            .iter()
+            .map(|f| format!("[ '{KUBELET_CLIENT_CERT}' -nt {f} ]"))
+            .collect::<Vec<_>>()
+            .join(" && ");
+        steps.push(Step {
+            name: name.clone(),
+            phase: self.phase_of(first.on, &first.restarts, &first.reloads),
+            stage: Stage::AfterUnits,
+            check: quoted
+                .iter()
+                .map(|f| format!("[ ! -e {f} ]"))
+                .collect::<Vec<_>>()
+                .join(" && "),
+            run: format!(
+                "i=0\nuntil {newer}; do\n  i=$((i + 1))\n  if [ \"$i\" -gt {BOOTSTRAP_WAIT_SECS} ]; then\n    echo \"the kubelet has no client certificate newer than {list} ({KUBELET_CLIENT_CERT}) after {BOOTSTRAP_WAIT_SECS} s, so the bootstrap files stay: see journalctl -u kubelet\" >&2\n    exit 1\n  fi\n  sleep 1\ndone\nrm -f -- {}\n",
+                quoted.join(" "),
+                list = files.join(", "),
+            ),
+        });
+        Ok(Some(Bootstrap {
+            files,
+            step: name,
+            cert: KUBELET_CLIENT_CERT.to_string(),
+            ca_pem: ca_of(n.pki, CaId::Kubernetes, Some(&n.node.name))?
+                .cert_pem
+                .clone(),
+            common_name: format!("system:node:{}", n.node.name),
+        }))
     }
 
     /// The `[[step]]` rows, their check and run scripts rendered.
@@ -974,6 +1123,9 @@ fn cluster_context(cluster: &Cluster) -> Value {
             "name": cluster.name,
             "version": cluster.version.to_string(),
             "minor": cluster.version.minor,
+            // The table's "anonymous-endpoints": the apiserver unit names
+            // the AuthenticationConfiguration instead of --anonymous-auth.
+            "anonymous_endpoints": table::When::AnonymousEndpoints.holds(cluster),
             "bin_dir": cluster.bin_dir,
             "service_cidr": cluster.service_cidr.to_string(),
             "pod_cidr": cluster.pod_cidr.to_string(),
@@ -1089,6 +1241,7 @@ fn node_context(
             "port": lb.port,
             "interface": lb.interface,
             "virtual_router_id": lb.virtual_router_id,
+            "nginx_user": lb.nginx_user,
             "priority": priority,
             "peers": peers,
         });
@@ -1104,6 +1257,7 @@ fn node_context(
         "bootstrap_token": token,
         "bootstrap_token_id": token_id,
         "bootstrap_token_secret": token_secret,
+        "bootstrap_token_expiration": pki.bootstrap_token_expiration.clone().unwrap_or_default(),
     });
     ctx
 }

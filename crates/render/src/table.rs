@@ -1,7 +1,7 @@
 //! The placement table (`templates/files.toml`): which file goes to which
 //! nodes and which units restart or reload when it changes.
 
-use kubeforge_inventory::{Cluster, Cni, KubeletJoin, NodeProfile, Selector};
+use kubeforge_inventory::{Cluster, Cni, KubeletJoin, NodeProfile, ProxyMode, Selector};
 use kubeforge_pki::{catalog, CaId};
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +29,27 @@ pub enum When {
     JoinCertificate,
     /// Kubelets join with a bootstrap token.
     JoinBootstrapToken,
+    /// Kubernetes 1.32 or later: kube-apiserver's AuthenticationConfiguration
+    /// limits anonymous requests to the health endpoints
+    /// (AnonymousAuthConfigurableEndpoints, on by default from 1.32).
+    AnonymousEndpoints,
+    /// kube_proxy_mode = "iptables".
+    ProxyIptables,
+    /// kube_proxy_mode = "ipvs".
+    ProxyIpvs,
+    /// kube_proxy_mode = "nftables".
+    ProxyNftables,
+    /// The kubelet refuses cgroup v1 (Kubernetes 1.35+, `failCgroupV1`
+    /// true by default) and kubeforge does not turn that off (host nodes).
+    KubeletCgroupV2,
 }
+
+/// The first minor whose kubelet refuses cgroup v1 by default.
+pub const KUBELET_CGROUP_V2_MINOR: u32 = 35;
+
+/// The first minor whose AuthenticationConfiguration limits anonymous
+/// requests to named paths by default.
+pub const ANONYMOUS_ENDPOINTS_MINOR: u32 = 32;
 
 impl When {
     pub fn holds(self, cluster: &Cluster) -> bool {
@@ -43,6 +63,14 @@ impl When {
             When::Coredns => cluster.coredns,
             When::JoinCertificate => cluster.kubelet_join == KubeletJoin::Certificate,
             When::JoinBootstrapToken => cluster.kubelet_join == KubeletJoin::BootstrapToken,
+            When::AnonymousEndpoints => cluster.version.minor >= ANONYMOUS_ENDPOINTS_MINOR,
+            When::ProxyIptables => cluster.proxy_mode == ProxyMode::Iptables,
+            When::ProxyIpvs => cluster.proxy_mode == ProxyMode::Ipvs,
+            When::ProxyNftables => cluster.proxy_mode == ProxyMode::Nftables,
+            When::KubeletCgroupV2 => {
+                cluster.node_profile == NodeProfile::Host
+                    && cluster.version.minor >= KUBELET_CGROUP_V2_MINOR
+            }
         }
     }
 }
@@ -273,6 +301,11 @@ pub struct FileRow {
     pub restarts: Vec<String>,
     #[serde(default)]
     pub reloads: Vec<String>,
+    /// The file stays on a node only until this holds there; then it is
+    /// removed (the bootstrap kubeconfig, once the kubelet has its client
+    /// certificate).
+    #[serde(default)]
+    pub until: Option<Until>,
     /// Rendered again with `drained` = a node's name for each node that
     /// a `drain-from-lb` phase restarts: the file that takes that node out
     /// of the load balancer while it restarts (its `reloads` apply it).
@@ -327,6 +360,83 @@ pub struct KeyfileRow {
     pub restarts: Vec<String>,
 }
 
+/// A node fact that ends a file's stay (`until`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Until {
+    /// The kubelet holds a valid client certificate of its own
+    /// (`/var/lib/kubelet/pki/kubelet-client-current.pem`, signed by the
+    /// cluster CA for `system:node:<name>`, valid now).
+    KubeletClientCertificate,
+}
+
+/// What a `[[requirement]]` row checks on a node, read-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Need {
+    /// `arg` is a command on the PATH.
+    Command,
+    /// `arg` is a kernel module that is loaded, built in, or loadable
+    /// (`/sys/module/ARG`, `modules.builtin`, `modprobe -n`).
+    Module,
+    /// The path `arg` exists.
+    File,
+    /// nginx has the stream module: built in, or a module that the
+    /// rendered nginx.conf loads (from Debian's `modules-enabled` or
+    /// RHEL's `/usr/share/nginx/modules`). No `arg`.
+    NginxStream,
+}
+
+impl Need {
+    /// The read-only shell test for `arg`: exits 0 when it is met. `arg`
+    /// is checked when the table loads (no character the shell would
+    /// read).
+    pub fn script(self, arg: &str) -> String {
+        match self {
+            Need::Command => format!("command -v {arg}"),
+            Need::Module => format!(
+                "[ -d /sys/module/{arg} ] || grep -qs '/{arg}\\.ko' \"/lib/modules/$(uname -r)/modules.builtin\" || modprobe -n {arg}"
+            ),
+            Need::File => format!("[ -e {arg} ]"),
+            Need::NginxStream => concat!(
+                "v=$(nginx -V 2>&1 | tr ' ' '\\n'); ",
+                "printf '%s\\n' \"$v\" | grep -qx -- --with-stream || ",
+                "{ printf '%s\\n' \"$v\" | grep -qx -- --with-stream=dynamic && ",
+                "grep -qs ngx_stream_module /etc/nginx/modules-enabled/*.conf /usr/share/nginx/modules/*.conf; }"
+            )
+            .to_string(),
+        }
+    }
+}
+
+/// Something a node must have before anything changes (pre-flight): a
+/// command, a kernel module, a file, and what provides it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequirementRow {
+    /// What the node needs, as the message names it ("iptables").
+    pub name: String,
+    pub on: Selector,
+    #[serde(default)]
+    pub when: Option<When>,
+    pub check: Need,
+    /// The command, module or path (not for `nginx-stream`).
+    #[serde(default)]
+    pub arg: Option<String>,
+    /// What it is for.
+    #[serde(rename = "for")]
+    pub purpose: String,
+    /// The Debian and Ubuntu package that provides it.
+    #[serde(default)]
+    pub package: Option<String>,
+    /// A hint for other distribution families.
+    #[serde(default)]
+    pub other: Option<String>,
+    /// What to do when no package provides it.
+    #[serde(default)]
+    pub fix: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BinaryRow {
@@ -367,6 +477,8 @@ pub struct Table {
     pub cert: Vec<CertRow>,
     #[serde(default)]
     pub keyfile: Vec<KeyfileRow>,
+    #[serde(default)]
+    pub requirement: Vec<RequirementRow>,
 }
 
 impl Table {
@@ -443,7 +555,28 @@ impl Table {
             }
             check_units(&k.path, &k.restarts)?;
         }
+        for r in &t.requirement {
+            r.check_row()?;
+        }
         Ok(t)
+    }
+
+    /// The requirements that hold for `node` of `cluster`, each once.
+    pub fn requirements_of(
+        &self,
+        cluster: &Cluster,
+        node: &kubeforge_inventory::Node,
+    ) -> Vec<&RequirementRow> {
+        let mut out: Vec<&RequirementRow> = Vec::new();
+        for r in &self.requirement {
+            if r.on.matches(node)
+                && r.when.is_none_or(|w| w.holds(cluster))
+                && !out.iter().any(|o| o.name == r.name)
+            {
+                out.push(r);
+            }
+        }
+        out
     }
 
     /// Phases are named once; every unit names a declared phase, its gate
@@ -525,5 +658,56 @@ impl Table {
     /// The phase row of that name.
     pub fn phase_row(&self, name: &str) -> Option<&PhaseRow> {
         self.phase.iter().find(|p| p.name == name)
+    }
+}
+
+impl RequirementRow {
+    /// Its argument takes only characters the shell reads as they are, its
+    /// check gets the argument it takes, and it says how to get it.
+    fn check_row(&self) -> Result<(), String> {
+        let what = format!("requirement \"{}\"", self.name);
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-' | b'+')
+                })
+                && !s.starts_with('-')
+        };
+        match (self.check, &self.arg) {
+            (Need::NginxStream, None) => {}
+            (Need::NginxStream, Some(_)) => {
+                return Err(format!("{what}: nginx-stream takes no `arg`"))
+            }
+            (_, None) => return Err(format!("{what}: {:?} needs `arg`", self.check)),
+            (_, Some(a)) if !plain(a) => {
+                return Err(format!(
+                    "{what}: arg \"{a}\" may hold only letters, digits, '/', '.', '_', '-' and '+'"
+                ))
+            }
+            (_, Some(_)) => {}
+        }
+        if self.package.is_none() && self.fix.is_none() {
+            return Err(format!(
+                "{what}: give the `package` that provides it, or a `fix`"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The problem pre-flight reports when `node` lacks it.
+    pub fn problem(&self, node: &str) -> String {
+        let mut s = format!("{node}: needs {} ({})", self.name, self.purpose);
+        match (&self.package, &self.fix) {
+            (Some(p), _) => {
+                s.push_str(&format!("; install package {p}"));
+                match &self.other {
+                    Some(o) => s.push_str(&format!(" (Debian, Ubuntu; elsewhere: {o})")),
+                    None => s.push_str(" (Debian, Ubuntu)"),
+                }
+            }
+            (None, Some(f)) => s.push_str(&format!("; {f}")),
+            (None, None) => {}
+        }
+        s
     }
 }

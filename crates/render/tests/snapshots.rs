@@ -84,6 +84,8 @@ fn redact(content: &[u8]) -> String {
             "token-id:",
             "token-secret:",
             "name: bootstrap-token-",
+            // The bootstrap token's: the time it was rendered plus its TTL.
+            "expiration:",
         ]
         .into_iter()
         .find(|k| trimmed.starts_with(k));

@@ -27,6 +27,9 @@ pub struct Request {
     pub units: Vec<String>,
     /// The preparation steps' read-only checks, by name.
     pub checks: Vec<(String, String)>,
+    /// Read-only shell run after the host facts script, in the same
+    /// section: its `unmet=VALUE` lines are the host's `unmet`.
+    pub host_extra: String,
     /// The sha256 cache file on the node.
     pub cache: String,
     /// Refresh the cache with what was hashed (a run holding the apply
@@ -64,7 +67,7 @@ pub struct Report {
 /// `C PATH BASE64` (old text of a changed diffable file), `U UNIT ACTIVE
 /// ENABLED`, `S INDEX STATUS`, and `K COUNT` (sums taken from the cache).
 const GATHER: &str = r#"set -u
-cache="$1"; mode="$2"
+cache="$1"; mode="$2"; host_extra="${3:-}"
 d=$(mktemp -d /run/kubeforge-gather.XXXXXX) || exit 1
 trap 'rm -rf "$d"' EXIT
 trap 'rm -rf "$d"; exit 1' HUP INT TERM PIPE
@@ -76,7 +79,8 @@ while IFS= read -r line; do
     S\ *) printf '%s\n' "${line#S }" >> "$d/req.s" ;;
   esac
 done
-( set +u; HOST_FACTS ) 2>/dev/null | sed 's/^/H /'
+( set +u; HOST_FACTS
+  printf '%s' "$host_extra" | base64 -d > "$d/extra" 2>/dev/null && sh "$d/extra" ) 2>/dev/null | sed 's/^/H /'
 # Mode, owner, size, ctime and inode of every managed file that is a
 # regular file: "PATH\tMODE\tOWNER\tSIZE\tCTIME\tINODE".
 cut -d' ' -f3- "$d/req.f" > "$d/paths"
@@ -151,7 +155,11 @@ pub async fn gather(t: &dyn Transport, req: &Request) -> Result<Report, Transpor
     let out = t
         .run_ok(
             Script::new("gather facts", &body)
-                .args([req.cache.clone(), mode.to_string()])
+                .args([
+                    req.cache.clone(),
+                    mode.to_string(),
+                    b64.encode(&req.host_extra),
+                ])
                 .stdin(stdin.into_bytes())
                 .timeout(Duration::from_secs(600)),
         )

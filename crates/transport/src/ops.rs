@@ -291,6 +291,8 @@ pub struct HostFacts {
     pub missing_commands: Vec<String>,
     /// Whether systemd reports the clock synchronized (None: unknown).
     pub ntp_synchronized: Option<bool>,
+    /// The `unmet=` lines of the extra checks given to [`host_with`].
+    pub unmet: Vec<String>,
 }
 
 pub const HOST: &str = r#"echo "hostname=$(hostname)"
@@ -313,11 +315,18 @@ fi
 "#;
 
 pub async fn host(t: &dyn Transport) -> Result<HostFacts, TransportError> {
-    let o = t.run_ok(Script::new("gather host facts", HOST)).await?;
+    host_with(t, "").await
+}
+
+/// [`host`] with `extra`, read-only shell run after [`HOST`] in the same
+/// round trip; its `unmet=VALUE` lines end up in [`HostFacts::unmet`].
+pub async fn host_with(t: &dyn Transport, extra: &str) -> Result<HostFacts, TransportError> {
+    let script = format!("{HOST}{extra}");
+    let o = t.run_ok(Script::new("gather host facts", &script)).await?;
     Ok(parse_host(&o.stdout_str()))
 }
 
-/// The `key=value` lines [`HOST`] prints.
+/// The `key=value` lines [`HOST`] (and an extra script) print.
 pub fn parse_host(text: &str) -> HostFacts {
     let mut f = HostFacts::default();
     for line in text.lines() {
@@ -334,6 +343,7 @@ pub fn parse_host(text: &str) -> HostFacts {
             "kernel" => f.kernel = v.to_string(),
             "systemd" => f.has_systemd = true,
             "missing" => f.missing_commands.push(v.to_string()),
+            "unmet" => f.unmet.push(v.to_string()),
             "ntp" => f.ntp_synchronized = Some(v == "yes"),
             "listen" => {
                 if let Some(port) = v.rsplit(':').next().and_then(|p| p.parse().ok()) {

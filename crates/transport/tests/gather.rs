@@ -44,11 +44,13 @@ async fn files_units_checks_and_host_in_one_round_trip() {
             ("fails".into(), "exit 3".into()),
             ("reads a file".into(), format!("[ -f '{}' ]", p(&a))),
         ],
+        host_extra: "echo unmet=7\ntrue || echo unmet=8\n".into(),
         cache: p(&cache),
         record: false,
     };
     let t = LocalTransport::new("here");
     let r = gather(&t, &req).await.unwrap();
+    assert_eq!(r.host.unmet, ["7"]);
     let fa = &r.files[&p(&a)];
     assert_eq!(fa.sha256, sha(b"old text\n"));
     assert_eq!(fa.mode, 0o644);
