@@ -57,6 +57,7 @@ async fn received_compressed_checked_and_installed() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert!(blobs::inventory(&t, &store).await.unwrap().held.is_empty());
     // Cut short on the wire: refused, nothing new in the store.
     let mut short = gzip(&data);
     short.truncate(short.len() / 2);
