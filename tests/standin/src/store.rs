@@ -254,6 +254,19 @@ impl Store {
         .map(|_| ())
     }
 
+    /// Deletes the object at `path`; false when there was none.
+    async fn delete(&self, path: &str) -> Result<bool, String> {
+        let key = b64(&format!("{PREFIX}{path}"));
+        let answer = self
+            .call("deleterange", json!({ "key": key }).to_string())
+            .await?;
+        // The gateway writes int64 as a string and leaves out zero.
+        Ok(serde_json::from_str::<Value>(&answer)
+            .ok()
+            .and_then(|v| v["deleted"].as_str().map(|d| d != "0"))
+            .unwrap_or(false))
+    }
+
     /// Puts `value` at `path` only if the key's create revision (target
     /// CREATE, `0`: it does not exist) or mod revision (target MOD) is
     /// `revision`; false when it was not.
@@ -468,6 +481,14 @@ impl Store {
                     Err(e) => (500, status(500, "InternalError", &e)),
                 }
             }
+            "DELETE" if !is_collection(&path) => match self.delete(&path).await {
+                Ok(true) => (
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}).to_string(),
+                ),
+                Ok(false) => (404, status(404, "NotFound", &format!("{path} not found"))),
+                Err(e) => (500, status(500, "InternalError", &e)),
+            },
             _ => (405, status(405, "MethodNotAllowed", &req.method)),
         }
     }
