@@ -164,7 +164,10 @@ fn bench() {
     let boot = t.elapsed().as_secs_f64();
     // The pause image (and busybox) in the bundle, as a real kubelet needs.
     kf.bundle = crate::lab_nodes::bundle_with_images(&kf);
-    if let Ok(rate) = std::env::var("KUBEFORGE_BENCH_RATE") {
+    if let Some(rate) = std::env::var("KUBEFORGE_BENCH_RATE")
+        .ok()
+        .filter(|r| !r.is_empty())
+    {
         let out = Command::new("tc")
             .args([
                 "qdisc",

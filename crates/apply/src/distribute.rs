@@ -69,13 +69,6 @@ impl Staged {
     pub fn has(&self, node: &str, sha: &str) -> bool {
         self.held.get(node).is_some_and(|s| s.contains(sha))
     }
-
-    /// The blob left the node's store (it was installed).
-    pub fn forget(&mut self, node: &str, sha: &str) {
-        if let Some(s) = self.held.get_mut(node) {
-            s.remove(sha);
-        }
-    }
 }
 
 fn token() -> String {

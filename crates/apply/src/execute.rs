@@ -125,8 +125,6 @@ impl Run<'_> {
                         cache: Some(CACHE),
                     };
                     blobs::install(t, blobs::STORE, &p.sha256, size, to).await?;
-                    // It left the node's store.
-                    self.staged.lock().await.forget(&w.node, &p.sha256);
                     done.files_written += 1;
                     continue;
                 }

@@ -234,8 +234,7 @@ pub async fn fetch(
 }
 
 /// $1 store, $2 sha256, $3 size, $4 path, $5 mode, $6 owner, $7 the sha256
-/// cache (or empty). Installs a held blob atomically, checked again; the
-/// blob leaves the store.
+/// cache (or empty). Installs a held blob atomically, checked again.
 const INSTALL: &str = concat!(
     r#"set -eu
 f="$1/$2"; sum="$2"; size="$3"; p="$4"
@@ -244,9 +243,10 @@ mkdir -p -- "$dir"
 t=$(mktemp "$dir/.kubeforge-tmp.XXXXXX")
 trap 'rm -f -- "$t"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
-# The blob leaves the store (renamed where the file system is the same: no
-# copy, no space).
-mv -f -- "$f" "$t"
+# A hard link where the file system is the same (no copy, no space); the
+# store keeps its name for other installs and nodes until it is cleared.
+rm -f -- "$t"
+ln -- "$f" "$t" 2>/dev/null || cat -- "$f" > "$t"
 got_size=$(stat -c %s -- "$t")
 got_sum=$(sha256sum < "$t" | cut -d' ' -f1)
 if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then

@@ -57,7 +57,16 @@ async fn received_compressed_checked_and_installed() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
-    assert!(blobs::inventory(&t, &store).await.unwrap().held.is_empty());
+    // The store keeps it for other installs (a hard link: no second copy).
+    assert_eq!(
+        blobs::inventory(&t, &store).await.unwrap().held,
+        std::slice::from_ref(&sum)
+    );
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().ino(),
+        std::fs::metadata(format!("{store}/{sum}")).unwrap().ino()
+    );
     // Cut short on the wire: refused, nothing new in the store.
     let mut short = gzip(&data);
     short.truncate(short.len() / 2);
@@ -65,7 +74,9 @@ async fn received_compressed_checked_and_installed() {
     assert!(blobs::receive(&t, &store, &other, 5, Codec::Gzip, short)
         .await
         .is_err());
-    // The store altered after the fact: installing refuses it.
+    // The store altered after the fact (replaced, as every way into the
+    // store replaces): installing refuses it.
+    std::fs::remove_file(format!("{store}/{sum}")).unwrap();
     std::fs::write(format!("{store}/{sum}"), b"tampered").unwrap();
     let err = blobs::install(&t, &store, &sum, data.len() as u64, to)
         .await
