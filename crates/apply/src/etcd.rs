@@ -75,13 +75,20 @@ fn decode_stream(out: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// etcd appends the sha256 of the database to a snapshot: checks it, as
-/// `etcdutl snapshot status` does.
+/// `etcdutl snapshot status` does, and that the database is a bbolt file
+/// (the magic number of its first meta page).
 pub fn check_integrity(data: &[u8]) -> Result<(), String> {
     if data.len() < 32 + 4096 {
         return Err(format!(
             "the snapshot has {} bytes: too short to be an etcd database",
             data.len()
         ));
+    }
+    // A page header of 16 bytes, then the meta page's magic, little-endian.
+    if data[16..20] != 0xED0C_DAEDu32.to_le_bytes() {
+        return Err(
+            "the snapshot is not a bbolt database (no magic number in its first page)".into(),
+        );
     }
     let (db, sum) = data.split_at(data.len() - 32);
     if Sha256::digest(db).as_slice() != sum {
@@ -159,9 +166,7 @@ pub async fn backup(
     names.sort();
     let info = SnapshotInfo {
         cluster: cluster.to_string(),
-        taken_at: time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
+        taken_at: rfc3339(time::OffsetDateTime::now_utc().unix_timestamp()),
         node: from.node.clone(),
         members: names,
         etcd_version: from.version.clone(),
@@ -213,4 +218,68 @@ pub async fn restore(
         l.release().await;
     }
     result
+}
+
+/// A Unix time as RFC 3339 in UTC, whole seconds.
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A database-shaped buffer: bbolt's magic in its first meta page, and
+    /// the sha256 etcd appends.
+    fn snapshot() -> Vec<u8> {
+        let mut db = vec![7u8; 8192];
+        db[16..20].copy_from_slice(&0xED0C_DAEDu32.to_le_bytes());
+        let sum = Sha256::digest(&db);
+        db.extend_from_slice(&sum);
+        db
+    }
+
+    #[test]
+    fn integrity_of_a_snapshot() {
+        let good = snapshot();
+        check_integrity(&good).unwrap();
+        let mut flipped = good.clone();
+        flipped[5000] ^= 1;
+        assert!(check_integrity(&flipped)
+            .unwrap_err()
+            .contains("corrupted or cut short"));
+        assert!(check_integrity(&good[..good.len() - 1])
+            .unwrap_err()
+            .contains("does not match"));
+        let mut no_magic = vec![0u8; 8192];
+        let sum = Sha256::digest(&no_magic);
+        no_magic.extend_from_slice(&sum);
+        assert!(check_integrity(&no_magic)
+            .unwrap_err()
+            .contains("not a bbolt database"));
+        assert!(check_integrity(&[0u8; 100])
+            .unwrap_err()
+            .contains("too short"));
+    }
+
+    #[test]
+    fn the_stream_of_chunks() {
+        let out = br#"{"result":{"remaining_bytes":"3","blob":"YWJj"}}
+{"result":{"blob":"ZGVm"}}"#;
+        assert_eq!(decode_stream(out).unwrap(), b"abcdef");
+        let refused = br#"{"error":{"grpc_code":7,"message":"permission denied"}}"#;
+        assert!(decode_stream(refused)
+            .unwrap_err()
+            .contains("etcd refused the snapshot"));
+        assert!(decode_stream(br#"{"result":{"blob":"***"}}"#)
+            .unwrap_err()
+            .contains("not base64"));
+    }
 }

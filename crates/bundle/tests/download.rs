@@ -148,11 +148,11 @@ fn downloads_a_bundle_load_bundle_accepts() {
     )
     .unwrap();
     assert_eq!(built.dir, out);
-    assert_eq!(built.files.len(), 8);
+    assert_eq!(built.files.len(), 9);
     assert_eq!(entries(work.path()), ["bundle"], "no temporary left");
     let loaded = kubeforge_bundle::load(&out).unwrap();
     let mut names: Vec<&str> = SERVER_BINARIES.to_vec();
-    names.extend(["etcd", "etcdctl"]);
+    names.extend(["etcd", "etcdctl", "etcdutl"]);
     names.sort();
     assert_eq!(loaded.files.keys().collect::<Vec<_>>(), names);
     for f in &built.files {

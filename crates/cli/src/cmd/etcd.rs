@@ -83,7 +83,7 @@ fn backup(
     let stamp = taken.info.taken_at.replace([':', '-'], "");
     let file = match &out {
         Some(f) => f.clone(),
-        None => backups_dir(&state).join(format!("{}-{stamp}.db", cluster.name)),
+        None => unused(&backups_dir(&state), &format!("{}-{stamp}", cluster.name)),
     };
     let info = serde_json::to_vec_pretty(&taken.info)?;
     // The snapshot holds every object of the cluster: 0600, like a key.
@@ -98,12 +98,12 @@ fn backup(
     }
     tracing::info!(file = %file.display(), node = taken.info.node, "etcd snapshot taken");
     term.line(format!(
-        "snapshot of cluster \"{}\" from {} (etcd {}, revision {}, {:.1} MB, members {}) checked and written to {}\n  sha256 {}",
+        "snapshot of cluster \"{}\" from {} (etcd {}, revision {}, {}, members {}) checked and written to {}\n  sha256 {}",
         cluster.name,
         taken.info.node,
         taken.info.etcd_version.as_deref().unwrap_or("?"),
         taken.info.revision.map_or("?".into(), |r| r.to_string()),
-        taken.info.size as f64 / 1e6,
+        size(taken.info.size),
         taken.info.members.join(", "),
         file.display(),
         taken.info.sha256
@@ -117,6 +117,17 @@ fn backup(
         }
     }
     Ok(())
+}
+
+/// `<dir>/<stem>.db`, or `<stem>-2.db`, ... when taken in the same second.
+fn unused(dir: &Path, stem: &str) -> PathBuf {
+    let mut file = dir.join(format!("{stem}.db"));
+    let mut n = 2;
+    while file.exists() {
+        file = dir.join(format!("{stem}-{n}.db"));
+        n += 1;
+    }
+    file
 }
 
 /// The snapshots of a directory, newest first, with what is known of them.
@@ -134,7 +145,9 @@ fn listed(dir: &Path) -> Result<Vec<(PathBuf, Option<SnapshotInfo>)>> {
             found.push((path, info));
         }
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    // Newest first: by modification time, then name.
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    found.sort_by_cached_key(|(p, _)| std::cmp::Reverse((mtime(p), p.clone())));
     Ok(found)
 }
 
@@ -159,76 +172,98 @@ done
 exit 0
 "#;
 
+/// Bytes as a short size.
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b if b >= 1_000 => format!("{:.0} kB", b as f64 / 1e3),
+        b => format!("{b} B"),
+    }
+}
+
+/// Rows padded to their columns' widths.
+fn table(rows: &[[String; 5]]) -> String {
+    let mut width = [0usize; 5];
+    for r in rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(width)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 fn backups(inv: &InventoryArgs, reach: &ReachArgs, local: bool, term: &mut Term) -> Result<()> {
     let (loaded, state) = load(inv, term)?;
     let cluster = &loaded.cluster;
-    let now = time::OffsetDateTime::now_utc();
-    term.line(format!(
-        "{:<10} {:<40} {:>9} {:>10} {}",
-        "WHERE", "SNAPSHOT", "SIZE", "REVISION", "TAKEN"
-    ))?;
+    let mut rows = vec![["WHERE", "SNAPSHOT", "SIZE", "REVISION", "TAKEN"].map(String::from)];
     for (path, info) in listed(&backups_dir(&state))? {
-        let (size, revision, taken) = match &info {
-            Some(i) => (
-                format!("{:.1} MB", i.size as f64 / 1e6),
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        rows.push(match &info {
+            Some(i) => [
+                "here".into(),
+                name,
+                size(i.size),
                 i.revision.map_or("?".into(), |r| r.to_string()),
                 i.taken_at.clone(),
-            ),
-            None => ("?".into(), "?".into(), "(no .json)".into()),
-        };
-        term.line(format!(
-            "{:<10} {:<40} {size:>9} {revision:>10} {taken}",
-            "here",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ))?;
+            ],
+            None => [
+                "here".into(),
+                name,
+                "?".into(),
+                "?".into(),
+                "(no .json)".into(),
+            ],
+        });
     }
-    if local {
-        return Ok(());
-    }
-    let etcd_nodes: Vec<String> = cluster
-        .nodes_with(kubeforge_inventory::Role::Etcd)
-        .map(|n| n.name.clone())
-        .collect();
-    let found = runtime()?.block_on(kubeforge_transport::closing_masters(async {
-        let t = online::connect_all(cluster, &state, &reach.reach()).await?;
-        let mut found = Vec::new();
-        for n in &etcd_nodes {
-            let Some(tr) = t.get(n) else { continue };
-            let o = tr
-                .run_ok(
-                    kubeforge_transport::Script::new(
-                        "list the node's etcd snapshots",
-                        NODE_SNAPSHOTS,
-                    )
-                    .args([kubeforge_render::NODE_BACKUP_DIR]),
+    if !local {
+        let etcd_nodes: Vec<String> = cluster
+            .nodes_with(kubeforge_inventory::Role::Etcd)
+            .map(|n| n.name.clone())
+            .collect();
+        let found = runtime()?.block_on(kubeforge_transport::closing_masters(async {
+            let t = online::connect_all(cluster, &state, &reach.reach()).await?;
+            let mut found = Vec::new();
+            for n in &etcd_nodes {
+                let Some(tr) = t.get(n) else { continue };
+                let script = kubeforge_transport::Script::new(
+                    "list the node's etcd snapshots",
+                    NODE_SNAPSHOTS,
                 )
-                .await?;
-            for line in o.stdout_str().lines() {
+                .args([kubeforge_render::NODE_BACKUP_DIR]);
+                found.push((n.clone(), tr.run_ok(script).await?.stdout_str()));
+            }
+            Ok::<_, anyhow::Error>(found)
+        }))??;
+        for (node, listing) in found {
+            for line in listing.lines() {
                 let mut p = line.splitn(3, ' ');
-                if let (Some(mtime), Some(size), Some(path)) = (p.next(), p.next(), p.next()) {
-                    found.push((
-                        n.clone(),
-                        mtime.parse::<i64>().unwrap_or(0),
-                        size.parse::<u64>().unwrap_or(0),
+                if let (Some(mtime), Some(bytes), Some(path)) = (p.next(), p.next(), p.next()) {
+                    rows.push([
+                        node.clone(),
                         path.to_string(),
-                    ));
+                        size(bytes.parse().unwrap_or(0)),
+                        "-".into(),
+                        kubeforge_apply::etcd::rfc3339(mtime.parse().unwrap_or(0)),
+                    ]);
                 }
             }
         }
-        Ok::<_, anyhow::Error>(found)
-    }))??;
-    for (node, mtime, size, path) in found {
-        let age = time::OffsetDateTime::from_unix_timestamp(mtime)
-            .map(|t| format!("{} h ago", (now - t).whole_hours()))
-            .unwrap_or_default();
-        term.line(format!(
-            "{node:<10} {:<40} {:>9} {:>10} {age}",
-            path,
-            format!("{:.1} MB", size as f64 / 1e6),
-            "-"
-        ))?;
     }
-    Ok(())
+    term.raw(table(&rows))
 }
 
 fn restore(
@@ -321,4 +356,49 @@ fn restore(
         started.elapsed().as_secs_f64(),
         prepared.rendered.etcd.as_ref().map_or("the data directory".to_string(), |e| e.data_dir.clone()),
     ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_tables() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(24_576), "25 kB");
+        assert_eq!(size(3_500_000), "3.5 MB");
+        let rows = [
+            ["A", "long cell", "x", "", ""].map(String::from),
+            ["bb", "c", "y", "", ""].map(String::from),
+        ];
+        assert_eq!(table(&rows), "A   long cell  x\nbb  c          y\n");
+    }
+
+    #[test]
+    fn names_in_one_second_and_pruning_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = unused(dir.path(), "lab-20261130T060158Z");
+        std::fs::write(&first, b"1").unwrap();
+        std::fs::write(info_path(&first), b"{}").unwrap();
+        let second = unused(dir.path(), "lab-20261130T060158Z");
+        assert_eq!(second, dir.path().join("lab-20261130T060158Z-2.db"));
+        // Older by its time, though its name sorts later.
+        let old = dir.path().join("zz-old.db");
+        std::fs::write(&old, b"0").unwrap();
+        let f = std::fs::File::options().write(true).open(&old).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&second, b"2").unwrap();
+        let order: Vec<PathBuf> = listed(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(order, [second.clone(), first.clone(), old.clone()]);
+        assert_eq!(prune(dir.path(), 2).unwrap(), std::slice::from_ref(&old));
+        assert!(!old.exists() && first.exists() && second.exists());
+        assert_eq!(prune(dir.path(), 1).unwrap(), std::slice::from_ref(&first));
+        assert!(!info_path(&first).exists());
+    }
 }
