@@ -698,6 +698,9 @@ async fn controller(role: Role, p: &Parsed) -> Result<(), String> {
         }
     }
 
+    if role == Role::ControllerManager {
+        tokio::spawn(default_service_account(api.clone(), api_tls.clone()));
+    }
     let state = Arc::new(Service::Controller(Controller {
         api,
         api_tls,
@@ -1100,30 +1103,44 @@ async fn register_node(
     })
     .to_string();
     let path = format!("/api/v1/nodes/{name}?fieldManager=kubelet-standin&force=true");
+    apply_until_ok(api, tls, &format!("node {name}"), &path, body).await;
+}
+
+/// Server-side applies `body` at `path` until the apiserver takes it.
+async fn apply_until_ok(api: Url, tls: Arc<ClientConfig>, what: &str, path: &str, body: String) {
     loop {
         let r = http::send(
             &api,
             tls.clone(),
             "PATCH",
-            &path,
+            path,
             Some(("application/apply-patch+yaml", body.as_bytes())),
             CHECK_TIMEOUT,
         )
         .await;
         match r {
             Ok(r) if r.status == 200 => {
-                log!(
-                    "registered node {name} with apiserver {}:{}",
-                    api.host,
-                    api.port
-                );
+                log!("applied {what} to apiserver {}:{}", api.host, api.port);
                 return;
             }
-            Ok(r) => log!("registering node {name}: {} {}", r.status, r.body.trim()),
-            Err(e) => log!("registering node {name}: {e}"),
+            Ok(r) => log!("applying {what}: {} {}", r.status, r.body.trim()),
+            Err(e) => log!("applying {what}: {e}"),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// What the serviceaccounts controller of kube-controller-manager does
+/// first: the `default` ServiceAccount of the `default` namespace.
+async fn default_service_account(api: Url, tls: Arc<ClientConfig>) {
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "default", "namespace": "default"},
+    })
+    .to_string();
+    let path = "/api/v1/namespaces/default/serviceaccounts/default?fieldManager=kube-controller-manager-standin&force=true";
+    apply_until_ok(api, tls, "ServiceAccount default/default", path, body).await;
 }
 
 fn parse_ipport(what: &str, s: &str) -> Result<SocketAddr, String> {
