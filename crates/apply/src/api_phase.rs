@@ -8,7 +8,7 @@ use crate::cluster::{judge_serving_csr, nodes_not_ready, rollout, Csr, Rollout};
 use crate::execute::{Applied, Run};
 use crate::gates::{self, Probe};
 use crate::ApplyError;
-use kubeforge_plan::{ApiWork, ClusterGates, Deployment};
+use kubeforge_plan::{ApiWork, ClusterGates, Deployment, MustExist};
 use kubeforge_render::KUBELET_SERVING_CERT;
 use kubeforge_transport::Script;
 use serde_json::Value;
@@ -106,6 +106,9 @@ impl Run<'_> {
         let mut done = Applied::default();
         let api = self.api(&g.via, g.port)?;
         self.nodes_ready(&g.phase, &api, &g.nodes).await?;
+        for o in &g.exists {
+            self.exists(&g.phase, &api, o).await?;
+        }
         if !g.serving_certificates.is_empty() {
             self.serving_certificates(&g.phase, &api, &g.serving_certificates, &mut done)
                 .await?;
@@ -272,6 +275,28 @@ impl Run<'_> {
 
     /// An addon Deployment has an available replica. When its image cannot
     /// be pulled the cluster still works: that is a warning, not a failure.
+    /// An object a controller creates (see [`MustExist`]) exists.
+    async fn exists(&self, phase: &str, api: &Api<'_>, o: &MustExist) -> Result<(), ApplyError> {
+        self.step(
+            phase,
+            api.t.node(),
+            format!("waiting for {} to exist", o.what),
+        );
+        let probe = || async move {
+            match api.get("read an object that must exist", &o.path).await {
+                Ok(r) if r.ok() => Probe::Pass(()),
+                Ok(r) => Probe::Wait(r.message()),
+                Err(e) => Probe::Wait(e.to_string()),
+            }
+        };
+        let Err(why) = gates::poll(self.opts, probe).await else {
+            return Ok(());
+        };
+        let secs = self.opts.gate_timeout.as_secs();
+        let gate = format!("{} exists", o.what);
+        Err(gates::failure(api.t, &gate, "kube-controller-manager", secs, why).await)
+    }
+
     async fn deployment_available(
         &self,
         phase: &str,

@@ -165,6 +165,11 @@ fn recorder(r: &Rendered) -> Recorder {
         "list its pods",
         vec![ok(&api_answer(200, r#"{"items":[]}"#))],
     );
+    rec.answer(
+        None,
+        "read an object that must exist",
+        vec![ok(&api_answer(200, "{}"))],
+    );
     rec
 }
 
@@ -412,6 +417,32 @@ async fn no_drain_while_the_load_balancers_do_not_run() {
     let lines = rec.lines();
     let restart = pos(&lines, &["cp2", "systemctl restart kube-apiserver"]);
     assert!(!lines[..restart].iter().any(|l| l.contains("nginx")));
+}
+
+#[tokio::test]
+async fn the_cluster_gate_waits_for_the_default_service_account() {
+    let r = rendered("ha.toml");
+    let mut f = converged(&r);
+    changed(&mut f, "worker1", "/etc/systemd/system/kubelet.service");
+    let p = plan(&r, &f);
+    let text = kubeforge_plan::to_text(&p);
+    assert!(
+        text.contains("ServiceAccount default/default exists"),
+        "{text}"
+    );
+    let rec = recorder(&r);
+    let missing = api_answer(
+        404,
+        r#"{"kind":"Status","message":"serviceaccounts \"default\" not found"}"#,
+    );
+    rec.answer(None, "read an object that must exist", vec![ok(&missing)]);
+    let err = run(&rec, &r, &p).await.unwrap_err();
+    let ApplyError::Gate(g) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(g.gate, "ServiceAccount default/default exists");
+    assert_eq!(g.unit, "kube-controller-manager");
+    assert!(g.detail.contains("not found"), "{}", g.detail);
 }
 
 #[tokio::test]

@@ -13,8 +13,8 @@ mod work;
 
 pub use text::{to_text, work_to_text};
 pub use work::{
-    ApiApply, ApiWork, Chmod, ClusterGates, Content, Deployment, GateRun, LbEdit, NodeWork,
-    PhasePlan, Put, StepWork,
+    must_exist, ApiApply, ApiWork, Chmod, ClusterGates, Content, Deployment, GateRun, LbEdit,
+    MustExist, NodeWork, PhasePlan, Put, StepWork,
 };
 
 use kubeforge_render::{Addon, NodeTree, PhaseGate, Rendered, Strategy};
@@ -684,5 +684,6 @@ fn cluster_gates(
             Vec::new()
         },
         deployments: work::deployments(rendered),
+        exists: work::must_exist(),
     })
 }

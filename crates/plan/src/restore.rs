@@ -239,6 +239,7 @@ rm -f -- "$snap"
         nodes: kubelet_nodes.iter().map(|(n, _)| n.to_string()).collect(),
         serving_certificates: Vec::new(),
         deployments: Vec::new(),
+        exists: crate::work::must_exist(),
     });
     Ok(Plan {
         cluster: cluster.to_string(),

@@ -155,11 +155,13 @@ fn rollout(plan: &Plan, s: &mut String) {
         let _ = writeln!(s, "  {} {how}{vip}{with}", p.phase);
     }
     if let Some(g) = &plan.cluster_gates {
+        let mut what = vec![format!("{} nodes Ready in the API", g.nodes.len())];
+        what.extend(g.exists.iter().map(|o| format!("{} exists", o.what)));
         let _ = writeln!(
             s,
-            "  then the cluster gate through {}: {} nodes Ready in the API",
+            "  then the cluster gate through {}: {}",
             g.via,
-            g.nodes.len()
+            what.join(", ")
         );
     }
     let _ = writeln!(s);

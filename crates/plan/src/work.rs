@@ -213,6 +213,27 @@ pub struct ClusterGates {
     pub serving_certificates: Vec<(String, std::net::Ipv4Addr)>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deployments: Vec<Deployment>,
+    /// Objects the controllers create that must exist before workloads can
+    /// run (a pod is refused while its namespace has no `default`
+    /// ServiceAccount).
+    pub exists: Vec<MustExist>,
+}
+
+/// An API object the cluster gate waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MustExist {
+    /// For messages: `ServiceAccount default/default`.
+    pub what: String,
+    /// Its API path.
+    pub path: String,
+}
+
+/// The objects every cluster gate waits for.
+pub fn must_exist() -> Vec<MustExist> {
+    vec![MustExist {
+        what: "ServiceAccount default/default".into(),
+        path: "/api/v1/namespaces/default/serviceaccounts/default".into(),
+    }]
 }
 
 /// What the planner decided for one node, before it is split into phases.

@@ -305,23 +305,6 @@ fn blob(
     Err(format!("{what}: neither {data_key} nor {file_key} is set"))
 }
 
-/// A kubeconfig cluster's `server` and its CA certificates.
-fn server_and_ca(
-    what: &str,
-    path: &Path,
-    cluster: &Value,
-) -> Result<(String, Vec<CertificateDer<'static>>), String> {
-    let server = server_of(what, cluster)?;
-    let (w, ca_pem) = blob(
-        what,
-        path,
-        cluster,
-        "certificate-authority-data",
-        "certificate-authority",
-    )?;
-    Ok((server, certs_from_pem(&w, &ca_pem)?))
-}
-
 /// A kubeconfig with a client certificate: the cluster and user of the
 /// current context (else the first ones), `server`, the CA and the client
 /// certificate and key, embedded (`*-data`, base64) or as file paths.
@@ -329,7 +312,15 @@ pub fn load_kubeconfig(flag: &str, path: &Path) -> Result<Kubeconfig, String> {
     let what = flag_path(flag, path);
     let v = load_yaml(flag, path)?;
     let (cluster, user) = cluster_and_user(&what, &v)?;
-    let (server, ca) = server_and_ca(&what, path, &cluster)?;
+    let server = server_of(&what, &cluster)?;
+    let (w, ca_pem) = blob(
+        &what,
+        path,
+        &cluster,
+        "certificate-authority-data",
+        "certificate-authority",
+    )?;
+    let ca = certs_from_pem(&w, &ca_pem)?;
     let (w, cert_pem) = blob(
         &what,
         path,
@@ -343,40 +334,6 @@ pub fn load_kubeconfig(flag: &str, path: &Path) -> Result<Kubeconfig, String> {
     let client = Pair { chain, key };
     check_pair(&format!("{what}: client certificate"), &client)?;
     Ok(Kubeconfig { server, ca, client })
-}
-
-/// What a bootstrap kubeconfig (a token user) says.
-#[derive(Debug, Clone)]
-pub struct BootstrapKubeconfig {
-    pub server: String,
-    pub ca: Vec<CertificateDer<'static>>,
-    /// `certificate-authority` (absolute) or `certificate-authority-data`
-    /// as given, for the kubeconfig the kubelet writes.
-    pub ca_file: Option<PathBuf>,
-    pub ca_data: Option<String>,
-    pub token: String,
-}
-
-/// The kubelet's `--bootstrap-kubeconfig`: server, CA and a `token` user.
-pub fn load_bootstrap_kubeconfig(flag: &str, path: &Path) -> Result<BootstrapKubeconfig, String> {
-    let what = flag_path(flag, path);
-    let v = load_yaml(flag, path)?;
-    let (cluster, user) = cluster_and_user(&what, &v)?;
-    let (server, ca) = server_and_ca(&what, path, &cluster)?;
-    let token = str_field(&user, "token")
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            format!("{what}: the user has no token (the stand-in bootstraps with a token only)")
-        })?
-        .to_string();
-    Ok(BootstrapKubeconfig {
-        server,
-        ca,
-        ca_file: str_field(&cluster, "certificate-authority").map(|f| resolve(path, f)),
-        ca_data: str_field(&cluster, "certificate-authority-data").map(str::to_string),
-        token,
-    })
 }
 
 // --- component configs ------------------------------------------------------
@@ -497,19 +454,6 @@ pub struct KubeletConfig {
     /// The path of `containerRuntimeEndpoint` (`unix://<path>`).
     pub container_runtime_socket: PathBuf,
     pub cluster_dns: Vec<IpAddr>,
-    /// `serverTLSBootstrap`: ask for the serving certificate through a
-    /// CertificateSigningRequest.
-    pub server_tls_bootstrap: bool,
-    pub rotate_certificates: bool,
-}
-
-fn bool_field(what: &str, v: &Value, key: &str) -> Result<bool, String> {
-    match field(v, key) {
-        None => Ok(false),
-        Some(b) => b
-            .as_bool()
-            .ok_or_else(|| format!("{what}: {key} {b:?} is not a boolean")),
-    }
 }
 
 fn port_field(what: &str, v: &Value, key: &str, default: u16) -> Result<u16, String> {
@@ -586,8 +530,6 @@ pub fn load_kubelet_config(flag: &str, path: &Path) -> Result<KubeletConfig, Str
         cgroup_driver,
         container_runtime_socket,
         cluster_dns,
-        server_tls_bootstrap: bool_field(&what, &v, "serverTLSBootstrap")?,
-        rotate_certificates: bool_field(&what, &v, "rotateCertificates")?,
     })
 }
 
@@ -782,7 +724,6 @@ mod tests {
         assert_eq!(kc.client_ca_file, Some(PathBuf::from("/etc/ca.crt")));
         assert_eq!(kc.container_runtime_socket, PathBuf::from("/run/c.sock"));
         assert_eq!(kc.cluster_dns, ["10.96.0.10".parse::<IpAddr>().unwrap()]);
-        assert!(!kc.server_tls_bootstrap && !kc.rotate_certificates);
         let base = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n";
         for (extra, why) in [
             (
@@ -843,45 +784,5 @@ mod tests {
         )
         .unwrap_err()
         .contains("clientConnection.kubeconfig"));
-    }
-
-    #[test]
-    fn bootstrap_kubeconfigs() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ca = rcgen::CertificateParams::default();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca
-            .self_signed(&rcgen::KeyPair::generate().unwrap())
-            .unwrap();
-        write(dir.path(), "ca.crt", &ca.pem());
-        let doc = |user: &str| {
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n  - name: lab\n    cluster:\n      certificate-authority: ca.crt\n      server: https://10.77.0.11:6443\nusers:\n  - name: kubelet-bootstrap\n    user:\n{user}\ncontexts:\n  - name: c\n    context:\n      cluster: lab\n      user: kubelet-bootstrap\ncurrent-context: c\n"
-            )
-        };
-        let p = write(
-            dir.path(),
-            "b.conf",
-            &doc("      token: abcdef.0123456789abcdef"),
-        );
-        let b = load_bootstrap_kubeconfig("bootstrap-kubeconfig", &p).unwrap();
-        assert_eq!(b.server, "https://10.77.0.11:6443");
-        assert_eq!(b.token, "abcdef.0123456789abcdef");
-        assert_eq!(b.ca_file, Some(dir.path().join("ca.crt")));
-        assert_eq!(b.ca.len(), 1);
-        let p = write(dir.path(), "c.conf", &doc("      username: x"));
-        let e = load_bootstrap_kubeconfig("bootstrap-kubeconfig", &p).unwrap_err();
-        assert!(
-            e.contains("--bootstrap-kubeconfig=") && e.contains("no token"),
-            "{e}"
-        );
-        // A kubeconfig needs a client certificate.
-        let p = write(
-            dir.path(),
-            "d.conf",
-            &doc("      token: abcdef.0123456789abcdef"),
-        );
-        let e = load_kubeconfig("kubeconfig", &p).unwrap_err();
-        assert!(e.contains("client-certificate"), "{e}");
     }
 }

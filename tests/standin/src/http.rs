@@ -66,8 +66,6 @@ pub struct Request {
     pub target: String,
     /// The whole request line, for logs.
     pub line: String,
-    /// The header fields, names in lower case.
-    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -84,14 +82,6 @@ impl Request {
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v)
-    }
-
-    /// The value of a header field (`name` in lower case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -159,18 +149,10 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Request, String> {
     if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
         return Err(format!("bad request line {line:?}"));
     }
-    let headers = text
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
     Ok(Request {
         method: method.to_string(),
         target: target.to_string(),
         line: line.to_string(),
-        headers,
         body: Vec::new(),
     })
 }
@@ -185,11 +167,7 @@ pub fn reason(status: u16) -> &'static str {
         201 => "Created",
         400 => "Bad Request",
         401 => "Unauthorized",
-        403 => "Forbidden",
         404 => "Not Found",
-        409 => "Conflict",
-        422 => "Unprocessable Entity",
-        415 => "Unsupported Media Type",
         405 => "Method Not Allowed",
         500 => "Internal Server Error",
         _ => "",
@@ -302,25 +280,9 @@ pub async fn send(
     body: Option<(&str, &[u8])>,
     timeout: Duration,
 ) -> Result<Response, String> {
-    send_with_headers(url, config, method, path, &[], body, timeout).await
-}
-
-/// [`send`] with more request header fields (`Authorization`, ...).
-pub async fn send_with_headers(
-    url: &Url,
-    config: Arc<ClientConfig>,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<(&str, &[u8])>,
-    timeout: Duration,
-) -> Result<Response, String> {
-    tokio::time::timeout(
-        timeout,
-        send_inner(url, config, method, path, headers, body),
-    )
-    .await
-    .map_err(|_| format!("no answer within {timeout:?}"))?
+    tokio::time::timeout(timeout, send_inner(url, config, method, path, body))
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
 async fn send_inner(
@@ -328,7 +290,6 @@ async fn send_inner(
     config: Arc<ClientConfig>,
     method: &str,
     path: &str,
-    headers: &[(&str, &str)],
     body: Option<(&str, &[u8])>,
 ) -> Result<Response, String> {
     let tcp = TcpStream::connect((url.host.as_str(), url.port))
@@ -345,9 +306,6 @@ async fn send_inner(
         url.authority()
     )
     .into_bytes();
-    for (name, value) in headers {
-        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
     match body {
         Some((content_type, bytes)) => {
             request.extend_from_slice(
@@ -424,14 +382,12 @@ mod tests {
         let r = parse_request_head(b"GET /readyz?verbose HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(r.method, "GET");
         assert_eq!(r.path(), "/readyz");
-        assert_eq!(r.header("host"), Some("x"));
-        assert_eq!(r.header("authorization"), None);
-        let r = parse_request_head(
-            b"POST /x HTTP/1.1\r\nAuthorization: Bearer abc.def\r\n\r\nBody: no\r\n",
-        )
-        .unwrap();
-        assert_eq!(r.header("authorization"), Some("Bearer abc.def"));
-        assert_eq!(r.header("body"), None);
+        let r =
+            parse_request_head(b"PATCH /api/v1/nodes/w1?dryRun=All&force=true HTTP/1.1\r\n\r\n")
+                .unwrap();
+        assert_eq!(r.method, "PATCH");
+        assert_eq!(r.query("dryRun"), Some("All"));
+        assert_eq!(r.query("fieldManager"), None);
         assert!(parse_request_head(b"GARBAGE\r\n\r\n").is_err());
         assert!(parse_request_head(b"GET readyz HTTP/1.1\r\n\r\n").is_err());
     }

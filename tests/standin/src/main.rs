@@ -1,8 +1,9 @@
 //! `kubeforge-standin`: a TEST STAND-IN for the Kubernetes server binaries.
 //!
 //! It is not Kubernetes. It lets kubeforge's tests run the command lines and
-//! files kubeforge renders without the real binaries, which no package
-//! registry reachable here serves. One binary plays every part; it picks the
+//! files kubeforge renders without the real binaries (the lab tests take
+//! those from `KUBEFORGE_K8S_BIN_DIR` when given). One binary plays every
+//! part; it picks the
 //! part from the name it was started as (the basename of `argv[0]`): copy or
 //! link it as `kube-apiserver`, `kube-controller-manager`, `kube-scheduler`,
 //! `kubelet` or `kube-proxy` (or run `kubeforge-standin <part> [flags]`).
@@ -19,22 +20,23 @@
 //!    component configs, encryption config, audit policy) and fails loudly,
 //!    naming flag and path, when one does not parse or a certificate does not
 //!    match its key;
-//! 3. then behaves just enough like the component for health checks and
-//!    kubelet TLS bootstrapping:
+//! 3. then behaves just enough like the component for kubeforge's health
+//!    checks and cluster gates:
 //!    - kube-apiserver checks every `--etcd-servers` URL over mutual TLS
 //!      (`GET /health`), then serves HTTPS `/livez`, `/healthz`, `/readyz`
 //!      (etcd healthy now) and `/version`, and notifies systemd (`READY=1`);
-//!      it keeps API objects in etcd (`store`) for clients with a
-//!      certificate of the cluster CA or a bootstrap token (`auth`);
+//!      for clients with a certificate of the cluster CA it keeps the
+//!      objects applied to it (server-side apply) in etcd and answers GET
+//!      of them (`store`);
 //!    - kube-controller-manager and kube-scheduler wait for their apiserver's
 //!      `/readyz` (with the kubeconfig's client certificate), then serve
-//!      HTTPS `/healthz`; the controller manager approves kubelet client
-//!      certificate requests and signs kubelet requests (`csr`);
-//!    - kubelet bootstraps its client and serving certificates when told to
-//!      (`bootstrap`), checks its kubeconfig's identity against
+//!      HTTPS `/healthz`;
+//!    - kubelet checks its kubeconfig's identity against
 //!      `--hostname-override`, waits for the container runtime's socket and
-//!      the apiserver's `/readyz`, then serves plain-HTTP `/healthz` and the
-//!      kubelet API (HTTPS, client certificates required);
+//!      the apiserver's `/readyz`, registers its Node (Ready), then serves
+//!      plain-HTTP `/healthz` and the kubelet API (HTTPS, client
+//!      certificates required); it refuses `--bootstrap-kubeconfig`: TLS
+//!      bootstrapping needs the real kubelet;
 //!    - kube-proxy waits for its apiserver's `/readyz`, then serves
 //!      plain-HTTP `/healthz`.
 //!
@@ -84,9 +86,6 @@ macro_rules! log {
     };
 }
 
-mod auth;
-mod bootstrap;
-mod csr;
 mod files;
 mod flaglist;
 mod flags;
@@ -143,7 +142,8 @@ fn usage(role: Option<Role>, minor: u32) -> String {
              Usage: {name} [flags]\n\n\
              It accepts exactly the flag names of the real {name} v1.{minor} (unknown ones\n\
              are an error, exit 1), loads and checks every file the flags name, and\n\
-             then serves only health endpoints. {MINOR_VAR}=1.NN picks another minor\n\
+             then serves health endpoints (the apiserver also what is applied to it).\n\
+             {MINOR_VAR}=1.NN picks another minor\n\
              (1.{first} to 1.{last}; default 1.{default}). See kubeforge's tests/standin.\n\n\
              Flags:\n",
             name = r.name(),

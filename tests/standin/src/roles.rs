@@ -14,12 +14,11 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Mutex;
 
-use crate::auth::{self, Identity};
-use crate::files::{self, BootstrapKubeconfig, Kubeconfig, Pair};
+use crate::files::{self, Kubeconfig, Pair};
 use crate::flags::Parsed;
 use crate::http::{self, Url};
-use crate::store::{self, Store};
-use crate::{bootstrap, csr, notify, tls, Role};
+use crate::store::Store;
+use crate::{notify, tls, Role};
 
 /// How long kube-apiserver waits at startup for every etcd server.
 const ETCD_STARTUP_WAIT: Duration = Duration::from_secs(60);
@@ -86,8 +85,6 @@ enum Kind {
     SchedulerConfig,
     KubeletConfig,
     ProxyConfig,
-    /// The kubelet's bootstrap kubeconfig (a token user).
-    BootstrapKubeconfig,
     /// Some YAML (or JSON) document.
     Yaml,
     /// Read, content not checked.
@@ -206,7 +203,6 @@ fn file_flags(role: Role) -> &'static [(&'static str, Kind)] {
         Role::Kubelet => &[
             ("config", KubeletConfig),
             ("kubeconfig", Kubeconfig),
-            ("bootstrap-kubeconfig", BootstrapKubeconfig),
             ("client-ca-file", Certs),
             ("tls-cert-file", CertWithKey("tls-private-key-file")),
             ("tls-private-key-file", KeyOfPair("tls-cert-file")),
@@ -222,8 +218,6 @@ struct Loaded {
     /// By the certificate flag.
     pairs: HashMap<&'static str, Pair>,
     kubeconfigs: HashMap<&'static str, Kubeconfig>,
-    /// The kubelet's --bootstrap-kubeconfig.
-    bootstrap_kubeconfig: Option<BootstrapKubeconfig>,
     /// The kubeconfig a component config names.
     config_kubeconfig: Option<Kubeconfig>,
     kubelet_config: Option<files::KubeletConfig>,
@@ -295,21 +289,7 @@ fn load_files(role: Role, p: &Parsed) -> Result<Loaded, String> {
                 }
             }
             Kind::Kubeconfig => {
-                let bootstraps = role == Role::Kubelet
-                    && flag == "kubeconfig"
-                    && path_of(p, "bootstrap-kubeconfig").is_some();
-                if bootstraps && !path.exists() {
-                    log!("{fp} does not exist yet: TLS bootstrapping (--bootstrap-kubeconfig)");
-                    continue;
-                }
-                let kc = match files::load_kubeconfig(flag, path) {
-                    Ok(kc) => kc,
-                    Err(e) if bootstraps => {
-                        log!("{e}: not usable, TLS bootstrapping (--bootstrap-kubeconfig)");
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
+                let kc = files::load_kubeconfig(flag, path)?;
                 log!(
                     "checked {fp}: server {}, client {}",
                     kc.server,
@@ -395,17 +375,6 @@ fn load_files(role: Role, p: &Parsed) -> Result<Loaded, String> {
                 );
                 loaded.config_kubeconfig = Some(kc);
                 loaded.proxy_config = Some(c);
-            }
-            Kind::BootstrapKubeconfig => {
-                // Read only when --kubeconfig is not usable (listed before
-                // it), as in the real kubelet.
-                if loaded.kubeconfigs.contains_key("kubeconfig") {
-                    log!("{fp}: not needed, --kubeconfig is usable");
-                    continue;
-                }
-                let b = files::load_bootstrap_kubeconfig(flag, path)?;
-                log!("checked {fp}: server {}, a bootstrap token user", b.server);
-                loaded.bootstrap_kubeconfig = Some(b);
             }
             Kind::Yaml => {
                 files::load_yaml(flag, path)?;
@@ -535,8 +504,6 @@ struct ApiServer {
     etcd_tls: Arc<ClientConfig>,
     ready: Cached,
     store: Store,
-    /// `--enable-bootstrap-token-auth=true`.
-    bootstrap_tokens: bool,
 }
 
 impl ApiServer {
@@ -555,55 +522,6 @@ impl ApiServer {
                 Err(failures.join("; "))
             })
             .await
-    }
-
-    /// Who sent `req`: the client certificate (verified against
-    /// --client-ca-file), else a bootstrap token; Ok(None) when neither
-    /// was presented, Err when a token was and is not valid.
-    async fn authenticate(
-        &self,
-        req: &http::Request,
-        client: Option<&PeerCert>,
-    ) -> Result<Option<Identity>, String> {
-        if let Some(c) = client {
-            return Ok(Some(Identity::from_certificate(c.cn.as_deref(), &c.orgs)));
-        }
-        let Some(token) = auth::bearer(req.header("authorization")) else {
-            return Ok(None);
-        };
-        if !self.bootstrap_tokens {
-            return Err(
-                "a bearer token, but --enable-bootstrap-token-auth is not true (the stand-in knows no other tokens)"
-                    .into(),
-            );
-        }
-        let id = auth::parse_token(token)
-            .map(|(id, _)| id)
-            .ok_or("a bearer token that is not a bootstrap token")?;
-        let secret = self.store.get(&auth::token_secret_path(id)).await?;
-        auth::check_bootstrap_token(token, secret.as_ref(), time::OffsetDateTime::now_utc())
-            .map(Some)
-    }
-
-    /// An API request of `identity`: a bootstrap token only as far as
-    /// [`auth::authorize_token`] allows, anyone else anything.
-    async fn api(&self, req: &http::Request, identity: &Identity) -> (u16, String) {
-        if identity.token {
-            let bindings = match self.store.list(auth::CRB_COLLECTION).await {
-                Ok(b) => b,
-                Err(e) => return (500, store::status(500, "InternalError", &e)),
-            };
-            let bound = auth::bound(
-                &bindings,
-                auth::NODE_BOOTSTRAPPER,
-                &identity.user,
-                &identity.groups,
-            );
-            if let Err(m) = auth::authorize_token(identity, &req.method, req.path(), bound) {
-                return (403, store::status(403, "Forbidden", &m));
-            }
-        }
-        self.store.handle(req, identity).await
     }
 }
 
@@ -682,16 +600,11 @@ async fn apiserver(p: &Parsed) -> Result<(), String> {
         etcd: etcd.clone(),
         tls: etcd_tls.clone(),
     };
-    let bootstrap_tokens = p.flag_bool("enable-bootstrap-token-auth") == Some(true);
-    if bootstrap_tokens {
-        log!("--enable-bootstrap-token-auth=true: bearer tokens <id>.<secret> are checked against the Secrets kube-system/bootstrap-token-<id>");
-    }
     let state = Arc::new(Service::ApiServer(ApiServer {
         etcd,
         etcd_tls,
         ready: Cached::new(ETCD_RECHECK),
         store,
-        bootstrap_tokens,
     }));
     let listener = listen(addr, "HTTPS").await?;
     notify_ready();
@@ -786,9 +699,7 @@ async fn controller(role: Role, p: &Parsed) -> Result<(), String> {
     }
 
     if role == Role::ControllerManager {
-        if let Some(ca) = signing_ca(p)? {
-            tokio::spawn(csr_controller(api.clone(), api_tls.clone(), ca));
-        }
+        tokio::spawn(default_service_account(api.clone(), api_tls.clone()));
     }
     let state = Arc::new(Service::Controller(Controller {
         api,
@@ -803,176 +714,6 @@ async fn controller(role: Role, p: &Parsed) -> Result<(), String> {
     let listener = listen(addr, "HTTPS").await?;
     notify_ready();
     serve(listener, Some(server_tls), state).await
-}
-
-/// How often the controller manager's CSR controllers look at the requests.
-const CSR_SYNC: Duration = Duration::from_secs(1);
-
-/// `--cluster-signing-cert-file` / `--cluster-signing-key-file` (already
-/// checked) and `--cluster-signing-duration` (default 1 year).
-fn signing_ca(p: &Parsed) -> Result<Option<csr::SigningCa>, String> {
-    let (Some(cert), Some(key)) = (
-        path_of(p, "cluster-signing-cert-file"),
-        path_of(p, "cluster-signing-key-file"),
-    ) else {
-        log!(
-            "no --cluster-signing-cert-file: not approving or signing certificate signing requests"
-        );
-        return Ok(None);
-    };
-    let read = |flag: &str, path: &Path| {
-        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", files::flag_path(flag, path)))
-    };
-    let duration = p.get("cluster-signing-duration").unwrap_or("8760h");
-    let secs = crate::flags::parse_go_duration(duration)
-        .filter(|s| *s > 0.0)
-        .ok_or_else(|| format!("--cluster-signing-duration={duration}: not a positive duration"))?;
-    let ca = csr::SigningCa {
-        cert_pem: read("cluster-signing-cert-file", cert)?,
-        key_pem: read("cluster-signing-key-file", key)?,
-        duration: Duration::from_secs_f64(secs),
-    };
-    log!(
-        "CSR controllers: approving kubelet client requests their requester may make (nodeclient, selfnodeclient), signing approved {} and {} requests with --cluster-signing-cert-file={} for at most {duration}",
-        csr::CLIENT_KUBELET,
-        csr::KUBELET_SERVING,
-        cert.display()
-    );
-    Ok(Some(ca))
-}
-
-async fn get_json(
-    api: &Url,
-    tls: &Arc<ClientConfig>,
-    path: &str,
-) -> Result<serde_json::Value, String> {
-    let r = http::get(api, tls.clone(), path, CHECK_TIMEOUT).await?;
-    if r.status != 200 {
-        return Err(format!("GET {path}: {} {}", r.status, r.body.trim()));
-    }
-    serde_json::from_str(&r.body).map_err(|e| format!("GET {path}: {e}"))
-}
-
-fn items(list: &serde_json::Value) -> Vec<serde_json::Value> {
-    list.get("items")
-        .and_then(serde_json::Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-}
-
-async fn put_json(
-    api: &Url,
-    tls: &Arc<ClientConfig>,
-    path: &str,
-    body: &serde_json::Value,
-) -> Result<serde_json::Value, String> {
-    let text = body.to_string();
-    let r = http::send(
-        api,
-        tls.clone(),
-        "PUT",
-        path,
-        Some(("application/json", text.as_bytes())),
-        CHECK_TIMEOUT,
-    )
-    .await?;
-    if r.status != 200 {
-        return Err(format!("PUT {path}: {} {}", r.status, r.body.trim()));
-    }
-    serde_json::from_str(&r.body).map_err(|e| format!("PUT {path}: {e}"))
-}
-
-/// The csrapproving and csrsigning controllers of kube-controller-manager,
-/// for the kubelet signers: every [`CSR_SYNC`].
-async fn csr_controller(api: Url, tls: Arc<ClientConfig>, ca: csr::SigningCa) {
-    let mut noted: HashMap<String, String> = HashMap::new();
-    let mut last_error = String::new();
-    loop {
-        match csr_sync(&api, &tls, &ca, &mut noted).await {
-            Ok(()) => last_error.clear(),
-            Err(e) => {
-                if e != last_error {
-                    log!("CSR controllers: {e}");
-                    last_error = e;
-                }
-            }
-        }
-        tokio::time::sleep(CSR_SYNC).await;
-    }
-}
-
-async fn csr_sync(
-    api: &Url,
-    tls: &Arc<ClientConfig>,
-    ca: &csr::SigningCa,
-    noted: &mut HashMap<String, String>,
-) -> Result<(), String> {
-    let list = items(&get_json(api, tls, auth::CSR_COLLECTION).await?);
-    let pending_client = list.iter().any(|c| {
-        csr::signer_name(c) == csr::CLIENT_KUBELET && csr::state(c) == csr::State::Pending
-    });
-    let bindings = if pending_client {
-        items(&get_json(api, tls, auth::CRB_COLLECTION).await?)
-    } else {
-        Vec::new()
-    };
-    for c in list {
-        let name = csr::name(&c).to_string();
-        let path = format!("{}/{name}", auth::CSR_COLLECTION);
-        let mut c = c;
-        match csr::judge_client_csr(&c, &bindings) {
-            csr::ClientApproval::NotMine => {}
-            csr::ClientApproval::Approve(message) => {
-                let body = csr::with_condition(
-                    &c,
-                    "Approved",
-                    "AutoApproved",
-                    message,
-                    time::OffsetDateTime::now_utc(),
-                );
-                c = put_json(api, tls, &format!("{path}/approval"), &body).await?;
-                log!(
-                    "approved {name} ({}, requested by {}): {message}",
-                    csr::signer_name(&c),
-                    csr::username(&c)
-                );
-            }
-            csr::ClientApproval::Leave(why) => {
-                if noted.get(&name) != Some(&why) {
-                    log!(
-                        "not approving {name} (requested by {}): {why}",
-                        csr::username(&c)
-                    );
-                    noted.insert(name.clone(), why);
-                }
-            }
-        }
-        if !csr::to_sign(&c) {
-            continue;
-        }
-        let now = time::OffsetDateTime::now_utc();
-        match csr::sign(&c, ca, now) {
-            Ok(pem) => {
-                let mut body = c.clone();
-                body["status"]["certificate"] = csr::encode_certificate(&pem).into();
-                put_json(api, tls, &format!("{path}/status"), &body).await?;
-                let subject = csr::requested(&c)
-                    .ok()
-                    .and_then(|r| r.cn)
-                    .unwrap_or_default();
-                log!(
-                    "signed {name} ({}) for {subject} with the cluster signing CA",
-                    csr::signer_name(&c)
-                );
-            }
-            Err(e) => {
-                let body = csr::with_condition(&c, "Failed", "SignerValidationFailure", &e, now);
-                put_json(api, tls, &format!("{path}/status"), &body).await?;
-                log!("not signing {name} ({}): {e}", csr::signer_name(&c));
-            }
-        }
-    }
-    Ok(())
 }
 
 // --- kubelet, kube-proxy --------------------------------------------------------
@@ -1198,12 +939,21 @@ async fn wait_for_cri(socket: &Path) -> Result<(), String> {
 }
 
 async fn kubelet(p: &Parsed) -> Result<(), String> {
+    if let Some(path) = path_of(p, "bootstrap-kubeconfig") {
+        return Err(format!(
+            "{}: not supported by the stand-in (kubelet TLS bootstrapping, kubelet_join = \"bootstrap-token\", needs the real kubelet: KUBEFORGE_K8S_BIN_DIR)",
+            files::flag_path("bootstrap-kubeconfig", path)
+        ));
+    }
     require(p, "config", "the stand-in reads its KubeletConfiguration")?;
-    require(
-        p,
+    let kc_what = files::flag_path(
         "kubeconfig",
-        "the stand-in talks to the apiserver it names",
-    )?;
+        Path::new(require(
+            p,
+            "kubeconfig",
+            "the stand-in talks to the apiserver it names",
+        )?),
+    );
     let hostname = require(
         p,
         "hostname-override",
@@ -1221,38 +971,15 @@ async fn kubelet(p: &Parsed) -> Result<(), String> {
         check_node_labels(labels)?;
     }
 
-    let node_ips: Vec<IpAddr> = p
-        .get("node-ip")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|ip| ip.trim().parse().ok())
-        .collect();
-
     let mut loaded = load_files(Role::Kubelet, p)?;
     let config = loaded
         .kubelet_config
         .take()
         .ok_or("--config was not loaded")?;
-    if config.rotate_certificates {
-        log!("rotateCertificates: true: the stand-in keeps the client certificate it has (no renewal)");
-    }
-    let kubeconfig_path = Path::new(p.get("kubeconfig").unwrap_or_default());
-    let kc_what = files::flag_path("kubeconfig", kubeconfig_path);
-    let cert_dir = Path::new(p.get("cert-dir").unwrap_or("/var/lib/kubelet/pki"));
-    let kubeconfig = match (
-        loaded.kubeconfigs.remove("kubeconfig"),
-        loaded.bootstrap_kubeconfig.take(),
-    ) {
-        (Some(kc), _) => kc,
-        (None, Some(b)) => {
-            bootstrap::client_certificate(&b, kubeconfig_path, cert_dir, &hostname).await?
-        }
-        (None, None) => {
-            return Err(format!(
-            "{kc_what} does not exist and there is no --bootstrap-kubeconfig to bootstrap it with"
-        ))
-        }
-    };
+    let kubeconfig = loaded
+        .kubeconfigs
+        .remove("kubeconfig")
+        .ok_or("--kubeconfig was not loaded")?;
     check_identity(
         &kc_what,
         &kubeconfig,
@@ -1271,44 +998,15 @@ async fn kubelet(p: &Parsed) -> Result<(), String> {
         )?,
     };
     // Flags override the config file, as in the real kubelet.
-    let static_serving = loaded
+    let serving = loaded
         .pairs
         .remove("tls-cert-file")
-        .or_else(|| loaded.kubelet_serving.take());
-    let server_tls_bootstrap = p
-        .flag_bool("rotate-server-certificates")
-        .unwrap_or(config.server_tls_bootstrap);
-    // Serving bootstrap: the certificate to ask for, if none is at hand.
-    let mut ask_for_serving = None;
-    let api_tls_config = match static_serving {
-        Some(serving) => tls::server_config_requiring_client(
-            "kubelet API (tlsCertFile)",
-            &serving,
-            &client_ca,
-        )?,
-        None if server_tls_bootstrap => {
-            let serving = Arc::new(tls::ServingCert::default());
-            match bootstrap::current_serving(cert_dir, &hostname, &node_ips) {
-                Ok(pair) => {
-                    serving.set("kubelet serving certificate", &pair)?;
-                    log!(
-                        "serving certificate: {} is valid and names this node: using it, no new request",
-                        bootstrap::current_path(cert_dir, bootstrap::SERVER_PREFIX).display()
-                    );
-                }
-                Err(why) => {
-                    if bootstrap::current_path(cert_dir, bootstrap::SERVER_PREFIX).exists() {
-                        log!("serving certificate: {why}: asking for a new one");
-                    }
-                    ask_for_serving = Some(serving.clone());
-                }
-            }
-            tls::server_config_with_resolver("kubelet API (serverTLSBootstrap)", serving, &client_ca)?
-        }
-        None => return Err(
-            "--config: tlsCertFile and tlsPrivateKeyFile are required without serverTLSBootstrap: true (the stand-in does not make a self-signed serving certificate)".into(),
-        ),
-    };
+        .or_else(|| loaded.kubelet_serving.take())
+        .ok_or(
+            "--config: tlsCertFile and tlsPrivateKeyFile are required (the stand-in serves the kubelet API only with a given certificate: it makes no self-signed one and asks for none, serverTLSBootstrap is not supported)",
+        )?;
+    let api_tls_config =
+        tls::server_config_requiring_client("kubelet API (tlsCertFile)", &serving, &client_ca)?;
     let bind = p
         .get("healthz-bind-address")
         .map_or(config.healthz_bind_address.as_str(), |v| v);
@@ -1351,16 +1049,6 @@ async fn kubelet(p: &Parsed) -> Result<(), String> {
     reach_apiserver(health, server.clone(), client_tls.clone()).await;
     let node_ip = p.get("node-ip").unwrap_or_default().to_string();
     let labels = p.get("node-labels").unwrap_or_default().to_string();
-    if let Some(serving) = ask_for_serving {
-        tokio::spawn(bootstrap::serving_certificate(
-            server.clone(),
-            client_tls.clone(),
-            cert_dir.to_path_buf(),
-            hostname.clone(),
-            node_ips,
-            serving,
-        ));
-    }
     tokio::spawn(register_node(server, client_tls, hostname, node_ip, labels));
     let listener = listen(SocketAddr::new(api_ip, api_port), "HTTPS kubelet API").await?;
     notify_ready();
@@ -1387,54 +1075,72 @@ async fn register_node(
     node_ip: String,
     labels: String,
 ) {
-    let q = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    let mut label_json = vec![format!("\"kubernetes.io/hostname\":\"{}\"", q(&name))];
+    let mut label_map = serde_json::Map::new();
+    label_map.insert("kubernetes.io/hostname".into(), name.clone().into());
     for kv in labels.split(',').filter(|kv| !kv.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        label_json.push(format!("\"{}\":\"{}\"", q(k), q(v)));
+        label_map.insert(k.into(), v.into());
     }
-    let addresses = node_ip
+    let addresses: Vec<serde_json::Value> = node_ip
         .split(',')
         .filter(|a| !a.is_empty())
-        .map(|a| {
-            format!(
-                "{{\"type\":\"InternalIP\",\"address\":\"{}\"}}",
-                q(a.trim())
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    let body = format!(
-        "{{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{{\"name\":\"{}\",\"labels\":{{{}}}}},\"status\":{{\"conditions\":[{{\"type\":\"Ready\",\"status\":\"True\",\"reason\":\"KubeletReady\",\"message\":\"kubelet stand-in (not a real kubelet)\"}}],\"addresses\":[{addresses}],\"nodeInfo\":{{\"kubeletVersion\":\"{}\"}}}}}}",
-        q(&name),
-        label_json.join(","),
-        crate::version()
-    );
+        .map(|a| serde_json::json!({"type": "InternalIP", "address": a.trim()}))
+        .collect();
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": label_map},
+        "status": {
+            "conditions": [{
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "kubelet stand-in (not a real kubelet)",
+            }],
+            "addresses": addresses,
+            "nodeInfo": {"kubeletVersion": crate::version()},
+        },
+    })
+    .to_string();
     let path = format!("/api/v1/nodes/{name}?fieldManager=kubelet-standin&force=true");
+    apply_until_ok(api, tls, &format!("node {name}"), &path, body).await;
+}
+
+/// Server-side applies `body` at `path` until the apiserver takes it.
+async fn apply_until_ok(api: Url, tls: Arc<ClientConfig>, what: &str, path: &str, body: String) {
     loop {
         let r = http::send(
             &api,
             tls.clone(),
             "PATCH",
-            &path,
+            path,
             Some(("application/apply-patch+yaml", body.as_bytes())),
             CHECK_TIMEOUT,
         )
         .await;
         match r {
-            Ok(r) if r.status == 200 || r.status == 201 => {
-                log!(
-                    "registered node {name} with apiserver {}:{}",
-                    api.host,
-                    api.port
-                );
+            Ok(r) if r.status == 200 => {
+                log!("applied {what} to apiserver {}:{}", api.host, api.port);
                 return;
             }
-            Ok(r) => log!("registering node {name}: {} {}", r.status, r.body.trim()),
-            Err(e) => log!("registering node {name}: {e}"),
+            Ok(r) => log!("applying {what}: {} {}", r.status, r.body.trim()),
+            Err(e) => log!("applying {what}: {e}"),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// What the serviceaccounts controller of kube-controller-manager does
+/// first: the `default` ServiceAccount of the `default` namespace.
+async fn default_service_account(api: Url, tls: Arc<ClientConfig>) {
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "default", "namespace": "default"},
+    })
+    .to_string();
+    let path = "/api/v1/namespaces/default/serviceaccounts/default?fieldManager=kube-controller-manager-standin&force=true";
+    apply_until_ok(api, tls, "ServiceAccount default/default", path, body).await;
 }
 
 fn parse_ipport(what: &str, s: &str) -> Result<SocketAddr, String> {
@@ -1591,12 +1297,13 @@ async fn serve(
                             .accept(tcp)
                             .await
                             .map_err(|e| format!("TLS handshake: {e}"))?;
+                        // Verified against the client CA by the handshake.
                         let client = stream
                             .get_ref()
                             .1
                             .peer_certificates()
                             .and_then(|c| c.first())
-                            .map(PeerCert::of);
+                            .map(files::subject);
                         handle(&mut stream, peer, client, &service).await
                     }
                     None => {
@@ -1614,28 +1321,10 @@ async fn serve(
     }
 }
 
-/// A verified client certificate.
-struct PeerCert {
-    subject: String,
-    cn: Option<String>,
-    orgs: Vec<String>,
-}
-
-impl PeerCert {
-    fn of(der: &CertificateDer<'_>) -> PeerCert {
-        let (cn, orgs) = files::cn_and_orgs(der);
-        PeerCert {
-            subject: files::subject(der),
-            cn,
-            orgs,
-        }
-    }
-}
-
 async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     peer: SocketAddr,
-    client: Option<PeerCert>,
+    client: Option<String>,
     service: &Service,
 ) -> Result<(), String> {
     let request = match http::read_request(stream).await {
@@ -1646,29 +1335,20 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let health = ["/livez", "/healthz", "/readyz", "/version"].contains(&request.path());
-    let mut who = match &client {
-        Some(c) => format!("{peer}, client certificate {}", c.subject),
+    let who = match &client {
+        Some(subject) => format!("{peer}, client certificate {subject}"),
         None => peer.to_string(),
     };
     let (status, content_type, body) = match (service, request.method.as_str()) {
-        // API objects, for clients with a certificate of the cluster CA or
-        // a bootstrap token.
-        (Service::ApiServer(a), _) if !health => {
-            match a.authenticate(&request, client.as_ref()).await {
-                Ok(Some(identity)) => {
-                    if identity.token {
-                        who = format!("{peer}, {}", identity.describe());
-                    }
-                    let (status, body) = a.api(&request, &identity).await;
-                    (status, "application/json", body)
-                }
-                Ok(None) => (401, "application/json", UNAUTHORIZED.to_string()),
-                Err(e) => {
-                    who = format!("{peer}, refused bearer token: {e}");
-                    (401, "application/json", UNAUTHORIZED.to_string())
-                }
+        // API objects, for clients with a certificate of the cluster CA
+        // (anyone with one may do anything: no RBAC).
+        (Service::ApiServer(a), _) if !health => match client {
+            Some(_) => {
+                let (status, body) = a.store.handle(&request).await;
+                (status, "application/json", body)
             }
-        }
+            None => (401, "application/json", UNAUTHORIZED.to_string()),
+        },
         (_, "GET" | "HEAD") => service.respond(request.path(), client.is_some()).await,
         _ => (405, "text/plain", "method not allowed\n".to_string()),
     };

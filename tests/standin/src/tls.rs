@@ -1,10 +1,9 @@
 //! rustls configurations (ring provider), server and client side.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
+use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::CertificateDer;
 
@@ -43,63 +42,6 @@ pub fn server_config_requiring_client(
     client_cas: &[CertificateDer<'static>],
 ) -> Result<Arc<ServerConfig>, String> {
     build_server_config(what, pair, Some(client_cas), true)
-}
-
-/// The serving certificate of a server that may not have one yet (the
-/// kubelet waiting for its serving certificate request): handshakes fail
-/// until [`ServingCert::set`] gave it one.
-#[derive(Debug, Default)]
-pub struct ServingCert {
-    current: RwLock<Option<Arc<CertifiedKey>>>,
-}
-
-impl ServingCert {
-    /// Serves `pair` from now on.
-    pub fn set(&self, what: &str, pair: &Pair) -> Result<(), String> {
-        let key = provider()
-            .key_provider
-            .load_private_key(pair.key.clone_key())
-            .map_err(|e| format!("{what}: unsupported private key: {e}"))?;
-        let certified = CertifiedKey::new(pair.chain.clone(), key);
-        certified
-            .keys_match()
-            .map_err(|e| format!("{what}: the key does not match the certificate: {e}"))?;
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        *current = Some(Arc::new(certified));
-        Ok(())
-    }
-}
-
-impl ResolvesServerCert for ServingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-/// A server that presents what `cert` holds (no certificate: the handshake
-/// fails) and requires a client certificate issued by one of `client_cas`.
-pub fn server_config_with_resolver(
-    what: &str,
-    cert: Arc<ServingCert>,
-    client_cas: &[CertificateDer<'static>],
-) -> Result<Arc<ServerConfig>, String> {
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots(what, client_cas)?),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| format!("{what}: client CA: {e}"))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("{what}: {e}"))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(cert);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 fn build_server_config(
@@ -148,21 +90,6 @@ pub fn client_config(
         .with_root_certificates(roots(what, cas)?)
         .with_client_auth_cert(client.chain.clone(), client.key.clone_key())
         .map_err(|e| format!("{what}: client certificate: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// A client that trusts `cas` and presents no certificate (it
-/// authenticates otherwise, e.g. with a bootstrap token).
-pub fn client_config_without_certificate(
-    what: &str,
-    cas: &[CertificateDer<'static>],
-) -> Result<Arc<ClientConfig>, String> {
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("{what}: {e}"))?
-        .with_root_certificates(roots(what, cas)?)
-        .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -80,15 +80,8 @@ struct Rendered {
 
 impl Rendered {
     fn new() -> Rendered {
-        Rendered::with(|text| text)
-    }
-
-    /// `inventories/single.toml` changed by `edit` first.
-    fn with(edit: impl FnOnce(String) -> String) -> Rendered {
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../inventories/single.toml");
+        let inventory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../inventories/single.toml");
         let dir = tempfile::tempdir().unwrap();
-        let inventory = dir.path().join("inventory.toml");
-        std::fs::write(&inventory, edit(std::fs::read_to_string(example).unwrap())).unwrap();
         let cluster = kubeforge_inventory::load(&inventory).unwrap().cluster;
         let state = dir.path().join("state");
         let out = dir.path().join("out");
@@ -596,13 +589,8 @@ struct Worker {
 fn prepare_worker(r: &Rendered, api_port: u16, cri: &Path) -> Worker {
     let etc = r.path_on(WORKER, "/etc/kubernetes").display().to_string();
     let server = format!("server: https://127.0.0.1:{api_port}");
-    // kubelet.conf, or with kubelet_join = "bootstrap-token" the
-    // bootstrap kubeconfig the kubelet writes kubelet.conf from.
-    for conf in ["kubelet.conf", "bootstrap-kubelet.conf", "kube-proxy.conf"] {
+    for conf in ["kubelet.conf", "kube-proxy.conf"] {
         let path = format!("/etc/kubernetes/{conf}");
-        if !r.path_on(WORKER, &path).exists() {
-            continue;
-        }
         let text = r.read_on(WORKER, &path);
         if text.contains("/etc/kubernetes") {
             r.edit_on(WORKER, &path, "/etc/kubernetes", &etc);
@@ -647,10 +635,6 @@ fn prepare_worker(r: &Rendered, api_port: u16, cri: &Path) -> Worker {
     r.assert_file_relocated(WORKER, kc);
     let mut kubelet = r.argv_on(WORKER, "kubelet", "kubelet");
     set_flag(&mut kubelet, "node-ip", "127.0.0.1");
-    if kubelet.iter().any(|a| a.starts_with("--cert-dir=")) {
-        let dir = r.path_on(WORKER, "/var/lib/kubelet/pki");
-        set_flag(&mut kubelet, "cert-dir", &dir.display().to_string());
-    }
     assert_relocated(&kubelet, r);
 
     let proxy_healthz = free_port();
@@ -727,6 +711,23 @@ fn node_parts_refuse_wrong_identities() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("node-role.kubernetes.io/worker"),
+        "{stderr}"
+    );
+
+    // TLS bootstrapping (kubelet_join = "bootstrap-token") needs the real
+    // kubelet: the stand-in says so rather than imitate it.
+    let mut argv = w.kubelet.clone();
+    let bootstrap = r.path_on(WORKER, "/etc/kubernetes/bootstrap-kubelet.conf");
+    argv.push(format!("--bootstrap-kubeconfig={}", bootstrap.display()));
+    assert_relocated(&argv, &r);
+    let out = run_to_end(Command::new(&kubelet).args(&argv[1..]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--bootstrap-kubeconfig={}: not supported by the stand-in",
+            bootstrap.display()
+        )),
         "{stderr}"
     );
 
@@ -1087,6 +1088,96 @@ fn control_plane_against_real_etcd() {
         started.elapsed()
     );
 
+    // What kubeforge asks of the API: server-side apply of the addons
+    // (a dry run stores nothing), GET of them, the Node list (the kubelet
+    // registered worker1, Ready) and the CSR list (empty: nothing
+    // bootstraps). Nothing else: no POST, and no access without a client
+    // certificate.
+    let admin = admin_flags(&r);
+    let send = |method: &str, path: &str, body: &str| {
+        let file = r.tmp().join("body.json");
+        std::fs::write(&file, body).unwrap();
+        let data = format!("@{}", file.display());
+        let content_type = if method == "PATCH" {
+            "Content-Type: application/apply-patch+yaml"
+        } else {
+            "Content-Type: application/json"
+        };
+        let mut flags = strs(&admin);
+        flags.extend(["-X", method, "-H", content_type, "--data-binary", &data]);
+        curl(&api_url(path), &ca, &flags)
+    };
+    let get = |path: &str| curl(&api_url(path), &ca, &strs(&admin));
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+    assert!(!r.addons.is_empty());
+    let (first, first_body) = &r.addons[0];
+    let (code, answer) = send(
+        "PATCH",
+        &format!("{first}?fieldManager=kubeforge&force=true&dryRun=All"),
+        first_body,
+    );
+    assert_eq!((code, json(&answer)), (200, json(first_body)), "{first}");
+    assert_eq!(get(first).0, 404, "a dry run stored {first}");
+    for (path, body) in &r.addons {
+        let (code, answer) = send(
+            "PATCH",
+            &format!("{path}?fieldManager=kubeforge&force=true"),
+            body,
+        );
+        assert_eq!(code, 200, "{path}: {answer}");
+    }
+    for (path, body) in &r.addons {
+        let (code, answer) = get(path);
+        assert_eq!((code, json(&answer)), (200, json(body)), "{path}");
+    }
+    let (collection, name) = first.rsplit_once('/').unwrap();
+    let (code, list) = get(collection);
+    assert_eq!(code, 200, "{list}");
+    let names: Vec<String> = json(&list)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert!(names.iter().any(|n| n == name), "{names:?}");
+    let node = wait_for("worker1's Node", Duration::from_secs(10), || {
+        let (code, list) = get("/api/v1/nodes");
+        assert_eq!(code, 200, "{list}");
+        json(&list)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["metadata"]["name"] == WORKER)
+            .cloned()
+    });
+    assert_eq!(
+        node["status"]["conditions"][0],
+        serde_json::json!({
+            "type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "kubelet stand-in (not a real kubelet)"
+        }),
+        "{node}"
+    );
+    assert_eq!(node["status"]["addresses"][0]["address"], "127.0.0.1");
+    let csrs = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    let (code, list) = get(csrs);
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(json(&list)["items"], serde_json::json!([]));
+    let (code, answer) = send("POST", csrs, "{}");
+    assert_eq!(code, 405, "{answer}");
+    // DELETE removes one object, once.
+    let (code, answer) = send("DELETE", first, "");
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(get(first).0, 404, "{first} deleted");
+    assert_eq!(send("DELETE", first, "").0, 404, "{first} deleted twice");
+    let (code, _) = curl(&api_url("/api/v1/nodes"), &ca, &[]);
+    assert_eq!(code, 401);
+
     // etcd down: the apiserver is not ready, the controllers not healthy.
     etcd_proc.terminate(Duration::from_secs(10));
     let body = wait_for("apiserver /readyz 500", Duration::from_secs(10), || {
@@ -1141,315 +1232,4 @@ fn admin_flags(r: &Rendered) -> Vec<String> {
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-/// The certificate signing requests, as the admin lists them.
-fn list_csrs(r: &Rendered, ca: &Path, api_port: u16) -> Vec<serde_json::Value> {
-    let (code, body) = curl(
-        &format!(
-            "https://127.0.0.1:{api_port}/apis/certificates.k8s.io/v1/certificatesigningrequests"
-        ),
-        ca,
-        &strs(&admin_flags(r)),
-    );
-    assert_eq!(code, 200, "{body}");
-    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
-    list["items"].as_array().cloned().unwrap_or_default()
-}
-
-fn conditions(csr: &serde_json::Value) -> Vec<(String, String)> {
-    csr["status"]["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|c| {
-            (
-                c["type"].as_str().unwrap_or_default().to_string(),
-                c["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
-/// `kubelet_join = "bootstrap-token"`: worker1's kubelet starts with the
-/// bootstrap kubeconfig only. Through the bootstrap token it gets a client
-/// certificate the controller manager approves and signs, writes its
-/// kubeconfig, asks for its serving certificate with that client
-/// certificate, and serves the kubelet API with it once approved (here by
-/// the test, as kubeforge's cluster gates do). A restart asks for nothing.
-#[test]
-fn kubelet_bootstraps_with_a_token() {
-    const TEST: &str = "kubelet_bootstraps_with_a_token";
-    let started = Instant::now();
-    let Some(etcd) = etcd_or_skip(TEST) else {
-        return;
-    };
-    let r = Rendered::with(|text| {
-        text.replacen(
-            "[cluster]\n",
-            "[cluster]\nkubelet_join = \"bootstrap-token\"\n",
-            1,
-        )
-    });
-    let ca = r.node_path("/etc/kubernetes/pki/ca.crt");
-    let (_etcd, etcd_url) = start_etcd(&r, &etcd);
-    let (api, api_port, argv) = start_apiserver(&r, &etcd_url);
-    assert!(
-        argv.iter()
-            .any(|a| a == "--enable-bootstrap-token-auth=true"),
-        "{argv:?}"
-    );
-    let api_url = |path: &str| format!("https://127.0.0.1:{api_port}{path}");
-    let admin = admin_flags(&r);
-
-    // The addons, as kubeforge's addons phase applies them.
-    assert!(
-        r.addons.iter().any(|(p, _)| p.contains("bootstrap-token-")),
-        "{:?}",
-        r.addons.iter().map(|(p, _)| p).collect::<Vec<_>>()
-    );
-    // `METHOD path` with a JSON body and `flags`: (status, answer).
-    let send = |method: &str, path: &str, body: &str, flags: &[&str]| {
-        let file = r.tmp().join("body.json");
-        std::fs::write(&file, body).unwrap();
-        let data = format!("@{}", file.display());
-        let content_type = if method == "PATCH" {
-            "Content-Type: application/apply-patch+yaml"
-        } else {
-            "Content-Type: application/json"
-        };
-        let mut all = flags.to_vec();
-        all.extend(["-X", method, "-H", content_type, "--data-binary", &data]);
-        curl(&api_url(path), &ca, &all)
-    };
-    let apply = |path: &str, body: &str| {
-        let (code, answer) = send(
-            "PATCH",
-            &format!("{path}?fieldManager=kubeforge&force=true"),
-            body,
-            &strs(&admin),
-        );
-        assert_eq!(code, 200, "{path}: {answer}");
-    };
-    for (path, body) in &r.addons {
-        apply(path, body);
-    }
-
-    // The bootstrap token: CSRs only.
-    let token = r
-        .read_on(WORKER, "/etc/kubernetes/bootstrap-kubelet.conf")
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: ").map(str::to_string))
-        .unwrap();
-    let (token_id, _) = token.split_once('.').unwrap();
-    let bearer = format!("Authorization: Bearer {token}");
-    let csrs = api_url("/apis/certificates.k8s.io/v1/certificatesigningrequests");
-    let (code, body) = curl(&csrs, &ca, &["-H", &bearer]);
-    assert_eq!(code, 200, "{body}");
-    let (code, body) = curl(&api_url("/api/v1/nodes"), &ca, &["-H", &bearer]);
-    assert_eq!(code, 403, "{body}");
-    assert!(
-        body.contains(&format!("system:bootstrap:{token_id}")),
-        "{body}"
-    );
-    let wrong = format!("Authorization: Bearer {token_id}.0000000000000000");
-    let (code, _) = curl(&csrs, &ca, &["-H", &wrong]);
-    assert_eq!(code, 401);
-    // Creating: by name, once (409 the second time).
-    let csr_path = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
-    let named = r#"{"apiVersion":"certificates.k8s.io/v1","kind":"CertificateSigningRequest","metadata":{"name":"by-name"},"spec":{"request":"eA==","signerName":"example.com/none","usages":["client auth"]}}"#;
-    let (code, body) = send("POST", csr_path, named, &strs(&admin));
-    assert_eq!(code, 201, "{body}");
-    assert!(body.contains("\"username\":\"kubernetes-admin\""), "{body}");
-    let (code, body) = send("POST", csr_path, named, &strs(&admin));
-    assert_eq!(code, 409, "{body}");
-    // Without a binding of system:node-bootstrapper to its group the token
-    // may not ask for certificates.
-    let (binding_path, binding) = r
-        .addons
-        .iter()
-        .find(|(p, _)| p.ends_with("/clusterrolebindings/kubeforge:kubelet-bootstrap"))
-        .unwrap();
-    assert!(
-        binding.contains("\"system:node-bootstrapper\""),
-        "{binding}"
-    );
-    apply(
-        binding_path,
-        &binding.replace("\"system:node-bootstrapper\"", "\"view\""),
-    );
-    let (code, body) = send("POST", csr_path, named, &["-H", &bearer]);
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("system:node-bootstrapper"), "{body}");
-    apply(binding_path, binding);
-
-    let (mut cm, cm_port, _) = start_controller_manager(&r, api_port);
-    let body = wait_for(
-        "kube-controller-manager /healthz",
-        Duration::from_secs(30),
-        || {
-            cm.assert_running();
-            let (code, body) = curl(&format!("https://127.0.0.1:{cm_port}/healthz"), &ca, &[]);
-            (code == 200).then_some(body)
-        },
-    );
-    assert_eq!(body, "ok");
-
-    // worker1's kubelet: no kubelet.conf, no certificate.
-    let cri = r.tmp().join("containerd.sock");
-    fake_cri(&cri);
-    let w = prepare_worker(&r, api_port, &cri);
-    let kubelet_conf = r.path_on(WORKER, "/etc/kubernetes/kubelet.conf");
-    assert!(!kubelet_conf.exists());
-    let cert_dir = r.path_on(WORKER, "/var/lib/kubelet/pki");
-    assert!(
-        w.kubelet
-            .contains(&format!("--cert-dir={}", cert_dir.display())),
-        "{:?}",
-        w.kubelet
-    );
-    let spawn_kubelet = |n: u32| {
-        let mut cmd = Command::new(install(r.tmp(), "kubelet"));
-        cmd.args(&w.kubelet[1..]);
-        Proc::spawn("kubelet", cmd, &r.tmp().join(format!("kubelet-{n}.log")))
-    };
-    let mut kubelet = spawn_kubelet(1);
-    let client_pem = cert_dir.join("kubelet-client-current.pem");
-    wait_for("the client certificate", Duration::from_secs(30), || {
-        kubelet.assert_running();
-        (client_pem.exists() && kubelet_conf.exists()).then_some(())
-    });
-    eprintln!("{TEST}: client certificate after {:.1?}", started.elapsed());
-    let conf = std::fs::read_to_string(&kubelet_conf).unwrap();
-    assert!(
-        conf.contains(&format!("client-certificate: \"{}\"", client_pem.display())),
-        "{conf}"
-    );
-    assert!(!conf.contains(&token), "{conf}");
-    for f in [&client_pem, &kubelet_conf] {
-        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "{}", f.display());
-    }
-
-    // The serving request: pending until approved (by kubeforge, here the
-    // test), never by the controller manager.
-    let serving = wait_for("the serving CSR", Duration::from_secs(30), || {
-        kubelet.assert_running();
-        list_csrs(&r, &ca, api_port)
-            .into_iter()
-            .find(|c| c["spec"]["signerName"] == "kubernetes.io/kubelet-serving")
-    });
-    thread::sleep(Duration::from_secs(2));
-    let all = list_csrs(&r, &ca, api_port);
-    let serving = all
-        .iter()
-        .find(|c| c["metadata"]["name"] == serving["metadata"]["name"])
-        .unwrap()
-        .clone();
-    assert_eq!(conditions(&serving), [], "{serving}");
-    assert_eq!(serving["spec"]["username"], "system:node:worker1");
-    let client = all
-        .iter()
-        .find(|c| c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet")
-        .unwrap();
-    assert_eq!(
-        client["spec"]["username"],
-        format!("system:bootstrap:{token_id}")
-    );
-    assert_eq!(
-        conditions(client),
-        [("Approved".to_string(), "AutoApproved".to_string())]
-    );
-    assert!(!client["status"]["certificate"].as_str().unwrap().is_empty());
-
-    let mut approved = serving.clone();
-    approved["status"]["conditions"] = serde_json::json!([{
-        "type": "Approved", "status": "True", "reason": "KubeforgeApproved", "message": "test"
-    }]);
-    let file = r.tmp().join("approval.json");
-    std::fs::write(&file, approved.to_string()).unwrap();
-    let data = format!("@{}", file.display());
-    let mut flags = strs(&admin);
-    flags.extend([
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/json",
-        "--data-binary",
-        &data,
-    ]);
-    let name = serving["metadata"]["name"].as_str().unwrap();
-    let (code, body) = curl(
-        &api_url(&format!(
-            "/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}/approval"
-        )),
-        &ca,
-        &flags,
-    );
-    assert_eq!(code, 200, "{body}");
-    let server_pem = cert_dir.join("kubelet-server-current.pem");
-    wait_for("the serving certificate", Duration::from_secs(30), || {
-        kubelet.assert_running();
-        server_pem.exists().then_some(())
-    });
-    eprintln!(
-        "{TEST}: serving certificate after {:.1?}",
-        started.elapsed()
-    );
-
-    // The kubelet API presents it: verified for the name worker1 with the
-    // cluster CA.
-    let resolve = format!("{WORKER}:{}:127.0.0.1", w.kubelet_api);
-    let url = format!("https://{WORKER}:{}/healthz", w.kubelet_api);
-    let client_flags = [
-        "--resolve".to_string(),
-        resolve,
-        "--cert".into(),
-        r.state_pki("apiserver-kubelet-client.crt")
-            .display()
-            .to_string(),
-        "--key".into(),
-        r.state_pki("apiserver-kubelet-client.key")
-            .display()
-            .to_string(),
-    ];
-    let body = wait_for("the kubelet API", Duration::from_secs(10), || {
-        let (code, body) = curl(&url, &ca, &strs(&client_flags));
-        (code == 200).then_some(body)
-    });
-    assert_eq!(body, "ok");
-
-    // A restart asks for nothing.
-    kubelet.terminate(Duration::from_secs(5));
-    let mut kubelet = spawn_kubelet(2);
-    let body = wait_for("kubelet /healthz", Duration::from_secs(30), || {
-        kubelet.assert_running();
-        http_get_plain(w.kubelet_healthz, "/healthz")
-    });
-    assert_eq!(body, "ok");
-    let (code, _) = curl(&url, &ca, &strs(&client_flags));
-    assert_eq!(code, 200);
-    let log = kubelet.log();
-    assert!(!log.contains("TLS bootstrap"), "{log}");
-    assert!(log.contains("serving certificate: "), "{log}");
-    assert!(log.contains("no new request"), "{log}");
-    assert_eq!(
-        list_csrs(&r, &ca, api_port)
-            .iter()
-            .filter(|c| c["spec"]["signerName"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("kubernetes.io/"))
-            .count(),
-        2
-    );
-    assert!(
-        api.log()
-            .contains(&format!("bootstrap token user system:bootstrap:{token_id}")),
-        "{}",
-        api.log()
-    );
-    assert!(!api.log().contains(&token), "the token is never logged");
-    eprintln!("{TEST}: done after {:.1?}", started.elapsed());
 }
