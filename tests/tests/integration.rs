@@ -6,6 +6,7 @@ mod flag_matrix;
 mod lab_apply;
 mod lab_bench;
 mod lab_bootstrap;
+mod lab_etcd;
 mod lab_nodes;
 mod lab_real;
 mod lab_smoke;

@@ -95,9 +95,13 @@ impl Run<'_> {
         let mut needs: BTreeMap<String, Need> = BTreeMap::new();
         for w in &p.nodes {
             for put in &w.puts {
+                // Secrets go straight from here to their node.
                 let Content::File(file) = &put.content else {
                     continue;
                 };
+                if put.secret {
+                    continue;
+                }
                 let size = std::fs::metadata(file)
                     .map(|m| m.len())
                     .map_err(|e| ApplyError::Other(format!("reading {}: {e}", file.display())))?;

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 pub struct Applied {
     pub steps_run: usize,
     pub files_written: usize,
-    /// (node, unit) in the order they were started, restarted or reloaded.
+    /// (node, unit) in the order they were stopped, started, restarted or
+    /// reloaded.
+    pub stopped: Vec<(String, String)>,
     pub started: Vec<(String, String)>,
     pub restarted: Vec<(String, String)>,
     pub reloaded: Vec<(String, String)>,
@@ -38,6 +40,7 @@ impl Applied {
     pub(crate) fn merge(&mut self, from: Applied) {
         self.steps_run += from.steps_run;
         self.files_written += from.files_written;
+        self.stopped.extend(from.stopped);
         self.started.extend(from.started);
         self.restarted.extend(from.restarted);
         self.reloaded.extend(from.reloaded);
@@ -99,11 +102,12 @@ impl Run<'_> {
     ) -> Result<Applied, ApplyError> {
         let t = self.t(&w.node)?;
         let mut done = Applied::default();
-        for step in w.steps.iter().filter(|s| s.stage == Stage::BeforeFiles) {
-            self.step(phase, &w.node, format!("run: {}", step.name));
-            t.run_ok(Script::new(&step.name, &step.script)).await?;
-            done.steps_run += 1;
+        for u in &w.stop {
+            self.step(phase, &w.node, format!("stop {u}"));
+            ops::systemctl(t, &["stop", u]).await?;
+            done.stopped.push((w.node.clone(), u.clone()));
         }
+        done.steps_run += self.steps(phase, w, Stage::BeforeFiles).await?;
         for p in &w.puts {
             self.step(phase, &w.node, format!("write {}", p.path));
             let staged = self.staged.lock().await.has(&w.node, &p.sha256);
@@ -148,6 +152,7 @@ impl Run<'_> {
             )
             .await?;
         }
+        done.steps_run += self.steps(phase, w, Stage::AfterFiles).await?;
         if w.daemon_reload {
             self.step(phase, &w.node, "systemctl daemon-reload".into());
             ops::systemctl(t, &["daemon-reload"]).await?;
@@ -174,14 +179,23 @@ impl Run<'_> {
             done.reloaded.push((w.node.clone(), u.clone()));
         }
         // Steps that need the phase's units running (importing the
-        // bundle's images into containerd); large archives take a while.
-        for step in w.steps.iter().filter(|s| s.stage == Stage::AfterUnits) {
+        // bundle's images into containerd).
+        done.steps_run += self.steps(phase, w, Stage::AfterUnits).await?;
+        Ok(done)
+    }
+
+    /// The node's steps of one stage, in order (a step may take a while:
+    /// importing large image archives, restoring a snapshot).
+    async fn steps(&self, phase: &str, w: &NodeWork, stage: Stage) -> Result<usize, ApplyError> {
+        let t = self.t(&w.node)?;
+        let mut n = 0;
+        for step in w.steps.iter().filter(|s| s.stage == stage) {
             self.step(phase, &w.node, format!("run: {}", step.name));
             t.run_ok(Script::new(&step.name, &step.script).timeout(Duration::from_secs(600)))
                 .await?;
-            done.steps_run += 1;
+            n += 1;
         }
-        Ok(done)
+        Ok(n)
     }
 
     /// Every gate, each on its node, at the same time (bounded).

@@ -10,6 +10,7 @@ mod api_phase;
 mod bootstrap;
 mod cluster;
 mod distribute;
+pub mod etcd;
 mod execute;
 mod facts;
 mod gates;
@@ -258,7 +259,10 @@ async fn locked(
 
 /// Takes the apply lock on every node at the same time; when one is held
 /// elsewhere (or cannot be taken), releases those taken and fails.
-async fn lock_all(transports: &Transports, owner: &str) -> Result<Vec<Box<dyn Held>>, ApplyError> {
+pub(crate) async fn lock_all(
+    transports: &Transports,
+    owner: &str,
+) -> Result<Vec<Box<dyn Held>>, ApplyError> {
     let tries = bounded(
         transports.iter().collect(),
         transports.len(),

@@ -200,6 +200,13 @@ pub struct EtcdMember {
     names: BTreeMap<String, String>,
 }
 
+impl EtcdMember {
+    /// The member names it reports.
+    pub fn member_names(&self) -> Vec<String> {
+        self.names.values().cloned().collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     pub url: String,
@@ -534,7 +541,7 @@ fn parse_etcd(node: &str, out: &str) -> EtcdMember {
     m
 }
 
-async fn etcd(t: &dyn Transport, tree: &NodeTree) -> Option<EtcdMember> {
+pub(crate) async fn etcd(t: &dyn Transport, tree: &NodeTree) -> Option<EtcdMember> {
     let gate = tree
         .units
         .iter()
@@ -1016,7 +1023,7 @@ pub async fn status(req: &StatusRequest<'_>) -> Status {
 }
 
 /// The leader as the healthy members name it.
-fn etcd_status(mut members: Vec<EtcdMember>) -> EtcdStatus {
+pub(crate) fn etcd_status(mut members: Vec<EtcdMember>) -> EtcdStatus {
     let mut names = BTreeMap::new();
     let mut votes: BTreeMap<String, usize> = BTreeMap::new();
     for m in &members {

@@ -920,3 +920,83 @@ fn sha_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[tokio::test]
+async fn an_etcd_restore_is_a_plan_the_engine_walks_in_order() {
+    let r = rendered("ha.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snap.db");
+    std::fs::write(&file, b"not really a snapshot").unwrap();
+    let snap = kubeforge_plan::restore::Snapshot {
+        file: file.clone(),
+        sha256: sha_hex(b"not really a snapshot"),
+    };
+    let p = kubeforge_apply::etcd::restore_plan("ha", &r, &snap, "1700000000").unwrap();
+    let names: Vec<&str> = p.phases.iter().map(|x| x.phase.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "stop the control plane",
+            "stop etcd",
+            "restore etcd",
+            "start etcd",
+            "start the apiservers",
+            "start the controllers",
+            "restart the node agents"
+        ]
+    );
+    let text = kubeforge_plan::work_to_text("Restore:", &p);
+    assert!(
+        text.contains("cp1: stop kube-apiserver, kube-controller-manager, kube-scheduler"),
+        "{text}"
+    );
+    assert!(text.contains("(0600, secret)"), "{text}");
+    let rec = recorder(&r);
+    rec.answer(None, "check the VIP", vec![ok("no\n")]);
+    rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
+    run(&rec, &r, &p).await.unwrap();
+    let log = rec.log();
+    let lines = rec.lines();
+    // Nothing talks to etcd when its members stop; every data directory is
+    // restored before any member starts; the apiservers start one at a
+    // time after etcd's gate; the snapshot never travels node to node.
+    let last_control_stop = ["cp1", "cp2", "cp3"]
+        .iter()
+        .map(|n| pos(&lines, &[n, "systemctl stop kube-apiserver"]))
+        .max()
+        .unwrap();
+    let first_etcd_stop = pos(&lines, &["systemctl stop etcd"]);
+    assert!(last_control_stop < first_etcd_stop);
+    let restores: Vec<usize> = ["cp1", "cp2", "cp3"]
+        .iter()
+        .map(|n| {
+            pos(
+                &lines,
+                &[n, "restore the snapshot into etcd's data directory"],
+            )
+        })
+        .collect();
+    let first_start = pos(&lines, &["systemctl start --no-block etcd"]);
+    assert!(restores.iter().all(|&r| r < first_start));
+    let gate = pos(&lines, &["etcd endpoint health"]);
+    let api = pos(&lines, &["systemctl start kube-apiserver"]);
+    assert!(first_start < gate && gate < api);
+    assert!(!log.iter().any(|c| c.what.contains("fetch a binary")));
+    let agents = pos(&lines, &["worker1", "systemctl restart kube-proxy"]);
+    assert!(api < agents);
+    let restore_step = log
+        .iter()
+        .find(|c| c.node == "cp2" && c.what.starts_with("restore the snapshot"))
+        .unwrap();
+    assert!(restore_step.args.is_empty());
+    let script = &p.phases[2].nodes[1].steps[0].script;
+    for want in [
+        "--name 'cp2'",
+        "--initial-cluster 'cp1=https://10.77.0.11:2380,cp2=https://10.77.0.12:2380,cp3=https://10.77.0.13:2380'",
+        "--initial-advertise-peer-urls 'https://10.77.0.12:2380'",
+        "mv -- \"$data\" \"$data.before-restore-1700000000\"",
+        "--bump-revision 1000000000 --mark-compacted",
+    ] {
+        assert!(script.contains(want), "{want} not in\n{script}");
+    }
+}

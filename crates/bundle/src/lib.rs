@@ -47,6 +47,9 @@ pub const SERVER_BINARIES: [&str; 6] = [
 ];
 /// The binaries taken from the etcd release tarball.
 pub const ETCD_BINARIES: [&str; 2] = ["etcd", "etcdctl"];
+/// Taken from the etcd release tarball when it holds them (etcd 3.5 and
+/// later): `etcdutl` restores snapshots (`kubeforge etcd restore`).
+pub const ETCD_OPTIONAL_BINARIES: [&str; 1] = ["etcdutl"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -597,6 +600,7 @@ fn fetch_etcd(
         let path = path.strip_prefix(".").unwrap_or(&path);
         let Some(name) = ETCD_BINARIES
             .into_iter()
+            .chain(ETCD_OPTIONAL_BINARIES)
             .find(|b| path == Path::new(&top).join(b))
         else {
             continue;

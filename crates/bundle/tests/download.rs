@@ -148,11 +148,11 @@ fn downloads_a_bundle_load_bundle_accepts() {
     )
     .unwrap();
     assert_eq!(built.dir, out);
-    assert_eq!(built.files.len(), 8);
+    assert_eq!(built.files.len(), 9);
     assert_eq!(entries(work.path()), ["bundle"], "no temporary left");
     let loaded = kubeforge_bundle::load(&out).unwrap();
     let mut names: Vec<&str> = SERVER_BINARIES.to_vec();
-    names.extend(["etcd", "etcdctl"]);
+    names.extend(["etcd", "etcdctl", "etcdutl"]);
     names.sort();
     assert_eq!(loaded.files.keys().collect::<Vec<_>>(), names);
     for f in &built.files {
@@ -167,9 +167,13 @@ fn downloads_a_bundle_load_bundle_accepts() {
         std::fs::read_to_string(out.join("etcd")).unwrap(),
         format!("etcd {ETCD}\n")
     );
-    assert!(!out.join("etcdutl").exists());
+    // etcdutl (restores snapshots) comes along when the tarball holds it.
+    assert_eq!(
+        std::fs::read_to_string(out.join("etcdutl")).unwrap(),
+        format!("etcdutl {ETCD}\n")
+    );
     let manifest = std::fs::read_to_string(out.join(MANIFEST)).unwrap();
-    assert_eq!(manifest.lines().count(), 8);
+    assert_eq!(manifest.lines().count(), 9);
     assert!(fetched
         .iter()
         .any(|u| u.ends_with(&format!("/v{K8S}/bin/linux/amd64/kubelet.sha256"))));

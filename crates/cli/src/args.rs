@@ -131,6 +131,11 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// etcd snapshots: take one, list them, restore one.
+    Etcd {
+        #[command(subcommand)]
+        op: EtcdCommand,
+    },
     /// Print a shell completion script for kubeforge.
     ///
     ///     kubeforge completions bash > /etc/bash_completion.d/kubeforge
@@ -159,8 +164,9 @@ pub(crate) enum Command {
     /// kube-controller-manager, kube-scheduler, kubelet, kube-proxy and
     /// kubectl from the official release bucket
     /// (BASE/vVERSION/bin/linux/ARCH/NAME) and checks each against its
-    /// published NAME.sha256; with --etcd-version also etcd and etcdctl from
-    /// the etcd release tarball, checked against its SHA256SUMS. Proxies are
+    /// published NAME.sha256; with --etcd-version also etcd, etcdctl and
+    /// etcdutl from the etcd release tarball, checked against its
+    /// SHA256SUMS. Proxies are
     /// taken from HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
     ///
     ///     kubeforge bundle --version 1.31.4 --out ./bundle --etcd-version 3.5.16
@@ -214,7 +220,7 @@ pub(crate) struct BundleArgs {
     /// Download mode: the Kubernetes release bucket.
     #[arg(long, value_name = "URL", default_value = kubeforge_bundle::DEFAULT_BASE_URL, conflicts_with_all = ["from", "files", "images"])]
     pub(crate) base_url: String,
-    /// Download mode: also etcd and etcdctl of this etcd release, such
+    /// Download mode: also etcd, etcdctl and etcdutl of this etcd release, such
     /// as 3.5.16.
     #[arg(long, value_name = "VERSION", requires = "kubernetes")]
     pub(crate) etcd_version: Option<String>,
@@ -246,6 +252,83 @@ pub(crate) enum Shell {
 pub(crate) enum BundleArch {
     Amd64,
     Arm64,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum EtcdCommand {
+    /// Take a snapshot over TLS from a healthy member (the leader when it
+    /// is healthy), check it and keep it on this machine:
+    /// <state>/backups/<cluster>-<time>.db (or --out FILE) with its sha256
+    /// and what it holds in <file>.json; the newest --keep are kept.
+    Backup {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        #[command(flatten)]
+        reach: ReachArgs,
+        /// Write the snapshot here instead (and FILE.json next to it).
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// How many snapshots <state>/backups keeps.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        keep: usize,
+    },
+    /// List the snapshots of <state>/backups, newest first, and those the
+    /// etcd nodes take themselves ([etcd] backup_schedule).
+    Backups {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        #[command(flatten)]
+        reach: ReachArgs,
+        /// Only this machine's snapshots (no node is contacted).
+        #[arg(long)]
+        local: bool,
+    },
+    /// Restore a snapshot into every member: shows the plan, and with
+    /// --yes stops every apiserver and controller and every member, moves
+    /// each data directory aside (never deletes it), restores the snapshot
+    /// with the inventory's members and a new cluster token, starts etcd,
+    /// then the apiservers one at a time, the controllers, and restarts
+    /// the kubelets and kube-proxies. A snapshot whose sha256 is not the one recorded next
+    /// to it is refused.
+    Restore {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        #[command(flatten)]
+        reach: ReachArgs,
+        /// The snapshot (with its <file>.json, as `etcd backup` writes it).
+        #[arg(long, value_name = "FILE")]
+        snapshot: PathBuf,
+        /// Do it; without, only the plan is shown.
+        #[arg(long)]
+        yes: bool,
+        /// Seconds a health gate waits before the restore stops.
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        gate_timeout: u64,
+    },
+}
+
+/// How to reach the nodes.
+#[derive(Args, Debug)]
+pub(crate) struct ReachArgs {
+    /// An ssh_config file to use instead of ~/.ssh/config.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ssh_config: Option<PathBuf>,
+    /// Nodes worked on at the same time.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) concurrency: usize,
+    /// Seconds to wait for an SSH connection.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub(crate) connect_timeout: u64,
+}
+
+impl ReachArgs {
+    pub(crate) fn reach(&self) -> crate::online::Reach {
+        crate::online::Reach {
+            ssh_config: self.ssh_config.clone(),
+            connect_timeout: std::time::Duration::from_secs(self.connect_timeout),
+            concurrency: self.concurrency,
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -86,6 +86,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             return cmd::status::run(&inv, &req, term).map(ExitCode::from);
         }
+        Command::Etcd { op } => cmd::etcd::run(op, term),
         Command::Completions { shell } => cmd::docs::completions(shell, term),
         Command::Man { out } => cmd::docs::man(out.as_deref(), term),
         Command::Init { ha, force, dir } => cmd::init::run(ha, force, &dir, term),

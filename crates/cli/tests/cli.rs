@@ -128,7 +128,7 @@ fn bad_inventory_is_rejected_before_anything_is_written() {
         assert_eq!(r.code, 1);
         assert!(
             r.stderr.contains(
-                "bad.toml:56:11: error: node \"cp2\" has address 10.77.0.11, already used by node \"cp1\" on line 51"
+                "bad.toml:62:11: error: node \"cp2\" has address 10.77.0.11, already used by node \"cp1\" on line 57"
             ),
             "{}",
             r.stderr

@@ -161,6 +161,16 @@ pub struct PkiSettings {
     pub bootstrap_token_ttl_hours: u32,
 }
 
+/// Snapshots the etcd nodes take themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EtcdBackups {
+    /// A systemd calendar event (`OnCalendar=`), such as `daily` or
+    /// `*-*-* 03:00:00`.
+    pub schedule: String,
+    /// How many each node keeps.
+    pub keep: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cluster {
     /// The inventory file this model was read from.
@@ -190,6 +200,8 @@ pub struct Cluster {
     pub kubelet_join: KubeletJoin,
     pub pki: PkiSettings,
     pub loadbalancer: Option<LoadBalancer>,
+    /// Scheduled snapshots on the etcd nodes (`[etcd] backup_schedule`).
+    pub etcd_backups: Option<EtcdBackups>,
     pub nodes: Vec<Node>,
 }
 

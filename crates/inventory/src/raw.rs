@@ -16,7 +16,18 @@ pub struct RawInventory {
     #[serde(default)]
     pub ssh: Option<RawSsh>,
     #[serde(default)]
+    pub etcd: Option<Spanned<RawEtcd>>,
+    #[serde(default)]
     pub nodes: Vec<Spanned<RawNode>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    #[serde(default)]
+    pub backup_schedule: Option<Spanned<String>>,
+    #[serde(default)]
+    pub backup_keep: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

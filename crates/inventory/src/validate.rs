@@ -376,7 +376,48 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Cluster> {
         kubelet_join,
         pki,
         loadbalancer,
+        etcd_backups: etcd_backups(c, raw.etcd.as_ref()),
         nodes: checked.nodes,
+    })
+}
+
+/// `[etcd]`: the schedule of the nodes' own snapshots, a systemd calendar
+/// event of plain characters, and how many each node keeps.
+fn etcd_backups(c: &mut Checker<'_>, raw: Option<&Spanned<RawEtcd>>) -> Option<EtcdBackups> {
+    let e = raw?.get_ref();
+    let keep = match &e.backup_keep {
+        None => 7,
+        Some(v) => match u32::try_from(*v.get_ref()) {
+            Ok(k) if (1..=1000).contains(&k) => k,
+            _ => {
+                c.error(
+                    v.span(),
+                    format!("backup_keep {} is out of range", v.get_ref()),
+                    "keep from 1 to 1000 snapshots on each etcd node",
+                );
+                7
+            }
+        },
+    };
+    let schedule = e.backup_schedule.as_ref()?;
+    let text = schedule.get_ref();
+    let plain = !text.is_empty()
+        && text.len() <= 100
+        && text.trim() == text
+        && text
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || " *-:/,.~".contains(ch));
+    if !plain {
+        c.error(
+            schedule.span(),
+            format!("backup_schedule {text:?} is not a calendar event"),
+            "write a systemd calendar event (OnCalendar=), for example \"daily\" or \"*-*-* 03:00:00\"",
+        );
+        return None;
+    }
+    Some(EtcdBackups {
+        schedule: text.clone(),
+        keep,
     })
 }
 

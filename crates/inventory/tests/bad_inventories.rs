@@ -55,6 +55,44 @@ roles = ["lb"]
 
 /// (case name, inventory text, exact expected error text)
 static CASES: &[(&str, &str, &str)] = &[
+    // --- etcd ------------------------------------------------------------------
+    (
+        "etcd_backup_schedule_injects_a_line",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.4"
+
+[etcd]
+backup_schedule = "daily\nExecStart=/bin/sh"
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+"#,
+        r#"bad.toml:6:19: error: backup_schedule "daily\nExecStart=/bin/sh" is not a calendar event
+  help: write a systemd calendar event (OnCalendar=), for example "daily" or "*-*-* 03:00:00"
+inventory rejected: 1 error"#,
+    ),
+    (
+        "etcd_backup_keep_zero",
+        r#"[cluster]
+name = "demo"
+kubernetes_version = "1.31.4"
+
+[etcd]
+backup_schedule = "daily"
+backup_keep = 0
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+"#,
+        r#"bad.toml:7:15: error: backup_keep 0 is out of range
+  help: keep from 1 to 1000 snapshots on each etcd node
+inventory rejected: 1 error"#,
+    ),
     // --- TOML and shape ------------------------------------------------------
     (
         "toml_syntax_error",
@@ -101,7 +139,7 @@ name = "cp1"
 address = "10.77.0.11"
 roles = ["etcd", "control-plane"]
 "#,
-        r#"bad.toml:5:2: error: unknown field `network`, expected one of `cluster`, `pki`, `loadbalancer`, `ssh`, `nodes`
+        r#"bad.toml:5:2: error: unknown field `network`, expected one of `cluster`, `pki`, `loadbalancer`, `ssh`, `etcd`, `nodes`
   help: remove the key or fix its spelling; the inventory reference in README.md lists every key
 inventory rejected: 1 error"#,
     ),

@@ -7,10 +7,11 @@
 //! executes. Pure: facts come in as data.
 
 pub mod cert;
+pub mod restore;
 mod text;
 mod work;
 
-pub use text::to_text;
+pub use text::{to_text, work_to_text};
 pub use work::{
     must_exist, ApiApply, ApiWork, Chmod, ClusterGates, Content, Deployment, GateRun, LbEdit,
     MustExist, NodeWork, PhasePlan, Put, StepWork,
@@ -217,7 +218,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.nodes.iter().all(NodePlan::is_empty)
+        self.nodes.iter().all(NodePlan::is_empty) && self.phases.is_empty()
     }
 }
 
@@ -225,6 +226,8 @@ impl Plan {
 pub enum PlanError {
     #[error("unknown phase \"{name}\"\n  help: use one of {}", .known.join(", "))]
     UnknownPhase { name: String, known: Vec<String> },
+    #[error("the inventory names no etcd member")]
+    NoEtcd,
     #[error("the bundle has no `{name}`, which node {node} needs (phase {phase})\n  help: add it to the bundle directory and its SHA256SUMS, or leave out --bundle to not manage binaries")]
     MissingBinary {
         name: String,

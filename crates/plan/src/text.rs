@@ -166,3 +166,54 @@ fn rollout(plan: &Plan, s: &mut String) {
     }
     let _ = writeln!(s);
 }
+
+/// An operation's plan (a restore, say) as text: each phase in order with
+/// what each node does in it, then the gates.
+pub fn work_to_text(title: &str, plan: &Plan) -> String {
+    let mut s = format!("{title}\n");
+    for (i, p) in plan.phases.iter().enumerate() {
+        let _ = writeln!(s, "{}. {} ({})", i + 1, p.phase, p.strategy.as_str());
+        for w in &p.nodes {
+            let mut parts: Vec<String> = Vec::new();
+            if !w.stop.is_empty() {
+                parts.push(format!("stop {}", w.stop.join(", ")));
+            }
+            for put in &w.puts {
+                let secret = if put.secret { ", secret" } else { "" };
+                parts.push(format!("write {} ({:04o}{secret})", put.path, put.mode));
+            }
+            for step in &w.steps {
+                parts.push(format!("run: {}", step.name));
+            }
+            if !w.start.is_empty() {
+                parts.push(format!("enable and start {}", w.start.join(", ")));
+            }
+            if !w.restart.is_empty() {
+                parts.push(format!("restart {}", w.restart.join(", ")));
+            }
+            let mut gates: Vec<&str> = w.gates.iter().map(|g| g.gate.name.as_str()).collect();
+            gates.dedup();
+            if !gates.is_empty() {
+                parts.push(format!("then wait for {}", gates.join("; ")));
+            }
+            let _ = writeln!(s, "   {}: {}", w.node, parts.join("; "));
+        }
+        if let Some(v) = &p.vip {
+            let _ = writeln!(
+                s,
+                "   then exactly one of {} holds {} and the API answers through it",
+                v.holders.join(", "),
+                v.address
+            );
+        }
+    }
+    if let Some(g) = &plan.cluster_gates {
+        let _ = writeln!(
+            s,
+            "then the cluster gate through {}: {} nodes Ready in the API",
+            g.via,
+            g.nodes.len()
+        );
+    }
+    s
+}

@@ -29,6 +29,10 @@ pub struct Put {
     pub mode: u32,
     pub owner: String,
     pub sha256: String,
+    /// Holds secrets: it travels only over the control machine's
+    /// connection to the node, never from node to node.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
     #[serde(skip)]
     pub content: Content,
 }
@@ -76,12 +80,16 @@ pub struct LbEdit {
     pub restored: Vec<u8>,
 }
 
-/// What one node does in one phase, in this order: steps that run before
-/// the files, files, modes, `daemon-reload`, units started, restarted and
-/// reloaded, steps that run after the units; then its gates.
+/// What one node does in one phase, in this order: units stopped, steps
+/// that run before the files, files, modes, steps that run after the
+/// files, `daemon-reload`, units started, restarted and reloaded, steps
+/// that run after the units; then its gates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeWork {
     pub node: String,
+    /// Units to stop first (operations such as a restore).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepWork>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -104,9 +112,10 @@ pub struct NodeWork {
 }
 
 impl NodeWork {
-    fn new(node: &str) -> NodeWork {
+    pub fn new(node: &str) -> NodeWork {
         NodeWork {
             node: node.to_string(),
+            stop: Vec::new(),
             steps: Vec::new(),
             puts: Vec::new(),
             chmods: Vec::new(),
@@ -120,7 +129,8 @@ impl NodeWork {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
+        self.stop.is_empty()
+            && self.steps.is_empty()
             && self.puts.is_empty()
             && self.chmods.is_empty()
             && !self.daemon_reload
@@ -247,7 +257,7 @@ fn unit_phase<'t>(tree: &'t NodeTree, unit: &str) -> Option<&'t str> {
 
 /// The gates after `unit` started or restarted on `node`: its own, or
 /// with scope `all`, that of every node that runs it.
-fn gates_of(rendered: &Rendered, node: &NodeTree, unit: &str, out: &mut Vec<GateRun>) {
+pub(crate) fn gates_of(rendered: &Rendered, node: &NodeTree, unit: &str, out: &mut Vec<GateRun>) {
     let Some(gate) = node
         .units
         .iter()
@@ -308,6 +318,7 @@ pub(crate) fn node_work(
             mode: f.mode,
             owner: f.owner.clone(),
             sha256: f.sha256.clone(),
+            secret: f.secret,
             content: match &f.from_file {
                 Some(p) => Content::File(p.clone()),
                 None => Content::Bytes(f.content.clone()),

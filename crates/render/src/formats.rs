@@ -40,7 +40,7 @@ pub fn check_rendered(path: &str, bytes: &[u8]) -> Result<(), String> {
         Kind::Yaml
     } else if name.ends_with(".conflist") || name.ends_with(".json") {
         Kind::Json
-    } else if name.ends_with(".service") {
+    } else if name.ends_with(".service") || name.ends_with(".timer") {
         Kind::Unit
     } else {
         return Ok(());
@@ -116,7 +116,7 @@ fn json_document(text: &str) -> Result<(), String> {
 }
 
 /// The sections a rendered unit may have.
-const UNIT_SECTIONS: [&str; 3] = ["Unit", "Service", "Install"];
+const UNIT_SECTIONS: [&str; 4] = ["Unit", "Service", "Timer", "Install"];
 
 fn systemd_unit(text: &str) -> Result<(), String> {
     let mut section: Option<&str> = None;

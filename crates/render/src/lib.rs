@@ -194,6 +194,46 @@ impl Bootstrap {
     }
 }
 
+/// Where the etcd nodes keep the snapshots they take themselves
+/// (`[etcd] backup_schedule`).
+pub const NODE_BACKUP_DIR: &str = "/var/lib/kubeforge/etcd-backups";
+
+/// Where etcd keeps its data on its nodes.
+pub const ETCD_DATA_DIR: &str = "/var/lib/etcd";
+
+/// An etcd member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EtcdMember {
+    pub name: String,
+    pub address: String,
+}
+
+/// What operations on the etcd cluster (backups, restores) need: its
+/// members, where their data and binaries are, and the client certificate
+/// the etcd nodes hold for reading their member's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EtcdInfo {
+    pub members: Vec<EtcdMember>,
+    pub data_dir: String,
+    pub bin_dir: String,
+    /// The etcd CA, and the client certificate and key, on etcd nodes.
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl EtcdInfo {
+    /// `name=https://address:2380,...`: the `--initial-cluster` of the
+    /// members.
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=https://{}:2380", m.name, m.address))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// Where a kubelet keeps the serving certificate it got through a CSR.
 pub const KUBELET_SERVING_CERT: &str = "/var/lib/kubelet/pki/kubelet-server-current.pem";
 
@@ -272,6 +312,8 @@ pub struct Rendered {
     /// Kubelets get their serving certificates through CSRs that kubeforge
     /// approves (bootstrap-token joins).
     pub serving_csrs: bool,
+    /// The etcd cluster, for backups and restores.
+    pub etcd: Option<EtcdInfo>,
 }
 
 impl Rendered {
@@ -601,6 +643,7 @@ impl Renderer {
             drains,
             vip: self.vip(cluster),
             serving_csrs: cluster.kubelet_join == KubeletJoin::BootstrapToken,
+            etcd: self.etcd(cluster),
         })
     }
 
@@ -650,6 +693,39 @@ impl Renderer {
             }
         }
         Ok(out)
+    }
+
+    /// The etcd members, and the client certificate the table places on
+    /// etcd nodes (`etcd-healthcheck-client`) with the etcd CA.
+    fn etcd(&self, cluster: &Cluster) -> Option<EtcdInfo> {
+        let members: Vec<EtcdMember> = cluster
+            .nodes_with(Role::Etcd)
+            .map(|n| EtcdMember {
+                name: n.name.clone(),
+                address: n.address.to_string(),
+            })
+            .collect();
+        if members.is_empty() {
+            return None;
+        }
+        let cert = self
+            .table
+            .cert
+            .iter()
+            .find(|r| r.cert == "etcd-healthcheck-client" && r.on == Selector::Etcd)?;
+        let ca = self
+            .table
+            .ca
+            .iter()
+            .find(|r| r.ca == "etcd" && r.on == Selector::Etcd)?;
+        Some(EtcdInfo {
+            members,
+            data_dir: ETCD_DATA_DIR.to_string(),
+            bin_dir: cluster.bin_dir.clone(),
+            ca: format!("{}.crt", ca.path),
+            cert: format!("{}.crt", cert.path),
+            key: format!("{}.key", cert.path),
+        })
     }
 
     /// The VIP gate: which LB nodes may hold it, and the API's readiness
@@ -1149,6 +1225,12 @@ fn cluster_context(cluster: &Cluster) -> Value {
             "initial_cluster": initial_cluster,
             "client_urls": client_urls,
             "members": etcd.len(),
+            "data_dir": ETCD_DATA_DIR,
+            "backup": cluster.etcd_backups.as_ref().map(|b| json!({
+                "schedule": b.schedule,
+                "keep": b.keep,
+                "dir": NODE_BACKUP_DIR,
+            })),
         },
         "containerd": { "socket": CONTAINERD_SOCKET },
         // A `drain` file's node taken out of the load balancer (none here).

@@ -29,6 +29,8 @@ pub enum When {
     JoinCertificate,
     /// Kubelets join with a bootstrap token.
     JoinBootstrapToken,
+    /// The etcd nodes take snapshots themselves (`[etcd] backup_schedule`).
+    EtcdBackups,
     /// Kubernetes 1.32 or later: kube-apiserver's AuthenticationConfiguration
     /// limits anonymous requests to the health endpoints
     /// (AnonymousAuthConfigurableEndpoints, on by default from 1.32).
@@ -63,6 +65,7 @@ impl When {
             When::Coredns => cluster.coredns,
             When::JoinCertificate => cluster.kubelet_join == KubeletJoin::Certificate,
             When::JoinBootstrapToken => cluster.kubelet_join == KubeletJoin::BootstrapToken,
+            When::EtcdBackups => cluster.etcd_backups.is_some(),
             When::AnonymousEndpoints => cluster.version.minor >= ANONYMOUS_ENDPOINTS_MINOR,
             When::ProxyIptables => cluster.proxy_mode == ProxyMode::Iptables,
             When::ProxyIpvs => cluster.proxy_mode == ProxyMode::Ipvs,
@@ -222,6 +225,9 @@ pub enum Stage {
     /// Before the phase's files are written (the default).
     #[default]
     BeforeFiles,
+    /// After the phase's files are written, before its units are started
+    /// (a step that works on a file the phase puts there).
+    AfterFiles,
     /// After the phase's units are started, restarted or reloaded (for
     /// steps that talk to a unit, such as importing images into
     /// containerd).

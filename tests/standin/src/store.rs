@@ -121,6 +121,19 @@ impl Store {
         .map(|_| ())
     }
 
+    /// Deletes the object at `path`; false when there was none.
+    async fn delete(&self, path: &str) -> Result<bool, String> {
+        let key = b64(&format!("{PREFIX}{path}"));
+        let answer = self
+            .call("deleterange", json!({ "key": key }).to_string())
+            .await?;
+        // The gateway writes int64 as a string and leaves out zero.
+        Ok(serde_json::from_str::<Value>(&answer)
+            .ok()
+            .and_then(|v| v["deleted"].as_str().map(|d| d != "0"))
+            .unwrap_or(false))
+    }
+
     /// The object at `path` (`exact`), or the objects under it.
     async fn range(&self, path: &str, exact: bool) -> Result<Vec<(String, String)>, String> {
         let key = format!("{PREFIX}{path}");
@@ -185,13 +198,21 @@ impl Store {
                 },
                 Err(e) => internal(e),
             },
+            "DELETE" if !is_collection(path) => match self.delete(path).await {
+                Ok(true) => (
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}).to_string(),
+                ),
+                Ok(false) => (404, status(404, "NotFound", &format!("{path} not found"))),
+                Err(e) => internal(e),
+            },
             method => (
                 405,
                 status(
                     405,
                     "MethodNotAllowed",
                     &format!(
-                        "{method} {path}: the stand-in answers only server-side apply (PATCH) of an object and GET"
+                        "{method} {path}: the stand-in answers only server-side apply (PATCH) of an object, GET and DELETE"
                     ),
                 ),
             ),

@@ -1170,6 +1170,11 @@ fn control_plane_against_real_etcd() {
     assert_eq!(json(&list)["items"], serde_json::json!([]));
     let (code, answer) = send("POST", csrs, "{}");
     assert_eq!(code, 405, "{answer}");
+    // DELETE removes one object, once.
+    let (code, answer) = send("DELETE", first, "");
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(get(first).0, 404, "{first} deleted");
+    assert_eq!(send("DELETE", first, "").0, 404, "{first} deleted twice");
     let (code, _) = curl(&api_url("/api/v1/nodes"), &ca, &[]);
     assert_eq!(code, 401);
 

@@ -4,6 +4,7 @@ pub(crate) mod apply;
 pub(crate) mod bundle;
 pub(crate) mod certs;
 pub(crate) mod docs;
+pub(crate) mod etcd;
 pub(crate) mod init;
 pub(crate) mod kubeconfig;
 pub(crate) mod plan;
