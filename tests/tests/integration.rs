@@ -3,6 +3,7 @@
 
 mod etcd_tls;
 mod flag_matrix;
+mod fuzz_corpus;
 mod lab_apply;
 mod lab_bootstrap;
 mod lab_nodes;
