@@ -6,6 +6,7 @@ mod flag_matrix;
 mod fuzz_corpus;
 mod lab_apply;
 mod lab_bootstrap;
+mod lab_fault;
 mod lab_nodes;
 mod lab_real;
 mod lab_smoke;
