@@ -284,7 +284,7 @@ roles = ["etcd", "control-plane"]
     s
 }
 
-fn inventory(lab: &Lab, extra_san: Option<&str>) -> String {
+pub(crate) fn inventory(lab: &Lab, extra_san: Option<&str>) -> String {
     let sans = match extra_san {
         Some(s) => format!("[\"{s}\"]"),
         None => "[]".into(),
