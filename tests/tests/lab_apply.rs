@@ -628,7 +628,10 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
     let noop = t.elapsed();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("No changes"), "second apply changed something");
+    assert!(
+        stdout.contains("No changes"),
+        "second apply changed something"
+    );
     // Every file the fresh apply wrote had its sha256 remembered on the
     // node: nothing was hashed again.
     let (cached, total) = sums_cached(&stdout);
