@@ -34,19 +34,19 @@ struct Need {
 type Transfer = (String, String, Option<String>);
 
 /// What the transfers of one distribution share: each blob compressed once
-/// per codec, and the peers' servers, started once per (node, blob).
+/// per codec, and the peers' servers, started once per node.
 #[derive(Default)]
 struct Shared {
     /// (sha256, codec) -> the bytes on the wire.
     compressed: tokio::sync::Mutex<BTreeMap<(String, &'static str), Wire>>,
-    /// (node, sha256) -> its server.
-    servers: tokio::sync::Mutex<BTreeMap<(String, String), Server>>,
+    /// node -> its server (of every blob in its store).
+    servers: tokio::sync::Mutex<BTreeMap<String, Server>>,
 }
 
 /// A blob compressed for the wire, shared by the uploads of it.
 type Wire = Arc<Vec<u8>>;
 
-/// A peer serving a blob: its port, token and the handle that stops it.
+/// A peer serving its blobs: its port, token and the handle that stops it.
 struct Server {
     port: u16,
     token: String,
@@ -283,19 +283,18 @@ impl Run<'_> {
             let address = self.address(h)?;
             let (port, token) = {
                 let mut s = shared.servers.lock().await;
-                let key = (h.clone(), sha.clone());
-                if let Some(server) = s.get(&key) {
+                if let Some(server) = s.get(h) {
                     (server.port, server.token.clone())
                 } else {
                     let (port, token) = (port(), token());
                     let held =
-                        blobs::serve(self.t(h)?, blobs::STORE, sha, &address, port, &token).await?;
+                        blobs::serve(self.t(h)?, blobs::STORE, &address, port, &token).await?;
                     let server = Server {
                         port,
                         token: token.clone(),
                         held,
                     };
-                    s.insert(key, server);
+                    s.insert(h.clone(), server);
                     (port, token)
                 }
             };

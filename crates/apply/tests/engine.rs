@@ -877,7 +877,7 @@ async fn binaries_go_out_a_few_times_and_from_node_to_node() {
         "list the blob store",
         vec![ok("zstd\ngzip\nfetch\nserve\n")],
     );
-    rec.answer(None, "serve a binary", vec![ok("ready\n")]);
+    rec.answer(None, "serve binaries", vec![ok("ready\n")]);
     run(&rec, &r, &p).await.unwrap();
     let log = rec.log();
     let kubelets = r.kubelet_nodes().len();
@@ -895,6 +895,14 @@ async fn binaries_go_out_a_few_times_and_from_node_to_node() {
         fetched > 0 && sent < kubelets,
         "sent {sent}, fetched {fetched}"
     );
+    // A node serves every blob of its store through one server (one SSH
+    // session), however many blobs it hands on.
+    let mut servers = BTreeMap::new();
+    for c in log.iter().filter(|c| c.what.starts_with("serve binaries")) {
+        *servers.entry(c.node.clone()).or_insert(0) += 1;
+    }
+    assert!(!servers.is_empty());
+    assert!(servers.values().all(|n| *n == 1), "{servers:?}");
     // Each node installs from its store after its blob arrived, and the
     // stores are cleared at the end.
     let lines = rec.lines();

@@ -143,16 +143,21 @@ pub async fn receive(
     .map(|_| ())
 }
 
-/// $1 store, $2 sha256, $3 listen address, $4 port, $5 token. Serves the
-/// blob to every peer that sends the token first, until stdin closes.
-const SERVE: &str = r#"f="$1/$2"
-[ -f "$f" ] || { echo "no blob $2"; exit 1; }
-systemd-socket-activate -l "$3:$4" -a --inetd sh -c 'IFS= read -r t; [ "$t" = "$1" ] && exec cat "$2"' kubeforge "$5" "$f" 2>/dev/null &
+/// $1 store, $2 listen address, $3 port, $4 token. Serves the blobs of
+/// the store to every peer whose request line is the token and a sha256,
+/// until stdin closes: one server (and one SSH session) per node, however
+/// many blobs it hands on.
+const SERVE: &str = r#"[ -d "$1" ] || { echo "no blob store $1"; exit 1; }
+systemd-socket-activate -l "$2:$3" -a --inetd sh -c 'IFS=" " read -r t s || exit 1
+[ "$t" = "$1" ] || exit 1
+case "$s" in ""|*[!0-9a-f]*) exit 1 ;; esac
+[ "${#s}" -eq 64 ] || exit 1
+exec cat "$2/$s"' kubeforge "$4" "$1" 2>/dev/null &
 pid=$!
 i=0
-while ! ss -Hltn "sport = :$4" 2>/dev/null | grep -q .; do
-  kill -0 "$pid" 2>/dev/null || { echo "cannot listen on $3:$4"; exit 1; }
-  i=$((i + 1)); [ "$i" -gt 50 ] && { echo "cannot listen on $3:$4"; kill "$pid"; exit 1; }
+while ! ss -Hltn "sport = :$3" 2>/dev/null | grep -q .; do
+  kill -0 "$pid" 2>/dev/null || { echo "cannot listen on $2:$3"; exit 1; }
+  i=$((i + 1)); [ "$i" -gt 50 ] && { echo "cannot listen on $2:$3"; kill "$pid"; exit 1; }
   sleep 0.1
 done
 echo ready
@@ -160,22 +165,20 @@ read -r _ || true
 kill "$pid" 2>/dev/null
 "#;
 
-/// Serves a blob the node holds on `address:port` to peers that present
-/// `token`, until the handle is released.
+/// Serves the blobs the node holds (now and later) on `address:port` to
+/// peers that present `token`, until the handle is released.
 pub async fn serve(
     t: &dyn Transport,
     store: &str,
-    sha256: &str,
     address: &str,
     port: u16,
     token: &str,
 ) -> Result<Box<dyn Held>, TransportError> {
     let (first, held) = t
         .hold(
-            Script::new("serve a binary to the other nodes", SERVE)
+            Script::new("serve binaries to the other nodes", SERVE)
                 .args([
                     store.to_string(),
-                    sha256.to_string(),
                     address.to_string(),
                     port.to_string(),
                     token.to_string(),
@@ -189,7 +192,7 @@ pub async fn serve(
         held.release().await;
         Err(TransportError::Failed {
             node: t.node().to_string(),
-            what: format!("serve blob {sha256}"),
+            what: format!("serve the blobs of {store}"),
             status: 1,
             stderr: first,
         })
@@ -203,7 +206,7 @@ mkdir -p -- "$d"; chmod 0700 "$d"
 t=$(mktemp "$d/.in.XXXXXX")
 trap 'rm -f -- "$t"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
-bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "%s\n" "$3" >&3 && exec cat <&3' kubeforge "$4" "$5" "$6" > "$t"
+bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "%s %s\n" "$3" "$4" >&3 && exec cat <&3' kubeforge "$4" "$5" "$6" "$sum" > "$t"
 INTO_STORE"#;
 
 /// Fetches a blob from a peer that serves it.

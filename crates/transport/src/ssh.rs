@@ -11,7 +11,10 @@
 //! closes the channel's stdin). Every open master is also registered, so
 //! [`close_all`] (or [`closing_masters`] around the work, which adds
 //! SIGINT and SIGTERM) closes them at once. The idle channel takes one of
-//! the sessions sshd allows per connection (`MaxSessions`, 10 by default).
+//! the sessions sshd allows per connection (`MaxSessions`, 10 by default);
+//! commands and held scripts share at most [`SESSIONS`] more, the rest wait
+//! for one to end (beyond `MaxSessions`, sshd refuses the channel and ssh
+//! reports the remote process as terminated).
 
 use crate::{ops, Held, Output, Script, Transport, TransportError};
 use async_trait::async_trait;
@@ -31,6 +34,11 @@ use tokio::io::AsyncWriteExt;
 /// (ssh's `ControlPersist`). A live transport always holds one channel, so
 /// this only counts once kubeforge itself is gone.
 pub const MASTER_LINGER: Duration = Duration::from_secs(15);
+
+/// Sessions (commands and held scripts) open at once on one node's master
+/// connection, beside the idle channel: below sshd's default `MaxSessions`
+/// of 10.
+pub const SESSIONS: usize = 8;
 
 /// How long [`close_all`] waits for one master to acknowledge `-O exit`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -174,6 +182,8 @@ pub struct SshTransport {
     /// transport lives; dropped (its ssh killed, its stdin closed) first.
     keepalive: Option<openssh::Child<Arc<Session>>>,
     session: Arc<Session>,
+    /// One permit per session open on the master ([`SESSIONS`]).
+    sessions: Arc<tokio::sync::Semaphore>,
     _registered: Registered,
 }
 
@@ -236,6 +246,7 @@ impl SshTransport {
             opts,
             keepalive: Some(keepalive),
             session,
+            sessions: Arc::new(tokio::sync::Semaphore::new(SESSIONS)),
             _registered: registered,
         })
     }
@@ -334,6 +345,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 struct SshHeld {
     child: openssh::Child<Arc<Session>>,
+    /// Its session's place, free again once it is released.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 #[async_trait]
@@ -356,6 +369,12 @@ impl Transport for SshTransport {
             what: script.what.to_string(),
             detail,
         };
+        // Waiting for a free session does not count against the timeout.
+        let _permit = self
+            .sessions
+            .acquire()
+            .await
+            .map_err(|e| err(e.to_string()))?;
         let run = async {
             let mut child = self
                 .command(&script)
@@ -393,13 +412,23 @@ impl Transport for SshTransport {
             what: script.what.to_string(),
             detail,
         };
+        let permit = Arc::clone(&self.sessions)
+            .acquire_owned()
+            .await
+            .map_err(|e| err(e.to_string()))?;
         let mut cmd = self.command(&script);
         cmd.stderr(Stdio::null());
         let mut child = cmd.spawn().await.map_err(|e| err(error_chain(&e)))?;
         let first = ops::first_line(child.stdout().take(), script.timeout)
             .await
             .map_err(err)?;
-        Ok((first, Box::new(SshHeld { child })))
+        Ok((
+            first,
+            Box::new(SshHeld {
+                child,
+                _permit: permit,
+            }),
+        ))
     }
 }
 

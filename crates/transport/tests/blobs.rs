@@ -95,7 +95,7 @@ async fn received_compressed_checked_and_installed() {
 }
 
 #[tokio::test]
-async fn fetched_from_a_peer_that_serves_it_with_a_token() {
+async fn fetched_from_a_peer_that_serves_its_store_with_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let (a, b) = (a.display().to_string(), b.display().to_string());
@@ -110,7 +110,7 @@ async fn fetched_from_a_peer_that_serves_it_with_a_token() {
         .await
         .unwrap();
     let port = 40000 + (std::process::id() % 20000) as u16;
-    let held = blobs::serve(&t, &a, &sum, "127.0.0.1", port, "s3cret")
+    let held = blobs::serve(&t, &a, "127.0.0.1", port, "s3cret")
         .await
         .unwrap();
     // The wrong token gets nothing (and so fails its check).
@@ -122,6 +122,38 @@ async fn fetched_from_a_peer_that_serves_it_with_a_token() {
     blobs::fetch(&t, &b, &sum, data.len() as u64, "127.0.0.1", port, "s3cret")
         .await
         .unwrap();
-    held.release().await;
     assert_eq!(std::fs::read(format!("{b}/{sum}")).unwrap(), data);
+    // One server for the whole store: a blob that arrives later is served
+    // too; a name that is not a sha256 gets nothing.
+    let later = vec![7u8; 1_000_000];
+    let later_sum = sha(&later);
+    blobs::receive(
+        &t,
+        &a,
+        &later_sum,
+        later.len() as u64,
+        Codec::None,
+        later.clone(),
+    )
+    .await
+    .unwrap();
+    blobs::fetch(
+        &t,
+        &b,
+        &later_sum,
+        later.len() as u64,
+        "127.0.0.1",
+        port,
+        "s3cret",
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(format!("{b}/{later_sum}")).unwrap(), later);
+    std::fs::write(format!("{a}/../secret"), b"no").unwrap();
+    assert!(
+        blobs::fetch(&t, &b, "../secret", 2, "127.0.0.1", port, "s3cret")
+            .await
+            .is_err()
+    );
+    held.release().await;
 }
