@@ -40,7 +40,10 @@ pub async fn gather(
         |tree| async move {
             let t = transport(transports, &tree.name)?;
             let files = async {
-                let report = gather::gather(t, &request(tree, record)).await?;
+                let asked_at = epoch_secs();
+                let mut report = gather::gather(t, &request(tree, record)).await?;
+                report.host.asked_at = asked_at;
+                report.host.answered_at = epoch_secs();
                 Ok::<_, ApplyError>(report)
             };
             let api = api_facts(t, rendered, tree);
@@ -162,4 +165,12 @@ async fn api_facts(
         }
     }
     Ok((Some(facts), csrs))
+}
+
+/// This machine's clock, in seconds since the epoch.
+pub(crate) fn epoch_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
 }

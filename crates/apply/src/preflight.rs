@@ -22,10 +22,7 @@ pub fn preflight(
     facts: &Facts,
     opts: &Options,
 ) -> Result<(), ApplyError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default();
+    let now = crate::facts::epoch_secs();
     let mut problems = Vec::new();
     for tree in &rendered.nodes {
         if !hosts.contains_key(&tree.name) {
@@ -68,12 +65,29 @@ fn host_problems(name: &str, h: &HostFacts, now: f64, opts: &Options, problems: 
             h.missing_commands.join(", ")
         ));
     }
-    let skew = (h.time - now).abs();
+    let skew = clock_skew(h, now).abs();
     if skew > opts.max_clock_skew.as_secs_f64() {
         problems.push(format!(
             "{name}: clock differs from this machine's by {skew:.1} s (allowed {} s); enable time sync (chrony or systemd-timesyncd)",
             opts.max_clock_skew.as_secs()
         ));
+    }
+}
+
+/// How far the node's clock is from this machine's: its reading against
+/// the window in which it was taken (asked .. answered), so that a slow
+/// round trip (many nodes, a busy link) is not mistaken for skew; `now`
+/// when no window was recorded.
+fn clock_skew(h: &HostFacts, now: f64) -> f64 {
+    if h.asked_at <= 0.0 || h.answered_at < h.asked_at {
+        return h.time - now;
+    }
+    if h.time < h.asked_at {
+        h.time - h.asked_at
+    } else if h.time > h.answered_at {
+        h.time - h.answered_at
+    } else {
+        0.0
     }
 }
 

@@ -98,6 +98,50 @@ async fn clock_skew_bound_is_checked() {
 }
 
 #[test]
+fn the_clock_is_judged_against_the_round_trip_that_read_it() {
+    let rendered = rendered(&INVENTORY.replace(
+        "[[nodes]]\nname = \"b\"\naddress = \"10.77.0.12\"\nroles = [\"worker\"]\n",
+        "",
+    ));
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        - 100.0;
+    let clock = |time: f64, asked_at: f64, answered_at: f64| {
+        let host = kubeforge_transport::ops::HostFacts {
+            hostname: "a".into(),
+            machine_id: "a".into(),
+            kernel: "Linux".into(),
+            arch: "x86_64".into(),
+            has_systemd: true,
+            time,
+            asked_at,
+            answered_at,
+            ..Default::default()
+        };
+        let hosts = std::collections::BTreeMap::from([("a".to_string(), host)]);
+        match preflight(&rendered, &hosts, &Facts::Offline, &Options::default()) {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    // Read 5 s into a 60 s round trip (a busy link, many nodes), judged
+    // 100 s later: in step.
+    let text = clock(t0 + 5.0, t0, t0 + 60.0);
+    assert!(!text.contains("clock differs"), "{text}");
+    // 40 s behind the moment it was asked for.
+    let text = clock(t0 - 40.0, t0, t0 + 0.5);
+    assert!(
+        text.contains("a: clock differs from this machine's by 40.0 s"),
+        "{text}"
+    );
+    // 40 s ahead of the answer.
+    let text = clock(t0 + 40.5, t0, t0 + 0.5);
+    assert!(text.contains("by 40.0 s"), "{text}");
+}
+
+#[test]
 fn unsynchronized_clocks_are_a_warning() {
     use kubeforge_transport::ops::HostFacts;
     let mut hosts = std::collections::BTreeMap::new();

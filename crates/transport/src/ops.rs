@@ -280,6 +280,11 @@ pub struct HostFacts {
     pub machine_id: String,
     /// Seconds since the epoch on the node.
     pub time: f64,
+    /// This machine's clock (seconds since the epoch) when the request
+    /// that read [`time`](Self::time) went out and when its answer came
+    /// back: the node read its clock in between (0: not recorded).
+    pub asked_at: f64,
+    pub answered_at: f64,
     pub os_id: String,
     pub os_version: String,
     pub arch: String,
