@@ -17,9 +17,16 @@ cd "$(dirname "$0")/../.."
 etcd_dir=$(tests/setup.sh | tail -1)
 export KUBEFORGE_ETCD_DIR="${KUBEFORGE_ETCD_DIR:-$etcd_dir}"
 command -v tc >/dev/null || { apt-get install -y -q iproute2 >&2; }
-python3 -c 'import matplotlib' 2>/dev/null || {
+# The plot needs matplotlib: Debian's python3-matplotlib, for the system's
+# python3 (a python3 earlier in PATH may not see it).
+plot_python=
+for py in python3 /usr/bin/python3; do
+  if "$py" -c 'import matplotlib' 2>/dev/null; then plot_python=$py; break; fi
+done
+if [ -z "$plot_python" ]; then
   apt-get install -y -q --no-install-recommends python3-matplotlib >&2 || true
-}
+  /usr/bin/python3 -c 'import matplotlib' 2>/dev/null && plot_python=/usr/bin/python3
+fi
 cargo build --workspace --locked -q
 out=target/bench
 mkdir -p "$out"
@@ -48,8 +55,8 @@ for r in "${rows[@]}"; do
     "$(field "$r" nginx_stop_window)" "$(field "$r" nginx_back_failed)"
   echo "$n,$(field "$r" boot),$(field "$r" fresh),$(field "$r" noop),$(field "$r" add),$(field "$r" noop_after_add),$(field "$r" rolling),$(field "$r" rolling_probe_failed),$(field "$r" nginx_stop_window),$(field "$r" nginx_back_failed)" >> "$csv"
 done
-if python3 -c 'import matplotlib' 2>/dev/null; then
-  python3 - "$csv" "$out/lab.png" <<'PY'
+if [ -n "$plot_python" ]; then
+  "$plot_python" - "$csv" "$out/lab.png" <<'PY'
 import csv, sys
 import matplotlib
 matplotlib.use("Agg")
