@@ -10,6 +10,7 @@ mod api_phase;
 mod bootstrap;
 mod cluster;
 mod distribute;
+pub mod drain;
 pub mod etcd;
 mod execute;
 mod facts;
@@ -17,7 +18,7 @@ mod gates;
 mod preflight;
 pub mod status;
 
-pub use api::Credentials;
+pub use api::{Api, Credentials, Request as ApiRequest, Response as ApiResponse};
 pub use execute::{execute, Applied};
 pub use facts::{gather, Gathered};
 pub use preflight::{preflight, warnings as preflight_warnings};
