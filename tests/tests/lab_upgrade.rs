@@ -289,10 +289,15 @@ fn upgrade_to_rebuilt_binaries_rolls_in_skew_order_without_a_failed_request() {
     let out = kf.apply(&[]);
     let noop = t.elapsed();
     assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("No changes"),
+        stdout.contains("No changes"),
         "the re-apply after the upgrade changed something"
     );
+    // The upgrade told each node's sha256 cache what it wrote (the LB
+    // nodes' drained and restored nginx.conf too): nothing hashed again.
+    let (cached, total) = crate::lab_apply::sums_cached(&stdout);
+    assert_eq!(cached, total, "sums cached after the upgrade");
     eprintln!(
         "lab_upgrade timings: fresh apply {:.1} s, upgrade (6 binaries, 7 nodes) {:.1} s, no-op re-apply {:.1} s",
         fresh.as_secs_f64(),

@@ -396,7 +396,7 @@ impl Run<'_> {
                 },
             );
             let content = if drained { &e.drained } else { &e.restored };
-            ops::put(t, &e.path, content.clone(), e.mode, &e.owner).await?;
+            ops::put_cached(t, &e.path, content.clone(), e.mode, &e.owner, Some(CACHE)).await?;
             for u in &e.reload {
                 ops::systemctl(t, &["reload", u]).await?;
             }
