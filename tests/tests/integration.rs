@@ -13,5 +13,6 @@ mod lab_nodes;
 mod lab_real;
 mod lab_smoke;
 mod lab_status;
+mod lab_upgrade;
 mod ssh_transport;
 mod vagrant;

@@ -423,7 +423,7 @@ pub(crate) fn kubectl_ok(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> St
 }
 
 /// `(A, B)` of the "(A of B sums cached)" of an apply's timing line.
-fn sums_cached(stdout: &str) -> (usize, usize) {
+pub(crate) fn sums_cached(stdout: &str) -> (usize, usize) {
     let part = stdout
         .split(" sums cached)")
         .next()

@@ -47,15 +47,15 @@ done
 /// Query of a server-side apply by kubeforge.
 const APPLY_QUERY: &str = "fieldManager=kubeforge&force=true";
 
-/// One request and its answer.
-pub(crate) struct Request {
+/// One request (its answer is a [`Response`]).
+pub struct Request {
     pub method: &'static str,
     pub path: String,
     pub body: Option<String>,
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct Response {
+pub struct Response {
     pub code: u16,
     pub body: String,
 }
@@ -122,7 +122,7 @@ impl Credentials {
 }
 
 /// The API of one control-plane node.
-pub(crate) struct Api<'a> {
+pub struct Api<'a> {
     pub t: &'a dyn Transport,
     pub creds: &'a Credentials,
     pub port: u16,

@@ -50,6 +50,44 @@ pub(crate) fn nodes_not_ready(list: &Value, want: &[&str]) -> Vec<(String, Strin
     out
 }
 
+/// Whether a Node (its JSON) is Ready, by a status its kubelet reported
+/// at or after `since` (seconds since the epoch, by the node's clock) when
+/// given; else why not.
+pub(crate) fn node_ready_since(node: &Value, since: Option<i64>) -> Result<(), String> {
+    let ready = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        })
+        .ok_or_else(|| "no Ready condition yet".to_string())?;
+    let field = |k: &str| ready.get(k).and_then(Value::as_str).unwrap_or_default();
+    if field("status") != "True" {
+        return Err(format!(
+            "Ready={} ({}: {})",
+            field("status"),
+            field("reason"),
+            field("message")
+        ));
+    }
+    let Some(since) = since else {
+        return Ok(());
+    };
+    let beat = field("lastHeartbeatTime");
+    let at = time::OffsetDateTime::parse(beat, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+            format!("Ready, but no status from the restarted kubelet yet (heartbeat {beat:?})")
+        })?;
+    if at.unix_timestamp() >= since {
+        Ok(())
+    } else {
+        Err(format!(
+            "Ready, but by a status from before the restart (heartbeat {beat})"
+        ))
+    }
+}
+
 /// Where a Deployment stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Rollout {
@@ -255,6 +293,41 @@ pub(crate) fn judge_serving_csr(csr: &Value, nodes: &[(&str, Ipv4Addr)]) -> Csr 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn ready_counts_only_from_a_status_after_the_restart() {
+        let node = |status: &str, beat: &str| {
+            serde_json::json!({"status": {"conditions": [
+                {"type": "MemoryPressure", "status": "False"},
+                {"type": "Ready", "status": status, "reason": "KubeletReady", "message": "m",
+                 "lastHeartbeatTime": beat},
+            ]}})
+        };
+        // 2026-01-05T10:00:00Z
+        let at = 1_767_607_200;
+        assert_eq!(
+            node_ready_since(&node("True", "2026-01-05T10:00:00Z"), None),
+            Ok(())
+        );
+        assert_eq!(
+            node_ready_since(&node("True", "2026-01-05T10:00:00Z"), Some(at)),
+            Ok(())
+        );
+        assert_eq!(
+            node_ready_since(&node("True", "2026-01-05T10:00:07Z"), Some(at)),
+            Ok(())
+        );
+        let old = node_ready_since(&node("True", "2026-01-05T09:59:59Z"), Some(at));
+        assert!(old.unwrap_err().contains("from before the restart"));
+        let none = node_ready_since(&node("True", ""), Some(at));
+        assert!(none
+            .unwrap_err()
+            .contains("no status from the restarted kubelet"));
+        let down = node_ready_since(&node("Unknown", "2026-01-05T10:00:07Z"), Some(at));
+        assert_eq!(down.unwrap_err(), "Ready=Unknown (KubeletReady: m)");
+        let bare = node_ready_since(&serde_json::json!({"metadata": {}}), None);
+        assert_eq!(bare.unwrap_err(), "no Ready condition yet");
+    }
 
     #[test]
     fn ready_not_ready_and_missing_nodes() {

@@ -3,17 +3,20 @@
 //! each change behind the gates the plan names; the cluster gate last.
 //! Nothing here looks at the table or the inventory again.
 
-use crate::api::Credentials;
+use crate::api::{Api, Credentials};
 use crate::distribute::Staged;
-use crate::gates;
+use crate::{cluster, drain, gates};
 use crate::{fan_out, transport, ApplyError, Event, EventKind, Options, Progress, Transports};
-use kubeforge_plan::{Content, GateRun, LbEdit, NodeWork, PhasePlan, Plan};
+use kubeforge_plan::{Content, Cordon, GateRun, HealthyBefore, LbEdit, NodeWork, PhasePlan, Plan};
 use kubeforge_render::{Stage, Strategy, Vip};
 use kubeforge_transport::blobs;
 use kubeforge_transport::gather::CACHE;
 use kubeforge_transport::{ops, Script, Transport};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// How long the health an upgrade starts from may take to show.
+const HEALTHY_BEFORE: Duration = Duration::from_secs(10);
 
 /// What an apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,6 +33,10 @@ pub struct Applied {
     pub api_applied: usize,
     /// Kubelet serving certificate requests approved.
     pub csrs_approved: usize,
+    /// Nodes cordoned and drained (and uncordoned again), in order.
+    pub drained: Vec<String>,
+    /// Pods evicted from them.
+    pub evicted: usize,
     /// What the cluster gates let pass with a warning.
     pub warnings: Vec<String>,
     /// How long each phase took (and the cluster gate), in order.
@@ -46,6 +53,8 @@ impl Applied {
         self.reloaded.extend(from.reloaded);
         self.api_applied += from.api_applied;
         self.csrs_approved += from.csrs_approved;
+        self.drained.extend(from.drained);
+        self.evicted += from.evicted;
         self.warnings.extend(from.warnings);
         self.timings.extend(from.timings);
     }
@@ -219,6 +228,153 @@ impl Run<'_> {
         Ok(done)
     }
 
+    /// A node of a drain-nodes phase: with a cordon, cordoned and drained
+    /// first, then its work and gates, then Ready in the API (by a status
+    /// its restarted kubelet reported) and uncordoned.
+    async fn node_drained(&self, phase: &str, w: &NodeWork) -> Result<Applied, ApplyError> {
+        let Some(c) = &w.cordon else {
+            return self.node_gated(phase, w).await;
+        };
+        let creds = self
+            .creds
+            .ok_or_else(|| ApplyError::Other(format!("draining {}: no API credentials", w.node)))?;
+        let api = Api {
+            t: self.t(&c.via)?,
+            creds,
+            port: c.port,
+        };
+        self.step(
+            phase,
+            &w.node,
+            format!("cordon {} and evict its pods", w.node),
+        );
+        let opts = drain::DrainOptions {
+            timeout: self.opts.drain_timeout,
+            poll_interval: self.opts.poll_interval,
+        };
+        let drained = drain::drain(&api, &w.node, &opts).await?;
+        let mut done = Applied {
+            warnings: drained.warnings.clone(),
+            evicted: drained.evicted.len(),
+            ..Applied::default()
+        };
+        let since = if c.fresh_status && !drained.absent {
+            Some(self.clock(&w.node).await?)
+        } else {
+            None
+        };
+        done.merge(self.node_gated(phase, w).await?);
+        if !drained.absent {
+            self.ready(phase, &api, &w.node, c, since).await?;
+            self.step(phase, &w.node, format!("uncordon {}", w.node));
+            drain::uncordon(&api, &w.node).await?;
+            done.drained.push(w.node.clone());
+        }
+        Ok(done)
+    }
+
+    /// The node's clock, in seconds since the epoch.
+    async fn clock(&self, node: &str) -> Result<i64, ApplyError> {
+        let out = self
+            .t(node)?
+            .run_ok(Script::new("read the node's clock", "date +%s"))
+            .await?;
+        out.stdout_str().trim().parse().map_err(|_| {
+            ApplyError::Other(format!(
+                "{node}: the clock reads {:?}, not seconds",
+                out.stdout_str().trim()
+            ))
+        })
+    }
+
+    /// Waits until `node` is Ready in the API (with `since`, by a status
+    /// reported at or after it).
+    async fn ready(
+        &self,
+        phase: &str,
+        api: &Api<'_>,
+        node: &str,
+        c: &Cordon,
+        since: Option<i64>,
+    ) -> Result<(), ApplyError> {
+        self.step(
+            phase,
+            node,
+            format!(
+                "waiting for {node} to be Ready in the API (through {})",
+                c.via
+            ),
+        );
+        let path = format!("/api/v1/nodes/{node}");
+        let probe = || async {
+            match api.get("read the node's Ready condition", &path).await {
+                Ok(r) if r.ok() => match r.json() {
+                    Some(v) => match cluster::node_ready_since(&v, since) {
+                        Ok(()) => gates::Probe::Pass(()),
+                        Err(why) => gates::Probe::Wait(why),
+                    },
+                    None => gates::Probe::Wait(r.message()),
+                },
+                Ok(r) => gates::Probe::Wait(r.message()),
+                Err(e) => gates::Probe::Wait(e.to_string()),
+            }
+        };
+        match gates::poll(self.opts, probe).await {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                let gate = format!("node {node} Ready in the API after its restart");
+                let secs = self.opts.gate_timeout.as_secs();
+                Err(gates::failure(self.t(node)?, &gate, "kubelet", secs, why).await)
+            }
+        }
+    }
+
+    /// Before an upgrade: every gate the plan names passes now (each tried
+    /// for a few seconds), and the VIP gate; else the upgrade is refused
+    /// with every problem found.
+    async fn healthy_before(&self, h: &HealthyBefore) -> Result<(), ApplyError> {
+        const PHASE: &str = "health before the upgrade";
+        self.event(
+            PHASE,
+            None,
+            EventKind::PhaseStarted,
+            format!("{} gates", h.gates.len()),
+        );
+        let opts = Options {
+            gate_timeout: self.opts.gate_timeout.min(HEALTHY_BEFORE),
+            ..self.opts.clone()
+        };
+        let problem = |e: ApplyError| match e {
+            ApplyError::Gate(g) => format!("{}: {} does not pass: {}", g.node, g.gate, g.detail),
+            e => e.to_string(),
+        };
+        let results = crate::bounded(h.gates.iter().collect(), self.opts.concurrency, |g| {
+            let opts = &opts;
+            async move {
+                self.step(PHASE, &g.node, format!("checking {}", g.gate.name));
+                match self.t(&g.node) {
+                    Ok(t) => gates::wait(t, &g.gate, opts).await,
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .await;
+        let mut problems: Vec<String> = results
+            .into_iter()
+            .filter_map(|r| r.err().map(problem))
+            .collect();
+        if let Some(vip) = &h.vip {
+            if let Err(e) = self.vip_gate_with(PHASE, vip, &opts).await {
+                problems.push(problem(e));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ApplyError::Unhealthy(problems));
+        }
+        self.event(PHASE, None, EventKind::PhaseDone, String::new());
+        Ok(())
+    }
+
     /// Writes each LB node's drain file (drained, or as rendered again)
     /// and reloads what applies it, then lets the LB settle.
     async fn lb(
@@ -240,7 +396,7 @@ impl Run<'_> {
                 },
             );
             let content = if drained { &e.drained } else { &e.restored };
-            ops::put(t, &e.path, content.clone(), e.mode, &e.owner).await?;
+            ops::put_cached(t, &e.path, content.clone(), e.mode, &e.owner, Some(CACHE)).await?;
             for u in &e.reload {
                 ops::systemctl(t, &["reload", u]).await?;
             }
@@ -253,6 +409,15 @@ impl Run<'_> {
 
     /// Exactly one LB node holds the VIP, then the API answers through it.
     async fn vip_gate(&self, phase: &str, vip: &Vip) -> Result<(), ApplyError> {
+        self.vip_gate_with(phase, vip, self.opts).await
+    }
+
+    async fn vip_gate_with(
+        &self,
+        phase: &str,
+        vip: &Vip,
+        opts: &Options,
+    ) -> Result<(), ApplyError> {
         let Some(first) = vip.holders.first() else {
             return Ok(());
         };
@@ -291,9 +456,9 @@ impl Run<'_> {
                 ))
             }
         };
-        if let Err(why) = gates::poll(self.opts, probe).await {
+        if let Err(why) = gates::poll(opts, probe).await {
             let gate = format!("the VIP {} held by exactly one LB node", vip.address);
-            let secs = self.opts.gate_timeout.as_secs();
+            let secs = opts.gate_timeout.as_secs();
             let mut f = gates::failure(self.t(first)?, &gate, "keepalived", secs, why).await;
             if let ApplyError::Gate(g) = &mut f {
                 g.node = vip.holders.join(", ");
@@ -302,7 +467,7 @@ impl Run<'_> {
         }
         if let Some((node, gate)) = &vip.ready {
             self.step(phase, node, format!("waiting for {}", gate.name));
-            gates::wait(self.t(node)?, gate, self.opts).await?;
+            gates::wait(self.t(node)?, gate, opts).await?;
         }
         Ok(())
     }
@@ -347,6 +512,30 @@ impl Run<'_> {
                     }
                 }
                 self.gates(phase, &gates).await?;
+            }
+            Strategy::DrainNodes => {
+                let all: Vec<&str> = p.nodes.iter().map(|w| w.node.as_str()).collect();
+                let batches: Vec<Vec<&str>> = if p.batches.is_empty() {
+                    vec![all]
+                } else {
+                    p.batches
+                        .iter()
+                        .map(|b| b.iter().map(String::as_str).collect())
+                        .collect()
+                };
+                for batch in batches {
+                    let works: Vec<&NodeWork> = batch
+                        .iter()
+                        .filter_map(|n| p.nodes.iter().find(|w| w.node == *n))
+                        .collect();
+                    let all = fan_out(works, self.opts.concurrency, |w| {
+                        self.node_drained(phase, w)
+                    })
+                    .await?;
+                    for a in all {
+                        done.merge(a);
+                    }
+                }
             }
             Strategy::DrainFromLb => {
                 for w in &p.nodes {
@@ -458,6 +647,9 @@ pub async fn execute(
             .collect(),
         staged: Default::default(),
     };
+    if let Some(h) = &plan.healthy_before {
+        run.healthy_before(h).await?;
+    }
     let phases = run.phases(&plan.phases).await;
     // After a successful run the blob stores are emptied; after a failure
     // what they hold is reused by the next apply, which empties them.

@@ -1,8 +1,9 @@
 //! Facts gathered from every node in one round trip each (see
 //! [`kubeforge_transport::gather`]): the files the plan is about (sha256,
 //! mode, owner; the old text of changed non-secret files for the diff),
-//! the state of its units, which preparation steps are done, and the host
-//! itself for the pre-flight checks; from the addon node, also what the API
+//! the state of its units, the versions of the running components the
+//! version skew policy speaks of, which preparation steps are done, and the
+//! host itself for the pre-flight checks; from the addon node, also what the API
 //! holds and the pending serving certificate requests.
 
 use crate::api::{Api, Credentials};
@@ -80,6 +81,7 @@ pub async fn gather(
                 api,
                 csrs,
                 bootstrapped,
+                versions: report.versions,
             };
             Ok((tree.name.clone(), facts, report.host, cached, found))
         },
@@ -120,6 +122,12 @@ fn request(tree: &NodeTree, record: bool) -> Request {
             .steps
             .iter()
             .map(|s| (s.name.clone(), s.check.clone()))
+            .collect(),
+        versions: tree
+            .units
+            .iter()
+            .filter(|u| u.skew.is_some())
+            .map(|u| u.name.clone())
             .collect(),
         host_extra: crate::preflight::requirements_script(tree),
         cache: CACHE.to_string(),

@@ -10,6 +10,7 @@ mod api_phase;
 mod bootstrap;
 mod cluster;
 mod distribute;
+pub mod drain;
 pub mod etcd;
 mod execute;
 mod facts;
@@ -17,7 +18,7 @@ mod gates;
 mod preflight;
 pub mod status;
 
-pub use api::Credentials;
+pub use api::{Api, Credentials, Request as ApiRequest, Response as ApiResponse};
 pub use execute::{execute, Applied};
 pub use facts::{gather, Gathered};
 pub use preflight::{preflight, warnings as preflight_warnings};
@@ -46,6 +47,9 @@ pub struct Options {
     pub lb_settle: Duration,
     /// The largest clock difference allowed between a node and this machine.
     pub max_clock_skew: Duration,
+    /// How long draining a node may take (evictions a
+    /// PodDisruptionBudget refuses are tried again until then).
+    pub drain_timeout: Duration,
 }
 
 impl Default for Options {
@@ -56,6 +60,7 @@ impl Default for Options {
             poll_interval: Duration::from_millis(500),
             lb_settle: Duration::from_millis(800),
             max_clock_skew: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -100,6 +105,8 @@ pub enum ApplyError {
     Preflight(Vec<String>),
     #[error("{0}")]
     Gate(Box<GateFailure>),
+    #[error("refused, nothing was changed: an upgrade starts from a healthy control plane (rule), and it is not:\n{}\n  help: bring it back first (`kubeforge status` shows what is wrong; an apply that changes no binary restarts what stopped), then run the upgrade again", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Unhealthy(Vec<String>),
     #[error("{0}")]
     Other(String),
 }
@@ -169,8 +176,9 @@ pub(crate) fn transport<'a>(
 pub struct Request<'a> {
     pub cluster: &'a kubeforge_inventory::Cluster,
     pub rendered: &'a Rendered,
-    /// The phases to run (all when empty).
-    pub phases: &'a [String],
+    /// How the plan is made: the phases to run (all when empty), the
+    /// batches of drained nodes, downgrades.
+    pub plan: &'a kubeforge_plan::Options,
     pub transports: &'a Transports,
     pub opts: &'a Options,
     /// Who holds the nodes' apply lock, as another apply reports it.
@@ -235,7 +243,7 @@ async fn locked(
             message: w,
         });
     }
-    let plan = kubeforge_plan::plan(&req.cluster.name, req.rendered, facts, req.phases)?;
+    let plan = kubeforge_plan::plan_with(&req.cluster.name, req.rendered, facts, req.plan)?;
     timings.push(("pre-flight and plan".to_string(), started.elapsed()));
     let outcome = |plan, applied, timings| Outcome {
         plan,
@@ -248,11 +256,17 @@ async fn locked(
         return Ok(outcome(plan, None, timings));
     }
     persist()?;
-    let creds = if plan.cluster_gates.is_some() || plan.phases.iter().any(|p| p.api.is_some()) {
-        Some(Credentials::from_rendered(req.rendered)?)
-    } else {
-        None
-    };
+    let cordons = plan
+        .phases
+        .iter()
+        .flat_map(|p| &p.nodes)
+        .any(|w| w.cordon.is_some());
+    let creds =
+        if plan.cluster_gates.is_some() || cordons || plan.phases.iter().any(|p| p.api.is_some()) {
+            Some(Credentials::from_rendered(req.rendered)?)
+        } else {
+            None
+        };
     let applied = execute(&plan, creds.as_ref(), req.transports, req.opts, progress).await?;
     Ok(outcome(plan, Some(applied), timings))
 }
@@ -294,16 +308,16 @@ pub(crate) async fn lock_all(
 pub async fn plan_online(
     cluster: &kubeforge_inventory::Cluster,
     rendered: &Rendered,
-    phases: &[String],
+    opts: &kubeforge_plan::Options,
     transports: &Transports,
     concurrency: usize,
 ) -> Result<Plan, ApplyError> {
     let gathered = gather(transports, rendered, concurrency, false).await?;
-    Ok(kubeforge_plan::plan(
+    Ok(kubeforge_plan::plan_with(
         &cluster.name,
         rendered,
         &gathered.facts,
-        phases,
+        opts,
     )?)
 }
 
@@ -311,12 +325,12 @@ pub async fn plan_online(
 pub fn plan_offline(
     cluster: &kubeforge_inventory::Cluster,
     rendered: &Rendered,
-    phases: &[String],
+    opts: &kubeforge_plan::Options,
 ) -> Result<Plan, ApplyError> {
-    Ok(kubeforge_plan::plan(
+    Ok(kubeforge_plan::plan_with(
         &cluster.name,
         rendered,
         &Facts::Offline,
-        phases,
+        opts,
     )?)
 }

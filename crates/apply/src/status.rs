@@ -748,8 +748,15 @@ fn drift_of(
             None => rendered.addon_node = None,
         }
     }
-    let plan = kubeforge_plan::plan(&req.cluster.name, &rendered, &Facts::Gathered(facts), &[])
-        .map_err(|e| e.to_string())?;
+    // The drift only: a plan the version skew policy would refuse still
+    // says which files differ.
+    let opts = kubeforge_plan::Options {
+        refuse_skew: false,
+        ..Default::default()
+    };
+    let plan =
+        kubeforge_plan::plan_with(&req.cluster.name, &rendered, &Facts::Gathered(facts), &opts)
+            .map_err(|e| e.to_string())?;
     let mut files = BTreeMap::new();
     let mut objects = Vec::new();
     for n in &plan.nodes {

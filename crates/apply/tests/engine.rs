@@ -170,8 +170,32 @@ fn recorder(r: &Rendered) -> Recorder {
         "read an object that must exist",
         vec![ok(&api_answer(200, "{}"))],
     );
+    // Drains: every node registered, no pods on it; Ready by a status
+    // newer than the restart.
+    rec.answer(
+        None,
+        "drain: read the node",
+        vec![ok(&api_answer(200, "{}"))],
+    );
+    rec.answer(None, "drain: cordon", vec![ok(&api_answer(200, "{}"))]);
+    rec.answer(None, "uncordon", vec![ok(&api_answer(200, "{}"))]);
+    rec.answer(
+        None,
+        "drain: list the node's pods",
+        vec![ok(&api_answer(200, r#"{"items":[]}"#))],
+    );
+    rec.answer(None, "read the node's clock", vec![ok("1767607200\n")]);
+    rec.answer(
+        None,
+        "read the node's Ready condition",
+        vec![ok(&api_answer(200, READY_AFTER))],
+    );
     rec
 }
+
+/// A Node Ready by a status reported after 1767607200 (the clock the
+/// recorder answers).
+const READY_AFTER: &str = r#"{"status":{"conditions":[{"type":"Ready","status":"True","lastHeartbeatTime":"2026-01-05T10:00:05Z"}]}}"#;
 
 /// The position of the first log line that contains all of `parts`.
 fn pos(lines: &[String], parts: &[&str]) -> usize {
@@ -823,7 +847,7 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
     let req = kubeforge_apply::Request {
         cluster: &cluster,
         rendered: &r,
-        phases: &[],
+        plan: &kubeforge_plan::Options::default(),
         transports: &t,
         opts: &opts(),
         owner: "test",
@@ -1007,4 +1031,214 @@ async fn an_etcd_restore_is_a_plan_the_engine_walks_in_order() {
     ] {
         assert!(script.contains(want), "{want} not in\n{script}");
     }
+}
+
+/// Phase marks, and the steps that cordon, wait for Ready and uncordon, as
+/// `step: ...` lines in the recorder's log.
+struct Steps(Recorder);
+
+impl Progress for Steps {
+    fn event(&self, e: Event) {
+        match e.kind {
+            EventKind::PhaseStarted => self.0.mark("-", &format!("== {} started", e.phase)),
+            EventKind::PhaseDone => self.0.mark("-", &format!("== {} done", e.phase)),
+            EventKind::Step
+                if ["cordon ", "uncordon ", "waiting for "]
+                    .iter()
+                    .any(|s| e.message.starts_with(s)) =>
+            {
+                self.0.mark("step", &e.message)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The HA example with every binary from a bundle, and facts of a cluster
+/// that runs older binaries of everything (etcd included): an upgrade from
+/// v1.30.2, the control plane's apiservers and controllers running
+/// `control_plane`.
+fn upgrade(
+    dir: &std::path::Path,
+    opts: &kubeforge_plan::Options,
+    control_plane: &str,
+) -> (Rendered, Plan) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/ha.toml");
+    let cluster = kubeforge_inventory::load(&path).unwrap().cluster;
+    let mut r = rendered("ha.toml");
+    let renderer = kubeforge_render::Renderer::new().unwrap();
+    let mut bundle = BTreeMap::new();
+    for b in renderer.table().binary.iter().map(|b| b.name.clone()) {
+        let file = dir.join(&b);
+        let bytes = format!("binary {b}").repeat(100).into_bytes();
+        std::fs::write(&file, &bytes).unwrap();
+        bundle.insert(b, (file, sha_hex(&bytes)));
+    }
+    renderer.add_binaries(&cluster, &mut r, &bundle);
+    let mut f = converged(&r);
+    for tree in &r.nodes {
+        let facts = f.get_mut(&tree.name).unwrap();
+        for u in &tree.units {
+            let version = match u.skew {
+                None => continue,
+                Some(kubeforge_render::Skew::Node) => "v1.30.2",
+                Some(_) => control_plane,
+            };
+            facts
+                .versions
+                .insert(u.name.clone(), format!("Kubernetes {version}"));
+        }
+        for (path, file) in facts.files.iter_mut() {
+            if path.starts_with("/usr/local/bin/") {
+                file.sha256 = "0".repeat(64);
+            }
+        }
+    }
+    let p = kubeforge_plan::plan_with("t", &r, &Facts::Gathered(f), opts).unwrap();
+    (r, p)
+}
+
+/// A Node Ready by a status from before 1767607200: not yet Ready after
+/// its restart.
+const READY_BEFORE: &str = r#"{"status":{"conditions":[{"type":"Ready","status":"True","lastHeartbeatTime":"2026-01-05T09:59:00Z"}]}}"#;
+
+/// A recorder for an upgrade: one LB holds the VIP, the blobs go out, and
+/// each node is first seen Ready by a status from before its restart.
+fn upgrade_recorder(r: &Rendered) -> Recorder {
+    let rec = recorder(r);
+    rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
+    rec.answer(Some("lb2"), "check the VIP", vec![ok("no\n")]);
+    rec.answer(
+        None,
+        "list the blob store",
+        vec![ok("zstd\ngzip\nfetch\nserve\n")],
+    );
+    rec.answer(None, "serve a binary", vec![ok("ready\n")]);
+    let mut ready = Vec::new();
+    for _ in 0..5 {
+        ready.push(ok(&api_answer(200, READY_BEFORE)));
+        ready.push(ok(&api_answer(200, READY_AFTER)));
+    }
+    rec.answer(None, "read the node's Ready condition", ready);
+    rec
+}
+
+async fn run_upgrade(rec: &Recorder, r: &Rendered, p: &Plan) -> Result<Applied, ApplyError> {
+    let patient = Options {
+        gate_timeout: Duration::from_secs(2),
+        ..opts()
+    };
+    execute(
+        p,
+        Some(&creds()),
+        &transports(rec, r),
+        &patient,
+        &Steps(rec.clone()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_upgrade_restarts_etcd_apiservers_controllers_then_drains_node_by_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, p) = upgrade(dir.path(), &kubeforge_plan::Options::default(), "v1.30.2");
+    let rec = upgrade_recorder(&r);
+    let applied = run_upgrade(&rec, &r, &p).await.unwrap();
+    let lines = rec.lines();
+    // The health it starts from, before anything is written.
+    let healthy = pos(&lines, &["== health before the upgrade done"]);
+    let first_write = pos(&lines, &["write /usr/local/bin/"]);
+    assert!(healthy < first_write);
+    // etcd members, then apiservers, one at a time; then the controllers.
+    let mut last = healthy;
+    for unit in ["etcd", "kube-apiserver"] {
+        for n in ["cp1", "cp2", "cp3"] {
+            let at = pos(&lines, &[&format!("{n}: systemctl restart {unit}")]);
+            assert!(at > last, "{n} {unit} restarted out of order");
+            last = at;
+        }
+    }
+    for n in ["cp1", "cp2", "cp3"] {
+        let at = pos(&lines, &[n, "systemctl restart kube-controller-manager"]);
+        assert!(at > last, "{n}: controllers before the last apiserver");
+    }
+    // Node agents node by node: cordoned and drained before the kubelet
+    // restarts, Ready (by a status after the restart) before uncordoned,
+    // the next node only after.
+    let node_phase = pos(&lines, &["== node started"]);
+    let mut last = node_phase;
+    for n in ["cp1", "cp2", "cp3", "worker1", "worker2"] {
+        let cordon = pos(&lines, &[&format!("step: cordon {n} ")]);
+        let restart = pos(&lines, &[&format!("{n}: systemctl restart"), "kubelet"]);
+        let waiting = pos(&lines, &[&format!("step: waiting for {n} to be Ready")]);
+        let uncordon = pos(&lines, &[&format!("step: uncordon {n}")]);
+        assert!(
+            last < cordon,
+            "{n} cordoned before the node before it was back"
+        );
+        assert!(
+            cordon < restart && restart < waiting && waiting < uncordon,
+            "{n}"
+        );
+        // Seen Ready by an old status first, then by a fresh one.
+        let polls = count(
+            &lines[waiting..uncordon],
+            &["read the node's Ready condition"],
+        );
+        assert_eq!(polls, 2, "{n}");
+        last = uncordon;
+    }
+    assert_eq!(applied.drained, ["cp1", "cp2", "cp3", "worker1", "worker2"]);
+}
+
+#[tokio::test]
+async fn workers_go_max_unavailable_at_a_time_after_the_control_plane_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = kubeforge_plan::Options {
+        only: vec!["node".into()],
+        max_unavailable: 2,
+        ..Default::default()
+    };
+    let (r, p) = upgrade(dir.path(), &opts, "v1.31.4");
+    assert_eq!(
+        p.phases[0].batches,
+        [
+            vec!["cp1"],
+            vec!["cp2"],
+            vec!["cp3"],
+            vec!["worker1", "worker2"]
+        ]
+    );
+    let rec = upgrade_recorder(&r);
+    run_upgrade(&rec, &r, &p).await.unwrap();
+    let lines = rec.lines();
+    let at = |what: &str, n: &str| pos(&lines, &[&format!("step: {what} {n}")]);
+    // The control-plane nodes one after the other; both workers out at
+    // the same time, after the last of them.
+    assert!(at("uncordon", "cp1") < at("cordon", "cp2"));
+    assert!(at("uncordon", "cp2") < at("cordon", "cp3"));
+    for w in ["worker1", "worker2"] {
+        assert!(at("uncordon", "cp3") < at("cordon", w));
+        for other in ["worker1", "worker2"] {
+            assert!(at("cordon", w) < at("uncordon", other), "{w} {other}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_from_an_unhealthy_control_plane_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, p) = upgrade(dir.path(), &kubeforge_plan::Options::default(), "v1.30.2");
+    let rec = upgrade_recorder(&r);
+    // Both LB nodes hold the VIP.
+    rec.answer(Some("lb2"), "check the VIP", vec![ok("yes\n")]);
+    let err = run_upgrade(&rec, &r, &p).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ApplyError::Unhealthy(_)), "{msg}");
+    assert!(msg.starts_with("refused, nothing was changed"), "{msg}");
+    assert!(msg.contains("held by [lb1, lb2]"), "{msg}");
+    let lines = rec.lines();
+    assert_eq!(count(&lines, &["systemctl restart"]), 0);
+    assert_eq!(count(&lines, &["write /"]), 0);
+    assert_eq!(count(&lines, &["cordon"]), 0);
 }

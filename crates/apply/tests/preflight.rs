@@ -202,7 +202,7 @@ async fn missing_requirements_are_named_and_nothing_changes() {
     let req = kubeforge_apply::Request {
         cluster: &cluster,
         rendered: &rendered,
-        phases: &[],
+        plan: &kubeforge_plan::Options::default(),
         transports: &transports,
         opts: &opts,
         owner: "test",

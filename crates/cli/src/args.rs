@@ -77,6 +77,10 @@ pub(crate) enum Command {
         /// Largest clock difference allowed between a node and this machine.
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         max_clock_skew: u64,
+        /// Seconds draining a node may take (evictions a
+        /// PodDisruptionBudget refuses are tried again until then).
+        #[arg(long, default_value_t = 300, value_name = "SECS")]
+        drain_timeout: u64,
         /// Output format of the result (progress goes to stderr either way).
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -349,6 +353,26 @@ pub(crate) struct NodeArgs {
     /// objects and the cluster gate. Default: all.
     #[arg(long = "phase", value_name = "PHASE")]
     pub(crate) phases: Vec<String>,
+    /// Workers whose kubelet (or containerd) restarts are drained and
+    /// restarted this many at a time (control-plane nodes one at a time).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_unavailable: u32,
+    /// Allow going back to an older patch release of the same minor
+    /// version (a minor version never goes back).
+    #[arg(long)]
+    pub(crate) allow_downgrade: bool,
+}
+
+impl NodeArgs {
+    /// How plan and apply make the plan.
+    pub(crate) fn plan_options(&self) -> kubeforge_plan::Options {
+        kubeforge_plan::Options {
+            only: self.phases.clone(),
+            max_unavailable: self.max_unavailable as usize,
+            allow_downgrade: self.allow_downgrade,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Args, Debug)]

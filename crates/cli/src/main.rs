@@ -99,6 +99,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             nodes,
             gate_timeout,
             max_clock_skew,
+            drain_timeout,
             output,
         } => cmd::apply::run(
             &inv,
@@ -107,6 +108,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             cmd::apply::Limits {
                 gate_timeout,
                 max_clock_skew,
+                drain_timeout,
             },
             output,
             term,

@@ -22,11 +22,17 @@ pub enum Selector {
 
 impl Selector {
     pub fn matches(self, node: &Node) -> bool {
+        self.matches_roles(&node.roles)
+    }
+
+    /// Whether a node with these roles is selected.
+    pub fn matches_roles(self, roles: &[Role]) -> bool {
+        let has = |r: Role| roles.contains(&r);
         match self {
-            Selector::Etcd => node.has(Role::Etcd),
-            Selector::ControlPlane => node.has(Role::ControlPlane),
-            Selector::Kubelet => node.runs_kubelet(),
-            Selector::Lb => node.has(Role::Lb),
+            Selector::Etcd => has(Role::Etcd),
+            Selector::ControlPlane => has(Role::ControlPlane),
+            Selector::Kubelet => has(Role::ControlPlane) || has(Role::Worker),
+            Selector::Lb => has(Role::Lb),
             Selector::All => true,
         }
     }

@@ -8,13 +8,15 @@
 
 pub mod cert;
 pub mod restore;
+pub mod skew;
 mod text;
 mod work;
 
+pub use skew::{parse_version, VersionChange};
 pub use text::{to_text, work_to_text};
 pub use work::{
-    must_exist, ApiApply, ApiWork, Chmod, ClusterGates, Content, Deployment, GateRun, LbEdit,
-    MustExist, NodeWork, PhasePlan, Put, StepWork,
+    must_exist, ApiApply, ApiWork, Chmod, ClusterGates, Content, Cordon, Deployment, GateRun,
+    LbEdit, MustExist, NodeWork, PhasePlan, Put, StepWork,
 };
 
 use kubeforge_render::{Addon, NodeTree, PhaseGate, Rendered, Strategy};
@@ -55,6 +57,10 @@ pub struct NodeFacts {
     /// ([`kubeforge_render::Bootstrap`]): its bootstrap files are removed,
     /// not written.
     pub bootstrapped: bool,
+    /// The first line of `--version` of each running unit with a place in
+    /// the version skew policy, by unit (from the running process's own
+    /// binary).
+    pub versions: BTreeMap<String, String>,
 }
 
 /// A pending kubelet serving certificate request and kubeforge's verdict.
@@ -213,7 +219,52 @@ pub struct Plan {
     /// After the last phase.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_gates: Option<ClusterGates>,
+    /// Components whose version changes, or whose binary is replaced, in
+    /// the order of the nodes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionChange>,
+    /// A plan that replaces the binary of a running unit (an upgrade):
+    /// what must pass, probed once, before anything is touched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_before: Option<HealthyBefore>,
     pub summary: Summary,
+}
+
+/// The health an upgrade starts from: the gates of the running (or
+/// enabled) units of the table's `healthy_before_upgrade` phases, and the
+/// VIP gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthyBefore {
+    pub gates: Vec<GateRun>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vip: Option<kubeforge_render::Vip>,
+}
+
+/// How a plan is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Only these phases (every phase when empty): the one place where a
+    /// plan is limited to some phases.
+    pub only: Vec<String>,
+    /// drain-nodes phases: nodes outside `serial` worked on at the same
+    /// time (at least 1).
+    pub max_unavailable: usize,
+    /// A patch release may go back (never a minor version).
+    pub allow_downgrade: bool,
+    /// Refuse a plan that breaks the version skew policy (`status` only
+    /// reads the drift and does not refuse).
+    pub refuse_skew: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            only: Vec::new(),
+            max_unavailable: 1,
+            allow_downgrade: false,
+            refuse_skew: true,
+        }
+    }
 }
 
 impl Plan {
@@ -234,6 +285,14 @@ pub enum PlanError {
         node: String,
         phase: String,
     },
+    #[error("refused, nothing was changed: {detail} (rule: {rule})\n  help: {help}")]
+    Refused {
+        rule: String,
+        detail: String,
+        help: String,
+    },
+    #[error("--max-unavailable must be at least 1")]
+    MaxUnavailable,
 }
 
 /// Whether systemd must re-read its units after this file changes.
@@ -489,14 +548,34 @@ fn file_change(
 }
 
 /// Compares every node's rendered files with its facts, for the phases
-/// named in `only` (every phase when it is empty): the one place where a
-/// plan is limited to some phases.
+/// named in `only` (every phase when it is empty), with the default
+/// [`Options`] otherwise.
 pub fn plan(
     cluster: &str,
     rendered: &Rendered,
     facts: &Facts,
     only: &[String],
 ) -> Result<Plan, PlanError> {
+    let opts = Options {
+        only: only.to_vec(),
+        ..Options::default()
+    };
+    plan_with(cluster, rendered, facts, &opts)
+}
+
+/// Compares every node's rendered files with its facts: what changes on
+/// each node, and the phases apply runs, with their strategies, batches
+/// and gates. A plan that breaks the version skew policy is refused.
+pub fn plan_with(
+    cluster: &str,
+    rendered: &Rendered,
+    facts: &Facts,
+    opts: &Options,
+) -> Result<Plan, PlanError> {
+    if opts.max_unavailable == 0 {
+        return Err(PlanError::MaxUnavailable);
+    }
+    let only = opts.only.as_slice();
     let known: Vec<String> = rendered.phases.iter().map(|p| p.name.clone()).collect();
     if let Some(bad) = only.iter().find(|p| !known.contains(p)) {
         return Err(PlanError::UnknownPhase {
@@ -576,6 +655,7 @@ pub fn plan(
                     api: Some(api),
                     vip: None,
                     with: None,
+                    batches: Vec::new(),
                 });
             }
             continue;
@@ -588,31 +668,53 @@ pub fn plan(
         if works.is_empty() {
             continue;
         }
-        // Early only when nothing restarts: beside the first phase of this
-        // plan from the named one on.
+        // Early only when nothing restarts, in this phase or in those it
+        // would run beside (an upgrade keeps the order): beside the first
+        // phase of this plan from the named one on.
         let rank = |name: &str| rendered.phases.iter().position(|p| p.name == name);
+        let restarts = |nodes: &[NodeWork]| nodes.iter().any(|w| !w.restart.is_empty());
         let early = row
             .early
             .as_deref()
-            .filter(|_| works.iter().all(|w| w.restart.is_empty()))
+            .filter(|_| !restarts(&works))
             .and_then(|e| {
                 let from = rank(e)?;
-                phases
+                let beside: Vec<&PhasePlan> = phases
                     .iter()
-                    .find(|p: &&PhasePlan| rank(&p.phase).is_some_and(|r| r >= from))
-                    .map(|p| p.phase.clone())
+                    .filter(|p: &&PhasePlan| rank(&p.phase).is_some_and(|r| r >= from))
+                    .collect();
+                if beside.iter().any(|p| restarts(&p.nodes)) {
+                    return None;
+                }
+                beside.first().map(|p| p.phase.clone())
             });
+        let strategy = work::resolve(row.strategy, &works);
+        let batches = if strategy == Strategy::DrainNodes {
+            work::batches(rendered, row.serial, &works, opts.max_unavailable)
+        } else {
+            Vec::new()
+        };
         phases.push(PhasePlan {
             phase: row.name.clone(),
-            strategy: work::resolve(row.strategy, &works),
+            strategy,
             nodes: works,
             api: None,
             vip: (row.gate == Some(PhaseGate::Vip))
                 .then(|| rendered.vip.clone())
                 .flatten(),
             with: early,
+            batches,
         });
     }
+    let versions = skew::check(
+        rendered,
+        facts,
+        &decided,
+        &selected,
+        opts.allow_downgrade,
+        opts.refuse_skew,
+    )?;
+    let healthy_before = healthy_before(rendered, facts, &decided);
     let cluster_gates = cluster_gates(rendered, &phases, &selected);
     Ok(Plan {
         cluster: cluster.to_string(),
@@ -620,8 +722,56 @@ pub fn plan(
         nodes,
         phases,
         cluster_gates,
+        versions,
+        healthy_before,
         summary,
     })
+}
+
+/// When the plan replaces the binary of a running unit (an upgrade): the
+/// gates of every running or enabled unit of the `healthy_before_upgrade`
+/// phases, and their VIP gate.
+fn healthy_before(
+    rendered: &Rendered,
+    facts: &Facts,
+    decided: &[work::Decided<'_>],
+) -> Option<HealthyBefore> {
+    let Facts::Gathered(map) = facts else {
+        return None;
+    };
+    let upgrade = decided.iter().any(|d| {
+        d.puts
+            .iter()
+            .any(|f| f.from_file.is_some() && f.restarts.iter().any(|u| d.restart.contains(u)))
+    });
+    if !upgrade {
+        return None;
+    }
+    let rows: Vec<&kubeforge_render::PhaseRow> = rendered
+        .phases
+        .iter()
+        .filter(|p| p.healthy_before_upgrade)
+        .collect();
+    let mut gates = Vec::new();
+    for tree in &rendered.nodes {
+        let Some(f) = map.get(&tree.name) else {
+            continue;
+        };
+        // Running, or enabled and stopped (a failed unit): not a unit
+        // that was never started (a new node).
+        for u in &tree.units {
+            let installed = f.units.get(&u.name).is_some_and(|s| s.active || s.enabled);
+            if installed && rows.iter().any(|p| p.name == u.phase) {
+                work::gates_of(rendered, tree, &u.name, &mut gates);
+            }
+        }
+    }
+    let vip = rows
+        .iter()
+        .any(|p| p.gate == Some(PhaseGate::Vip))
+        .then(|| rendered.vip.clone())
+        .flatten();
+    Some(HealthyBefore { gates, vip })
 }
 
 fn add_to_summary(summary: &mut Summary, p: &NodePlan) {

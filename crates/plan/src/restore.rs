@@ -57,6 +57,7 @@ fn phase(name: &str, strategy: Strategy, nodes: Vec<NodeWork>) -> PhasePlan {
         api: None,
         vip: None,
         with: None,
+        batches: Vec::new(),
     }
 }
 
@@ -247,6 +248,8 @@ rm -f -- "$snap"
         nodes: Vec::new(),
         phases,
         cluster_gates,
+        versions: Vec::new(),
+        healthy_before: None,
         summary: Summary::default(),
     })
 }

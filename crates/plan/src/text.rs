@@ -114,8 +114,74 @@ pub fn to_text(plan: &Plan) -> String {
     s
 }
 
+/// A drain-nodes phase: its batches in order, and which nodes are
+/// cordoned and drained around their restarts.
+fn drain_nodes(p: &crate::PhasePlan) -> String {
+    let batches: Vec<String> = p
+        .batches
+        .iter()
+        .map(|b| format!("[{}]", b.join(", ")))
+        .collect();
+    let restarting: Vec<&crate::NodeWork> =
+        p.nodes.iter().filter(|w| !w.restart.is_empty()).collect();
+    let cordoned: Vec<&str> = restarting
+        .iter()
+        .filter(|w| w.cordon.is_some())
+        .map(|w| w.node.as_str())
+        .collect();
+    let drain = if cordoned.is_empty() {
+        "each batch gated before the next".to_string()
+    } else if cordoned.len() == restarting.len() {
+        "each node where a unit restarts cordoned and drained first, uncordoned once Ready in the API again".to_string()
+    } else {
+        format!(
+            "cordoned and drained first, uncordoned once Ready in the API again: {}",
+            cordoned.join(", ")
+        )
+    };
+    format!(
+        "in {} batches, one after the other: {}; {drain}",
+        batches.len(),
+        batches.join(" ")
+    )
+}
+
+/// The components whose version changes (or whose binary is replaced),
+/// one line per component and change with its nodes.
+fn versions(plan: &Plan, s: &mut String) {
+    if plan.versions.is_empty() {
+        return;
+    }
+    let mut lines: Vec<(String, Vec<&str>)> = Vec::new();
+    for c in &plan.versions {
+        let what = match c.from.as_deref() {
+            Some(from) if from == c.to => {
+                format!("{} {} (binary replaced, same version)", c.unit, c.to)
+            }
+            Some(from) => format!("{} {from} -> {}", c.unit, c.to),
+            None => format!("{} -> {} (not running now)", c.unit, c.to),
+        };
+        match lines.iter_mut().find(|(w, _)| *w == what) {
+            Some((_, nodes)) => nodes.push(&c.node),
+            None => lines.push((what, vec![&c.node])),
+        }
+    }
+    let _ = writeln!(s, "Versions:");
+    for (what, nodes) in lines {
+        let _ = writeln!(s, "  {what}: {}", nodes.join(", "));
+    }
+    if plan.healthy_before.is_some() {
+        let _ = writeln!(
+            s,
+            "  first the control plane must be healthy (every running unit's gate, the VIP), else nothing is touched"
+        );
+    }
+    let _ = writeln!(s);
+}
+
 /// How apply walks the phases: one line per phase with work, in order.
 fn rollout(plan: &Plan, s: &mut String) {
+    versions(plan, s);
     if plan.phases.is_empty() {
         return;
     }
@@ -142,6 +208,7 @@ fn rollout(plan: &Plan, s: &mut String) {
             (Strategy::OneAtATime | Strategy::DrainFromLb, _) => {
                 format!("({}): one at a time, gated in between", nodes.join(", "))
             }
+            (Strategy::DrainNodes, _) => drain_nodes(p),
         };
         let vip = if p.vip.is_some() {
             "; then the VIP gate"

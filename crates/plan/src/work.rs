@@ -109,6 +109,25 @@ pub struct NodeWork {
     /// Around its restarts (strategy drain-from-lb).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub drain: Vec<LbEdit>,
+    /// Around its work (strategy drain-nodes): cordoned and drained
+    /// before, Ready in the API and uncordoned after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cordon: Option<Cordon>,
+}
+
+/// A node taken out of scheduling around its work: cordoned and its pods
+/// evicted before (PodDisruptionBudgets respected), then, after its units
+/// and gates, Ready in the API and uncordoned. The API is reached through
+/// `via`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cordon {
+    pub via: String,
+    /// The API server's port on `via`.
+    pub port: u16,
+    /// Its kubelet restarts: Ready only counts from a status the restarted
+    /// kubelet reported (its Ready condition's heartbeat not older than
+    /// the restart, by the node's clock).
+    pub fresh_status: bool,
 }
 
 impl NodeWork {
@@ -125,6 +144,7 @@ impl NodeWork {
             reload: Vec::new(),
             gates: Vec::new(),
             drain: Vec::new(),
+            cordon: None,
         }
     }
 
@@ -185,6 +205,11 @@ pub struct PhasePlan {
     /// from that phase on, the two run at the same time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub with: Option<String>,
+    /// Strategy drain-nodes: the nodes in the groups they are worked on,
+    /// in order; the nodes of a group at the same time, the next group
+    /// once every node of the one before is done.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<Vec<String>>,
 }
 
 /// An addon Deployment that must become available.
@@ -346,7 +371,67 @@ pub(crate) fn node_work(
     if strategy == Strategy::DrainFromLb && !w.restart.is_empty() {
         w.drain = lb_edits(rendered, facts, &tree.name);
     }
+    if strategy == Strategy::DrainNodes {
+        w.cordon = cordon(rendered, tree, &w.restart);
+    }
     w
+}
+
+/// A node whose restarts include a `drain` unit is cordoned and drained
+/// around its work (through the addon node's API).
+fn cordon(rendered: &Rendered, tree: &NodeTree, restart: &[String]) -> Option<Cordon> {
+    let unit = |name: &String| tree.units.iter().find(|u| &u.name == name);
+    if !restart.iter().filter_map(unit).any(|u| u.drain) {
+        return None;
+    }
+    Some(Cordon {
+        via: rendered.addon_node.clone()?,
+        port: rendered.api_port,
+        fresh_status: restart.iter().filter_map(unit).any(|u| u.registers),
+    })
+}
+
+/// The groups of a drain-nodes phase: the nodes where nothing restarts
+/// all together first; then the nodes `serial` selects, one at a time;
+/// then the others, `max_unavailable` at a time. Nodes keep the table's
+/// (inventory) order within each part.
+pub(crate) fn batches(
+    rendered: &Rendered,
+    serial: Option<kubeforge_inventory::Selector>,
+    nodes: &[NodeWork],
+    max_unavailable: usize,
+) -> Vec<Vec<String>> {
+    let roles = |n: &str| {
+        rendered
+            .nodes
+            .iter()
+            .find(|t| t.name == n)
+            .map(|t| t.roles.as_slice())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    let quiet: Vec<String> = nodes
+        .iter()
+        .filter(|w| w.restart.is_empty())
+        .map(|w| w.node.clone())
+        .collect();
+    if !quiet.is_empty() {
+        out.push(quiet);
+    }
+    let rolling: Vec<&NodeWork> = nodes.iter().filter(|w| !w.restart.is_empty()).collect();
+    let one_by_one = |w: &&&NodeWork| serial.is_some_and(|s| s.matches_roles(roles(&w.node)));
+    for w in rolling.iter().filter(one_by_one) {
+        out.push(vec![w.node.clone()]);
+    }
+    let rest: Vec<String> = rolling
+        .iter()
+        .filter(|w| !one_by_one(w))
+        .map(|w| w.node.clone())
+        .collect();
+    for chunk in rest.chunks(max_unavailable.max(1)) {
+        out.push(chunk.to_vec());
+    }
+    out
 }
 
 /// The edits that take `node` out of every load balancer whose units run
@@ -390,12 +475,16 @@ fn lb_edits(rendered: &Rendered, facts: &crate::Facts, node: &str) -> Vec<LbEdit
 
 /// The strategy a phase runs with in this plan: `together` only when one
 /// of its units starts for the first time (else one at a time); with
-/// `drain-from-lb`, when nothing restarts (a first start), every node at
-/// once.
+/// `drain-from-lb` or `drain-nodes`, when nothing restarts (a first
+/// start), every node at once.
 pub(crate) fn resolve(strategy: Strategy, nodes: &[NodeWork]) -> Strategy {
     match strategy {
         Strategy::Together if !nodes.iter().any(|w| !w.start.is_empty()) => Strategy::OneAtATime,
-        Strategy::DrainFromLb if nodes.iter().all(|w| w.restart.is_empty()) => Strategy::Parallel,
+        Strategy::DrainFromLb | Strategy::DrainNodes
+            if nodes.iter().all(|w| w.restart.is_empty()) =>
+        {
+            Strategy::Parallel
+        }
         s => s,
     }
 }

@@ -85,6 +85,7 @@ fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
                     api,
                     csrs: Vec::new(),
                     bootstrapped: false,
+                    versions: BTreeMap::new(),
                 },
             )
         })

@@ -17,12 +17,13 @@ pub use kubeforge_images::ImageArchive;
 pub use manifests::{Addon, ApiObject, ADDON_DIR};
 pub use subnets::{allocate as allocate_pod_subnets, Allocation, PodSubnets};
 pub use table::{
-    Check, GateScope, Need, PhaseGate, PhaseRow, RequirementRow, Stage, Strategy, Table, Until,
-    FILES_TOML,
+    Check, GateScope, Need, PhaseGate, PhaseRow, RequirementRow, Skew, Stage, Strategy, Table,
+    Until, FILES_TOML,
 };
 pub use templates::TEMPLATES;
 
 use base64::Engine;
+pub use kubeforge_inventory::KubeVersion;
 use kubeforge_inventory::{Cluster, KubeletJoin, Node, Role, Selector};
 use kubeforge_pki::{catalog, CaId, KeyCert, Pki};
 use serde::Serialize;
@@ -118,6 +119,12 @@ pub struct UnitInfo {
     /// the cluster gate.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub registers: bool,
+    /// Its restart drains the node first (a `drain-nodes` phase).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
+    /// Its place in the version skew policy: its running version is read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skew: Option<Skew>,
 }
 
 /// A health gate, rendered for one node: `check` with `args` must pass
@@ -314,6 +321,9 @@ pub struct Rendered {
     pub serving_csrs: bool,
     /// The etcd cluster, for backups and restores.
     pub etcd: Option<EtcdInfo>,
+    /// The Kubernetes version the inventory names: the version of the
+    /// bundle's Kubernetes binaries.
+    pub version: KubeVersion,
 }
 
 impl Rendered {
@@ -644,6 +654,7 @@ impl Renderer {
             vip: self.vip(cluster),
             serving_csrs: cluster.kubelet_join == KubeletJoin::BootstrapToken,
             etcd: self.etcd(cluster),
+            version: cluster.version,
         })
     }
 
@@ -1089,6 +1100,8 @@ impl Renderer {
                 ports,
                 gate,
                 registers: u.registers,
+                drain: u.drain,
+                skew: u.skew,
             });
         }
         Ok(units)

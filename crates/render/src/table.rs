@@ -98,6 +98,15 @@ pub enum Strategy {
     /// and put back before the next. When nothing restarts (a first
     /// start), every node at once.
     DrainFromLb,
+    /// Nodes whose units only start (or that change no unit) all at once;
+    /// nodes where a unit restarts in batches: the nodes the phase's
+    /// `serial` selects one at a time, first, then the others
+    /// `--max-unavailable` at a time. A node where a `drain` unit restarts
+    /// is first cordoned and its pods evicted (PodDisruptionBudgets
+    /// respected); after its restarts and gates it must be Ready in the API
+    /// again (a fresh status from its restarted kubelet), then it is
+    /// uncordoned, before the next batch.
+    DrainNodes,
     /// No node work: the addon objects go into the API, and pending
     /// kubelet serving certificate requests are approved.
     Api,
@@ -110,6 +119,7 @@ impl Strategy {
             Strategy::OneAtATime => "one-at-a-time",
             Strategy::Together => "together",
             Strategy::DrainFromLb => "drain-from-lb",
+            Strategy::DrainNodes => "drain-nodes",
             Strategy::Api => "api",
         }
     }
@@ -147,6 +157,15 @@ pub struct PhaseRow {
     /// of its units restarts (an upgrade keeps the phases' order).
     #[serde(default)]
     pub early: Option<String>,
+    /// `drain-nodes` phases: the nodes that go one at a time, before the
+    /// batches of the others.
+    #[serde(default)]
+    pub serial: Option<Selector>,
+    /// Before a plan that replaces the binary of a running unit (an
+    /// upgrade), every running unit of this phase must pass its gate, and
+    /// the phase gate `vip` must pass; otherwise nothing is touched.
+    #[serde(default)]
+    pub healthy_before_upgrade: bool,
 }
 
 /// A health check: a read-only script on a node that exits 0 when healthy,
@@ -285,6 +304,41 @@ pub struct UnitRow {
     /// calls for the cluster gate.
     #[serde(default)]
     pub registers: bool,
+    /// Its pods would be disturbed by its restart: in a `drain-nodes`
+    /// phase the node is cordoned and drained first.
+    #[serde(default)]
+    pub drain: bool,
+    /// Its place in the Kubernetes version skew policy: its running
+    /// version is gathered, and a plan that would break the policy is
+    /// refused.
+    #[serde(default)]
+    pub skew: Option<Skew>,
+}
+
+/// What the version skew policy says of a component
+/// (<https://kubernetes.io/releases/version-skew-policy/>).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Skew {
+    /// kube-apiserver: moves one minor version at a time; the apiservers
+    /// of a cluster at most one minor apart.
+    Apiserver,
+    /// kube-controller-manager, kube-scheduler: not newer than any
+    /// apiserver, at most one minor older than the newest.
+    Controller,
+    /// kubelet, kube-proxy: not newer than any apiserver, at most three
+    /// minors older than the newest.
+    Node,
+}
+
+impl Skew {
+    /// How many minors it may be older than the newest apiserver.
+    pub fn oldest_behind(self) -> u32 {
+        match self {
+            Skew::Apiserver | Skew::Controller => 1,
+            Skew::Node => 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -616,6 +670,12 @@ impl Table {
                     ))
                 }
                 (_, None) => {}
+            }
+            if p.serial.is_some() && p.strategy != Strategy::DrainNodes {
+                return Err(format!(
+                    "phase \"{}\": only drain-nodes phases take `serial`",
+                    p.name
+                ));
             }
         }
         if self

@@ -27,6 +27,8 @@ pub struct Request {
     pub units: Vec<String>,
     /// The preparation steps' read-only checks, by name.
     pub checks: Vec<(String, String)>,
+    /// Units whose running binary's `--version` is read (the first line).
+    pub versions: Vec<String>,
     /// Read-only shell run after the host facts script, in the same
     /// section: its `unmet=VALUE` lines are the host's `unmet`.
     pub host_extra: String,
@@ -57,26 +59,36 @@ pub struct Report {
     pub units: BTreeMap<String, ops::UnitState>,
     /// The steps whose check passed.
     pub checks_passed: Vec<String>,
+    /// Unit -> the first line its running binary's `--version` prints.
+    pub versions: BTreeMap<String, String>,
     /// Files whose sha256 came from the cache (not read again).
     pub cached: usize,
 }
 
 /// Reads its request on stdin: `F DIFF SHA PATH`, `U UNIT`, `S INDEX
-/// BASE64-SCRIPT` lines. $1 is the cache file, $2 `record` or `read`.
-/// Prints the host facts as `H key=value`, then `F MODE OWNER SHA PATH`,
-/// `C PATH BASE64` (old text of a changed diffable file), `U UNIT ACTIVE
-/// ENABLED`, `S INDEX STATUS`, and `K COUNT` (sums taken from the cache).
+/// BASE64-SCRIPT`, `V UNIT` lines. $1 is the cache file, $2 `record` or
+/// `read`. Prints the host facts as `H key=value`, then `F MODE OWNER SHA
+/// PATH`, `C PATH BASE64` (old text of a changed diffable file), `U UNIT
+/// ACTIVE ENABLED`, `S INDEX STATUS`, `V UNIT LINE` and `K COUNT` (sums
+/// taken from the cache).
+///
+/// A `V` unit's version is what its running process's own binary
+/// (`/proc/PID/exe`, also when the file was replaced since) says to
+/// `--version`, run under the unit's name; the answers are kept next to
+/// the sha256 cache (`version-cache`), keyed by that binary's device,
+/// inode, size and change time, so that a binary is asked once.
 const GATHER: &str = r#"set -u
 cache="$1"; mode="$2"; host_extra="${3:-}"
 d=$(mktemp -d /run/kubeforge-gather.XXXXXX) || exit 1
 trap 'rm -rf "$d"' EXIT
 trap 'rm -rf "$d"; exit 1' HUP INT TERM PIPE
-: > "$d/req.f"; : > "$d/req.u"; : > "$d/req.s"
+: > "$d/req.f"; : > "$d/req.u"; : > "$d/req.s"; : > "$d/req.v"
 while IFS= read -r line; do
   case "$line" in
     F\ *) printf '%s\n' "${line#F }" >> "$d/req.f" ;;
     U\ *) printf '%s\n' "${line#U }" >> "$d/req.u" ;;
     S\ *) printf '%s\n' "${line#S }" >> "$d/req.s" ;;
+    V\ *) printf '%s\n' "${line#V }" >> "$d/req.v" ;;
   esac
 done
 ( set +u; HOST_FACTS
@@ -121,8 +133,31 @@ while IFS=' ' read -r i b; do
   printf '%s' "$b" | base64 -d > "$d/check" 2>/dev/null
   if ( sh "$d/check" ) >/dev/null 2>&1 </dev/null; then printf 'S %s 0\n' "$i"; else printf 'S %s 1\n' "$i"; fi
 done < "$d/req.s"
+# The running binaries' versions ("KEY LINE" lines in the version cache).
+vcache="${cache%/*}/version-cache"
+known_versions="$vcache"
+[ -r "$known_versions" ] || known_versions=/dev/null
+: > "$d/vcache.new"
+mkdir -p "$d/v"
+while IFS= read -r u; do
+  pid=$(systemctl show -p MainPID --value "$u" 2>/dev/null) || continue
+  case "$pid" in ''|0) continue ;; esac
+  key=$(stat -L -c '%d:%i:%s:%Z' "/proc/$pid/exe" 2>/dev/null) || continue
+  line=$(awk -v k="$key" '$1 == k { sub(/^[^ ]* /, ""); print; exit }' "$known_versions")
+  if [ -z "$line" ]; then
+    ln -sf "/proc/$pid/exe" "$d/v/$u"
+    line=$(timeout 10 "$d/v/$u" --version 2>/dev/null </dev/null | head -n 1)
+  fi
+  [ -n "$line" ] || continue
+  printf 'V %s %s\n' "$u" "$line"
+  printf '%s %s\n' "$key" "$line" >> "$d/vcache.new"
+done < "$d/req.v"
 # The cache: every file hashed or confirmed now, with its key.
 if [ "$mode" = record ]; then
+  if [ -s "$d/vcache.new" ]; then
+    mkdir -p "$(dirname "$vcache")"
+    t=$(mktemp "$(dirname "$vcache")/.version-cache.XXXXXX") && cat "$d/vcache.new" > "$t" && mv -f "$t" "$vcache"
+  fi
   mkdir -p "$(dirname "$cache")"
   awk -F'\t' 'NR == FNR { sum[$1] = $2; next } ($1 in sum) { print $4 " " $5 " " $6 " " sum[$1] " " $1 }' "$d/hashed" "$d/stat" > "$d/cache.new"
   t=$(mktemp "$(dirname "$cache")/.sha256-cache.XXXXXX") && cat "$d/cache.new" > "$t" && mv -f "$t" "$cache"
@@ -149,6 +184,9 @@ pub async fn gather(t: &dyn Transport, req: &Request) -> Result<Report, Transpor
     }
     for (i, (_, check)) in req.checks.iter().enumerate() {
         stdin.push_str(&format!("S {i} {}\n", b64.encode(check)));
+    }
+    for u in &req.versions {
+        stdin.push_str(&format!("V {u}\n"));
     }
     let body = script();
     let mode = if req.record { "record" } else { "read" };
@@ -223,6 +261,13 @@ fn parse(text: &str, req: &Request) -> Report {
                             enabled: p.next() == Some("enabled"),
                         },
                     );
+                }
+            }
+            "V" => {
+                if let Some((u, line)) = rest.split_once(' ') {
+                    if req.versions.iter().any(|x| x == u) {
+                        r.versions.insert(u.to_string(), line.trim().to_string());
+                    }
                 }
             }
             "S" => {

@@ -44,6 +44,7 @@ async fn files_units_checks_and_host_in_one_round_trip() {
             ("fails".into(), "exit 3".into()),
             ("reads a file".into(), format!("[ -f '{}' ]", p(&a))),
         ],
+        versions: vec!["kubeforge-no-such-unit".into()],
         host_extra: "echo unmet=7\ntrue || echo unmet=8\n".into(),
         cache: p(&cache),
         record: false,
@@ -63,6 +64,10 @@ async fn files_units_checks_and_host_in_one_round_trip() {
     assert!(!r.files.contains_key(&p(&missing)));
     assert!(!r.files.contains_key(&p(&link)));
     assert_eq!(r.checks_passed, ["passes", "reads a file"]);
+    assert!(
+        r.versions.is_empty(),
+        "a unit that does not run has no version"
+    );
     assert!(r.units.contains_key("kubeforge-no-such-unit"));
     assert_eq!(r.host.kernel, "Linux");
     assert!(!r.host.hostname.is_empty());

@@ -1096,6 +1096,7 @@ async fn register_node(
                 "status": "True",
                 "reason": "KubeletReady",
                 "message": "kubelet stand-in (not a real kubelet)",
+                "lastHeartbeatTime": now_rfc3339(),
             }],
             "addresses": addresses,
             "nodeInfo": {"kubeletVersion": crate::version()},
@@ -1104,6 +1105,14 @@ async fn register_node(
     .to_string();
     let path = format!("/api/v1/nodes/{name}?fieldManager=kubelet-standin&force=true");
     apply_until_ok(api, tls, &format!("node {name}"), &path, body).await;
+}
+
+/// Now, as the API writes times (`2026-01-05T10:00:00Z`).
+fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Server-side applies `body` at `path` until the apiserver takes it.

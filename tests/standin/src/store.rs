@@ -2,7 +2,8 @@
 //! JSON gateway, `/v3/kv/*`) under [`PREFIX`], so every stand-in apiserver
 //! of a cluster sees the same ones. Just enough for an installer: a
 //! server-side apply (PATCH) stores the object as sent (with
-//! `dryRun=All` it only returns it), GET returns an object or lists a
+//! `dryRun=All` it only returns it; a Node's fields are merged into the
+//! stored Node, as the kubelet and a cordon each own some of them), GET returns an object or lists a
 //! collection (empty when nothing was applied to it). No defaulting,
 //! merging, validation, creation by POST, subresources or watch; who may
 //! do it is decided before (a client certificate of the cluster CA).
@@ -73,6 +74,29 @@ fn kvs(answer: &str) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `new` (JSON or YAML) merged into `old` (JSON): objects field by field,
+/// anything else (arrays included) replaced. As JSON.
+fn merged(old: &str, new: &str) -> String {
+    fn merge(into: &mut Value, from: Value) {
+        match (into, from) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
+            }
+            (into, from) => *into = from,
+        }
+    }
+    let mut base: Value = serde_json::from_str(old).unwrap_or(Value::Null);
+    match serde_yaml_ng::from_str::<Value>(new) {
+        Ok(v) => {
+            merge(&mut base, v);
+            base.to_string()
+        }
+        Err(_) => new.to_string(),
+    }
 }
 
 /// A collection path: `/api/v1/nodes`, `/api/v1/namespaces/N/pods`,
@@ -183,6 +207,17 @@ impl Store {
                 if req.query("dryRun") == Some("All") {
                     return (200, body);
                 }
+                let body = if path.starts_with("/api/v1/nodes/") {
+                    match self.range(path, true).await {
+                        Ok(found) => match found.into_iter().next() {
+                            Some((_, old)) => merged(&old, &body),
+                            None => body,
+                        },
+                        Err(e) => return internal(e),
+                    }
+                } else {
+                    body
+                };
                 match self.put(path, &body).await {
                     Ok(()) => (200, body),
                     Err(e) => internal(e),
@@ -225,6 +260,20 @@ impl Store {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_is_merged_field_by_field() {
+        let old = r#"{"metadata":{"name":"w1","labels":{"a":"1"}},"status":{"conditions":[{"type":"Ready"}]}}"#;
+        let new = "metadata:\n  name: w1\nspec:\n  unschedulable: true\n";
+        let m: Value = serde_json::from_str(&merged(old, new)).unwrap();
+        assert_eq!(m["spec"]["unschedulable"], true);
+        assert_eq!(m["metadata"]["labels"]["a"], "1");
+        assert_eq!(m["status"]["conditions"][0]["type"], "Ready");
+        let back = r#"{"status":{"conditions":[]}}"#;
+        let m: Value = serde_json::from_str(&merged(&m.to_string(), back)).unwrap();
+        assert_eq!(m["status"]["conditions"], json!([]));
+        assert_eq!(m["spec"]["unschedulable"], true);
+    }
 
     #[test]
     fn collections() {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub(crate) struct Limits {
     pub gate_timeout: u64,
     pub max_clock_skew: u64,
+    pub drain_timeout: u64,
 }
 
 pub(crate) fn run(
@@ -29,8 +30,10 @@ pub(crate) fn run(
         concurrency: nodes.reach.concurrency,
         gate_timeout: Duration::from_secs(limits.gate_timeout),
         max_clock_skew: Duration::from_secs(limits.max_clock_skew),
+        drain_timeout: Duration::from_secs(limits.drain_timeout),
         ..Default::default()
     };
+    let plan_opts = nodes.plan_options();
     let owner = format!(
         "kubeforge apply of cluster {} from {} (pid {})",
         cluster.name,
@@ -46,7 +49,7 @@ pub(crate) fn run(
         let req = Request {
             cluster,
             rendered: &prepared.rendered,
-            phases: &nodes.phases,
+            plan: &plan_opts,
             transports: &transports,
             opts: &opts,
             owner: &owner,

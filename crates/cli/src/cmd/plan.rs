@@ -17,19 +17,15 @@ pub(crate) fn run(
     let (loaded, state, prepared) = prepare_for_nodes(inv, pki, nodes, term)?;
     let cluster = &loaded.cluster;
     let rendered = &prepared.rendered;
+    let opts = nodes.plan_options();
     let plan = if offline {
-        kubeforge_apply::plan_offline(cluster, rendered, &nodes.phases)?
+        kubeforge_apply::plan_offline(cluster, rendered, &opts)?
     } else {
         runtime()?.block_on(kubeforge_transport::closing_masters(async {
             let t = online::connect_all(cluster, &state, &reach(nodes)).await?;
-            let plan = kubeforge_apply::plan_online(
-                cluster,
-                rendered,
-                &nodes.phases,
-                &t,
-                nodes.reach.concurrency,
-            )
-            .await;
+            let plan =
+                kubeforge_apply::plan_online(cluster, rendered, &opts, &t, nodes.reach.concurrency)
+                    .await;
             Ok::<_, anyhow::Error>(plan?)
         }))??
     };
