@@ -56,7 +56,9 @@
 //! `kflab/<node>`), or all nodes would share one payload cgroup and
 //! `systemctl stop` in one node would stop the unit in all. nspawn runs
 //! from a small shell loop that starts it again when it exits with 133
-//! (`systemctl reboot` inside a node).
+//! (`systemctl reboot` inside a node). [`Lab::power_off`] cuts a node's
+//! power (SIGKILL to everything in its cgroups) and [`Lab::power_on`]
+//! boots it again.
 //!
 //! # One lab at a time
 //! [`Lab::up`] takes a process-wide mutex and the host-wide lock
@@ -1290,22 +1292,34 @@ impl Lab {
         write_file(&merged.join("root/.ssh/authorized_keys"), public, 0o600)?;
 
         // Its own cgroup in every hierarchy.
-        let mut procs = String::new();
         for (base, cpuset) in &self.cgroup_bases {
             let Some(parent) = base.parent() else {
                 continue;
             };
             let rel = Path::new("kflab").join(name);
             make_cgroup(parent, &rel, *cpuset)?;
-            procs.push_str(&format!(
-                "{}\n",
-                base.join(name).join("cgroup.procs").display()
-            ));
         }
 
-        // Boot.
+        self.boot(i)
+    }
+
+    /// Starts node `i` (its root file system mounted, its network and
+    /// cgroups made): systemd-nspawn from [`NODE_LOOP`], the console
+    /// appended to its console log.
+    fn boot(&mut self, i: usize) -> Result<(), String> {
         let node = &self.nodes[i];
-        let console = File::create(node.console()).map_err(|e| format!("console: {e}"))?;
+        let (name, netns, dir) = (node.name.clone(), node.netns.clone(), node.dir.clone());
+        let merged = node.merged();
+        let procs: String = node
+            .cgroups
+            .iter()
+            .map(|c| format!("{}\n", c.join("cgroup.procs").display()))
+            .collect();
+        let console = File::options()
+            .create(true)
+            .append(true)
+            .open(node.console())
+            .map_err(|e| format!("console: {e}"))?;
         let console2 = console.try_clone().map_err(|e| format!("console: {e}"))?;
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
@@ -1686,6 +1700,59 @@ impl Lab {
             }
         }
         problems
+    }
+}
+
+impl Lab {
+    /// Cuts node `name`'s power: SIGKILL to everything in its cgroups
+    /// (nspawn, systemd and every service), no shutdown. What it wrote is
+    /// kept (its files live on the host), its network namespace and
+    /// address stay. [`Lab::power_on`] boots it again.
+    pub fn power_off(&mut self, name: &str) {
+        let Some(i) = self.nodes.iter().position(|n| n.name == name) else {
+            panic!("lab: no node {name}");
+        };
+        let cgroups = self.nodes[i].cgroups.clone();
+        if !kill_cgroups(&self.tools, &cgroups, Duration::from_secs(10)) {
+            panic!("lab: processes survive in the cgroups of node {name}");
+        }
+        if let Some(mut r) = self.nodes[i].runner.take() {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
+    }
+
+    /// Boots node `name` again after [`Lab::power_off`] and waits until
+    /// SSH to it works; its enabled units start as on any boot.
+    pub fn power_on(&mut self, name: &str) {
+        let Some(i) = self.nodes.iter().position(|n| n.name == name) else {
+            panic!("lab: no node {name}");
+        };
+        assert!(
+            self.nodes[i].runner.is_none(),
+            "lab: node {name} is running"
+        );
+        if let Err(e) = self.boot(i) {
+            panic!("lab: {e}");
+        }
+        let deadline = Instant::now() + SSH_READY_TIMEOUT;
+        let address = self.nodes[i].address;
+        loop {
+            let out = output_with_timeout(
+                &mut self.ssh_command(address, "true"),
+                Duration::from_secs(10),
+            );
+            if out.is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "lab: no SSH to {name} within {SSH_READY_TIMEOUT:?} of booting it again; its console:\n{}",
+                    tail(&self.nodes[i].console(), 30)
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

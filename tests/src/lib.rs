@@ -13,6 +13,7 @@
 // Diagnostics of a failing or skipped test go to stderr, like a test's own.
 #![allow(clippy::print_stderr)]
 
+pub mod inventory_fuzz;
 pub mod lab;
 pub mod oci;
 

@@ -3,10 +3,12 @@
 
 mod etcd_tls;
 mod flag_matrix;
+mod fuzz_corpus;
 mod lab_apply;
 mod lab_bench;
 mod lab_bootstrap;
 mod lab_etcd;
+mod lab_fault;
 mod lab_nodes;
 mod lab_real;
 mod lab_smoke;

@@ -284,7 +284,7 @@ roles = ["etcd", "control-plane"]
     s
 }
 
-fn inventory(lab: &Lab, extra_san: Option<&str>) -> String {
+pub(crate) fn inventory(lab: &Lab, extra_san: Option<&str>) -> String {
     let sans = match extra_san {
         Some(s) => format!("[\"{s}\"]"),
         None => "[]".into(),
@@ -420,6 +420,20 @@ pub(crate) fn kubectl_ok(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> St
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// `(A, B)` of the "(A of B sums cached)" of an apply's timing line.
+fn sums_cached(stdout: &str) -> (usize, usize) {
+    let part = stdout
+        .split(" sums cached)")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .unwrap_or_default();
+    let mut n = part.split(" of ").map(|x| x.trim().parse::<usize>());
+    match (n.next(), n.next()) {
+        (Some(Ok(a)), Some(Ok(b))) => (a, b),
+        _ => panic!("no \"(A of B sums cached)\" in:\n{stdout}"),
+    }
 }
 
 fn vip_holders(lab: &Lab) -> Vec<String> {
@@ -613,10 +627,15 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
     let out = kf.apply(&[]);
     let noop = t.elapsed();
     assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("No changes"),
+        stdout.contains("No changes"),
         "second apply changed something"
     );
+    // Every file the fresh apply wrote had its sha256 remembered on the
+    // node: nothing was hashed again.
+    let (cached, total) = sums_cached(&stdout);
+    assert_eq!(cached, total, "sums cached after the fresh apply");
     assert_eq!(
         before,
         unit_clock(&lab, &cps, &CLOCK_UNITS),

@@ -216,7 +216,11 @@ fn backup_delete_restore_and_node_snapshots() {
     let listed = etcd(&kf, &["backups"]);
     assert!(listed.status.success());
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
-    let name = snap.file_name().unwrap().to_string_lossy().into_owned();
+    let name = snap
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
     assert!(listed.contains(&name), "{listed}");
 
     // 2. Deleted.

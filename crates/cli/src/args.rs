@@ -114,15 +114,8 @@ pub(crate) enum Command {
         /// Also compare the binaries on the nodes with this bundle's.
         #[arg(long, value_name = "DIR")]
         bundle: Option<PathBuf>,
-        /// An ssh_config file to use instead of ~/.ssh/config.
-        #[arg(long, value_name = "FILE")]
-        ssh_config: Option<PathBuf>,
-        /// Nodes probed at the same time.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Seconds to wait for an SSH connection.
-        #[arg(long, default_value_t = 10, value_name = "SECS")]
-        connect_timeout: u64,
+        #[command(flatten)]
+        reach: ReachArgs,
         /// Largest clock difference between a node and this machine that
         /// is not a problem.
         #[arg(long, default_value_t = 30, value_name = "SECS")]
@@ -313,7 +306,8 @@ pub(crate) struct ReachArgs {
     /// An ssh_config file to use instead of ~/.ssh/config.
     #[arg(long, value_name = "FILE")]
     pub(crate) ssh_config: Option<PathBuf>,
-    /// Nodes worked on at the same time.
+    /// Nodes worked on at the same time (connections, facts, uploads, the
+    /// nodes of a parallel phase).
     #[arg(long, default_value_t = 32)]
     pub(crate) concurrency: usize,
     /// Seconds to wait for an SSH connection.
@@ -348,16 +342,8 @@ pub(crate) struct NodeArgs {
     /// are not managed.
     #[arg(long, value_name = "DIR")]
     pub(crate) bundle: Option<PathBuf>,
-    /// An ssh_config file to use instead of ~/.ssh/config.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) ssh_config: Option<PathBuf>,
-    /// Nodes worked on at the same time (connections, facts, uploads, the
-    /// nodes of a parallel phase).
-    #[arg(long, default_value_t = 32)]
-    pub(crate) concurrency: usize,
-    /// Seconds to wait for an SSH connection.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
-    pub(crate) connect_timeout: u64,
+    #[command(flatten)]
+    pub(crate) reach: ReachArgs,
     /// Only these phases (etcd, apiserver, lb, controllers, addons, node;
     /// repeatable): their files, binaries, units and, for addons, the API
     /// objects and the cluster gate. Default: all.

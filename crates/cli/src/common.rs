@@ -9,7 +9,6 @@ use kubeforge_pki::{Action, CaId, Event};
 use kubeforge_render::Prepared;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Everything the commands print goes through here.
 pub(crate) struct Term {
@@ -148,11 +147,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub(crate) fn reach(n: &NodeArgs) -> online::Reach {
-    online::Reach {
-        ssh_config: n.ssh_config.clone(),
-        connect_timeout: Duration::from_secs(n.connect_timeout),
-        concurrency: n.concurrency,
-    }
+    n.reach.reach()
 }
 
 /// Full logs of an apply go to `<state>/kubeforge.log`.

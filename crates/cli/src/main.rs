@@ -68,19 +68,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status {
             inv,
             bundle,
-            ssh_config,
-            concurrency,
-            connect_timeout,
+            reach,
             max_clock_skew,
             output,
         } => {
             let req = cmd::status::Request {
                 bundle,
-                reach: online::Reach {
-                    ssh_config,
-                    connect_timeout: std::time::Duration::from_secs(connect_timeout),
-                    concurrency,
-                },
+                reach: reach.reach(),
                 max_clock_skew: std::time::Duration::from_secs(max_clock_skew),
                 output,
             };

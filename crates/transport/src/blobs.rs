@@ -243,10 +243,10 @@ mkdir -p -- "$dir"
 t=$(mktemp "$dir/.kubeforge-tmp.XXXXXX")
 trap 'rm -f -- "$t"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
-# A hard link where the file system is the same (no copy, no space); the
-# store keeps its name for other installs and nodes until it is cleared.
-rm -f -- "$t"
-ln -- "$f" "$t" 2>/dev/null || cat -- "$f" > "$t"
+# A copy (shared extents where the file system can): the store keeps the
+# blob for other installs and nodes until it is cleared, and clearing it
+# leaves the installed file's inode (and its cached sha256) alone.
+cp --reflink=auto -- "$f" "$t"
 got_size=$(stat -c %s -- "$t")
 got_sum=$(sha256sum < "$t" | cut -d' ' -f1)
 if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use rustls::ClientConfig;
+use serde_json::{json, Value};
 
 use crate::http::{self, Request, Url};
 

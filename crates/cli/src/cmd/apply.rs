@@ -26,7 +26,7 @@ pub(crate) fn run(
     let cluster = &loaded.cluster;
     init_log(&state)?;
     let opts = kubeforge_apply::Options {
-        concurrency: nodes.concurrency,
+        concurrency: nodes.reach.concurrency,
         gate_timeout: Duration::from_secs(limits.gate_timeout),
         max_clock_skew: Duration::from_secs(limits.max_clock_skew),
         ..Default::default()

@@ -27,7 +27,7 @@ pub(crate) fn run(
                 rendered,
                 &nodes.phases,
                 &t,
-                nodes.concurrency,
+                nodes.reach.concurrency,
             )
             .await;
             Ok::<_, anyhow::Error>(plan?)
