@@ -77,6 +77,7 @@ pub async fn gather(
                 api,
                 csrs,
                 bootstrapped,
+                manifest: report.manifest,
             };
             Ok((tree.name.clone(), facts, report.host, cached, found))
         },
@@ -121,6 +122,7 @@ fn request(tree: &NodeTree, record: bool) -> Request {
         host_extra: crate::preflight::requirements_script(tree),
         cache: CACHE.to_string(),
         record,
+        manifest: Some(kubeforge_plan::MANIFEST_PATH.to_string()),
     }
 }
 

@@ -200,7 +200,7 @@ pub struct Outcome {
 /// plan, and release the locks (also when a step fails).
 pub async fn apply(
     req: &Request<'_>,
-    persist: &mut dyn FnMut() -> Result<(), ApplyError>,
+    persist: &mut dyn FnMut(&Plan) -> Result<(), ApplyError>,
     progress: &dyn Progress,
 ) -> Result<Outcome, ApplyError> {
     let started = Instant::now();
@@ -218,7 +218,7 @@ pub async fn apply(
 
 async fn locked(
     req: &Request<'_>,
-    persist: &mut dyn FnMut() -> Result<(), ApplyError>,
+    persist: &mut dyn FnMut(&Plan) -> Result<(), ApplyError>,
     progress: &dyn Progress,
 ) -> Result<Outcome, ApplyError> {
     let mut timings = Vec::new();
@@ -248,7 +248,7 @@ async fn locked(
     if plan.is_empty() {
         return Ok(outcome(plan, None, timings));
     }
-    persist()?;
+    persist(&plan)?;
     let creds = if plan.cluster_gates.is_some() || plan.phases.iter().any(|p| p.api.is_some()) {
         Some(Credentials::from_rendered(req.rendered)?)
     } else {

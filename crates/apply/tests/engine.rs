@@ -50,6 +50,7 @@ fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
                 );
             }
             f.steps_done = n.steps.iter().map(|s| s.name.clone()).collect();
+            f.manifest = Some(kubeforge_plan::Manifest::of("t", n, None).to_bytes());
             if r.addon_node.as_ref() == Some(&n.name) {
                 let objects = r
                     .addons
@@ -306,7 +307,10 @@ fn ready_nodes(r: &Rendered) -> String {
 async fn new_etcd_members_start_together_then_every_member_is_gated() {
     let r = rendered("ha.toml");
     let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &["etcd".to_string()]).unwrap();
-    assert_eq!(p.phases.len(), 1);
+    // The records of the nodes it changes, then etcd.
+    assert_eq!(p.phases.len(), 2);
+    assert_eq!(p.phases[0].phase, "manifest");
+    assert_eq!(p.phases[0].nodes.len(), 3);
     let rec = recorder(&r);
     run(&rec, &r, &p).await.unwrap();
     let lines = rec.lines();
@@ -714,7 +718,7 @@ async fn api_objects_go_in_after_the_api_answers_and_the_cluster_gate_waits_for_
 async fn a_plan_of_some_phases_touches_nothing_else() {
     let r = rendered("ha.toml");
     let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &["lb".to_string()]).unwrap();
-    assert_eq!(p.phases.len(), 1);
+    assert_eq!(p.phases.len(), 2, "the records of lb1 and lb2, then lb");
     assert!(p.cluster_gates.is_none());
     assert!(p
         .nodes
@@ -764,7 +768,7 @@ async fn a_missing_binary_stops_only_plans_of_its_phase() {
         "{err}"
     );
     let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &["node".to_string()]).unwrap();
-    let puts: Vec<&str> = p.phases[0].nodes[0]
+    let puts: Vec<&str> = p.phases[1].nodes[0]
         .puts
         .iter()
         .map(|x| x.path.as_str())
@@ -800,6 +804,12 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
         for i in 0..n.steps.len() {
             out.push_str(&format!("S {i} 0\n"));
         }
+        {
+            use base64::Engine as _;
+            let record = kubeforge_plan::Manifest::of(&cluster.name, n, None).to_bytes();
+            let b64 = base64::engine::general_purpose::STANDARD.encode(record);
+            out.push_str(&format!("M {b64}\n"));
+        }
         rec.answer(Some(&n.name), "gather facts", vec![ok(&out)]);
     }
     // The API: ready, every addon object as rendered.
@@ -829,7 +839,7 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
         owner: "test",
     };
     let mut persisted = false;
-    let mut persist = || {
+    let mut persist = |_: &kubeforge_plan::Plan| {
         persisted = true;
         Ok(())
     };
@@ -999,4 +1009,59 @@ async fn an_etcd_restore_is_a_plan_the_engine_walks_in_order() {
     ] {
         assert!(script.contains(want), "{want} not in\n{script}");
     }
+}
+
+#[tokio::test]
+async fn every_node_records_what_kubeforge_places_before_anything_else() {
+    let r = rendered("ha.toml");
+    let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &[]).unwrap();
+    assert_eq!(p.phases[0].phase, kubeforge_plan::MANIFEST_PHASE);
+    assert_eq!(p.manifests.len(), r.nodes.len());
+    let rec = recorder(&r);
+    rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
+    run(&rec, &r, &p).await.unwrap();
+    let lines = rec.lines();
+    let recorded = pos(&lines, &["== manifest done"]);
+    for n in &r.nodes {
+        let at = pos(&lines, &[&n.name, kubeforge_plan::MANIFEST_PATH]);
+        assert!(at < recorded, "{}", n.name);
+        // Its record lists every file, binary and unit it gets.
+        let m = &p.manifests[&n.name];
+        assert_eq!(
+            m.files.len() + m.binaries.len(),
+            n.files.len(),
+            "{}",
+            n.name
+        );
+        assert_eq!(m.units.len(), n.units.len(), "{}", n.name);
+    }
+    for phase in ["etcd", "lb", "node"] {
+        assert!(recorded < pos(&lines, &[&format!("== {phase} started")]));
+    }
+}
+
+#[test]
+fn a_record_is_written_where_it_is_missing_or_old_and_keeps_what_was_placed() {
+    let r = rendered("ha.toml");
+    let mut f = converged(&r);
+    // worker1 has no record yet (a cluster installed before records).
+    f.get_mut("worker1").unwrap().manifest = None;
+    // worker2's record lists a file the inventory no longer renders.
+    let tree = r.nodes.iter().find(|n| n.name == "worker2").unwrap();
+    let mut old = kubeforge_plan::Manifest::of("t", tree, None);
+    old.files.push("/etc/kubernetes/gone.conf".into());
+    old.files.sort();
+    f.get_mut("worker2").unwrap().manifest = Some(old.to_bytes());
+    let p = plan(&r, &f);
+    assert_eq!(p.phases.len(), 1, "{}", kubeforge_plan::to_text(&p));
+    assert_eq!(p.phases[0].phase, kubeforge_plan::MANIFEST_PHASE);
+    let nodes: Vec<&str> = p.phases[0].nodes.iter().map(|w| w.node.as_str()).collect();
+    assert_eq!(nodes, ["worker1"], "worker2's record already says it all");
+    assert!(p.manifests["worker2"]
+        .files
+        .contains(&"/etc/kubernetes/gone.conf".to_string()));
+    assert_eq!(p.summary.create, 1);
+    // Written, it is a converged cluster again.
+    f.get_mut("worker1").unwrap().manifest = Some(p.manifests["worker1"].to_bytes());
+    assert!(plan(&r, &f).is_empty());
 }

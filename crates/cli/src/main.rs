@@ -4,6 +4,7 @@
 mod args;
 mod cmd;
 mod common;
+mod known;
 mod online;
 mod progress;
 

@@ -248,5 +248,6 @@ rm -f -- "$snap"
         phases,
         cluster_gates,
         summary: Summary::default(),
+        manifests: Default::default(),
     })
 }

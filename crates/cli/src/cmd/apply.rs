@@ -53,16 +53,20 @@ pub(crate) fn run(
         };
         // The state directory first: the nodes never hold a certificate
         // the control machine does not have.
-        let mut persist = || {
+        let mut persist = |plan: &kubeforge_plan::Plan| {
             prepared
                 .persist(&state)
-                .map_err(|e| ApplyError::Other(e.to_string()))
+                .map_err(|e| ApplyError::Other(e.to_string()))?;
+            crate::known::save(&state, cluster, plan)
+                .map_err(|e| ApplyError::Other(format!("{e:#}")))
         };
         let bars = online::Bars::new();
         kubeforge_apply::apply(&req, &mut persist, &bars)
             .await
             .map_err(online::explain)
     }))??;
+    // The records as the nodes now hold them.
+    crate::known::save(&state, cluster, &outcome.plan)?;
     let secs = started.elapsed().as_secs_f64();
     let mut timings = vec![("connect".to_string(), connect)];
     timings.extend(outcome.timings.iter().cloned());
