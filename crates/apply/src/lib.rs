@@ -16,6 +16,7 @@ mod execute;
 mod facts;
 mod gates;
 mod preflight;
+pub mod remove;
 pub mod status;
 
 pub use api::{Api, Credentials, Request as ApiRequest, Response as ApiResponse};
@@ -176,6 +177,10 @@ pub struct Request<'a> {
     pub opts: &'a Options,
     /// Who holds the nodes' apply lock, as another apply reports it.
     pub owner: &'a str,
+    /// Records of the nodes to take out of the cluster (their transports
+    /// are in `transports`), and how ([`kubeforge_plan::remove`]).
+    pub gone: &'a [kubeforge_plan::Manifest],
+    pub prune: kubeforge_plan::remove::PruneOptions,
 }
 
 /// What an [`apply`] found and did.
@@ -236,7 +241,9 @@ async fn locked(
             message: w,
         });
     }
-    let plan = kubeforge_plan::plan(&req.cluster.name, req.rendered, facts, req.phases)?;
+    let mut plan = kubeforge_plan::plan(&req.cluster.name, req.rendered, facts, req.phases)?;
+    with_removals(&mut plan, req.rendered, req.gone, &req.prune)?;
+    remove::precheck(&plan, req.transports).await?;
     timings.push(("pre-flight and plan".to_string(), started.elapsed()));
     let outcome = |plan, applied, timings| Outcome {
         plan,
@@ -249,7 +256,12 @@ async fn locked(
         return Ok(outcome(plan, None, timings));
     }
     persist(&plan)?;
-    let creds = if plan.cluster_gates.is_some() || plan.phases.iter().any(|p| p.api.is_some()) {
+    let creds = if plan.cluster_gates.is_some()
+        || plan
+            .phases
+            .iter()
+            .any(|p| p.api.is_some() || !p.ops.is_empty())
+    {
         Some(Credentials::from_rendered(req.rendered)?)
     } else {
         None
@@ -290,22 +302,42 @@ pub(crate) async fn lock_all(
     )))
 }
 
+/// Adds the removal of the nodes `gone` to `plan` (refused, with every
+/// reason, before anything is touched).
+pub fn with_removals(
+    plan: &mut Plan,
+    rendered: &Rendered,
+    gone: &[kubeforge_plan::Manifest],
+    opts: &kubeforge_plan::remove::PruneOptions,
+) -> Result<(), ApplyError> {
+    let gone: Vec<&kubeforge_plan::Manifest> = gone.iter().collect();
+    kubeforge_plan::remove::prune(plan, rendered, &gone, opts).map_err(|refused| {
+        ApplyError::Other(
+            refused
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })
+}
+
 /// Plans against facts gathered read-only from the nodes (the `plan`
-/// command; apply does the same under its locks).
+/// command; apply does the same under its locks), with the removal of the
+/// nodes `gone`.
 pub async fn plan_online(
     cluster: &kubeforge_inventory::Cluster,
     rendered: &Rendered,
     phases: &[String],
     transports: &Transports,
     concurrency: usize,
+    gone: &[kubeforge_plan::Manifest],
+    prune: &kubeforge_plan::remove::PruneOptions,
 ) -> Result<Plan, ApplyError> {
     let gathered = gather(transports, rendered, concurrency, false).await?;
-    Ok(kubeforge_plan::plan(
-        &cluster.name,
-        rendered,
-        &gathered.facts,
-        phases,
-    )?)
+    let mut plan = kubeforge_plan::plan(&cluster.name, rendered, &gathered.facts, phases)?;
+    with_removals(&mut plan, rendered, gone, prune)?;
+    Ok(plan)
 }
 
 /// Plans as if every node were bare (no node contacted).

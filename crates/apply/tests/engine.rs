@@ -837,6 +837,8 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
         transports: &t,
         opts: &opts(),
         owner: "test",
+        gone: &[],
+        prune: Default::default(),
     };
     let mut persisted = false;
     let mut persist = |_: &kubeforge_plan::Plan| {
@@ -1064,4 +1066,232 @@ fn a_record_is_written_where_it_is_missing_or_old_and_keeps_what_was_placed() {
     // Written, it is a converged cluster again.
     f.get_mut("worker1").unwrap().manifest = Some(p.manifests["worker1"].to_bytes());
     assert!(plan(&r, &f).is_empty());
+}
+
+/// The record of a node the inventory no longer names, as the state
+/// directory keeps it.
+fn record_of(inventory: &str, node: &str) -> kubeforge_plan::Manifest {
+    let r = rendered(inventory);
+    let tree = r.nodes.iter().find(|n| n.name == node).unwrap();
+    kubeforge_plan::Manifest::of("t", tree, None)
+}
+
+/// `r` without `node`: as rendered from an inventory that no longer
+/// names it (the others' files are left as they are: the plan's own
+/// changes are not what these tests look at).
+fn without(r: &Rendered, node: &str) -> Rendered {
+    let mut r = r.clone();
+    r.nodes.retain(|n| n.name != node);
+    r
+}
+
+fn pruned(
+    r: &Rendered,
+    gone: &[kubeforge_plan::Manifest],
+    force: bool,
+) -> Result<Plan, ApplyError> {
+    let mut p = plan(r, &converged(r));
+    let opts = kubeforge_plan::remove::PruneOptions {
+        drain_timeout_secs: 5,
+        force,
+    };
+    kubeforge_apply::with_removals(&mut p, r, gone, &opts).map(|_| p)
+}
+
+fn with_gone(rec: &Recorder, r: &Rendered, node: &str) -> Transports {
+    let mut t = transports(rec, r);
+    t.insert(node.to_string(), rec.node(node));
+    t
+}
+
+#[tokio::test]
+async fn a_removed_worker_is_drained_then_torn_down_then_its_node_deleted() {
+    let full = rendered("ha.toml");
+    let r = without(&full, "worker2");
+    let gone = record_of("ha.toml", "worker2");
+    let p = pruned(&r, std::slice::from_ref(&gone), false).unwrap();
+    let text = kubeforge_plan::to_text(&p);
+    assert!(
+        text.contains("worker2 (10.77.0.22): remove from the cluster (worker)"),
+        "{text}"
+    );
+    assert!(text.contains("the inventory no longer names it"), "{text}");
+    assert!(text.contains("1 node to remove"), "{text}");
+    let rec = recorder(&r);
+    // worker2 is registered and runs one pod of a ReplicaSet.
+    rec.answer(
+        None,
+        "drain: read the node",
+        vec![ok(&api_answer(200, "{}"))],
+    );
+    rec.answer(None, "drain: cordon", vec![ok(&api_answer(200, "{}"))]);
+    let pod = r#"{"items":[{"metadata":{"namespace":"default","name":"web-1","ownerReferences":[{"kind":"ReplicaSet","name":"web","controller":true}]}}]}"#;
+    rec.answer(
+        None,
+        "drain: list the node's pods",
+        vec![
+            ok(&api_answer(200, pod)),
+            ok(&api_answer(200, r#"{"items":[]}"#)),
+        ],
+    );
+    rec.answer(None, "drain: evict pods", vec![ok(&api_answer(201, "{}"))]);
+    rec.answer(
+        None,
+        "delete the Node object",
+        vec![ok(&api_answer(200, "{}"))],
+    );
+    let done = execute(
+        &p,
+        Some(&creds()),
+        &with_gone(&rec, &r, "worker2"),
+        &opts(),
+        &Marks(rec.clone()),
+    )
+    .await
+    .unwrap();
+    let lines = rec.lines();
+    let evict = pos(&lines, &["cp1", "drain: evict pods"]);
+    let teardown = pos(&lines, &["worker2", "stop and disable"]);
+    let delete = pos(&lines, &["cp1", "delete the Node object"]);
+    assert!(
+        evict < teardown && teardown < delete,
+        "{}",
+        lines.join("\n")
+    );
+    assert!(pos(&lines, &["== drain done"]) < pos(&lines, &["== remove started"]));
+    // Nothing else ran on worker2.
+    assert_eq!(count(&lines, &["worker2"]), 1, "{}", lines.join("\n"));
+    assert!(done.warnings.is_empty(), "{:?}", done.warnings);
+    // The teardown removes every file and binary of its record.
+    let script = &p.phases.iter().find(|x| x.phase == "remove").unwrap().nodes[0].steps[0].script;
+    for f in gone.files.iter().chain(&gone.binaries) {
+        assert!(script.contains(&format!("rm -f -- '{f}'")), "{f}");
+    }
+    assert!(script.contains("systemctl disable 'kubelet'"));
+}
+
+#[test]
+fn removals_that_would_cost_the_cluster_are_refused_before_anything_runs() {
+    let full = rendered("ha.toml");
+    // The last control-plane node: an inventory of workers only is not
+    // one validation lets through, so the trees are cut by hand.
+    let mut r = full.clone();
+    r.nodes.retain(|n| !n.name.starts_with("cp"));
+    let gone: Vec<_> = ["cp1", "cp2", "cp3"]
+        .iter()
+        .map(|n| record_of("ha.toml", n))
+        .collect();
+    let err = pruned(&r, &gone, true).unwrap_err().to_string();
+    assert!(err.contains("the last control-plane node"), "{err}");
+    assert!(err.contains("3 etcd members at once"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    // One etcd member of three: two left, even, refused without force.
+    let r = without(&full, "cp3");
+    let cp3 = record_of("ha.toml", "cp3");
+    let err = pruned(&r, std::slice::from_ref(&cp3), false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("leaves 2 etcd members"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    let p = pruned(&r, &[cp3], true).unwrap();
+    let ops: Vec<String> = p
+        .phases
+        .iter()
+        .flat_map(|x| {
+            x.ops
+                .iter()
+                .map(|o| format!("{}: {}", x.phase, o.describe()))
+        })
+        .collect();
+    assert_eq!(ops.len(), 3, "{ops:#?}");
+    assert!(ops[0].starts_with("drain: drain cp3"), "{ops:#?}");
+    assert!(
+        ops[1].starts_with("remove: etcd member remove cp3"),
+        "{ops:#?}"
+    );
+    assert!(ops[2].starts_with("forget: delete Node cp3"), "{ops:#?}");
+}
+
+/// Answers of a member list and the members' health, as the etcd
+/// operation's script prints them.
+fn etcd_answers(healthy: [bool; 3]) -> (String, String) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let members: Vec<String> = (1..=3)
+        .map(|i| {
+            format!(
+                r#"{{"ID":"{i}","name":"cp{i}","peerURLs":["https://10.77.0.1{i}:2380"],"clientURLs":["https://10.77.0.1{i}:2379"]}}"#
+            )
+        })
+        .collect();
+    let list = format!(r#"{{"members":[{}]}}"#, members.join(","));
+    let first = format!("members {}\n", b64.encode(&list));
+    let mut second = first.clone();
+    for (i, h) in healthy.iter().enumerate() {
+        second.push_str(&format!(
+            "health https://10.77.0.1{}:2379 {}\n",
+            i + 1,
+            b64.encode(format!(r#"{{"health":"{h}"}}"#))
+        ));
+    }
+    (first, second)
+}
+
+#[tokio::test]
+async fn an_etcd_member_is_removed_through_a_healthy_member_only_while_quorum_holds() {
+    use base64::Engine as _;
+    let full = rendered("ha.toml");
+    let r = without(&full, "cp3");
+    let p = pruned(&r, &[record_of("ha.toml", "cp3")], true).unwrap();
+    // cp2 is down: two members left with one healthy. Refused before
+    // anything is touched.
+    let rec = recorder(&r);
+    let (list, health) = etcd_answers([true, false, true]);
+    rec.answer(None, "etcd: member list", vec![ok(&list)]);
+    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    let err = kubeforge_apply::remove::precheck(&p, &with_gone(&rec, &r, "cp3"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("quorum would be lost"), "{err}");
+    assert!(err.contains("unhealthy: cp2"), "{err}");
+    assert!(rec.lines().iter().all(|l| l.contains("etcd: member")));
+    // All healthy: removed through cp1, before cp3's units stop.
+    let rec = recorder(&r);
+    let (list, health) = etcd_answers([true, true, true]);
+    rec.answer(None, "etcd: member list", vec![ok(&list)]);
+    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    let left = r#"{"members":[{"ID":"1","name":"cp1"},{"ID":"2","name":"cp2"}]}"#;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    rec.answer(
+        None,
+        "etcd: member remove",
+        vec![ok(&format!("removed {}\n", b64.encode(left)))],
+    );
+    rec.answer(
+        None,
+        "drain: read the node",
+        vec![ok(&api_answer(404, "{}"))],
+    );
+    rec.answer(
+        None,
+        "delete the Node object",
+        vec![ok(&api_answer(404, "{}"))],
+    );
+    kubeforge_apply::remove::precheck(&p, &with_gone(&rec, &r, "cp3"))
+        .await
+        .unwrap();
+    execute(
+        &p,
+        Some(&creds()),
+        &with_gone(&rec, &r, "cp3"),
+        &opts(),
+        &Marks(rec.clone()),
+    )
+    .await
+    .unwrap();
+    let lines = rec.lines();
+    let removed = pos(&lines, &["cp1", "etcd: member remove"]);
+    assert!(removed < pos(&lines, &["cp3", "stop and disable"]));
+    assert_eq!(count(&lines, &["etcd: member remove"]), 1);
 }

@@ -162,6 +162,8 @@ async fn missing_requirements_are_named_and_nothing_changes() {
         transports: &transports,
         opts: &opts,
         owner: "test",
+        gone: &[],
+        prune: Default::default(),
     };
     struct Quiet;
     impl kubeforge_apply::Progress for Quiet {

@@ -57,6 +57,8 @@ pub(crate) enum Command {
         /// Plan without contacting the nodes, as if every node were bare.
         #[arg(long)]
         offline: bool,
+        #[command(flatten)]
+        prune: PruneArgs,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -77,6 +79,8 @@ pub(crate) enum Command {
         /// Largest clock difference allowed between a node and this machine.
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         max_clock_skew: u64,
+        #[command(flatten)]
+        prune: PruneArgs,
         /// Output format of the result (progress goes to stderr either way).
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -349,6 +353,37 @@ pub(crate) struct NodeArgs {
     /// objects and the cluster gate. Default: all.
     #[arg(long = "phase", value_name = "PHASE")]
     pub(crate) phases: Vec<String>,
+}
+
+/// Nodes kubeforge placed something on (their records are in the state
+/// directory, `nodes/`) that the inventory no longer names.
+#[derive(Args, Debug)]
+pub(crate) struct PruneArgs {
+    /// Remove from the cluster every node whose record is in the state
+    /// directory but that the inventory no longer names: drained (pods
+    /// evicted, PodDisruptionBudgets respected), its etcd member removed
+    /// (when quorum allows), its units stopped and disabled, the files and
+    /// binaries its record lists removed, its Node object deleted; the
+    /// other nodes lose it from /etc/hosts, pod routes and the load
+    /// balancers. Without it, apply refuses to run while there is such a
+    /// node (plan shows what would be removed).
+    #[arg(long)]
+    pub(crate) prune: bool,
+    /// Accept a removal that leaves an even number of etcd members.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Seconds a node's drain may take before the removal stops.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub(crate) drain_timeout: u64,
+}
+
+impl PruneArgs {
+    pub(crate) fn options(&self) -> kubeforge_plan::remove::PruneOptions {
+        kubeforge_plan::remove::PruneOptions {
+            drain_timeout_secs: self.drain_timeout,
+            force: self.force,
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -8,6 +8,7 @@
 
 pub mod cert;
 pub mod manifest;
+pub mod remove;
 pub mod restore;
 mod text;
 mod work;
@@ -15,8 +16,8 @@ mod work;
 pub use manifest::{Known, Manifest, ManifestUnit, Reach, MANIFEST_PATH, MANIFEST_PHASE};
 pub use text::{to_text, work_to_text};
 pub use work::{
-    must_exist, ApiApply, ApiWork, Chmod, ClusterGates, Content, Deployment, GateRun, LbEdit,
-    MustExist, NodeWork, PhasePlan, Put, StepWork,
+    must_exist, ApiApply, ApiWork, Chmod, ClusterGates, ClusterOp, Content, Deployment, EtcdTls,
+    GateRun, LbEdit, MustExist, NodeWork, PhasePlan, Put, StepWork,
 };
 
 use kubeforge_render::{Addon, NodeTree, PhaseGate, Rendered, Strategy};
@@ -204,6 +205,13 @@ pub struct Summary {
     pub api_unchanged: usize,
     /// Kubelet serving certificate requests to approve.
     pub csr_approve: usize,
+    /// Nodes removed from the cluster (`apply --prune`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub remove: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -224,6 +232,9 @@ pub struct Plan {
     /// directory).
     #[serde(skip)]
     pub manifests: BTreeMap<String, Manifest>,
+    /// Nodes taken out of the cluster, and why ([`remove::prune`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removals: Vec<remove::Removal>,
 }
 
 impl Plan {
@@ -593,6 +604,7 @@ pub fn plan(
                     api: Some(api),
                     vip: None,
                     with: None,
+                    ops: Vec::new(),
                 });
             }
             continue;
@@ -628,6 +640,7 @@ pub fn plan(
                 .then(|| rendered.vip.clone())
                 .flatten(),
             with: early,
+            ops: Vec::new(),
         });
     }
     let cluster_gates = cluster_gates(rendered, &phases, &selected);
@@ -673,6 +686,7 @@ pub fn plan(
         cluster_gates,
         summary,
         manifests,
+        removals: Vec::new(),
     })
 }
 

@@ -159,6 +159,7 @@ pub(crate) fn manifest_phase(records: &[(&str, Option<&[u8]>, &Manifest)]) -> Op
         api: None,
         vip: None,
         with: None,
+        ops: Vec::new(),
     })
 }
 

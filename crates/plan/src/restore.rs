@@ -57,6 +57,7 @@ fn phase(name: &str, strategy: Strategy, nodes: Vec<NodeWork>) -> PhasePlan {
         api: None,
         vip: None,
         with: None,
+        ops: Vec::new(),
     }
 }
 
@@ -249,5 +250,6 @@ rm -f -- "$snap"
         cluster_gates,
         summary: Summary::default(),
         manifests: Default::default(),
+        removals: Vec::new(),
     })
 }

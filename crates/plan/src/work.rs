@@ -185,6 +185,71 @@ pub struct PhasePlan {
     /// from that phase on, the two run at the same time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub with: Option<String>,
+    /// Done through the cluster's APIs first, in order, before the
+    /// phase's nodes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ops: Vec<ClusterOp>,
+}
+
+/// The etcd CA and a client certificate and key, as the etcd nodes hold
+/// them (their paths there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EtcdTls {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// Work on the cluster as a whole, through the Kubernetes API (on a
+/// control-plane node) or etcd's (on a member).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum ClusterOp {
+    /// Cordon `node`, evict its pods (PodDisruptionBudgets respected),
+    /// wait until they are gone, through `via`'s API server.
+    Drain {
+        node: String,
+        via: String,
+        port: u16,
+        timeout_secs: u64,
+    },
+    /// Delete the Node object of `node`.
+    DeleteNode {
+        node: String,
+        via: String,
+        port: u16,
+    },
+    /// Remove `member` from the etcd cluster through the first healthy
+    /// member of `via`, once the others keep the quorum without it.
+    EtcdRemove {
+        member: String,
+        peer_url: String,
+        via: Vec<String>,
+        tls: EtcdTls,
+    },
+}
+
+impl ClusterOp {
+    /// One line for plans and progress.
+    pub fn describe(&self) -> String {
+        match self {
+            ClusterOp::Drain {
+                node,
+                via,
+                timeout_secs,
+                ..
+            } => format!(
+                "drain {node}: cordon, evict its pods (PodDisruptionBudgets respected), wait until they are gone, at most {timeout_secs} s (through {via}'s API)"
+            ),
+            ClusterOp::DeleteNode { node, via, .. } => {
+                format!("delete Node {node} from the API (through {via})")
+            }
+            ClusterOp::EtcdRemove { member, via, .. } => format!(
+                "etcd member remove {member} through a healthy member ({}), once the others keep the quorum without it",
+                via.join(" or ")
+            ),
+        }
+    }
 }
 
 /// An addon Deployment that must become available.
