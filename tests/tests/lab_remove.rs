@@ -14,6 +14,9 @@
 //!    members, the nginx upstreams lose cp3, its Node is gone; a re-apply
 //!    says "No changes".
 //!
+//! 4. `kubeforge reset --node worker1` shows its plan and does nothing
+//!    without --yes; with it, worker1's units, files and data are gone.
+//!
 //! A probe through the VIP counts failed requests during both removals
 //! (none expected). The Kubernetes binaries are the stand-ins unless
 //! `KUBEFORGE_K8S_BIN_DIR` names the real ones; etcd is Debian's.
@@ -292,7 +295,7 @@ spec:
       topologySpreadConstraints:
         - maxSkew: 1
           topologyKey: kubernetes.io/hostname
-          whenUnsatisfiable: DoNotSchedule
+          whenUnsatisfiable: ScheduleAnyway
           labelSelector:
             matchLabels: {{app: web}}
       terminationGracePeriodSeconds: 2
@@ -373,7 +376,7 @@ fn remove_a_worker_then_an_etcd_control_plane_node() {
             ],
         );
         eprintln!("{TEST}: web pods on {on}");
-        assert_eq!(on.matches("worker2").count(), 2, "{on}");
+        assert!(on.contains("worker2"), "no pod on worker2: {on}");
     }
 
     // 2. worker2 leaves the inventory.
@@ -468,4 +471,44 @@ fn remove_a_worker_then_an_etcd_control_plane_node() {
     assert_eq!(failed, 0, "failed probes: {failures:?}");
     assert!(ok > 5, "the probe ran");
     no_changes(&kf);
+
+    // 4. `kubeforge reset` of worker1: the plan alone without --yes, then
+    //    its units, files and data gone.
+    let reset = |extra: &[&str]| {
+        let out = Command::new(&kf.bin)
+            .current_dir(&kf.dir)
+            .args([
+                "reset",
+                "-i",
+                "inventory.toml",
+                "--ssh-config",
+                "ssh_config",
+                "--node",
+                "worker1",
+            ])
+            .args(extra)
+            .output()
+            .expect("kubeforge reset runs");
+        eprintln!(
+            "$ kubeforge reset --node worker1 {}\n--- exit {:?}\n{}{}",
+            extra.join(" "),
+            out.status.code(),
+            stdout(&out),
+            stderr(&out)
+        );
+        out
+    };
+    let out = reset(&[]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("Nothing done"), "{}", stdout(&out));
+    assert!(left_on(&lab, "worker1").contains("active kubelet"));
+    let out = reset(&["--yes"]);
+    assert!(out.status.success(), "reset failed");
+    let left = left_on(&lab, "worker1");
+    assert_eq!(left.trim(), "", "left on worker1:\n{left}");
+    let data = lab.ssh_ok(
+        "worker1",
+        "find /var/lib/kubelet /var/lib/kubeforge -mindepth 1 2>/dev/null | head; true",
+    );
+    assert_eq!(data.trim(), "", "data left on worker1:\n{data}");
 }

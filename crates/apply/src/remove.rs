@@ -247,6 +247,23 @@ pub async fn precheck(plan: &Plan, transports: &Transports) -> Result<(), ApplyE
     Ok(())
 }
 
+/// Executes a reset plan ([`kubeforge_plan::remove::reset`]) under the
+/// apply lock of every node it names.
+pub async fn reset(
+    plan: &Plan,
+    transports: &Transports,
+    opts: &crate::Options,
+    owner: &str,
+    progress: &dyn crate::Progress,
+) -> Result<Applied, ApplyError> {
+    let locks = crate::lock_all(transports, owner).await?;
+    let result = crate::execute(plan, None, transports, opts, progress).await;
+    for l in locks {
+        l.release().await;
+    }
+    result
+}
+
 impl Run<'_> {
     /// One cluster operation of a phase.
     pub(crate) async fn op(&self, phase: &str, op: &ClusterOp) -> Result<Applied, ApplyError> {

@@ -1295,3 +1295,50 @@ async fn an_etcd_member_is_removed_through_a_healthy_member_only_while_quorum_ho
     assert!(removed < pos(&lines, &["cp3", "stop and disable"]));
     assert_eq!(count(&lines, &["etcd: member remove"]), 1);
 }
+
+#[tokio::test]
+async fn a_reset_takes_every_node_down_from_its_record_under_the_lock() {
+    let r = rendered("ha.toml");
+    let records: Vec<kubeforge_plan::Manifest> = r
+        .nodes
+        .iter()
+        .map(|n| kubeforge_plan::Manifest::of("t", n, None))
+        .collect();
+    let refs: Vec<&kubeforge_plan::Manifest> = records.iter().collect();
+    let p = kubeforge_plan::remove::reset("t", &refs, false);
+    let text = kubeforge_plan::work_to_text("Reset:", &p);
+    assert!(
+        text.contains("worker2: run: stop and disable 4 units"),
+        "{text}"
+    );
+    assert!(
+        text.contains("run: remove the data in /var/lib/etcd"),
+        "{text}"
+    );
+    let rec = recorder(&r);
+    let done = kubeforge_apply::remove::reset(
+        &p,
+        &transports(&rec, &r),
+        &opts(),
+        "test",
+        &Marks(rec.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.steps_run, 2 * r.nodes.len());
+    let lines = rec.lines();
+    for n in &r.nodes {
+        let teardown = pos(&lines, &[&n.name, "stop and disable"]);
+        let data = pos(&lines, &[&n.name, "remove the data"]);
+        assert!(teardown < data, "{}", n.name);
+    }
+    // Nothing but the lock, the teardown and the data.
+    assert!(
+        lines.iter().all(|l| l.contains("stop and disable")
+            || l.contains("remove the data")
+            || l.contains("lock")
+            || l.starts_with("-: ==")),
+        "{}",
+        lines.join("\n")
+    );
+}

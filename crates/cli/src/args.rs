@@ -128,6 +128,30 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Take nodes down from their records in the state directory (all of
+    /// them, or those named): kubeforge's units stopped and disabled, the
+    /// files and binaries it placed removed and, unless --keep-data, the
+    /// data of etcd, the kubelet, containerd and kubeforge itself
+    /// (/var/lib/etcd, /var/lib/kubelet, /var/lib/containerd,
+    /// /var/lib/kubeforge). The cluster is not asked first: to take one
+    /// node out of a running cluster, remove it from the inventory and run
+    /// `apply --prune`. Without --yes the plan is shown and nothing is
+    /// done (exit 0).
+    Reset {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        #[command(flatten)]
+        reach: ReachArgs,
+        /// Only this node (repeatable); default: every node with a record.
+        #[arg(long = "node", value_name = "NAME")]
+        nodes: Vec<String>,
+        /// Keep the data directories (etcd, kubelet, containerd, kubeforge).
+        #[arg(long)]
+        keep_data: bool,
+        /// Do it.
+        #[arg(long)]
+        yes: bool,
+    },
     /// etcd snapshots: take one, list them, restore one.
     Etcd {
         #[command(subcommand)]

@@ -16,7 +16,8 @@ fn file(state: &Path, node: &str) -> PathBuf {
     dir(state).join(format!("{node}.json"))
 }
 
-/// Every record in the state directory, sorted by node.
+/// Every record in the state directory, sorted by node (`reset`, and
+/// [`gone`]).
 pub(crate) fn load(state: &Path) -> Result<Vec<Known>> {
     let dir = dir(state);
     let entries = match std::fs::read_dir(&dir) {

@@ -82,6 +82,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             return cmd::status::run(&inv, &req, term).map(ExitCode::from);
         }
         Command::Etcd { op } => cmd::etcd::run(op, term),
+        Command::Reset {
+            inv,
+            reach,
+            nodes,
+            keep_data,
+            yes,
+        } => cmd::reset::run(&inv, &reach, &nodes, keep_data, yes, term),
         Command::Completions { shell } => cmd::docs::completions(shell, term),
         Command::Man { out } => cmd::docs::man(out.as_deref(), term),
         Command::Init { ha, force, dir } => cmd::init::run(ha, force, &dir, term),

@@ -68,6 +68,29 @@ pub async fn connect_all_with(
     Ok(transports)
 }
 
+/// [`connect_all`] to the nodes of `records` alone (from the state
+/// directory).
+pub async fn connect_known(records: &[Known], state: &Path, reach: &Reach) -> Result<Transports> {
+    let nodes = records
+        .iter()
+        .map(|k| {
+            (
+                k.manifest.node.clone(),
+                k.manifest.address.clone(),
+                k.ssh.clone(),
+            )
+        })
+        .collect();
+    let (transports, problems) = connect_to(nodes, state, reach).await?;
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "cannot reach every node; nothing was changed:\n{}",
+            problems.into_values().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(transports)
+}
+
 /// (name, address, how to reach it) of every node of the inventory, then
 /// of every node of `gone`.
 fn targets(cluster: &Cluster, gone: &[Known]) -> Vec<(String, String, Ssh)> {

@@ -28,6 +28,8 @@ pub const DRAIN_PHASE: &str = "drain";
 pub const REMOVE_PHASE: &str = "remove";
 /// The phase that deletes their Node objects.
 pub const FORGET_PHASE: &str = "forget";
+/// The phase of `kubeforge reset`.
+pub const RESET_PHASE: &str = "reset";
 
 /// The etcd client certificate the operations use, as every member holds
 /// it.
@@ -176,6 +178,10 @@ fn quote(s: &str) -> String {
 pub fn teardown_script(m: &Manifest) -> String {
     let mut s = String::from("set -u\n");
     for u in stop_order(m) {
+        if u == "containerd" {
+            // Its containers outlive it (KillMode=process): stopped first.
+            s.push_str(KILL_CONTAINERS);
+        }
         let u = quote(&u);
         s.push_str(&format!(
             "systemctl stop {u} 2>/dev/null || true\nsystemctl disable {u} 2>/dev/null || true\n"
@@ -187,6 +193,90 @@ pub fn teardown_script(m: &Manifest) -> String {
     s.push_str("systemctl daemon-reload\n");
     s.push_str(&format!("rm -f -- {}\n", quote(MANIFEST_PATH)));
     s
+}
+
+/// Every container containerd still runs, killed (with the node's own
+/// `ctr`, when it has one).
+const KILL_CONTAINERS: &str = r#"if command -v ctr >/dev/null 2>&1 && systemctl is-active -q containerd; then
+  for t in $(ctr -n k8s.io tasks ls -q 2>/dev/null); do ctr -n k8s.io tasks kill -s KILL "$t" 2>/dev/null || true; done
+fi
+"#;
+
+/// The data kubeforge's units keep: etcd's, the kubelet's and
+/// containerd's directories (whatever is mounted below them unmounted
+/// first), and kubeforge's own (its record, cache and blob store).
+pub const DATA_DIRS: [&str; 4] = [
+    "/var/lib/etcd",
+    "/var/lib/kubelet",
+    "/var/lib/containerd",
+    "/var/lib/kubeforge",
+];
+
+/// Removes what [`DATA_DIRS`] hold (a directory that is itself a mount
+/// point stays, empty).
+pub fn data_script() -> String {
+    let mut s = String::from("set -u\n");
+    for d in DATA_DIRS {
+        let d = quote(d);
+        s.push_str(&format!(
+            r#"if [ -d {d} ]; then
+  awk -v d={d}/ 'index($2, d) == 1 {{ print $2 }}' /proc/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+  find {d} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} + 2>/dev/null || true
+  rmdir {d} 2>/dev/null || true
+fi
+"#
+        ));
+    }
+    s
+}
+
+/// The plan of `kubeforge reset`: on each node of `records`, kubeforge's
+/// units stopped and disabled and the files and binaries of its record
+/// removed, then (unless `keep_data`) the data of [`DATA_DIRS`]. Nothing
+/// asks the cluster first: the nodes are taken down as they are.
+pub fn reset(cluster: &str, records: &[&Manifest], keep_data: bool) -> Plan {
+    let mut nodes = Vec::new();
+    let mut removals = Vec::new();
+    for m in records {
+        let mut r = removal(m, "asked to reset it");
+        r.kubelet = false;
+        r.etcd_member = false;
+        removals.push(r);
+        let mut w = NodeWork::new(&m.node);
+        w.steps.push(StepWork {
+            name: format!(
+                "stop and disable {} units, remove {} files and {} binaries kubeforge placed",
+                m.units.len(),
+                m.files.len(),
+                m.binaries.len()
+            ),
+            stage: Stage::BeforeFiles,
+            script: teardown_script(m),
+        });
+        if !keep_data {
+            w.steps.push(StepWork {
+                name: format!("remove the data in {}", DATA_DIRS.join(", ")),
+                stage: Stage::BeforeFiles,
+                script: data_script(),
+            });
+        }
+        nodes.push(w);
+    }
+    let mut phase = phase(RESET_PHASE, nodes, Vec::new());
+    phase.strategy = Strategy::Parallel;
+    Plan {
+        cluster: cluster.to_string(),
+        offline: false,
+        nodes: Vec::new(),
+        phases: vec![phase],
+        cluster_gates: None,
+        summary: crate::Summary {
+            remove: removals.len(),
+            ..Default::default()
+        },
+        manifests: Default::default(),
+        removals,
+    }
 }
 
 fn phase(name: &str, nodes: Vec<NodeWork>, ops: Vec<ClusterOp>) -> PhasePlan {
@@ -326,5 +416,25 @@ mod tests {
         let containerd = s.find("stop 'containerd'").unwrap();
         assert!(kubelet < containerd, "stopped in reverse start order:\n{s}");
         assert!(s.ends_with(&format!("rm -f -- '{MANIFEST_PATH}'\n")));
+        let kill = s.find("tasks kill").unwrap();
+        assert!(
+            kubelet < kill && kill < containerd,
+            "containers go before containerd:\n{s}"
+        );
+    }
+
+    #[test]
+    fn a_reset_keeps_the_data_only_when_asked() {
+        let m = Manifest {
+            node: "w".into(),
+            ..Default::default()
+        };
+        let p = reset("c", &[&m], false);
+        let steps = &p.phases[0].nodes[0].steps;
+        assert_eq!(steps.len(), 2);
+        assert!(steps[1].script.contains("find '/var/lib/etcd' -mindepth 1"));
+        let p = reset("c", &[&m], true);
+        assert_eq!(p.phases[0].nodes[0].steps.len(), 1);
+        assert_eq!(p.summary.remove, 1);
     }
 }

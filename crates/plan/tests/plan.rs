@@ -600,5 +600,15 @@ fn removing_nodes_plans_the_drain_the_others_changes_and_the_teardown() {
         assert_eq!(p.summary.remove, 1);
         assert_eq!(p.phases.first().unwrap().phase, "drain");
         assert_eq!(p.phases.last().unwrap().phase, "forget");
+        // The members that stay are not gated on a member count that
+        // still includes the one going (no etcd restart at all).
+        for w in p
+            .phases
+            .iter()
+            .filter(|x| x.phase == "etcd")
+            .flat_map(|x| &x.nodes)
+        {
+            assert!(w.gates.is_empty() && w.restart.is_empty(), "{w:?}");
+        }
     }
 }
