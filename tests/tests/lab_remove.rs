@@ -11,14 +11,15 @@
 //!    other nodes lose its pod route; a re-apply says "No changes";
 //! 3. cp3 (etcd and control plane) leaves: refused without --force (two
 //!    members left), then removed with it: the etcd member list has two
-//!    members, the nginx upstreams lose cp3, its Node is gone; a re-apply
-//!    says "No changes".
-//!
-//! 4. `kubeforge reset --node worker1` shows its plan and does nothing
+//!    members, the nginx upstreams lose cp3, its Node is gone, its etcd
+//!    data is moved aside; a re-apply says "No changes";
+//! 4. cp3 comes back: `member add` through a healthy member, then its etcd
+//!    starts joining the running cluster; three members, "No changes";
+//! 5. `kubeforge reset --node worker1` shows its plan and does nothing
 //!    without --yes; with it, worker1's units, files and data are gone.
 //!
-//! A probe through the VIP counts failed requests during both removals
-//! (none expected). The Kubernetes binaries are the stand-ins unless
+//! A probe through the VIP counts failed requests during both removals and
+//! the addition (none expected). The Kubernetes binaries are the stand-ins unless
 //! `KUBEFORGE_K8S_BIN_DIR` names the real ones; etcd is Debian's.
 #![allow(clippy::print_stderr)]
 
@@ -471,8 +472,31 @@ fn remove_a_worker_then_an_etcd_control_plane_node() {
     assert_eq!(failed, 0, "failed probes: {failures:?}");
     assert!(ok > 5, "the probe ran");
     no_changes(&kf);
+    // Its etcd data was moved aside.
+    let aside = lab.ssh_ok("cp3", "ls -d /var/lib/etcd.removed-* 2>/dev/null; true");
+    assert!(aside.contains("/var/lib/etcd.removed-"), "{aside}");
 
-    // 4. `kubeforge reset` of worker1: the plan alone without --yes, then
+    // 4. cp3 comes back: added to the running etcd cluster first, then
+    //    started to join it.
+    write_inventory(&["worker2"]);
+    let (ok, text) = plan(&kf);
+    assert!(ok, "plan failed");
+    assert!(text.contains("etcd member add cp3"), "{text}");
+    let probe = Probe::start(&kf);
+    let t = Instant::now();
+    let out = kf.apply(&[]);
+    let took = t.elapsed();
+    let (ok, failed, failures) = probe.stop();
+    assert!(out.status.success(), "adding cp3 back failed");
+    eprintln!(
+        "{TEST}: cp3 added back in {:.1} s; probe through the VIP: {ok} ok, {failed} failed",
+        took.as_secs_f64()
+    );
+    assert_eq!(etcd_members(&kf, &etcdctl), ["cp1", "cp2", "cp3"]);
+    assert_eq!(failed, 0, "failed probes: {failures:?}");
+    no_changes(&kf);
+
+    // 5. `kubeforge reset` of worker1: the plan alone without --yes, then
     //    its units, files and data gone.
     let reset = |extra: &[&str]| {
         let out = Command::new(&kf.bin)

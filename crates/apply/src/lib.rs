@@ -243,6 +243,7 @@ async fn locked(
     }
     let mut plan = kubeforge_plan::plan(&req.cluster.name, req.rendered, facts, req.phases)?;
     with_removals(&mut plan, req.rendered, req.gone, &req.prune)?;
+    with_joins(&mut plan, req.rendered, facts, &req.prune)?;
     remove::precheck(&plan, req.transports).await?;
     timings.push(("pre-flight and plan".to_string(), started.elapsed()));
     let outcome = |plan, applied, timings| Outcome {
@@ -322,6 +323,26 @@ pub fn with_removals(
     })
 }
 
+/// New etcd members join the running cluster one at a time
+/// ([`kubeforge_plan::remove::etcd_joins`]; refused before anything is
+/// touched).
+pub fn with_joins(
+    plan: &mut Plan,
+    rendered: &Rendered,
+    facts: &Facts,
+    opts: &kubeforge_plan::remove::PruneOptions,
+) -> Result<(), ApplyError> {
+    kubeforge_plan::remove::etcd_joins(plan, rendered, facts, opts).map_err(|refused| {
+        ApplyError::Other(
+            refused
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })
+}
+
 /// Plans against facts gathered read-only from the nodes (the `plan`
 /// command; apply does the same under its locks), with the removal of the
 /// nodes `gone`.
@@ -337,6 +358,7 @@ pub async fn plan_online(
     let gathered = gather(transports, rendered, concurrency, false).await?;
     let mut plan = kubeforge_plan::plan(&cluster.name, rendered, &gathered.facts, phases)?;
     with_removals(&mut plan, rendered, gone, prune)?;
+    with_joins(&mut plan, rendered, &gathered.facts, prune)?;
     Ok(plan)
 }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 /// Through a member's own client URL: `$1` CA, `$2` certificate, `$3`
 /// key, `$4` what (`list`: the member list, then `/health` of each URL
-/// after $4; `remove`: member `$5`, an ID). Prints `members|health URL|removed
-/// BASE64-ANSWER` lines.
+/// after $4; `add`: the peer URL `$5`; `remove`: member `$5`, an ID).
+/// Prints `members|health URL|added|removed BASE64-ANSWER` lines.
 const ETCD_OP: &str = r#"set -u
 ca=$1 cert=$2 key=$3 what=$4
 shift 4
@@ -24,6 +24,9 @@ case "$what" in
 list)
   printf 'members %s\n' "$(q -X POST -d '{}' https://127.0.0.1:2379/v3/cluster/member/list | base64 -w0)"
   for u in "$@"; do printf 'health %s %s\n' "$u" "$(q "$u/health" | base64 -w0)"; done
+  ;;
+add)
+  printf 'added %s\n' "$(q -X POST -d "{\"peerURLs\":[\"$1\"]}" https://127.0.0.1:2379/v3/cluster/member/add | base64 -w0)"
   ;;
 remove)
   printf 'removed %s\n' "$(q -X POST -d "{\"ID\":\"$1\"}" https://127.0.0.1:2379/v3/cluster/member/remove | base64 -w0)"
@@ -216,6 +219,44 @@ async fn listed(
     )))
 }
 
+/// Tells the node's etcd to join a running cluster when it first starts
+/// (its data directory empty): a runtime drop-in, gone at the next boot.
+const JOIN: &str = r#"set -eu
+mkdir -p /run/kubeforge /run/systemd/system/etcd.service.d
+printf 'ETCD_INITIAL_CLUSTER_STATE=existing\n' > /run/kubeforge/etcd-join.env
+printf '[Service]\nEnvironmentFile=/run/kubeforge/etcd-join.env\n' > /run/systemd/system/etcd.service.d/kubeforge-join.conf
+systemctl daemon-reload
+"#;
+
+/// Whether adding the member with `peer_url` to `members` keeps the
+/// cluster able to commit it and serve until it has started: every
+/// member healthy (one added earlier and not started yet aside).
+pub fn may_add(members: &[(Member, bool)], peer_url: &str) -> Result<(), String> {
+    let others: Vec<&(Member, bool)> = members
+        .iter()
+        .filter(|(m, _)| !m.peer_urls.iter().any(|u| u == peer_url))
+        .collect();
+    let sick: Vec<&str> = others
+        .iter()
+        .filter(|(_, h)| !h)
+        .map(|(m, _)| m.name.as_str())
+        .collect();
+    if !sick.is_empty() {
+        return Err(format!(
+            "not every member is healthy (unhealthy: {})",
+            sick.join(", ")
+        ));
+    }
+    let n = others.len() + 1;
+    if others.len() < quorum(n) {
+        return Err(format!(
+            "{} healthy members are fewer than the quorum of {n} members",
+            others.len()
+        ));
+    }
+    Ok(())
+}
+
 /// The member named `member` (or with `peer_url`), if it is in the list.
 fn find<'a>(list: &'a [(Member, bool)], member: &str, peer_url: &str) -> Option<&'a Member> {
     list.iter()
@@ -227,6 +268,20 @@ fn find<'a>(list: &'a [(Member, bool)], member: &str, peer_url: &str) -> Option<
 /// removes can go without losing the quorum.
 pub async fn precheck(plan: &Plan, transports: &Transports) -> Result<(), ApplyError> {
     for op in plan.phases.iter().flat_map(|p| &p.ops) {
+        if let ClusterOp::EtcdAdd {
+            member,
+            peer_url,
+            via,
+            tls,
+        } = op
+        {
+            let (_, list) = listed(transports, via, tls).await?;
+            may_add(&list, peer_url).map_err(|why| {
+                ApplyError::Other(format!(
+                    "adding etcd member {member} is refused: {why}; nothing was changed\n  help: bring the unhealthy members back (`kubeforge status`), then apply again"
+                ))
+            })?;
+        }
         if let ClusterOp::EtcdRemove {
             member,
             peer_url,
@@ -316,6 +371,71 @@ impl Run<'_> {
                     )));
                 }
             }
+            ClusterOp::EtcdAdd {
+                member,
+                peer_url,
+                via,
+                tls,
+            } => {
+                let (through, list) = listed(self.transports, via, tls).await?;
+                may_add(&list, peer_url).map_err(|why| {
+                    ApplyError::Other(format!(
+                        "adding etcd member {member} is refused: {why}\n  help: bring the unhealthy members back (`kubeforge status`), then apply again"
+                    ))
+                })?;
+                if find(&list, member, peer_url).is_some() {
+                    self.step(
+                        phase,
+                        &through,
+                        format!("{member} is an etcd member already (added, not started)"),
+                    );
+                } else {
+                    self.step(
+                        phase,
+                        &through,
+                        format!("etcd member add {member} ({peer_url})"),
+                    );
+                    let out = self
+                        .t(&through)?
+                        .run(
+                            Script::new("etcd: member add", ETCD_OP)
+                                .args([
+                                    tls.ca.clone(),
+                                    tls.cert.clone(),
+                                    tls.key.clone(),
+                                    "add".into(),
+                                    peer_url.clone(),
+                                ])
+                                .timeout(Duration::from_secs(30)),
+                        )
+                        .await?;
+                    let answer = lines(&out.stdout_str())
+                        .into_iter()
+                        .find(|(h, _)| h == "added")
+                        .map(|(_, b)| b)
+                        .unwrap_or_default();
+                    let v: Option<Value> = serde_json::from_str(&answer).ok();
+                    let added = v
+                        .as_ref()
+                        .and_then(|v| v.pointer("/member/peerURLs"))
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| a.iter().any(|u| u == peer_url.as_str()));
+                    if !added {
+                        return Err(ApplyError::Other(format!(
+                            "{through}: etcd member add {member}: {}\n  help: `kubeforge status` shows the members",
+                            answer.trim()
+                        )));
+                    }
+                }
+                self.step(
+                    phase,
+                    member,
+                    "etcd joins the running cluster (ETCD_INITIAL_CLUSTER_STATE=existing)".into(),
+                );
+                self.t(member)?
+                    .run_ok(Script::new("etcd: join the running cluster", JOIN))
+                    .await?;
+            }
             ClusterOp::EtcdRemove {
                 member,
                 peer_url,
@@ -404,6 +524,33 @@ mod tests {
         assert!(may_remove(&[(m("1"), true)], "1").is_err());
         assert!(may_remove(&[(m("1"), true), (m("2"), true)], "2").is_ok());
         assert!(may_remove(&[(m("1"), true), (m("2"), false)], "2").is_err());
+    }
+
+    #[test]
+    fn an_add_wants_every_member_healthy() {
+        let with = |h: [bool; 2]| {
+            let mut a = m("1");
+            a.peer_urls = vec!["https://a:2380".into()];
+            let mut b = m("2");
+            b.peer_urls = vec!["https://b:2380".into()];
+            vec![(a, h[0]), (b, h[1])]
+        };
+        assert!(may_add(&with([true, true]), "https://c:2380").is_ok());
+        let e = may_add(&with([true, false]), "https://c:2380").unwrap_err();
+        assert!(e.contains("unhealthy: n2"), "{e}");
+        // Added earlier, never started: it does not count against the add.
+        assert!(may_add(&with([true, false]), "https://b:2380").is_err());
+        let mut l = with([true, true]);
+        l.push((
+            Member {
+                id: "3".into(),
+                name: String::new(),
+                peer_urls: vec!["https://c:2380".into()],
+                client_urls: vec![],
+            },
+            false,
+        ));
+        assert!(may_add(&l, "https://c:2380").is_ok());
     }
 
     #[test]

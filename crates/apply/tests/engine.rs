@@ -1342,3 +1342,114 @@ async fn a_reset_takes_every_node_down_from_its_record_under_the_lock() {
         lines.join("\n")
     );
 }
+
+/// Facts of `r` converged, except that `node` is bare (a node just added
+/// to the inventory).
+fn converged_but(r: &Rendered, node: &str) -> BTreeMap<String, NodeFacts> {
+    let mut f = converged(r);
+    f.insert(node.to_string(), NodeFacts::default());
+    f
+}
+
+#[tokio::test]
+async fn a_new_etcd_member_is_added_then_started_to_join_the_running_cluster() {
+    let r = rendered("ha.toml");
+    let facts = Facts::Gathered(converged_but(&r, "cp3"));
+    let mut p = kubeforge_plan::plan("t", &r, &facts, &[]).unwrap();
+    let opts_ = kubeforge_plan::remove::PruneOptions::default();
+    kubeforge_apply::with_joins(&mut p, &r, &facts, &opts_).unwrap();
+    let etcd = p.phases.iter().find(|x| x.phase == "etcd").unwrap();
+    assert_eq!(etcd.strategy, kubeforge_render::Strategy::OneAtATime);
+    assert_eq!(etcd.ops.len(), 1);
+    let text = kubeforge_plan::to_text(&p);
+    assert!(
+        text.contains(
+            "etcd member add cp3 (https://10.77.0.13:2380) through a healthy member (cp1 or cp2)"
+        ),
+        "{text}"
+    );
+    // cp1, cp2 healthy and cp3 not yet a member.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let two = r#"{"members":[{"ID":"1","name":"cp1","peerURLs":["https://10.77.0.11:2380"],"clientURLs":["https://10.77.0.11:2379"]},{"ID":"2","name":"cp2","peerURLs":["https://10.77.0.12:2380"],"clientURLs":["https://10.77.0.12:2379"]}]}"#;
+    let list = format!("members {}\n", b64.encode(two));
+    let mut health = list.clone();
+    for i in 1..=2 {
+        health.push_str(&format!(
+            "health https://10.77.0.1{i}:2379 {}\n",
+            b64.encode(r#"{"health":"true"}"#)
+        ));
+    }
+    let rec = recorder(&r);
+    rec.answer(None, "etcd: member list", vec![ok(&list)]);
+    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    let added = r#"{"member":{"ID":"3","peerURLs":["https://10.77.0.13:2380"]}}"#;
+    rec.answer(
+        None,
+        "etcd: member add",
+        vec![ok(&format!("added {}\n", b64.encode(added)))],
+    );
+    rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
+    kubeforge_apply::remove::precheck(&p, &transports(&rec, &r))
+        .await
+        .unwrap();
+    run(&rec, &r, &p).await.unwrap();
+    let lines = rec.lines();
+    let add = pos(&lines, &["cp1", "etcd: member add"]);
+    let join = pos(&lines, &["cp3", "etcd: join the running cluster"]);
+    let start = pos(&lines, &["cp3", "systemctl start etcd"]);
+    assert!(add < join && join < start, "{}", lines.join("\n"));
+    assert_eq!(count(&lines, &["systemctl start --no-block etcd"]), 0);
+    // A member in the list already (added, never started) is not added
+    // again.
+    let three = two.replace(
+        "]}]}",
+        r#"]},{"ID":"3","name":"","peerURLs":["https://10.77.0.13:2380"]}]}"#,
+    );
+    let rec = recorder(&r);
+    let list = format!("members {}\n", b64.encode(&three));
+    let mut health = list.clone();
+    for i in 1..=2 {
+        health.push_str(&format!(
+            "health https://10.77.0.1{i}:2379 {}\n",
+            b64.encode(r#"{"health":"true"}"#)
+        ));
+    }
+    rec.answer(None, "etcd: member list", vec![ok(&list)]);
+    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
+    run(&rec, &r, &p).await.unwrap();
+    assert_eq!(count(&rec.lines(), &["etcd: member add"]), 0);
+}
+
+#[test]
+fn etcd_members_join_one_at_a_time_and_an_even_count_needs_force() {
+    let r = rendered("ha.toml");
+    let opts_ = |force| kubeforge_plan::remove::PruneOptions {
+        drain_timeout_secs: 5,
+        force,
+    };
+    let mut f = converged_but(&r, "cp3");
+    f.insert("cp2".into(), NodeFacts::default());
+    let facts = Facts::Gathered(f);
+    let mut p = kubeforge_plan::plan("t", &r, &facts, &[]).unwrap();
+    let err = kubeforge_apply::with_joins(&mut p, &r, &facts, &opts_(true))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("adding 2 etcd members at once"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    // Two members of which one joins: even.
+    let two = without(&r, "cp3");
+    let facts = Facts::Gathered(converged_but(&two, "cp2"));
+    let mut p = kubeforge_plan::plan("t", &two, &facts, &[]).unwrap();
+    let err = kubeforge_apply::with_joins(&mut p, &two, &facts, &opts_(false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("makes 2 etcd members"), "{err}");
+    kubeforge_apply::with_joins(&mut p, &two, &facts, &opts_(true)).unwrap();
+    // A new cluster starts together, no member added.
+    let facts = Facts::Offline;
+    let mut p = kubeforge_plan::plan("t", &r, &facts, &[]).unwrap();
+    kubeforge_apply::with_joins(&mut p, &r, &facts, &opts_(false)).unwrap();
+    assert!(p.phases.iter().all(|x| x.ops.is_empty()));
+}

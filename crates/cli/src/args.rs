@@ -393,7 +393,8 @@ pub(crate) struct PruneArgs {
     /// node (plan shows what would be removed).
     #[arg(long)]
     pub(crate) prune: bool,
-    /// Accept a removal that leaves an even number of etcd members.
+    /// Accept a removal or an added etcd member that leaves an even number
+    /// of etcd members.
     #[arg(long)]
     pub(crate) force: bool,
     /// Seconds a node's drain may take before the removal stops.

@@ -134,7 +134,7 @@ pub fn check(rendered: &Rendered, gone: &[&Manifest], opts: &PruneOptions) -> Ve
                 what: format!("removing {m}, the last etcd member, is refused"),
                 help: "keep one etcd member in the inventory".into(),
             });
-        } else if left % 2 == 0 && !opts.force {
+        } else if left.is_multiple_of(2) && !opts.force {
             out.push(Refused {
                 what: format!(
                     "removing {m} leaves {left} etcd members, which tolerate no more failures than {}",
@@ -145,6 +145,98 @@ pub fn check(rendered: &Rendered, gone: &[&Manifest], opts: &PruneOptions) -> Ve
         }
     }
     out
+}
+
+/// Members that start for the first time while other members run join
+/// the running cluster: one at a time, each added through a healthy member
+/// first ([`ClusterOp::EtcdAdd`]), its etcd phase walked one node at a
+/// time behind the member-count gate. Refused: more than one new member at
+/// once, and an even member count without `force`.
+pub fn etcd_joins(
+    plan: &mut Plan,
+    rendered: &Rendered,
+    facts: &crate::Facts,
+    opts: &PruneOptions,
+) -> Result<(), Vec<Refused>> {
+    let crate::Facts::Gathered(facts) = facts else {
+        return Ok(());
+    };
+    let has =
+        |t: &kubeforge_render::NodeTree, role: &str| t.roles.iter().any(|r| r.as_str() == role);
+    let members: Vec<&kubeforge_render::NodeTree> =
+        rendered.nodes.iter().filter(|t| has(t, "etcd")).collect();
+    let running = |n: &str| {
+        facts
+            .get(n)
+            .and_then(|f| f.units.get("etcd"))
+            .is_some_and(|u| u.active)
+    };
+    if !members.iter().any(|t| running(&t.name)) {
+        // A new cluster: its members start together.
+        return Ok(());
+    }
+    let Some(phase) = plan.phases.iter_mut().find(|p| p.phase == "etcd") else {
+        return Ok(());
+    };
+    let joining: Vec<&kubeforge_render::NodeTree> = members
+        .iter()
+        .copied()
+        .filter(|t| {
+            !running(&t.name)
+                && phase
+                    .nodes
+                    .iter()
+                    .any(|w| w.node == t.name && w.start.iter().any(|u| u == "etcd"))
+        })
+        .collect();
+    if joining.is_empty() {
+        return Ok(());
+    }
+    let mut refused = Vec::new();
+    let names: Vec<&str> = joining.iter().map(|t| t.name.as_str()).collect();
+    if joining.len() > 1 {
+        refused.push(Refused {
+            what: format!(
+                "adding {} etcd members at once to the running cluster ({}) is refused: one member at a time keeps the quorum",
+                joining.len(),
+                names.join(", ")
+            ),
+            help: "add one of them to the inventory, apply, then the next".into(),
+        });
+    } else if members.len().is_multiple_of(2) && !opts.force {
+        refused.push(Refused {
+            what: format!(
+                "adding {} makes {} etcd members, which tolerate no more failures than {}",
+                names[0],
+                members.len(),
+                members.len() - 1
+            ),
+            help: "add two members, one apply each, or pass --force to accept an even member count"
+                .into(),
+        });
+    }
+    if !refused.is_empty() {
+        return Err(refused);
+    }
+    let via: Vec<String> = members
+        .iter()
+        .filter(|t| running(&t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    for t in joining {
+        phase.ops.push(ClusterOp::EtcdAdd {
+            member: t.name.clone(),
+            peer_url: format!("https://{}:2380", t.address),
+            via: via.clone(),
+            tls: EtcdTls {
+                ca: ETCD_TLS[0].into(),
+                cert: ETCD_TLS[1].into(),
+                key: ETCD_TLS[2].into(),
+            },
+        });
+    }
+    phase.strategy = Strategy::OneAtATime;
+    Ok(())
 }
 
 /// What removing the node does, for the plan's text.
@@ -190,10 +282,15 @@ pub fn teardown_script(m: &Manifest) -> String {
     for f in m.files.iter().chain(&m.binaries) {
         s.push_str(&format!("rm -f -- {}\n", quote(f)));
     }
+
     s.push_str("systemctl daemon-reload\n");
     s.push_str(&format!("rm -f -- {}\n", quote(MANIFEST_PATH)));
     s
 }
+
+const ETCD_ASIDE: &str = r#"set -eu
+if [ -d /var/lib/etcd ]; then mv /var/lib/etcd "/var/lib/etcd.removed-$(date -u +%Y%m%dT%H%M%SZ)"; fi
+"#;
 
 /// Every container containerd still runs, killed (with the node's own
 /// `ctr`, when it has one).
@@ -370,6 +467,16 @@ pub fn prune(
             stage: Stage::BeforeFiles,
             script: teardown_script(m),
         });
+        if m.runs("etcd") {
+            // The data of a member no longer in the cluster is never
+            // started again as it is (a node added back joins with an
+            // empty data directory); kept aside.
+            w.steps.push(StepWork {
+                name: "move etcd's data directory aside (/var/lib/etcd.removed-TIME)".into(),
+                stage: Stage::BeforeFiles,
+                script: ETCD_ASIDE.into(),
+            });
+        }
         teardown.push(w);
     }
     if !drains.is_empty() {

@@ -219,6 +219,17 @@ pub enum ClusterOp {
         via: String,
         port: u16,
     },
+    /// Add `member` (not started yet) to the running etcd cluster through
+    /// the first healthy member of `via`, once every member is healthy and
+    /// the cluster keeps its quorum with the new one not yet started; then
+    /// `member`'s etcd is told to join an existing cluster
+    /// (ETCD_INITIAL_CLUSTER_STATE=existing, until the node reboots).
+    EtcdAdd {
+        member: String,
+        peer_url: String,
+        via: Vec<String>,
+        tls: EtcdTls,
+    },
     /// Remove `member` from the etcd cluster through the first healthy
     /// member of `via`, once the others keep the quorum without it.
     EtcdRemove {
@@ -244,6 +255,12 @@ impl ClusterOp {
             ClusterOp::DeleteNode { node, via, .. } => {
                 format!("delete Node {node} from the API (through {via})")
             }
+            ClusterOp::EtcdAdd {
+                member, peer_url, via, ..
+            } => format!(
+                "etcd member add {member} ({peer_url}) through a healthy member ({}), once every member is healthy; then it starts joining the running cluster",
+                via.join(" or ")
+            ),
             ClusterOp::EtcdRemove { member, via, .. } => format!(
                 "etcd member remove {member} through a healthy member ({}), once the others keep the quorum without it",
                 via.join(" or ")
