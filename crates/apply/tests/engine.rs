@@ -1453,3 +1453,22 @@ fn etcd_members_join_one_at_a_time_and_an_even_count_needs_force() {
     kubeforge_apply::with_joins(&mut p, &r, &facts, &opts_(false)).unwrap();
     assert!(p.phases.iter().all(|x| x.ops.is_empty()));
 }
+
+#[test]
+fn a_stopped_member_starts_again_without_being_added() {
+    let r = rendered("ha.toml");
+    let mut f = converged(&r);
+    f.get_mut("cp3")
+        .unwrap()
+        .units
+        .get_mut("etcd")
+        .unwrap()
+        .active = false;
+    let facts = Facts::Gathered(f);
+    let mut p = kubeforge_plan::plan("t", &r, &facts, &[]).unwrap();
+    let opts_ = kubeforge_plan::remove::PruneOptions::default();
+    kubeforge_apply::with_joins(&mut p, &r, &facts, &opts_).unwrap();
+    let etcd = p.phases.iter().find(|x| x.phase == "etcd").unwrap();
+    assert!(etcd.ops.is_empty());
+    assert_eq!(etcd.nodes[0].start, ["etcd"]);
+}

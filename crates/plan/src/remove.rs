@@ -147,8 +147,8 @@ pub fn check(rendered: &Rendered, gone: &[&Manifest], opts: &PruneOptions) -> Ve
     out
 }
 
-/// Members that start for the first time while other members run join
-/// the running cluster: one at a time, each added through a healthy member
+/// Members that start for the first time (etcd never enabled on the node)
+/// while other members run join the running cluster: one at a time, each added through a healthy member
 /// first ([`ClusterOp::EtcdAdd`]), its etcd phase walked one node at a
 /// time behind the member-count gate. Refused: more than one new member at
 /// once, and an even member count without `force`.
@@ -178,11 +178,19 @@ pub fn etcd_joins(
     let Some(phase) = plan.phases.iter_mut().find(|p| p.phase == "etcd") else {
         return Ok(());
     };
+    // Never enabled there: a new member (a member that was stopped starts
+    // again as it always did).
+    let new = |n: &str| {
+        !facts
+            .get(n)
+            .and_then(|f| f.units.get("etcd"))
+            .is_some_and(|u| u.active || u.enabled)
+    };
     let joining: Vec<&kubeforge_render::NodeTree> = members
         .iter()
         .copied()
         .filter(|t| {
-            !running(&t.name)
+            new(&t.name)
                 && phase
                     .nodes
                     .iter()
