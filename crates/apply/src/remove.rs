@@ -80,6 +80,12 @@ pub fn members_of(v: &Value) -> Vec<Member> {
         .unwrap_or_default()
 }
 
+/// Whether an answer of etcd's gateway is a result (not `{"code",
+/// "message"}` or `{"error"}`).
+fn answered(v: &Value) -> bool {
+    v.get("header").is_some() && v.get("code").is_none() && v.get("error").is_none()
+}
+
 /// The smallest majority of `n` members.
 pub fn quorum(n: usize) -> usize {
     n / 2 + 1
@@ -482,9 +488,9 @@ impl Run<'_> {
                     .unwrap_or_default();
                 let v: Option<Value> = serde_json::from_str(&answer).ok();
                 let left = v.as_ref().map(members_of).unwrap_or_default();
-                if v.as_ref().is_none_or(|v| v.get("error").is_some())
-                    || left.iter().any(|x| x.id == m.id)
-                {
+                // An error is `{"code": N, "message": ...}`; a removal
+                // answers with the members left.
+                if !v.as_ref().is_some_and(answered) || left.iter().any(|x| x.id == m.id) {
                     return Err(ApplyError::Other(format!(
                         "{through}: etcd member remove {member}: {}\n  help: `kubeforge status` shows the members",
                         answer.trim()
@@ -551,6 +557,14 @@ mod tests {
             false,
         ));
         assert!(may_add(&l, "https://c:2380").is_ok());
+    }
+
+    #[test]
+    fn errors_of_the_gateway_are_not_results() {
+        let err = serde_json::json!({"code": 2, "message": "etcdserver: re-configuration failed due to not enough started members"});
+        assert!(!answered(&err));
+        let ok = serde_json::json!({"header": {"raft_term": "2"}, "members": []});
+        assert!(answered(&ok));
     }
 
     #[test]

@@ -1261,7 +1261,7 @@ async fn an_etcd_member_is_removed_through_a_healthy_member_only_while_quorum_ho
     let (list, health) = etcd_answers([true, true, true]);
     rec.answer(None, "etcd: member list", vec![ok(&list)]);
     rec.answer(None, "etcd: member health", vec![ok(&health)]);
-    let left = r#"{"members":[{"ID":"1","name":"cp1"},{"ID":"2","name":"cp2"}]}"#;
+    let left = r#"{"header":{"raft_term":"2"},"members":[{"ID":"1","name":"cp1"},{"ID":"2","name":"cp2"}]}"#;
     let b64 = base64::engine::general_purpose::STANDARD;
     rec.answer(
         None,
