@@ -170,6 +170,9 @@ fn rollout(plan: &Plan, s: &mut String) {
                 "({}): one at a time, each out of the load balancer while it restarts",
                 nodes.join(", ")
             ),
+            (Strategy::OneAtATime, _) if p.nodes.iter().all(|w| w.gates.is_empty()) => {
+                format!("({}): one at a time", nodes.join(", "))
+            }
             (Strategy::OneAtATime | Strategy::DrainFromLb, _) => {
                 format!("({}): one at a time, gated in between", nodes.join(", "))
             }

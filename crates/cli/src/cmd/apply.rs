@@ -29,14 +29,16 @@ pub(crate) fn run(
     let gone = crate::known::gone(&state, cluster)?;
     if !gone.is_empty() && !prune.prune {
         let names: Vec<&str> = gone.iter().map(|k| k.manifest.node.as_str()).collect();
+        let (them, have) = if names.len() == 1 {
+            ("it", "has a record")
+        } else {
+            ("them", "have records")
+        };
         anyhow::bail!(
-            "{} {} kubeforge placed (records in {}) but the inventory no longer names; nothing was changed\n  help: `kubeforge plan` shows what removing {} does; `kubeforge apply --prune` removes {} from the cluster, or name {} in the inventory again",
+            "{} {} {have} in {} (kubeforge placed files there) but the inventory no longer names {them}; nothing was changed\n  help: `kubeforge plan` shows what removing {them} does; `kubeforge apply --prune` removes {them} from the cluster, or name {them} in the inventory again",
             if names.len() == 1 { "node" } else { "nodes" },
             names.join(", "),
             state.join("nodes").display(),
-            if names.len() == 1 { "it" } else { "them" },
-            if names.len() == 1 { "it" } else { "them" },
-            if names.len() == 1 { "it" } else { "them" },
         );
     }
     let records: Vec<kubeforge_plan::Manifest> = gone.iter().map(|k| k.manifest.clone()).collect();
