@@ -11,6 +11,7 @@ mod lab_etcd;
 mod lab_fault;
 mod lab_nodes;
 mod lab_real;
+mod lab_remove;
 mod lab_smoke;
 mod lab_status;
 mod lab_upgrade;

@@ -22,7 +22,7 @@ impl Run<'_> {
         })
     }
 
-    fn api<'s>(&'s self, via: &str, port: u16) -> Result<Api<'s>, ApplyError> {
+    pub(crate) fn api<'s>(&'s self, via: &str, port: u16) -> Result<Api<'s>, ApplyError> {
         Ok(Api {
             t: self.t(via)?,
             creds: self.creds()?,

@@ -476,6 +476,9 @@ impl Run<'_> {
     async fn phase(&self, p: &PhasePlan) -> Result<Applied, ApplyError> {
         let phase = p.phase.as_str();
         let mut done = Applied::default();
+        for op in &p.ops {
+            done.merge(self.op(phase, op).await?);
+        }
         self.distribute(phase, p, &self.staged).await?;
         match p.strategy {
             Strategy::Api => {
@@ -575,6 +578,7 @@ impl Run<'_> {
     async fn timed_phase(&self, p: &PhasePlan) -> Result<Applied, ApplyError> {
         let what = match &p.api {
             Some(api) => format!("{} objects", api.objects.len()),
+            None if p.nodes.is_empty() => format!("{} operations", p.ops.len()),
             None => format!("{} nodes", p.nodes.len()),
         };
         self.event(&p.phase, None, EventKind::PhaseStarted, what);

@@ -82,6 +82,7 @@ pub async fn gather(
                 csrs,
                 bootstrapped,
                 versions: report.versions,
+                manifest: report.manifest,
             };
             Ok((tree.name.clone(), facts, report.host, cached, found))
         },
@@ -132,6 +133,7 @@ fn request(tree: &NodeTree, record: bool) -> Request {
         host_extra: crate::preflight::requirements_script(tree),
         cache: CACHE.to_string(),
         record,
+        manifest: Some(kubeforge_plan::MANIFEST_PATH.to_string()),
     }
 }
 

@@ -16,6 +16,7 @@ mod execute;
 mod facts;
 mod gates;
 mod preflight;
+pub mod remove;
 pub mod status;
 
 pub use api::{Api, Credentials, Request as ApiRequest, Response as ApiResponse};
@@ -183,6 +184,10 @@ pub struct Request<'a> {
     pub opts: &'a Options,
     /// Who holds the nodes' apply lock, as another apply reports it.
     pub owner: &'a str,
+    /// Records of the nodes to take out of the cluster (their transports
+    /// are in `transports`), and how ([`kubeforge_plan::remove`]).
+    pub gone: &'a [kubeforge_plan::Manifest],
+    pub prune: kubeforge_plan::remove::PruneOptions,
 }
 
 /// What an [`apply`] found and did.
@@ -207,7 +212,7 @@ pub struct Outcome {
 /// plan, and release the locks (also when a step fails).
 pub async fn apply(
     req: &Request<'_>,
-    persist: &mut dyn FnMut() -> Result<(), ApplyError>,
+    persist: &mut dyn FnMut(&Plan) -> Result<(), ApplyError>,
     progress: &dyn Progress,
 ) -> Result<Outcome, ApplyError> {
     let started = Instant::now();
@@ -225,7 +230,7 @@ pub async fn apply(
 
 async fn locked(
     req: &Request<'_>,
-    persist: &mut dyn FnMut() -> Result<(), ApplyError>,
+    persist: &mut dyn FnMut(&Plan) -> Result<(), ApplyError>,
     progress: &dyn Progress,
 ) -> Result<Outcome, ApplyError> {
     let mut timings = Vec::new();
@@ -243,7 +248,10 @@ async fn locked(
             message: w,
         });
     }
-    let plan = kubeforge_plan::plan_with(&req.cluster.name, req.rendered, facts, req.plan)?;
+    let mut plan = kubeforge_plan::plan_with(&req.cluster.name, req.rendered, facts, req.plan)?;
+    with_removals(&mut plan, req.rendered, req.gone, &req.prune)?;
+    with_joins(&mut plan, req.rendered, facts, &req.prune)?;
+    remove::precheck(&plan, req.transports).await?;
     timings.push(("pre-flight and plan".to_string(), started.elapsed()));
     let outcome = |plan, applied, timings| Outcome {
         plan,
@@ -255,18 +263,23 @@ async fn locked(
     if plan.is_empty() {
         return Ok(outcome(plan, None, timings));
     }
-    persist()?;
+    persist(&plan)?;
     let cordons = plan
         .phases
         .iter()
         .flat_map(|p| &p.nodes)
         .any(|w| w.cordon.is_some());
-    let creds =
-        if plan.cluster_gates.is_some() || cordons || plan.phases.iter().any(|p| p.api.is_some()) {
-            Some(Credentials::from_rendered(req.rendered)?)
-        } else {
-            None
-        };
+    let creds = if plan.cluster_gates.is_some()
+        || cordons
+        || plan
+            .phases
+            .iter()
+            .any(|p| p.api.is_some() || !p.ops.is_empty())
+    {
+        Some(Credentials::from_rendered(req.rendered)?)
+    } else {
+        None
+    };
     let applied = execute(&plan, creds.as_ref(), req.transports, req.opts, progress).await?;
     Ok(outcome(plan, Some(applied), timings))
 }
@@ -303,22 +316,63 @@ pub(crate) async fn lock_all(
     )))
 }
 
+/// Adds the removal of the nodes `gone` to `plan` (refused, with every
+/// reason, before anything is touched).
+pub fn with_removals(
+    plan: &mut Plan,
+    rendered: &Rendered,
+    gone: &[kubeforge_plan::Manifest],
+    opts: &kubeforge_plan::remove::PruneOptions,
+) -> Result<(), ApplyError> {
+    let gone: Vec<&kubeforge_plan::Manifest> = gone.iter().collect();
+    kubeforge_plan::remove::prune(plan, rendered, &gone, opts).map_err(|refused| {
+        ApplyError::Other(
+            refused
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })
+}
+
+/// New etcd members join the running cluster one at a time
+/// ([`kubeforge_plan::remove::etcd_joins`]; refused before anything is
+/// touched).
+pub fn with_joins(
+    plan: &mut Plan,
+    rendered: &Rendered,
+    facts: &Facts,
+    opts: &kubeforge_plan::remove::PruneOptions,
+) -> Result<(), ApplyError> {
+    kubeforge_plan::remove::etcd_joins(plan, rendered, facts, opts).map_err(|refused| {
+        ApplyError::Other(
+            refused
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })
+}
+
 /// Plans against facts gathered read-only from the nodes (the `plan`
-/// command; apply does the same under its locks).
+/// command; apply does the same under its locks), with the removal of the
+/// nodes `gone`.
 pub async fn plan_online(
     cluster: &kubeforge_inventory::Cluster,
     rendered: &Rendered,
     opts: &kubeforge_plan::Options,
     transports: &Transports,
     concurrency: usize,
+    gone: &[kubeforge_plan::Manifest],
+    prune: &kubeforge_plan::remove::PruneOptions,
 ) -> Result<Plan, ApplyError> {
     let gathered = gather(transports, rendered, concurrency, false).await?;
-    Ok(kubeforge_plan::plan_with(
-        &cluster.name,
-        rendered,
-        &gathered.facts,
-        opts,
-    )?)
+    let mut plan = kubeforge_plan::plan_with(&cluster.name, rendered, &gathered.facts, opts)?;
+    with_removals(&mut plan, rendered, gone, prune)?;
+    with_joins(&mut plan, rendered, &gathered.facts, prune)?;
+    Ok(plan)
 }
 
 /// Plans as if every node were bare (no node contacted).

@@ -762,7 +762,12 @@ fn drift_of(
     for n in &plan.nodes {
         files.insert(
             n.node.clone(),
-            n.changes.iter().map(|c| c.path.clone()).collect(),
+            // The record of what kubeforge placed is not a rendered file.
+            n.changes
+                .iter()
+                .filter(|c| c.path != kubeforge_plan::MANIFEST_PATH)
+                .map(|c| c.path.clone())
+                .collect(),
         );
         objects.extend(
             n.api

@@ -50,6 +50,7 @@ fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
                 );
             }
             f.steps_done = n.steps.iter().map(|s| s.name.clone()).collect();
+            f.manifest = Some(kubeforge_plan::Manifest::of("t", n, None).to_bytes());
             if r.addon_node.as_ref() == Some(&n.name) {
                 let objects = r
                     .addons
@@ -330,7 +331,10 @@ fn ready_nodes(r: &Rendered) -> String {
 async fn new_etcd_members_start_together_then_every_member_is_gated() {
     let r = rendered("ha.toml");
     let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &["etcd".to_string()]).unwrap();
-    assert_eq!(p.phases.len(), 1);
+    // The records of the nodes it changes, then etcd.
+    assert_eq!(p.phases.len(), 2);
+    assert_eq!(p.phases[0].phase, "manifest");
+    assert_eq!(p.phases[0].nodes.len(), 3);
     let rec = recorder(&r);
     run(&rec, &r, &p).await.unwrap();
     let lines = rec.lines();
@@ -738,7 +742,7 @@ async fn api_objects_go_in_after_the_api_answers_and_the_cluster_gate_waits_for_
 async fn a_plan_of_some_phases_touches_nothing_else() {
     let r = rendered("ha.toml");
     let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &["lb".to_string()]).unwrap();
-    assert_eq!(p.phases.len(), 1);
+    assert_eq!(p.phases.len(), 2, "the records of lb1 and lb2, then lb");
     assert!(p.cluster_gates.is_none());
     assert!(p
         .nodes
@@ -788,7 +792,7 @@ async fn a_missing_binary_stops_only_plans_of_its_phase() {
         "{err}"
     );
     let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &["node".to_string()]).unwrap();
-    let puts: Vec<&str> = p.phases[0].nodes[0]
+    let puts: Vec<&str> = p.phases[1].nodes[0]
         .puts
         .iter()
         .map(|x| x.path.as_str())
@@ -824,6 +828,12 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
         for i in 0..n.steps.len() {
             out.push_str(&format!("S {i} 0\n"));
         }
+        {
+            use base64::Engine as _;
+            let record = kubeforge_plan::Manifest::of(&cluster.name, n, None).to_bytes();
+            let b64 = base64::engine::general_purpose::STANDARD.encode(record);
+            out.push_str(&format!("M {b64}\n"));
+        }
         rec.answer(Some(&n.name), "gather facts", vec![ok(&out)]);
     }
     // The API: ready, every addon object as rendered.
@@ -851,9 +861,11 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
         transports: &t,
         opts: &opts(),
         owner: "test",
+        gone: &[],
+        prune: Default::default(),
     };
     let mut persisted = false;
-    let mut persist = || {
+    let mut persist = |_: &kubeforge_plan::Plan| {
         persisted = true;
         Ok(())
     };
@@ -1113,7 +1125,7 @@ fn upgrade_recorder(r: &Rendered) -> Recorder {
         "list the blob store",
         vec![ok("zstd\ngzip\nfetch\nserve\n")],
     );
-    rec.answer(None, "serve a binary", vec![ok("ready\n")]);
+    rec.answer(None, "serve binaries", vec![ok("ready\n")]);
     let mut ready = Vec::new();
     for _ in 0..5 {
         ready.push(ok(&api_answer(200, READY_BEFORE)));
@@ -1241,4 +1253,464 @@ async fn an_upgrade_from_an_unhealthy_control_plane_touches_nothing() {
     assert_eq!(count(&lines, &["systemctl restart"]), 0);
     assert_eq!(count(&lines, &["write /"]), 0);
     assert_eq!(count(&lines, &["cordon"]), 0);
+}
+
+#[tokio::test]
+async fn every_node_records_what_kubeforge_places_before_anything_else() {
+    let r = rendered("ha.toml");
+    let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &[]).unwrap();
+    assert_eq!(p.phases[0].phase, kubeforge_plan::MANIFEST_PHASE);
+    assert_eq!(p.manifests.len(), r.nodes.len());
+    let rec = recorder(&r);
+    rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
+    run(&rec, &r, &p).await.unwrap();
+    let lines = rec.lines();
+    let recorded = pos(&lines, &["== manifest done"]);
+    for n in &r.nodes {
+        let at = pos(&lines, &[&n.name, kubeforge_plan::MANIFEST_PATH]);
+        assert!(at < recorded, "{}", n.name);
+        // Its record lists every file, binary and unit it gets.
+        let m = &p.manifests[&n.name];
+        assert_eq!(
+            m.files.len() + m.binaries.len(),
+            n.files.len(),
+            "{}",
+            n.name
+        );
+        assert_eq!(m.units.len(), n.units.len(), "{}", n.name);
+    }
+    for phase in ["etcd", "lb", "node"] {
+        assert!(recorded < pos(&lines, &[&format!("== {phase} started")]));
+    }
+}
+
+#[test]
+fn a_record_is_written_where_it_is_missing_or_old_and_keeps_what_was_placed() {
+    let r = rendered("ha.toml");
+    let mut f = converged(&r);
+    // worker1 has no record yet (a cluster installed before records).
+    f.get_mut("worker1").unwrap().manifest = None;
+    // worker2's record lists a file the inventory no longer renders.
+    let tree = r.nodes.iter().find(|n| n.name == "worker2").unwrap();
+    let mut old = kubeforge_plan::Manifest::of("t", tree, None);
+    old.files.push("/etc/kubernetes/gone.conf".into());
+    old.files.sort();
+    f.get_mut("worker2").unwrap().manifest = Some(old.to_bytes());
+    let p = plan(&r, &f);
+    assert_eq!(p.phases.len(), 1, "{}", kubeforge_plan::to_text(&p));
+    assert_eq!(p.phases[0].phase, kubeforge_plan::MANIFEST_PHASE);
+    let nodes: Vec<&str> = p.phases[0].nodes.iter().map(|w| w.node.as_str()).collect();
+    assert_eq!(nodes, ["worker1"], "worker2's record already says it all");
+    assert!(p.manifests["worker2"]
+        .files
+        .contains(&"/etc/kubernetes/gone.conf".to_string()));
+    assert_eq!(p.summary.create, 1);
+    // Written, it is a converged cluster again.
+    f.get_mut("worker1").unwrap().manifest = Some(p.manifests["worker1"].to_bytes());
+    assert!(plan(&r, &f).is_empty());
+}
+
+/// The record of a node the inventory no longer names, as the state
+/// directory keeps it.
+fn record_of(inventory: &str, node: &str) -> kubeforge_plan::Manifest {
+    let r = rendered(inventory);
+    let tree = r.nodes.iter().find(|n| n.name == node).unwrap();
+    kubeforge_plan::Manifest::of("t", tree, None)
+}
+
+/// `r` without `node`: as rendered from an inventory that no longer
+/// names it (the others' files are left as they are: the plan's own
+/// changes are not what these tests look at).
+fn without(r: &Rendered, node: &str) -> Rendered {
+    let mut r = r.clone();
+    r.nodes.retain(|n| n.name != node);
+    r
+}
+
+fn pruned(
+    r: &Rendered,
+    gone: &[kubeforge_plan::Manifest],
+    force: bool,
+) -> Result<Plan, ApplyError> {
+    let mut p = plan(r, &converged(r));
+    let opts = kubeforge_plan::remove::PruneOptions {
+        drain_timeout_secs: 5,
+        force,
+    };
+    kubeforge_apply::with_removals(&mut p, r, gone, &opts).map(|_| p)
+}
+
+fn with_gone(rec: &Recorder, r: &Rendered, node: &str) -> Transports {
+    let mut t = transports(rec, r);
+    t.insert(node.to_string(), rec.node(node));
+    t
+}
+
+#[tokio::test]
+async fn a_removed_worker_is_drained_then_torn_down_then_its_node_deleted() {
+    let full = rendered("ha.toml");
+    let r = without(&full, "worker2");
+    let gone = record_of("ha.toml", "worker2");
+    let p = pruned(&r, std::slice::from_ref(&gone), false).unwrap();
+    let text = kubeforge_plan::to_text(&p);
+    assert!(
+        text.contains("worker2 (10.77.0.22): remove from the cluster (worker)"),
+        "{text}"
+    );
+    assert!(text.contains("the inventory no longer names it"), "{text}");
+    assert!(text.contains("1 node to remove"), "{text}");
+    let rec = recorder(&r);
+    // worker2 is registered and runs one pod of a ReplicaSet.
+    rec.answer(
+        None,
+        "drain: read the node",
+        vec![ok(&api_answer(200, "{}"))],
+    );
+    rec.answer(None, "drain: cordon", vec![ok(&api_answer(200, "{}"))]);
+    let pod = r#"{"items":[{"metadata":{"namespace":"default","name":"web-1","ownerReferences":[{"kind":"ReplicaSet","name":"web","controller":true}]}}]}"#;
+    rec.answer(
+        None,
+        "drain: list the node's pods",
+        vec![
+            ok(&api_answer(200, pod)),
+            ok(&api_answer(200, r#"{"items":[]}"#)),
+        ],
+    );
+    rec.answer(None, "drain: evict pods", vec![ok(&api_answer(201, "{}"))]);
+    rec.answer(
+        None,
+        "delete the Node object",
+        vec![ok(&api_answer(200, "{}"))],
+    );
+    let done = execute(
+        &p,
+        Some(&creds()),
+        &with_gone(&rec, &r, "worker2"),
+        &opts(),
+        &Marks(rec.clone()),
+    )
+    .await
+    .unwrap();
+    let lines = rec.lines();
+    let evict = pos(&lines, &["cp1", "drain: evict pods"]);
+    let teardown = pos(&lines, &["worker2", "stop and disable"]);
+    let delete = pos(&lines, &["cp1", "delete the Node object"]);
+    assert!(
+        evict < teardown && teardown < delete,
+        "{}",
+        lines.join("\n")
+    );
+    assert!(pos(&lines, &["== drain done"]) < pos(&lines, &["== remove started"]));
+    // Nothing else ran on worker2.
+    assert_eq!(count(&lines, &["worker2"]), 1, "{}", lines.join("\n"));
+    assert!(done.warnings.is_empty(), "{:?}", done.warnings);
+    // The teardown removes every file and binary of its record.
+    let script = &p.phases.iter().find(|x| x.phase == "remove").unwrap().nodes[0].steps[0].script;
+    for f in gone.files.iter().chain(&gone.binaries) {
+        assert!(script.contains(&format!("rm -f -- '{f}'")), "{f}");
+    }
+    assert!(script.contains("systemctl disable 'kubelet'"));
+}
+
+#[test]
+fn removals_that_would_cost_the_cluster_are_refused_before_anything_runs() {
+    let full = rendered("ha.toml");
+    // The last control-plane node: an inventory of workers only is not
+    // one validation lets through, so the trees are cut by hand.
+    let mut r = full.clone();
+    r.nodes.retain(|n| !n.name.starts_with("cp"));
+    let gone: Vec<_> = ["cp1", "cp2", "cp3"]
+        .iter()
+        .map(|n| record_of("ha.toml", n))
+        .collect();
+    let err = pruned(&r, &gone, true).unwrap_err().to_string();
+    assert!(err.contains("the last control-plane node"), "{err}");
+    assert!(err.contains("3 etcd members at once"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    // One etcd member of three: two left, even, refused without force.
+    let r = without(&full, "cp3");
+    let cp3 = record_of("ha.toml", "cp3");
+    let err = pruned(&r, std::slice::from_ref(&cp3), false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("leaves 2 etcd members"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    let p = pruned(&r, &[cp3], true).unwrap();
+    let ops: Vec<String> = p
+        .phases
+        .iter()
+        .flat_map(|x| {
+            x.ops
+                .iter()
+                .map(|o| format!("{}: {}", x.phase, o.describe()))
+        })
+        .collect();
+    assert_eq!(ops.len(), 3, "{ops:#?}");
+    assert!(ops[0].starts_with("drain: drain cp3"), "{ops:#?}");
+    assert!(
+        ops[1].starts_with("remove: etcd member remove cp3"),
+        "{ops:#?}"
+    );
+    assert!(ops[2].starts_with("forget: delete Node cp3"), "{ops:#?}");
+}
+
+/// Answers of a member list and the members' health, as the etcd
+/// operation's script prints them.
+fn etcd_answers(healthy: [bool; 3]) -> (String, String) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let members: Vec<String> = (1..=3)
+        .map(|i| {
+            format!(
+                r#"{{"ID":"{i}","name":"cp{i}","peerURLs":["https://10.77.0.1{i}:2380"],"clientURLs":["https://10.77.0.1{i}:2379"]}}"#
+            )
+        })
+        .collect();
+    let list = format!(r#"{{"members":[{}]}}"#, members.join(","));
+    let first = format!("members {}\n", b64.encode(&list));
+    let mut second = first.clone();
+    for (i, h) in healthy.iter().enumerate() {
+        second.push_str(&format!(
+            "health https://10.77.0.1{}:2379 {}\n",
+            i + 1,
+            b64.encode(format!(r#"{{"health":"{h}"}}"#))
+        ));
+    }
+    (first, second)
+}
+
+#[tokio::test]
+async fn an_etcd_member_is_removed_through_a_healthy_member_only_while_quorum_holds() {
+    use base64::Engine as _;
+    let full = rendered("ha.toml");
+    let r = without(&full, "cp3");
+    let p = pruned(&r, &[record_of("ha.toml", "cp3")], true).unwrap();
+    // cp2 is down: two members left with one healthy. Refused before
+    // anything is touched.
+    let rec = recorder(&r);
+    let (list, health) = etcd_answers([true, false, true]);
+    rec.answer(None, "etcd: member list", vec![ok(&list)]);
+    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    let err = kubeforge_apply::remove::precheck(&p, &with_gone(&rec, &r, "cp3"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("quorum would be lost"), "{err}");
+    assert!(err.contains("unhealthy: cp2"), "{err}");
+    assert!(rec.lines().iter().all(|l| l.contains("etcd: member")));
+    // All healthy: removed through cp1, before cp3's units stop.
+    let rec = recorder(&r);
+    let (list, health) = etcd_answers([true, true, true]);
+    rec.answer(None, "etcd: member list", vec![ok(&list)]);
+    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    let left = r#"{"header":{"raft_term":"2"},"members":[{"ID":"1","name":"cp1"},{"ID":"2","name":"cp2"}]}"#;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    rec.answer(
+        None,
+        "etcd: member remove",
+        vec![ok(&format!("removed {}\n", b64.encode(left)))],
+    );
+    rec.answer(
+        None,
+        "drain: read the node",
+        vec![ok(&api_answer(404, "{}"))],
+    );
+    rec.answer(
+        None,
+        "delete the Node object",
+        vec![ok(&api_answer(404, "{}"))],
+    );
+    kubeforge_apply::remove::precheck(&p, &with_gone(&rec, &r, "cp3"))
+        .await
+        .unwrap();
+    execute(
+        &p,
+        Some(&creds()),
+        &with_gone(&rec, &r, "cp3"),
+        &opts(),
+        &Marks(rec.clone()),
+    )
+    .await
+    .unwrap();
+    let lines = rec.lines();
+    let removed = pos(&lines, &["cp1", "etcd: member remove"]);
+    assert!(removed < pos(&lines, &["cp3", "stop and disable"]));
+    assert_eq!(count(&lines, &["etcd: member remove"]), 1);
+}
+
+#[tokio::test]
+async fn a_reset_takes_every_node_down_from_its_record_under_the_lock() {
+    let r = rendered("ha.toml");
+    let records: Vec<kubeforge_plan::Manifest> = r
+        .nodes
+        .iter()
+        .map(|n| kubeforge_plan::Manifest::of("t", n, None))
+        .collect();
+    let refs: Vec<&kubeforge_plan::Manifest> = records.iter().collect();
+    let p = kubeforge_plan::remove::reset("t", &refs, false);
+    let text = kubeforge_plan::work_to_text("Reset:", &p);
+    assert!(
+        text.contains("worker2: run: stop and disable 4 units"),
+        "{text}"
+    );
+    assert!(
+        text.contains("run: remove the data in /var/lib/etcd"),
+        "{text}"
+    );
+    let rec = recorder(&r);
+    let done = kubeforge_apply::remove::reset(
+        &p,
+        &transports(&rec, &r),
+        &opts(),
+        "test",
+        &Marks(rec.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.steps_run, 2 * r.nodes.len());
+    let lines = rec.lines();
+    for n in &r.nodes {
+        let teardown = pos(&lines, &[&n.name, "stop and disable"]);
+        let data = pos(&lines, &[&n.name, "remove the data"]);
+        assert!(teardown < data, "{}", n.name);
+    }
+    // Nothing but the lock, the teardown and the data.
+    assert!(
+        lines.iter().all(|l| l.contains("stop and disable")
+            || l.contains("remove the data")
+            || l.contains("lock")
+            || l.starts_with("-: ==")),
+        "{}",
+        lines.join("\n")
+    );
+}
+
+/// Facts of `r` converged, except that `node` is bare (a node just added
+/// to the inventory).
+fn converged_but(r: &Rendered, node: &str) -> BTreeMap<String, NodeFacts> {
+    let mut f = converged(r);
+    f.insert(node.to_string(), NodeFacts::default());
+    f
+}
+
+#[tokio::test]
+async fn a_new_etcd_member_is_added_then_started_to_join_the_running_cluster() {
+    let r = rendered("ha.toml");
+    let facts = Facts::Gathered(converged_but(&r, "cp3"));
+    let mut p = kubeforge_plan::plan("t", &r, &facts, &[]).unwrap();
+    let opts_ = kubeforge_plan::remove::PruneOptions::default();
+    kubeforge_apply::with_joins(&mut p, &r, &facts, &opts_).unwrap();
+    let etcd = p.phases.iter().find(|x| x.phase == "etcd").unwrap();
+    assert_eq!(etcd.strategy, kubeforge_render::Strategy::OneAtATime);
+    assert_eq!(etcd.ops.len(), 1);
+    let text = kubeforge_plan::to_text(&p);
+    assert!(
+        text.contains(
+            "etcd member add cp3 (https://10.77.0.13:2380) through a healthy member (cp1 or cp2)"
+        ),
+        "{text}"
+    );
+    // cp1, cp2 healthy and cp3 not yet a member.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let two = r#"{"members":[{"ID":"1","name":"cp1","peerURLs":["https://10.77.0.11:2380"],"clientURLs":["https://10.77.0.11:2379"]},{"ID":"2","name":"cp2","peerURLs":["https://10.77.0.12:2380"],"clientURLs":["https://10.77.0.12:2379"]}]}"#;
+    let list = format!("members {}\n", b64.encode(two));
+    let mut health = list.clone();
+    for i in 1..=2 {
+        health.push_str(&format!(
+            "health https://10.77.0.1{i}:2379 {}\n",
+            b64.encode(r#"{"health":"true"}"#)
+        ));
+    }
+    let rec = recorder(&r);
+    rec.answer(None, "etcd: member list", vec![ok(&list)]);
+    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    let added = r#"{"member":{"ID":"3","peerURLs":["https://10.77.0.13:2380"]}}"#;
+    rec.answer(
+        None,
+        "etcd: member add",
+        vec![ok(&format!("added {}\n", b64.encode(added)))],
+    );
+    rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
+    kubeforge_apply::remove::precheck(&p, &transports(&rec, &r))
+        .await
+        .unwrap();
+    run(&rec, &r, &p).await.unwrap();
+    let lines = rec.lines();
+    let add = pos(&lines, &["cp1", "etcd: member add"]);
+    let join = pos(&lines, &["cp3", "etcd: join the running cluster"]);
+    let start = pos(&lines, &["cp3", "systemctl start etcd"]);
+    assert!(add < join && join < start, "{}", lines.join("\n"));
+    assert_eq!(count(&lines, &["systemctl start --no-block etcd"]), 0);
+    // A member in the list already (added, never started) is not added
+    // again.
+    let three = two.replace(
+        "]}]}",
+        r#"]},{"ID":"3","name":"","peerURLs":["https://10.77.0.13:2380"]}]}"#,
+    );
+    let rec = recorder(&r);
+    let list = format!("members {}\n", b64.encode(&three));
+    let mut health = list.clone();
+    for i in 1..=2 {
+        health.push_str(&format!(
+            "health https://10.77.0.1{i}:2379 {}\n",
+            b64.encode(r#"{"health":"true"}"#)
+        ));
+    }
+    rec.answer(None, "etcd: member list", vec![ok(&list)]);
+    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
+    run(&rec, &r, &p).await.unwrap();
+    assert_eq!(count(&rec.lines(), &["etcd: member add"]), 0);
+}
+
+#[test]
+fn etcd_members_join_one_at_a_time_and_an_even_count_needs_force() {
+    let r = rendered("ha.toml");
+    let opts_ = |force| kubeforge_plan::remove::PruneOptions {
+        drain_timeout_secs: 5,
+        force,
+    };
+    let mut f = converged_but(&r, "cp3");
+    f.insert("cp2".into(), NodeFacts::default());
+    let facts = Facts::Gathered(f);
+    let mut p = kubeforge_plan::plan("t", &r, &facts, &[]).unwrap();
+    let err = kubeforge_apply::with_joins(&mut p, &r, &facts, &opts_(true))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("adding 2 etcd members at once"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    // Two members of which one joins: even.
+    let two = without(&r, "cp3");
+    let facts = Facts::Gathered(converged_but(&two, "cp2"));
+    let mut p = kubeforge_plan::plan("t", &two, &facts, &[]).unwrap();
+    let err = kubeforge_apply::with_joins(&mut p, &two, &facts, &opts_(false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("makes 2 etcd members"), "{err}");
+    kubeforge_apply::with_joins(&mut p, &two, &facts, &opts_(true)).unwrap();
+    // A new cluster starts together, no member added.
+    let facts = Facts::Offline;
+    let mut p = kubeforge_plan::plan("t", &r, &facts, &[]).unwrap();
+    kubeforge_apply::with_joins(&mut p, &r, &facts, &opts_(false)).unwrap();
+    assert!(p.phases.iter().all(|x| x.ops.is_empty()));
+}
+
+#[test]
+fn a_stopped_member_starts_again_without_being_added() {
+    let r = rendered("ha.toml");
+    let mut f = converged(&r);
+    f.get_mut("cp3")
+        .unwrap()
+        .units
+        .get_mut("etcd")
+        .unwrap()
+        .active = false;
+    let facts = Facts::Gathered(f);
+    let mut p = kubeforge_plan::plan("t", &r, &facts, &[]).unwrap();
+    let opts_ = kubeforge_plan::remove::PruneOptions::default();
+    kubeforge_apply::with_joins(&mut p, &r, &facts, &opts_).unwrap();
+    let etcd = p.phases.iter().find(|x| x.phase == "etcd").unwrap();
+    assert!(etcd.ops.is_empty());
+    assert_eq!(etcd.nodes[0].start, ["etcd"]);
 }

@@ -206,13 +206,15 @@ async fn missing_requirements_are_named_and_nothing_changes() {
         transports: &transports,
         opts: &opts,
         owner: "test",
+        gone: &[],
+        prune: Default::default(),
     };
     struct Quiet;
     impl kubeforge_apply::Progress for Quiet {
         fn event(&self, _: kubeforge_apply::Event) {}
     }
     let mut persisted = false;
-    let mut persist = || {
+    let mut persist = |_: &kubeforge_plan::Plan| {
         persisted = true;
         Ok(())
     };

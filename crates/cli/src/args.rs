@@ -57,6 +57,8 @@ pub(crate) enum Command {
         /// Plan without contacting the nodes, as if every node were bare.
         #[arg(long)]
         offline: bool,
+        #[command(flatten)]
+        prune: PruneArgs,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -77,10 +79,8 @@ pub(crate) enum Command {
         /// Largest clock difference allowed between a node and this machine.
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         max_clock_skew: u64,
-        /// Seconds draining a node may take (evictions a
-        /// PodDisruptionBudget refuses are tried again until then).
-        #[arg(long, default_value_t = 300, value_name = "SECS")]
-        drain_timeout: u64,
+        #[command(flatten)]
+        prune: PruneArgs,
         /// Output format of the result (progress goes to stderr either way).
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -127,6 +127,30 @@ pub(crate) enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+    /// Take nodes down from their records in the state directory (all of
+    /// them, or those named): kubeforge's units stopped and disabled, the
+    /// files and binaries it placed removed and, unless --keep-data, the
+    /// data of etcd, the kubelet, containerd and kubeforge itself
+    /// (/var/lib/etcd, /var/lib/kubelet, /var/lib/containerd,
+    /// /var/lib/kubeforge). The cluster is not asked first: to take one
+    /// node out of a running cluster, remove it from the inventory and run
+    /// `apply --prune`. Without --yes the plan is shown and nothing is
+    /// done (exit 0).
+    Reset {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        #[command(flatten)]
+        reach: ReachArgs,
+        /// Only this node (repeatable); default: every node with a record.
+        #[arg(long = "node", value_name = "NAME")]
+        nodes: Vec<String>,
+        /// Keep the data directories (etcd, kubelet, containerd, kubeforge).
+        #[arg(long)]
+        keep_data: bool,
+        /// Do it.
+        #[arg(long)]
+        yes: bool,
     },
     /// etcd snapshots: take one, list them, restore one.
     Etcd {
@@ -371,6 +395,40 @@ impl NodeArgs {
             max_unavailable: self.max_unavailable as usize,
             allow_downgrade: self.allow_downgrade,
             ..Default::default()
+        }
+    }
+}
+
+/// Nodes kubeforge placed something on (their records are in the state
+/// directory, `nodes/`) that the inventory no longer names.
+#[derive(Args, Debug)]
+pub(crate) struct PruneArgs {
+    /// Remove from the cluster every node whose record is in the state
+    /// directory but that the inventory no longer names: drained (pods
+    /// evicted, PodDisruptionBudgets respected), its etcd member removed
+    /// (when quorum allows), its units stopped and disabled, the files and
+    /// binaries its record lists removed, its Node object deleted; the
+    /// other nodes lose it from /etc/hosts, pod routes and the load
+    /// balancers. Without it, apply refuses to run while there is such a
+    /// node (plan shows what would be removed).
+    #[arg(long)]
+    pub(crate) prune: bool,
+    /// Accept a removal or an added etcd member that leaves an even number
+    /// of etcd members.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Seconds draining a node may take (a removal, or an upgrade of its
+    /// kubelet): evictions a PodDisruptionBudget refuses are tried again
+    /// until then, then the apply stops.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub(crate) drain_timeout: u64,
+}
+
+impl PruneArgs {
+    pub(crate) fn options(&self) -> kubeforge_plan::remove::PruneOptions {
+        kubeforge_plan::remove::PruneOptions {
+            drain_timeout_secs: self.drain_timeout,
+            force: self.force,
         }
     }
 }

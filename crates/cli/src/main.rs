@@ -4,6 +4,7 @@
 mod args;
 mod cmd;
 mod common;
+mod known;
 mod online;
 mod progress;
 
@@ -81,6 +82,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             return cmd::status::run(&inv, &req, term).map(ExitCode::from);
         }
         Command::Etcd { op } => cmd::etcd::run(op, term),
+        Command::Reset {
+            inv,
+            reach,
+            nodes,
+            keep_data,
+            yes,
+        } => cmd::reset::run(&inv, &reach, &nodes, keep_data, yes, term),
         Command::Completions { shell } => cmd::docs::completions(shell, term),
         Command::Man { out } => cmd::docs::man(out.as_deref(), term),
         Command::Init { ha, force, dir } => cmd::init::run(ha, force, &dir, term),
@@ -91,15 +99,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             pki,
             nodes,
             offline,
+            prune,
             output,
-        } => cmd::plan::run(&inv, &pki, &nodes, offline, output, term),
+        } => cmd::plan::run(&inv, &pki, &nodes, offline, &prune, output, term),
         Command::Apply {
             inv,
             pki,
             nodes,
             gate_timeout,
             max_clock_skew,
-            drain_timeout,
+            prune,
             output,
         } => cmd::apply::run(
             &inv,
@@ -108,8 +117,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             cmd::apply::Limits {
                 gate_timeout,
                 max_clock_skew,
-                drain_timeout,
+                drain_timeout: prune.drain_timeout,
             },
+            &prune,
             output,
             term,
         ),

@@ -4,6 +4,8 @@ pub use crate::progress::Bars;
 use anyhow::{Context, Result};
 use kubeforge_apply::{ApplyError, Transports};
 use kubeforge_inventory::Cluster;
+use kubeforge_plan::Known;
+use kubeforge_plan::Reach as Ssh;
 use kubeforge_transport::{SshOptions, SshTransport, Transport};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,19 +47,104 @@ pub async fn connect_each(
     state: &Path,
     reach: &Reach,
 ) -> Result<(Transports, BTreeMap<String, String>)> {
+    connect_to(targets(cluster, &[]), state, reach).await
+}
+
+/// [`connect_all`] with nodes known only from their records in the state
+/// directory (nodes to remove).
+pub async fn connect_all_with(
+    cluster: &Cluster,
+    gone: &[Known],
+    state: &Path,
+    reach: &Reach,
+) -> Result<Transports> {
+    let (transports, problems) = connect_to(targets(cluster, gone), state, reach).await?;
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "cannot reach every node; nothing was changed:\n{}",
+            problems.into_values().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(transports)
+}
+
+/// [`connect_all`] to the nodes of `records` alone (from the state
+/// directory).
+pub async fn connect_known(records: &[Known], state: &Path, reach: &Reach) -> Result<Transports> {
+    let nodes = records
+        .iter()
+        .map(|k| {
+            (
+                k.manifest.node.clone(),
+                k.manifest.address.clone(),
+                k.ssh.clone(),
+            )
+        })
+        .collect();
+    let (transports, problems) = connect_to(nodes, state, reach).await?;
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "cannot reach every node; nothing was changed:\n{}",
+            problems.into_values().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(transports)
+}
+
+/// (name, address, how to reach it) of every node of the inventory, then
+/// of every node of `gone`.
+fn targets(cluster: &Cluster, gone: &[Known]) -> Vec<(String, String, Ssh)> {
+    let mut out: Vec<(String, String, Ssh)> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                n.address.to_string(),
+                Ssh {
+                    user: n.ssh.user.clone(),
+                    port: n.ssh.port,
+                    key: n.ssh.key.clone(),
+                    sudo: n.ssh.sudo,
+                    accept_new_host_keys: n.ssh.accept_new_host_keys,
+                },
+            )
+        })
+        .collect();
+    for k in gone {
+        out.push((
+            k.manifest.node.clone(),
+            k.manifest.address.clone(),
+            Ssh {
+                user: k.ssh.user.clone(),
+                port: k.ssh.port,
+                key: k.ssh.key.clone(),
+                sudo: k.ssh.sudo,
+                accept_new_host_keys: k.ssh.accept_new_host_keys,
+            },
+        ));
+    }
+    out
+}
+
+async fn connect_to(
+    nodes: Vec<(String, String, Ssh)>,
+    state: &Path,
+    reach: &Reach,
+) -> Result<(Transports, BTreeMap<String, String>)> {
     std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
     let known_hosts = state.join("known_hosts");
     let sem = Arc::new(tokio::sync::Semaphore::new(reach.concurrency.max(1)));
     let mut tasks = Vec::new();
-    for node in &cluster.nodes {
+    for (name, address, ssh) in &nodes {
         let opts = SshOptions {
-            node: node.name.clone(),
-            address: node.address.to_string(),
-            user: node.ssh.user.clone(),
-            port: node.ssh.port,
-            key: node.ssh.key.as_deref().map(expand_home),
-            sudo: node.ssh.sudo,
-            accept_new_host_keys: node.ssh.accept_new_host_keys,
+            node: name.clone(),
+            address: address.clone(),
+            user: ssh.user.clone(),
+            port: ssh.port,
+            key: ssh.key.as_deref().map(expand_home),
+            sudo: ssh.sudo,
+            accept_new_host_keys: ssh.accept_new_host_keys,
             known_hosts: known_hosts.clone(),
             config_file: reach.ssh_config.clone(),
             connect_timeout: reach.connect_timeout,
@@ -70,16 +157,16 @@ pub async fn connect_each(
     }
     let mut transports: Transports = BTreeMap::new();
     let mut problems = BTreeMap::new();
-    for (node, task) in cluster.nodes.iter().zip(tasks) {
+    for ((name, _, _), task) in nodes.iter().zip(tasks) {
         match task.await {
             Ok(Ok(t)) => {
-                transports.insert(node.name.clone(), Arc::new(t) as Arc<dyn Transport>);
+                transports.insert(name.clone(), Arc::new(t) as Arc<dyn Transport>);
             }
             Ok(Err(e)) => {
-                problems.insert(node.name.clone(), e.to_string());
+                problems.insert(name.clone(), e.to_string());
             }
             Err(e) => {
-                problems.insert(node.name.clone(), format!("{}: {e}", node.name));
+                problems.insert(name.clone(), format!("{name}: {e}"));
             }
         }
     }

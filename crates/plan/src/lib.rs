@@ -7,16 +7,19 @@
 //! executes. Pure: facts come in as data.
 
 pub mod cert;
+pub mod manifest;
+pub mod remove;
 pub mod restore;
 pub mod skew;
 mod text;
 mod work;
 
+pub use manifest::{Known, Manifest, ManifestUnit, Reach, MANIFEST_PATH, MANIFEST_PHASE};
 pub use skew::{parse_version, VersionChange};
 pub use text::{to_text, work_to_text};
 pub use work::{
-    must_exist, ApiApply, ApiWork, Chmod, ClusterGates, Content, Cordon, Deployment, GateRun,
-    LbEdit, MustExist, NodeWork, PhasePlan, Put, StepWork,
+    must_exist, ApiApply, ApiWork, Chmod, ClusterGates, ClusterOp, Content, Cordon, Deployment,
+    EtcdTls, GateRun, LbEdit, MustExist, NodeWork, PhasePlan, Put, StepWork,
 };
 
 use kubeforge_render::{Addon, NodeTree, PhaseGate, Rendered, Strategy};
@@ -61,6 +64,9 @@ pub struct NodeFacts {
     /// the version skew policy, by unit (from the running process's own
     /// binary).
     pub versions: BTreeMap<String, String>,
+    /// The node's record of what kubeforge placed there ([`Manifest`]), as
+    /// read from [`MANIFEST_PATH`] (absent: none yet).
+    pub manifest: Option<Vec<u8>>,
 }
 
 /// A pending kubelet serving certificate request and kubeforge's verdict.
@@ -205,6 +211,13 @@ pub struct Summary {
     pub api_unchanged: usize,
     /// Kubelet serving certificate requests to approve.
     pub csr_approve: usize,
+    /// Nodes removed from the cluster (`apply --prune`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub remove: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -228,6 +241,14 @@ pub struct Plan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healthy_before: Option<HealthyBefore>,
     pub summary: Summary,
+    /// Every node's record of what kubeforge places there as of this
+    /// plan, by node (written where it changed, kept in the state
+    /// directory).
+    #[serde(skip)]
+    pub manifests: BTreeMap<String, Manifest>,
+    /// Nodes taken out of the cluster, and why ([`remove::prune`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removals: Vec<remove::Removal>,
 }
 
 /// The health an upgrade starts from: the gates of the running (or
@@ -600,12 +621,19 @@ pub fn plan_with(
     let mut nodes = Vec::new();
     let mut decided = Vec::new();
     let mut summary = Summary::default();
+    let mut manifests = BTreeMap::new();
+    let mut records: Vec<(&str, Option<&[u8]>)> = Vec::new();
     for tree in &rendered.nodes {
         let node_facts = match facts {
             Facts::Offline => None,
             Facts::Gathered(map) => map.get(&tree.name),
         };
         let (d, changes, unchanged) = decide(tree, node_facts, &selected);
+        let old_bytes = node_facts.and_then(|f| f.manifest.as_deref());
+        let old = old_bytes.and_then(|b| Manifest::parse(b).ok());
+        let record = Manifest::of(cluster, tree, old.as_ref());
+        records.push((tree.name.as_str(), old_bytes));
+        manifests.insert(tree.name.clone(), record);
         let addon_node = api_phase.is_some() && rendered.addon_node.as_ref() == Some(&tree.name);
         let empty = NodeFacts::default();
         let f = node_facts.unwrap_or(&empty);
@@ -656,6 +684,7 @@ pub fn plan_with(
                     vip: None,
                     with: None,
                     batches: Vec::new(),
+                    ops: Vec::new(),
                 });
             }
             continue;
@@ -704,6 +733,7 @@ pub fn plan_with(
                 .flatten(),
             with: early,
             batches,
+            ops: Vec::new(),
         });
     }
     let versions = skew::check(
@@ -716,6 +746,40 @@ pub fn plan_with(
     )?;
     let healthy_before = healthy_before(rendered, facts, &decided);
     let cluster_gates = cluster_gates(rendered, &phases, &selected);
+    // With every phase, each node's record is brought up to date; a plan
+    // of some phases records only on the nodes it changes.
+    let works = |n: &str| phases.iter().any(|p| p.nodes.iter().any(|w| w.node == n));
+    let written: Vec<(&str, Option<&[u8]>, &Manifest)> = records
+        .iter()
+        .filter(|(n, _)| only.is_empty() || works(n))
+        .filter_map(|(n, old)| Some((*n, *old, manifests.get(*n)?)))
+        .collect();
+    for (n, old, new) in &written {
+        let Some(change) = manifest_change(*old, new) else {
+            continue;
+        };
+        if let Some(np) = nodes.iter_mut().find(|p| p.node == *n) {
+            if np.is_empty() {
+                summary.nodes_changed += 1;
+            }
+            match change.action {
+                FileAction::Create => summary.create += 1,
+                _ => summary.update += 1,
+            }
+            np.changes.push(change);
+        }
+    }
+    if let Some(p) = manifest::manifest_phase(&written) {
+        phases.insert(0, p);
+    }
+    // Kept in the state directory: the records the nodes hold after this
+    // plan.
+    let kept: Vec<String> = records
+        .iter()
+        .filter(|(n, old)| old.is_some() || written.iter().any(|w| w.0 == *n))
+        .map(|(n, _)| n.to_string())
+        .collect();
+    manifests.retain(|n, _| kept.contains(n));
     Ok(Plan {
         cluster: cluster.to_string(),
         offline: matches!(facts, Facts::Offline),
@@ -725,6 +789,27 @@ pub fn plan_with(
         versions,
         healthy_before,
         summary,
+        manifests,
+        removals: Vec::new(),
+    })
+}
+
+/// The record's line in a node's plan, when it changes.
+fn manifest_change(old: Option<&[u8]>, new: &Manifest) -> Option<FileChange> {
+    let bytes = new.to_bytes();
+    let action = match old {
+        Some(o) if o == bytes.as_slice() => return None,
+        Some(_) => FileAction::Update,
+        None => FileAction::Create,
+    };
+    Some(FileChange {
+        path: MANIFEST_PATH.to_string(),
+        action,
+        mode: octal(0o600),
+        old_mode: None,
+        secret: false,
+        diff: old.and_then(|o| unified_diff(MANIFEST_PATH, o, &bytes)),
+        summary: Vec::new(),
     })
 }
 

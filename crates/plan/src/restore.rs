@@ -58,6 +58,7 @@ fn phase(name: &str, strategy: Strategy, nodes: Vec<NodeWork>) -> PhasePlan {
         vip: None,
         with: None,
         batches: Vec::new(),
+        ops: Vec::new(),
     }
 }
 
@@ -251,5 +252,7 @@ rm -f -- "$snap"
         versions: Vec::new(),
         healthy_before: None,
         summary: Summary::default(),
+        manifests: Default::default(),
+        removals: Vec::new(),
     })
 }

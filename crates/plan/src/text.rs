@@ -88,6 +88,28 @@ pub fn to_text(plan: &Plan) -> String {
         }
         let _ = writeln!(s);
     }
+    for r in &plan.removals {
+        let _ = writeln!(
+            s,
+            "{} ({}): remove from the cluster ({}): {}",
+            r.node,
+            r.address,
+            r.roles.join(", "),
+            r.why
+        );
+        if r.kubelet {
+            let _ = writeln!(s, "  drain, then delete its Node object");
+        }
+        if r.etcd_member {
+            let _ = writeln!(s, "  etcd member remove, before it stops");
+        }
+        let _ = writeln!(s, "  stop and disable: {}", r.units.join(", "));
+        let _ = writeln!(
+            s,
+            "  - {} files and {} binaries kubeforge placed there\n",
+            r.files, r.binaries
+        );
+    }
     rollout(plan, &mut s);
     let m = &plan.summary;
     if plan.is_empty() {
@@ -102,6 +124,15 @@ pub fn to_text(plan: &Plan) -> String {
             "Plan: {} of {} nodes change; {} steps to run; {} files to create, {} to update, {} unchanged; {} units to start, {} to restart, {} to reload; {} API objects to apply, {} unchanged.",
             m.nodes_changed, m.nodes, m.steps, m.create, m.update, m.unchanged, m.start, m.restart, m.reload, m.api_apply, m.api_unchanged
         );
+        if m.remove > 0 {
+            s.pop();
+            let _ = writeln!(
+                s,
+                " {} {} to remove.",
+                m.remove,
+                if m.remove == 1 { "node" } else { "nodes" }
+            );
+        }
         if m.csr_approve > 0 {
             s.pop();
             let _ = writeln!(
@@ -205,6 +236,9 @@ fn rollout(plan: &Plan, s: &mut String) {
                 "({}): one at a time, each out of the load balancer while it restarts",
                 nodes.join(", ")
             ),
+            (Strategy::OneAtATime, _) if p.nodes.iter().all(|w| w.gates.is_empty()) => {
+                format!("({}): one at a time", nodes.join(", "))
+            }
             (Strategy::OneAtATime | Strategy::DrainFromLb, _) => {
                 format!("({}): one at a time, gated in between", nodes.join(", "))
             }
@@ -219,7 +253,14 @@ fn rollout(plan: &Plan, s: &mut String) {
             Some(w) => format!(" (beside {w} and what follows it)"),
             None => String::new(),
         };
-        let _ = writeln!(s, "  {} {how}{vip}{with}", p.phase);
+        if p.nodes.is_empty() && p.api.is_none() {
+            let _ = writeln!(s, "  {}:", p.phase);
+        } else {
+            let _ = writeln!(s, "  {} {how}{vip}{with}", p.phase);
+        }
+        for op in &p.ops {
+            let _ = writeln!(s, "    {}", op.describe());
+        }
     }
     if let Some(g) = &plan.cluster_gates {
         let mut what = vec![format!("{} nodes Ready in the API", g.nodes.len())];
@@ -240,6 +281,9 @@ pub fn work_to_text(title: &str, plan: &Plan) -> String {
     let mut s = format!("{title}\n");
     for (i, p) in plan.phases.iter().enumerate() {
         let _ = writeln!(s, "{}. {} ({})", i + 1, p.phase, p.strategy.as_str());
+        for op in &p.ops {
+            let _ = writeln!(s, "   {}", op.describe());
+        }
         for w in &p.nodes {
             let mut parts: Vec<String> = Vec::new();
             if !w.stop.is_empty() {

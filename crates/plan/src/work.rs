@@ -210,6 +210,88 @@ pub struct PhasePlan {
     /// once every node of the one before is done.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub batches: Vec<Vec<String>>,
+    /// Done through the cluster's APIs first, in order, before the
+    /// phase's nodes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ops: Vec<ClusterOp>,
+}
+
+/// The etcd CA and a client certificate and key, as the etcd nodes hold
+/// them (their paths there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EtcdTls {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// Work on the cluster as a whole, through the Kubernetes API (on a
+/// control-plane node) or etcd's (on a member).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum ClusterOp {
+    /// Cordon `node`, evict its pods (PodDisruptionBudgets respected),
+    /// wait until they are gone, through `via`'s API server.
+    Drain {
+        node: String,
+        via: String,
+        port: u16,
+        timeout_secs: u64,
+    },
+    /// Delete the Node object of `node`.
+    DeleteNode {
+        node: String,
+        via: String,
+        port: u16,
+    },
+    /// Add `member` (not started yet) to the running etcd cluster through
+    /// the first healthy member of `via`, once every member is healthy and
+    /// the cluster keeps its quorum with the new one not yet started; then
+    /// `member`'s etcd is told to join an existing cluster
+    /// (ETCD_INITIAL_CLUSTER_STATE=existing, until the node reboots).
+    EtcdAdd {
+        member: String,
+        peer_url: String,
+        via: Vec<String>,
+        tls: EtcdTls,
+    },
+    /// Remove `member` from the etcd cluster through the first healthy
+    /// member of `via`, once the others keep the quorum without it.
+    EtcdRemove {
+        member: String,
+        peer_url: String,
+        via: Vec<String>,
+        tls: EtcdTls,
+    },
+}
+
+impl ClusterOp {
+    /// One line for plans and progress.
+    pub fn describe(&self) -> String {
+        match self {
+            ClusterOp::Drain {
+                node,
+                via,
+                timeout_secs,
+                ..
+            } => format!(
+                "drain {node}: cordon, evict its pods (PodDisruptionBudgets respected), wait until they are gone, at most {timeout_secs} s (through {via}'s API)"
+            ),
+            ClusterOp::DeleteNode { node, via, .. } => {
+                format!("delete Node {node} from the API (through {via})")
+            }
+            ClusterOp::EtcdAdd {
+                member, peer_url, via, ..
+            } => format!(
+                "etcd member add {member} ({peer_url}) through a healthy member ({}), once every member is healthy; then it starts joining the running cluster",
+                via.join(" or ")
+            ),
+            ClusterOp::EtcdRemove { member, via, .. } => format!(
+                "etcd member remove {member} through a healthy member ({}), once the others keep the quorum without it",
+                via.join(" or ")
+            ),
+        }
+    }
 }
 
 /// An addon Deployment that must become available.

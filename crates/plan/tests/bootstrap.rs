@@ -76,6 +76,7 @@ fn facts(r: &Rendered, file: bool, bootstrapped: bool) -> Facts {
                     units,
                     steps_done,
                     bootstrapped,
+                    manifest: Some(kubeforge_plan::Manifest::of("t", n, None).to_bytes()),
                     ..NodeFacts::default()
                 },
             )
@@ -141,7 +142,8 @@ fn a_node_without_its_certificate_gets_the_file_until_it_joins() {
         let n = &p.nodes[0];
         assert!(n.changes.iter().any(|c| c.path == FILE && c.secret));
         assert!(n.steps.contains(&b.step), "{:?}", n.steps);
-        let work = &p.phases[0].nodes[0];
+        let node = p.phases.iter().find(|x| x.phase == "node").unwrap();
+        let work = &node.nodes[0];
         let step = work.steps.iter().find(|s| s.name == b.step).unwrap();
         assert_eq!(step.stage, kubeforge_render::Stage::AfterUnits);
     }

@@ -65,6 +65,7 @@ fn converged(r: &Rendered, imported: bool) -> Facts {
             .filter(|s| imported || s.name != STEP)
             .map(|s| s.name.clone())
             .collect();
+        facts.manifest = Some(kubeforge_plan::Manifest::of("ha", n, None).to_bytes());
         map.insert(n.name.clone(), facts);
     }
     Facts::Gathered(map)

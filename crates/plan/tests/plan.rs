@@ -86,6 +86,7 @@ fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
                     csrs: Vec::new(),
                     bootstrapped: false,
                     versions: BTreeMap::new(),
+                    manifest: Some(kubeforge_plan::Manifest::of("ha", n, None).to_bytes()),
                 },
             )
         })
@@ -545,4 +546,70 @@ fn certificate_and_kubeconfig_changes_in_meaning() {
     settings.set_prepend_module_to_snapshot(false);
     settings.add_filter(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "[time]");
     settings.bind(|| insta::assert_snapshot!("apiserver_san_added", text));
+}
+
+/// The HA inventory rendered twice with the same PKI: as it is, and
+/// without the nodes `drop` (their `[[nodes]]` blocks cut out).
+fn rendered_without(drop: &[&str]) -> (Rendered, Rendered) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/ha.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let blocks: Vec<&str> = text.split("[[nodes]]").collect();
+    let mut cut = blocks[0].to_string();
+    for b in &blocks[1..] {
+        if !drop.iter().any(|d| b.contains(&format!("name = \"{d}\""))) {
+            cut.push_str("[[nodes]]");
+            cut.push_str(b);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("ha.toml");
+    std::fs::write(&small, cut).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let render = |p: &std::path::Path| {
+        let loaded = kubeforge_inventory::load(p).unwrap();
+        let prepared =
+            kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default()).unwrap();
+        prepared.persist(state.path()).unwrap();
+        prepared.rendered
+    };
+    (render(&path), render(&small))
+}
+
+#[test]
+fn removing_nodes_plans_the_drain_the_others_changes_and_the_teardown() {
+    use kubeforge_plan::remove::{prune, PruneOptions};
+    for (drop, name, force) in [
+        ("worker2", "remove_worker", false),
+        ("cp3", "remove_control_plane", true),
+    ] {
+        let (full, r) = rendered_without(&[drop]);
+        let facts = converged(&full);
+        let mut p = plan("ha", &r, &Facts::Gathered(facts));
+        let tree = full.nodes.iter().find(|n| n.name == drop).unwrap();
+        let record = kubeforge_plan::Manifest::of("ha", tree, None);
+        let opts = PruneOptions {
+            drain_timeout_secs: 300,
+            force,
+        };
+        prune(&mut p, &r, &[&record], &opts).unwrap();
+        let text = kubeforge_plan::to_text(&p);
+        let mut settings = insta::Settings::clone_current();
+        settings.set_prepend_module_to_snapshot(false);
+        settings.add_filter(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "[time]");
+        settings.add_filter(r"serial [0-9a-f:]+ -> [0-9a-f:]+", "serial [old] -> [new]");
+        settings.bind(|| insta::assert_snapshot!(name, text));
+        assert_eq!(p.summary.remove, 1);
+        assert_eq!(p.phases.first().unwrap().phase, "drain");
+        assert_eq!(p.phases.last().unwrap().phase, "forget");
+        // The members that stay are not gated on a member count that
+        // still includes the one going (no etcd restart at all).
+        for w in p
+            .phases
+            .iter()
+            .filter(|x| x.phase == "etcd")
+            .flat_map(|x| &x.nodes)
+        {
+            assert!(w.gates.is_empty() && w.restart.is_empty(), "{w:?}");
+        }
+    }
 }

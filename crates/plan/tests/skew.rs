@@ -63,6 +63,7 @@ fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
                 }
             }
             f.steps_done = n.steps.iter().map(|s| s.name.clone()).collect();
+            f.manifest = Some(kubeforge_plan::Manifest::of("ha", n, None).to_bytes());
             if r.addon_node.as_ref() == Some(&n.name) {
                 let objects = r
                     .addons
@@ -455,7 +456,8 @@ fn node_batches_follow_max_unavailable() {
             ..Options::default()
         };
         let p = plan_of(&r, &f, &opts).unwrap();
-        p.phases[0].batches.clone()
+        let node = p.phases.iter().find(|x| x.phase == "node").unwrap();
+        node.batches.clone()
     };
     assert_eq!(
         batches(1),

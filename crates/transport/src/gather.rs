@@ -37,6 +37,9 @@ pub struct Request {
     /// Refresh the cache with what was hashed (a run holding the apply
     /// lock); otherwise it is only read.
     pub record: bool,
+    /// A small file read whole when it is there (the node's record of
+    /// what kubeforge placed on it).
+    pub manifest: Option<String>,
 }
 
 /// A file as found.
@@ -63,14 +66,17 @@ pub struct Report {
     pub versions: BTreeMap<String, String>,
     /// Files whose sha256 came from the cache (not read again).
     pub cached: usize,
+    /// The content of the request's `manifest`, when it is a file.
+    pub manifest: Option<Vec<u8>>,
 }
 
 /// Reads its request on stdin: `F DIFF SHA PATH`, `U UNIT`, `S INDEX
 /// BASE64-SCRIPT`, `V UNIT` lines. $1 is the cache file, $2 `record` or
-/// `read`. Prints the host facts as `H key=value`, then `F MODE OWNER SHA
+/// `read`, $3 the extra host checks (base64), $4 the manifest file (or
+/// empty). Prints the host facts as `H key=value`, then `F MODE OWNER SHA
 /// PATH`, `C PATH BASE64` (old text of a changed diffable file), `U UNIT
-/// ACTIVE ENABLED`, `S INDEX STATUS`, `V UNIT LINE` and `K COUNT` (sums
-/// taken from the cache).
+/// ACTIVE ENABLED`, `S INDEX STATUS`, `V UNIT LINE`, `K COUNT` (sums taken
+/// from the cache) and `M BASE64` (the manifest, when it is a file).
 ///
 /// A `V` unit's version is what its running process's own binary
 /// (`/proc/PID/exe`, also when the file was replaced since) says to
@@ -78,7 +84,7 @@ pub struct Report {
 /// the sha256 cache (`version-cache`), keyed by that binary's device,
 /// inode, size and change time, so that a binary is asked once.
 const GATHER: &str = r#"set -u
-cache="$1"; mode="$2"; host_extra="${3:-}"
+cache="$1"; mode="$2"; host_extra="${3:-}"; manifest="${4:-}"
 d=$(mktemp -d /run/kubeforge-gather.XXXXXX) || exit 1
 trap 'rm -rf "$d"' EXIT
 trap 'rm -rf "$d"; exit 1' HUP INT TERM PIPE
@@ -152,6 +158,9 @@ while IFS= read -r u; do
   printf 'V %s %s\n' "$u" "$line"
   printf '%s %s\n' "$key" "$line" >> "$d/vcache.new"
 done < "$d/req.v"
+if [ -n "$manifest" ] && [ -f "$manifest" ]; then
+  printf 'M %s\n' "$(base64 -w0 < "$manifest")"
+fi
 # The cache: every file hashed or confirmed now, with its key.
 if [ "$mode" = record ]; then
   if [ -s "$d/vcache.new" ]; then
@@ -197,6 +206,7 @@ pub async fn gather(t: &dyn Transport, req: &Request) -> Result<Report, Transpor
                     req.cache.clone(),
                     mode.to_string(),
                     b64.encode(&req.host_extra),
+                    req.manifest.clone().unwrap_or_default(),
                 ])
                 .stdin(stdin.into_bytes())
                 .timeout(Duration::from_secs(600)),
@@ -221,6 +231,7 @@ fn parse(text: &str, req: &Request) -> Report {
                 host.push('\n');
             }
             "K" => r.cached = rest.trim().parse().unwrap_or(0),
+            "M" => r.manifest = b64.decode(rest.trim()).ok(),
             "F" => {
                 let mut p = rest.splitn(4, ' ');
                 let (Some(mode), Some(owner), Some(sha), Some(path)) =

@@ -29,6 +29,8 @@ async fn files_units_checks_and_host_in_one_round_trip() {
     std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::symlink("/", &link).unwrap();
     let cache = dir.path().join("cache/sha256-cache");
+    let manifest = dir.path().join("manifest.json");
+    std::fs::write(&manifest, b"{\"node\": \"here\"}\n").unwrap();
     let p = |x: &std::path::Path| x.display().to_string();
     let req = Request {
         files: vec![
@@ -48,10 +50,12 @@ async fn files_units_checks_and_host_in_one_round_trip() {
         host_extra: "echo unmet=7\ntrue || echo unmet=8\n".into(),
         cache: p(&cache),
         record: false,
+        manifest: Some(p(&manifest)),
     };
     let t = LocalTransport::new("here");
     let r = gather(&t, &req).await.unwrap();
     assert_eq!(r.host.unmet, ["7"]);
+    assert_eq!(r.manifest.as_deref(), Some(&b"{\"node\": \"here\"}\n"[..]));
     let fa = &r.files[&p(&a)];
     assert_eq!(fa.sha256, sha(b"old text\n"));
     assert_eq!(fa.mode, 0o644);
@@ -91,6 +95,7 @@ async fn the_cache_spares_unchanged_files_and_never_hides_a_change() {
     let t = LocalTransport::new("here");
     let first = gather(&t, &req).await.unwrap();
     assert_eq!(first.cached, 0);
+    assert_eq!(first.manifest, None, "no manifest asked for, none read");
     assert_eq!(first.files[&path].sha256, sha(&vec![7u8; 1 << 20]));
     let second = gather(&t, &req).await.unwrap();
     assert_eq!(second.cached, 1, "the sum was not taken from the cache");

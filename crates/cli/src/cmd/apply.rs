@@ -1,7 +1,7 @@
 //! `kubeforge apply`: the nodes made to match the inventory, exactly as
 //! the plan says, phase by phase behind health gates.
 
-use crate::args::{InventoryArgs, NodeArgs, Output, PkiArgs};
+use crate::args::{InventoryArgs, NodeArgs, Output, PkiArgs, PruneArgs};
 use crate::common::{init_log, prepare_for_nodes, reach, runtime, Term};
 use crate::online;
 use anyhow::Result;
@@ -20,12 +20,29 @@ pub(crate) fn run(
     pki: &PkiArgs,
     nodes: &NodeArgs,
     limits: Limits,
+    prune: &PruneArgs,
     output: Output,
     term: &mut Term,
 ) -> Result<()> {
     let (loaded, state, prepared) = prepare_for_nodes(inv, pki, nodes, term)?;
     let cluster = &loaded.cluster;
     init_log(&state)?;
+    let gone = crate::known::gone(&state, cluster)?;
+    if !gone.is_empty() && !prune.prune {
+        let names: Vec<&str> = gone.iter().map(|k| k.manifest.node.as_str()).collect();
+        let (them, have) = if names.len() == 1 {
+            ("it", "has a record")
+        } else {
+            ("them", "have records")
+        };
+        anyhow::bail!(
+            "{} {} {have} in {} (kubeforge placed files there) but the inventory no longer names {them}; nothing was changed\n  help: `kubeforge plan` shows what removing {them} does; `kubeforge apply --prune` removes {them} from the cluster, or name {them} in the inventory again",
+            if names.len() == 1 { "node" } else { "nodes" },
+            names.join(", "),
+            state.join("nodes").display(),
+        );
+    }
+    let records: Vec<kubeforge_plan::Manifest> = gone.iter().map(|k| k.manifest.clone()).collect();
     let opts = kubeforge_apply::Options {
         concurrency: nodes.reach.concurrency,
         gate_timeout: Duration::from_secs(limits.gate_timeout),
@@ -44,7 +61,7 @@ pub(crate) fn run(
     let mut connect = Duration::ZERO;
     let outcome = runtime()?.block_on(kubeforge_transport::closing_masters(async {
         let t = Instant::now();
-        let transports = online::connect_all(cluster, &state, &reach(nodes)).await?;
+        let transports = online::connect_all_with(cluster, &gone, &state, &reach(nodes)).await?;
         connect = t.elapsed();
         let req = Request {
             cluster,
@@ -53,19 +70,28 @@ pub(crate) fn run(
             transports: &transports,
             opts: &opts,
             owner: &owner,
+            gone: &records,
+            prune: prune.options(),
         };
         // The state directory first: the nodes never hold a certificate
         // the control machine does not have.
-        let mut persist = || {
+        let mut persist = |plan: &kubeforge_plan::Plan| {
             prepared
                 .persist(&state)
-                .map_err(|e| ApplyError::Other(e.to_string()))
+                .map_err(|e| ApplyError::Other(e.to_string()))?;
+            crate::known::save(&state, cluster, plan)
+                .map_err(|e| ApplyError::Other(format!("{e:#}")))
         };
         let bars = online::Bars::new();
         kubeforge_apply::apply(&req, &mut persist, &bars)
             .await
             .map_err(online::explain)
     }))??;
+    // The records as the nodes now hold them; removed nodes forgotten.
+    crate::known::save(&state, cluster, &outcome.plan)?;
+    for r in &outcome.plan.removals {
+        crate::known::forget(&state, &r.node)?;
+    }
     let secs = started.elapsed().as_secs_f64();
     let mut timings = vec![("connect".to_string(), connect)];
     timings.extend(outcome.timings.iter().cloned());

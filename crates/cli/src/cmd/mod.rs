@@ -9,5 +9,6 @@ pub(crate) mod init;
 pub(crate) mod kubeconfig;
 pub(crate) mod plan;
 pub(crate) mod render;
+pub(crate) mod reset;
 pub(crate) mod status;
 pub(crate) mod validate;

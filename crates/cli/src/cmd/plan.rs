@@ -1,7 +1,7 @@
 //! `kubeforge plan`: what an apply would change, node by node and phase by
 //! phase (facts gathered read-only over SSH, or none with --offline).
 
-use crate::args::{InventoryArgs, NodeArgs, Output, PkiArgs};
+use crate::args::{InventoryArgs, NodeArgs, Output, PkiArgs, PruneArgs};
 use crate::common::{pki_line, prepare_for_nodes, reach, runtime, Term};
 use crate::online;
 use anyhow::Result;
@@ -11,6 +11,7 @@ pub(crate) fn run(
     pki: &PkiArgs,
     nodes: &NodeArgs,
     offline: bool,
+    prune: &PruneArgs,
     output: Output,
     term: &mut Term,
 ) -> Result<()> {
@@ -18,14 +19,27 @@ pub(crate) fn run(
     let cluster = &loaded.cluster;
     let rendered = &prepared.rendered;
     let opts = nodes.plan_options();
+    // Nodes the state directory knows but the inventory no longer names:
+    // what removing them would do is shown with or without --prune.
+    let gone = crate::known::gone(&state, cluster)?;
+    let records: Vec<kubeforge_plan::Manifest> = gone.iter().map(|k| k.manifest.clone()).collect();
     let plan = if offline {
-        kubeforge_apply::plan_offline(cluster, rendered, &opts)?
+        let mut plan = kubeforge_apply::plan_offline(cluster, rendered, &opts)?;
+        kubeforge_apply::with_removals(&mut plan, rendered, &records, &prune.options())?;
+        plan
     } else {
         runtime()?.block_on(kubeforge_transport::closing_masters(async {
             let t = online::connect_all(cluster, &state, &reach(nodes)).await?;
-            let plan =
-                kubeforge_apply::plan_online(cluster, rendered, &opts, &t, nodes.reach.concurrency)
-                    .await;
+            let plan = kubeforge_apply::plan_online(
+                cluster,
+                rendered,
+                &opts,
+                &t,
+                nodes.reach.concurrency,
+                &records,
+                &prune.options(),
+            )
+            .await;
             Ok::<_, anyhow::Error>(plan?)
         }))??
     };
@@ -49,6 +63,9 @@ pub(crate) fn run(
                 term.line("")?;
             }
             term.raw(kubeforge_plan::to_text(&plan))?;
+            if !plan.removals.is_empty() && !prune.prune {
+                term.line("`kubeforge apply` refuses to run until these nodes are removed with --prune (or named in the inventory again).")?;
+            }
         }
     }
     Ok(())

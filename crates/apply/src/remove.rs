@@ -1,0 +1,581 @@
+//! The cluster operations of a plan ([`ClusterOp`]): draining a node and
+//! deleting its Node object through a control-plane node's API, and
+//! removing an etcd member through a healthy member's client API, each
+//! after a check that the cluster keeps its quorum without it.
+
+use crate::api::Request;
+use crate::drain::{drain, DrainOptions};
+use crate::execute::{Applied, Run};
+use crate::{transport, ApplyError, Transports};
+use kubeforge_plan::{ClusterOp, EtcdTls, Plan};
+use kubeforge_transport::Script;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Through a member's own client URL: `$1` CA, `$2` certificate, `$3`
+/// key, `$4` what (`list`: the member list, then `/health` of each URL
+/// after $4; `add`: the peer URL `$5`; `remove`: member `$5`, an ID).
+/// Prints `members|health URL|added|removed BASE64-ANSWER` lines.
+const ETCD_OP: &str = r#"set -u
+ca=$1 cert=$2 key=$3 what=$4
+shift 4
+q() { curl -sS --max-time 5 --cacert "$ca" --cert "$cert" --key "$key" "$@" 2>&1; }
+case "$what" in
+list)
+  printf 'members %s\n' "$(q -X POST -d '{}' https://127.0.0.1:2379/v3/cluster/member/list | base64 -w0)"
+  for u in "$@"; do printf 'health %s %s\n' "$u" "$(q "$u/health" | base64 -w0)"; done
+  ;;
+add)
+  printf 'added %s\n' "$(q -X POST -d "{\"peerURLs\":[\"$1\"]}" https://127.0.0.1:2379/v3/cluster/member/add | base64 -w0)"
+  ;;
+remove)
+  printf 'removed %s\n' "$(q -X POST -d "{\"ID\":\"$1\"}" https://127.0.0.1:2379/v3/cluster/member/remove | base64 -w0)"
+  ;;
+esac
+"#;
+
+/// A member as the member list gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// The members of a `member/list` answer (IDs are uint64, as strings or
+/// numbers).
+pub fn members_of(v: &Value) -> Vec<Member> {
+    let urls = |m: &Value, key: &str| -> Vec<String> {
+        m.get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    v.get("members")
+        .and_then(Value::as_array)
+        .map(|ms| {
+            ms.iter()
+                .map(|m| Member {
+                    id: match m.get("ID") {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(Value::Number(n)) => n.to_string(),
+                        _ => String::new(),
+                    },
+                    name: m
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    peer_urls: urls(m, "peerURLs"),
+                    client_urls: urls(m, "clientURLs"),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether an answer of etcd's gateway is a result (not `{"code",
+/// "message"}` or `{"error"}`).
+fn answered(v: &Value) -> bool {
+    v.get("header").is_some() && v.get("code").is_none() && v.get("error").is_none()
+}
+
+/// The smallest majority of `n` members.
+pub fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// Whether removing the member `gone` from `members` (each with its
+/// health) keeps the cluster able to commit the removal and serve after
+/// it; `Err` says why not.
+pub fn may_remove(members: &[(Member, bool)], gone: &str) -> Result<(), String> {
+    let n = members.len();
+    let healthy = members.iter().filter(|(_, h)| *h).count();
+    let stay: Vec<&(Member, bool)> = members.iter().filter(|(m, _)| m.id != gone).collect();
+    let stay_healthy = stay.iter().filter(|(_, h)| *h).count();
+    let sick: Vec<&str> = members
+        .iter()
+        .filter(|(_, h)| !h)
+        .map(|(m, _)| m.name.as_str())
+        .collect();
+    if stay.is_empty() {
+        return Err("it is the only member".into());
+    }
+    if healthy < quorum(n) {
+        return Err(format!(
+            "only {healthy} of {n} members are healthy (unhealthy: {}): the cluster cannot commit the removal",
+            sick.join(", ")
+        ));
+    }
+    if stay_healthy < quorum(stay.len()) {
+        return Err(format!(
+            "the {} members left would have {stay_healthy} healthy, fewer than their quorum of {} (unhealthy: {}): quorum would be lost",
+            stay.len(),
+            quorum(stay.len()),
+            sick.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn lines(out: &str) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    out.lines()
+        .filter_map(|l| {
+            let (head, body) = l.rsplit_once(' ')?;
+            let body = b64.decode(body.trim()).unwrap_or_default();
+            Some((
+                head.to_string(),
+                String::from_utf8_lossy(&body).into_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// The member list through the first member of `via` that gives one,
+/// with every member's health as that member sees it.
+async fn listed(
+    transports: &Transports,
+    via: &[String],
+    tls: &EtcdTls,
+) -> Result<(String, Vec<(Member, bool)>), ApplyError> {
+    let mut tried = Vec::new();
+    for node in via {
+        let Ok(t) = transport(transports, node) else {
+            continue;
+        };
+        let args = |what: &str, rest: Vec<String>| {
+            let mut a = vec![
+                tls.ca.clone(),
+                tls.cert.clone(),
+                tls.key.clone(),
+                what.into(),
+            ];
+            a.extend(rest);
+            a
+        };
+        let out = t
+            .run(
+                Script::new("etcd: member list", ETCD_OP)
+                    .args(args("list", Vec::new()))
+                    .timeout(Duration::from_secs(30)),
+            )
+            .await;
+        let list = match out {
+            Ok(o) => lines(&o.stdout_str())
+                .into_iter()
+                .find(|(h, _)| h == "members")
+                .map(|(_, b)| b),
+            Err(e) => {
+                tried.push(format!("{node}: {e}"));
+                continue;
+            }
+        };
+        let Some(members) = list
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<Value>(b).ok())
+            .map(|v| members_of(&v))
+            .filter(|m| !m.is_empty())
+        else {
+            tried.push(format!(
+                "{node}: no member list ({})",
+                list.unwrap_or_default().trim()
+            ));
+            continue;
+        };
+        let urls: Vec<String> = members
+            .iter()
+            .filter_map(|m| m.client_urls.first().cloned())
+            .collect();
+        let out = t
+            .run(
+                Script::new("etcd: member health", ETCD_OP)
+                    .args(args("list", urls))
+                    .timeout(Duration::from_secs(60)),
+            )
+            .await?;
+        let health = lines(&out.stdout_str());
+        let judged = members
+            .into_iter()
+            .map(|m| {
+                let ok = m.client_urls.first().is_some_and(|u| {
+                    health.iter().any(|(h, b)| {
+                        h == &format!("health {u}")
+                            && serde_json::from_str::<Value>(b)
+                                .ok()
+                                .and_then(|v| v.get("health").cloned())
+                                .is_some_and(|x| x == "true" || x == true)
+                    })
+                });
+                (m, ok)
+            })
+            .collect();
+        return Ok((node.clone(), judged));
+    }
+    Err(ApplyError::Other(format!(
+        "no etcd member answered with a member list:\n  {}\n  help: `kubeforge status` shows the members' health",
+        tried.join("\n  ")
+    )))
+}
+
+/// Tells the node's etcd to join a running cluster when it first starts
+/// (its data directory empty): a runtime drop-in, gone at the next boot.
+const JOIN: &str = r#"set -eu
+mkdir -p /run/kubeforge /run/systemd/system/etcd.service.d
+printf 'ETCD_INITIAL_CLUSTER_STATE=existing\n' > /run/kubeforge/etcd-join.env
+printf '[Service]\nEnvironmentFile=/run/kubeforge/etcd-join.env\n' > /run/systemd/system/etcd.service.d/kubeforge-join.conf
+systemctl daemon-reload
+"#;
+
+/// Whether adding the member with `peer_url` to `members` keeps the
+/// cluster able to commit it and serve until it has started: every
+/// member healthy (one added earlier and not started yet aside).
+pub fn may_add(members: &[(Member, bool)], peer_url: &str) -> Result<(), String> {
+    let others: Vec<&(Member, bool)> = members
+        .iter()
+        .filter(|(m, _)| !m.peer_urls.iter().any(|u| u == peer_url))
+        .collect();
+    let sick: Vec<&str> = others
+        .iter()
+        .filter(|(_, h)| !h)
+        .map(|(m, _)| m.name.as_str())
+        .collect();
+    if !sick.is_empty() {
+        return Err(format!(
+            "not every member is healthy (unhealthy: {})",
+            sick.join(", ")
+        ));
+    }
+    let n = others.len() + 1;
+    if others.len() < quorum(n) {
+        return Err(format!(
+            "{} healthy members are fewer than the quorum of {n} members",
+            others.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The member named `member` (or with `peer_url`), if it is in the list.
+fn find<'a>(list: &'a [(Member, bool)], member: &str, peer_url: &str) -> Option<&'a Member> {
+    list.iter()
+        .map(|(m, _)| m)
+        .find(|m| m.name == member || m.peer_urls.iter().any(|u| u == peer_url))
+}
+
+/// Checks, before anything is touched, that every etcd member the plan
+/// removes can go without losing the quorum.
+pub async fn precheck(plan: &Plan, transports: &Transports) -> Result<(), ApplyError> {
+    for op in plan.phases.iter().flat_map(|p| &p.ops) {
+        if let ClusterOp::EtcdAdd {
+            member,
+            peer_url,
+            via,
+            tls,
+        } = op
+        {
+            let (_, list) = listed(transports, via, tls).await?;
+            may_add(&list, peer_url).map_err(|why| {
+                ApplyError::Other(format!(
+                    "adding etcd member {member} is refused: {why}; nothing was changed\n  help: bring the unhealthy members back (`kubeforge status`), then apply again"
+                ))
+            })?;
+        }
+        if let ClusterOp::EtcdRemove {
+            member,
+            peer_url,
+            via,
+            tls,
+        } = op
+        {
+            let (_, list) = listed(transports, via, tls).await?;
+            if let Some(m) = find(&list, member, peer_url) {
+                may_remove(&list, &m.id).map_err(|why| {
+                    ApplyError::Other(format!(
+                        "removing etcd member {member} is refused: {why}; nothing was changed\n  help: bring the unhealthy members back (`kubeforge status`), then apply again"
+                    ))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Executes a reset plan ([`kubeforge_plan::remove::reset`]) under the
+/// apply lock of every node it names.
+pub async fn reset(
+    plan: &Plan,
+    transports: &Transports,
+    opts: &crate::Options,
+    owner: &str,
+    progress: &dyn crate::Progress,
+) -> Result<Applied, ApplyError> {
+    let locks = crate::lock_all(transports, owner).await?;
+    let result = crate::execute(plan, None, transports, opts, progress).await;
+    for l in locks {
+        l.release().await;
+    }
+    result
+}
+
+impl Run<'_> {
+    /// One cluster operation of a phase.
+    pub(crate) async fn op(&self, phase: &str, op: &ClusterOp) -> Result<Applied, ApplyError> {
+        let mut done = Applied::default();
+        match op {
+            ClusterOp::Drain {
+                node,
+                via,
+                port,
+                timeout_secs,
+            } => {
+                self.step(phase, via, format!("drain {node}"));
+                let opts = DrainOptions {
+                    timeout: Duration::from_secs(*timeout_secs),
+                    poll_interval: self.opts.poll_interval,
+                };
+                let d = drain(&self.api(via, *port)?, node, &opts).await?;
+                self.step(
+                    phase,
+                    via,
+                    if d.absent {
+                        format!("{node} is not registered with the API: nothing to drain")
+                    } else {
+                        format!(
+                            "{node} drained: {} pods evicted, {} left (DaemonSet or static)",
+                            d.evicted.len(),
+                            d.left.len()
+                        )
+                    },
+                );
+                done.warnings.extend(d.warnings);
+            }
+            ClusterOp::DeleteNode { node, via, port } => {
+                self.step(phase, via, format!("delete Node {node}"));
+                let api = self.api(via, *port)?;
+                let r = api
+                    .send(
+                        "delete the Node object",
+                        &[Request {
+                            method: "DELETE",
+                            path: format!("/api/v1/nodes/{node}"),
+                            body: None,
+                        }],
+                    )
+                    .await?;
+                if let Some(r) = r.first().filter(|r| !r.ok() && r.code != 404) {
+                    return Err(ApplyError::Other(format!(
+                        "{via}: deleting Node {node}: {}\n  help: `kubectl delete node {node}`",
+                        r.message()
+                    )));
+                }
+            }
+            ClusterOp::EtcdAdd {
+                member,
+                peer_url,
+                via,
+                tls,
+            } => {
+                let (through, list) = listed(self.transports, via, tls).await?;
+                may_add(&list, peer_url).map_err(|why| {
+                    ApplyError::Other(format!(
+                        "adding etcd member {member} is refused: {why}\n  help: bring the unhealthy members back (`kubeforge status`), then apply again"
+                    ))
+                })?;
+                if find(&list, member, peer_url).is_some() {
+                    self.step(
+                        phase,
+                        &through,
+                        format!("{member} is an etcd member already (added, not started)"),
+                    );
+                } else {
+                    self.step(
+                        phase,
+                        &through,
+                        format!("etcd member add {member} ({peer_url})"),
+                    );
+                    let out = self
+                        .t(&through)?
+                        .run(
+                            Script::new("etcd: member add", ETCD_OP)
+                                .args([
+                                    tls.ca.clone(),
+                                    tls.cert.clone(),
+                                    tls.key.clone(),
+                                    "add".into(),
+                                    peer_url.clone(),
+                                ])
+                                .timeout(Duration::from_secs(30)),
+                        )
+                        .await?;
+                    let answer = lines(&out.stdout_str())
+                        .into_iter()
+                        .find(|(h, _)| h == "added")
+                        .map(|(_, b)| b)
+                        .unwrap_or_default();
+                    let v: Option<Value> = serde_json::from_str(&answer).ok();
+                    let added = v
+                        .as_ref()
+                        .and_then(|v| v.pointer("/member/peerURLs"))
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| a.iter().any(|u| u == peer_url.as_str()));
+                    if !added {
+                        return Err(ApplyError::Other(format!(
+                            "{through}: etcd member add {member}: {}\n  help: `kubeforge status` shows the members",
+                            answer.trim()
+                        )));
+                    }
+                }
+                self.step(
+                    phase,
+                    member,
+                    "etcd joins the running cluster (ETCD_INITIAL_CLUSTER_STATE=existing)".into(),
+                );
+                self.t(member)?
+                    .run_ok(Script::new("etcd: join the running cluster", JOIN))
+                    .await?;
+            }
+            ClusterOp::EtcdRemove {
+                member,
+                peer_url,
+                via,
+                tls,
+            } => {
+                let (through, list) = listed(self.transports, via, tls).await?;
+                let Some(m) = find(&list, member, peer_url).cloned() else {
+                    self.step(
+                        phase,
+                        &through,
+                        format!("{member} is not an etcd member: nothing to remove"),
+                    );
+                    return Ok(done);
+                };
+                may_remove(&list, &m.id).map_err(|why| {
+                    ApplyError::Other(format!(
+                        "removing etcd member {member} is refused: {why}\n  help: bring the unhealthy members back (`kubeforge status`), then apply again"
+                    ))
+                })?;
+                self.step(
+                    phase,
+                    &through,
+                    format!("etcd member remove {member} ({})", m.id),
+                );
+                let t = self.t(&through)?;
+                let out = t
+                    .run(
+                        Script::new("etcd: member remove", ETCD_OP)
+                            .args([
+                                tls.ca.clone(),
+                                tls.cert.clone(),
+                                tls.key.clone(),
+                                "remove".into(),
+                                m.id.clone(),
+                            ])
+                            .timeout(Duration::from_secs(30)),
+                    )
+                    .await?;
+                let answer = lines(&out.stdout_str())
+                    .into_iter()
+                    .find(|(h, _)| h == "removed")
+                    .map(|(_, b)| b)
+                    .unwrap_or_default();
+                let v: Option<Value> = serde_json::from_str(&answer).ok();
+                let left = v.as_ref().map(members_of).unwrap_or_default();
+                // An error is `{"code": N, "message": ...}`; a removal
+                // answers with the members left.
+                if !v.as_ref().is_some_and(answered) || left.iter().any(|x| x.id == m.id) {
+                    return Err(ApplyError::Other(format!(
+                        "{through}: etcd member remove {member}: {}\n  help: `kubeforge status` shows the members",
+                        answer.trim()
+                    )));
+                }
+            }
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str) -> Member {
+        Member {
+            id: id.into(),
+            name: format!("n{id}"),
+            peer_urls: vec![],
+            client_urls: vec![],
+        }
+    }
+
+    #[test]
+    fn quorum_decides_a_removal() {
+        let all = |h: [bool; 3]| vec![(m("1"), h[0]), (m("2"), h[1]), (m("3"), h[2])];
+        assert!(may_remove(&all([true, true, true]), "3").is_ok());
+        // The one going is the sick one: the two left are healthy.
+        assert!(may_remove(&all([true, true, false]), "3").is_ok());
+        // One of those that stay is sick: two members with one healthy.
+        let e = may_remove(&all([true, false, true]), "3").unwrap_err();
+        assert!(e.contains("quorum would be lost"), "{e}");
+        let e = may_remove(&all([true, false, false]), "3").unwrap_err();
+        assert!(e.contains("cannot commit"), "{e}");
+        assert!(may_remove(&[(m("1"), true)], "1").is_err());
+        assert!(may_remove(&[(m("1"), true), (m("2"), true)], "2").is_ok());
+        assert!(may_remove(&[(m("1"), true), (m("2"), false)], "2").is_err());
+    }
+
+    #[test]
+    fn an_add_wants_every_member_healthy() {
+        let with = |h: [bool; 2]| {
+            let mut a = m("1");
+            a.peer_urls = vec!["https://a:2380".into()];
+            let mut b = m("2");
+            b.peer_urls = vec!["https://b:2380".into()];
+            vec![(a, h[0]), (b, h[1])]
+        };
+        assert!(may_add(&with([true, true]), "https://c:2380").is_ok());
+        let e = may_add(&with([true, false]), "https://c:2380").unwrap_err();
+        assert!(e.contains("unhealthy: n2"), "{e}");
+        // Added earlier, never started: it does not count against the add.
+        assert!(may_add(&with([true, false]), "https://b:2380").is_err());
+        let mut l = with([true, true]);
+        l.push((
+            Member {
+                id: "3".into(),
+                name: String::new(),
+                peer_urls: vec!["https://c:2380".into()],
+                client_urls: vec![],
+            },
+            false,
+        ));
+        assert!(may_add(&l, "https://c:2380").is_ok());
+    }
+
+    #[test]
+    fn errors_of_the_gateway_are_not_results() {
+        let err = serde_json::json!({"code": 2, "message": "etcdserver: re-configuration failed due to not enough started members"});
+        assert!(!answered(&err));
+        let ok = serde_json::json!({"header": {"raft_term": "2"}, "members": []});
+        assert!(answered(&ok));
+    }
+
+    #[test]
+    fn member_ids_as_strings_or_numbers() {
+        let v = serde_json::json!({"members": [
+            {"ID": "12", "name": "cp1", "peerURLs": ["https://10.0.0.1:2380"], "clientURLs": ["https://10.0.0.1:2379"]},
+            {"ID": 13, "name": "", "peerURLs": ["https://10.0.0.2:2380"]}
+        ]});
+        let ms = members_of(&v);
+        assert_eq!(ms[0].id, "12");
+        assert_eq!(ms[1].id, "13");
+        assert_eq!(ms[1].client_urls, Vec::<String>::new());
+    }
+}
