@@ -8,6 +8,7 @@
 mod api;
 mod api_phase;
 mod bootstrap;
+pub mod certs;
 mod cluster;
 mod distribute;
 pub mod etcd;

@@ -89,14 +89,15 @@ pub(crate) enum Command {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
-    /// List every certificate in the state directory with its expiry.
-    Certs {
-        #[command(flatten)]
-        inv: InventoryArgs,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Text)]
-        output: Output,
-    },
+    /// Check every certificate: those of the state directory and, unless
+    /// --local, those on the nodes (read in one round trip per node: the
+    /// files kubeforge placed, compared with the state directory's copy,
+    /// the kubeconfigs' client certificates, the kubelet's own ones), each
+    /// with its expiry, residual time, CA and a CHECK: ok, renew soon
+    /// (within [pki] renew_before_days), expired, not signed by the
+    /// current CA, SAN mismatch, differs from the state directory,
+    /// missing.
+    Certs(CertsArgs),
     /// Show the cluster's health in one table, read-only: every node
     /// reachable, each unit's state and version, kubelets Ready in the
     /// API, clock skew, etcd members (health, leader, DB size, revision)
@@ -298,6 +299,21 @@ pub(crate) enum EtcdCommand {
         #[arg(long, default_value_t = 120, value_name = "SECS")]
         gate_timeout: u64,
     },
+}
+
+/// What `kubeforge certs` takes.
+#[derive(Args, Debug)]
+pub(crate) struct CertsArgs {
+    #[command(flatten)]
+    pub(crate) inv: InventoryArgs,
+    #[command(flatten)]
+    pub(crate) reach: ReachArgs,
+    /// Only the state directory's certificates (no node is contacted).
+    #[arg(long)]
+    pub(crate) local: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(crate) output: Output,
 }
 
 /// How to reach the nodes.

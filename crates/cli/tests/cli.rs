@@ -82,7 +82,15 @@ fn init_validate_render_twice_and_plan() {
             "--output",
             "json",
         ],
-        vec!["certs", "-i", "lab/inventory.toml"],
+        vec!["certs", "-i", "lab/inventory.toml", "--local"],
+        vec![
+            "certs",
+            "-i",
+            "lab/inventory.toml",
+            "--local",
+            "--output",
+            "json",
+        ],
     ] {
         let r = kubeforge(d, &args);
         assert_eq!(r.code, 0);
@@ -107,8 +115,23 @@ fn init_validate_render_twice_and_plan() {
     );
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["plan"]["summary"]["nodes"], 7);
-    let r = kubeforge(d, &["certs", "-i", "lab/inventory.toml"]);
+    let r = kubeforge(d, &["certs", "-i", "lab/inventory.toml", "--local"]);
     assert!(r.stdout.contains("etcd-peer for cp3"), "{}", r.stdout);
+    assert!(r.stdout.contains("CHECK"), "{}", r.stdout);
+    let r = kubeforge(
+        d,
+        &[
+            "certs",
+            "-i",
+            "lab/inventory.toml",
+            "--local",
+            "--output",
+            "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let rows = v["state_dir"].as_array().unwrap();
+    assert!(rows.iter().all(|c| c["check"]["state"] == "ok"), "{v}");
 }
 
 #[test]

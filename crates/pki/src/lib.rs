@@ -9,10 +9,12 @@
 pub mod catalog;
 mod check;
 mod issue;
+pub mod listing;
 mod store;
 
 pub use catalog::{CaId, CertSpec, LeafRequest, San, CATALOG};
-pub use check::{client_certificate_valid, inspect, CertInfo};
+pub use check::{client_certificate_valid, inspect, judge, judge_ca, CertInfo, CertState};
+pub use listing::{list, Listed, Stored};
 pub use store::{write_atomic, write_files};
 
 use std::collections::BTreeMap;
