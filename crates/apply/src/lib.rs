@@ -196,11 +196,12 @@ pub struct Outcome {
 
 /// The whole apply: lock every node, gather facts, run the pre-flight
 /// checks, plan, persist the control machine's state (`persist`, before
-/// any node holds something the control machine does not), execute the
-/// plan, and release the locks (also when a step fails).
+/// any node holds something the control machine does not; it sees the
+/// plan first and may refuse it), execute the plan, and release the
+/// locks (also when a step fails).
 pub async fn apply(
     req: &Request<'_>,
-    persist: &mut dyn FnMut() -> Result<(), ApplyError>,
+    persist: &mut dyn FnMut(&Plan) -> Result<(), ApplyError>,
     progress: &dyn Progress,
 ) -> Result<Outcome, ApplyError> {
     let started = Instant::now();
@@ -218,7 +219,7 @@ pub async fn apply(
 
 async fn locked(
     req: &Request<'_>,
-    persist: &mut dyn FnMut() -> Result<(), ApplyError>,
+    persist: &mut dyn FnMut(&Plan) -> Result<(), ApplyError>,
     progress: &dyn Progress,
 ) -> Result<Outcome, ApplyError> {
     let mut timings = Vec::new();
@@ -248,7 +249,7 @@ async fn locked(
     if plan.is_empty() {
         return Ok(outcome(plan, None, timings));
     }
-    persist()?;
+    persist(&plan)?;
     let creds = if plan.cluster_gates.is_some() || plan.phases.iter().any(|p| p.api.is_some()) {
         Some(Credentials::from_rendered(req.rendered)?)
     } else {

@@ -829,7 +829,7 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
         owner: "test",
     };
     let mut persisted = false;
-    let mut persist = || {
+    let mut persist = |_: &kubeforge_plan::Plan| {
         persisted = true;
         Ok(())
     };

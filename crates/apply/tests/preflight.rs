@@ -168,7 +168,7 @@ async fn missing_requirements_are_named_and_nothing_changes() {
         fn event(&self, _: kubeforge_apply::Event) {}
     }
     let mut persisted = false;
-    let mut persist = || {
+    let mut persist = |_: &kubeforge_plan::Plan| {
         persisted = true;
         Ok(())
     };

@@ -96,7 +96,8 @@ pub(crate) enum Command {
     /// with its expiry, residual time, CA and a CHECK: ok, renew soon
     /// (within [pki] renew_before_days), expired, not signed by the
     /// current CA, SAN mismatch, differs from the state directory,
-    /// missing.
+    /// missing. `certs renew` reissues certificates and rolls them out.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Certs(CertsArgs),
     /// Show the cluster's health in one table, read-only: every node
     /// reachable, each unit's state and version, kubelets Ready in the
@@ -304,8 +305,10 @@ pub(crate) enum EtcdCommand {
 /// What `kubeforge certs` takes.
 #[derive(Args, Debug)]
 pub(crate) struct CertsArgs {
+    #[command(subcommand)]
+    pub(crate) op: Option<CertsCommand>,
     #[command(flatten)]
-    pub(crate) inv: InventoryArgs,
+    pub(crate) inv: Option<InventoryArgs>,
     #[command(flatten)]
     pub(crate) reach: ReachArgs,
     /// Only the state directory's certificates (no node is contacted).
@@ -314,6 +317,40 @@ pub(crate) struct CertsArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub(crate) output: Output,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum CertsCommand {
+    /// Reissue leaf certificates (never a CA) in the state directory and
+    /// roll exactly the units that use them: their files rewritten
+    /// atomically, etcd members one at a time, each apiserver out of the
+    /// load balancers while it restarts, the other units behind their
+    /// health gates, the kubeconfigs that embed a certificate rewritten.
+    /// Without --yes the plan is shown and nothing changes (not even the
+    /// state directory).
+    ///
+    ///     kubeforge certs renew -i inventory.toml --all --yes
+    ///     kubeforge certs renew -i inventory.toml apiserver etcd-server/cp1
+    #[command(verbatim_doc_comment)]
+    Renew {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        #[command(flatten)]
+        reach: ReachArgs,
+        /// Certificates to reissue: a catalog name (every node's, for
+        /// per-node ones: etcd-server, kubelet-client, ...) or NAME/NODE.
+        #[arg(value_name = "NAME", conflicts_with = "all")]
+        names: Vec<String>,
+        /// Every leaf certificate.
+        #[arg(long)]
+        all: bool,
+        /// Do it; without, only the plan is shown.
+        #[arg(long)]
+        yes: bool,
+        /// Seconds a health gate waits before the renewal stops.
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        gate_timeout: u64,
+    },
 }
 
 /// How to reach the nodes.

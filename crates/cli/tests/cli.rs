@@ -132,6 +132,21 @@ fn init_validate_render_twice_and_plan() {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let rows = v["state_dir"].as_array().unwrap();
     assert!(rows.iter().all(|c| c["check"]["state"] == "ok"), "{v}");
+    // A renewal names what it renews; a CA is never one of them.
+    let r = kubeforge(d, &["certs", "renew", "-i", "lab/inventory.toml"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("name the certificates to renew, or --all"),
+        "{}",
+        r.stderr
+    );
+    let r = kubeforge(
+        d,
+        &["certs", "renew", "-i", "lab/inventory.toml", "etcd-ca"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("etcd-ca is a CA"), "{}", r.stderr);
 }
 
 #[test]

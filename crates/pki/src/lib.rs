@@ -83,6 +83,8 @@ pub enum Reason {
     /// A bootstrap token valid for longer than the inventory's TTL now
     /// allows.
     OutlivesTtl(String),
+    /// Renewed because it was asked for (`kubeforge certs renew`).
+    Asked,
 }
 
 impl fmt::Display for Reason {
@@ -102,6 +104,7 @@ impl fmt::Display for Reason {
                     "expires {when}, later than bootstrap_token_ttl_hours allows"
                 )
             }
+            Reason::Asked => f.write_str("renewal asked for"),
         }
     }
 }
@@ -173,6 +176,8 @@ pub enum PkiError {
 pub struct Options {
     /// CAs to replace with new ones (every leaf they signed is reissued).
     pub new_cas: Vec<CaId>,
+    /// Leaves to reissue whatever their state, by [`LeafRequest::stem`].
+    pub renew: Vec<String>,
     /// The time certificates are checked against and issued from.
     pub now: OffsetDateTime,
 }
@@ -181,6 +186,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             new_cas: Vec::new(),
+            renew: Vec::new(),
             now: OffsetDateTime::now_utc(),
         }
     }
@@ -579,9 +585,15 @@ fn leaves(
             detail: format!("catalog names {} which was not loaded", req.spec.ca),
         })?;
         let existing = store.read_pair(&stem)?;
-        let verdict = existing
-            .as_ref()
-            .map(|(cert, key)| check::leaf(&req, cert, key, ca, settings, opts.now));
+        let verdict = existing.as_ref().map(|(cert, key)| {
+            check::leaf(&req, cert, key, ca, settings, opts.now).and_then(|()| {
+                if opts.renew.contains(&stem) {
+                    Err(Reason::Asked)
+                } else {
+                    Ok(())
+                }
+            })
+        });
         match (existing, verdict) {
             (Some((cert_pem, key_pem)), Some(Ok(()))) => {
                 d.event(req.describe(), Action::Kept);

@@ -7,6 +7,7 @@
 //! executes. Pure: facts come in as data.
 
 pub mod cert;
+pub mod renewal;
 pub mod restore;
 mod text;
 mod work;
@@ -406,7 +407,9 @@ fn decide<'a>(
         .iter()
         .filter(|s| selected(&s.phase))
         .filter(|s| {
-            if removal(&s.name) {
+            if let Some(file) = &s.written {
+                puts.iter().any(|f| &f.path == file)
+            } else if removal(&s.name) {
                 written || !f_facts.steps_done.contains(&s.name)
             } else {
                 !f_facts.steps_done.contains(&s.name)

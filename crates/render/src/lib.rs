@@ -245,9 +245,14 @@ pub struct Step {
     /// Before the phase's files (the default) or after its units.
     #[serde(skip_serializing_if = "Stage::is_before_files")]
     pub stage: Stage,
-    /// Read-only; exits 0 when nothing needs doing.
+    /// Read-only; exits 0 when nothing needs doing (empty with
+    /// `written`).
     #[serde(skip)]
     pub check: String,
+    /// The step runs exactly when the plan writes this file on the node,
+    /// instead of when its check fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written: Option<String>,
     #[serde(skip)]
     pub run: String,
 }
@@ -814,7 +819,7 @@ impl Renderer {
         self.ca_files(n, &mut files)?;
         self.cert_files(n, &mut files)?;
         self.key_files(n, &mut files)?;
-        let mut steps = self.steps(n)?;
+        let mut steps = self.steps(n, &files.files)?;
         let bootstrap = self.bootstrap(n, &mut steps)?;
         Ok(NodeTree {
             bootstrap,
@@ -1008,6 +1013,7 @@ impl Renderer {
             name: name.clone(),
             phase: self.phase_of(first.on, &first.restarts, &first.reloads),
             stage: Stage::AfterUnits,
+            written: None,
             check: quoted
                 .iter()
                 .map(|f| format!("[ ! -e {f} ]"))
@@ -1030,19 +1036,35 @@ impl Renderer {
         }))
     }
 
-    /// The `[[step]]` rows, their check and run scripts rendered.
-    fn steps(&self, n: &NodeInput<'_>) -> Result<Vec<Step>, RenderError> {
+    /// The `[[step]]` rows, their check and run scripts rendered (`files`:
+    /// the node's files, for the phase of a step run by a file's writing).
+    fn steps(
+        &self,
+        n: &NodeInput<'_>,
+        files: &BTreeMap<String, RenderedFile>,
+    ) -> Result<Vec<Step>, RenderError> {
         let mut steps = Vec::new();
         for row in self.table.step.iter().filter(|r| r.on.matches(n.node)) {
             if row.when.is_some_and(|w| !w.holds(n.cluster)) {
                 continue;
             }
             let what = format!("step {}", row.name);
+            let check = match &row.check {
+                Some(c) => render_str(c, &n.ctx, &what, &n.node.name)?,
+                None => String::new(),
+            };
+            // A step run by a file's writing goes with that file's phase.
+            let phase = row
+                .written
+                .as_ref()
+                .and_then(|w| files.get(w))
+                .map_or_else(|| self.phase_of(row.on, &[], &[]), |f| f.phase.clone());
             steps.push(Step {
                 name: row.name.clone(),
-                phase: self.phase_of(row.on, &[], &[]),
+                phase,
                 stage: row.stage,
-                check: render_str(&row.check, &n.ctx, &what, &n.node.name)?,
+                check,
+                written: row.written.clone(),
                 run: render_str(&row.run, &n.ctx, &what, &n.node.name)?,
             });
         }

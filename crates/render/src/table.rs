@@ -214,7 +214,14 @@ pub struct StepRow {
     pub when: Option<When>,
     #[serde(default)]
     pub stage: Stage,
-    pub check: String,
+    /// Read-only; exits 0 when nothing needs doing. A step with `written`
+    /// has none.
+    #[serde(default)]
+    pub check: Option<String>,
+    /// The step runs exactly when the plan writes this file on the node
+    /// (and never otherwise), instead of when a check fails.
+    #[serde(default)]
+    pub written: Option<String>,
     pub run: String,
 }
 
@@ -534,6 +541,23 @@ impl Table {
                 return Err(format!("{} names unknown CA \"{}\"", c.path, c.ca));
             }
             check_units(&c.path, &c.restarts)?;
+        }
+        for st in &t.step {
+            match (&st.check, &st.written) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "step \"{}\" needs either a `check` or `written` (the file whose writing runs it), not both",
+                        st.name
+                    ))
+                }
+            }
+            if st.written.is_some() && st.stage == Stage::BeforeFiles {
+                return Err(format!(
+                    "step \"{}\" runs when a file is written: give it stage \"after-files\" or \"after-units\"",
+                    st.name
+                ));
+            }
         }
         for c in &t.cert {
             if catalog::spec(&c.cert).is_none() {

@@ -53,7 +53,7 @@ pub(crate) fn run(
         };
         // The state directory first: the nodes never hold a certificate
         // the control machine does not have.
-        let mut persist = || {
+        let mut persist = |_: &kubeforge_plan::Plan| {
             prepared
                 .persist(&state)
                 .map_err(|e| ApplyError::Other(e.to_string()))

@@ -1,16 +1,46 @@
 //! `kubeforge certs`: every certificate of the state directory and of the
-//! nodes, checked.
+//! nodes, checked; `kubeforge certs renew`: leaves reissued and rolled
+//! out.
 
-use crate::args::{CertsArgs, InventoryArgs, Output, ReachArgs};
-use crate::common::{load, runtime, Term};
+use crate::args::{CertsArgs, CertsCommand, InventoryArgs, Output, ReachArgs};
+use crate::common::{init_log, load, pki_line, runtime, Term};
 use crate::online;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use kubeforge_apply::certs::NodeCerts;
-use kubeforge_pki::{CaId, CertState, Listed};
+use kubeforge_apply::{ApplyError, Request};
+use kubeforge_inventory::Cluster;
+use kubeforge_pki::{catalog, CaId, CertState, Listed};
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 pub(crate) fn run(args: CertsArgs, term: &mut Term) -> Result<()> {
-    check(&args.inv, &args.reach, args.local, args.output, term)
+    match args.op {
+        Some(CertsCommand::Renew {
+            inv,
+            reach,
+            names,
+            all,
+            yes,
+            gate_timeout,
+        }) => {
+            let what = if all {
+                Renewal::All
+            } else if !names.is_empty() {
+                Renewal::Names(names)
+            } else {
+                bail!(
+                    "name the certificates to renew, or --all\n  help: kubeforge certs -i INVENTORY --local lists them"
+                )
+            };
+            renew(&inv, &reach, &what, yes, gate_timeout, term)
+        }
+        None => {
+            let inv = args.inv.ok_or_else(|| {
+                anyhow!("the inventory is missing\n  help: kubeforge certs -i INVENTORY")
+            })?;
+            check(&inv, &args.reach, args.local, args.output, term)
+        }
+    }
 }
 
 /// Rows padded to their columns' widths, the last column as it is.
@@ -192,16 +222,258 @@ fn check(
         .count();
     if attention > 0 {
         term.line(format!(
-            "\n{attention} certificates need attention: `kubeforge apply` reissues those expiring, expired or lacking names and puts the state directory's on the nodes."
+            "\n{attention} certificates need attention: `kubeforge apply` reissues those expiring, expired or lacking names and puts the state directory's on the nodes; `kubeforge certs renew` renews before that."
         ))?;
     }
     failed
+}
+
+/// What `certs renew` does.
+enum Renewal {
+    All,
+    Names(Vec<String>),
+}
+
+/// The state directory stems of the named certificates: a catalog name
+/// (every one of a per-node certificate) or NAME/NODE.
+fn stems(cluster: &Cluster, names: &[String]) -> Result<Vec<String>> {
+    let requests = catalog::requests(cluster);
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let (id, node) = match name.split_once('/') {
+            Some((id, node)) => (id, Some(node)),
+            None => (name.as_str(), None),
+        };
+        let matching: Vec<String> = requests
+            .iter()
+            .filter(|r| r.spec.id == id && (node.is_none() || r.node.as_deref() == node))
+            .map(catalog::LeafRequest::stem)
+            .collect();
+        if matching.is_empty() {
+            let is_ca = CaId::ALL
+                .iter()
+                .any(|c| [c.name(), c.common_name(), c.file_stem()].contains(&id));
+            if is_ca {
+                bail!(
+                    "{name} is a CA: certs renew reissues the certificates a CA signs, never the CA\n  help: kubeforge apply --new-ca {} replaces a CA (every node at once)",
+                    CaId::ALL
+                        .iter()
+                        .find(|c| [c.name(), c.common_name(), c.file_stem()].contains(&id))
+                        .map_or("kubernetes", |c| c.name())
+                );
+            }
+            let mut ids: Vec<&str> = Vec::new();
+            for r in &requests {
+                if !ids.contains(&r.spec.id) {
+                    ids.push(r.spec.id);
+                }
+            }
+            let per_node: Vec<&str> = requests
+                .iter()
+                .filter(|r| r.node.is_some())
+                .map(|r| r.spec.id)
+                .collect();
+            let known = requests.iter().any(|r| r.spec.id == id && node.is_some());
+            let why = if known {
+                format!(
+                    "{id} has no certificate for node {}",
+                    node.unwrap_or_default()
+                )
+            } else {
+                format!("unknown certificate \"{name}\"")
+            };
+            bail!(
+                "{why}\n  help: valid names: {}\n  (per-node ones also as NAME/NODE, e.g. {}/{})",
+                ids.join(", "),
+                per_node.first().copied().unwrap_or("etcd-server"),
+                requests
+                    .iter()
+                    .find_map(|r| r.node.clone())
+                    .unwrap_or_else(|| "NODE".into())
+            );
+        }
+        for s in matching {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn renew(
+    inv: &InventoryArgs,
+    reach: &ReachArgs,
+    what: &Renewal,
+    yes: bool,
+    gate_timeout: u64,
+    term: &mut Term,
+) -> Result<()> {
+    let (loaded, state) = load(inv, term)?;
+    let cluster = &loaded.cluster;
+    let mut opts = kubeforge_pki::Options::default();
+    let title = match what {
+        Renewal::All => {
+            opts.renew = catalog::requests(cluster)
+                .iter()
+                .map(catalog::LeafRequest::stem)
+                .collect();
+            format!(
+                "Renewal of every leaf certificate of cluster \"{}\" ({}):",
+                cluster.name,
+                opts.renew.len()
+            )
+        }
+        Renewal::Names(names) => {
+            opts.renew = stems(cluster, names)?;
+            format!(
+                "Renewal of {} of cluster \"{}\":",
+                names.join(", "),
+                cluster.name
+            )
+        }
+    };
+    let prepared = kubeforge_render::prepare(&state, cluster, &opts)?;
+    term.line(&title)?;
+    for e in &prepared.reconciled.events {
+        if let Some(line) = pki_line(e, false) {
+            term.line(line)?;
+        }
+    }
+    term.line("")?;
+    let rendered = &prepared.rendered;
+    let beyond = |plan: &kubeforge_plan::Plan| -> Result<(), String> {
+        let extra = kubeforge_plan::renewal::beyond_certificates(plan, rendered);
+        if extra.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "the nodes differ from the inventory in more than certificates; nothing was changed:\n  {}\n  help: run kubeforge apply first (kubeforge plan shows it all), then renew",
+            extra.join("\n  ")
+        ))
+    };
+    let reach = reach.reach();
+    if !yes {
+        let plan = runtime()?.block_on(kubeforge_transport::closing_masters(async {
+            let t = online::connect_all(cluster, &state, &reach).await?;
+            kubeforge_apply::plan_online(cluster, rendered, &[], &t, reach.concurrency)
+                .await
+                .map_err(online::explain)
+        }))??;
+        beyond(&plan).map_err(|e| anyhow!("{e}"))?;
+        term.raw(kubeforge_plan::to_text(&plan))?;
+        return term.line("\nNothing done (the state directory neither): run again with --yes.");
+    }
+    init_log(&state)?;
+    let opts = kubeforge_apply::Options {
+        concurrency: reach.concurrency,
+        gate_timeout: Duration::from_secs(gate_timeout),
+        ..Default::default()
+    };
+    let owner = format!(
+        "kubeforge certs renew of cluster {} (pid {})",
+        cluster.name,
+        std::process::id()
+    );
+    let started = Instant::now();
+    let mut persisted = false;
+    let outcome = {
+        let persisted = &mut persisted;
+        let term = &mut *term;
+        let state = &state;
+        let prepared = &prepared;
+        runtime()?.block_on(kubeforge_transport::closing_masters(async {
+            let transports = online::connect_all(cluster, state, &reach).await?;
+            let req = Request {
+                cluster,
+                rendered,
+                phases: &[],
+                transports: &transports,
+                opts: &opts,
+                owner: &owner,
+            };
+            // The plan is shown, then the state directory written before
+            // any node is touched.
+            let mut persist = |plan: &kubeforge_plan::Plan| {
+                beyond(plan).map_err(ApplyError::Other)?;
+                term.raw(kubeforge_plan::to_text(plan))
+                    .map_err(|e| ApplyError::Other(e.to_string()))?;
+                prepared
+                    .persist(state)
+                    .map_err(|e| ApplyError::Other(e.to_string()))?;
+                *persisted = true;
+                Ok(())
+            };
+            let bars = online::Bars::new();
+            kubeforge_apply::apply(&req, &mut persist, &bars)
+                .await
+                .map_err(online::explain)
+        }))??
+    };
+    if !persisted {
+        // Nothing on the nodes changes (a certificate of the control
+        // machine only, or a step run again that had reached every node).
+        term.raw(kubeforge_plan::to_text(&outcome.plan))?;
+        prepared.persist(&state)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let done = match &outcome.applied {
+        Some(a) => format!(
+            "{} files written, {} units restarted, {} steps run",
+            a.files_written,
+            a.restarted.len(),
+            a.steps_run
+        ),
+        None => "nothing to change on the nodes".into(),
+    };
+    term.line(format!("\nRenewed in {secs:.1} s: {done}."))
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn ha() -> Cluster {
+        let path =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/ha.toml");
+        kubeforge_inventory::load(&path).unwrap().cluster
+    }
+
+    #[test]
+    fn names_to_renew() {
+        let c = ha();
+        let s =
+            |names: &[&str]| stems(&c, &names.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+        assert_eq!(s(&["apiserver"]).unwrap(), ["apiserver"]);
+        assert_eq!(
+            s(&["etcd-server", "apiserver", "etcd-server/cp2"]).unwrap(),
+            [
+                "nodes/cp1/etcd-server",
+                "nodes/cp2/etcd-server",
+                "nodes/cp3/etcd-server",
+                "apiserver"
+            ]
+        );
+        assert_eq!(s(&["etcd-peer/cp3"]).unwrap(), ["nodes/cp3/etcd-peer"]);
+        let e = s(&["apiservr"]).unwrap_err().to_string();
+        assert!(e.contains("unknown certificate \"apiservr\""), "{e}");
+        assert!(
+            e.contains("valid names: apiserver, apiserver-kubelet-client"),
+            "{e}"
+        );
+        assert!(e.contains("super-admin"), "{e}");
+        let e = s(&["etcd-server/worker1"]).unwrap_err().to_string();
+        assert!(
+            e.contains("etcd-server has no certificate for node worker1"),
+            "{e}"
+        );
+        for ca in ["kubernetes", "etcd-ca", "front-proxy-ca"] {
+            let e = s(&[ca]).unwrap_err().to_string();
+            assert!(e.contains("is a CA: certs renew reissues"), "{e}");
+            assert!(e.contains("--new-ca"), "{e}");
+        }
+    }
 
     #[test]
     fn tables_and_residual_time() {
