@@ -6,9 +6,11 @@
 
 use base64::Engine as _;
 use kubeforge_apply::certs::{judge_node, NodeCert};
+use kubeforge_apply::Transports;
 use kubeforge_inventory::Cluster;
 use kubeforge_pki::{CertState, Stored};
 use kubeforge_render::{NodeTree, Rendered};
+use kubeforge_transport::recording::{ok, Recorder};
 use std::path::PathBuf;
 use time::{Duration, OffsetDateTime};
 
@@ -161,6 +163,69 @@ fn a_node_as_rendered_checks_ok_and_each_deviation_is_named() {
         check_of(&rows, "/etc/kubernetes/pki/ca.crt"),
         &CertState::Ok
     );
+}
+
+/// Every node read through the transport in one script each (keys never
+/// named in its arguments), an unreachable node reported as such.
+#[test]
+fn one_read_per_node_through_the_transport() {
+    let c = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let (rendered, stored) = setup(dir.path(), &c);
+    let rec = Recorder::new();
+    for tree in &rendered.nodes {
+        let answer: String = as_rendered(tree)
+            .into_iter()
+            .map(|(p, t)| format!("== {p}\n{t}"))
+            .collect();
+        rec.answer(
+            Some(&tree.name),
+            "read the node's certificates",
+            vec![ok(&answer)],
+        );
+    }
+    let transports: Transports = rendered
+        .nodes
+        .iter()
+        .filter(|n| n.name != "worker2")
+        .map(|n| (n.name.clone(), rec.node(&n.name)))
+        .collect();
+    let unreachable = [("worker2".to_string(), "worker2: timed out".to_string())].into();
+    let found = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(kubeforge_apply::certs::nodes(
+            &rendered,
+            &transports,
+            &unreachable,
+            &stored,
+            &c,
+            4,
+        ));
+    let log = rec.log();
+    assert_eq!(log.len(), rendered.nodes.len() - 1, "{log:#?}");
+    for call in &log {
+        assert_eq!(call.what, "read the node's certificates");
+        assert!(call.args.iter().all(|a| !a.ends_with(".key")), "{call:?}");
+    }
+    let cp1 = log.iter().find(|c| c.node == "cp1").unwrap();
+    assert_eq!(cp1.args[0], "1", "cp1 runs a kubelet");
+    assert!(cp1
+        .args
+        .contains(&"kubeconfig:/etc/kubernetes/kubelet.conf".to_string()));
+    for n in &found {
+        if n.node == "worker2" {
+            assert_eq!(n.error.as_deref(), Some("worker2: timed out"));
+            continue;
+        }
+        assert!(n.error.is_none(), "{n:#?}");
+        assert!(!n.certificates.is_empty(), "{}", n.node);
+        assert!(
+            n.certificates.iter().all(|r| r.check == CertState::Ok),
+            "{n:#?}"
+        );
+    }
 }
 
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
