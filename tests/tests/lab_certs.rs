@@ -7,6 +7,12 @@
 //! CAs stay, a probe through the VIP sees no failed request, every
 //! certificate checks ok again and a re-apply changes nothing.
 //!
+//! A second test rotates the kubernetes CA in its three steps (`certs
+//! renew --new-ca kubernetes`): after each, a probe through the VIP saw no
+//! failed request, every certificate checks ok and an apply changes
+//! nothing; in between the nodes trust both CAs, at the end only the new
+//! one, and every leaf it issues is new.
+//!
 //! The Kubernetes binaries are the stand-ins unless
 //! `KUBEFORGE_K8S_BIN_DIR` names the real ones; etcd is Debian's.
 #![allow(clippy::print_stderr)]
@@ -180,6 +186,11 @@ impl Probe {
         for f in ["ca.crt", "admin.crt", "admin.key"] {
             std::fs::copy(kf.pki(f), dir.join(f)).expect("copy of the admin credentials");
         }
+        Probe::with(dir)
+    }
+
+    /// With the credentials already in `dir`.
+    fn with(dir: &Path) -> Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let results = Arc::new(Mutex::new((0, Vec::new())));
         let (s, r, dir) = (Arc::clone(&stop), Arc::clone(&results), dir.to_path_buf());
@@ -354,6 +365,124 @@ fn check_renew_all_and_no_changes() {
     eprintln!(
         "lab_certs: renew --all {renew_secs:.1} s, {renewed} certificates on the nodes renewed, probe {ok} ok / {} failed (real binaries: {})",
         failures.len(),
+        crate::lab_apply::real_k8s()
+    );
+}
+
+/// The certificates in a PEM text.
+fn count_certs(pem: &str) -> usize {
+    pem.matches("-----BEGIN CERTIFICATE-----").count()
+}
+
+#[test]
+fn kubernetes_ca_rotation_in_three_steps() {
+    if !kubeforge_tests::lab::available(TEST) {
+        return;
+    }
+    let Some(b) = binaries() else { return };
+    let nodes = [
+        ("cp1", Ipv4Addr::new(10, 77, 0, 11)),
+        ("cp2", Ipv4Addr::new(10, 77, 0, 12)),
+        ("e3", Ipv4Addr::new(10, 77, 0, 13)),
+        ("lb1", Ipv4Addr::new(10, 77, 0, 31)),
+    ];
+    let (lab, kf) = start(&b, &nodes, inventory);
+    let out = kf.apply(&[]);
+    assert!(out.status.success(), "apply failed");
+    let old_ca = std::fs::read_to_string(kf.pki("ca.crt")).expect("ca.crt");
+    let (_, before) = checked(&kf);
+    let probe_dir = kf.dir.join("probe");
+    std::fs::create_dir_all(&probe_dir).expect("probe dir");
+    for f in ["ca.crt", "admin.crt", "admin.key"] {
+        std::fs::copy(kf.pki(f), probe_dir.join(f)).expect("credentials");
+    }
+    let mut secs = Vec::new();
+    for step in 1..=3 {
+        // The probe trusts what the nodes trust (both CAs from step 1 on);
+        // from step 3 on the old CA's admin certificate is refused: the new
+        // one.
+        if step == 3 {
+            for f in ["admin.crt", "admin.key"] {
+                std::fs::copy(kf.pki(f), probe_dir.join(f)).expect("credentials");
+            }
+            std::fs::copy(kf.pki("ca.crt"), probe_dir.join("ca.crt")).expect("ca");
+        }
+        let probe = Probe::with(&probe_dir);
+        let t = Instant::now();
+        let out = certs(
+            &kf,
+            &[
+                "renew",
+                "--new-ca",
+                "kubernetes",
+                "--step",
+                &step.to_string(),
+                "--yes",
+            ],
+        );
+        secs.push(t.elapsed().as_secs_f64());
+        let (ok, failures) = probe.finish();
+        assert!(out.status.success(), "step {step} failed");
+        eprintln!(
+            "probe through the VIP during step {step}: {ok} ok, {} failed",
+            failures.len()
+        );
+        assert!(
+            failures.is_empty(),
+            "step {step}: failed probes: {failures:?}"
+        );
+        let bundle = lab.ssh_ok("cp1", "cat /etc/kubernetes/pki/ca.crt");
+        assert_eq!(
+            count_certs(&bundle),
+            if step < 3 { 2 } else { 1 },
+            "step {step}: the nodes' kubernetes CA bundle"
+        );
+        if step == 1 {
+            std::fs::write(probe_dir.join("ca.crt"), &bundle).expect("bundle");
+        }
+        let (state, now) = checked(&kf);
+        all_ok(&state, &now);
+        let out = kf.apply(&[]);
+        assert!(out.status.success(), "apply after step {step}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("No changes"),
+            "step {step} leaves the cluster as the inventory says"
+        );
+    }
+    let new_ca = std::fs::read_to_string(kf.pki("ca.crt")).expect("ca.crt");
+    assert_ne!(new_ca, old_ca, "the kubernetes CA is new");
+    assert_eq!(
+        lab.ssh_ok("e3", "sha256sum /etc/kubernetes/pki/etcd/ca.crt"),
+        lab.ssh_ok("cp1", "sha256sum /etc/kubernetes/pki/etcd/ca.crt"),
+    );
+    // Every certificate of the kubernetes CA on the nodes is new; those of
+    // the etcd CA are not.
+    let (_, after) = checked(&kf);
+    let serial = |v: &[OnNode], key: &str| {
+        v.iter()
+            .find(|c| c.key == key)
+            .map(|c| c.serial.clone())
+            .unwrap_or_else(|| panic!("{key} not found"))
+    };
+    for key in [
+        "cp1 /etc/kubernetes/pki/apiserver.crt apiserver",
+        "cp2 /etc/kubernetes/kubelet.conf kubelet-client (kubeconfig)",
+        "cp1 /etc/kubernetes/pki/ca.crt kubernetes CA",
+    ] {
+        assert_ne!(serial(&before, key), serial(&after, key), "{key}");
+    }
+    assert_eq!(
+        serial(
+            &before,
+            "e3 /etc/kubernetes/pki/etcd/server.crt etcd-server"
+        ),
+        serial(&after, "e3 /etc/kubernetes/pki/etcd/server.crt etcd-server"),
+    );
+    eprintln!(
+        "lab_certs: kubernetes CA rotation steps {:.1} s, {:.1} s, {:.1} s (real binaries: {})",
+        secs[0],
+        secs[1],
+        secs[2],
         crate::lab_apply::real_k8s()
     );
 }

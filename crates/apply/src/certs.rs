@@ -112,7 +112,8 @@ pub struct NodeCert {
     /// The file (a kubeconfig's path for its client certificate).
     pub path: String,
     /// What it is: `apiserver`, `kube-proxy (kubeconfig)`, `kubernetes
-    /// CA`, `kubelet's own client certificate`, ...
+    /// CA`, `kubernetes CA (1 of 2)` (a trust bundle during a rotation),
+    /// `kubelet's own client certificate`, ...
     pub name: String,
     pub subject: String,
     /// The CA that issues it (none for a CA certificate).
@@ -147,8 +148,12 @@ fn block_pem(b64: &str) -> String {
 
 /// What a rendered certificate file is, from its source.
 enum Kind {
-    /// A CA's certificate.
+    /// A CA's trust bundle: the CA, or during its rotation the old and
+    /// the new one.
     Ca(CaId),
+    /// The certificate of the CA that signs (for a component that takes
+    /// exactly one).
+    Signer(CaId),
     /// A leaf of the catalog; `kubeconfig`: a kubeconfig's client
     /// certificate.
     Leaf {
@@ -161,6 +166,7 @@ fn kind_of(source: &str) -> Option<Kind> {
     let (what, id) = source.split_once(':')?;
     match what {
         "ca" => CaId::parse(id).map(Kind::Ca),
+        "ca-signer" => CaId::parse(id).map(Kind::Signer),
         "cert" => catalog::spec(id).map(|spec| Kind::Leaf {
             spec,
             kubeconfig: false,
@@ -198,7 +204,12 @@ pub fn judge_node(
         };
         let text = found.iter().find(|(p, _)| p == path).map(|(_, t)| t);
         let (name, ca, expected) = match &kind {
-            Kind::Ca(ca) => (ca.to_string(), None, stored.cas.get(ca).cloned()),
+            Kind::Ca(ca) => (ca.to_string(), None, stored.trust.get(ca).cloned()),
+            Kind::Signer(ca) => (
+                format!("{ca} (signer)"),
+                None,
+                stored.signers.get(ca).cloned(),
+            ),
             Kind::Leaf { spec, kubeconfig } => {
                 let per_node = matches!(spec.scope, catalog::Scope::PerNode(_));
                 let stem = if per_node {
@@ -233,7 +244,7 @@ pub fn judge_node(
         for (i, b) in have.iter().enumerate() {
             let pem = block_pem(b);
             let state = match &kind {
-                Kind::Ca(_) => kubeforge_pki::judge_ca(&pem, days, now),
+                Kind::Ca(_) | Kind::Signer(_) => kubeforge_pki::judge_ca(&pem, days, now),
                 Kind::Leaf { spec, .. } => {
                     let sans: Vec<San> = requests
                         .iter()
@@ -242,7 +253,7 @@ pub fn judge_node(
                         })
                         .map(|r| r.sans.clone())
                         .unwrap_or_default();
-                    match stored.cas.get(&spec.ca) {
+                    match stored.signers.get(&spec.ca) {
                         Some(signer) => kubeforge_pki::judge(&pem, signer, &sans, days, now),
                         None => CertState::NotSignedByCurrentCa,
                     }
@@ -279,7 +290,7 @@ pub fn judge_node(
             continue;
         };
         let pem = block_pem(&b);
-        let check = match stored.cas.get(&CaId::Kubernetes) {
+        let check = match stored.signers.get(&CaId::Kubernetes) {
             Some(signer) => kubeforge_pki::judge(&pem, signer, &sans, days, now),
             None => CertState::NotSignedByCurrentCa,
         };

@@ -47,7 +47,7 @@ fn as_rendered(tree: &NodeTree) -> Vec<(String, String)> {
                 let pem = base64::engine::general_purpose::STANDARD.decode(d).unwrap();
                 out.push((f.path.clone(), String::from_utf8(pem).unwrap()));
             }
-        } else if (f.source.starts_with("cert:") || f.source.starts_with("ca:")) && !f.secret {
+        } else if (f.source.starts_with("cert:") || f.source.starts_with("ca")) && !f.secret {
             out.push((f.path.clone(), text));
         }
     }

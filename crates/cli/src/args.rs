@@ -96,7 +96,7 @@ pub(crate) enum Command {
     /// with its expiry, residual time, CA and a CHECK: ok, renew soon
     /// (within [pki] renew_before_days), expired, not signed by the
     /// current CA, SAN mismatch, differs from the state directory,
-    /// missing. `certs renew` reissues certificates and rolls them out.
+    /// missing. `certs renew` reissues certificates and rotates CAs.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Certs(CertsArgs),
     /// Show the cluster's health in one table, read-only: every node
@@ -329,8 +329,16 @@ pub(crate) enum CertsCommand {
     /// Without --yes the plan is shown and nothing changes (not even the
     /// state directory).
     ///
+    /// With --new-ca CA: one step of a rotation of that CA without
+    /// downtime, the next of three (recorded in the state directory; a step
+    /// that did not reach every node runs again, none is skipped): 1. a new
+    /// CA, trusted beside the old one in every bundle; 2. every certificate
+    /// of the CA reissued from the new one; 3. the old CA dropped from the
+    /// bundles. The service-account signing key is no CA and stays.
+    ///
     ///     kubeforge certs renew -i inventory.toml --all --yes
     ///     kubeforge certs renew -i inventory.toml apiserver etcd-server/cp1
+    ///     kubeforge certs renew -i inventory.toml --new-ca kubernetes --yes
     #[command(verbatim_doc_comment)]
     Renew {
         #[command(flatten)]
@@ -339,11 +347,19 @@ pub(crate) enum CertsCommand {
         reach: ReachArgs,
         /// Certificates to reissue: a catalog name (every node's, for
         /// per-node ones: etcd-server, kubelet-client, ...) or NAME/NODE.
-        #[arg(value_name = "NAME", conflicts_with = "all")]
+        #[arg(value_name = "NAME", conflicts_with_all = ["all", "new_ca"])]
         names: Vec<String>,
         /// Every leaf certificate.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "new_ca")]
         all: bool,
+        /// Rotate this CA (kubernetes, etcd, front-proxy): run the next
+        /// step of its rotation.
+        #[arg(long, value_name = "CA", value_parser = parse_ca)]
+        new_ca: Option<CaId>,
+        /// With --new-ca: the step you expect to run (1, 2 or 3); refused
+        /// when it is not the next one.
+        #[arg(long, value_name = "N", requires = "new_ca", value_parser = clap::value_parser!(u8).range(1..=3))]
+        step: Option<u8>,
         /// Do it; without, only the plan is shown.
         #[arg(long)]
         yes: bool,
@@ -406,9 +422,11 @@ pub(crate) struct NodeArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct PkiArgs {
-    /// Replace a CA (kubernetes, etcd, front-proxy; repeatable). Every
-    /// certificate it signed is reissued and the old CA is kept as a .bak
-    /// file. Never done without this flag.
+    /// Replace a CA at once (kubernetes, etcd, front-proxy; repeatable):
+    /// every certificate it signed is reissued and the old CA is kept as a
+    /// .bak file; until every node has the new ones, they do not trust
+    /// each other. `kubeforge certs renew --new-ca` rotates a CA without
+    /// downtime instead. Never done without this flag.
     #[arg(long = "new-ca", value_name = "CA", value_parser = parse_ca)]
     pub(crate) new_ca: Vec<CaId>,
 }

@@ -4,6 +4,7 @@
 
 use crate::catalog::{self, CaId};
 use crate::check::{self, CertState};
+use crate::rotation::{self, Rotation, Step};
 use crate::store::Store;
 use crate::PkiError;
 use kubeforge_inventory::Cluster;
@@ -14,16 +15,21 @@ use time::OffsetDateTime;
 /// The certificates of the state directory (public parts only).
 #[derive(Debug, Clone, Default)]
 pub struct Stored {
-    /// The certificate of each CA (`<stem>.crt`).
-    pub cas: BTreeMap<CaId, String>,
+    /// The certificate of each CA that signs (`<stem>.crt`).
+    pub signers: BTreeMap<CaId, String>,
+    /// Each CA's trust bundle, as the nodes hold it (see
+    /// [`crate::Pki::trust`]).
+    pub trust: BTreeMap<CaId, String>,
     /// Every leaf's certificate, by [`catalog::LeafRequest::stem`].
     pub leaves: BTreeMap<String, String>,
+    pub rotation: Option<Rotation>,
 }
 
 /// One certificate of the state directory and its state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Listed {
-    /// `kubernetes CA`, `apiserver`, `etcd-server for cp1`, ...
+    /// `kubernetes CA`, `kubernetes CA (new)`, `apiserver`,
+    /// `etcd-server for cp1`, ...
     pub name: String,
     /// Below the state directory's `pki/`.
     pub file: String,
@@ -56,31 +62,57 @@ pub fn list(
 ) -> Result<(Stored, Vec<Listed>), PkiError> {
     let store = Store::new(state_dir);
     let days = cluster.pki.renew_before_days;
-    let mut stored = Stored::default();
+    let rotation = rotation::recorded(state_dir)?;
+    let mut stored = Stored {
+        rotation,
+        ..Stored::default()
+    };
     let mut rows = Vec::new();
     for ca in CaId::ALL {
         let stem = ca.file_stem();
         let file = format!("{stem}.crt");
         let current = store.read_optional(&file)?;
-        rows.push(Listed {
-            name: ca.to_string(),
-            file,
-            ca: None,
-            serial: current.as_deref().and_then(serial),
-            not_after: current.as_deref().and_then(not_after),
-            check: current
-                .as_deref()
-                .map_or(CertState::Missing, |p| check::judge_ca(p, days, now)),
-        });
-        if let Some(c) = current {
-            stored.cas.insert(ca, c);
+        let mut row = |name: String, file: String, pem: Option<&String>| {
+            rows.push(Listed {
+                name,
+                file,
+                ca: None,
+                serial: pem.and_then(|p| serial(p)),
+                not_after: pem.and_then(|p| not_after(p)),
+                check: pem.map_or(CertState::Missing, |p| check::judge_ca(p, days, now)),
+            });
+        };
+        row(ca.to_string(), file, current.as_ref());
+        let Some(current) = current else {
+            continue;
+        };
+        let mut bundle = current.clone();
+        match rotation.filter(|r| r.ca == ca).map(|r| r.step) {
+            Some(Step::Trust) => {
+                let next = format!("{stem}.next.crt");
+                let pem = store.read_optional(&next)?;
+                row(format!("{ca} (new, not signing yet)"), next, pem.as_ref());
+                if let Some(p) = pem {
+                    bundle = crate::bundle(&current, &p);
+                }
+            }
+            Some(Step::Reissue | Step::Drop) => {
+                let previous = format!("{stem}.previous.crt");
+                if let Some(p) = store.read_optional(&previous)? {
+                    row(format!("{ca} (old, still trusted)"), previous, Some(&p));
+                    bundle = crate::bundle(&p, &current);
+                }
+            }
+            None => {}
         }
+        stored.trust.insert(ca, bundle);
+        stored.signers.insert(ca, current);
     }
     for req in catalog::requests(cluster) {
         let stem = req.stem();
         let file = format!("{stem}.crt");
         let pair = store.read_pair(&stem)?;
-        let check = match (&pair, stored.cas.get(&req.spec.ca)) {
+        let check = match (&pair, stored.signers.get(&req.spec.ca)) {
             (None, _) => CertState::Missing,
             (Some(_), None) => CertState::NotSignedByCurrentCa,
             (Some((cert, key)), Some(ca)) => {

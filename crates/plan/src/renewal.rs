@@ -1,6 +1,7 @@
-//! The plan of a certificate renewal (`kubeforge certs renew`): the plan
-//! of the cluster rendered with the renewed PKI, against the nodes' facts.
-//! Its files are the certificates, keys and kubeconfigs that changed; its
+//! The plan of a certificate renewal (`kubeforge certs renew`) and of a CA
+//! rotation's step: the plan of the cluster rendered with the renewed PKI,
+//! against the nodes' facts. Its files are the certificates, keys, CA
+//! bundles and kubeconfigs that changed; its
 //! restarts exactly the units those files name, walked by the phases'
 //! strategies (etcd members one at a time, each apiserver out of the load
 //! balancers while it restarts, the other units behind their gates); the
@@ -13,7 +14,7 @@ use kubeforge_render::Rendered;
 
 /// The sources (see [`kubeforge_render::RenderedFile::source`]) of the
 /// files a renewal may write.
-const CERTIFICATE_SOURCES: [&str; 3] = ["ca:", "cert:", "kubeconfig:"];
+const CERTIFICATE_SOURCES: [&str; 4] = ["ca:", "ca-signer:", "cert:", "kubeconfig:"];
 
 /// Whether `plan` changes nothing but certificate material; else what
 /// else it would change, one line each.

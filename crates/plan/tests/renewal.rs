@@ -1,10 +1,12 @@
 //! The plans of `kubeforge certs renew`: a converged HA cluster (the nodes
 //! hold what the state directory had), planned again with the renewed
 //! PKI: what changes where, which units restart, and nothing beyond
-//! certificate material.
+//! certificate material. And a CA rotation's three steps.
 #![allow(clippy::unwrap_used)]
 
 use kubeforge_inventory::Cluster;
+use kubeforge_pki::rotation::{self, Rotation, Step};
+use kubeforge_pki::CaId;
 use kubeforge_plan::{Facts, NodeFacts, Plan, RemoteFile, UnitFacts};
 use kubeforge_render::{Rendered, Strategy};
 use std::collections::BTreeMap;
@@ -214,7 +216,7 @@ fn renewing_every_leaf_rolls_every_unit_that_uses_one() {
     assert!(s
         .values()
         .flat_map(|(files, _, _)| files)
-        .all(|f| !f.contains("/ca.")));
+        .all(|f| !f.contains("/ca.") && !f.contains("ca-signer")));
     assert_eq!(
         phases(&p)
             .iter()
@@ -263,4 +265,165 @@ fn renewal_plan_text() {
     settings.set_prepend_module_to_snapshot(false);
     settings.add_filter(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "[time]");
     settings.bind(|| insta::assert_snapshot!("renewal_apiserver_and_etcd_peer_cp2", text));
+}
+
+fn step(ca: CaId, step: Step) -> kubeforge_pki::Options {
+    kubeforge_pki::Options {
+        rotation: Some(Rotation {
+            ca,
+            step,
+            done: false,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The changed paths of every node, as one sorted list of `node: path`.
+fn changed(p: &Plan) -> Vec<String> {
+    let mut v: Vec<String> = p
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            n.changes
+                .iter()
+                .map(move |c| format!("{}: {}", n.node, c.path))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_kubernetes_ca_rotation_in_three_plans() {
+    let c = cluster("ha.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let mut current = prepare(dir.path(), &c, &Default::default());
+
+    // 1. Trust both: every bundle of the kubernetes CA (its ca.crt files,
+    //    every kubeconfig), nothing signed anew; the CA that signs and its
+    //    key stay.
+    let next = prepare(dir.path(), &c, &step(CaId::Kubernetes, Step::Trust));
+    let p1 = plan(&next, &converged(&current));
+    let files = changed(&p1);
+    assert!(files.contains(&"worker1: /etc/kubernetes/pki/ca.crt".to_string()));
+    assert!(files.contains(&"cp1: /etc/kubernetes/controller-manager.conf".to_string()));
+    assert!(files.contains(&"worker2: /etc/kubernetes/kube-proxy.conf".to_string()));
+    assert!(!files.iter().any(|f| f.contains("ca-signer")
+        || f.contains("ca.key")
+        || f.contains("apiserver.crt")
+        || f.contains("etcd/")));
+    assert_eq!(
+        phases(&p1)
+            .iter()
+            .map(|x| (x.0.as_str(), x.1))
+            .collect::<Vec<_>>(),
+        [
+            ("apiserver", Strategy::DrainFromLb),
+            ("controllers", Strategy::Parallel),
+            ("node", Strategy::Parallel),
+        ]
+    );
+    let cp1 = p1.nodes.iter().find(|n| n.node == "cp1").unwrap();
+    let ca = cp1
+        .changes
+        .iter()
+        .find(|x| x.path == "/etc/kubernetes/pki/ca.crt")
+        .unwrap();
+    assert_eq!(ca.summary[0], "certificates: 1 -> 2", "{:#?}", ca.summary);
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.add_filter(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "[time]");
+    let worker = p1.nodes.iter().find(|n| n.node == "worker1").unwrap();
+    let text = kubeforge_plan::to_text(&Plan {
+        nodes: vec![worker.clone()],
+        phases: Vec::new(),
+        ..p1.clone()
+    });
+    settings.bind(|| insta::assert_snapshot!("rotation_step1_worker1", text));
+    rotation::finish_step(
+        dir.path(),
+        Rotation {
+            ca: CaId::Kubernetes,
+            step: Step::Trust,
+            done: false,
+        },
+    )
+    .unwrap();
+    current = next;
+
+    // 2. The new CA signs: its leaves, the signer and its key, the
+    //    kubeconfigs; the bundles stay as they are.
+    let next = prepare(dir.path(), &c, &step(CaId::Kubernetes, Step::Reissue));
+    let p2 = plan(&next, &converged(&current));
+    let files = changed(&p2);
+    for f in [
+        "cp1: /etc/kubernetes/pki/ca-signer.crt",
+        "cp1: /etc/kubernetes/pki/ca.key",
+        "cp2: /etc/kubernetes/pki/apiserver.crt",
+        "worker1: /etc/kubernetes/pki/kubelet-server.crt",
+        "worker1: /etc/kubernetes/kubelet.conf",
+    ] {
+        assert!(files.contains(&f.to_string()), "{f} not in {files:#?}");
+    }
+    assert!(!files
+        .iter()
+        .any(|f| f.ends_with("/ca.crt") || f.contains("etcd/")));
+    let w = p2.nodes.iter().find(|n| n.node == "worker1").unwrap();
+    assert_eq!(w.steps, [KUBELET_STEP]);
+    rotation::finish_step(
+        dir.path(),
+        Rotation {
+            ca: CaId::Kubernetes,
+            step: Step::Reissue,
+            done: false,
+        },
+    )
+    .unwrap();
+    current = next;
+
+    // 3. The old CA leaves the bundles: the ca.crt files and kubeconfigs
+    //    again, nothing signed anew.
+    let next = prepare(dir.path(), &c, &step(CaId::Kubernetes, Step::Drop));
+    let p3 = plan(&next, &converged(&current));
+    let files = changed(&p3);
+    assert!(files.contains(&"cp3: /etc/kubernetes/pki/ca.crt".to_string()));
+    assert!(!files
+        .iter()
+        .any(|f| f.contains("ca-signer") || f.contains(".key")));
+    let cp1 = p3.nodes.iter().find(|n| n.node == "cp1").unwrap();
+    let ca = cp1
+        .changes
+        .iter()
+        .find(|x| x.path == "/etc/kubernetes/pki/ca.crt")
+        .unwrap();
+    assert_eq!(ca.summary[0], "certificates: 2 -> 1", "{:#?}", ca.summary);
+    let again = kubeforge_plan::plan("ha", &next, &converged(&next), &[]).unwrap();
+    assert!(again.is_empty());
+}
+
+#[test]
+fn an_etcd_ca_rotation_touches_etcd_and_the_apiservers_only() {
+    let c = cluster("ha.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let current = prepare(dir.path(), &c, &Default::default());
+    let next = prepare(dir.path(), &c, &step(CaId::Etcd, Step::Trust));
+    let p = plan(&next, &converged(&current));
+    assert_eq!(
+        phases(&p),
+        [
+            (
+                "etcd".into(),
+                Strategy::OneAtATime,
+                vec!["cp1".into(), "cp2".into(), "cp3".into()]
+            ),
+            (
+                "apiserver".into(),
+                Strategy::DrainFromLb,
+                vec!["cp1".into(), "cp2".into(), "cp3".into()]
+            ),
+        ]
+    );
+    for n in ["cp1", "cp2", "cp3"] {
+        assert_eq!(shape(&p)[n].0, ["/etc/kubernetes/pki/etcd/ca.crt"]);
+    }
 }

@@ -791,12 +791,12 @@ impl Renderer {
                 what: format!("certificate {cert}"),
                 node: node_name.unwrap_or("control machine").into(),
             })?;
-        let ca = ca_of(pki, spec.ca, node_name)?;
+        let trusted = trust_of(pki, spec.ca, node_name)?;
         let mut ctx = base.clone();
         ctx["kubeconfig"] = json!({
             "server": server,
             "user": spec.cn.replace("{node}", node_name.unwrap_or_default()),
-            "ca_data": b64(&ca.cert_pem),
+            "ca_data": b64(trusted),
             "cert_data": b64(&kc.cert_pem),
             "key_data": b64(&kc.key.0),
         });
@@ -909,16 +909,32 @@ impl Renderer {
         Ok(())
     }
 
-    /// The `[[ca]]` rows: CA certificates, and keys where a component signs.
+    /// The `[[ca]]` rows: the CAs' trust bundles, and where a component
+    /// signs, the key and certificate of the CA that signs.
     fn ca_files(&self, n: &NodeInput<'_>, files: &mut Files<'_>) -> Result<(), RenderError> {
         for row in self.table.ca.iter().filter(|r| r.on.matches(n.node)) {
             let ca_id = CaId::parse(&row.ca)
                 .ok_or_else(|| RenderError::Table(format!("unknown CA \"{}\"", row.ca)))?;
             let ca = ca_of(n.pki, ca_id, Some(&n.node.name))?;
+            let trusted = KeyCert {
+                cert_pem: trust_of(n.pki, ca_id, Some(&n.node.name))?.to_string(),
+                key: ca.key.clone(),
+            };
             let phase = self.phase_of(row.on, &row.restarts, &[]);
             let source = format!("ca:{}", row.ca);
-            for f in key_pair_files(&row.path, ca, row.key, &row.restarts, &source, &phase) {
+            for f in key_pair_files(&row.path, &trusted, row.key, &row.restarts, &source, &phase) {
                 files.add(f)?;
+            }
+            if let Some(signer) = &row.signer {
+                let meta = Meta {
+                    mode: 0o644,
+                    secret: false,
+                    restarts: &row.restarts,
+                    reloads: &[],
+                    source: &format!("ca-signer:{}", row.ca),
+                    phase: &phase,
+                };
+                files.add(file(signer, ca.cert_pem.clone().into_bytes(), &meta))?;
             }
         }
         Ok(())
@@ -1191,6 +1207,15 @@ fn render_str(text: &str, ctx: &Value, what: &str, node: &str) -> Result<String,
     let mut tera = tera::Tera::default();
     tera.autoescape_on(vec![]);
     tera.render_str(text, &context).map_err(|e| err(&e))
+}
+
+/// The trust bundle of a CA: the CA, or during its rotation the old and
+/// the new one.
+fn trust_of<'a>(pki: &'a Pki, ca: CaId, node: Option<&str>) -> Result<&'a str, RenderError> {
+    match pki.trust.get(&ca) {
+        Some(t) => Ok(t),
+        None => ca_of(pki, ca, node).map(|kc| kc.cert_pem.as_str()),
+    }
 }
 
 fn ca_of<'a>(pki: &'a Pki, ca: CaId, node: Option<&str>) -> Result<&'a KeyCert, RenderError> {

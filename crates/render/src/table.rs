@@ -343,10 +343,17 @@ pub struct KubeconfigRow {
 #[serde(deny_unknown_fields)]
 pub struct CaRow {
     pub ca: String,
+    /// `<path>.crt` holds the CA's trust bundle (the CA, and during a
+    /// rotation the old and the new one); `<path>.key` the key of the CA
+    /// that signs, with `key`.
     pub path: String,
     pub on: Selector,
     #[serde(default)]
     pub key: bool,
+    /// A file holding only the certificate of the CA that signs (the
+    /// pair of `<path>.key`), for a component that takes exactly one.
+    #[serde(default)]
+    pub signer: Option<String>,
     #[serde(default)]
     pub restarts: Vec<String>,
 }
@@ -539,6 +546,12 @@ impl Table {
         for c in &t.ca {
             if CaId::parse(&c.ca).is_none() {
                 return Err(format!("{} names unknown CA \"{}\"", c.path, c.ca));
+            }
+            if c.signer.is_some() && !c.key {
+                return Err(format!(
+                    "{} has a `signer` file but no `key`: the signer's key is <path>.key",
+                    c.path
+                ));
             }
             check_units(&c.path, &c.restarts)?;
         }

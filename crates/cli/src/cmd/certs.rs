@@ -1,6 +1,6 @@
 //! `kubeforge certs`: every certificate of the state directory and of the
 //! nodes, checked; `kubeforge certs renew`: leaves reissued and rolled
-//! out.
+//! out, or a CA rotation's next step.
 
 use crate::args::{CertsArgs, CertsCommand, InventoryArgs, Output, ReachArgs};
 use crate::common::{init_log, load, pki_line, runtime, Term};
@@ -9,7 +9,9 @@ use anyhow::{anyhow, bail, Result};
 use kubeforge_apply::certs::NodeCerts;
 use kubeforge_apply::{ApplyError, Request};
 use kubeforge_inventory::Cluster;
+use kubeforge_pki::rotation::{self, Rotation, Step};
 use kubeforge_pki::{catalog, CaId, CertState, Listed};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -20,17 +22,21 @@ pub(crate) fn run(args: CertsArgs, term: &mut Term) -> Result<()> {
             reach,
             names,
             all,
+            new_ca,
+            step,
             yes,
             gate_timeout,
         }) => {
-            let what = if all {
-                Renewal::All
-            } else if !names.is_empty() {
-                Renewal::Names(names)
-            } else {
-                bail!(
-                    "name the certificates to renew, or --all\n  help: kubeforge certs -i INVENTORY --local lists them"
-                )
+            let what = match new_ca {
+                Some(ca) => Renewal::Rotate {
+                    ca,
+                    step: step.and_then(Step::from_number),
+                },
+                None if all => Renewal::All,
+                None if !names.is_empty() => Renewal::Names(names),
+                None => bail!(
+                    "name the certificates to renew, or --all, or --new-ca CA to rotate a CA\n  help: kubeforge certs -i INVENTORY lists them"
+                ),
             };
             renew(&inv, &reach, &what, yes, gate_timeout, term)
         }
@@ -91,6 +97,8 @@ fn ca_name(ca: Option<CaId>) -> String {
 struct Found {
     /// The state directory's certificates.
     state_dir: Vec<Listed>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotation: Option<Rotation>,
     /// Each node's, unless --local.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     nodes: Vec<NodeCerts>,
@@ -109,6 +117,7 @@ fn check(
     let (stored, listed) = kubeforge_pki::list(&state, cluster, now)?;
     let mut found = Found {
         state_dir: listed,
+        rotation: stored.rotation,
         nodes: Vec::new(),
     };
     if !local {
@@ -161,6 +170,9 @@ fn check(
         ]);
     }
     term.raw(table(&rows))?;
+    if let Some(r) = &found.rotation {
+        term.line(format!("\n{}", rotation_status(r, &inv.inventory)))?;
+    }
     if !found.nodes.is_empty() {
         let mut rows = vec![[
             "NODE",
@@ -228,10 +240,37 @@ fn check(
     failed
 }
 
+/// A line on the rotation under way and what comes next.
+fn rotation_status(r: &Rotation, inventory: &Path) -> String {
+    let next = |step: Step| {
+        format!(
+            "next: {step}: kubeforge certs renew -i {} --new-ca {}",
+            inventory.display(),
+            r.ca.name()
+        )
+    };
+    match (r.done, r.step.next()) {
+        (false, _) => format!(
+            "Rotation of the {}: {} has not reached every node; {}",
+            r.ca,
+            r.step,
+            next(r.step)
+        ),
+        (true, Some(s)) => format!(
+            "Rotation of the {}: {} done on every node; {}",
+            r.ca,
+            r.step,
+            next(s)
+        ),
+        (true, None) => format!("Rotation of the {}: done", r.ca),
+    }
+}
+
 /// What `certs renew` does.
 enum Renewal {
     All,
     Names(Vec<String>),
+    Rotate { ca: CaId, step: Option<Step> },
 }
 
 /// The state directory stems of the named certificates: a catalog name
@@ -255,7 +294,7 @@ fn stems(cluster: &Cluster, names: &[String]) -> Result<Vec<String>> {
                 .any(|c| [c.name(), c.common_name(), c.file_stem()].contains(&id));
             if is_ca {
                 bail!(
-                    "{name} is a CA: certs renew reissues the certificates a CA signs, never the CA\n  help: kubeforge apply --new-ca {} replaces a CA (every node at once)",
+                    "{name} is a CA: a CA is never renewed in place\n  help: rotate it without downtime with kubeforge certs renew --new-ca {}",
                     CaId::ALL
                         .iter()
                         .find(|c| [c.name(), c.common_name(), c.file_stem()].contains(&id))
@@ -312,24 +351,45 @@ fn renew(
     let (loaded, state) = load(inv, term)?;
     let cluster = &loaded.cluster;
     let mut opts = kubeforge_pki::Options::default();
-    let title = match what {
+    let (title, rotation) = match what {
         Renewal::All => {
             opts.renew = catalog::requests(cluster)
                 .iter()
                 .map(catalog::LeafRequest::stem)
                 .collect();
-            format!(
-                "Renewal of every leaf certificate of cluster \"{}\" ({}):",
-                cluster.name,
-                opts.renew.len()
+            (
+                format!(
+                    "Renewal of every leaf certificate of cluster \"{}\" ({}):",
+                    cluster.name,
+                    opts.renew.len()
+                ),
+                None,
             )
         }
         Renewal::Names(names) => {
             opts.renew = stems(cluster, names)?;
-            format!(
-                "Renewal of {} of cluster \"{}\":",
-                names.join(", "),
-                cluster.name
+            (
+                format!(
+                    "Renewal of {} of cluster \"{}\":",
+                    names.join(", "),
+                    cluster.name
+                ),
+                None,
+            )
+        }
+        Renewal::Rotate { ca, step } => {
+            let r = rotation::next_step(rotation::recorded(&state)?, *ca, *step)
+                .map_err(|e| anyhow!("{e}"))?;
+            opts.rotation = Some(r);
+            (
+                format!(
+                    "Rotation of the {} of cluster \"{}\", {}: {}.",
+                    ca,
+                    cluster.name,
+                    r.step,
+                    r.step.what(*ca)
+                ),
+                Some(r),
             )
         }
     };
@@ -362,6 +422,9 @@ fn renew(
         }))??;
         beyond(&plan).map_err(|e| anyhow!("{e}"))?;
         term.raw(kubeforge_plan::to_text(&plan))?;
+        if let Some(r) = rotation {
+            term.line(format!("\n{}", after_step_note(r, false)))?;
+        }
         return term.line("\nNothing done (the state directory neither): run again with --yes.");
     }
     init_log(&state)?;
@@ -426,7 +489,53 @@ fn renew(
         ),
         None => "nothing to change on the nodes".into(),
     };
-    term.line(format!("\nRenewed in {secs:.1} s: {done}."))
+    match rotation {
+        Some(r) => {
+            rotation::finish_step(&state, r)?;
+            term.line(format!(
+                "\n{} of the {} rotation done in {secs:.1} s: {done}.",
+                r.step, r.ca
+            ))?;
+            term.line(after_step_note(r, true))
+        }
+        None => term.line(format!("\nRenewed in {secs:.1} s: {done}.")),
+    }
+}
+
+/// What an admin does after a rotation's step (or before it, `done`
+/// false).
+fn after_step_note(r: Rotation, done: bool) -> String {
+    let mut s = String::new();
+    match r.step {
+        Step::Trust => {
+            if done {
+                s.push_str("Next: step 2 of 3 reissues every certificate of the CA from the new one: kubeforge certs renew --new-ca ");
+                s.push_str(r.ca.name());
+                s.push('.');
+            }
+            if r.ca == CaId::Kubernetes {
+                s.push_str(if done { "\n" } else { "" });
+                s.push_str("Clients outside the cluster need the new CA before step 2, when the API servers start to present certificates of the new CA: a kubeconfig written now (kubeforge kubeconfig) trusts both.");
+            }
+        }
+        Step::Reissue => {
+            if done {
+                s.push_str("Next: step 3 of 3 drops the old CA: kubeforge certs renew --new-ca ");
+                s.push_str(r.ca.name());
+                s.push('.');
+            }
+            if r.ca == CaId::Kubernetes {
+                s.push_str(if done { "\n" } else { "" });
+                s.push_str("A client certificate of the old CA (an old admin kubeconfig) is refused after step 3: write a new one (kubeforge kubeconfig).");
+            }
+        }
+        Step::Drop => {
+            if done {
+                s.push_str("The rotation is complete.");
+            }
+        }
+    }
+    s
 }
 
 #[cfg(test)]
@@ -470,9 +579,30 @@ mod tests {
         );
         for ca in ["kubernetes", "etcd-ca", "front-proxy-ca"] {
             let e = s(&[ca]).unwrap_err().to_string();
-            assert!(e.contains("is a CA: certs renew reissues"), "{e}");
+            assert!(e.contains("is a CA: a CA is never renewed in place"), "{e}");
             assert!(e.contains("--new-ca"), "{e}");
         }
+    }
+
+    #[test]
+    fn rotation_lines() {
+        let r = Rotation {
+            ca: CaId::Kubernetes,
+            step: Step::Trust,
+            done: true,
+        };
+        let inv = Path::new("inv.toml");
+        assert_eq!(
+            rotation_status(&r, inv),
+            "Rotation of the kubernetes CA: step 1 of 3 (trust the new CA beside the old one) done on every node; next: step 2 of 3 (reissue every certificate from the new CA): kubeforge certs renew -i inv.toml --new-ca kubernetes"
+        );
+        let r = Rotation {
+            step: Step::Reissue,
+            done: false,
+            ..r
+        };
+        assert!(rotation_status(&r, inv).contains("has not reached every node; next: step 2 of 3"));
+        assert!(after_step_note(r, false).contains("refused after step 3"));
     }
 
     #[test]
