@@ -7,6 +7,7 @@ mod fuzz_corpus;
 mod lab_apply;
 mod lab_bench;
 mod lab_bootstrap;
+mod lab_certs;
 mod lab_etcd;
 mod lab_fault;
 mod lab_nodes;

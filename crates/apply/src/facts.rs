@@ -122,6 +122,7 @@ fn request(tree: &NodeTree, record: bool) -> Request {
         checks: tree
             .steps
             .iter()
+            .filter(|s| s.written.is_none())
             .map(|s| (s.name.clone(), s.check.clone()))
             .collect(),
         versions: tree

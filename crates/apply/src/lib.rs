@@ -8,6 +8,7 @@
 mod api;
 mod api_phase;
 mod bootstrap;
+pub mod certs;
 mod cluster;
 mod distribute;
 pub mod drain;
@@ -208,8 +209,9 @@ pub struct Outcome {
 
 /// The whole apply: lock every node, gather facts, run the pre-flight
 /// checks, plan, persist the control machine's state (`persist`, before
-/// any node holds something the control machine does not), execute the
-/// plan, and release the locks (also when a step fails).
+/// any node holds something the control machine does not; it sees the
+/// plan first and may refuse it), execute the plan, and release the
+/// locks (also when a step fails).
 pub async fn apply(
     req: &Request<'_>,
     persist: &mut dyn FnMut(&Plan) -> Result<(), ApplyError>,

@@ -256,38 +256,6 @@ const UNITS: &str = r#"for u in "$@"; do
 done
 "#;
 
-/// `== PATH` and the certificate blocks of each file: of a PEM file as
-/// they are, of a kubeconfig (`kubeconfig:PATH`) its decoded
-/// client-certificate-data; with `$1` = 1 also the kubelet's own
-/// certificates in /var/lib/kubelet/pki (the `-current` links, and files
-/// without a rotation timestamp in their name). Keys never leave the node.
-const CERTS: &str = r#"kubelet=$1; shift
-for p in "$@"; do
-  case "$p" in
-    kubeconfig:*)
-      f=${p#kubeconfig:}
-      [ -f "$f" ] || continue
-      echo "== $f"
-      sed -n 's/^[[:space:]]*client-certificate-data:[[:space:]]*//p' "$f" | base64 -d 2>/dev/null
-      echo ;;
-    *)
-      [ -f "$p" ] || continue
-      echo "== $p"
-      sed -n '/-----BEGIN CERTIFICATE-----/,/-----END CERTIFICATE-----/p' "$p" ;;
-  esac
-done
-if [ "$kubelet" = 1 ] && [ -d /var/lib/kubelet/pki ]; then
-  for f in /var/lib/kubelet/pki/*.pem; do
-    [ -e "$f" ] || continue
-    if [ ! -L "$f" ]; then
-      case "${f##*/}" in *-[0-9][0-9][0-9][0-9]-*) continue ;; esac
-    fi
-    echo "== $f"
-    sed -n '/-----BEGIN CERTIFICATE-----/,/-----END CERTIFICATE-----/p' "$f"
-  done
-fi
-"#;
-
 /// etcd's own view over TLS with the healthcheck client certificate:
 /// `$1` client URL, `$2` CA, `$3` certificate, `$4` key. Prints
 /// `health|status|members BASE64-ANSWER`.
@@ -409,37 +377,11 @@ async fn units(t: &dyn Transport, tree: &NodeTree) -> Result<Vec<UnitStatus>, St
         .collect())
 }
 
-/// The certificate files the table places on the node, and its
-/// kubeconfigs (for their client certificates).
-fn certificate_args(tree: &NodeTree) -> Vec<String> {
-    let kubelet = tree.units.iter().any(|u| u.name == "kubelet");
-    let mut args = vec![if kubelet { "1" } else { "0" }.to_string()];
-    for f in tree.files.values().filter(|f| f.from_file.is_none()) {
-        if cert::is_kubeconfig(&f.content) {
-            if String::from_utf8_lossy(&f.content).contains("client-certificate-data:") {
-                args.push(format!("kubeconfig:{}", f.path));
-            }
-        } else if !f.secret && cert::is_certificate_pem(&f.content) {
-            args.push(f.path.clone());
-        }
-    }
-    args
-}
-
-/// Parses the `== PATH` sections of [`CERTS`].
+/// Parses the `== PATH` sections of [`crate::certs::CERTS`].
 fn parse_certs(out: &str, now: f64) -> (Vec<CertExpiry>, Vec<String>) {
     let mut certs = Vec::new();
     let mut bad = Vec::new();
-    let mut sections: Vec<(String, String)> = Vec::new();
-    for line in out.lines() {
-        if let Some(path) = line.strip_prefix("== ") {
-            sections.push((path.to_string(), String::new()));
-        } else if let Some((_, body)) = sections.last_mut() {
-            body.push_str(line);
-            body.push('\n');
-        }
-    }
-    for (path, body) in sections {
+    for (path, body) in crate::certs::sections(out) {
         match cert::parse_pem(body.as_bytes()) {
             Ok(list) => {
                 for c in list {
@@ -463,8 +405,8 @@ async fn certificates(
 ) -> Result<(Vec<CertExpiry>, Vec<String>), String> {
     let out = run_text(
         t,
-        Script::new("status: certificates", CERTS)
-            .args(certificate_args(tree))
+        Script::new("status: certificates", crate::certs::CERTS)
+            .args(crate::certs::certificate_args(tree))
             .timeout(Duration::from_secs(60)),
     )
     .await?;

@@ -93,14 +93,16 @@ pub(crate) enum Command {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
-    /// List every certificate in the state directory with its expiry.
-    Certs {
-        #[command(flatten)]
-        inv: InventoryArgs,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Text)]
-        output: Output,
-    },
+    /// Check every certificate: those of the state directory and, unless
+    /// --local, those on the nodes (read in one round trip per node: the
+    /// files kubeforge placed, compared with the state directory's copy,
+    /// the kubeconfigs' client certificates, the kubelet's own ones), each
+    /// with its expiry, residual time, CA and a CHECK: ok, renew soon
+    /// (within [pki] renew_before_days), expired, not signed by the
+    /// current CA, SAN mismatch, differs from the state directory,
+    /// missing. `certs renew` reissues certificates and rotates CAs.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Certs(CertsArgs),
     /// Show the cluster's health in one table, read-only: every node
     /// reachable, each unit's state and version, kubelets Ready in the
     /// API, clock skew, etcd members (health, leader, DB size, revision)
@@ -328,6 +330,73 @@ pub(crate) enum EtcdCommand {
     },
 }
 
+/// What `kubeforge certs` takes.
+#[derive(Args, Debug)]
+pub(crate) struct CertsArgs {
+    #[command(subcommand)]
+    pub(crate) op: Option<CertsCommand>,
+    #[command(flatten)]
+    pub(crate) inv: Option<InventoryArgs>,
+    #[command(flatten)]
+    pub(crate) reach: ReachArgs,
+    /// Only the state directory's certificates (no node is contacted).
+    #[arg(long)]
+    pub(crate) local: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(crate) output: Output,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum CertsCommand {
+    /// Reissue leaf certificates (never a CA) in the state directory and
+    /// roll exactly the units that use them: their files rewritten
+    /// atomically, etcd members one at a time, each apiserver out of the
+    /// load balancers while it restarts, the other units behind their
+    /// health gates, the kubeconfigs that embed a certificate rewritten.
+    /// Without --yes the plan is shown and nothing changes (not even the
+    /// state directory).
+    ///
+    /// With --new-ca CA: one step of a rotation of that CA without
+    /// downtime, the next of three (recorded in the state directory; a step
+    /// that did not reach every node runs again, none is skipped): 1. a new
+    /// CA, trusted beside the old one in every bundle; 2. every certificate
+    /// of the CA reissued from the new one; 3. the old CA dropped from the
+    /// bundles. The service-account signing key is no CA and stays.
+    ///
+    ///     kubeforge certs renew -i inventory.toml --all --yes
+    ///     kubeforge certs renew -i inventory.toml apiserver etcd-server/cp1
+    ///     kubeforge certs renew -i inventory.toml --new-ca kubernetes --yes
+    #[command(verbatim_doc_comment)]
+    Renew {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        #[command(flatten)]
+        reach: ReachArgs,
+        /// Certificates to reissue: a catalog name (every node's, for
+        /// per-node ones: etcd-server, kubelet-client, ...) or NAME/NODE.
+        #[arg(value_name = "NAME", conflicts_with_all = ["all", "new_ca"])]
+        names: Vec<String>,
+        /// Every leaf certificate.
+        #[arg(long, conflicts_with = "new_ca")]
+        all: bool,
+        /// Rotate this CA (kubernetes, etcd, front-proxy): run the next
+        /// step of its rotation.
+        #[arg(long, value_name = "CA", value_parser = parse_ca)]
+        new_ca: Option<CaId>,
+        /// With --new-ca: the step you expect to run (1, 2 or 3); refused
+        /// when it is not the next one.
+        #[arg(long, value_name = "N", requires = "new_ca", value_parser = clap::value_parser!(u8).range(1..=3))]
+        step: Option<u8>,
+        /// Do it; without, only the plan is shown.
+        #[arg(long)]
+        yes: bool,
+        /// Seconds a health gate waits before the renewal stops.
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        gate_timeout: u64,
+    },
+}
+
 /// How to reach the nodes.
 #[derive(Args, Debug)]
 pub(crate) struct ReachArgs {
@@ -435,9 +504,11 @@ impl PruneArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct PkiArgs {
-    /// Replace a CA (kubernetes, etcd, front-proxy; repeatable). Every
-    /// certificate it signed is reissued and the old CA is kept as a .bak
-    /// file. Never done without this flag.
+    /// Replace a CA at once (kubernetes, etcd, front-proxy; repeatable):
+    /// every certificate it signed is reissued and the old CA is kept as a
+    /// .bak file; until every node has the new ones, they do not trust
+    /// each other. `kubeforge certs renew --new-ca` rotates a CA without
+    /// downtime instead. Never done without this flag.
     #[arg(long = "new-ca", value_name = "CA", value_parser = parse_ca)]
     pub(crate) new_ca: Vec<CaId>,
 }

@@ -79,6 +79,7 @@ pub(crate) fn pki_line(e: &Event, persisted: bool) -> Option<String> {
             verb("regenerated", "would be regenerated")
         )),
         Action::CaExpiresSoon { .. } => Some(format!("  warning: {e}")),
+        Action::CaRotation { what } => Some(format!("  {}: {what}", e.subject)),
     }
 }
 

@@ -124,7 +124,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             term,
         ),
         Command::Kubeconfig { inv, out } => cmd::kubeconfig::run(&inv, out, term),
-        Command::Certs { inv, output } => cmd::certs::run(&inv, output, term),
+        Command::Certs(args) => cmd::certs::run(args, term),
         Command::Bundle(args) => cmd::bundle::run(args, term),
     };
     done.map(|()| ExitCode::SUCCESS)

@@ -82,7 +82,15 @@ fn init_validate_render_twice_and_plan() {
             "--output",
             "json",
         ],
-        vec!["certs", "-i", "lab/inventory.toml"],
+        vec!["certs", "-i", "lab/inventory.toml", "--local"],
+        vec![
+            "certs",
+            "-i",
+            "lab/inventory.toml",
+            "--local",
+            "--output",
+            "json",
+        ],
     ] {
         let r = kubeforge(d, &args);
         assert_eq!(r.code, 0);
@@ -107,8 +115,38 @@ fn init_validate_render_twice_and_plan() {
     );
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["plan"]["summary"]["nodes"], 7);
-    let r = kubeforge(d, &["certs", "-i", "lab/inventory.toml"]);
+    let r = kubeforge(d, &["certs", "-i", "lab/inventory.toml", "--local"]);
     assert!(r.stdout.contains("etcd-peer for cp3"), "{}", r.stdout);
+    assert!(r.stdout.contains("CHECK"), "{}", r.stdout);
+    let r = kubeforge(
+        d,
+        &[
+            "certs",
+            "-i",
+            "lab/inventory.toml",
+            "--local",
+            "--output",
+            "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let rows = v["state_dir"].as_array().unwrap();
+    assert!(rows.iter().all(|c| c["check"]["state"] == "ok"), "{v}");
+    // A renewal names what it renews; a CA is never one of them.
+    let r = kubeforge(d, &["certs", "renew", "-i", "lab/inventory.toml"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("name the certificates to renew, or --all"),
+        "{}",
+        r.stderr
+    );
+    let r = kubeforge(
+        d,
+        &["certs", "renew", "-i", "lab/inventory.toml", "etcd-ca"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("etcd-ca is a CA"), "{}", r.stderr);
 }
 
 #[test]

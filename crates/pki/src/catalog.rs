@@ -2,12 +2,12 @@
 //! table entry. Code reads this table; it never special-cases a certificate.
 
 use kubeforge_inventory::{Cluster, Node, Role, Selector};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// The three certificate authorities. Each signs only its own leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CaId {
     Kubernetes,

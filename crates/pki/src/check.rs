@@ -113,6 +113,13 @@ fn key_matches(cert: &X509Certificate<'_>, key_pem: &str) -> Result<(), String> 
     Ok(())
 }
 
+/// Whether the private key `key_pem` belongs to the certificate.
+pub(crate) fn key_matches_pem(cert_pem: &str, key_pem: &str) -> Result<(), String> {
+    let pem = pem(cert_pem)?;
+    let cert = parsed(&pem)?;
+    key_matches(&cert, key_pem)
+}
+
 pub(crate) fn ca_usable(cert_pem: &str, key_pem: &str) -> Result<(), String> {
     let pem = pem(cert_pem)?;
     let cert = parsed(&pem)?;
@@ -183,6 +190,131 @@ pub(crate) fn leaf(
         return Err(Reason::ExpiresSoon(fmt_time(info.not_after)));
     }
     Ok(())
+}
+
+/// What `kubeforge certs` says of a certificate (its CHECK column), the
+/// worst that holds: unreadable, expired, not signed by the CA that signs
+/// now, lacking a name the inventory needs, different from the state
+/// directory's copy (a node's file), within `renew_before_days`, or ok.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", content = "detail", rename_all = "kebab-case")]
+pub enum CertState {
+    Ok,
+    RenewSoon,
+    /// A node's file is not the certificate of the state directory.
+    Differs,
+    /// The names it lacks.
+    SanMismatch(Vec<String>),
+    NotSignedByCurrentCa,
+    Expired,
+    Missing,
+    Invalid(String),
+}
+
+impl CertState {
+    /// Higher is worse.
+    pub fn severity(&self) -> u8 {
+        match self {
+            CertState::Ok => 0,
+            CertState::RenewSoon => 1,
+            CertState::Differs => 2,
+            CertState::SanMismatch(_) => 3,
+            CertState::NotSignedByCurrentCa => 4,
+            CertState::Expired => 5,
+            CertState::Missing => 6,
+            CertState::Invalid(_) => 7,
+        }
+    }
+
+    /// The worse of two.
+    pub fn worst(self, other: CertState) -> CertState {
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl std::fmt::Display for CertState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertState::Ok => f.write_str("ok"),
+            CertState::RenewSoon => f.write_str("renew soon"),
+            CertState::Differs => f.write_str("differs from the state directory"),
+            CertState::SanMismatch(s) => write!(f, "SAN mismatch (lacks {})", s.join(", ")),
+            CertState::NotSignedByCurrentCa => f.write_str("not signed by the current CA"),
+            CertState::Expired => f.write_str("expired"),
+            CertState::Missing => f.write_str("missing"),
+            CertState::Invalid(e) => write!(f, "invalid: {e}"),
+        }
+    }
+}
+
+/// The state of a leaf certificate (the first of `cert_pem`): signed by
+/// `ca_pem` (the CA that signs now), carrying every name of `sans`, and
+/// its expiry against `renew_before_days` at `now`.
+pub fn judge(
+    cert_pem: &str,
+    ca_pem: &str,
+    sans: &[San],
+    renew_before_days: u32,
+    now: OffsetDateTime,
+) -> CertState {
+    let Ok(pem) = pem(cert_pem) else {
+        return CertState::Invalid("not a PEM certificate".into());
+    };
+    let cert = match parsed(&pem) {
+        Ok(c) => c,
+        Err(e) => return CertState::Invalid(e),
+    };
+    let info = match info_of(&cert) {
+        Ok(i) => i,
+        Err(e) => return CertState::Invalid(e),
+    };
+    if info.not_after <= now {
+        return CertState::Expired;
+    }
+    let signed = self::pem(ca_pem)
+        .ok()
+        .and_then(|p| {
+            let ca = p.parse_x509().ok()?;
+            Some(
+                cert.issuer().as_raw() == ca.subject().as_raw()
+                    && cert.verify_signature(Some(ca.public_key())).is_ok(),
+            )
+        })
+        .unwrap_or(false);
+    if !signed {
+        return CertState::NotSignedByCurrentCa;
+    }
+    let missing: Vec<String> = sans
+        .iter()
+        .filter(|s| !info.sans.contains(s))
+        .map(ToString::to_string)
+        .collect();
+    if !missing.is_empty() {
+        return CertState::SanMismatch(missing);
+    }
+    expiry(&info, renew_before_days, now)
+}
+
+fn expiry(info: &CertInfo, renew_before_days: u32, now: OffsetDateTime) -> CertState {
+    if info.not_after <= now {
+        CertState::Expired
+    } else if info.not_after - now < time::Duration::days(i64::from(renew_before_days)) {
+        CertState::RenewSoon
+    } else {
+        CertState::Ok
+    }
+}
+
+/// The state of a CA certificate: only its expiry (it signs itself).
+pub fn judge_ca(cert_pem: &str, renew_before_days: u32, now: OffsetDateTime) -> CertState {
+    match inspect(cert_pem) {
+        Ok(info) => expiry(&info, renew_before_days, now),
+        Err(e) => CertState::Invalid(e),
+    }
 }
 
 /// Whether `cert_pem` (the first certificate in it) is a client

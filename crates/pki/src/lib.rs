@@ -9,10 +9,14 @@
 pub mod catalog;
 mod check;
 mod issue;
+pub mod listing;
+pub mod rotation;
 mod store;
 
 pub use catalog::{CaId, CertSpec, LeafRequest, San, CATALOG};
-pub use check::{client_certificate_valid, inspect, CertInfo};
+pub use check::{client_certificate_valid, inspect, judge, judge_ca, CertInfo, CertState};
+pub use listing::{list, Listed, Stored};
+pub use rotation::Rotation;
 pub use store::{write_atomic, write_files};
 
 use std::collections::BTreeMap;
@@ -42,7 +46,15 @@ pub struct KeyCert {
 /// Everything the renderer needs from the PKI.
 #[derive(Debug, Clone)]
 pub struct Pki {
+    /// The CAs that sign, with their keys.
     pub cas: BTreeMap<CaId, KeyCert>,
+    /// What each CA's trust bundle holds (PEM): the CA itself, and during
+    /// a rotation the old and the new one (see [`rotation`]). Every `.crt`
+    /// file of a CA on the nodes and every kubeconfig's
+    /// `certificate-authority-data` is this.
+    pub trust: BTreeMap<CaId, String>,
+    /// The rotation whose step this PKI is, if one is under way.
+    pub rotation: Option<Rotation>,
     /// Keyed by [`LeafRequest::stem`]: `apiserver`, `nodes/cp1/etcd-server`, ...
     pub leaves: BTreeMap<String, KeyCert>,
     pub sa_private: SecretPem,
@@ -81,6 +93,8 @@ pub enum Reason {
     /// A bootstrap token valid for longer than the inventory's TTL now
     /// allows.
     OutlivesTtl(String),
+    /// Renewed because it was asked for (`kubeforge certs renew`).
+    Asked,
 }
 
 impl fmt::Display for Reason {
@@ -100,6 +114,7 @@ impl fmt::Display for Reason {
                     "expires {when}, later than bootstrap_token_ttl_hours allows"
                 )
             }
+            Reason::Asked => f.write_str("renewal asked for"),
         }
     }
 }
@@ -118,6 +133,10 @@ pub enum Action {
     },
     /// A CA replaced because the caller asked for it.
     CaRegenerated,
+    /// A CA rotation's step: what it did to a CA (see [`rotation`]).
+    CaRotation {
+        what: String,
+    },
 }
 
 /// What reconcile decided about one item.
@@ -140,6 +159,7 @@ impl fmt::Display for Event {
                 self.subject
             ),
             Action::CaRegenerated => write!(f, "{}: regenerated as asked", self.subject),
+            Action::CaRotation { what } => write!(f, "{}: {what}", self.subject),
         }
     }
 }
@@ -164,13 +184,21 @@ pub enum PkiError {
     EncryptionKey { path: PathBuf, detail: String },
     #[error("issuing {what}: {detail}")]
     Issue { what: String, detail: String },
+    #[error("{path}: {detail}")]
+    Rotation { path: PathBuf, detail: String },
 }
 
 /// Options of a reconcile run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// CAs to replace with new ones (every leaf they signed is reissued).
+    /// CAs to replace with new ones at once (every leaf they signed is
+    /// reissued).
     pub new_cas: Vec<CaId>,
+    /// The step of a CA rotation to decide for (recorded when persisted);
+    /// `None`: the one recorded in the state directory, if any.
+    pub rotation: Option<Rotation>,
+    /// Leaves to reissue whatever their state, by [`LeafRequest::stem`].
+    pub renew: Vec<String>,
     /// The time certificates are checked against and issued from.
     pub now: OffsetDateTime,
 }
@@ -179,6 +207,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             new_cas: Vec::new(),
+            rotation: None,
+            renew: Vec::new(),
             now: OffsetDateTime::now_utc(),
         }
     }
@@ -217,7 +247,27 @@ pub fn reconcile(
     let mut d = Decisions::default();
     let settings = &cluster.pki;
 
-    let (cas, established) = cas(&store, &mut d, settings, opts)?;
+    let recorded = rotation::recorded(state_dir)?;
+    if let (Some(r), Some(ca)) = (recorded, opts.new_cas.first()) {
+        return Err(PkiError::Rotation {
+            path: store.path(rotation::FILE),
+            detail: format!(
+                "a rotation of the {} is under way ({}); --new-ca {} would replace a CA the nodes are moving between\n  help: finish the rotation with kubeforge certs renew --new-ca {}",
+                r.ca,
+                r.step,
+                ca.name(),
+                r.ca.name()
+            ),
+        });
+    }
+    let rotating = opts.rotation.or(recorded);
+    if let Some(r) = opts.rotation.filter(|r| Some(*r) != recorded) {
+        d.writes.push(vec![store::Write::public(
+            rotation::FILE,
+            &rotation::text(&r),
+        )]);
+    }
+    let (cas, trust, established) = cas(&store, &mut d, settings, opts, rotating)?;
     let (sa_private, sa_public_pem) = service_account_key(&store, &mut d, established)?;
     let encryption_key = encryption_key(&store, &mut d, established)?;
     let (bootstrap_token, bootstrap_token_expiration) =
@@ -231,6 +281,8 @@ pub fn reconcile(
     Ok(Reconciled {
         pki: Pki {
             cas,
+            trust,
+            rotation: rotating,
             leaves,
             sa_private,
             sa_public_pem,
@@ -260,6 +312,10 @@ impl Decisions {
     }
 }
 
+/// The CAs that sign, each CA's trust bundle, and whether the cluster's
+/// CAs existed already.
+type Cas = (BTreeMap<CaId, KeyCert>, BTreeMap<CaId, String>, bool);
+
 /// The three CAs: kept, created when missing, or regenerated when asked
 /// for. Also returns whether the cluster is established (its Kubernetes CA
 /// existed before this run).
@@ -268,8 +324,10 @@ fn cas(
     d: &mut Decisions,
     settings: &kubeforge_inventory::PkiSettings,
     opts: &Options,
-) -> Result<(BTreeMap<CaId, KeyCert>, bool), PkiError> {
+    rotating: Option<Rotation>,
+) -> Result<Cas, PkiError> {
     let mut cas = BTreeMap::new();
+    let mut trust = BTreeMap::new();
     // A cluster whose CA exists already: its service-account and encryption
     // keys are never created anew, since that would break running clusters.
     let mut established = false;
@@ -346,7 +404,138 @@ fn cas(
             }
         }
     }
-    Ok((cas, established))
+    for ca in CaId::ALL {
+        let Some(signer) = cas.get(&ca).cloned() else {
+            continue;
+        };
+        let bundle = match rotating.filter(|r| r.ca == ca) {
+            None => signer.cert_pem,
+            Some(r) => {
+                let (signer, bundle) = rotate(store, d, settings, opts, ca, r.step, signer)?;
+                cas.insert(ca, signer);
+                bundle
+            }
+        };
+        trust.insert(ca, bundle);
+    }
+    Ok((cas, trust, established))
+}
+
+/// Two certificates as one PEM bundle.
+fn bundle(first: &str, second: &str) -> String {
+    let mut s = first.trim_end().to_string();
+    s.push('\n');
+    s.push_str(second.trim_end());
+    s.push('\n');
+    s
+}
+
+/// A rotation's step for `ca` (see [`rotation`]): the CA that signs and
+/// the trust bundle. `current` is the CA of `<stem>.crt`/`.key`.
+fn rotate(
+    store: &store::Store,
+    d: &mut Decisions,
+    settings: &kubeforge_inventory::PkiSettings,
+    opts: &Options,
+    ca: CaId,
+    step: rotation::Step,
+    current: KeyCert,
+) -> Result<(KeyCert, String), PkiError> {
+    use rotation::Step;
+    let stem = ca.file_stem();
+    let next_stem = format!("{stem}.next");
+    let previous = format!("{stem}.previous.crt");
+    let next = store
+        .read_pair(&next_stem)?
+        .map(|(cert_pem, key_pem)| {
+            check::ca_usable(&cert_pem, &key_pem).map_err(|detail| PkiError::CaKey {
+                ca,
+                path: store.path(&format!("{next_stem}.key")),
+                detail,
+            })?;
+            Ok(KeyCert {
+                cert_pem,
+                key: SecretPem(key_pem),
+            })
+        })
+        .transpose()?;
+    let new_subject = format!("{ca} (new)");
+    let old_subject = format!("{ca} (old)");
+    match step {
+        Step::Trust => {
+            let next = match next {
+                Some(n) => {
+                    d.event(new_subject, Action::Kept);
+                    n
+                }
+                None => {
+                    let n = issue::ca(ca, settings.ca_validity_days, opts.now)?;
+                    d.writes.push(store::Write::pair(&next_stem, &n));
+                    d.event(
+                        new_subject,
+                        Action::CaRotation {
+                            what: "created, trusted beside the current one".into(),
+                        },
+                    );
+                    n
+                }
+            };
+            let trust = bundle(&current.cert_pem, &next.cert_pem);
+            Ok((current, trust))
+        }
+        Step::Reissue => match next {
+            // The new CA takes the old one's place; the old certificate
+            // stays trusted.
+            Some(n) => {
+                let mut writes = store::Write::backup(stem);
+                writes.extend(store::Write::pair(stem, &n));
+                writes.push(store::Write::public(&previous, &current.cert_pem));
+                writes.push(store::Write::remove(&format!("{next_stem}.crt")));
+                writes.push(store::Write::remove(&format!("{next_stem}.key")));
+                d.writes.push(writes);
+                d.event(
+                    ca.to_string(),
+                    Action::CaRotation {
+                        what: "the new CA signs from now on; the old one stays trusted".into(),
+                    },
+                );
+                let trust = bundle(&current.cert_pem, &n.cert_pem);
+                Ok((n, trust))
+            }
+            None => {
+                let old = store.read_optional(&previous)?.ok_or_else(|| PkiError::Rotation {
+                    path: store.path(&previous),
+                    detail: format!(
+                        "step 2 of the {ca} rotation needs the new CA of step 1 ({next_stem}.crt) or, once it signs, the old one ({previous}); neither is there\n  help: restore the state directory from a backup"
+                    ),
+                })?;
+                d.event(old_subject, Action::Kept);
+                let trust = bundle(&old, &current.cert_pem);
+                Ok((current, trust))
+            }
+        },
+        Step::Drop => {
+            if next.is_some() {
+                return Err(PkiError::Rotation {
+                    path: store.path(&format!("{next_stem}.crt")),
+                    detail: format!(
+                        "step 3 of the {ca} rotation, but the new CA of step 1 does not sign yet: step 2 has not run"
+                    ),
+                });
+            }
+            if store.read_optional(&previous)?.is_some() {
+                d.writes.push(vec![store::Write::remove(&previous)]);
+                d.event(
+                    old_subject,
+                    Action::CaRotation {
+                        what: "no longer trusted".into(),
+                    },
+                );
+            }
+            let trust = current.cert_pem.clone();
+            Ok((current, trust))
+        }
+    }
 }
 
 /// What a created-once item's absence from the state directory means.
@@ -577,9 +766,15 @@ fn leaves(
             detail: format!("catalog names {} which was not loaded", req.spec.ca),
         })?;
         let existing = store.read_pair(&stem)?;
-        let verdict = existing
-            .as_ref()
-            .map(|(cert, key)| check::leaf(&req, cert, key, ca, settings, opts.now));
+        let verdict = existing.as_ref().map(|(cert, key)| {
+            check::leaf(&req, cert, key, ca, settings, opts.now).and_then(|()| {
+                if opts.renew.contains(&stem) {
+                    Err(Reason::Asked)
+                } else {
+                    Ok(())
+                }
+            })
+        });
         match (existing, verdict) {
             (Some((cert_pem, key_pem)), Some(Ok(()))) => {
                 d.event(req.describe(), Action::Kept);

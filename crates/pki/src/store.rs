@@ -69,6 +69,8 @@ pub(crate) enum Write {
     },
     /// Copies `<stem>.crt` and `<stem>.key` aside before they are replaced.
     Backup { stem: String },
+    /// Removes a file (after every other write).
+    Remove { rel: String },
 }
 
 /// `Reconciled` derives `Debug`: the content of a secret file never shows.
@@ -88,6 +90,7 @@ impl fmt::Debug for Write {
                     .finish()
             }
             Write::Backup { stem } => f.debug_struct("Backup").field("stem", stem).finish(),
+            Write::Remove { rel } => f.debug_struct("Remove").field("rel", rel).finish(),
         }
     }
 }
@@ -113,6 +116,12 @@ impl Write {
             rel: rel.to_string(),
             content: content.to_string(),
             secret: true,
+        }
+    }
+
+    pub fn remove(rel: &str) -> Write {
+        Write::Remove {
+            rel: rel.to_string(),
         }
     }
 
@@ -225,10 +234,20 @@ pub(crate) fn persist(state_dir: &Path, writes: &[Vec<Write>]) -> Result<Vec<Pat
                 content.as_bytes(),
                 if *secret { 0o600 } else { 0o644 },
             )),
-            Write::Backup { .. } => None,
+            Write::Backup { .. } | Write::Remove { .. } => None,
         })
         .collect();
     write_files(&files)?;
     written.extend(files.into_iter().map(|(p, _, _)| p));
+    for w in writes.iter().flatten() {
+        if let Write::Remove { rel } = w {
+            let path = store.path(rel);
+            match fs::remove_file(&path) {
+                Ok(()) => written.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+    }
     Ok(written)
 }

@@ -9,6 +9,7 @@
 pub mod cert;
 pub mod manifest;
 pub mod remove;
+pub mod renewal;
 pub mod restore;
 pub mod skew;
 mod text;
@@ -486,7 +487,9 @@ fn decide<'a>(
         .iter()
         .filter(|s| selected(&s.phase))
         .filter(|s| {
-            if removal(&s.name) {
+            if let Some(file) = &s.written {
+                puts.iter().any(|f| &f.path == file)
+            } else if removal(&s.name) {
                 written || !f_facts.steps_done.contains(&s.name)
             } else {
                 !f_facts.steps_done.contains(&s.name)

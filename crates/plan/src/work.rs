@@ -454,16 +454,35 @@ pub(crate) fn node_work(
         w.drain = lb_edits(rendered, facts, &tree.name);
     }
     if strategy == Strategy::DrainNodes {
-        w.cordon = cordon(rendered, tree, &w.restart);
+        // The binaries this phase replaces: what an upgrade restarts.
+        let replaced: Vec<&String> = d
+            .puts
+            .iter()
+            .filter(|f| f.phase == phase && f.from_file.is_some())
+            .filter(|f| f.source.starts_with("bundle:") && !f.source.starts_with("bundle:images/"))
+            .flat_map(|f| &f.restarts)
+            .collect();
+        w.cordon = cordon(rendered, tree, &w.restart, &replaced);
     }
     w
 }
 
-/// A node whose restarts include a `drain` unit is cordoned and drained
-/// around its work (through the addon node's API).
-fn cordon(rendered: &Rendered, tree: &NodeTree, restart: &[String]) -> Option<Cordon> {
+/// A node where a `drain` unit restarts on a new binary (an upgrade) is
+/// cordoned and drained around its work (through the addon node's API).
+/// A restart for new configuration or certificates leaves the pods where
+/// they are: the kubelet and containerd restart without stopping them.
+fn cordon(
+    rendered: &Rendered,
+    tree: &NodeTree,
+    restart: &[String],
+    replaced: &[&String],
+) -> Option<Cordon> {
     let unit = |name: &String| tree.units.iter().find(|u| &u.name == name);
-    if !restart.iter().filter_map(unit).any(|u| u.drain) {
+    if !restart
+        .iter()
+        .filter_map(unit)
+        .any(|u| u.drain && replaced.contains(&&u.name))
+    {
         return None;
     }
     Some(Cordon {
@@ -562,11 +581,11 @@ fn lb_edits(rendered: &Rendered, facts: &crate::Facts, node: &str) -> Vec<LbEdit
 pub(crate) fn resolve(strategy: Strategy, nodes: &[NodeWork]) -> Strategy {
     match strategy {
         Strategy::Together if !nodes.iter().any(|w| !w.start.is_empty()) => Strategy::OneAtATime,
-        Strategy::DrainFromLb | Strategy::DrainNodes
-            if nodes.iter().all(|w| w.restart.is_empty()) =>
-        {
-            Strategy::Parallel
-        }
+        Strategy::DrainFromLb if nodes.iter().all(|w| w.restart.is_empty()) => Strategy::Parallel,
+        // Node by node only for an upgrade (a node to cordon); new
+        // configuration or certificates restart every node's agents at
+        // once, as a first start does.
+        Strategy::DrainNodes if nodes.iter().all(|w| w.cordon.is_none()) => Strategy::Parallel,
         s => s,
     }
 }

@@ -66,6 +66,7 @@ impl Renderer {
                     name: row.name.clone(),
                     phase,
                     stage: Stage::AfterUnits,
+                    written: None,
                     check: render_str(&row.check, &step_ctx, &what, &node.name)?,
                     run: render_str(&row.run, &step_ctx, &what, &node.name)?,
                 });

@@ -252,9 +252,14 @@ pub struct Step {
     /// Before the phase's files (the default) or after its units.
     #[serde(skip_serializing_if = "Stage::is_before_files")]
     pub stage: Stage,
-    /// Read-only; exits 0 when nothing needs doing.
+    /// Read-only; exits 0 when nothing needs doing (empty with
+    /// `written`).
     #[serde(skip)]
     pub check: String,
+    /// The step runs exactly when the plan writes this file on the node,
+    /// instead of when its check fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written: Option<String>,
     #[serde(skip)]
     pub run: String,
 }
@@ -797,12 +802,12 @@ impl Renderer {
                 what: format!("certificate {cert}"),
                 node: node_name.unwrap_or("control machine").into(),
             })?;
-        let ca = ca_of(pki, spec.ca, node_name)?;
+        let trusted = trust_of(pki, spec.ca, node_name)?;
         let mut ctx = base.clone();
         ctx["kubeconfig"] = json!({
             "server": server,
             "user": spec.cn.replace("{node}", node_name.unwrap_or_default()),
-            "ca_data": b64(&ca.cert_pem),
+            "ca_data": b64(trusted),
             "cert_data": b64(&kc.cert_pem),
             "key_data": b64(&kc.key.0),
         });
@@ -825,7 +830,7 @@ impl Renderer {
         self.ca_files(n, &mut files)?;
         self.cert_files(n, &mut files)?;
         self.key_files(n, &mut files)?;
-        let mut steps = self.steps(n)?;
+        let mut steps = self.steps(n, &files.files)?;
         let bootstrap = self.bootstrap(n, &mut steps)?;
         Ok(NodeTree {
             bootstrap,
@@ -915,16 +920,32 @@ impl Renderer {
         Ok(())
     }
 
-    /// The `[[ca]]` rows: CA certificates, and keys where a component signs.
+    /// The `[[ca]]` rows: the CAs' trust bundles, and where a component
+    /// signs, the key and certificate of the CA that signs.
     fn ca_files(&self, n: &NodeInput<'_>, files: &mut Files<'_>) -> Result<(), RenderError> {
         for row in self.table.ca.iter().filter(|r| r.on.matches(n.node)) {
             let ca_id = CaId::parse(&row.ca)
                 .ok_or_else(|| RenderError::Table(format!("unknown CA \"{}\"", row.ca)))?;
             let ca = ca_of(n.pki, ca_id, Some(&n.node.name))?;
+            let trusted = KeyCert {
+                cert_pem: trust_of(n.pki, ca_id, Some(&n.node.name))?.to_string(),
+                key: ca.key.clone(),
+            };
             let phase = self.phase_of(row.on, &row.restarts, &[]);
             let source = format!("ca:{}", row.ca);
-            for f in key_pair_files(&row.path, ca, row.key, &row.restarts, &source, &phase) {
+            for f in key_pair_files(&row.path, &trusted, row.key, &row.restarts, &source, &phase) {
                 files.add(f)?;
+            }
+            if let Some(signer) = &row.signer {
+                let meta = Meta {
+                    mode: 0o644,
+                    secret: false,
+                    restarts: &row.restarts,
+                    reloads: &[],
+                    source: &format!("ca-signer:{}", row.ca),
+                    phase: &phase,
+                };
+                files.add(file(signer, ca.cert_pem.clone().into_bytes(), &meta))?;
             }
         }
         Ok(())
@@ -1019,6 +1040,7 @@ impl Renderer {
             name: name.clone(),
             phase: self.phase_of(first.on, &first.restarts, &first.reloads),
             stage: Stage::AfterUnits,
+            written: None,
             check: quoted
                 .iter()
                 .map(|f| format!("[ ! -e {f} ]"))
@@ -1041,19 +1063,35 @@ impl Renderer {
         }))
     }
 
-    /// The `[[step]]` rows, their check and run scripts rendered.
-    fn steps(&self, n: &NodeInput<'_>) -> Result<Vec<Step>, RenderError> {
+    /// The `[[step]]` rows, their check and run scripts rendered (`files`:
+    /// the node's files, for the phase of a step run by a file's writing).
+    fn steps(
+        &self,
+        n: &NodeInput<'_>,
+        files: &BTreeMap<String, RenderedFile>,
+    ) -> Result<Vec<Step>, RenderError> {
         let mut steps = Vec::new();
         for row in self.table.step.iter().filter(|r| r.on.matches(n.node)) {
             if row.when.is_some_and(|w| !w.holds(n.cluster)) {
                 continue;
             }
             let what = format!("step {}", row.name);
+            let check = match &row.check {
+                Some(c) => render_str(c, &n.ctx, &what, &n.node.name)?,
+                None => String::new(),
+            };
+            // A step run by a file's writing goes with that file's phase.
+            let phase = row
+                .written
+                .as_ref()
+                .and_then(|w| files.get(w))
+                .map_or_else(|| self.phase_of(row.on, &[], &[]), |f| f.phase.clone());
             steps.push(Step {
                 name: row.name.clone(),
-                phase: self.phase_of(row.on, &[], &[]),
+                phase,
                 stage: row.stage,
-                check: render_str(&row.check, &n.ctx, &what, &n.node.name)?,
+                check,
+                written: row.written.clone(),
                 run: render_str(&row.run, &n.ctx, &what, &n.node.name)?,
             });
         }
@@ -1182,6 +1220,15 @@ fn render_str(text: &str, ctx: &Value, what: &str, node: &str) -> Result<String,
     let mut tera = tera::Tera::default();
     tera.autoescape_on(vec![]);
     tera.render_str(text, &context).map_err(|e| err(&e))
+}
+
+/// The trust bundle of a CA: the CA, or during its rotation the old and
+/// the new one.
+fn trust_of<'a>(pki: &'a Pki, ca: CaId, node: Option<&str>) -> Result<&'a str, RenderError> {
+    match pki.trust.get(&ca) {
+        Some(t) => Ok(t),
+        None => ca_of(pki, ca, node).map(|kc| kc.cert_pem.as_str()),
+    }
 }
 
 fn ca_of<'a>(pki: &'a Pki, ca: CaId, node: Option<&str>) -> Result<&'a KeyCert, RenderError> {

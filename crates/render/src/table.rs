@@ -233,7 +233,14 @@ pub struct StepRow {
     pub when: Option<When>,
     #[serde(default)]
     pub stage: Stage,
-    pub check: String,
+    /// Read-only; exits 0 when nothing needs doing. A step with `written`
+    /// has none.
+    #[serde(default)]
+    pub check: Option<String>,
+    /// The step runs exactly when the plan writes this file on the node
+    /// (and never otherwise), instead of when a check fails.
+    #[serde(default)]
+    pub written: Option<String>,
     pub run: String,
 }
 
@@ -390,10 +397,17 @@ pub struct KubeconfigRow {
 #[serde(deny_unknown_fields)]
 pub struct CaRow {
     pub ca: String,
+    /// `<path>.crt` holds the CA's trust bundle (the CA, and during a
+    /// rotation the old and the new one); `<path>.key` the key of the CA
+    /// that signs, with `key`.
     pub path: String,
     pub on: Selector,
     #[serde(default)]
     pub key: bool,
+    /// A file holding only the certificate of the CA that signs (the
+    /// pair of `<path>.key`), for a component that takes exactly one.
+    #[serde(default)]
+    pub signer: Option<String>,
     #[serde(default)]
     pub restarts: Vec<String>,
 }
@@ -587,7 +601,30 @@ impl Table {
             if CaId::parse(&c.ca).is_none() {
                 return Err(format!("{} names unknown CA \"{}\"", c.path, c.ca));
             }
+            if c.signer.is_some() && !c.key {
+                return Err(format!(
+                    "{} has a `signer` file but no `key`: the signer's key is <path>.key",
+                    c.path
+                ));
+            }
             check_units(&c.path, &c.restarts)?;
+        }
+        for st in &t.step {
+            match (&st.check, &st.written) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "step \"{}\" needs either a `check` or `written` (the file whose writing runs it), not both",
+                        st.name
+                    ))
+                }
+            }
+            if st.written.is_some() && st.stage == Stage::BeforeFiles {
+                return Err(format!(
+                    "step \"{}\" runs when a file is written: give it stage \"after-files\" or \"after-units\"",
+                    st.name
+                ));
+            }
         }
         for c in &t.cert {
             if catalog::spec(&c.cert).is_none() {

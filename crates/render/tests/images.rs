@@ -85,10 +85,11 @@ fn archives_and_their_import_step_go_to_every_kubelet_node_only() {
         assert_eq!(step.phase, "node");
         assert_eq!(step.stage, Stage::AfterUnits);
         assert_eq!(steps.iter().filter(|s| **s == STEP).count(), 1);
-        // The other steps keep running before the files.
+        // The other steps keep running before the files (but those a
+        // file's writing runs).
         assert!(tree.steps[..tree.steps.len() - 1]
             .iter()
-            .all(|s| s.stage == Stage::BeforeFiles));
+            .all(|s| s.stage == Stage::BeforeFiles || s.written.is_some()));
     }
     let worker = rendered.nodes.iter().find(|n| n.name == "worker1").unwrap();
     let step = worker.steps.last().unwrap();

@@ -123,12 +123,15 @@ fn describe(rendered: &Rendered, node: &str) -> String {
     );
     let _ = writeln!(s, "units: {}", units.join(" "));
     for st in &tree.steps {
+        let when = match &st.written {
+            Some(f) => format!("runs when {f} is written"),
+            None => format!("check:\n{}", st.check.trim()),
+        };
         let _ = writeln!(
             s,
-            "\n--- step \"{}\" phase={}\ncheck:\n{}\nrun:\n{}",
+            "\n--- step \"{}\" phase={}\n{when}\nrun:\n{}",
             st.name,
             st.phase,
-            st.check.trim(),
             st.run.trim()
         );
     }

@@ -33,8 +33,8 @@ pub fn now() -> OffsetDateTime {
 
 pub fn opts_at(now: OffsetDateTime) -> Options {
     Options {
-        new_cas: Vec::new(),
         now,
+        ..Options::default()
     }
 }
 

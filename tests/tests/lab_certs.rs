@@ -1,0 +1,488 @@
+//! `kubeforge certs` and `kubeforge certs renew` on lab nodes: three etcd
+//! members (two of them control-plane nodes with a kubelet) behind an LB
+//! with the VIP. After a fresh apply every certificate, in the state
+//! directory and on the nodes, checks ok; `certs renew --all` without
+//! `--yes` shows its plan and changes nothing (not the state directory,
+//! not a node); with `--yes` every leaf on the nodes has a new serial, the
+//! CAs stay, a probe through the VIP sees no failed request, every
+//! certificate checks ok again and a re-apply changes nothing.
+//!
+//! A second test rotates the kubernetes CA in its three steps (`certs
+//! renew --new-ca kubernetes`): after each, a probe through the VIP saw no
+//! failed request, every certificate checks ok and an apply changes
+//! nothing; in between the nodes trust both CAs, at the end only the new
+//! one, and every leaf it issues is new.
+//!
+//! The Kubernetes binaries are the stand-ins unless
+//! `KUBEFORGE_K8S_BIN_DIR` names the real ones; etcd is Debian's.
+#![allow(clippy::print_stderr)]
+
+use crate::lab_apply::{binaries, k8s_version, start, unit_clock, Kf};
+use kubeforge_tests::lab::Lab;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TEST: &str = "lab_certs";
+const API: &str = "https://10.77.0.100:8443";
+const CERT_NODES: [&str; 3] = ["cp1", "cp2", "e3"];
+const UNITS: [&str; 6] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+];
+
+fn inventory(lab: &Lab) -> String {
+    format!(
+        r#"[cluster]
+name = "lab"
+kubernetes_version = "{version}"
+node_cidr = "10.77.0.0/24"
+node_profile = "container"
+# No image registry is reachable from the lab: CoreDNS could not run.
+coredns = false
+
+[loadbalancer]
+vip = "10.77.0.100/24"
+port = 8443
+interface = "eth0"
+
+[ssh]
+key = "{key}"
+accept_new_host_keys = true
+
+[[nodes]]
+name = "cp1"
+address = "10.77.0.11"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "cp2"
+address = "10.77.0.12"
+roles = ["etcd", "control-plane"]
+
+[[nodes]]
+name = "e3"
+address = "10.77.0.13"
+roles = ["etcd"]
+
+[[nodes]]
+name = "lb1"
+address = "10.77.0.31"
+roles = ["lb"]
+"#,
+        key = lab.key().display(),
+        version = k8s_version(),
+    )
+}
+
+/// `kubeforge certs ARGS...` in the control directory.
+fn certs(kf: &Kf, args: &[&str]) -> Output {
+    let out = Command::new(&kf.bin)
+        .current_dir(&kf.dir)
+        .arg("certs")
+        .args(args)
+        .args(["-i", "inventory.toml", "--ssh-config", "ssh_config"])
+        .output()
+        .expect("kubeforge certs runs");
+    eprintln!(
+        "$ kubeforge certs {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// One certificate `kubeforge certs --output json` found on a node.
+#[derive(Debug, Clone)]
+struct OnNode {
+    /// `node path name`.
+    key: String,
+    serial: String,
+    check: String,
+    leaf: bool,
+}
+
+/// `kubeforge certs --output json`: the state directory's checks and the
+/// certificates found on the nodes.
+fn checked(kf: &Kf) -> (Vec<String>, Vec<OnNode>) {
+    let out = certs(kf, &["--output", "json"]);
+    assert!(out.status.success(), "kubeforge certs failed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let state = v["state_dir"]
+        .as_array()
+        .expect("state_dir")
+        .iter()
+        .map(|c| format!("{}: {}", c["name"], c["check"]["state"]))
+        .collect();
+    let mut on_nodes = Vec::new();
+    for n in v["nodes"].as_array().expect("nodes") {
+        assert!(n.get("error").is_none(), "{n}");
+        for c in n["certificates"].as_array().expect("certificates") {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            on_nodes.push(OnNode {
+                key: format!("{} {} {}", s("node"), s("path"), s("name")),
+                serial: s("serial"),
+                check: c["check"]["state"].as_str().unwrap_or_default().into(),
+                leaf: c.get("ca").is_some(),
+            });
+        }
+    }
+    (state, on_nodes)
+}
+
+fn all_ok(state: &[String], on_nodes: &[OnNode]) {
+    for s in state {
+        assert!(s.ends_with(": \"ok\""), "state directory: {s}");
+    }
+    for c in on_nodes {
+        assert_eq!(c.check, "ok", "{c:?}");
+    }
+}
+
+/// The SHA-256 of every file below the state directory's pki/.
+fn pki_sums(kf: &Kf) -> BTreeMap<String, String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("find . -type f | sort | xargs sha256sum")
+        .current_dir(kf.pki(""))
+        .output()
+        .expect("sha256sum runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once("  "))
+        .map(|(sum, f)| (f.to_string(), sum.to_string()))
+        .collect()
+}
+
+/// The SHA-256 of every file kubeforge placed below /etc/kubernetes.
+fn node_sums(lab: &Lab) -> Vec<String> {
+    CERT_NODES
+        .iter()
+        .map(|n| lab.ssh_ok(n, "find /etc/kubernetes -type f | sort | xargs sha256sum"))
+        .collect()
+}
+
+/// A probe loop through the VIP with a copy of the admin credentials
+/// (the renewal replaces the state directory's): (ok, failed, failures).
+struct Probe {
+    stop: Arc<AtomicBool>,
+    results: Arc<Mutex<(usize, Vec<String>)>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Probe {
+    fn start(kf: &Kf, dir: &Path) -> Probe {
+        std::fs::create_dir_all(dir).expect("probe dir");
+        for f in ["ca.crt", "admin.crt", "admin.key"] {
+            std::fs::copy(kf.pki(f), dir.join(f)).expect("copy of the admin credentials");
+        }
+        Probe::with(dir)
+    }
+
+    /// With the credentials already in `dir`.
+    fn with(dir: &Path) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let results = Arc::new(Mutex::new((0, Vec::new())));
+        let (s, r, dir) = (Arc::clone(&stop), Arc::clone(&results), dir.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(900);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let o = Command::new("curl")
+                    .args(["-sS", "--max-time", "3", "--cacert"])
+                    .arg(dir.join("ca.crt"))
+                    .arg("--cert")
+                    .arg(dir.join("admin.crt"))
+                    .arg("--key")
+                    .arg(dir.join("admin.key"))
+                    .arg(format!("{API}/readyz"))
+                    .output();
+                if let Ok(mut v) = r.lock() {
+                    match o {
+                        Ok(o) if o.status.success() && o.stdout == b"ok" => v.0 += 1,
+                        Ok(o) => v.1.push(format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&o.stdout),
+                            String::from_utf8_lossy(&o.stderr)
+                        )),
+                        Err(e) => v.1.push(e.to_string()),
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Probe {
+            stop,
+            results,
+            thread,
+        }
+    }
+
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.results.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+#[test]
+fn check_renew_all_and_no_changes() {
+    if !kubeforge_tests::lab::available(TEST) {
+        return;
+    }
+    let Some(b) = binaries() else { return };
+    let nodes = [
+        ("cp1", Ipv4Addr::new(10, 77, 0, 11)),
+        ("cp2", Ipv4Addr::new(10, 77, 0, 12)),
+        ("e3", Ipv4Addr::new(10, 77, 0, 13)),
+        ("lb1", Ipv4Addr::new(10, 77, 0, 31)),
+    ];
+    let (lab, kf) = start(&b, &nodes, inventory);
+    let out = kf.apply(&[]);
+    assert!(out.status.success(), "apply failed");
+
+    // 1. Every certificate checks ok, the nodes' as the state directory's.
+    let out = certs(&kf, &[]);
+    assert!(out.status.success(), "kubeforge certs failed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for want in [
+        "CHECK",
+        "/etc/kubernetes/pki/etcd/peer.crt",
+        "/etc/kubernetes/kubelet.conf",
+        "kube-proxy (kubeconfig)",
+    ] {
+        assert!(text.contains(want), "{want} not in\n{text}");
+    }
+    let (state, before) = checked(&kf);
+    all_ok(&state, &before);
+    assert!(
+        before.iter().any(|c| c.key.starts_with("e3 ")),
+        "the etcd-only member's certificates"
+    );
+    if crate::lab_apply::real_k8s() {
+        // The real kubelet keeps its client certificate in its own
+        // directory; the stand-in reads its kubeconfig's.
+        assert!(
+            before
+                .iter()
+                .any(|c| c.key.contains("kubelet's own client certificate")),
+            "{before:#?}"
+        );
+    }
+
+    // 2. Without --yes: the plan, exit 0, nothing changed anywhere.
+    let (pki_before, nodes_before) = (pki_sums(&kf), node_sums(&lab));
+    let clock = |lab: &Lab| unit_clock(lab, &CERT_NODES, &UNITS);
+    let units_before = clock(&lab);
+    let out = certs(&kf, &["renew", "--all"]);
+    assert!(out.status.success(), "renew without --yes");
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    for want in [
+        "~ /etc/kubernetes/pki/apiserver.crt",
+        "~ /etc/kubernetes/pki/etcd/server.crt",
+        "~ /etc/kubernetes/kubelet.conf",
+        "etcd (cp1, cp2, e3): one at a time, gated in between",
+        "apiserver (cp1, cp2): one at a time, each out of the load balancer while it restarts",
+        "Nothing done",
+    ] {
+        assert!(plan.contains(want), "{want} not in\n{plan}");
+    }
+    let restarts: Vec<&str> = plan
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("restart: "))
+        .collect();
+    for unit in UNITS {
+        assert!(
+            restarts.iter().any(|r| r.split(", ").any(|u| u == unit)),
+            "{unit} does not restart:\n{plan}"
+        );
+    }
+    assert!(!plan.contains("ca.crt"), "no CA changes:\n{plan}");
+    assert_eq!(pki_sums(&kf), pki_before, "the state directory changed");
+    assert_eq!(node_sums(&lab), nodes_before, "a node's file changed");
+    assert_eq!(clock(&lab), units_before, "a unit restarted");
+
+    // 3. With --yes: new serials on the nodes, the CAs kept, no failed
+    //    request through the VIP.
+    let probe = Probe::start(&kf, &kf.dir.join("probe"));
+    let t = Instant::now();
+    let out = certs(&kf, &["renew", "--all", "--yes"]);
+    let renew_secs = t.elapsed().as_secs_f64();
+    let (ok, failures) = probe.finish();
+    assert!(out.status.success(), "renew --all --yes failed");
+    eprintln!(
+        "probe through the VIP during the renewal: {ok} ok, {} failed",
+        failures.len()
+    );
+    assert!(ok > 10, "the probe loop ran");
+    assert!(failures.is_empty(), "failed probes: {failures:?}");
+    let after_units = clock(&lab);
+    for (b, a) in units_before.iter().zip(&after_units) {
+        if b.contains("ActiveState=active") {
+            assert_ne!(b, a, "every unit using a certificate restarts");
+        }
+    }
+
+    // 4. Every certificate checks ok again; every leaf is new, no CA.
+    let (state, after) = checked(&kf);
+    all_ok(&state, &after);
+    let serials = |v: &[OnNode]| -> BTreeMap<String, (String, bool)> {
+        v.iter()
+            .map(|c| (c.key.clone(), (c.serial.clone(), c.leaf)))
+            .collect()
+    };
+    let (old, new) = (serials(&before), serials(&after));
+    let mut renewed = 0;
+    for (key, (serial, leaf)) in &old {
+        let Some((now, _)) = new.get(key) else {
+            panic!("{key} gone after the renewal");
+        };
+        if *leaf {
+            assert_ne!(serial, now, "{key} kept its serial");
+            renewed += 1;
+        } else {
+            assert_eq!(serial, now, "{key}: a CA changed");
+        }
+    }
+    assert!(renewed > 10, "{renewed} certificates on the nodes renewed");
+
+    // 5. Converged: a plain apply changes nothing.
+    let out = kf.apply(&[]);
+    assert!(out.status.success(), "re-apply after the renewal");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("No changes"),
+        "a renewal leaves the cluster as the inventory says"
+    );
+    eprintln!(
+        "lab_certs: renew --all {renew_secs:.1} s, {renewed} certificates on the nodes renewed, probe {ok} ok / {} failed (real binaries: {})",
+        failures.len(),
+        crate::lab_apply::real_k8s()
+    );
+}
+
+/// The certificates in a PEM text.
+fn count_certs(pem: &str) -> usize {
+    pem.matches("-----BEGIN CERTIFICATE-----").count()
+}
+
+#[test]
+fn kubernetes_ca_rotation_in_three_steps() {
+    if !kubeforge_tests::lab::available(TEST) {
+        return;
+    }
+    let Some(b) = binaries() else { return };
+    let nodes = [
+        ("cp1", Ipv4Addr::new(10, 77, 0, 11)),
+        ("cp2", Ipv4Addr::new(10, 77, 0, 12)),
+        ("e3", Ipv4Addr::new(10, 77, 0, 13)),
+        ("lb1", Ipv4Addr::new(10, 77, 0, 31)),
+    ];
+    let (lab, kf) = start(&b, &nodes, inventory);
+    let out = kf.apply(&[]);
+    assert!(out.status.success(), "apply failed");
+    let old_ca = std::fs::read_to_string(kf.pki("ca.crt")).expect("ca.crt");
+    let (_, before) = checked(&kf);
+    let probe_dir = kf.dir.join("probe");
+    std::fs::create_dir_all(&probe_dir).expect("probe dir");
+    for f in ["ca.crt", "admin.crt", "admin.key"] {
+        std::fs::copy(kf.pki(f), probe_dir.join(f)).expect("credentials");
+    }
+    let mut secs = Vec::new();
+    for step in 1..=3 {
+        // The probe trusts what the nodes trust (both CAs from step 1 on);
+        // from step 3 on the old CA's admin certificate is refused: the new
+        // one.
+        if step == 3 {
+            for f in ["admin.crt", "admin.key"] {
+                std::fs::copy(kf.pki(f), probe_dir.join(f)).expect("credentials");
+            }
+            std::fs::copy(kf.pki("ca.crt"), probe_dir.join("ca.crt")).expect("ca");
+        }
+        let probe = Probe::with(&probe_dir);
+        let t = Instant::now();
+        let out = certs(
+            &kf,
+            &[
+                "renew",
+                "--new-ca",
+                "kubernetes",
+                "--step",
+                &step.to_string(),
+                "--yes",
+            ],
+        );
+        secs.push(t.elapsed().as_secs_f64());
+        let (ok, failures) = probe.finish();
+        assert!(out.status.success(), "step {step} failed");
+        eprintln!(
+            "probe through the VIP during step {step}: {ok} ok, {} failed",
+            failures.len()
+        );
+        assert!(
+            failures.is_empty(),
+            "step {step}: failed probes: {failures:?}"
+        );
+        let bundle = lab.ssh_ok("cp1", "cat /etc/kubernetes/pki/ca.crt");
+        assert_eq!(
+            count_certs(&bundle),
+            if step < 3 { 2 } else { 1 },
+            "step {step}: the nodes' kubernetes CA bundle"
+        );
+        if step == 1 {
+            std::fs::write(probe_dir.join("ca.crt"), &bundle).expect("bundle");
+        }
+        let (state, now) = checked(&kf);
+        all_ok(&state, &now);
+        let out = kf.apply(&[]);
+        assert!(out.status.success(), "apply after step {step}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("No changes"),
+            "step {step} leaves the cluster as the inventory says"
+        );
+    }
+    let new_ca = std::fs::read_to_string(kf.pki("ca.crt")).expect("ca.crt");
+    assert_ne!(new_ca, old_ca, "the kubernetes CA is new");
+    assert_eq!(
+        lab.ssh_ok("e3", "sha256sum /etc/kubernetes/pki/etcd/ca.crt"),
+        lab.ssh_ok("cp1", "sha256sum /etc/kubernetes/pki/etcd/ca.crt"),
+    );
+    // Every certificate of the kubernetes CA on the nodes is new; those of
+    // the etcd CA are not.
+    let (_, after) = checked(&kf);
+    let serial = |v: &[OnNode], key: &str| {
+        v.iter()
+            .find(|c| c.key == key)
+            .map(|c| c.serial.clone())
+            .unwrap_or_else(|| panic!("{key} not found"))
+    };
+    for key in [
+        "cp1 /etc/kubernetes/pki/apiserver.crt apiserver",
+        "cp2 /etc/kubernetes/kubelet.conf kubelet-client (kubeconfig)",
+        "cp1 /etc/kubernetes/pki/ca.crt kubernetes CA",
+    ] {
+        assert_ne!(serial(&before, key), serial(&after, key), "{key}");
+    }
+    assert_eq!(
+        serial(
+            &before,
+            "e3 /etc/kubernetes/pki/etcd/server.crt etcd-server"
+        ),
+        serial(&after, "e3 /etc/kubernetes/pki/etcd/server.crt etcd-server"),
+    );
+    eprintln!(
+        "lab_certs: kubernetes CA rotation steps {:.1} s, {:.1} s, {:.1} s (real binaries: {})",
+        secs[0],
+        secs[1],
+        secs[2],
+        crate::lab_apply::real_k8s()
+    );
+}
