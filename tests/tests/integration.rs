@@ -16,5 +16,6 @@ mod lab_remove;
 mod lab_smoke;
 mod lab_status;
 mod lab_upgrade;
+mod probe;
 mod ssh_transport;
 mod vagrant;

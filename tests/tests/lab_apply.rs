@@ -14,8 +14,6 @@ use kubeforge_tests::lab::{self, Lab};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(crate) const TEST: &str = "lab_apply";
@@ -672,56 +670,10 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
     assert!(!plan_text.contains("restart: etcd"));
     assert!(plan_text.contains("lb1 (10.77.0.31): no changes"));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let probe = {
-        let (stop, ok, failed, failures) = (
-            Arc::clone(&stop),
-            Arc::clone(&ok),
-            Arc::clone(&failed),
-            Arc::clone(&failures),
-        );
-        let (ca, cert, key) = (kf.pki("ca.crt"), kf.pki("admin.crt"), kf.pki("admin.key"));
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(600);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let r = Command::new("curl")
-                    .args(["-sS", "--max-time", "3", "--cacert"])
-                    .arg(&ca)
-                    .arg("--cert")
-                    .arg(&cert)
-                    .arg("--key")
-                    .arg(&key)
-                    .arg("https://10.77.0.100:8443/readyz")
-                    .output();
-                match r {
-                    Ok(o) if o.status.success() && o.stdout == b"ok" => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(o) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut f) = failures.lock() {
-                            f.push(format!(
-                                "{}{}",
-                                String::from_utf8_lossy(&o.stdout),
-                                String::from_utf8_lossy(&o.stderr)
-                            ));
-                        }
-                    }
-                    Err(_) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let probe = crate::probe::Probe::admin(&kf, &kf.dir.join("probe"));
     let before = unit_clock(&lab, &cps, &CLOCK_UNITS);
     let out = kf.apply(&[]);
-    stop.store(true, Ordering::Relaxed);
-    let _ = probe.join();
+    let probed = probe.finish();
     assert!(out.status.success(), "change apply failed");
     let after = unit_clock(&lab, &cps, &CLOCK_UNITS);
     for (b, a) in before.iter().zip(&after) {
@@ -731,14 +683,16 @@ fn ha_control_plane_apply_rerun_rolling_change_and_failover() {
             assert_eq!(b, a, "only kube-apiserver may restart");
         }
     }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!("probe through the VIP during the rolling change: {ok} ok, {failed} failed");
-    assert!(ok > 10, "the probe loop ran");
-    assert_eq!(
-        failed,
-        0,
+    eprintln!(
+        "probe through the VIP during the rolling change: {} ok, {} failed",
+        probed.ok,
+        probed.failed()
+    );
+    assert!(probed.ok > 10, "the probe loop ran");
+    assert!(
+        probed.failures.is_empty(),
         "failed probes: {:?}",
-        failures.lock().map(|f| f.clone())
+        probed.failures
     );
 
     // 4. keepalived stops on the VIP holder: the VIP moves, the API still

@@ -10,11 +10,10 @@
 #![allow(clippy::print_stderr)]
 
 use crate::lab_apply::{binaries, curl_admin, start, Kf, PAUSE_IMAGE, TEST};
+use crate::probe::Probe;
 use kubeforge_tests::lab::{self, Lab};
 use std::net::Ipv4Addr;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const VIP: &str = "10.77.0.100";
@@ -79,60 +78,6 @@ fn timed_apply(kf: &Kf, what: &str) -> f64 {
     assert!(out.status.success(), "{what} failed");
     eprintln!("bench: {what} {secs:.1} s");
     secs
-}
-
-/// A probe loop through the VIP: GET /readyz every 50 ms until stopped;
-/// the times (since start) of failed and of successful requests.
-struct Probe {
-    stop: Arc<AtomicBool>,
-    results: Arc<Mutex<Vec<(f64, bool)>>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Probe {
-    fn start(kf: &Kf) -> Probe {
-        let stop = Arc::new(AtomicBool::new(false));
-        let results = Arc::new(Mutex::new(Vec::new()));
-        let (s, r) = (Arc::clone(&stop), Arc::clone(&results));
-        let (ca, cert, key) = (kf.pki("ca.crt"), kf.pki("admin.crt"), kf.pki("admin.key"));
-        let thread = std::thread::spawn(move || {
-            let t0 = Instant::now();
-            while !s.load(Ordering::Relaxed) {
-                let o = Command::new("curl")
-                    .args(["-sS", "--max-time", "2", "--cacert"])
-                    .arg(&ca)
-                    .arg("--cert")
-                    .arg(&cert)
-                    .arg("--key")
-                    .arg(&key)
-                    .arg(format!("https://{VIP}:8443/readyz"))
-                    .output();
-                let ok = o.is_ok_and(|o| o.status.success() && o.stdout == b"ok");
-                if let Ok(mut v) = r.lock() {
-                    v.push((t0.elapsed().as_secs_f64(), ok));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Probe {
-            stop,
-            results,
-            thread,
-        }
-    }
-
-    /// (ok, failed, seconds from the first failure to the last one).
-    fn finish(self) -> (usize, usize, f64) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        let v = self.results.lock().map(|v| v.clone()).unwrap_or_default();
-        let failed: Vec<f64> = v.iter().filter(|(_, ok)| !ok).map(|(t, _)| *t).collect();
-        let window = match (failed.first(), failed.last()) {
-            (Some(a), Some(b)) => b - a + 0.05,
-            _ => 0.0,
-        };
-        (v.len() - failed.len(), failed.len(), window)
-    }
 }
 
 fn vip_holder(lab: &Lab) -> Option<String> {
@@ -202,25 +147,28 @@ fn bench() {
             inventory(&lab, &all, Some("api.bench.example")),
         )
         .expect("inventory");
-        let probe = Probe::start(&kf);
+        let probe = Probe::admin(&kf, &kf.dir.join("probe"));
         let rolling = timed_apply(&kf, "rolling apiserver change");
-        let (ok, failed, _) = probe.finish();
+        let probed = probe.finish();
+        let (ok, failed) = (probed.ok, probed.failed());
         line.push_str(&format!(
             " rolling={rolling:.1} rolling_probe_ok={ok} rolling_probe_failed={failed}"
         ));
         // nginx stops on the VIP holder: how long requests fail; then it
         // comes back: whether the VIP moves back (a second disruption).
         let holder = vip_holder(&lab).expect("a VIP holder");
-        let probe = Probe::start(&kf);
+        let probe = Probe::admin(&kf, &kf.dir.join("probe"));
         std::thread::sleep(Duration::from_secs(1));
         lab.ssh_ok(&holder, "systemctl stop nginx");
         std::thread::sleep(Duration::from_secs(8));
-        let (_, failed, window) = probe.finish();
+        let probed = probe.finish();
+        let (failed, window) = (probed.failed(), probed.window);
         let moved_to = vip_holder(&lab).unwrap_or_default();
-        let probe = Probe::start(&kf);
+        let probe = Probe::admin(&kf, &kf.dir.join("probe"));
         lab.ssh_ok(&holder, "systemctl start nginx");
         std::thread::sleep(Duration::from_secs(8));
-        let (_, failed_back, window_back) = probe.finish();
+        let probed = probe.finish();
+        let (failed_back, window_back) = (probed.failed(), probed.window);
         let after = vip_holder(&lab).unwrap_or_default();
         line.push_str(&format!(
             " nginx_stop_failed={failed} nginx_stop_window={window:.2} vip_moved_to={moved_to} nginx_back_failed={failed_back} nginx_back_window={window_back:.2} vip_after_return={after}"

@@ -18,17 +18,14 @@
 #![allow(clippy::print_stderr)]
 
 use crate::lab_apply::{binaries, k8s_version, start, unit_clock, Kf};
+use crate::probe::Probe;
 use kubeforge_tests::lab::Lab;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const TEST: &str = "lab_certs";
-const API: &str = "https://10.77.0.100:8443";
 const CERT_NODES: [&str; 3] = ["cp1", "cp2", "e3"];
 const UNITS: [&str; 6] = [
     "etcd",
@@ -172,68 +169,6 @@ fn node_sums(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-/// A probe loop through the VIP with a copy of the admin credentials
-/// (the renewal replaces the state directory's): (ok, failed, failures).
-struct Probe {
-    stop: Arc<AtomicBool>,
-    results: Arc<Mutex<(usize, Vec<String>)>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Probe {
-    fn start(kf: &Kf, dir: &Path) -> Probe {
-        std::fs::create_dir_all(dir).expect("probe dir");
-        for f in ["ca.crt", "admin.crt", "admin.key"] {
-            std::fs::copy(kf.pki(f), dir.join(f)).expect("copy of the admin credentials");
-        }
-        Probe::with(dir)
-    }
-
-    /// With the credentials already in `dir`.
-    fn with(dir: &Path) -> Probe {
-        let stop = Arc::new(AtomicBool::new(false));
-        let results = Arc::new(Mutex::new((0, Vec::new())));
-        let (s, r, dir) = (Arc::clone(&stop), Arc::clone(&results), dir.to_path_buf());
-        let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(900);
-            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let o = Command::new("curl")
-                    .args(["-sS", "--max-time", "3", "--cacert"])
-                    .arg(dir.join("ca.crt"))
-                    .arg("--cert")
-                    .arg(dir.join("admin.crt"))
-                    .arg("--key")
-                    .arg(dir.join("admin.key"))
-                    .arg(format!("{API}/readyz"))
-                    .output();
-                if let Ok(mut v) = r.lock() {
-                    match o {
-                        Ok(o) if o.status.success() && o.stdout == b"ok" => v.0 += 1,
-                        Ok(o) => v.1.push(format!(
-                            "{}{}",
-                            String::from_utf8_lossy(&o.stdout),
-                            String::from_utf8_lossy(&o.stderr)
-                        )),
-                        Err(e) => v.1.push(e.to_string()),
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Probe {
-            stop,
-            results,
-            thread,
-        }
-    }
-
-    fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        self.results.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-}
-
 #[test]
 fn check_renew_all_and_no_changes() {
     if !kubeforge_tests::lab::available(TEST) {
@@ -313,11 +248,12 @@ fn check_renew_all_and_no_changes() {
 
     // 3. With --yes: new serials on the nodes, the CAs kept, no failed
     //    request through the VIP.
-    let probe = Probe::start(&kf, &kf.dir.join("probe"));
+    let probe = Probe::admin(&kf, &kf.dir.join("probe"));
     let t = Instant::now();
     let out = certs(&kf, &["renew", "--all", "--yes"]);
     let renew_secs = t.elapsed().as_secs_f64();
-    let (ok, failures) = probe.finish();
+    let probed = probe.finish();
+    let (ok, failures) = (probed.ok, probed.failures);
     assert!(out.status.success(), "renew --all --yes failed");
     eprintln!(
         "probe through the VIP during the renewal: {ok} ok, {} failed",
@@ -421,7 +357,8 @@ fn kubernetes_ca_rotation_in_three_steps() {
             ],
         );
         secs.push(t.elapsed().as_secs_f64());
-        let (ok, failures) = probe.finish();
+        let probed = probe.finish();
+        let (ok, failures) = (probed.ok, probed.failures);
         assert!(out.status.success(), "step {step} failed");
         eprintln!(
             "probe through the VIP during step {step}: {ok} ok, {} failed",

@@ -28,13 +28,12 @@ use crate::lab_apply::{
     PAUSE_IMAGE,
 };
 use crate::lab_nodes::{bundle_with_images, BUSYBOX_IMAGE};
+use crate::probe::Probe;
 use kubeforge_tests::lab::{self, Lab};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const TEST: &str = "lab_remove";
 
@@ -121,83 +120,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Requests through the VIP, counted until stopped.
-struct Probe {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Probe {
-    fn start(kf: &Kf) -> Probe {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (s, o, f, fs) = (
-            Arc::clone(&stop),
-            Arc::clone(&ok),
-            Arc::clone(&failed),
-            Arc::clone(&failures),
-        );
-        let (ca, cert, key) = (kf.pki("ca.crt"), kf.pki("admin.crt"), kf.pki("admin.key"));
-        let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(900);
-            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let r = Command::new("curl")
-                    .args(["-sS", "--max-time", "3", "--cacert"])
-                    .arg(&ca)
-                    .arg("--cert")
-                    .arg(&cert)
-                    .arg("--key")
-                    .arg(&key)
-                    .arg("https://10.77.0.100:8443/readyz")
-                    .output();
-                match r {
-                    Ok(x) if x.status.success() && x.stdout == b"ok" => {
-                        o.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(x) => {
-                        f.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut l) = fs.lock() {
-                            l.push(format!(
-                                "{}{}",
-                                String::from_utf8_lossy(&x.stdout),
-                                String::from_utf8_lossy(&x.stderr)
-                            ));
-                        }
-                    }
-                    Err(_) => {
-                        f.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Probe {
-            stop,
-            ok,
-            failed,
-            failures,
-            thread,
-        }
-    }
-
-    /// (ok, failed, what the failures said).
-    fn stop(self) -> (usize, usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            failures,
-        )
-    }
 }
 
 /// HTTP status of a GET through the VIP with the admin certificate.
@@ -395,11 +317,12 @@ fn remove_a_worker_then_an_etcd_control_plane_node() {
     assert!(stderr(&out).contains("--prune"), "{}", stderr(&out));
     assert!(left_on(&lab, "worker2").contains("active kubelet"));
 
-    let probe = Probe::start(&kf);
+    let probe = Probe::admin(&kf, &kf.dir.join("probe"));
     let t = Instant::now();
     let out = kf.apply(&["--prune", "--drain-timeout", "120"]);
     let took = t.elapsed();
-    let (ok, failed, failures) = probe.stop();
+    let probed = probe.finish();
+    let (ok, failed, failures) = (probed.ok, probed.failed(), probed.failures);
     assert!(out.status.success(), "apply --prune failed");
     eprintln!(
         "{TEST}: worker2 removed in {:.1} s; probe through the VIP: {ok} ok, {failed} failed",
@@ -449,11 +372,12 @@ fn remove_a_worker_then_an_etcd_control_plane_node() {
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
     assert_eq!(etcd_members(&kf, &etcdctl), ["cp1", "cp2", "cp3"]);
 
-    let probe = Probe::start(&kf);
+    let probe = Probe::admin(&kf, &kf.dir.join("probe"));
     let t = Instant::now();
     let out = kf.apply(&["--prune", "--force"]);
     let took = t.elapsed();
-    let (ok, failed, failures) = probe.stop();
+    let probed = probe.finish();
+    let (ok, failed, failures) = (probed.ok, probed.failed(), probed.failures);
     assert!(out.status.success(), "apply --prune --force failed");
     eprintln!(
         "{TEST}: cp3 removed in {:.1} s; probe through the VIP: {ok} ok, {failed} failed",
@@ -482,11 +406,12 @@ fn remove_a_worker_then_an_etcd_control_plane_node() {
     let (ok, text) = plan(&kf);
     assert!(ok, "plan failed");
     assert!(text.contains("etcd member add cp3"), "{text}");
-    let probe = Probe::start(&kf);
+    let probe = Probe::admin(&kf, &kf.dir.join("probe"));
     let t = Instant::now();
     let out = kf.apply(&[]);
     let took = t.elapsed();
-    let (ok, failed, failures) = probe.stop();
+    let probed = probe.finish();
+    let (ok, failed, failures) = (probed.ok, probed.failed(), probed.failures);
     assert!(out.status.success(), "adding cp3 back failed");
     eprintln!(
         "{TEST}: cp3 added back in {:.1} s; probe through the VIP: {ok} ok, {failed} failed",

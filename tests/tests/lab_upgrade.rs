@@ -14,14 +14,11 @@
 #![allow(clippy::print_stderr)]
 
 use crate::lab_apply::{binaries, bundle_files, curl_admin, k8s_version, start, write_bundle};
+use crate::probe::Probe;
 use kubeforge_tests::lab::Lab;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const TEST: &str = "lab_upgrade";
 const CPS: [&str; 3] = ["cp1", "cp2", "cp3"];
@@ -50,86 +47,6 @@ fn rebuilt(from: &Path, to: &Path) {
     let mut perms = std::fs::metadata(to).expect("metadata").permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(to, perms).expect("chmod");
-}
-
-/// Requests through the VIP until stopped: (ok, failed, failures).
-struct Probe {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    thread: JoinHandle<()>,
-}
-
-impl Probe {
-    fn start(ca: PathBuf, cert: PathBuf, key: PathBuf) -> Probe {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let (stop, ok, failed, failures) = (
-                Arc::clone(&stop),
-                Arc::clone(&ok),
-                Arc::clone(&failed),
-                Arc::clone(&failures),
-            );
-            std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(1200);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let r = Command::new("curl")
-                        .args(["-sS", "--max-time", "3", "--cacert"])
-                        .arg(&ca)
-                        .arg("--cert")
-                        .arg(&cert)
-                        .arg("--key")
-                        .arg(&key)
-                        .arg("https://10.77.0.100:8443/readyz")
-                        .output();
-                    match r {
-                        Ok(o) if o.status.success() && o.stdout == b"ok" => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(o) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            if let Ok(mut f) = failures.lock() {
-                                f.push(format!(
-                                    "{}{}",
-                                    String::from_utf8_lossy(&o.stdout),
-                                    String::from_utf8_lossy(&o.stderr)
-                                ));
-                            }
-                        }
-                        Err(e) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            if let Ok(mut f) = failures.lock() {
-                                f.push(e.to_string());
-                            }
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            })
-        };
-        Probe {
-            stop,
-            ok,
-            failed,
-            failures,
-            thread,
-        }
-    }
-
-    fn stop(self) -> (usize, usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            failures,
-        )
-    }
 }
 
 /// When `unit` last became active on `node` (the monotonic clock, shared
@@ -214,11 +131,12 @@ fn upgrade_to_rebuilt_binaries_rolls_in_skew_order_without_a_failed_request() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let probe = Probe::start(kf.pki("ca.crt"), kf.pki("admin.crt"), kf.pki("admin.key"));
+    let probe = Probe::admin(&kf, &kf.dir.join("probe"));
     let t = Instant::now();
     let out = kf.apply(&["--max-unavailable", "2"]);
     let upgrade = t.elapsed();
-    let (ok, failed, failures) = probe.stop();
+    let probed = probe.finish();
+    let (ok, failed, failures) = (probed.ok, probed.failed(), probed.failures);
     assert!(out.status.success(), "upgrade apply failed");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

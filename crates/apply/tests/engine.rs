@@ -5,7 +5,7 @@
 
 use kubeforge_apply::{execute, Applied, ApplyError, Credentials, Event, EventKind, Options};
 use kubeforge_apply::{Progress, Transports};
-use kubeforge_plan::{Facts, NodeFacts, Plan, RemoteFile, UnitFacts};
+use kubeforge_plan::{Facts, NodeFacts, Plan};
 use kubeforge_render::Rendered;
 use kubeforge_transport::recording::{fail, ok, Recorder};
 use std::collections::BTreeMap;
@@ -25,50 +25,7 @@ fn rendered(rel: &str) -> Rendered {
 
 /// Every node holds exactly its rendered files and runs its units.
 fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
-    r.nodes
-        .iter()
-        .map(|n| {
-            let mut f = NodeFacts::default();
-            for file in n.files.values() {
-                f.files.insert(
-                    file.path.clone(),
-                    RemoteFile {
-                        sha256: file.sha256.clone(),
-                        mode: file.mode,
-                        owner: file.owner.clone(),
-                        content: None,
-                    },
-                );
-            }
-            for u in &n.units {
-                f.units.insert(
-                    u.name.clone(),
-                    UnitFacts {
-                        active: true,
-                        enabled: true,
-                    },
-                );
-            }
-            f.steps_done = n.steps.iter().map(|s| s.name.clone()).collect();
-            f.manifest = Some(kubeforge_plan::Manifest::of("t", n, None).to_bytes());
-            if r.addon_node.as_ref() == Some(&n.name) {
-                let objects = r
-                    .addons
-                    .iter()
-                    .flat_map(|a| &a.objects)
-                    .map(|o| {
-                        let live = kubeforge_plan::LiveObject {
-                            live: Some(o.body.clone()),
-                            dry_run: Some(o.body.clone()),
-                        };
-                        (o.path.clone(), live)
-                    })
-                    .collect();
-                f.api = Some(kubeforge_plan::ApiFacts::Objects(objects));
-            }
-            (n.name.clone(), f)
-        })
-        .collect()
+    kubeforge_plan::converged_facts("t", r)
 }
 
 fn changed(facts: &mut BTreeMap<String, NodeFacts>, node: &str, path: &str) {

@@ -571,6 +571,68 @@ fn file_change(
     }
 }
 
+/// The facts of a cluster that holds exactly what `rendered` renders:
+/// every file in place (with its text when it holds no secret), every
+/// unit active and enabled, every step's check passing, every addon object
+/// in the API as rendered and each node's record up to date. A plan
+/// against them is empty; what-if plans and tests start from them.
+pub fn converged_facts(cluster: &str, rendered: &Rendered) -> BTreeMap<String, NodeFacts> {
+    let objects = || -> BTreeMap<String, LiveObject> {
+        rendered
+            .addons
+            .iter()
+            .flat_map(|a| &a.objects)
+            .map(|o| {
+                let live = LiveObject {
+                    live: Some(o.body.clone()),
+                    dry_run: Some(o.body.clone()),
+                };
+                (o.path.clone(), live)
+            })
+            .collect()
+    };
+    rendered
+        .nodes
+        .iter()
+        .map(|n| {
+            let files = n
+                .files
+                .values()
+                .map(|f| {
+                    let file = RemoteFile {
+                        sha256: f.sha256.clone(),
+                        mode: f.mode,
+                        owner: f.owner.clone(),
+                        content: (!f.secret).then(|| f.content.clone()),
+                    };
+                    (f.path.clone(), file)
+                })
+                .collect();
+            let units = n
+                .units
+                .iter()
+                .map(|u| {
+                    let state = UnitFacts {
+                        active: true,
+                        enabled: true,
+                    };
+                    (u.name.clone(), state)
+                })
+                .collect();
+            let facts = NodeFacts {
+                files,
+                units,
+                steps_done: n.steps.iter().map(|s| s.name.clone()).collect(),
+                api: (rendered.addon_node.as_ref() == Some(&n.name))
+                    .then(|| ApiFacts::Objects(objects())),
+                manifest: Some(Manifest::of(cluster, n, None).to_bytes()),
+                ..NodeFacts::default()
+            };
+            (n.name.clone(), facts)
+        })
+        .collect()
+}
+
 /// Compares every node's rendered files with its facts, for the phases
 /// named in `only` (every phase when it is empty), with the default
 /// [`Options`] otherwise.

@@ -3,9 +3,8 @@
 //! its check passes.
 #![allow(clippy::unwrap_used)]
 
-use kubeforge_plan::{to_text, Facts, NodeFacts, Plan, RemoteFile, UnitFacts};
+use kubeforge_plan::{to_text, Facts, Plan};
 use kubeforge_render::{ImageArchive, Rendered};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A plan of every phase.
@@ -36,37 +35,10 @@ fn rendered_with_images() -> Rendered {
 /// Every file in place and every unit running; `imported` says whether
 /// the import step's check passes.
 fn converged(r: &Rendered, imported: bool) -> Facts {
-    let mut map = BTreeMap::new();
-    for n in &r.nodes {
-        let mut facts = NodeFacts::default();
-        for f in n.files.values() {
-            facts.files.insert(
-                f.path.clone(),
-                RemoteFile {
-                    sha256: f.sha256.clone(),
-                    mode: f.mode,
-                    owner: f.owner.clone(),
-                    content: None,
-                },
-            );
-        }
-        for u in &n.units {
-            facts.units.insert(
-                u.name.clone(),
-                UnitFacts {
-                    active: true,
-                    enabled: true,
-                },
-            );
-        }
-        facts.steps_done = n
-            .steps
-            .iter()
-            .filter(|s| imported || s.name != STEP)
-            .map(|s| s.name.clone())
-            .collect();
-        facts.manifest = Some(kubeforge_plan::Manifest::of("ha", n, None).to_bytes());
-        map.insert(n.name.clone(), facts);
+    let mut map = kubeforge_plan::converged_facts("ha", r);
+    for facts in map.values_mut() {
+        facts.steps_done.retain(|s| imported || s != STEP);
+        facts.api = None;
     }
     Facts::Gathered(map)
 }

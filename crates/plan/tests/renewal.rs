@@ -7,7 +7,7 @@
 use kubeforge_inventory::Cluster;
 use kubeforge_pki::rotation::{self, Rotation, Step};
 use kubeforge_pki::CaId;
-use kubeforge_plan::{Facts, NodeFacts, Plan, RemoteFile, UnitFacts};
+use kubeforge_plan::{Facts, Plan};
 use kubeforge_render::{Rendered, Strategy};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,52 +28,7 @@ fn prepare(state: &Path, c: &Cluster, opts: &kubeforge_pki::Options) -> Rendered
 /// Every node holds exactly `r`'s files (the old text of those without
 /// secrets) and runs its units; every API object as rendered.
 fn converged(r: &Rendered) -> Facts {
-    let map: BTreeMap<String, NodeFacts> = r
-        .nodes
-        .iter()
-        .map(|n| {
-            let mut f = NodeFacts::default();
-            for file in n.files.values() {
-                f.files.insert(
-                    file.path.clone(),
-                    RemoteFile {
-                        sha256: file.sha256.clone(),
-                        mode: file.mode,
-                        owner: file.owner.clone(),
-                        content: (!file.secret).then(|| file.content.clone()),
-                    },
-                );
-            }
-            for u in &n.units {
-                f.units.insert(
-                    u.name.clone(),
-                    UnitFacts {
-                        active: true,
-                        enabled: true,
-                    },
-                );
-            }
-            f.steps_done = n.steps.iter().map(|s| s.name.clone()).collect();
-            f.manifest = Some(kubeforge_plan::Manifest::of("ha", n, None).to_bytes());
-            if r.addon_node.as_ref() == Some(&n.name) {
-                let objects = r
-                    .addons
-                    .iter()
-                    .flat_map(|a| &a.objects)
-                    .map(|o| {
-                        let live = kubeforge_plan::LiveObject {
-                            live: Some(o.body.clone()),
-                            dry_run: Some(o.body.clone()),
-                        };
-                        (o.path.clone(), live)
-                    })
-                    .collect();
-                f.api = Some(kubeforge_plan::ApiFacts::Objects(objects));
-            }
-            (n.name.clone(), f)
-        })
-        .collect();
-    Facts::Gathered(map)
+    Facts::Gathered(kubeforge_plan::converged_facts("ha", r))
 }
 
 fn plan(r: &Rendered, facts: &Facts) -> Plan {

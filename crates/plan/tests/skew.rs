@@ -4,7 +4,7 @@
 //! unit, and what to do.
 #![allow(clippy::unwrap_used)]
 
-use kubeforge_plan::{Facts, NodeFacts, Options, Plan, PlanError, RemoteFile, UnitFacts};
+use kubeforge_plan::{Facts, NodeFacts, Options, Plan, PlanError};
 use kubeforge_render::{KubeVersion, Rendered};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,50 +38,15 @@ fn rendered() -> Rendered {
 /// Every node holds the rendered files and runs its units, each component
 /// at `v1.31.4`.
 fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
-    r.nodes
-        .iter()
-        .map(|n| {
-            let mut f = NodeFacts::default();
-            for file in n.files.values() {
-                let remote = RemoteFile {
-                    sha256: file.sha256.clone(),
-                    mode: file.mode,
-                    owner: file.owner.clone(),
-                    content: (!file.secret).then(|| file.content.clone()),
-                };
-                f.files.insert(file.path.clone(), remote);
-            }
-            for u in &n.units {
-                let state = UnitFacts {
-                    active: true,
-                    enabled: true,
-                };
-                f.units.insert(u.name.clone(), state);
-                if u.skew.is_some() {
-                    f.versions
-                        .insert(u.name.clone(), "Kubernetes v1.31.4".to_string());
-                }
-            }
-            f.steps_done = n.steps.iter().map(|s| s.name.clone()).collect();
-            f.manifest = Some(kubeforge_plan::Manifest::of("ha", n, None).to_bytes());
-            if r.addon_node.as_ref() == Some(&n.name) {
-                let objects = r
-                    .addons
-                    .iter()
-                    .flat_map(|a| &a.objects)
-                    .map(|o| {
-                        let live = kubeforge_plan::LiveObject {
-                            live: Some(o.body.clone()),
-                            dry_run: Some(o.body.clone()),
-                        };
-                        (o.path.clone(), live)
-                    })
-                    .collect();
-                f.api = Some(kubeforge_plan::ApiFacts::Objects(objects));
-            }
-            (n.name.clone(), f)
-        })
-        .collect()
+    let mut facts = kubeforge_plan::converged_facts("ha", r);
+    for n in &r.nodes {
+        let f = facts.get_mut(&n.name).expect("a node's facts");
+        for u in n.units.iter().filter(|u| u.skew.is_some()) {
+            f.versions
+                .insert(u.name.clone(), "Kubernetes v1.31.4".to_string());
+        }
+    }
+    facts
 }
 
 const CONTROL_PLANE: &[&str] = &[
