@@ -189,3 +189,13 @@ impl std::io::Write for LogWriter {
         Ok(())
     }
 }
+
+/// Who holds the nodes' locks, as another kubeforge that finds them taken
+/// reports it: the operation, the cluster, this machine and process.
+pub(crate) fn lock_owner(operation: &str, cluster: &str) -> String {
+    format!(
+        "kubeforge {operation} of cluster {cluster} from {} (pid {})",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "the control machine".into()),
+        std::process::id()
+    )
+}

@@ -51,12 +51,7 @@ pub(crate) fn run(
         ..Default::default()
     };
     let plan_opts = nodes.plan_options();
-    let owner = format!(
-        "kubeforge apply of cluster {} from {} (pid {})",
-        cluster.name,
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "the control machine".into()),
-        std::process::id()
-    );
+    let owner = crate::common::lock_owner("apply", &cluster.name);
     let started = Instant::now();
     let mut connect = Duration::ZERO;
     let outcome = runtime()?.block_on(kubeforge_transport::closing_masters(async {

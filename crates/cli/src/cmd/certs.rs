@@ -441,11 +441,7 @@ fn renew(
         gate_timeout: Duration::from_secs(gate_timeout),
         ..Default::default()
     };
-    let owner = format!(
-        "kubeforge certs renew of cluster {} (pid {})",
-        cluster.name,
-        std::process::id()
-    );
+    let owner = crate::common::lock_owner("certs renew", &cluster.name);
     let started = Instant::now();
     let mut persisted = false;
     let outcome = {

@@ -334,11 +334,7 @@ fn restore(
         gate_timeout: Duration::from_secs(gate_timeout),
         ..Default::default()
     };
-    let owner = format!(
-        "kubeforge etcd restore of cluster {} (pid {})",
-        cluster.name,
-        std::process::id()
-    );
+    let owner = crate::common::lock_owner("etcd restore", &cluster.name);
     let started = std::time::Instant::now();
     let applied = runtime()?.block_on(kubeforge_transport::closing_masters(async {
         let t = online::connect_all(cluster, &state, &reach.reach()).await?;

@@ -60,11 +60,7 @@ pub(crate) fn run(
         concurrency: reach.concurrency,
         ..Default::default()
     };
-    let owner = format!(
-        "kubeforge reset of cluster {} (pid {})",
-        cluster.name,
-        std::process::id()
-    );
+    let owner = crate::common::lock_owner("reset", &cluster.name);
     let started = std::time::Instant::now();
     let applied = runtime()?.block_on(kubeforge_transport::closing_masters(async {
         let t = online::connect_known(&chosen, &state, &reach.reach()).await?;
