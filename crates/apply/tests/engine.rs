@@ -1201,7 +1201,16 @@ async fn an_upgrade_from_an_unhealthy_control_plane_touches_nothing() {
     let rec = upgrade_recorder(&r);
     // Both LB nodes hold the VIP.
     rec.answer(Some("lb2"), "check the VIP", vec![ok("yes\n")]);
-    let err = run_upgrade(&rec, &r, &p).await.unwrap_err();
+    // Checked once, not waited for.
+    let err = execute(
+        &p,
+        Some(&creds()),
+        &transports(&rec, &r),
+        &opts(),
+        &Steps(rec.clone()),
+    )
+    .await
+    .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ApplyError::Unhealthy(_)), "{msg}");
     assert!(msg.starts_with("refused, nothing was changed"), "{msg}");
