@@ -175,6 +175,27 @@ impl Kf {
         text
     }
 
+    /// `kubeforge COMMAND ARGS... -i inventory.toml --ssh-config
+    /// ssh_config` in the control directory, printed with its output.
+    pub(crate) fn run(&self, command: &[&str], args: &[&str]) -> Output {
+        let out = Command::new(&self.bin)
+            .current_dir(&self.dir)
+            .args(command)
+            .args(args)
+            .args(["-i", "inventory.toml", "--ssh-config", "ssh_config"])
+            .output()
+            .expect("kubeforge runs");
+        eprintln!(
+            "$ kubeforge {} {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            command.join(" "),
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     pub(crate) fn pki(&self, rel: &str) -> PathBuf {
         self.dir.join(".kubeforge/lab/pki").join(rel)
     }

@@ -17,7 +17,7 @@
 //! `KUBEFORGE_K8S_BIN_DIR` names the real ones; etcd is Debian's.
 #![allow(clippy::print_stderr)]
 
-use crate::lab_apply::{binaries, k8s_version, start, unit_clock, Kf};
+use crate::lab_apply::{binaries, start, unit_clock, Kf};
 use crate::probe::Probe;
 use kubeforge_tests::lab::Lab;
 use std::collections::BTreeMap;
@@ -37,66 +37,12 @@ const UNITS: [&str; 6] = [
 ];
 
 fn inventory(lab: &Lab) -> String {
-    format!(
-        r#"[cluster]
-name = "lab"
-kubernetes_version = "{version}"
-node_cidr = "10.77.0.0/24"
-node_profile = "container"
-# No image registry is reachable from the lab: CoreDNS could not run.
-coredns = false
-
-[loadbalancer]
-vip = "10.77.0.100/24"
-port = 8443
-interface = "eth0"
-
-[ssh]
-key = "{key}"
-accept_new_host_keys = true
-
-[[nodes]]
-name = "cp1"
-address = "10.77.0.11"
-roles = ["etcd", "control-plane"]
-
-[[nodes]]
-name = "cp2"
-address = "10.77.0.12"
-roles = ["etcd", "control-plane"]
-
-[[nodes]]
-name = "e3"
-address = "10.77.0.13"
-roles = ["etcd"]
-
-[[nodes]]
-name = "lb1"
-address = "10.77.0.31"
-roles = ["lb"]
-"#,
-        key = lab.key().display(),
-        version = k8s_version(),
-    )
+    crate::lab_etcd::inventory_with(lab, "")
 }
 
 /// `kubeforge certs ARGS...` in the control directory.
 fn certs(kf: &Kf, args: &[&str]) -> Output {
-    let out = Command::new(&kf.bin)
-        .current_dir(&kf.dir)
-        .arg("certs")
-        .args(args)
-        .args(["-i", "inventory.toml", "--ssh-config", "ssh_config"])
-        .output()
-        .expect("kubeforge certs runs");
-    eprintln!(
-        "$ kubeforge certs {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    kf.run(&["certs"], args)
 }
 
 /// One certificate `kubeforge certs --output json` found on a node.

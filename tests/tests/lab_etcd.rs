@@ -22,7 +22,9 @@ const TEST: &str = "lab_etcd";
 const API: &str = "https://10.77.0.100:8443";
 const MEMBERS: [&str; 3] = ["cp1", "cp2", "e3"];
 
-fn inventory(lab: &Lab) -> String {
+/// Two control-plane nodes with etcd, a third etcd member (e3) and an LB
+/// (lb1), with `extra` sections after `[cluster]`.
+pub(crate) fn inventory_with(lab: &Lab, extra: &str) -> String {
     format!(
         r#"[cluster]
 name = "lab"
@@ -31,11 +33,7 @@ node_cidr = "10.77.0.0/24"
 node_profile = "container"
 # No image registry is reachable from the lab: CoreDNS could not run.
 coredns = false
-
-[etcd]
-backup_schedule = "daily"
-backup_keep = 2
-
+{extra}
 [loadbalancer]
 vip = "10.77.0.100/24"
 port = 8443
@@ -70,23 +68,16 @@ roles = ["lb"]
     )
 }
 
+fn inventory(lab: &Lab) -> String {
+    inventory_with(
+        lab,
+        "\n[etcd]\nbackup_schedule = \"daily\"\nbackup_keep = 2\n",
+    )
+}
+
 /// `kubeforge etcd ARGS...` in the control directory.
 fn etcd(kf: &Kf, args: &[&str]) -> Output {
-    let out = Command::new(&kf.bin)
-        .current_dir(&kf.dir)
-        .arg("etcd")
-        .args(args)
-        .args(["-i", "inventory.toml", "--ssh-config", "ssh_config"])
-        .output()
-        .expect("kubeforge etcd runs");
-    eprintln!(
-        "$ kubeforge etcd {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    kf.run(&["etcd"], args)
 }
 
 /// An API request through the VIP with the admin certificate: (HTTP
