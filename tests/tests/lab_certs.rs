@@ -21,7 +21,6 @@ use crate::lab_apply::{binaries, start, unit_clock, Kf};
 use crate::probe::Probe;
 use kubeforge_tests::lab::Lab;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 use std::time::Instant;
 
@@ -121,13 +120,7 @@ fn check_renew_all_and_no_changes() {
         return;
     }
     let Some(b) = binaries() else { return };
-    let nodes = [
-        ("cp1", Ipv4Addr::new(10, 77, 0, 11)),
-        ("cp2", Ipv4Addr::new(10, 77, 0, 12)),
-        ("e3", Ipv4Addr::new(10, 77, 0, 13)),
-        ("lb1", Ipv4Addr::new(10, 77, 0, 31)),
-    ];
-    let (lab, kf) = start(&b, &nodes, inventory);
+    let (lab, kf) = start(&b, &crate::lab_etcd::NODES, inventory);
     let out = kf.apply(&[]);
     assert!(out.status.success(), "apply failed");
 
@@ -262,13 +255,7 @@ fn kubernetes_ca_rotation_in_three_steps() {
         return;
     }
     let Some(b) = binaries() else { return };
-    let nodes = [
-        ("cp1", Ipv4Addr::new(10, 77, 0, 11)),
-        ("cp2", Ipv4Addr::new(10, 77, 0, 12)),
-        ("e3", Ipv4Addr::new(10, 77, 0, 13)),
-        ("lb1", Ipv4Addr::new(10, 77, 0, 31)),
-    ];
-    let (lab, kf) = start(&b, &nodes, inventory);
+    let (lab, kf) = start(&b, &crate::lab_etcd::NODES, inventory);
     let out = kf.apply(&[]);
     assert!(out.status.success(), "apply failed");
     let old_ca = std::fs::read_to_string(kf.pki("ca.crt")).expect("ca.crt");

@@ -22,6 +22,14 @@ const TEST: &str = "lab_etcd";
 const API: &str = "https://10.77.0.100:8443";
 const MEMBERS: [&str; 3] = ["cp1", "cp2", "e3"];
 
+/// The nodes of [`inventory_with`].
+pub(crate) const NODES: [(&str, Ipv4Addr); 4] = [
+    ("cp1", Ipv4Addr::new(10, 77, 0, 11)),
+    ("cp2", Ipv4Addr::new(10, 77, 0, 12)),
+    ("e3", Ipv4Addr::new(10, 77, 0, 13)),
+    ("lb1", Ipv4Addr::new(10, 77, 0, 31)),
+];
+
 /// Two control-plane nodes with etcd, a third etcd member (e3) and an LB
 /// (lb1), with `extra` sections after `[cluster]`.
 pub(crate) fn inventory_with(lab: &Lab, extra: &str) -> String {
@@ -163,13 +171,7 @@ fn backup_delete_restore_and_node_snapshots() {
         return;
     }
     let Some(b) = binaries() else { return };
-    let nodes = [
-        ("cp1", Ipv4Addr::new(10, 77, 0, 11)),
-        ("cp2", Ipv4Addr::new(10, 77, 0, 12)),
-        ("e3", Ipv4Addr::new(10, 77, 0, 13)),
-        ("lb1", Ipv4Addr::new(10, 77, 0, 31)),
-    ];
-    let (lab, kf) = start(&b, &nodes, inventory);
+    let (lab, kf) = start(&b, &NODES, inventory);
     // etcdutl restores the snapshots.
     let etcdutl = b.etcd_dir.join("etcdutl");
     if etcdutl.exists() {

@@ -51,19 +51,16 @@ impl Manifest {
     /// it now, and what an earlier record lists that it no longer renders
     /// (still on the node until it is reset).
     pub fn of(cluster: &str, tree: &NodeTree, old: Option<&Manifest>) -> Manifest {
-        let binary = |f: &kubeforge_render::RenderedFile| {
-            f.source.starts_with("bundle:") && !f.source.starts_with("bundle:images/")
-        };
         let mut files: BTreeSet<String> = tree
             .files
             .values()
-            .filter(|f| !binary(f))
+            .filter(|f| !f.is_binary())
             .map(|f| f.path.clone())
             .collect();
         let mut binaries: BTreeSet<String> = tree
             .files
             .values()
-            .filter(|f| binary(f))
+            .filter(|f| f.is_binary())
             .map(|f| f.path.clone())
             .collect();
         let mut units: Vec<ManifestUnit> = tree

@@ -458,8 +458,7 @@ pub(crate) fn node_work(
         let replaced: Vec<&String> = d
             .puts
             .iter()
-            .filter(|f| f.phase == phase && f.from_file.is_some())
-            .filter(|f| f.source.starts_with("bundle:") && !f.source.starts_with("bundle:images/"))
+            .filter(|f| f.phase == phase && f.is_binary())
             .flat_map(|f| &f.restarts)
             .collect();
         w.cordon = cordon(rendered, tree, &w.restart, &replaced);

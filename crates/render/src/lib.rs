@@ -102,6 +102,14 @@ pub struct RenderedFile {
     pub from_file: Option<PathBuf>,
 }
 
+impl RenderedFile {
+    /// A program from the bundle (`bundle:NAME`), not one of its image
+    /// archives (`bundle:images/FILE`).
+    pub fn is_binary(&self) -> bool {
+        self.source.starts_with("bundle:") && !self.source.starts_with("bundle:images/")
+    }
+}
+
 /// A systemd unit a node runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnitInfo {
