@@ -46,7 +46,7 @@ fn certs(kf: &Kf, args: &[&str]) -> Output {
 
 /// One certificate `kubeforge certs --output json` found on a node.
 #[derive(Debug, Clone)]
-struct OnNode {
+pub(crate) struct OnNode {
     /// `node path name`.
     key: String,
     serial: String,
@@ -56,7 +56,7 @@ struct OnNode {
 
 /// `kubeforge certs --output json`: the state directory's checks and the
 /// certificates found on the nodes.
-fn checked(kf: &Kf) -> (Vec<String>, Vec<OnNode>) {
+pub(crate) fn checked(kf: &Kf) -> (Vec<String>, Vec<OnNode>) {
     let out = certs(kf, &["--output", "json"]);
     assert!(out.status.success(), "kubeforge certs failed");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -82,7 +82,7 @@ fn checked(kf: &Kf) -> (Vec<String>, Vec<OnNode>) {
     (state, on_nodes)
 }
 
-fn all_ok(state: &[String], on_nodes: &[OnNode]) {
+pub(crate) fn all_ok(state: &[String], on_nodes: &[OnNode]) {
     for s in state {
         assert!(s.ends_with(": \"ok\""), "state directory: {s}");
     }

@@ -48,8 +48,8 @@ pub async fn gather(
                 Ok::<_, ApplyError>(report)
             };
             let api = api_facts(t, rendered, tree);
-            let boot = crate::bootstrap::bootstrapped(t, tree);
-            let (report, (api, csrs), bootstrapped) = tokio::try_join!(files, api, boot)?;
+            let boot = crate::bootstrap::kubelet_certs(t, tree);
+            let (report, (api, csrs), kubelet) = tokio::try_join!(files, api, boot)?;
             let cached = report.cached;
             let found = report.files.len();
             let facts = NodeFacts {
@@ -80,7 +80,8 @@ pub async fn gather(
                 steps_done: report.checks_passed,
                 api,
                 csrs,
-                bootstrapped,
+                bootstrapped: kubelet.joined,
+                kubelet_rejoin: kubelet.rejoin,
                 versions: report.versions,
                 manifest: report.manifest,
             };

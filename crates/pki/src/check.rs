@@ -275,17 +275,7 @@ pub fn judge(
     if info.not_after <= now {
         return CertState::Expired;
     }
-    let signed = self::pem(ca_pem)
-        .ok()
-        .and_then(|p| {
-            let ca = p.parse_x509().ok()?;
-            Some(
-                cert.issuer().as_raw() == ca.subject().as_raw()
-                    && cert.verify_signature(Some(ca.public_key())).is_ok(),
-            )
-        })
-        .unwrap_or(false);
-    if !signed {
+    if !signed(&cert, ca_pem) {
         return CertState::NotSignedByCurrentCa;
     }
     let missing: Vec<String> = sans
@@ -297,6 +287,28 @@ pub fn judge(
         return CertState::SanMismatch(missing);
     }
     expiry(&info, renew_before_days, now)
+}
+
+fn signed(cert: &X509Certificate<'_>, ca_pem: &str) -> bool {
+    self::pem(ca_pem)
+        .ok()
+        .and_then(|p| {
+            let ca = p.parse_x509().ok()?;
+            Some(
+                cert.issuer().as_raw() == ca.subject().as_raw()
+                    && cert.verify_signature(Some(ca.public_key())).is_ok(),
+            )
+        })
+        .unwrap_or(false)
+}
+
+/// Whether the CA of `ca_pem` (its first certificate) signed the first
+/// certificate of `cert_pem`; false when either does not parse.
+pub fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
+    let Ok(pem) = pem(cert_pem) else {
+        return false;
+    };
+    parsed(&pem).is_ok_and(|cert| signed(&cert, ca_pem))
 }
 
 fn expiry(info: &CertInfo, renew_before_days: u32, now: OffsetDateTime) -> CertState {

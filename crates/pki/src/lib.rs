@@ -14,7 +14,9 @@ pub mod rotation;
 mod store;
 
 pub use catalog::{CaId, CertSpec, LeafRequest, San, CATALOG};
-pub use check::{client_certificate_valid, inspect, judge, judge_ca, CertInfo, CertState};
+pub use check::{
+    client_certificate_valid, inspect, judge, judge_ca, signed_by, CertInfo, CertState,
+};
 pub use listing::{list, Listed, Stored};
 pub use rotation::Rotation;
 pub use store::{write_atomic, write_files};

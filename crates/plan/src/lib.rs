@@ -61,6 +61,10 @@ pub struct NodeFacts {
     /// ([`kubeforge_render::Bootstrap`]): its bootstrap files are removed,
     /// not written.
     pub bootstrapped: bool,
+    /// A CA other than the current one signed the kubelet's certificates
+    /// (a kubernetes CA rotation): they are moved aside and the kubelet
+    /// joins again ([`kubeforge_render::Bootstrap::rejoin`]).
+    pub kubelet_rejoin: bool,
     /// The first line of `--version` of each running unit with a place in
     /// the version skew policy, by unit (from the running process's own
     /// binary).
@@ -430,6 +434,7 @@ fn decide<'a>(
     let gone =
         |path: &String| bootstrap.is_some_and(|b| f_facts.bootstrapped && b.files.contains(path));
     let removal = |step: &String| bootstrap.is_some_and(|b| &b.step == step);
+    let rejoin = |step: &String| bootstrap.is_some_and(|b| &b.rejoin == step);
     for f in tree
         .files
         .values()
@@ -455,6 +460,21 @@ fn decide<'a>(
             }
         }
         changes.push(c);
+    }
+    // A kubelet that joins again restarts as its bootstrap files would
+    // make it, written or already there.
+    if let Some(b) = bootstrap.filter(|_| f_facts.kubelet_rejoin) {
+        let units = b
+            .files
+            .iter()
+            .filter_map(|p| tree.files.get(p))
+            .filter(|f| selected(&f.phase))
+            .flat_map(|f| &f.restarts);
+        for u in units {
+            if !restart.contains(u) {
+                restart.push(u.clone());
+            }
+        }
     }
     let units: Vec<&kubeforge_render::UnitInfo> =
         tree.units.iter().filter(|u| selected(&u.phase)).collect();
@@ -491,6 +511,8 @@ fn decide<'a>(
                 puts.iter().any(|f| &f.path == file)
             } else if removal(&s.name) {
                 written || !f_facts.steps_done.contains(&s.name)
+            } else if rejoin(&s.name) {
+                f_facts.kubelet_rejoin
             } else {
                 !f_facts.steps_done.contains(&s.name)
             }

@@ -44,8 +44,10 @@ pub fn beyond_certificates(plan: &Plan, rendered: &Rendered) -> Vec<String> {
                 .steps
                 .iter()
                 .any(|x| &x.name == s && x.written.is_some());
-            let bootstrap_removal = bootstrap.is_some_and(|b| &b.step == s);
-            if !by_file && !bootstrap_removal {
+            // The bootstrap steps: the removal, and the kubelet joining
+            // again when a previous CA signed its certificates.
+            let bootstrap_step = bootstrap.is_some_and(|b| &b.step == s || &b.rejoin == s);
+            if !by_file && !bootstrap_step {
                 out.push(format!("{}: run {s}", n.node));
             }
         }
@@ -59,6 +61,25 @@ pub fn beyond_certificates(plan: &Plan, rendered: &Rendered) -> Vec<String> {
     out
 }
 
+/// The nodes whose kubelet holds certificates of a CA other than the one
+/// that signs now (bootstrap-token joins): the plan has them join again.
+/// Dropping the old CA (step 3 of a rotation) before they have would lock
+/// them out of the API.
+pub fn kubelets_joining_again(plan: &Plan, rendered: &Rendered) -> Vec<String> {
+    plan.nodes
+        .iter()
+        .filter(|n| {
+            rendered
+                .nodes
+                .iter()
+                .find(|t| t.name == n.node)
+                .and_then(|t| t.bootstrap.as_ref())
+                .is_some_and(|b| n.steps.contains(&b.rejoin))
+        })
+        .map(|n| n.node.clone())
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -66,11 +87,19 @@ mod tests {
     use crate::{FileChange, NodePlan, Summary};
 
     fn rendered() -> Rendered {
+        rendered_with("")
+    }
+
+    /// single.toml with `extra` lines in its [cluster] table.
+    fn rendered_with(extra: &str) -> Rendered {
         let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../inventories/single.toml");
-        let loaded = kubeforge_inventory::load(&path).unwrap();
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("[cluster]\n", &format!("[cluster]\n{extra}"));
+        let cluster = kubeforge_inventory::parse(&path, &text).unwrap().cluster;
         let state = tempfile::tempdir().unwrap();
-        kubeforge_render::prepare(state.path(), &loaded.cluster, &Default::default())
+        kubeforge_render::prepare(state.path(), &cluster, &Default::default())
             .unwrap()
             .rendered
     }
@@ -84,6 +113,21 @@ mod tests {
             secret: false,
             diff: None,
             summary: Vec::new(),
+        }
+    }
+
+    fn one_node(n: NodePlan) -> Plan {
+        Plan {
+            cluster: "single".into(),
+            offline: false,
+            nodes: vec![n],
+            phases: Vec::new(),
+            cluster_gates: None,
+            versions: Vec::new(),
+            healthy_before: None,
+            summary: Summary::default(),
+            manifests: Default::default(),
+            removals: Vec::new(),
         }
     }
 
@@ -105,18 +149,7 @@ mod tests {
             approve: Vec::new(),
             refused: Vec::new(),
         };
-        let plan = |n: NodePlan| Plan {
-            cluster: "single".into(),
-            offline: false,
-            nodes: vec![n],
-            phases: Vec::new(),
-            cluster_gates: None,
-            versions: Vec::new(),
-            healthy_before: None,
-            summary: Summary::default(),
-            manifests: Default::default(),
-            removals: Vec::new(),
-        };
+        let plan = one_node;
         let certs = node(
             vec![
                 change("/etc/kubernetes/pki/apiserver.crt"),
@@ -146,5 +179,34 @@ mod tests {
                 "cp1: start kubelet (not running)",
             ]
         );
+    }
+
+    /// A kubelet joining again (bootstrap-token joins, after the CA that
+    /// signs changed) is certificate work, and the one thing that stops
+    /// the old CA from being dropped.
+    #[test]
+    fn kubelets_joining_again_are_certificate_work() {
+        let r = rendered_with("kubelet_join = \"bootstrap-token\"\n");
+        let b = r.nodes[0].bootstrap.clone().unwrap();
+        let n = NodePlan {
+            node: "cp1".into(),
+            address: "10.77.0.11".into(),
+            steps: vec![b.rejoin.clone(), b.step.clone()],
+            changes: vec![change(&b.files[0])],
+            unchanged: 0,
+            daemon_reload: false,
+            start: Vec::new(),
+            restart: vec!["kubelet".into()],
+            reload: Vec::new(),
+            api: Vec::new(),
+            api_unchanged: 0,
+            approve: Vec::new(),
+            refused: Vec::new(),
+        };
+        let mut p = one_node(n);
+        assert_eq!(beyond_certificates(&p, &r), Vec::<String>::new());
+        assert_eq!(kubelets_joining_again(&p, &r), ["cp1"]);
+        p.nodes[0].steps.remove(0);
+        assert!(kubelets_joining_again(&p, &r).is_empty());
     }
 }

@@ -172,3 +172,75 @@ fn the_token_secret_carries_its_expiration() {
         "{expiration}"
     );
 }
+
+/// `facts` of a kubelet whose certificates a previous CA signed (after
+/// step 2 of a kubernetes CA rotation): not joined as far as the current
+/// CA goes.
+fn rejoining(r: &Rendered, file: bool) -> Facts {
+    let Facts::Gathered(mut map) = facts(r, file, false) else {
+        unreachable!()
+    };
+    for f in map.values_mut() {
+        f.kubelet_rejoin = true;
+    }
+    Facts::Gathered(map)
+}
+
+#[test]
+fn a_kubelet_with_certificates_of_a_previous_ca_joins_again() {
+    let r = rendered();
+    let b = r.nodes[0].bootstrap.clone().unwrap();
+    let rejoin = r.nodes[0]
+        .steps
+        .iter()
+        .find(|s| s.name == b.rejoin)
+        .unwrap();
+    assert_eq!(rejoin.stage, kubeforge_render::Stage::AfterFiles);
+    assert!(
+        rejoin.run.contains(&b.cert)
+            && rejoin.run.contains(&b.serving_cert)
+            && rejoin.run.contains("mv -f -- \"$f\" \"$f.previous-ca\""),
+        "{}",
+        rejoin.run
+    );
+    // The bootstrap file was removed after the first join: it is written
+    // again, the certificates are moved aside after it, the kubelet
+    // restarts and joins, and the file goes again.
+    let p = plan(&r, &rejoining(&r, false));
+    let n = &p.nodes[0];
+    assert!(n.changes.iter().any(|c| c.path == FILE), "{n:?}");
+    assert_eq!(n.restart, ["kubelet"]);
+    assert!(n.steps.contains(&b.rejoin) && n.steps.contains(&b.step));
+    // The file is still there (an interrupted run): the kubelet restarts
+    // all the same.
+    let p = plan(&r, &rejoining(&r, true));
+    let n = &p.nodes[0];
+    assert!(n.changes.is_empty());
+    assert_eq!(n.restart, ["kubelet"]);
+    assert!(n.steps.contains(&b.rejoin) && n.steps.contains(&b.step));
+}
+
+#[test]
+fn certificates_of_another_ca_call_for_joining_again() {
+    let r = rendered();
+    let b = r.nodes[0].bootstrap.clone().unwrap();
+    let ours = |r: &Rendered| {
+        let f = &r.nodes[0].files["/etc/kubernetes/pki/apiserver.crt"];
+        String::from_utf8(f.content.clone()).unwrap()
+    };
+    let now = std::time::SystemTime::now();
+    let theirs = ours(&rendered());
+    let same = ours(&r);
+    let judged = |client: Option<&str>, serving: Option<&str>| b.judge(client, serving, now);
+    assert_eq!(judged(None, None), Default::default());
+    // Signed by the current CA (though not a kubelet client certificate):
+    // nothing to move aside, and not joined.
+    let k = judged(Some(&same), Some(&same));
+    assert!(!k.rejoin && !k.joined);
+    for (client, serving) in [(Some(&theirs), None), (None, Some(&theirs))] {
+        let k = judged(client.map(String::as_str), serving.map(String::as_str));
+        assert!(k.rejoin && !k.joined, "{client:?} {serving:?}");
+    }
+    // Not a certificate: left to the kubelet.
+    assert!(!judged(Some("garbage"), None).rejoin);
+}

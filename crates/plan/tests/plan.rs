@@ -85,6 +85,7 @@ fn converged(r: &Rendered) -> BTreeMap<String, NodeFacts> {
                     api,
                     csrs: Vec::new(),
                     bootstrapped: false,
+                    kubelet_rejoin: false,
                     versions: BTreeMap::new(),
                     manifest: Some(kubeforge_plan::Manifest::of("ha", n, None).to_bytes()),
                 },

@@ -195,9 +195,30 @@ pub struct Bootstrap {
     pub step: String,
     /// The kubelet's certificate on the node ([`KUBELET_CLIENT_CERT`]).
     pub cert: String,
+    /// The serving certificate the kubelet got through a CSR
+    /// ([`KUBELET_SERVING_CERT`]).
+    pub serving_cert: String,
+    /// The step (after the files, before the units) that moves the
+    /// kubelet's certificates aside when a CA other than the current one
+    /// signed them (after a rotation of the kubernetes CA): the kubelet
+    /// then joins again with the bootstrap files, and asks for a new
+    /// serving certificate. Planned only then.
+    pub rejoin: String,
+    /// The CA that signs the kubelets' certificates now.
     #[serde(skip)]
     pub ca_pem: String,
     pub common_name: String,
+}
+
+/// What a node's kubelet holds, judged against the current CA
+/// ([`Bootstrap::judge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KubeletCerts {
+    /// A valid client certificate of its own, of the current CA.
+    pub joined: bool,
+    /// Certificates a CA other than the current one signed: the kubelet
+    /// must join again.
+    pub rejoin: bool,
 }
 
 impl Bootstrap {
@@ -206,6 +227,28 @@ impl Bootstrap {
     pub fn has_client_certificate(&self, cert_pem: &str, now: std::time::SystemTime) -> bool {
         kubeforge_pki::client_certificate_valid(cert_pem, &self.ca_pem, &self.common_name, now)
             .is_ok()
+    }
+
+    /// The kubelet's client and serving certificates (certificates only,
+    /// `None` when absent) against the current CA. A certificate signed by
+    /// another CA calls for joining again, and the kubelet is then not
+    /// joined.
+    pub fn judge(
+        &self,
+        client: Option<&str>,
+        serving: Option<&str>,
+        now: std::time::SystemTime,
+    ) -> KubeletCerts {
+        let foreign = |pem: Option<&str>| {
+            pem.is_some_and(|p| {
+                kubeforge_pki::inspect(p).is_ok() && !kubeforge_pki::signed_by(p, &self.ca_pem)
+            })
+        };
+        let rejoin = foreign(client) || foreign(serving);
+        KubeletCerts {
+            joined: !rejoin && client.is_some_and(|c| self.has_client_certificate(c, now)),
+            rejoin,
+        }
     }
 }
 
@@ -1060,10 +1103,26 @@ impl Renderer {
                 list = files.join(", "),
             ),
         });
+        // Both certificates are moved, not deleted (the kubelet keeps the
+        // files they point to as well): the client certificate's absence
+        // makes the kubelet join again with the bootstrap files.
+        let rejoin = "move aside the kubelet's certificates of a previous CA (it joins again)";
+        steps.push(Step {
+            name: rejoin.to_string(),
+            phase: self.phase_of(first.on, &first.restarts, &first.reloads),
+            stage: Stage::AfterFiles,
+            written: None,
+            check: format!("[ ! -e '{KUBELET_CLIENT_CERT}' ] && [ ! -e '{KUBELET_SERVING_CERT}' ]"),
+            run: format!(
+                "for f in '{KUBELET_CLIENT_CERT}' '{KUBELET_SERVING_CERT}'; do\n  if [ -e \"$f\" ] || [ -L \"$f\" ]; then\n    mv -f -- \"$f\" \"$f.previous-ca\"\n  fi\ndone\n"
+            ),
+        });
         Ok(Some(Bootstrap {
             files,
             step: name,
             cert: KUBELET_CLIENT_CERT.to_string(),
+            serving_cert: KUBELET_SERVING_CERT.to_string(),
+            rejoin: rejoin.to_string(),
             ca_pem: ca_of(n.pki, CaId::Kubernetes, Some(&n.node.name))?
                 .cert_pem
                 .clone(),

@@ -403,6 +403,18 @@ fn renew(
     term.line("")?;
     let rendered = &prepared.rendered;
     let beyond = |plan: &kubeforge_plan::Plan| -> Result<(), String> {
+        if let Some(r) = rotation.filter(|r| r.step == Step::Drop && r.ca == CaId::Kubernetes) {
+            let late = kubeforge_plan::renewal::kubelets_joining_again(plan, rendered);
+            if !late.is_empty() {
+                return Err(format!(
+                    "the kubelets of {} still hold certificates of the old {}, which step 3 drops; nothing was changed\n  help: run step 2 again (kubeforge certs renew -i {} --new-ca {} --step 2 --yes): they join again with the new CA",
+                    late.join(", "),
+                    r.ca,
+                    inv.inventory.display(),
+                    r.ca.name()
+                ));
+            }
+        }
         let extra = kubeforge_plan::renewal::beyond_certificates(plan, rendered);
         if extra.is_empty() {
             return Ok(());
