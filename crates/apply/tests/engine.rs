@@ -195,14 +195,16 @@ async fn a_new_cluster_starts_its_nodes_beside_the_control_plane() {
     let r = rendered("ha.toml");
     let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &[]).unwrap();
     // A first start: every apiserver at once (nothing to drain), the node
-    // phase beside the apiserver phase, the controllers beside the LB.
+    // phase and the controllers beside the apiserver phase, the LB beside
+    // etcd.
     let phase = |name: &str| p.phases.iter().find(|x| x.phase == name).unwrap();
     assert_eq!(
         phase("apiserver").strategy,
         kubeforge_render::Strategy::Parallel
     );
     assert_eq!(phase("node").with.as_deref(), Some("apiserver"));
-    assert_eq!(phase("controllers").with.as_deref(), Some("lb"));
+    assert_eq!(phase("controllers").with.as_deref(), Some("apiserver"));
+    assert_eq!(phase("lb").with.as_deref(), Some("etcd"));
     let rec = recorder(&r);
     rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
     // cp1's apiserver takes a moment to answer.
@@ -222,8 +224,8 @@ async fn a_new_cluster_starts_its_nodes_beside_the_control_plane() {
     for (phase, after) in [
         ("apiserver", "etcd"),
         ("node", "etcd"),
-        ("lb", "apiserver"),
-        ("controllers", "apiserver"),
+        ("controllers", "etcd"),
+        ("addons", "apiserver"),
         ("addons", "controllers"),
         ("addons", "lb"),
     ] {
@@ -232,8 +234,10 @@ async fn a_new_cluster_starts_its_nodes_beside_the_control_plane() {
             "{phase} started before {after} was done"
         );
     }
-    // The node phase did not wait for the control plane.
+    // The node phase and the controllers did not wait for the apiservers
+    // (cp1's takes a moment).
     assert!(at("== node started") < at("== apiserver done"));
+    assert!(at("== controllers started") < at("== apiserver done"));
     // The cluster gate comes last.
     let last_done = ["addons", "node", "lb", "controllers"]
         .iter()
