@@ -3,7 +3,9 @@
 # re-apply, adding one worker, a no-op after it, and with a load balancer
 # (6 nodes or more) a rolling apiserver change with a probe through the VIP
 # and nginx stopping and coming back on the VIP holder. Prints a table and
-# writes target/bench/lab.csv and target/bench/lab.png (time against N).
+# writes target/bench/lab.csv and target/bench/lab.png (time against N),
+# and each size's test output and apply log (every step with its time) as
+# target/bench/lab-N.log and lab-N-apply.log.
 #
 #   tests/bench/lab.sh                       # N = 3 10 30 100
 #   NODES="6" tests/bench/lab.sh             # only the HA lab of 6 nodes
@@ -35,6 +37,7 @@ rows=()
 for n in ${NODES:-3 10 30 100}; do
   log="$out/lab-$n.log"
   if KUBEFORGE_BENCH_NODES=$n KUBEFORGE_BENCH_RATE="${RATE:-}" \
+     KUBEFORGE_BENCH_APPLY_LOG="$PWD/$out/lab-$n-apply.log" \
      cargo test --locked -q -p kubeforge-tests --test integration lab_bench::bench \
        -- --ignored --nocapture >"$log" 2>&1; then
     rows+=("$(grep '^BENCH ' "$log" | tail -1)")

@@ -177,4 +177,16 @@ fn bench() {
         assert_eq!(String::from_utf8_lossy(&r.stdout), "ok");
     }
     eprintln!("{line}");
+    // The apply log (every step with its time), where lab.sh asks.
+    if let Ok(to) = std::env::var("KUBEFORGE_BENCH_APPLY_LOG") {
+        let state = kf.dir.join(".kubeforge");
+        let logs = std::fs::read_dir(&state)
+            .expect("state directories")
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("kubeforge.log"))
+            .filter(|p| p.exists());
+        for log in logs {
+            std::fs::copy(&log, &to).expect("apply log copied");
+        }
+    }
 }

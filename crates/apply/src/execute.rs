@@ -117,39 +117,45 @@ impl Run<'_> {
             done.stopped.push((w.node.clone(), u.clone()));
         }
         done.steps_run += self.steps(phase, w, Stage::BeforeFiles).await?;
+        // Every file in one round trip: the binaries from the node's blob
+        // store (sent ahead), the rest with the request.
+        let mut batch = Vec::with_capacity(w.puts.len());
         for p in &w.puts {
             self.step(phase, &w.node, format!("write {}", p.path));
             let staged = self.staged.lock().await.has(&w.node, &p.sha256);
-            let content = match &p.content {
-                // Sent ahead into the node's blob store.
+            let source = match &p.content {
                 Content::File(path) if staged => {
                     let size = tokio::fs::metadata(path)
                         .await
                         .map(|m| m.len())
                         .unwrap_or(0);
-                    let to = blobs::Target {
-                        path: &p.path,
-                        mode: p.mode,
-                        owner: &p.owner,
-                        cache: Some(CACHE),
-                    };
-                    blobs::install(t, blobs::STORE, &p.sha256, size, to).await?;
-                    done.files_written += 1;
-                    continue;
+                    ops::Source::Blob {
+                        sha256: p.sha256.clone(),
+                        size,
+                    }
                 }
-                Content::Bytes(b) => b.clone(),
-                Content::File(path) => tokio::fs::read(path).await.map_err(|e| {
-                    ApplyError::Other(format!(
-                        "reading {} for {} on {}: {e}",
-                        path.display(),
-                        p.path,
-                        w.node
-                    ))
-                })?,
+                Content::Bytes(b) => ops::Source::Bytes(b.clone()),
+                Content::File(path) => {
+                    ops::Source::Bytes(tokio::fs::read(path).await.map_err(|e| {
+                        ApplyError::Other(format!(
+                            "reading {} for {} on {}: {e}",
+                            path.display(),
+                            p.path,
+                            w.node
+                        ))
+                    })?)
+                }
             };
-            ops::put_cached(t, &p.path, content, p.mode, &p.owner, Some(CACHE)).await?;
-            done.files_written += 1;
+            batch.push(ops::PutFile {
+                path: p.path.clone(),
+                mode: p.mode,
+                owner: p.owner.clone(),
+                source,
+            });
         }
+        let written = batch.len();
+        ops::put_all(t, batch, blobs::STORE, Some(CACHE)).await?;
+        done.files_written += written;
         for c in &w.chmods {
             self.step(phase, &w.node, format!("chmod {:04o} {}", c.mode, c.path));
             t.run_ok(
@@ -166,9 +172,16 @@ impl Run<'_> {
             self.step(phase, &w.node, "systemctl daemon-reload".into());
             ops::systemctl(t, &["daemon-reload"]).await?;
         }
+        // Enabled in one call, without the reload each `enable` would do
+        // (the unit files are loaded: daemon-reload ran above when one
+        // changed), then started one by one in the units' order.
+        if !w.start.is_empty() {
+            let mut enable = vec!["enable", "--no-reload"];
+            enable.extend(w.start.iter().map(String::as_str));
+            ops::systemctl(t, &enable).await?;
+        }
         for u in &w.start {
             self.step(phase, &w.node, format!("enable and start {u}"));
-            ops::systemctl(t, &["enable", u]).await?;
             if no_block {
                 ops::systemctl(t, &["start", "--no-block", u]).await?;
             } else if let Err(e) = ops::systemctl(t, &["start", u]).await {

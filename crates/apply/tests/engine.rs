@@ -496,7 +496,7 @@ async fn daemon_reload_only_when_a_unit_file_changed() {
     let reload = pos(&lines, &["worker1: systemctl daemon-reload"]);
     let write = pos(
         &lines,
-        &["worker1: write /etc/systemd/system/kubelet.service"],
+        &["worker1: write ", "/etc/systemd/system/kubelet.service"],
     );
     let restart = pos(&lines, &["worker1: systemctl restart kubelet"]);
     assert!(write < reload && reload < restart);
@@ -654,7 +654,7 @@ async fn steps_run_before_the_files_and_after_the_units_as_the_table_says() {
     run(&rec, &r, &plan(&r, &f)).await.unwrap();
     let lines = rec.lines();
     let step = pos(&lines, &["worker1: IPv4 forwarding"]);
-    let write = pos(&lines, &["worker1: write /etc/containerd/config.toml"]);
+    let write = pos(&lines, &["worker1: write ", "/etc/containerd/config.toml"]);
     let restart = pos(&lines, &["worker1: systemctl restart containerd"]);
     assert!(step < write && write < restart);
 }
@@ -912,7 +912,7 @@ async fn binaries_go_out_a_few_times_and_from_node_to_node() {
                     && (c.what == "receive a binary" || c.what.starts_with("fetch a binary"))
             })
             .unwrap();
-        let installed = pos(&lines, &[&format!("{n}: write /usr/local/bin/kubelet")]);
+        let installed = pos(&lines, &[&format!("{n}: write "), "/usr/local/bin/kubelet"]);
         assert!(arrived < installed, "{n}");
         assert!(pos(&lines, &[&format!("{n}: clear the blob store")]) > installed);
     }
@@ -1120,7 +1120,7 @@ async fn an_upgrade_restarts_etcd_apiservers_controllers_then_drains_node_by_nod
     let lines = rec.lines();
     // The health it starts from, before anything is written.
     let healthy = pos(&lines, &["== health before the upgrade done"]);
-    let first_write = pos(&lines, &["write /usr/local/bin/"]);
+    let first_write = pos(&lines, &["write ", "/usr/local/bin/"]);
     assert!(healthy < first_write);
     // etcd members, then apiservers, one at a time; then the controllers.
     let mut last = healthy;

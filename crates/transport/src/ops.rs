@@ -139,6 +139,135 @@ pub async fn put_cached(
         .map(|_| ())
 }
 
+/// Writes many files in one round trip, each as [`PUT`] does (a temporary
+/// file next to it, checked for its size and sha256, mode and owner set),
+/// then one flush of them all, the renames, and one flush of their
+/// directories: a file is installed only when every file of the batch
+/// arrived whole; otherwise none is, the old ones stay, and the script
+/// exits [`PUT_MISMATCH`] naming the path.
+///
+/// Arguments: `STORE [CACHE]`. Stdin: per file a line `KIND MODE OWNER
+/// SIZE SHA256 PATH`, KIND `D` followed by exactly SIZE bytes of content,
+/// or `B` for the blob named SHA256 in STORE (a copy, so that clearing
+/// the store leaves the installed file's inode and its cached sum alone;
+/// checked again).
+pub const PUT_ALL: &str = r#"set -eu
+store="$1"; c="${2:-}"
+list=$(mktemp)
+trap 'while IFS=" " read -r t sum p; do rm -f -- "$t"; done < "$list"; rm -f -- "$list"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
+while IFS=' ' read -r kind mode owner size sum p; do
+  d=$(dirname -- "$p")
+  mkdir -p -- "$d"
+  t=$(mktemp "$d/.kubeforge-tmp.XXXXXX")
+  printf '%s %s %s
+' "$t" "$sum" "$p" >> "$list"
+  case "$kind" in
+    D) head -c "$size" > "$t"; from="the upload was cut short or altered" ;;
+    B) cp --reflink=auto -- "$store/$sum" "$t"; from="from the blob store" ;;
+    *) echo "unknown record "$kind" for $p" >&2; exit 2 ;;
+  esac
+  got_size=$(stat -c %s -- "$t")
+  got_sum=$(sha256sum < "$t" | cut -d' ' -f1)
+  if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then
+    echo "refusing to install $p: expected $size bytes with sha256 $sum, received $got_size bytes with sha256 $got_sum ($from); no file of this batch was installed, the old ones are unchanged: run the command again" >&2
+    exit 4
+  fi
+  chown -- "$owner" "$t"
+  chmod -- "$mode" "$t"
+done
+set --
+while IFS=' ' read -r t sum p; do set -- "$@" "$t"; done < "$list"
+[ "$#" -eq 0 ] || sync -- "$@" 2>/dev/null || sync
+set --
+while IFS=' ' read -r t sum p; do
+  mv -f -- "$t" "$p"
+  set -- "$@" "$(dirname -- "$p")"
+done < "$list"
+[ "$#" -eq 0 ] || sync -- "$@" 2>/dev/null || sync
+# The node's sha256 cache (see gather), told every new file's sum.
+if [ -n "$c" ]; then
+  {
+    mkdir -p -- "$(dirname -- "$c")"
+    exec 8>>"$c.lock"; flock 8
+    e=$(mktemp)
+    while IFS=' ' read -r t sum p; do
+      printf '%s %s %s
+' "$(stat -L -c '%s %.9Z %i' -- "$p")" "$sum" "$p"
+    done < "$list" > "$e"
+    n=$(mktemp "$(dirname -- "$c")/.sha256-cache.XXXXXX")
+    { [ -r "$c" ] && awk 'NR == FNR { new[substr($0, length($1 $2 $3 $4) + 5)] = 1; next } { if (!(substr($0, length($1 $2 $3 $4) + 5) in new)) print }' "$e" "$c"; cat "$e"; } > "$n"
+    mv -f -- "$n" "$c"
+    rm -f -- "$e"
+  } 2>/dev/null || true
+fi
+"#;
+
+/// What one file of a [`put_all`] batch holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Bytes(Vec<u8>),
+    /// A blob of the node's store, checked against its sha256 and size.
+    Blob {
+        sha256: String,
+        size: u64,
+    },
+}
+
+/// One file of a [`put_all`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutFile {
+    pub path: String,
+    pub mode: u32,
+    pub owner: String,
+    pub source: Source,
+}
+
+/// Writes `files` on the node in one round trip ([`PUT_ALL`]): blobs from
+/// `store`, and the node's sha256 `cache` told the new sums.
+pub async fn put_all(
+    t: &dyn Transport,
+    files: Vec<PutFile>,
+    store: &str,
+    cache: Option<&str>,
+) -> Result<(), TransportError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    let what = format!("write {}", paths.join(", "));
+    let mut stdin = Vec::new();
+    for f in &files {
+        let (kind, size, sha256, bytes) = match &f.source {
+            Source::Bytes(b) => {
+                let (size, sha256) = size_and_sha256(b);
+                ("D", size, sha256, Some(b))
+            }
+            Source::Blob { sha256, size } => ("B", size.to_string(), sha256.clone(), None),
+        };
+        stdin.extend_from_slice(
+            format!(
+                "{kind} {:04o} {} {size} {sha256} {}\n",
+                f.mode, f.owner, f.path
+            )
+            .as_bytes(),
+        );
+        if let Some(b) = bytes {
+            stdin.extend_from_slice(b);
+        }
+    }
+    let mut args = vec![store.to_string()];
+    args.extend(cache.map(str::to_string));
+    t.run_ok(
+        Script::new(&what, PUT_ALL)
+            .args(args)
+            .stdin(stdin)
+            .timeout(Duration::from_secs(600)),
+    )
+    .await
+    .map(|_| ())
+}
+
 /// What a file is on a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileStat {

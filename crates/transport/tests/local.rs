@@ -209,3 +209,105 @@ async fn host_facts() {
     assert_eq!(f.kernel, "Linux");
     assert!(f.time > 1.7e9);
 }
+
+/// Files written in one batch: bytes and a blob of the store (which
+/// stays there), modes set, nothing left behind, the sha256 cache told
+/// every new sum (and only one line per path).
+#[tokio::test]
+async fn a_batch_installs_bytes_and_blobs_with_their_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = LocalTransport::new("n1");
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let binary: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let (_, blob) = ops::size_and_sha256(&binary);
+    std::fs::write(store.join(&blob), &binary).unwrap();
+    let at = |rel: &str| dir.path().join(rel).to_str().unwrap().to_string();
+    let cache = at("cache/sha256");
+    std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+    std::fs::write(
+        &cache,
+        format!("1 2 3 oldsum {}\n9 9 9 keep /elsewhere\n", at("etc/a.conf")),
+    )
+    .unwrap();
+    let file = |rel: &str, mode: u32, source: ops::Source| ops::PutFile {
+        path: at(rel),
+        mode,
+        owner: "root:root".into(),
+        source,
+    };
+    let files = vec![
+        file("etc/a.conf", 0o644, ops::Source::Bytes(b"a = 1\n".to_vec())),
+        file("etc/pki/b.key", 0o600, ops::Source::Bytes(Vec::new())),
+        file(
+            "bin/kubelet",
+            0o755,
+            ops::Source::Blob {
+                sha256: blob.clone(),
+                size: binary.len() as u64,
+            },
+        ),
+    ];
+    ops::put_all(&t, files, store.to_str().unwrap(), Some(&cache))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(at("etc/a.conf")).unwrap(), b"a = 1\n");
+    assert_eq!(std::fs::read(at("etc/pki/b.key")).unwrap(), b"");
+    assert_eq!(std::fs::read(at("bin/kubelet")).unwrap(), binary);
+    let mode = |rel: &str| std::fs::metadata(at(rel)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        [
+            mode("etc/a.conf"),
+            mode("etc/pki/b.key"),
+            mode("bin/kubelet")
+        ],
+        [0o644, 0o600, 0o755]
+    );
+    assert!(store.join(&blob).exists(), "the store keeps its blob");
+    assert_eq!(names(&dir.path().join("etc")), ["a.conf", "pki"]);
+    assert_eq!(names(&dir.path().join("bin")), ["kubelet"]);
+    let cached = std::fs::read_to_string(&cache).unwrap();
+    assert!(cached.contains("keep /elsewhere"), "{cached}");
+    assert!(!cached.contains("oldsum"), "{cached}");
+    assert_eq!(cached.matches(&at("etc/a.conf")).count(), 1, "{cached}");
+    assert!(
+        cached.contains(&format!("{blob} {}", at("bin/kubelet"))),
+        "{cached}"
+    );
+}
+
+/// A batch whose second file arrives cut short installs nothing: the old
+/// first file stays, no temporary file is left, and the error names the
+/// path.
+#[tokio::test]
+async fn a_cut_short_batch_installs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = LocalTransport::new("n1");
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    std::fs::write(&a, "old a").unwrap();
+    let (size_a, sum_a) = ops::size_and_sha256(b"new a");
+    let (size_b, sum_b) = ops::size_and_sha256(b"new b, longer");
+    let mut stdin = format!("D 0644 root:root {size_a} {sum_a} {}\n", a.display()).into_bytes();
+    stdin.extend_from_slice(b"new a");
+    stdin.extend_from_slice(
+        format!("D 0644 root:root {size_b} {sum_b} {}\n", b.display()).as_bytes(),
+    );
+    stdin.extend_from_slice(b"new b");
+    let o = t
+        .run(
+            Script::new("write", ops::PUT_ALL)
+                .args(["/nonexistent-store"])
+                .stdin(stdin),
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.status, ops::PUT_MISMATCH, "{}", o.stderr_str());
+    assert!(
+        o.stderr_str().contains(&b.display().to_string()),
+        "{}",
+        o.stderr_str()
+    );
+    assert_eq!(std::fs::read(&a).unwrap(), b"old a");
+    assert_eq!(names(dir.path()), ["a"]);
+}
