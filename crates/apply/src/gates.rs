@@ -96,13 +96,37 @@ pub(crate) async fn failure(
     }))
 }
 
-/// Runs a gate's check once.
-async fn probe(t: &dyn Transport, gate: &Gate) -> Probe<()> {
+/// Runs a check (`$2`, with the arguments after it) on the node again
+/// every 0.1 s while it fails, for up to `$1` milliseconds; then prints
+/// its last failure. A gate passes a tenth of a second after its unit is
+/// ready, without a round trip per try.
+const RETRIED: &str = r#"window="$1"; s="$2"; shift 2
+now() { echo $(( $(date +%s%N) / 1000000 )); }
+end=$(( $(now) + window ))
+while :; do
+  if out=$(sh -c "$s" sh "$@" 2>&1); then exit 0; fi
+  [ "$(now)" -lt "$end" ] || { printf '%s\n' "$out"; exit 1; }
+  sleep 0.1
+done
+"#;
+
+/// How long one round trip of a gate retries its check on the node.
+const RETRY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Runs a gate's check on the node, retried there for up to
+/// [`RETRY_WINDOW`] (no longer than the gate's timeout).
+async fn probe(t: &dyn Transport, gate: &Gate, opts: &Options) -> Probe<()> {
+    let window = RETRY_WINDOW.min(opts.gate_timeout);
+    let mut args = vec![
+        window.as_millis().to_string(),
+        script(gate.check).to_string(),
+    ];
+    args.extend(gate.args.iter().cloned());
     let out = t
         .run(
-            Script::new(&gate.name, script(gate.check))
-                .args(gate.args.clone())
-                .timeout(Duration::from_secs(15)),
+            Script::new(&gate.name, RETRIED)
+                .args(args)
+                .timeout(Duration::from_secs(15) + window),
         )
         .await;
     match out {
@@ -118,7 +142,7 @@ async fn probe(t: &dyn Transport, gate: &Gate) -> Probe<()> {
 
 /// Waits until `gate` passes on the node of `t`.
 pub(crate) async fn wait(t: &dyn Transport, gate: &Gate, opts: &Options) -> Result<(), ApplyError> {
-    match poll(opts, || probe(t, gate)).await {
+    match poll(opts, || probe(t, gate, opts)).await {
         Ok(()) => Ok(()),
         Err(why) => Err(failure(t, &gate.name, &gate.unit, opts.gate_timeout.as_secs(), why).await),
     }
@@ -127,6 +151,36 @@ pub(crate) async fn wait(t: &dyn Transport, gate: &Gate, opts: &Options) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The check runs again on the node until it passes, in one round
+    /// trip; one that keeps failing ends with its last words.
+    #[tokio::test]
+    async fn a_check_is_retried_on_the_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let count = dir.path().join("tries");
+        let t = kubeforge_transport::LocalTransport::new("n1");
+        // Passes on the third try.
+        let third = r#"n=$(cat "$1" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$1"; [ "$n" -ge 3 ] || { echo "try $n"; exit 1; }"#;
+        let run = |window: &str, check: &str| {
+            Script::new("check", RETRIED).args([
+                window.to_string(),
+                check.to_string(),
+                count.display().to_string(),
+            ])
+        };
+        let o = t.run(run("5000", third)).await.expect("runs");
+        assert!(o.success(), "{}", o.stderr_str());
+        assert_eq!(std::fs::read_to_string(&count).expect("tries").trim(), "3");
+        let o = t
+            .run(run("300", r#"echo "not yet: $1"; exit 1"#))
+            .await
+            .expect("runs");
+        assert!(!o.success());
+        assert_eq!(
+            o.stdout_str().trim(),
+            format!("not yet: {}", count.display())
+        );
+    }
 
     #[test]
     fn every_check_script_takes_the_arguments_the_table_gives() {
