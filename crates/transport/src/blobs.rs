@@ -92,8 +92,10 @@ pub async fn inventory(t: &dyn Transport, store: &str) -> Result<Inventory, Tran
 
 /// The end of every way into the store: `$t` holds what arrived; checked
 /// against $size and $sum, then renamed to its name.
-const INTO_STORE: &str = r#"got_size=$(stat -c %s -- "$t")
-got_sum=$(sha256sum < "$t" | cut -d' ' -f1)
+const INTO_STORE: &str = concat!(
+    crate::ops::sum256!(),
+    r#"got_size=$(stat -c %s -- "$t")
+got_sum=$(sum256 < "$t")
 if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then
   echo "refusing blob $sum: expected $size bytes, received $got_size bytes with sha256 $got_sum" >&2
   exit 4
@@ -101,7 +103,8 @@ fi
 chmod 0644 "$t"
 mv -f -- "$t" "$d/$sum"
 trap - EXIT
-"#;
+"#
+);
 
 /// $1 store, $2 sha256, $3 size, $4 codec; the compressed bytes on stdin.
 const RECEIVE: &str = r#"set -eu
@@ -239,6 +242,7 @@ pub async fn fetch(
 /// $1 store, $2 sha256, $3 size, $4 path, $5 mode, $6 owner, $7 the sha256
 /// cache (or empty). Installs a held blob atomically, checked again.
 const INSTALL: &str = concat!(
+    crate::ops::sum256!(),
     r#"set -eu
 f="$1/$2"; sum="$2"; size="$3"; p="$4"
 dir=$(dirname -- "$p")
@@ -251,7 +255,7 @@ trap 'exit 1' HUP INT TERM PIPE
 # leaves the installed file's inode (and its cached sha256) alone.
 cp --reflink=auto -- "$f" "$t"
 got_size=$(stat -c %s -- "$t")
-got_sum=$(sha256sum < "$t" | cut -d' ' -f1)
+got_sum=$(sum256 < "$t")
 if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then
   echo "refusing to install $p from the blob store: expected $size bytes with sha256 $sum, found $got_size bytes with sha256 $got_sum" >&2
   exit 4

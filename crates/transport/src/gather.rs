@@ -132,9 +132,22 @@ awk 'NR == FNR { split($0, f, "\t"); have[f[1]] = f[4]; next }
 while IFS= read -r p; do
   printf 'C %s %s\n' "$p" "$(base64 -w0 < "$p")"
 done
-while IFS= read -r u; do
-  printf 'U %s %s %s\n' "$u" "$(systemctl is-active "$u" 2>/dev/null || true)" "$(systemctl is-enabled "$u" 2>/dev/null || true)"
-done < "$d/req.u"
+# Every unit's state, enablement and main PID in one systemctl call (a
+# block per unit, in the order asked; none without systemd):
+# "NAME ACTIVE ENABLED PID" lines.
+sort -u "$d/req.u" "$d/req.v" > "$d/units"
+: > "$d/show"
+if [ -s "$d/units" ]; then
+  xargs systemctl show -p ActiveState,UnitFileState,MainPID -- < "$d/units" > "$d/show" 2>/dev/null || : > "$d/show"
+fi
+awk 'NR == FNR { n++; name[n] = $0; next }
+     { i++; for (k = 1; k <= NF; k++) { e = index($k, "="); v[i, substr($k, 1, e - 1)] = substr($k, e + 1) } }
+     END { for (j = 1; j <= n; j++) {
+             a = v[j, "ActiveState"]; if (a == "") a = "inactive"
+             f = v[j, "UnitFileState"]; if (f == "") f = "-"
+             p = v[j, "MainPID"]; if (p == "") p = 0
+             print name[j], a, f, p } }' "$d/units" RS= "$d/show" > "$d/states"
+awk 'NR == FNR { s[$1] = $2 " " $3; next } { print "U " $0 " " (($0 in s) ? s[$0] : "inactive -") }' "$d/states" "$d/req.u"
 while IFS=' ' read -r i b; do
   printf '%s' "$b" | base64 -d > "$d/check" 2>/dev/null
   if ( sh "$d/check" ) >/dev/null 2>&1 </dev/null; then printf 'S %s 0\n' "$i"; else printf 'S %s 1\n' "$i"; fi
@@ -146,7 +159,7 @@ known_versions="$vcache"
 : > "$d/vcache.new"
 mkdir -p "$d/v"
 while IFS= read -r u; do
-  pid=$(systemctl show -p MainPID --value "$u" 2>/dev/null) || continue
+  pid=$(awk -v u="$u" '$1 == u { print $4; exit }' "$d/states")
   case "$pid" in ''|0) continue ;; esac
   key=$(stat -L -c '%d:%i:%s:%Z' "/proc/$pid/exe" 2>/dev/null) || continue
   line=$(awk -v k="$key" '$1 == k { sub(/^[^ ]* /, ""); print; exit }' "$known_versions")
