@@ -70,6 +70,46 @@ pub(crate) struct Run<'a> {
     pub addresses: BTreeMap<String, String>,
     /// The binaries put into the nodes' blob stores so far.
     pub staged: tokio::sync::Mutex<Staged>,
+    /// Each phase's binaries, sent ahead in phase order ([`Run::send_ahead`]).
+    pub sent: Sent,
+}
+
+/// The outcome of sending each phase's binaries ahead, by phase; a phase
+/// takes its own before its node work.
+#[derive(Default)]
+pub(crate) struct Sent {
+    done: std::sync::Mutex<BTreeMap<String, Option<ApplyError>>>,
+    notify: tokio::sync::Notify,
+    /// Set when a phase failed: nothing more is sent.
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl Sent {
+    fn finish(&self, phase: &str, outcome: Result<(), ApplyError>) {
+        if let Ok(mut d) = self.done.lock() {
+            d.insert(phase.to_string(), outcome.err());
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// Waits until `phase`'s binaries are in place (or their sending
+    /// failed: that error).
+    async fn wait(&self, phase: &str) -> Result<(), ApplyError> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Ok(mut d) = self.done.lock() {
+                if let Some(outcome) = d.get_mut(phase) {
+                    return match outcome.take() {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    };
+                }
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Run<'_> {
@@ -492,7 +532,7 @@ impl Run<'_> {
         for op in &p.ops {
             done.merge(self.op(phase, op).await?);
         }
-        self.distribute(phase, p, &self.staged).await?;
+        self.sent.wait(phase).await?;
         match p.strategy {
             Strategy::Api => {
                 if let Some(api) = &p.api {
@@ -602,10 +642,37 @@ impl Run<'_> {
         Ok(done)
     }
 
+    /// Sends every phase's binaries into the blob stores of the nodes that
+    /// install them, one phase after the other in plan order, while the
+    /// phases run: the next phase's binaries arrive while the one before
+    /// it works, and the uplink serves the earliest phase first (the
+    /// apiservers' binaries before those of the kubelets that start beside
+    /// them). Stops when a phase failed.
+    async fn send_ahead(&self, phases: &[PhasePlan]) {
+        use std::sync::atomic::Ordering;
+        for p in phases {
+            let outcome = if self.sent.stop.load(Ordering::Relaxed) {
+                Err(ApplyError::Other(format!(
+                    "the binaries of phase {} were not sent: an earlier phase failed",
+                    p.phase
+                )))
+            } else {
+                self.distribute(&p.phase, p, &self.staged).await
+            };
+            self.sent.finish(&p.phase, outcome);
+        }
+    }
+
+    /// The phases, with their binaries sent ahead ([`Run::send_ahead`]).
+    async fn phases(&self, phases: &[PhasePlan]) -> Result<Applied, ApplyError> {
+        let (_, applied) = tokio::join!(self.send_ahead(phases), self.run_phases(phases));
+        applied
+    }
+
     /// The phases, each started once every phase it waits for is done. On
     /// a failure no further phase starts; those running finish, then the
     /// first failure is returned.
-    async fn phases(&self, phases: &[PhasePlan]) -> Result<Applied, ApplyError> {
+    async fn run_phases(&self, phases: &[PhasePlan]) -> Result<Applied, ApplyError> {
         use futures::stream::{FuturesUnordered, StreamExt};
         let waits = waits_for(phases);
         let mut started = vec![false; phases.len()];
@@ -629,6 +696,9 @@ impl Run<'_> {
             match result {
                 Ok(done) => applied.merge(done),
                 Err(e) => {
+                    self.sent
+                        .stop
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     if failure.is_none() {
                         failure = Some(e);
                     }
@@ -663,6 +733,7 @@ pub async fn execute(
             .map(|n| (n.node.clone(), n.address.clone()))
             .collect(),
         staged: Default::default(),
+        sent: Sent::default(),
     };
     if let Some(h) = &plan.healthy_before {
         run.healthy_before(h).await?;

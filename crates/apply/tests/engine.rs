@@ -9,7 +9,7 @@ use kubeforge_plan::{Facts, NodeFacts, Plan};
 use kubeforge_render::Rendered;
 use kubeforge_transport::recording::{fail, ok, Recorder};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn rendered(rel: &str) -> Rendered {
@@ -852,29 +852,55 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
     );
 }
 
-#[tokio::test]
-async fn binaries_go_out_a_few_times_and_from_node_to_node() {
+/// The HA cluster rendered with a bundle of every binary (small files in
+/// `dir`), and the bundle: name -> (file, sha256).
+fn with_bundle(dir: &Path) -> (Rendered, BTreeMap<String, (PathBuf, String)>) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/ha.toml");
     let cluster = kubeforge_inventory::load(&path).unwrap().cluster;
     let mut r = rendered("ha.toml");
-    let dir = tempfile::tempdir().unwrap();
     let renderer = kubeforge_render::Renderer::new().unwrap();
     let mut bundle = BTreeMap::new();
     for b in renderer.table().binary.iter().map(|b| b.name.clone()) {
-        let file = dir.path().join(&b);
+        let file = dir.join(&b);
         let bytes = format!("binary {b}").repeat(1000).into_bytes();
         std::fs::write(&file, &bytes).unwrap();
         bundle.insert(b, (file, sha_hex(&bytes)));
     }
     renderer.add_binaries(&cluster, &mut r, &bundle);
-    let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &["node".to_string()]).unwrap();
-    let rec = recorder(&r);
+    (r, bundle)
+}
+
+/// A recorder whose nodes take compressed blobs and fetch from and serve
+/// to each other.
+fn blob_recorder(r: &Rendered) -> Recorder {
+    let rec = recorder(r);
     rec.answer(
         None,
         "list the blob store",
         vec![ok("zstd\ngzip\nfetch\nserve\n")],
     );
     rec.answer(None, "serve binaries", vec![ok("ready\n")]);
+    rec
+}
+
+/// Where the binary `sha` went (sent or fetched), in log order.
+fn transfers_of(log: &[kubeforge_transport::recording::Call], sha: &str) -> Vec<usize> {
+    log.iter()
+        .enumerate()
+        .filter(|(_, c)| {
+            (c.what == "receive a binary" || c.what.starts_with("fetch a binary"))
+                && c.args.get(1).map(String::as_str) == Some(sha)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[tokio::test]
+async fn binaries_go_out_a_few_times_and_from_node_to_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, bundle) = with_bundle(dir.path());
+    let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &["node".to_string()]).unwrap();
+    let rec = blob_recorder(&r);
     run(&rec, &r, &p).await.unwrap();
     let log = rec.log();
     let kubelets = r.kubelet_nodes().len();
@@ -1683,4 +1709,27 @@ fn a_stopped_member_starts_again_without_being_added() {
     let etcd = p.phases.iter().find(|x| x.phase == "etcd").unwrap();
     assert!(etcd.ops.is_empty());
     assert_eq!(etcd.nodes[0].start, ["etcd"]);
+}
+
+/// Binaries go out phase by phase in plan order while the phases run: on
+/// a new cluster every apiserver has its binary before a kubelet or a
+/// controller manager gets its own (they start beside the apiservers).
+#[tokio::test]
+async fn binaries_go_out_in_phase_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, bundle) = with_bundle(dir.path());
+    let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &[]).unwrap();
+    let rec = blob_recorder(&r);
+    rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
+    run(&rec, &r, &p).await.unwrap();
+    let log = rec.log();
+    let at = |name: &str| transfers_of(&log, &bundle[name].1);
+    let (etcd, apiserver) = (at("etcd"), at("kube-apiserver"));
+    let (kubelet, kcm) = (at("kubelet"), at("kube-controller-manager"));
+    assert!(!etcd.is_empty() && !apiserver.is_empty() && !kubelet.is_empty() && !kcm.is_empty());
+    let last = |v: &[usize]| v.iter().copied().max().unwrap();
+    let first = |v: &[usize]| v.iter().copied().min().unwrap();
+    assert!(last(&etcd) < first(&apiserver));
+    assert!(last(&apiserver) < first(&kubelet));
+    assert!(last(&apiserver) < first(&kcm));
 }
