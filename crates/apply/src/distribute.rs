@@ -311,7 +311,8 @@ impl Run<'_> {
             match c.get(&(sha.clone(), name)) {
                 Some(d) => Arc::clone(d),
                 None => {
-                    let d = Arc::new(compress(file, codec).await?);
+                    let cache = self.opts.wire_cache.as_deref();
+                    let d = Arc::new(compressed(file, sha, codec, name, cache).await?);
                     c.insert((sha.clone(), name), Arc::clone(&d));
                     d
                 }
@@ -344,6 +345,61 @@ impl Run<'_> {
     }
 }
 
+/// `file` (whose sha256 is `sha`) compressed with `codec`, from `cache`
+/// when an earlier run left it there (`SHA.NAME`), else compressed and
+/// kept there (written to a temporary file, then renamed).
+async fn compressed(
+    file: &std::path::Path,
+    sha: &str,
+    codec: Codec,
+    name: &str,
+    cache: Option<&std::path::Path>,
+) -> Result<Vec<u8>, ApplyError> {
+    let Some(dir) = cache.filter(|_| codec != Codec::None) else {
+        return compress(file, codec).await;
+    };
+    let kept = dir.join(format!("{sha}.{name}"));
+    if let Ok(data) = tokio::fs::read(&kept).await {
+        return Ok(data);
+    }
+    let data = compress(file, codec).await?;
+    // A cache that cannot be written costs the next run time, not this
+    // one its binaries.
+    let write = async {
+        tokio::fs::create_dir_all(dir).await?;
+        let tmp = dir.join(format!(".{sha}.{name}.{}", std::process::id()));
+        tokio::fs::write(&tmp, &data).await?;
+        tokio::fs::rename(&tmp, &kept).await
+    };
+    if let Err(e) = write.await {
+        tracing::warn!("keeping {} for the next run: {e}", kept.display());
+    }
+    Ok(data)
+}
+
+/// Removes from the wire cache `dir` every binary whose sha256 is not in
+/// `keep` (the bundle's binaries now), and leftovers of interrupted
+/// writes.
+pub fn prune_wire_cache(
+    dir: &std::path::Path,
+    keep: &std::collections::BTreeSet<String>,
+) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let sha = name.split('.').next().unwrap_or_default();
+        if !keep.contains(sha) {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// A local file compressed for the wire, off the async threads.
 async fn compress(file: &std::path::Path, codec: Codec) -> Result<Vec<u8>, ApplyError> {
     let path = file.to_path_buf();
@@ -370,4 +426,45 @@ async fn compress(file: &std::path::Path, codec: Codec) -> Result<Vec<u8>, Apply
     .await
     .map_err(|e| ApplyError::Other(format!("compressing: {e}")))?
     .map_err(|e| ApplyError::Other(format!("compressing {}: {e}", file.display())))
+}
+
+#[cfg(test)]
+mod wire_cache_tests {
+    use super::*;
+
+    /// A binary is compressed once and taken from the cache afterwards;
+    /// pruning keeps only the binaries named.
+    #[tokio::test]
+    async fn compressed_once_then_kept_then_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("kubelet");
+        std::fs::write(&file, b"binary ".repeat(1000)).expect("file");
+        let cache = dir.path().join("wire");
+        let z = compressed(&file, "aa", Codec::Zstd, "zstd", Some(&cache))
+            .await
+            .expect("compressed");
+        assert_eq!(
+            zstd::decode_all(&z[..]).expect("zstd"),
+            b"binary ".repeat(1000)
+        );
+        let kept = cache.join("aa.zstd");
+        assert_eq!(std::fs::read(&kept).expect("kept"), z);
+        // The next run reads what was kept.
+        std::fs::write(&kept, b"kept").expect("kept");
+        let again = compressed(&file, "aa", Codec::Zstd, "zstd", Some(&cache))
+            .await
+            .expect("compressed");
+        assert_eq!(again, b"kept");
+        std::fs::write(cache.join("bb.gzip"), b"old").expect("old");
+        std::fs::write(cache.join(".cc.zstd.7"), b"cut short").expect("leftover");
+        let keep = ["aa".to_string()].into_iter().collect();
+        prune_wire_cache(&cache, &keep).expect("pruned");
+        let mut left: Vec<String> = std::fs::read_dir(&cache)
+            .expect("cache")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["aa.zstd"]);
+        prune_wire_cache(&dir.path().join("none"), &keep).expect("no cache yet");
+    }
 }

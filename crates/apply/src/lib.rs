@@ -21,6 +21,7 @@ pub mod remove;
 pub mod status;
 
 pub use api::{Api, Credentials, Request as ApiRequest, Response as ApiResponse};
+pub use distribute::prune_wire_cache;
 pub use execute::{execute, Applied};
 pub use facts::{gather, Gathered};
 pub use preflight::{preflight, warnings as preflight_warnings};
@@ -52,6 +53,10 @@ pub struct Options {
     /// How long draining a node may take (evictions a
     /// PodDisruptionBudget refuses are tried again until then).
     pub drain_timeout: Duration,
+    /// Where binaries compressed for the wire are kept between runs (see
+    /// [`prune_wire_cache`]); without one they are compressed
+    /// again by every run that sends them.
+    pub wire_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -63,6 +68,7 @@ impl Default for Options {
             lb_settle: Duration::from_millis(800),
             max_clock_skew: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(300),
+            wire_cache: None,
         }
     }
 }

@@ -131,6 +131,16 @@ pub(crate) fn with_bundle_dir(
     // Files checked on an earlier run and unchanged since are not read
     // again.
     let bundle = kubeforge_bundle::load_cached(dir, Some(&state.join("bundle-sums")))?;
+    // The wire cache keeps only this bundle's binaries.
+    let keep: std::collections::BTreeSet<String> = bundle
+        .files
+        .values()
+        .map(|(_, sha)| sha.clone())
+        .chain(bundle.images.iter().map(|i| i.sha256.clone()))
+        .collect();
+    let wire = wire_cache(state);
+    kubeforge_apply::prune_wire_cache(&wire, &keep)
+        .with_context(|| format!("pruning {}", wire.display()))?;
     prepared
         .renderer
         .add_binaries(cluster, &mut prepared.rendered, &bundle.files);
@@ -138,6 +148,11 @@ pub(crate) fn with_bundle_dir(
         .renderer
         .add_images(cluster, &mut prepared.rendered, &bundle.images)?;
     Ok(())
+}
+
+/// Where binaries compressed for the wire are kept between runs.
+pub(crate) fn wire_cache(state: &Path) -> PathBuf {
+    state.join("wire")
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {

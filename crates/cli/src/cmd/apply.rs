@@ -48,6 +48,7 @@ pub(crate) fn run(
         gate_timeout: Duration::from_secs(limits.gate_timeout),
         max_clock_skew: Duration::from_secs(limits.max_clock_skew),
         drain_timeout: Duration::from_secs(limits.drain_timeout),
+        wire_cache: Some(crate::common::wire_cache(&state)),
         ..Default::default()
     };
     let plan_opts = nodes.plan_options();
