@@ -80,6 +80,32 @@ fn timed_apply(kf: &Kf, what: &str) -> f64 {
     secs
 }
 
+/// When each node registered and became Ready, as the API says (whole
+/// seconds): where a fresh apply's cluster gate spends its time.
+fn node_timeline(kf: &Kf) {
+    let out = curl_admin(kf, &format!("https://{VIP}:8443/api/v1/nodes"));
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return;
+    };
+    for n in v["items"].as_array().into_iter().flatten() {
+        let ready = n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready");
+        eprintln!(
+            "bench: node {} registered {} Ready since {}",
+            n["metadata"]["name"].as_str().unwrap_or_default(),
+            n["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap_or_default(),
+            ready
+                .and_then(|c| c["lastTransitionTime"].as_str())
+                .unwrap_or_default()
+        );
+    }
+}
+
 fn vip_holder(lab: &Lab) -> Option<String> {
     ["lb1", "lb2"]
         .into_iter()
@@ -134,6 +160,7 @@ fn bench() {
         );
     }
     let fresh = timed_apply(&kf, "fresh apply");
+    node_timeline(&kf);
     let noop = timed_apply(&kf, "no-op apply");
     std::fs::write(kf.dir.join("inventory.toml"), inventory(&lab, &all, None)).expect("inventory");
     let add = timed_apply(&kf, "add one worker");
