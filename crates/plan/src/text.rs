@@ -97,6 +97,33 @@ pub fn to_text(plan: &Plan) -> String {
             r.roles.join(", "),
             r.why
         );
+        if r.unreachable {
+            let removed = match (r.kubelet, r.etcd_member) {
+                (true, true) => "its Node object and etcd member are removed",
+                (true, false) => "its Node object is removed",
+                (false, true) => "its etcd member is removed",
+                (false, false) => "only its record is removed",
+            };
+            let _ = writeln!(s, "  unreachable: not drained, not torn down; {removed}");
+            if r.kubelet {
+                let _ = writeln!(
+                    s,
+                    "  cordon, then delete its Node object (the cluster garbage-collects its pods)"
+                );
+            }
+            if r.etcd_member {
+                let _ = writeln!(s, "  etcd member remove, through a healthy member");
+            }
+            let _ = writeln!(
+                s,
+                "  left on it as they are: {} units ({}), {} files and {} binaries kubeforge placed there\n",
+                r.units.len(),
+                r.units.join(", "),
+                r.files,
+                r.binaries
+            );
+            continue;
+        }
         if r.kubelet {
             let _ = writeln!(s, "  drain, then delete its Node object");
         }
