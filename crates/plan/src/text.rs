@@ -99,12 +99,14 @@ pub fn to_text(plan: &Plan) -> String {
         );
         if r.unreachable {
             let removed = match (r.kubelet, r.etcd_member) {
-                (true, true) => "its Node object and etcd member are removed",
-                (true, false) => "its Node object is removed",
-                (false, true) => "its etcd member is removed",
-                (false, false) => "only its record is removed",
+                (true, true) => {
+                    "not drained, not torn down; its Node object and etcd member are removed"
+                }
+                (true, false) => "not drained, not torn down; its Node object is removed",
+                (false, true) => "not torn down; its etcd member is removed",
+                (false, false) => "not torn down; only the other nodes change",
             };
-            let _ = writeln!(s, "  unreachable: not drained, not torn down; {removed}");
+            let _ = writeln!(s, "  unreachable: {removed}");
             if r.kubelet {
                 let _ = writeln!(
                     s,

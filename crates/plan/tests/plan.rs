@@ -678,6 +678,18 @@ fn an_unreachable_node_is_cordoned_and_forgotten_and_never_contacted() {
             refused: false,
         },
         Unreachable {
+            name: "a dead load balancer: nothing but the others' changes",
+            drop: &["lb2"],
+            unreachable: &["lb2"],
+            force: false,
+            ops: &[],
+            says: &[
+                "unreachable: not torn down; only the other nodes change",
+                "1 node to remove",
+            ],
+            refused: false,
+        },
+        Unreachable {
             name: "a dead etcd member without --force: the member is lost already",
             drop: &["cp3"],
             unreachable: &["cp3"],
