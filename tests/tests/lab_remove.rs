@@ -19,8 +19,21 @@
 //!    without --yes; with it, worker1's units, files and data are gone.
 //!
 //! A probe through the VIP counts failed requests during both removals and
-//! the addition (none expected). The Kubernetes binaries are the stand-ins unless
-//! `KUBEFORGE_K8S_BIN_DIR` names the real ones; etcd is Debian's.
+//! the addition (none expected).
+//!
+//! Its second test removes dead nodes (`--unreachable`) from a smaller lab
+//! (cp1..cp3 with etcd, lb1, worker1 and worker2): worker2's power is cut;
+//! apply --prune fails and names `--unreachable worker2`; `plan` shows the
+//! node cordoned and forgotten, neither drained nor torn down; names that
+//! are not being removed are refused; apply --prune --unreachable worker2
+//! deletes its Node (with the real binaries its pods come back on
+//! worker1), the others lose its hosts entry and pod route, and a
+//! re-apply says "No changes". Then cp3's power is cut: refused without
+//! --force (the member is lost already), removed with it (two members,
+//! nginx without cp3, its Node gone), "No changes".
+//!
+//! The Kubernetes binaries are the stand-ins unless `KUBEFORGE_K8S_BIN_DIR`
+//! names the real ones; etcd is Debian's.
 #![allow(clippy::print_stderr)]
 
 use crate::lab_apply::{
@@ -49,6 +62,11 @@ const NODES: [(&str, [u8; 4], &str); 7] = [
 
 /// The inventory without the nodes `without`.
 fn inventory(lab: &Lab, without: &[&str]) -> String {
+    inventory_of(lab, &NODES, without)
+}
+
+/// The inventory of `nodes` without the nodes `without`.
+fn inventory_of(lab: &Lab, nodes: &[(&str, [u8; 4], &str)], without: &[&str]) -> String {
     let mut s = format!(
         r#"[cluster]
 name = "lab"
@@ -72,7 +90,7 @@ accept_new_host_keys = true
         pause = PAUSE_IMAGE,
         version = k8s_version(),
     );
-    for (name, a, roles) in NODES {
+    for &(name, a, roles) in nodes {
         if without.contains(&name) {
             continue;
         }
@@ -460,4 +478,212 @@ fn remove_a_worker_then_an_etcd_control_plane_node() {
         "find /var/lib/kubelet /var/lib/kubeforge -mindepth 1 2>/dev/null | head; true",
     );
     assert_eq!(data.trim(), "", "data left on worker1:\n{data}");
+}
+
+/// The lab of [`remove_dead_nodes_without_contacting_them`].
+const DEAD: [(&str, [u8; 4], &str); 6] = [
+    ("cp1", [10, 77, 0, 11], r#"["etcd", "control-plane"]"#),
+    ("cp2", [10, 77, 0, 12], r#"["etcd", "control-plane"]"#),
+    ("cp3", [10, 77, 0, 13], r#"["etcd", "control-plane"]"#),
+    ("lb1", [10, 77, 0, 31], r#"["lb"]"#),
+    ("worker1", [10, 77, 0, 21], r#"["worker"]"#),
+    ("worker2", [10, 77, 0, 22], r#"["worker"]"#),
+];
+
+/// `node` name and phase of every web pod, one per line.
+fn web_pods(k: &Path, kc: &Path) -> String {
+    kubectl_ok(
+        k,
+        kc,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName} {.status.phase}{\"\\n\"}{end}",
+        ],
+    )
+}
+
+#[test]
+fn remove_dead_nodes_without_contacting_them() {
+    const TEST: &str = "lab_remove (dead nodes)";
+    if !lab::available(TEST) {
+        return;
+    }
+    let Some(b) = binaries() else { return };
+    let etcdctl = b.etcd_dir.join("etcdctl");
+    let nodes: Vec<(&str, Ipv4Addr)> = DEAD
+        .iter()
+        .map(|(n, a, _)| (*n, Ipv4Addr::from(*a)))
+        .collect();
+    let (mut lab, mut kf) = start(&b, &nodes, |lab| inventory_of(lab, &DEAD, &[]));
+    let real = real_k8s();
+    if real {
+        kf.bundle = bundle_with_images(&kf);
+    }
+    eprintln!(
+        "{TEST}: Kubernetes v{}, real binaries: {real}",
+        k8s_version()
+    );
+    let write_inventory = |lab: &Lab, without: &[&str]| {
+        std::fs::write(
+            kf.dir.join("inventory.toml"),
+            inventory_of(lab, &DEAD, without),
+        )
+        .expect("inventory");
+    };
+    let bundle = kf.bundle.display().to_string();
+
+    let t = Instant::now();
+    let out = kf.apply(&[]);
+    assert!(out.status.success(), "fresh apply failed");
+    eprintln!("{TEST}: fresh apply {:.1} s", t.elapsed().as_secs_f64());
+    no_changes(&kf);
+    let kc = admin_kubeconfig(&kf);
+    let k = kubectl();
+    if real {
+        let Some(k) = &k else {
+            panic!("kubectl not found (tests/setup.sh unpacks Debian's)");
+        };
+        let path = kf.dir.join("web.yaml");
+        std::fs::write(&path, web()).expect("web.yaml");
+        kubectl_ok(k, &kc, &["apply", "-f", &path.display().to_string()]);
+        kubectl_ok(
+            k,
+            &kc,
+            &["rollout", "status", "deployment/web", "--timeout=120s"],
+        );
+        let on = web_pods(k, &kc);
+        eprintln!("{TEST}: web pods on\n{on}");
+        assert!(on.contains("worker2"), "no pod on worker2: {on}");
+    }
+
+    // 1. worker2 dies and leaves the inventory.
+    lab.power_off("worker2");
+    write_inventory(&lab, &["worker2"]);
+    let out = kf.apply(&["--prune"]);
+    assert!(!out.status.success(), "apply reached a dead node");
+    let err = stderr(&out);
+    assert!(err.contains("cannot reach every node"), "{err}");
+    assert!(
+        err.contains("`kubeforge apply --prune --unreachable worker2`"),
+        "{err}"
+    );
+    assert_eq!(api_code(&kf, "/api/v1/nodes/worker2"), "200");
+    assert!(lab.ssh_ok("cp1", "cat /etc/hosts").contains("worker2"));
+
+    // Names that are not being removed are refused before anything is
+    // contacted.
+    for (name, says) in [
+        ("cp1", "the inventory names cp1"),
+        ("worker9", "no record of worker9"),
+    ] {
+        let out = kf.run(
+            &["apply"],
+            &["--prune", "--unreachable", name, "--bundle", &bundle],
+        );
+        assert!(!out.status.success(), "--unreachable {name} accepted");
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    }
+    let out = kf.run(
+        &["plan"],
+        &["--prune", "--unreachable", "worker2", "--bundle", &bundle],
+    );
+    assert!(out.status.success(), "plan failed");
+    let text = stdout(&out);
+    assert!(
+        text.contains("unreachable: not drained, not torn down; its Node object is removed"),
+        "{text}"
+    );
+    assert!(text.contains("cordon worker2, no evictions"), "{text}");
+
+    let probe = Probe::admin(&kf, &kf.dir.join("probe"));
+    let t = Instant::now();
+    let out = kf.apply(&["--prune", "--unreachable", "worker2"]);
+    let took = t.elapsed();
+    let probed = probe.finish();
+    assert!(out.status.success(), "apply --prune --unreachable failed");
+    eprintln!(
+        "{TEST}: dead worker2 removed in {:.1} s; probe through the VIP: {} ok, {} failed",
+        took.as_secs_f64(),
+        probed.ok,
+        probed.failed()
+    );
+    assert!(
+        stdout(&out).contains("1 node to remove"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(api_code(&kf, "/api/v1/nodes/worker2"), "404");
+    assert!(!kf.dir.join(".kubeforge/lab/nodes/worker2.json").exists());
+    for n in ["cp1", "cp3", "lb1", "worker1"] {
+        let hosts = lab.ssh_ok(n, "cat /etc/hosts");
+        assert!(!hosts.contains("worker2"), "{n}: {hosts}");
+    }
+    for n in ["cp1", "worker1"] {
+        let routes = lab.ssh_ok(n, "ip route show root 10.244.0.0/16");
+        assert!(!routes.contains("10.77.0.22"), "{n}: {routes}");
+    }
+    assert_eq!(probed.failed(), 0, "failed probes: {:?}", probed.failures);
+    if let (true, Some(k)) = (real, &k) {
+        // The cluster garbage-collects the pods of a Node that is gone;
+        // their ReplicaSet starts them again on worker1.
+        let t = Instant::now();
+        let mut on = web_pods(k, &kc);
+        while (on.contains("worker2") || on.matches("worker1 Running").count() < 4)
+            && t.elapsed() < std::time::Duration::from_secs(300)
+        {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            on = web_pods(k, &kc);
+        }
+        eprintln!(
+            "{TEST}: web pods {:.0} s after the removal:\n{on}",
+            t.elapsed().as_secs_f64()
+        );
+        assert!(!on.contains("worker2"), "{on}");
+        assert_eq!(on.matches("worker1 Running").count(), 4, "{on}");
+    }
+    no_changes(&kf);
+
+    // 2. cp3 (etcd, control plane) dies and leaves the inventory: its
+    //    member is lost already, removing it leaves two.
+    lab.power_off("cp3");
+    write_inventory(&lab, &["worker2", "cp3"]);
+    let out = kf.apply(&["--prune", "--unreachable", "cp3"]);
+    assert!(!out.status.success(), "an even member count was accepted");
+    let err = stderr(&out);
+    assert!(err.contains("its member is lost already"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(etcd_members(&kf, &etcdctl), ["cp1", "cp2", "cp3"]);
+
+    let probe = Probe::admin(&kf, &kf.dir.join("probe"));
+    let t = Instant::now();
+    let out = kf.apply(&["--prune", "--unreachable", "cp3", "--force"]);
+    let took = t.elapsed();
+    let probed = probe.finish();
+    assert!(
+        out.status.success(),
+        "apply --prune --unreachable cp3 failed"
+    );
+    eprintln!(
+        "{TEST}: dead cp3 removed in {:.1} s; probe through the VIP: {} ok, {} failed",
+        took.as_secs_f64(),
+        probed.ok,
+        probed.failed()
+    );
+    assert_eq!(etcd_members(&kf, &etcdctl), ["cp1", "cp2"]);
+    assert_eq!(api_code(&kf, "/api/v1/nodes/cp3"), "404");
+    let conf = lab.ssh_ok("lb1", "cat /etc/nginx/nginx.conf");
+    assert!(!conf.contains("10.77.0.13"), "lb1: {conf}");
+    for n in ["cp1", "cp2", "lb1", "worker1"] {
+        let hosts = lab.ssh_ok(n, "cat /etc/hosts");
+        assert!(!hosts.contains("cp3"), "{n}: {hosts}");
+    }
+    let r = curl_admin(&kf, "https://10.77.0.100:8443/readyz");
+    assert_eq!(stdout(&r), "ok");
+    assert!(!kf.dir.join(".kubeforge/lab/nodes/cp3.json").exists());
+    assert_eq!(probed.failed(), 0, "failed probes: {:?}", probed.failures);
+    no_changes(&kf);
 }

@@ -1,5 +1,6 @@
-//! The cluster operations of a plan ([`ClusterOp`]): draining a node and
-//! deleting its Node object through a control-plane node's API, and
+//! The cluster operations of a plan ([`ClusterOp`]): draining (or, for a
+//! node that cannot be reached, cordoning) a node and deleting its Node
+//! object through a control-plane node's API, and
 //! removing an etcd member through a healthy member's client API, each
 //! after a check that the cluster keeps its quorum without it.
 
@@ -356,6 +357,21 @@ impl Run<'_> {
                     },
                 );
                 done.warnings.extend(d.warnings);
+            }
+            ClusterOp::Cordon { node, via, port } => {
+                self.step(
+                    phase,
+                    via,
+                    format!("cordon {node} (unreachable: no evictions)"),
+                );
+                let cordoned = crate::drain::cordon(&self.api(via, *port)?, node).await?;
+                if !cordoned {
+                    self.step(
+                        phase,
+                        via,
+                        format!("{node} is not registered with the API: nothing to cordon"),
+                    );
+                }
             }
             ClusterOp::DeleteNode { node, via, port } => {
                 self.step(phase, via, format!("delete Node {node}"));

@@ -761,12 +761,11 @@ async fn a_missing_binary_stops_only_plans_of_its_phase() {
     assert!(puts.contains(&"/usr/local/bin/kubelet"), "{puts:?}");
 }
 
-#[tokio::test]
-async fn the_whole_apply_on_a_converged_cluster_only_reads() {
-    let r = rendered("single.toml");
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/single.toml");
-    let cluster = kubeforge_inventory::load(&path).unwrap().cluster;
-    let rec = recorder(&r);
+/// Answers of a converged cluster to the apply's reads: every node's
+/// gather round trip as it would answer it (its files, units, steps and
+/// record as rendered), the API ready with every addon object as
+/// rendered.
+fn converged_answers(rec: &Recorder, r: &Rendered, cluster: &str) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -791,7 +790,7 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
         }
         {
             use base64::Engine as _;
-            let record = kubeforge_plan::Manifest::of(&cluster.name, n, None).to_bytes();
+            let record = kubeforge_plan::Manifest::of(cluster, n, None).to_bytes();
             let b64 = base64::engine::general_purpose::STANDARD.encode(record);
             out.push_str(&format!("M {b64}\n"));
         }
@@ -814,6 +813,15 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
         "list certificate signing requests",
         vec![ok(&api_answer(200, r#"{"items":[]}"#))],
     );
+}
+
+#[tokio::test]
+async fn the_whole_apply_on_a_converged_cluster_only_reads() {
+    let r = rendered("single.toml");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/single.toml");
+    let cluster = kubeforge_inventory::load(&path).unwrap().cluster;
+    let rec = recorder(&r);
+    converged_answers(&rec, &r, &cluster.name);
     let t = transports(&rec, &r);
     let req = kubeforge_apply::Request {
         cluster: &cluster,
@@ -1332,6 +1340,7 @@ fn pruned(
     let opts = kubeforge_plan::remove::PruneOptions {
         drain_timeout_secs: 5,
         force,
+        ..Default::default()
     };
     kubeforge_apply::with_removals(&mut p, r, gone, &opts).map(|_| p)
 }
@@ -1535,6 +1544,143 @@ async fn an_etcd_member_is_removed_through_a_healthy_member_only_while_quorum_ho
 }
 
 #[tokio::test]
+async fn an_unreachable_worker_is_cordoned_and_its_node_deleted_without_a_call_to_it() {
+    // The whole apply, as the CLI runs it: no connection to worker2 at all
+    // (no lock, no facts, no teardown).
+    let full = rendered("ha.toml");
+    let r = without(&full, "worker2");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/ha.toml");
+    let cluster = kubeforge_inventory::load(&path).unwrap().cluster;
+    let rec = recorder(&r);
+    converged_answers(&rec, &r, &cluster.name);
+    rec.answer(
+        None,
+        "delete the Node object",
+        vec![ok(&api_answer(200, "{}"))],
+    );
+    let t = transports(&rec, &r);
+    assert!(!t.contains_key("worker2"));
+    let gone = [record_of("ha.toml", "worker2")];
+    let req = kubeforge_apply::Request {
+        cluster: &cluster,
+        rendered: &r,
+        plan: &kubeforge_plan::Options::default(),
+        transports: &t,
+        opts: &opts(),
+        owner: "test",
+        gone: &gone,
+        prune: kubeforge_plan::remove::PruneOptions {
+            unreachable: vec!["worker2".into()],
+            ..Default::default()
+        },
+    };
+    let mut persist = |_: &kubeforge_plan::Plan| Ok(());
+    let out = kubeforge_apply::apply(&req, &mut persist, &Marks(rec.clone()))
+        .await
+        .unwrap();
+    let text = kubeforge_plan::to_text(&out.plan);
+    assert!(
+        text.contains("unreachable: not drained, not torn down; its Node object is removed"),
+        "{text}"
+    );
+    assert!(out.applied.is_some());
+    let lines = rec.lines();
+    let cordon = pos(&lines, &["cp1", "drain: cordon"]);
+    let delete = pos(&lines, &["cp1", "delete the Node object"]);
+    assert!(cordon < delete, "{}", lines.join("\n"));
+    // Cordoned, never evicted, nothing waited for.
+    assert_eq!(count(&lines, &["drain: evict pods"]), 0);
+    assert_eq!(count(&lines, &["drain: list the node's pods"]), 0);
+    assert!(rec.log().iter().all(|c| c.node != "worker2"));
+    // The same plan with a connection to worker2 at hand: nothing goes
+    // to it either.
+    let rec = recorder(&r);
+    rec.answer(
+        None,
+        "delete the Node object",
+        vec![ok(&api_answer(200, "{}"))],
+    );
+    let done = execute(
+        &out.plan,
+        Some(&creds()),
+        &with_gone(&rec, &r, "worker2"),
+        &opts(),
+        &Marks(rec.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.steps_run, 0);
+    assert!(
+        rec.log().iter().all(|c| c.node != "worker2"),
+        "{:?}",
+        rec.lines()
+    );
+    assert_eq!(count(&rec.lines(), &["cp1", "drain: cordon"]), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_etcd_member_is_removed_through_a_healthy_one_without_a_call_to_it() {
+    use base64::Engine as _;
+    let full = rendered("ha.toml");
+    let r = without(&full, "cp3");
+    let mut p = plan(&r, &converged(&r));
+    let opts_ = kubeforge_plan::remove::PruneOptions {
+        force: true,
+        unreachable: vec!["cp3".into()],
+        ..Default::default()
+    };
+    kubeforge_apply::with_removals(&mut p, &r, &[record_of("ha.toml", "cp3")], &opts_).unwrap();
+    assert!(p
+        .phases
+        .iter()
+        .all(|x| x.nodes.iter().all(|w| w.node != "cp3")));
+    // cp3 is dead: the member list still names it, its health fails.
+    let rec = recorder(&r);
+    let (list, health) = etcd_answers([true, true, false]);
+    rec.answer(None, "etcd: member list", vec![ok(&list)]);
+    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    let left = r#"{"header":{"raft_term":"2"},"members":[{"ID":"1","name":"cp1"},{"ID":"2","name":"cp2"}]}"#;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    rec.answer(
+        None,
+        "etcd: member remove",
+        vec![ok(&format!("removed {}\n", b64.encode(left)))],
+    );
+    rec.answer(
+        None,
+        "delete the Node object",
+        vec![ok(&api_answer(200, "{}"))],
+    );
+    let t = with_gone(&rec, &r, "cp3");
+    kubeforge_apply::remove::precheck(&p, &t).await.unwrap();
+    execute(&p, Some(&creds()), &t, &opts(), &Marks(rec.clone()))
+        .await
+        .unwrap();
+    let lines = rec.lines();
+    let cordon = pos(&lines, &["cp1", "drain: cordon"]);
+    let removed = pos(&lines, &["cp1", "etcd: member remove"]);
+    let delete = pos(&lines, &["cp1", "delete the Node object"]);
+    assert!(cordon < removed && removed < delete, "{}", lines.join("\n"));
+    assert_eq!(count(&lines, &["etcd: member remove"]), 1);
+    assert!(
+        rec.log().iter().all(|c| c.node != "cp3"),
+        "{}",
+        lines.join("\n")
+    );
+    // With cp2 down as well, the two left would have one healthy member:
+    // refused before anything is touched, as for a reachable member.
+    let rec = recorder(&r);
+    let (list, health) = etcd_answers([true, false, false]);
+    rec.answer(None, "etcd: member list", vec![ok(&list)]);
+    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    let err = kubeforge_apply::remove::precheck(&p, &with_gone(&rec, &r, "cp3"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot commit"), "{err}");
+}
+
+#[tokio::test]
 async fn a_reset_takes_every_node_down_from_its_record_under_the_lock() {
     let r = rendered("ha.toml");
     let records: Vec<kubeforge_plan::Manifest> = r
@@ -1666,6 +1812,7 @@ fn etcd_members_join_one_at_a_time_and_an_even_count_needs_force() {
     let opts_ = |force| kubeforge_plan::remove::PruneOptions {
         drain_timeout_secs: 5,
         force,
+        ..Default::default()
     };
     let mut f = converged_but(&r, "cp3");
     f.insert("cp2".into(), NodeFacts::default());

@@ -482,6 +482,14 @@ pub(crate) struct PruneArgs {
     /// node (plan shows what would be removed).
     #[arg(long)]
     pub(crate) prune: bool,
+    /// A node being removed that cannot be reached (dead: powered off, its
+    /// disk gone; repeatable). It is never contacted: cordoned instead of
+    /// drained, its etcd member removed through a healthy member, its
+    /// Node object deleted (the cluster garbage-collects its pods), its
+    /// units and files left as they are. Only nodes the inventory no
+    /// longer names and that have a record in the state directory.
+    #[arg(long, value_name = "NODE", requires = "prune")]
+    pub(crate) unreachable: Vec<String>,
     /// Accept a removal or an added etcd member that leaves an even number
     /// of etcd members.
     #[arg(long)]
@@ -495,9 +503,13 @@ pub(crate) struct PruneArgs {
 
 impl PruneArgs {
     pub(crate) fn options(&self) -> kubeforge_plan::remove::PruneOptions {
+        let mut unreachable = self.unreachable.clone();
+        unreachable.sort();
+        unreachable.dedup();
         kubeforge_plan::remove::PruneOptions {
             drain_timeout_secs: self.drain_timeout,
             force: self.force,
+            unreachable,
         }
     }
 }

@@ -54,6 +54,29 @@ pub(crate) fn gone(state: &Path, cluster: &Cluster) -> Result<Vec<Known>> {
         .collect())
 }
 
+/// Refuses, before any node is contacted, a removal of `gone` that
+/// [`kubeforge_plan::remove::check`] refuses (an `--unreachable` node that
+/// is not being removed, the quorum rules), every reason at once.
+pub(crate) fn check_removals(
+    rendered: &kubeforge_render::Rendered,
+    gone: &[kubeforge_plan::Manifest],
+    opts: &kubeforge_plan::remove::PruneOptions,
+) -> Result<()> {
+    let gone: Vec<&kubeforge_plan::Manifest> = gone.iter().collect();
+    let refused = kubeforge_plan::remove::check(rendered, &gone, opts);
+    if refused.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{}",
+        refused
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
 /// Keeps the record of every node of `plan` (as the nodes hold them after
 /// it) with how to reach the node.
 pub(crate) fn save(state: &Path, cluster: &Cluster, plan: &Plan) -> Result<()> {

@@ -51,7 +51,8 @@ pub async fn connect_each(
 }
 
 /// [`connect_all`] with nodes known only from their records in the state
-/// directory (nodes to remove).
+/// directory (nodes to remove). A node to remove that cannot be reached
+/// is named with `--unreachable` in the error's help.
 pub async fn connect_all_with(
     cluster: &Cluster,
     gone: &[Known],
@@ -60,8 +61,27 @@ pub async fn connect_all_with(
 ) -> Result<Transports> {
     let (transports, problems) = connect_to(targets(cluster, gone), state, reach).await?;
     if !problems.is_empty() {
+        let dead: Vec<&str> = gone
+            .iter()
+            .map(|k| k.manifest.node.as_str())
+            .filter(|n| problems.contains_key(*n))
+            .collect();
+        let mut help = String::new();
+        if !dead.is_empty() {
+            let flags: Vec<String> = dead.iter().map(|n| format!("--unreachable {n}")).collect();
+            help = format!(
+                "\n  help: {} {} being removed (the inventory no longer names {}); if {} gone for good (powered off, its disk lost), `kubeforge apply --prune {}` removes {} from the cluster without contacting {}",
+                dead.join(", "),
+                if dead.len() == 1 { "is" } else { "are" },
+                if dead.len() == 1 { "it" } else { "them" },
+                if dead.len() == 1 { "it is" } else { "they are" },
+                flags.join(" "),
+                if dead.len() == 1 { "it" } else { "them" },
+                if dead.len() == 1 { "it" } else { "them" },
+            );
+        }
         anyhow::bail!(
-            "cannot reach every node; nothing was changed:\n{}",
+            "cannot reach every node; nothing was changed:\n{}{help}",
             problems.into_values().collect::<Vec<_>>().join("\n")
         );
     }

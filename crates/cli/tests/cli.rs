@@ -320,3 +320,103 @@ fn status_of_unreachable_nodes() {
     assert_eq!(v["nodes"][0]["reachable"], false);
     assert_eq!(v["etcd"]["members"][0]["healthy"], false);
 }
+
+#[test]
+fn a_removed_node_that_cannot_be_reached_is_named_with_unreachable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let inv = std::fs::read_to_string(repo().join("inventories/single.toml"))
+        .unwrap()
+        .replace("key = \"~/.ssh/id_ed25519\"", "port = 1");
+    std::fs::write(d.join("inventory.toml"), inv).unwrap();
+    std::fs::write(d.join("ssh_config"), "Host *\n    HostName 127.0.0.1\n").unwrap();
+    let r = kubeforge(d, &["render", "-i", "inventory.toml", "--out", "out"]);
+    assert_eq!(r.code, 0);
+    // worker3 had kubeforge's files; the inventory no longer names it.
+    let record = serde_json::json!({
+        "manifest": {
+            "cluster": "single",
+            "node": "worker3",
+            "address": "10.77.0.23",
+            "roles": ["worker"],
+            "files": ["/etc/kubernetes/kubelet.conf"],
+            "binaries": [],
+            "units": [
+                {"name": "containerd", "enabled": true, "packaged": false},
+                {"name": "kubelet", "enabled": true, "packaged": false}
+            ]
+        },
+        "ssh": {"user": "root", "port": 1}
+    });
+    let nodes = d.join(".kubeforge/single/nodes");
+    std::fs::create_dir_all(&nodes).unwrap();
+    std::fs::write(nodes.join("worker3.json"), record.to_string()).unwrap();
+    let apply = |extra: &[&str]| {
+        let mut args = vec![
+            "apply",
+            "-i",
+            "inventory.toml",
+            "--ssh-config",
+            "ssh_config",
+            "--connect-timeout",
+            "3",
+        ];
+        args.extend(extra);
+        kubeforge(d, &args)
+    };
+    // Not reached: the error names the way to remove it anyway.
+    let r = apply(&["--prune"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("cannot reach every node"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("`kubeforge apply --prune --unreachable worker3` removes it"),
+        "{}",
+        r.stderr
+    );
+    // Only names of nodes being removed, refused before any connection.
+    for (name, says) in [
+        ("cp1", "--unreachable cp1: the inventory names cp1"),
+        ("worker9", "the state directory has no record of worker9"),
+    ] {
+        let r = apply(&["--prune", "--unreachable", name]);
+        assert_eq!(r.code, 1);
+        assert!(r.stderr.contains(says), "{}", r.stderr);
+        assert!(r.stderr.contains("nothing was changed"), "{}", r.stderr);
+        assert!(!r.stderr.contains("cannot reach"), "{}", r.stderr);
+    }
+    let r = apply(&["--unreachable", "worker3"]);
+    assert_eq!(r.code, 2, "clap: --unreachable needs --prune");
+    assert!(r.stderr.contains("--prune"), "{}", r.stderr);
+    // The plan shows what happens to it.
+    let r = kubeforge(
+        d,
+        &[
+            "plan",
+            "-i",
+            "inventory.toml",
+            "--offline",
+            "--prune",
+            "--unreachable",
+            "worker3",
+        ],
+    );
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stdout
+            .contains("worker3 (10.77.0.23): remove from the cluster (worker)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("unreachable: not drained, not torn down; its Node object is removed"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("cordon worker3, no evictions"),
+        "{}",
+        r.stdout
+    );
+}

@@ -12,9 +12,16 @@
 //!    files and binaries its record lists removed;
 //! 4. `forget`: its Node object deleted from the API.
 //!
+//! A node named in [`PruneOptions::unreachable`] (dead: powered off, its
+//! disk gone) is never contacted: it is cordoned instead of drained (its
+//! kubelet would never confirm an eviction), its etcd member is removed
+//! through a healthy member as any other, its teardown is skipped, and its
+//! Node object is deleted (the cluster garbage-collects its pods).
+//!
 //! Refused before anything is touched: the last control-plane node, more
-//! than one etcd member at a time, the last etcd member, and an even
-//! member count left without `force`.
+//! than one etcd member at a time, the last etcd member, an even member
+//! count left without `force`, and an unreachable node that is not being
+//! removed (named in the inventory, or without a record).
 
 use crate::manifest::{Manifest, MANIFEST_PATH};
 use crate::work::{ClusterOp, EtcdTls, NodeWork, PhasePlan, StepWork};
@@ -40,12 +47,15 @@ pub const ETCD_TLS: [&str; 3] = [
 ];
 
 /// How nodes are removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PruneOptions {
     /// At most this long for a drain, in seconds.
     pub drain_timeout_secs: u64,
     /// An even number of etcd members left is accepted.
     pub force: bool,
+    /// Nodes being removed that cannot be reached (dead): never
+    /// contacted, not drained, not torn down.
+    pub unreachable: Vec<String>,
 }
 
 impl Default for PruneOptions {
@@ -53,7 +63,15 @@ impl Default for PruneOptions {
         PruneOptions {
             drain_timeout_secs: 300,
             force: false,
+            unreachable: Vec::new(),
         }
+    }
+}
+
+impl PruneOptions {
+    /// Whether `node` is one of [`PruneOptions::unreachable`].
+    pub fn is_unreachable(&self, node: &str) -> bool {
+        self.unreachable.iter().any(|n| n == node)
     }
 }
 
@@ -72,6 +90,9 @@ pub struct Removal {
     pub etcd_member: bool,
     /// It is drained and its Node object deleted.
     pub kubelet: bool,
+    /// It cannot be reached: cordoned instead of drained, not torn down
+    /// (its units and files stay on it as they are).
+    pub unreachable: bool,
 }
 
 /// Why a removal is refused (nothing touched).
@@ -97,6 +118,25 @@ pub fn candidates<'a>(rendered: &Rendered, known: &'a [Manifest]) -> Vec<&'a Man
 /// (what stays).
 pub fn check(rendered: &Rendered, gone: &[&Manifest], opts: &PruneOptions) -> Vec<Refused> {
     let mut out = Vec::new();
+    for n in &opts.unreachable {
+        if rendered.nodes.iter().any(|t| &t.name == n) {
+            out.push(Refused {
+                what: format!(
+                    "--unreachable {n}: the inventory names {n}; only a node being removed can be left unreachable"
+                ),
+                help: format!(
+                    "take {n} out of the inventory to remove it from the cluster, or leave out --unreachable {n}"
+                ),
+            });
+        } else if !gone.iter().any(|m| &m.node == n) {
+            out.push(Refused {
+                what: format!(
+                    "--unreachable {n}: the state directory has no record of {n} (nodes/{n}.json), so there is nothing of it to remove"
+                ),
+                help: "name only nodes that `kubeforge plan` lists as \"remove from the cluster\"".into(),
+            });
+        }
+    }
     let has =
         |t: &kubeforge_render::NodeTree, role: &str| t.roles.iter().any(|r| r.as_str() == role);
     let cps = rendered
@@ -133,6 +173,17 @@ pub fn check(rendered: &Rendered, gone: &[&Manifest], opts: &PruneOptions) -> Ve
             out.push(Refused {
                 what: format!("removing {m}, the last etcd member, is refused"),
                 help: "keep one etcd member in the inventory".into(),
+            });
+        } else if left.is_multiple_of(2) && !opts.force && opts.is_unreachable(m) {
+            out.push(Refused {
+                what: format!(
+                    "removing {m} leaves {left} etcd members, which tolerate no more failures than {}; {m} is unreachable, so its member is lost already: the cluster runs on {left} of its {} members now",
+                    left - 1,
+                    left + 1
+                ),
+                help: format!(
+                    "pass --force to remove the lost member (the {left} left tolerate as many failures as the cluster does now), then add a member; or bring {m} back and remove it without --unreachable"
+                ),
             });
         } else if left.is_multiple_of(2) && !opts.force {
             out.push(Refused {
@@ -259,6 +310,7 @@ fn removal(m: &Manifest, why: &str) -> Removal {
         binaries: m.binaries.len(),
         etcd_member: m.runs("etcd"),
         kubelet: m.runs("kubelet"),
+        unreachable: false,
     }
 }
 
@@ -408,12 +460,12 @@ pub fn prune(
     gone: &[&Manifest],
     opts: &PruneOptions,
 ) -> Result<(), Vec<Refused>> {
-    if gone.is_empty() {
-        return Ok(());
-    }
     let refused = check(rendered, gone, opts);
     if !refused.is_empty() {
         return Err(refused);
+    }
+    if gone.is_empty() {
+        return Ok(());
     }
     let has =
         |t: &kubeforge_render::NodeTree, role: &str| t.roles.iter().any(|r| r.as_str() == role);
@@ -445,13 +497,24 @@ pub fn prune(
     let mut teardown = Vec::new();
     let mut forget = Vec::new();
     for m in gone {
-        plan.removals.push(removal(m, why));
+        let unreachable = opts.is_unreachable(&m.node);
+        let mut r = removal(m, why);
+        r.unreachable = unreachable;
+        plan.removals.push(r);
         if m.runs("kubelet") {
-            drains.push(ClusterOp::Drain {
-                node: m.node.clone(),
-                via: via.clone(),
-                port: rendered.api_port,
-                timeout_secs: opts.drain_timeout_secs,
+            drains.push(if unreachable {
+                ClusterOp::Cordon {
+                    node: m.node.clone(),
+                    via: via.clone(),
+                    port: rendered.api_port,
+                }
+            } else {
+                ClusterOp::Drain {
+                    node: m.node.clone(),
+                    via: via.clone(),
+                    port: rendered.api_port,
+                    timeout_secs: opts.drain_timeout_secs,
+                }
             });
             forget.push(ClusterOp::DeleteNode {
                 node: m.node.clone(),
@@ -466,6 +529,10 @@ pub fn prune(
                 via: members.clone(),
                 tls: tls.clone(),
             });
+        }
+        if unreachable {
+            // Nothing on the node itself: it is never contacted.
+            continue;
         }
         let mut w = NodeWork::new(&m.node);
         w.steps.push(StepWork {
@@ -494,7 +561,9 @@ pub fn prune(
         plan.phases
             .insert(0, phase(DRAIN_PHASE, Vec::new(), drains));
     }
-    plan.phases.push(phase(REMOVE_PHASE, teardown, removes));
+    if !teardown.is_empty() || !removes.is_empty() {
+        plan.phases.push(phase(REMOVE_PHASE, teardown, removes));
+    }
     if !forget.is_empty() {
         plan.phases.push(phase(FORGET_PHASE, Vec::new(), forget));
     }

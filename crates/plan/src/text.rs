@@ -97,6 +97,35 @@ pub fn to_text(plan: &Plan) -> String {
             r.roles.join(", "),
             r.why
         );
+        if r.unreachable {
+            let removed = match (r.kubelet, r.etcd_member) {
+                (true, true) => {
+                    "not drained, not torn down; its Node object and etcd member are removed"
+                }
+                (true, false) => "not drained, not torn down; its Node object is removed",
+                (false, true) => "not torn down; its etcd member is removed",
+                (false, false) => "not torn down; only the other nodes change",
+            };
+            let _ = writeln!(s, "  unreachable: {removed}");
+            if r.kubelet {
+                let _ = writeln!(
+                    s,
+                    "  cordon, then delete its Node object (the cluster garbage-collects its pods)"
+                );
+            }
+            if r.etcd_member {
+                let _ = writeln!(s, "  etcd member remove, through a healthy member");
+            }
+            let _ = writeln!(
+                s,
+                "  left on it as they are: {} units ({}), {} files and {} binaries kubeforge placed there\n",
+                r.units.len(),
+                r.units.join(", "),
+                r.files,
+                r.binaries
+            );
+            continue;
+        }
         if r.kubelet {
             let _ = writeln!(s, "  drain, then delete its Node object");
         }

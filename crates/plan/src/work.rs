@@ -238,6 +238,13 @@ pub enum ClusterOp {
         port: u16,
         timeout_secs: u64,
     },
+    /// Cordon `node` alone (no evictions: its kubelet cannot be reached
+    /// to confirm them), through `via`'s API server.
+    Cordon {
+        node: String,
+        via: String,
+        port: u16,
+    },
     /// Delete the Node object of `node`.
     DeleteNode {
         node: String,
@@ -276,6 +283,9 @@ impl ClusterOp {
                 ..
             } => format!(
                 "drain {node}: cordon, evict its pods (PodDisruptionBudgets respected), wait until they are gone, at most {timeout_secs} s (through {via}'s API)"
+            ),
+            ClusterOp::Cordon { node, via, .. } => format!(
+                "cordon {node}, no evictions: it is unreachable (through {via}'s API)"
             ),
             ClusterOp::DeleteNode { node, via, .. } => {
                 format!("delete Node {node} from the API (through {via})")

@@ -591,6 +591,7 @@ fn removing_nodes_plans_the_drain_the_others_changes_and_the_teardown() {
         let opts = PruneOptions {
             drain_timeout_secs: 300,
             force,
+            ..Default::default()
         };
         prune(&mut p, &r, &[&record], &opts).unwrap();
         let text = kubeforge_plan::to_text(&p);
@@ -611,6 +612,189 @@ fn removing_nodes_plans_the_drain_the_others_changes_and_the_teardown() {
             .flat_map(|x| &x.nodes)
         {
             assert!(w.gates.is_empty() && w.restart.is_empty(), "{w:?}");
+        }
+    }
+}
+
+/// One removal with `--unreachable`: what the plan holds, or why it is
+/// refused.
+struct Unreachable {
+    name: &'static str,
+    /// Taken out of the inventory (their records are the nodes to remove).
+    drop: &'static [&'static str],
+    unreachable: &'static [&'static str],
+    force: bool,
+    /// `phase: op` of every cluster operation, in order (when planned).
+    ops: &'static [&'static str],
+    /// In the plan's text, or in the refusal.
+    says: &'static [&'static str],
+    refused: bool,
+}
+
+#[test]
+fn an_unreachable_node_is_cordoned_and_forgotten_and_never_contacted() {
+    use kubeforge_plan::remove::{prune, PruneOptions};
+    let cases = [
+        Unreachable {
+            name: "a dead worker",
+            drop: &["worker2"],
+            unreachable: &["worker2"],
+            force: false,
+            ops: &["drain: cordon worker2", "forget: delete Node worker2"],
+            says: &[
+                "worker2 (10.77.0.22): remove from the cluster (worker)",
+                "unreachable: not drained, not torn down; its Node object is removed",
+                "left on it as they are: 4 units",
+                "cordon worker2, no evictions: it is unreachable",
+                "1 node to remove",
+            ],
+            refused: false,
+        },
+        Unreachable {
+            name: "a dead etcd and control-plane node, with --force",
+            drop: &["cp3"],
+            unreachable: &["cp3"],
+            force: true,
+            ops: &[
+                "drain: cordon cp3",
+                "remove: etcd member remove cp3",
+                "forget: delete Node cp3",
+            ],
+            says: &["unreachable: not drained, not torn down; its Node object and etcd member are removed"],
+            refused: false,
+        },
+        Unreachable {
+            name: "one dead worker, one removed as usual",
+            drop: &["worker1", "worker2"],
+            unreachable: &["worker2"],
+            force: false,
+            ops: &[
+                "drain: drain worker1",
+                "drain: cordon worker2",
+                "forget: delete Node worker1",
+                "forget: delete Node worker2",
+            ],
+            says: &["worker1 (10.77.0.21): remove from the cluster (worker)", "stop and disable: kubeforge-pod-routes"],
+            refused: false,
+        },
+        Unreachable {
+            name: "a dead load balancer: nothing but the others' changes",
+            drop: &["lb2"],
+            unreachable: &["lb2"],
+            force: false,
+            ops: &[],
+            says: &[
+                "unreachable: not torn down; only the other nodes change",
+                "1 node to remove",
+            ],
+            refused: false,
+        },
+        Unreachable {
+            name: "a dead etcd member without --force: the member is lost already",
+            drop: &["cp3"],
+            unreachable: &["cp3"],
+            force: false,
+            ops: &[],
+            says: &[
+                "removing cp3 leaves 2 etcd members",
+                "cp3 is unreachable, so its member is lost already",
+                "pass --force",
+                "nothing was changed",
+            ],
+            refused: true,
+        },
+        Unreachable {
+            name: "a node the inventory names",
+            drop: &["worker2"],
+            unreachable: &["worker2", "cp1"],
+            force: false,
+            ops: &[],
+            says: &["--unreachable cp1: the inventory names cp1", "leave out --unreachable cp1"],
+            refused: true,
+        },
+        Unreachable {
+            name: "a node without a record",
+            drop: &["worker2"],
+            unreachable: &["worker9"],
+            force: false,
+            ops: &[],
+            says: &["--unreachable worker9: the state directory has no record of worker9"],
+            refused: true,
+        },
+        Unreachable {
+            name: "nothing to remove at all",
+            drop: &[],
+            unreachable: &["worker9"],
+            force: false,
+            ops: &[],
+            says: &["no record of worker9"],
+            refused: true,
+        },
+    ];
+    for c in cases {
+        let (full, r) = rendered_without(c.drop);
+        let mut p = plan("ha", &r, &Facts::Gathered(converged(&full)));
+        let records: Vec<kubeforge_plan::Manifest> = c
+            .drop
+            .iter()
+            .map(|d| {
+                let tree = full.nodes.iter().find(|n| n.name == *d).unwrap();
+                kubeforge_plan::Manifest::of("ha", tree, None)
+            })
+            .collect();
+        let gone: Vec<&kubeforge_plan::Manifest> = records.iter().collect();
+        let opts = PruneOptions {
+            force: c.force,
+            unreachable: c.unreachable.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        };
+        let before = p.clone();
+        match prune(&mut p, &r, &gone, &opts) {
+            Err(refused) => {
+                assert!(c.refused, "{}: refused: {refused:?}", c.name);
+                assert_eq!(p, before, "{}: a refusal leaves the plan alone", c.name);
+                let text: Vec<String> = refused.iter().map(|x| x.to_string()).collect();
+                let text = text.join("\n");
+                for want in c.says {
+                    assert!(text.contains(want), "{}: {want:?} not in\n{text}", c.name);
+                }
+            }
+            Ok(()) => {
+                assert!(!c.refused, "{}: planned", c.name);
+                let ops: Vec<String> = p
+                    .phases
+                    .iter()
+                    .flat_map(|x| {
+                        x.ops
+                            .iter()
+                            .map(|o| format!("{}: {}", x.phase, o.describe()))
+                    })
+                    .collect();
+                assert_eq!(ops.len(), c.ops.len(), "{}: {ops:#?}", c.name);
+                for (op, want) in ops.iter().zip(c.ops) {
+                    assert!(op.starts_with(want), "{}: {op} is not {want}", c.name);
+                }
+                // Nothing runs on an unreachable node: no work of its own
+                // in any phase.
+                for n in c.unreachable {
+                    assert!(
+                        p.phases.iter().flat_map(|x| &x.nodes).all(|w| w.node != *n),
+                        "{}: work on {n}",
+                        c.name
+                    );
+                    let removal = p.removals.iter().find(|x| x.node == *n).unwrap();
+                    assert!(removal.unreachable, "{}", c.name);
+                }
+                let text = kubeforge_plan::to_text(&p);
+                for want in c.says {
+                    assert!(text.contains(want), "{}: {want:?} not in\n{text}", c.name);
+                }
+                if c.name == "a dead worker" {
+                    let mut settings = insta::Settings::clone_current();
+                    settings.set_prepend_module_to_snapshot(false);
+                    settings.bind(|| insta::assert_snapshot!("remove_unreachable_worker", text));
+                }
+            }
         }
     }
 }

@@ -43,6 +43,16 @@ pub(crate) fn run(
         );
     }
     let records: Vec<kubeforge_plan::Manifest> = gone.iter().map(|k| k.manifest.clone()).collect();
+    let prune_opts = prune.options();
+    // A removal refused (an --unreachable node not being removed, quorum
+    // rules) is refused before any node is contacted.
+    crate::known::check_removals(&prepared.rendered, &records, &prune_opts)?;
+    // Nodes to remove that cannot be reached are never contacted.
+    let reachable: Vec<kubeforge_plan::Known> = gone
+        .iter()
+        .filter(|k| !prune_opts.is_unreachable(&k.manifest.node))
+        .cloned()
+        .collect();
     let opts = kubeforge_apply::Options {
         concurrency: nodes.reach.concurrency,
         gate_timeout: Duration::from_secs(limits.gate_timeout),
@@ -57,7 +67,8 @@ pub(crate) fn run(
     let mut connect = Duration::ZERO;
     let outcome = runtime()?.block_on(kubeforge_transport::closing_masters(async {
         let t = Instant::now();
-        let transports = online::connect_all_with(cluster, &gone, &state, &reach(nodes)).await?;
+        let transports =
+            online::connect_all_with(cluster, &reachable, &state, &reach(nodes)).await?;
         connect = t.elapsed();
         let req = Request {
             cluster,
@@ -67,7 +78,7 @@ pub(crate) fn run(
             opts: &opts,
             owner: &owner,
             gone: &records,
-            prune: prune.options(),
+            prune: prune_opts.clone(),
         };
         // The state directory first: the nodes never hold a certificate
         // the control machine does not have.

@@ -23,6 +23,7 @@ pub(crate) fn run(
     // what removing them would do is shown with or without --prune.
     let gone = crate::known::gone(&state, cluster)?;
     let records: Vec<kubeforge_plan::Manifest> = gone.iter().map(|k| k.manifest.clone()).collect();
+    crate::known::check_removals(rendered, &records, &prune.options())?;
     let plan = if offline {
         let mut plan = kubeforge_apply::plan_offline(cluster, rendered, &opts)?;
         kubeforge_apply::with_removals(&mut plan, rendered, &records, &prune.options())?;
