@@ -11,7 +11,8 @@
 //! its three steps (`certs renew --new-ca CA`): after each, a probe
 //! through the VIP saw no failed request, etcd lists its three members
 //! over TLS, every certificate checks ok and an apply changes nothing; in
-//! between the nodes trust both CAs, at the end only the new one; every
+//! between the nodes trust both CAs, at the end only the new one (a client
+//! certificate of the old kubernetes or etcd CA is refused); every
 //! certificate of that CA on the nodes is new, every other CA's is as it
 //! was.
 //!
@@ -23,6 +24,7 @@ use crate::lab_apply::{binaries, start, unit_clock, Kf};
 use crate::probe::Probe;
 use kubeforge_tests::lab::Lab;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
@@ -262,6 +264,9 @@ struct Rotated {
     bundle: &'static str,
     /// A leaf it issues (`node path name`), reissued in step 2.
     leaf: &'static str,
+    /// A URL that answers 200 only to a client certificate of the CA, and
+    /// that certificate's stem in the state directory's pki/.
+    client: Option<(&'static str, &'static str)>,
 }
 
 const KUBERNETES: Rotated = Rotated {
@@ -269,18 +274,25 @@ const KUBERNETES: Rotated = Rotated {
     state: "ca.crt",
     bundle: "/etc/kubernetes/pki/ca.crt",
     leaf: "cp1 /etc/kubernetes/pki/apiserver.crt apiserver",
+    client: Some((
+        "https://10.77.0.100:8443/api/v1/namespaces/default/serviceaccounts/default",
+        "admin",
+    )),
 };
 const ETCD: Rotated = Rotated {
     ca: "etcd",
     state: "etcd/ca.crt",
     bundle: "/etc/kubernetes/pki/etcd/ca.crt",
     leaf: "e3 /etc/kubernetes/pki/etcd/server.crt etcd-server",
+    client: Some(("https://10.77.0.13:2379/health", "etcd-healthcheck-client")),
 };
 const FRONT_PROXY: Rotated = Rotated {
     ca: "front-proxy",
     state: "front-proxy-ca.crt",
     bundle: "/etc/kubernetes/pki/front-proxy-ca.crt",
     leaf: "cp1 /etc/kubernetes/pki/front-proxy-client.crt front-proxy-client",
+    // The stand-in apiserver does not authenticate by request headers.
+    client: None,
 };
 
 /// The number of certificates in each CA's trust bundle, which is the
@@ -305,6 +317,23 @@ fn bundles(lab: &Lab) -> BTreeMap<&'static str, usize> {
         .collect()
 }
 
+/// Whether `url` answers 200 to the client certificate `stem`.crt/.key,
+/// trusting `ca`.
+fn accepted(url: &str, ca: &Path, stem: &Path) -> bool {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-o", "/dev/null"])
+        .args(["-w", "%{http_code}", "--cacert"])
+        .arg(ca)
+        .arg("--cert")
+        .arg(format!("{}.crt", stem.display()))
+        .arg("--key")
+        .arg(format!("{}.key", stem.display()))
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    out.stdout == b"200"
+}
+
 /// The CA a certificate on the nodes belongs to: the issuer of a leaf, the
 /// CA itself for a CA's certificate (`etcd CA`, `kubernetes CA (1 of 2)`).
 fn owner(c: &OnNode) -> String {
@@ -316,9 +345,11 @@ fn owner(c: &OnNode) -> String {
 
 /// Rotates `r`'s CA in its three steps with a probe through the VIP during
 /// each: no failed request, both CAs in the nodes' bundle until step 3,
-/// every certificate checks ok, etcd has its three members and an apply
-/// changes nothing after each step. At the end every certificate of that
-/// CA on the nodes is new and every other CA's certificate is as it was.
+/// every certificate checks ok, etcd has its three members, a client
+/// certificate of the old CA is accepted until step 3 and refused after
+/// it, and an apply changes nothing after each step. At the end every
+/// certificate of that CA on the nodes is new and every other CA's
+/// certificate is as it was.
 fn rotation_in_three_steps(r: &Rotated) {
     if !kubeforge_tests::lab::available(TEST) {
         return;
@@ -338,6 +369,19 @@ fn rotation_in_three_steps(r: &Rotated) {
     // The probe's credentials are the kubernetes CA's: they follow only its
     // rotation.
     let follows = r.ca == KUBERNETES.ca;
+    // A client certificate of the old CA, kept to show it is accepted until
+    // step 3 and refused after it.
+    let old_client = kf.dir.join("old-client");
+    std::fs::create_dir_all(&old_client).expect("old-client dir");
+    let clients = r.client.map(|(url, stem)| {
+        for ext in ["crt", "key"] {
+            let f = format!("{stem}.{ext}");
+            std::fs::copy(kf.pki(&f), old_client.join(&f)).expect("client certificate");
+        }
+        let ca = kf.pki(r.state);
+        assert!(accepted(url, &ca, &old_client.join(stem)), "{url}: {stem}");
+        (url, kf.pki(stem), old_client.join(stem))
+    });
     let mut figures = Vec::new();
     for step in 1..=3 {
         // The probe trusts what the nodes trust (both CAs from step 1 on);
@@ -388,6 +432,19 @@ fn rotation_in_three_steps(r: &Rotated) {
             let bundle = lab.ssh_ok("cp1", &format!("cat {}", r.bundle));
             std::fs::write(probe_dir.join("ca.crt"), bundle).expect("bundle");
         }
+        if let Some((url, current, old)) = &clients {
+            let ca = kf.pki(r.state);
+            assert!(
+                accepted(url, &ca, current),
+                "step {step}: {url}: {current:?}"
+            );
+            assert_eq!(
+                accepted(url, &ca, old),
+                step < 3,
+                "step {step}: {url}: a client certificate of the old {} CA",
+                r.ca
+            );
+        }
         assert_eq!(
             crate::lab_remove::etcd_members(&kf, &etcdctl),
             ["cp1", "cp2", "e3"],
@@ -417,11 +474,19 @@ fn rotation_in_three_steps(r: &Rotated) {
             assert_ne!(c.serial, a.serial, "{} kept its serial", c.key);
             renewed.push(c.key.as_str());
         } else {
-            assert_eq!(c.serial, a.serial, "{}: another CA's certificate changed", c.key);
+            assert_eq!(
+                c.serial, a.serial,
+                "{}: another CA's certificate changed",
+                c.key
+            );
             kept += 1;
         }
     }
-    assert!(renewed.contains(&r.leaf), "{} not renewed: {renewed:?}", r.leaf);
+    assert!(
+        renewed.contains(&r.leaf),
+        "{} not renewed: {renewed:?}",
+        r.leaf
+    );
     assert!(kept > 0, "the other CAs' certificates");
     eprintln!(
         "lab_certs: {} CA rotation: {}; {} certificates on the nodes new, {kept} kept (real binaries: {})",
