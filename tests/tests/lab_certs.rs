@@ -7,11 +7,14 @@
 //! CAs stay, a probe through the VIP sees no failed request, every
 //! certificate checks ok again and a re-apply changes nothing.
 //!
-//! A second test rotates the kubernetes CA in its three steps (`certs
-//! renew --new-ca kubernetes`): after each, a probe through the VIP saw no
-//! failed request, every certificate checks ok and an apply changes
-//! nothing; in between the nodes trust both CAs, at the end only the new
-//! one, and every leaf it issues is new.
+//! Three more tests rotate a CA each (kubernetes, etcd, front-proxy) in
+//! its three steps (`certs renew --new-ca CA`): after each, a probe
+//! through the VIP saw no failed request, etcd lists its three members
+//! over TLS, every certificate checks ok and an apply changes nothing; in
+//! between the nodes trust both CAs, at the end only the new one (a client
+//! certificate of the old kubernetes or etcd CA is refused); every
+//! certificate of that CA on the nodes is new, every other CA's is as it
+//! was.
 //!
 //! The Kubernetes binaries are the stand-ins unless
 //! `KUBEFORGE_K8S_BIN_DIR` names the real ones; etcd is Debian's.
@@ -21,6 +24,7 @@ use crate::lab_apply::{binaries, start, unit_clock, Kf};
 use crate::probe::Probe;
 use kubeforge_tests::lab::Lab;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
@@ -51,7 +55,8 @@ pub(crate) struct OnNode {
     key: String,
     serial: String,
     check: String,
-    leaf: bool,
+    /// The CA that issued it; none for a CA's own certificate.
+    ca: Option<String>,
 }
 
 /// `kubeforge certs --output json`: the state directory's checks and the
@@ -75,7 +80,7 @@ pub(crate) fn checked(kf: &Kf) -> (Vec<String>, Vec<OnNode>) {
                 key: format!("{} {} {}", s("node"), s("path"), s("name")),
                 serial: s("serial"),
                 check: c["check"]["state"].as_str().unwrap_or_default().into(),
-                leaf: c.get("ca").is_some(),
+                ca: c["ca"].as_str().map(str::to_string),
             });
         }
     }
@@ -212,7 +217,7 @@ fn check_renew_all_and_no_changes() {
     all_ok(&state, &after);
     let serials = |v: &[OnNode]| -> BTreeMap<String, (String, bool)> {
         v.iter()
-            .map(|c| (c.key.clone(), (c.serial.clone(), c.leaf)))
+            .map(|c| (c.key.clone(), (c.serial.clone(), c.ca.is_some())))
             .collect()
     };
     let (old, new) = (serials(&before), serials(&after));
@@ -249,32 +254,143 @@ fn count_certs(pem: &str) -> usize {
     pem.matches("-----BEGIN CERTIFICATE-----").count()
 }
 
-#[test]
-fn kubernetes_ca_rotation_in_three_steps() {
+/// One CA of the rotation tests.
+struct Rotated {
+    /// The name `--new-ca` takes.
+    ca: &'static str,
+    /// Its certificate in the state directory's pki/.
+    state: &'static str,
+    /// Its trust bundle on the nodes.
+    bundle: &'static str,
+    /// A leaf it issues (`node path name`), reissued in step 2.
+    leaf: &'static str,
+    /// A URL that answers 200 only to a client certificate of the CA, and
+    /// that certificate's stem in the state directory's pki/.
+    client: Option<(&'static str, &'static str)>,
+}
+
+const KUBERNETES: Rotated = Rotated {
+    ca: "kubernetes",
+    state: "ca.crt",
+    bundle: "/etc/kubernetes/pki/ca.crt",
+    leaf: "cp1 /etc/kubernetes/pki/apiserver.crt apiserver",
+    client: Some((
+        "https://10.77.0.100:8443/api/v1/namespaces/default/serviceaccounts/default",
+        "admin",
+    )),
+};
+const ETCD: Rotated = Rotated {
+    ca: "etcd",
+    state: "etcd/ca.crt",
+    bundle: "/etc/kubernetes/pki/etcd/ca.crt",
+    leaf: "e3 /etc/kubernetes/pki/etcd/server.crt etcd-server",
+    client: Some(("https://10.77.0.13:2379/health", "etcd-healthcheck-client")),
+};
+const FRONT_PROXY: Rotated = Rotated {
+    ca: "front-proxy",
+    state: "front-proxy-ca.crt",
+    bundle: "/etc/kubernetes/pki/front-proxy-ca.crt",
+    leaf: "cp1 /etc/kubernetes/pki/front-proxy-client.crt front-proxy-client",
+    // The stand-in apiserver does not authenticate by request headers.
+    client: None,
+};
+
+/// The number of certificates in each CA's trust bundle, which is the
+/// same on every node holding it.
+fn bundles(lab: &Lab) -> BTreeMap<&'static str, usize> {
+    [KUBERNETES, ETCD, FRONT_PROXY]
+        .iter()
+        .map(|r| {
+            let held: Vec<String> = CERT_NODES
+                .iter()
+                .map(|n| lab.ssh_ok(n, &format!("cat {} 2>/dev/null || true", r.bundle)))
+                .filter(|t| !t.is_empty())
+                .collect();
+            assert!(!held.is_empty(), "{} on no node", r.bundle);
+            assert!(
+                held.iter().all(|t| *t == held[0]),
+                "{} differs between the nodes",
+                r.bundle
+            );
+            (r.ca, count_certs(&held[0]))
+        })
+        .collect()
+}
+
+/// Whether `url` answers 200 to the client certificate `stem`.crt/.key,
+/// trusting `ca`.
+fn accepted(url: &str, ca: &Path, stem: &Path) -> bool {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-o", "/dev/null"])
+        .args(["-w", "%{http_code}", "--cacert"])
+        .arg(ca)
+        .arg("--cert")
+        .arg(format!("{}.crt", stem.display()))
+        .arg("--key")
+        .arg(format!("{}.key", stem.display()))
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    out.stdout == b"200"
+}
+
+/// The CA a certificate on the nodes belongs to: the issuer of a leaf, the
+/// CA itself for a CA's certificate (`etcd CA`, `kubernetes CA (1 of 2)`).
+fn owner(c: &OnNode) -> String {
+    c.ca.clone().unwrap_or_else(|| {
+        let name = c.key.splitn(3, ' ').nth(2).unwrap_or_default();
+        name.split(" CA").next().unwrap_or_default().to_string()
+    })
+}
+
+/// Rotates `r`'s CA in its three steps with a probe through the VIP during
+/// each: no failed request, both CAs in the nodes' bundle until step 3,
+/// every certificate checks ok, etcd has its three members, a client
+/// certificate of the old CA is accepted until step 3 and refused after
+/// it, and an apply changes nothing after each step. At the end every
+/// certificate of that CA on the nodes is new and every other CA's
+/// certificate is as it was.
+fn rotation_in_three_steps(r: &Rotated) {
     if !kubeforge_tests::lab::available(TEST) {
         return;
     }
     let Some(b) = binaries() else { return };
+    let etcdctl = b.etcd_dir.join("etcdctl");
     let (lab, kf) = start(&b, &crate::lab_etcd::NODES, inventory);
     let out = kf.apply(&[]);
     assert!(out.status.success(), "apply failed");
-    let old_ca = std::fs::read_to_string(kf.pki("ca.crt")).expect("ca.crt");
+    let old_ca = std::fs::read_to_string(kf.pki(r.state)).expect("the CA");
     let (_, before) = checked(&kf);
     let probe_dir = kf.dir.join("probe");
     std::fs::create_dir_all(&probe_dir).expect("probe dir");
     for f in ["ca.crt", "admin.crt", "admin.key"] {
         std::fs::copy(kf.pki(f), probe_dir.join(f)).expect("credentials");
     }
-    let mut secs = Vec::new();
+    // The probe's credentials are the kubernetes CA's: they follow only its
+    // rotation.
+    let follows = r.ca == KUBERNETES.ca;
+    // A client certificate of the old CA, kept to show it is accepted until
+    // step 3 and refused after it.
+    let old_client = kf.dir.join("old-client");
+    std::fs::create_dir_all(&old_client).expect("old-client dir");
+    let clients = r.client.map(|(url, stem)| {
+        for ext in ["crt", "key"] {
+            let f = format!("{stem}.{ext}");
+            std::fs::copy(kf.pki(&f), old_client.join(&f)).expect("client certificate");
+        }
+        let ca = kf.pki(r.state);
+        assert!(accepted(url, &ca, &old_client.join(stem)), "{url}: {stem}");
+        (url, kf.pki(stem), old_client.join(stem))
+    });
+    let mut figures = Vec::new();
     for step in 1..=3 {
         // The probe trusts what the nodes trust (both CAs from step 1 on);
         // from step 3 on the old CA's admin certificate is refused: the new
         // one.
-        if step == 3 {
-            for f in ["admin.crt", "admin.key"] {
+        if follows && step == 3 {
+            for f in ["ca.crt", "admin.crt", "admin.key"] {
                 std::fs::copy(kf.pki(f), probe_dir.join(f)).expect("credentials");
             }
-            std::fs::copy(kf.pki("ca.crt"), probe_dir.join("ca.crt")).expect("ca");
         }
         let probe = Probe::with(&probe_dir);
         let t = Instant::now();
@@ -283,33 +399,57 @@ fn kubernetes_ca_rotation_in_three_steps() {
             &[
                 "renew",
                 "--new-ca",
-                "kubernetes",
+                r.ca,
                 "--step",
                 &step.to_string(),
                 "--yes",
             ],
         );
-        secs.push(t.elapsed().as_secs_f64());
+        let secs = t.elapsed().as_secs_f64();
         let probed = probe.finish();
-        let (ok, failures) = (probed.ok, probed.failures);
         assert!(out.status.success(), "step {step} failed");
         eprintln!(
-            "probe through the VIP during step {step}: {ok} ok, {} failed",
-            failures.len()
+            "probe through the VIP during step {step}: {} ok, {} failed",
+            probed.ok,
+            probed.failed()
         );
         assert!(
-            failures.is_empty(),
-            "step {step}: failed probes: {failures:?}"
+            probed.failures.is_empty(),
+            "step {step}: failed probes: {:?}",
+            probed.failures
         );
-        let bundle = lab.ssh_ok("cp1", "cat /etc/kubernetes/pki/ca.crt");
-        assert_eq!(
-            count_certs(&bundle),
-            if step < 3 { 2 } else { 1 },
-            "step {step}: the nodes' kubernetes CA bundle"
-        );
-        if step == 1 {
-            std::fs::write(probe_dir.join("ca.crt"), &bundle).expect("bundle");
+        figures.push(format!(
+            "step {step} {secs:.1} s (probe {} ok / {} failed)",
+            probed.ok,
+            probed.failed()
+        ));
+        let held = bundles(&lab);
+        for (ca, n) in &held {
+            let want = if *ca == r.ca && step < 3 { 2 } else { 1 };
+            assert_eq!(*n, want, "step {step}: the nodes' {ca} CA bundle");
         }
+        if follows && step == 1 {
+            let bundle = lab.ssh_ok("cp1", &format!("cat {}", r.bundle));
+            std::fs::write(probe_dir.join("ca.crt"), bundle).expect("bundle");
+        }
+        if let Some((url, current, old)) = &clients {
+            let ca = kf.pki(r.state);
+            assert!(
+                accepted(url, &ca, current),
+                "step {step}: {url}: {current:?}"
+            );
+            assert_eq!(
+                accepted(url, &ca, old),
+                step < 3,
+                "step {step}: {url}: a client certificate of the old {} CA",
+                r.ca
+            );
+        }
+        assert_eq!(
+            crate::lab_remove::etcd_members(&kf, &etcdctl),
+            ["cp1", "cp2", "e3"],
+            "step {step}: etcd's members, over TLS with the state directory's certificates"
+        );
         let (state, now) = checked(&kf);
         all_ok(&state, &now);
         let out = kf.apply(&[]);
@@ -319,40 +459,55 @@ fn kubernetes_ca_rotation_in_three_steps() {
             "step {step} leaves the cluster as the inventory says"
         );
     }
-    let new_ca = std::fs::read_to_string(kf.pki("ca.crt")).expect("ca.crt");
-    assert_ne!(new_ca, old_ca, "the kubernetes CA is new");
-    assert_eq!(
-        lab.ssh_ok("e3", "sha256sum /etc/kubernetes/pki/etcd/ca.crt"),
-        lab.ssh_ok("cp1", "sha256sum /etc/kubernetes/pki/etcd/ca.crt"),
-    );
-    // Every certificate of the kubernetes CA on the nodes is new; those of
-    // the etcd CA are not.
+    let new_ca = std::fs::read_to_string(kf.pki(r.state)).expect("the CA");
+    assert_ne!(new_ca, old_ca, "the {} CA is new", r.ca);
+    // Every certificate of the rotated CA on the nodes is new; those of the
+    // other CAs are not.
     let (_, after) = checked(&kf);
-    let serial = |v: &[OnNode], key: &str| {
-        v.iter()
-            .find(|c| c.key == key)
-            .map(|c| c.serial.clone())
-            .unwrap_or_else(|| panic!("{key} not found"))
-    };
-    for key in [
-        "cp1 /etc/kubernetes/pki/apiserver.crt apiserver",
-        "cp2 /etc/kubernetes/kubelet.conf kubelet-client (kubeconfig)",
-        "cp1 /etc/kubernetes/pki/ca.crt kubernetes CA",
-    ] {
-        assert_ne!(serial(&before, key), serial(&after, key), "{key}");
+    let now: BTreeMap<&str, &OnNode> = after.iter().map(|c| (c.key.as_str(), c)).collect();
+    let (mut renewed, mut kept) = (Vec::new(), 0);
+    for c in &before {
+        let Some(a) = now.get(c.key.as_str()) else {
+            panic!("{} gone after the rotation", c.key);
+        };
+        if owner(c) == r.ca {
+            assert_ne!(c.serial, a.serial, "{} kept its serial", c.key);
+            renewed.push(c.key.as_str());
+        } else {
+            assert_eq!(
+                c.serial, a.serial,
+                "{}: another CA's certificate changed",
+                c.key
+            );
+            kept += 1;
+        }
     }
-    assert_eq!(
-        serial(
-            &before,
-            "e3 /etc/kubernetes/pki/etcd/server.crt etcd-server"
-        ),
-        serial(&after, "e3 /etc/kubernetes/pki/etcd/server.crt etcd-server"),
+    assert!(
+        renewed.contains(&r.leaf),
+        "{} not renewed: {renewed:?}",
+        r.leaf
     );
+    assert!(kept > 0, "the other CAs' certificates");
     eprintln!(
-        "lab_certs: kubernetes CA rotation steps {:.1} s, {:.1} s, {:.1} s (real binaries: {})",
-        secs[0],
-        secs[1],
-        secs[2],
+        "lab_certs: {} CA rotation: {}; {} certificates on the nodes new, {kept} kept (real binaries: {})",
+        r.ca,
+        figures.join(", "),
+        renewed.len(),
         crate::lab_apply::real_k8s()
     );
+}
+
+#[test]
+fn kubernetes_ca_rotation_in_three_steps() {
+    rotation_in_three_steps(&KUBERNETES);
+}
+
+#[test]
+fn etcd_ca_rotation_in_three_steps() {
+    rotation_in_three_steps(&ETCD);
+}
+
+#[test]
+fn front_proxy_ca_rotation_in_three_steps() {
+    rotation_in_three_steps(&FRONT_PROXY);
 }

@@ -165,7 +165,7 @@ fn api_code(kf: &Kf, path: &str) -> String {
 }
 
 /// The etcd member names, through cp1.
-fn etcd_members(kf: &Kf, etcdctl: &Path) -> Vec<String> {
+pub(crate) fn etcd_members(kf: &Kf, etcdctl: &Path) -> Vec<String> {
     let out = Command::new(etcdctl)
         .args([
             "--endpoints=https://10.77.0.11:2379",
