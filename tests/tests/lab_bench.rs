@@ -88,6 +88,10 @@ fn node_timeline(kf: &Kf) {
         return;
     };
     for n in v["items"].as_array().into_iter().flatten() {
+        // The stand-ins keep neither.
+        let Some(created) = n["metadata"]["creationTimestamp"].as_str() else {
+            continue;
+        };
         let ready = n["status"]["conditions"]
             .as_array()
             .into_iter()
