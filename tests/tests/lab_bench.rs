@@ -100,9 +100,7 @@ fn node_timeline(kf: &Kf) {
         eprintln!(
             "bench: node {} registered {} Ready since {}",
             n["metadata"]["name"].as_str().unwrap_or_default(),
-            n["metadata"]["creationTimestamp"]
-                .as_str()
-                .unwrap_or_default(),
+            created,
             ready
                 .and_then(|c| c["lastTransitionTime"].as_str())
                 .unwrap_or_default()
