@@ -296,14 +296,7 @@ fn remove_a_worker_then_an_etcd_control_plane_node() {
         let Some(k) = &k else {
             panic!("kubectl not found (tests/setup.sh unpacks Debian's)");
         };
-        let path = kf.dir.join("web.yaml");
-        std::fs::write(&path, web()).expect("web.yaml");
-        kubectl_ok(k, &kc, &["apply", "-f", &path.display().to_string()]);
-        kubectl_ok(
-            k,
-            &kc,
-            &["rollout", "status", "deployment/web", "--timeout=120s"],
-        );
+        deploy_web(&kf, k, &kc);
         let on = kubectl_ok(
             k,
             &kc,
@@ -547,14 +540,7 @@ fn remove_dead_nodes_without_contacting_them() {
         let Some(k) = &k else {
             panic!("kubectl not found (tests/setup.sh unpacks Debian's)");
         };
-        let path = kf.dir.join("web.yaml");
-        std::fs::write(&path, web()).expect("web.yaml");
-        kubectl_ok(k, &kc, &["apply", "-f", &path.display().to_string()]);
-        kubectl_ok(
-            k,
-            &kc,
-            &["rollout", "status", "deployment/web", "--timeout=120s"],
-        );
+        deploy_web(&kf, k, &kc);
         let on = web_pods(k, &kc);
         eprintln!("{TEST}: web pods on\n{on}");
         assert!(on.contains("worker2"), "no pod on worker2: {on}");
@@ -686,4 +672,16 @@ fn remove_dead_nodes_without_contacting_them() {
     assert!(!kf.dir.join(".kubeforge/lab/nodes/cp3.json").exists());
     assert_eq!(probed.failed(), 0, "failed probes: {:?}", probed.failures);
     no_changes(&kf);
+}
+
+/// The web Deployment applied and rolled out.
+fn deploy_web(kf: &Kf, k: &Path, kc: &Path) {
+    let path = kf.dir.join("web.yaml");
+    std::fs::write(&path, web()).expect("web.yaml");
+    kubectl_ok(k, kc, &["apply", "-f", &path.display().to_string()]);
+    kubectl_ok(
+        k,
+        kc,
+        &["rollout", "status", "deployment/web", "--timeout=120s"],
+    );
 }

@@ -1486,16 +1486,12 @@ fn etcd_answers(healthy: [bool; 3]) -> (String, String) {
 
 #[tokio::test]
 async fn an_etcd_member_is_removed_through_a_healthy_member_only_while_quorum_holds() {
-    use base64::Engine as _;
     let full = rendered("ha.toml");
     let r = without(&full, "cp3");
     let p = pruned(&r, &[record_of("ha.toml", "cp3")], true).unwrap();
     // cp2 is down: two members left with one healthy. Refused before
     // anything is touched.
-    let rec = recorder(&r);
-    let (list, health) = etcd_answers([true, false, true]);
-    rec.answer(None, "etcd: member list", vec![ok(&list)]);
-    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    let rec = member_removal(&r, [true, false, true]);
     let err = kubeforge_apply::remove::precheck(&p, &with_gone(&rec, &r, "cp3"))
         .await
         .unwrap_err()
@@ -1504,17 +1500,7 @@ async fn an_etcd_member_is_removed_through_a_healthy_member_only_while_quorum_ho
     assert!(err.contains("unhealthy: cp2"), "{err}");
     assert!(rec.lines().iter().all(|l| l.contains("etcd: member")));
     // All healthy: removed through cp1, before cp3's units stop.
-    let rec = recorder(&r);
-    let (list, health) = etcd_answers([true, true, true]);
-    rec.answer(None, "etcd: member list", vec![ok(&list)]);
-    rec.answer(None, "etcd: member health", vec![ok(&health)]);
-    let left = r#"{"header":{"raft_term":"2"},"members":[{"ID":"1","name":"cp1"},{"ID":"2","name":"cp2"}]}"#;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    rec.answer(
-        None,
-        "etcd: member remove",
-        vec![ok(&format!("removed {}\n", b64.encode(left)))],
-    );
+    let rec = member_removal(&r, [true, true, true]);
     rec.answer(
         None,
         "drain: read the node",
@@ -1620,7 +1606,6 @@ async fn an_unreachable_worker_is_cordoned_and_its_node_deleted_without_a_call_t
 
 #[tokio::test]
 async fn an_unreachable_etcd_member_is_removed_through_a_healthy_one_without_a_call_to_it() {
-    use base64::Engine as _;
     let full = rendered("ha.toml");
     let r = without(&full, "cp3");
     let mut p = plan(&r, &converged(&r));
@@ -1635,17 +1620,7 @@ async fn an_unreachable_etcd_member_is_removed_through_a_healthy_one_without_a_c
         .iter()
         .all(|x| x.nodes.iter().all(|w| w.node != "cp3")));
     // cp3 is dead: the member list still names it, its health fails.
-    let rec = recorder(&r);
-    let (list, health) = etcd_answers([true, true, false]);
-    rec.answer(None, "etcd: member list", vec![ok(&list)]);
-    rec.answer(None, "etcd: member health", vec![ok(&health)]);
-    let left = r#"{"header":{"raft_term":"2"},"members":[{"ID":"1","name":"cp1"},{"ID":"2","name":"cp2"}]}"#;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    rec.answer(
-        None,
-        "etcd: member remove",
-        vec![ok(&format!("removed {}\n", b64.encode(left)))],
-    );
+    let rec = member_removal(&r, [true, true, false]);
     rec.answer(
         None,
         "delete the Node object",
@@ -1669,10 +1644,7 @@ async fn an_unreachable_etcd_member_is_removed_through_a_healthy_one_without_a_c
     );
     // With cp2 down as well, the two left would have one healthy member:
     // refused before anything is touched, as for a reachable member.
-    let rec = recorder(&r);
-    let (list, health) = etcd_answers([true, false, false]);
-    rec.answer(None, "etcd: member list", vec![ok(&list)]);
-    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    let rec = member_removal(&r, [true, false, false]);
     let err = kubeforge_apply::remove::precheck(&p, &with_gone(&rec, &r, "cp3"))
         .await
         .unwrap_err()
@@ -1879,4 +1851,24 @@ async fn binaries_go_out_in_phase_order() {
     assert!(last(&etcd) < first(&apiserver));
     assert!(last(&apiserver) < first(&kubelet));
     assert!(last(&apiserver) < first(&kcm));
+}
+
+/// A recorder for removing cp3's etcd member: a member list of cp1..cp3
+/// with `healthy` health, and a removal that leaves cp1 and cp2.
+fn member_removal(r: &Rendered, healthy: [bool; 3]) -> Recorder {
+    use base64::Engine as _;
+    let rec = recorder(r);
+    let (list, health) = etcd_answers(healthy);
+    rec.answer(None, "etcd: member list", vec![ok(&list)]);
+    rec.answer(None, "etcd: member health", vec![ok(&health)]);
+    let left = r#"{"header":{"raft_term":"2"},"members":[{"ID":"1","name":"cp1"},{"ID":"2","name":"cp2"}]}"#;
+    rec.answer(
+        None,
+        "etcd: member remove",
+        vec![ok(&format!(
+            "removed {}\n",
+            base64::engine::general_purpose::STANDARD.encode(left)
+        ))],
+    );
+    rec
 }

@@ -261,19 +261,31 @@ fn completions_and_man_pages_name_every_command() {
     }
 }
 
+/// A directory with single.toml whose node is reached on this machine's
+/// port 1, where nothing listens (the ssh_config sends every connection
+/// there).
+fn unreachable_single() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let inv = std::fs::read_to_string(repo().join("inventories/single.toml"))
+        .unwrap()
+        .replace("key = \"~/.ssh/id_ed25519\"", "port = 1");
+    std::fs::write(tmp.path().join("inventory.toml"), inv).unwrap();
+    std::fs::write(
+        tmp.path().join("ssh_config"),
+        "Host *\n    HostName 127.0.0.1\n",
+    )
+    .unwrap();
+    tmp
+}
+
 /// `status` needs the PKI apply made; with it, nodes that cannot be
 /// reached are a table of unreachable nodes and exit status 2. The
 /// ssh_config sends every connection to this machine's port 1, where
 /// nothing listens.
 #[test]
 fn status_of_unreachable_nodes() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = unreachable_single();
     let d = tmp.path();
-    let inv = std::fs::read_to_string(repo().join("inventories/single.toml"))
-        .unwrap()
-        .replace("key = \"~/.ssh/id_ed25519\"", "port = 1");
-    std::fs::write(d.join("inventory.toml"), inv).unwrap();
-    std::fs::write(d.join("ssh_config"), "Host *\n    HostName 127.0.0.1\n").unwrap();
     let r = kubeforge(d, &["status", "-i", "inventory.toml"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("holds no complete PKI"), "{}", r.stderr);
@@ -323,13 +335,8 @@ fn status_of_unreachable_nodes() {
 
 #[test]
 fn a_removed_node_that_cannot_be_reached_is_named_with_unreachable() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = unreachable_single();
     let d = tmp.path();
-    let inv = std::fs::read_to_string(repo().join("inventories/single.toml"))
-        .unwrap()
-        .replace("key = \"~/.ssh/id_ed25519\"", "port = 1");
-    std::fs::write(d.join("inventory.toml"), inv).unwrap();
-    std::fs::write(d.join("ssh_config"), "Host *\n    HostName 127.0.0.1\n").unwrap();
     let r = kubeforge(d, &["render", "-i", "inventory.toml", "--out", "out"]);
     assert_eq!(r.code, 0);
     // worker3 had kubeforge's files; the inventory no longer names it.
