@@ -42,7 +42,6 @@ fi
 "#
     };
 }
-pub(crate) use remember_sum;
 
 /// `sum256 < FILE` prints the lowercase hex sha256 of its stdin: with
 /// OpenSSL where the node has it (it uses the CPU's SHA instructions,

@@ -3,7 +3,8 @@
 //! loopback; and refused whenever its bytes are not the ones announced.
 #![allow(clippy::unwrap_used)]
 
-use kubeforge_transport::blobs::{self, Codec, Target};
+use kubeforge_transport::blobs::{self, Codec};
+use kubeforge_transport::ops;
 use kubeforge_transport::LocalTransport;
 use sha2::{Digest, Sha256};
 use std::io::Write as _;
@@ -47,15 +48,19 @@ async fn received_compressed_checked_and_installed() {
         assert_eq!(inv.held, std::slice::from_ref(&sum), "{codec:?}");
     }
     let dest = dir.path().join("bin/tool");
-    let to = Target {
-        path: &dest.display().to_string(),
-        mode: 0o755,
-        owner: "root:root",
-        cache: None,
+    let install = || {
+        let file = ops::PutFile {
+            path: dest.display().to_string(),
+            mode: 0o755,
+            owner: "root:root".into(),
+            source: ops::Source::Blob {
+                sha256: sum.clone(),
+                size: data.len() as u64,
+            },
+        };
+        ops::put_all(&t, vec![file], &store, None)
     };
-    blobs::install(&t, &store, &sum, data.len() as u64, to)
-        .await
-        .unwrap();
+    install().await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     // The store keeps it for other installs; the installed file is its own
     // inode (clearing the store must not change its ctime, which keys the
@@ -78,10 +83,7 @@ async fn received_compressed_checked_and_installed() {
         .is_err());
     // The store altered after the fact: installing refuses it.
     std::fs::write(format!("{store}/{sum}"), b"tampered").unwrap();
-    let err = blobs::install(&t, &store, &sum, data.len() as u64, to)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = install().await.unwrap_err().to_string();
     assert!(err.contains("refusing to install"), "{err}");
     assert_eq!(
         std::fs::read(&dest).unwrap(),
