@@ -140,6 +140,36 @@ fn lines(out: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The body of the line headed `head` in [`ETCD_OP`]'s output (empty
+/// when there is none).
+fn answer_of(out: &str, head: &str) -> String {
+    lines(out)
+        .into_iter()
+        .find(|(h, _)| h == head)
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+}
+
+/// [`ETCD_OP`] doing `verb` with `rest`, over the etcd TLS files `tls`.
+fn etcd_op<'a>(
+    what: &'a str,
+    tls: &EtcdTls,
+    verb: &str,
+    rest: Vec<String>,
+    secs: u64,
+) -> Script<'a> {
+    let mut args = vec![
+        tls.ca.clone(),
+        tls.cert.clone(),
+        tls.key.clone(),
+        verb.into(),
+    ];
+    args.extend(rest);
+    Script::new(what, ETCD_OP)
+        .args(args)
+        .timeout(Duration::from_secs(secs))
+}
+
 /// The member list through the first member of `via` that gives one,
 /// with every member's health as that member sees it.
 async fn listed(
@@ -152,28 +182,11 @@ async fn listed(
         let Ok(t) = transport(transports, node) else {
             continue;
         };
-        let args = |what: &str, rest: Vec<String>| {
-            let mut a = vec![
-                tls.ca.clone(),
-                tls.cert.clone(),
-                tls.key.clone(),
-                what.into(),
-            ];
-            a.extend(rest);
-            a
-        };
         let out = t
-            .run(
-                Script::new("etcd: member list", ETCD_OP)
-                    .args(args("list", Vec::new()))
-                    .timeout(Duration::from_secs(30)),
-            )
+            .run(etcd_op("etcd: member list", tls, "list", Vec::new(), 30))
             .await;
         let list = match out {
-            Ok(o) => lines(&o.stdout_str())
-                .into_iter()
-                .find(|(h, _)| h == "members")
-                .map(|(_, b)| b),
+            Ok(o) => Some(answer_of(&o.stdout_str(), "members")).filter(|b| !b.is_empty()),
             Err(e) => {
                 tried.push(format!("{node}: {e}"));
                 continue;
@@ -196,11 +209,7 @@ async fn listed(
             .filter_map(|m| m.client_urls.first().cloned())
             .collect();
         let out = t
-            .run(
-                Script::new("etcd: member health", ETCD_OP)
-                    .args(args("list", urls))
-                    .timeout(Duration::from_secs(60)),
-            )
+            .run(etcd_op("etcd: member health", tls, "list", urls, 60))
             .await?;
         let health = lines(&out.stdout_str());
         let judged = members
@@ -419,23 +428,15 @@ impl Run<'_> {
                     );
                     let out = self
                         .t(&through)?
-                        .run(
-                            Script::new("etcd: member add", ETCD_OP)
-                                .args([
-                                    tls.ca.clone(),
-                                    tls.cert.clone(),
-                                    tls.key.clone(),
-                                    "add".into(),
-                                    peer_url.clone(),
-                                ])
-                                .timeout(Duration::from_secs(30)),
-                        )
+                        .run(etcd_op(
+                            "etcd: member add",
+                            tls,
+                            "add",
+                            vec![peer_url.clone()],
+                            30,
+                        ))
                         .await?;
-                    let answer = lines(&out.stdout_str())
-                        .into_iter()
-                        .find(|(h, _)| h == "added")
-                        .map(|(_, b)| b)
-                        .unwrap_or_default();
+                    let answer = answer_of(&out.stdout_str(), "added");
                     let v: Option<Value> = serde_json::from_str(&answer).ok();
                     let added = v
                         .as_ref()
@@ -485,23 +486,15 @@ impl Run<'_> {
                 );
                 let t = self.t(&through)?;
                 let out = t
-                    .run(
-                        Script::new("etcd: member remove", ETCD_OP)
-                            .args([
-                                tls.ca.clone(),
-                                tls.cert.clone(),
-                                tls.key.clone(),
-                                "remove".into(),
-                                m.id.clone(),
-                            ])
-                            .timeout(Duration::from_secs(30)),
-                    )
+                    .run(etcd_op(
+                        "etcd: member remove",
+                        tls,
+                        "remove",
+                        vec![m.id.clone()],
+                        30,
+                    ))
                     .await?;
-                let answer = lines(&out.stdout_str())
-                    .into_iter()
-                    .find(|(h, _)| h == "removed")
-                    .map(|(_, b)| b)
-                    .unwrap_or_default();
+                let answer = answer_of(&out.stdout_str(), "removed");
                 let v: Option<Value> = serde_json::from_str(&answer).ok();
                 let left = v.as_ref().map(members_of).unwrap_or_default();
                 // An error is `{"code": N, "message": ...}`; a removal

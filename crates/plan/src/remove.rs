@@ -324,6 +324,20 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The step that takes kubeforge's units and files off the node of `m`.
+fn teardown_step(m: &Manifest) -> StepWork {
+    StepWork {
+        name: format!(
+            "stop and disable {} units, remove {} files and {} binaries kubeforge placed",
+            m.units.len(),
+            m.files.len(),
+            m.binaries.len()
+        ),
+        stage: Stage::BeforeFiles,
+        script: teardown_script(m),
+    }
+}
+
 /// The script that takes kubeforge's units and files off the node: each
 /// unit stopped and disabled (in the reverse of its start order), the
 /// files and binaries of the record removed, the record last.
@@ -400,16 +414,7 @@ pub fn reset(cluster: &str, records: &[&Manifest], keep_data: bool) -> Plan {
         r.etcd_member = false;
         removals.push(r);
         let mut w = NodeWork::new(&m.node);
-        w.steps.push(StepWork {
-            name: format!(
-                "stop and disable {} units, remove {} files and {} binaries kubeforge placed",
-                m.units.len(),
-                m.files.len(),
-                m.binaries.len()
-            ),
-            stage: Stage::BeforeFiles,
-            script: teardown_script(m),
-        });
+        w.steps.push(teardown_step(m));
         if !keep_data {
             w.steps.push(StepWork {
                 name: format!("remove the data in {}", DATA_DIRS.join(", ")),
@@ -535,16 +540,7 @@ pub fn prune(
             continue;
         }
         let mut w = NodeWork::new(&m.node);
-        w.steps.push(StepWork {
-            name: format!(
-                "stop and disable {} units, remove {} files and {} binaries kubeforge placed",
-                m.units.len(),
-                m.files.len(),
-                m.binaries.len()
-            ),
-            stage: Stage::BeforeFiles,
-            script: teardown_script(m),
-        });
+        w.steps.push(teardown_step(m));
         if m.runs("etcd") {
             // The data of a member no longer in the cluster is never
             // started again as it is (a node added back joins with an
