@@ -297,18 +297,7 @@ fn remove_a_worker_then_an_etcd_control_plane_node() {
             panic!("kubectl not found (tests/setup.sh unpacks Debian's)");
         };
         deploy_web(&kf, k, &kc);
-        let on = kubectl_ok(
-            k,
-            &kc,
-            &[
-                "get",
-                "pods",
-                "-l",
-                "app=web",
-                "-o",
-                "jsonpath={.items[*].spec.nodeName}",
-            ],
-        );
+        let on = web_nodes(k, &kc);
         eprintln!("{TEST}: web pods on {on}");
         assert!(on.contains("worker2"), "no pod on worker2: {on}");
     }
@@ -355,18 +344,7 @@ fn remove_a_worker_then_an_etcd_control_plane_node() {
             &kc,
             &["rollout", "status", "deployment/web", "--timeout=120s"],
         );
-        let on = kubectl_ok(
-            k,
-            &kc,
-            &[
-                "get",
-                "pods",
-                "-l",
-                "app=web",
-                "-o",
-                "jsonpath={.items[*].spec.nodeName}",
-            ],
-        );
+        let on = web_nodes(k, &kc);
         eprintln!("{TEST}: web pods after the drain on {on}");
         assert!(!on.contains("worker2"), "{on}");
     }
@@ -484,6 +462,22 @@ const DEAD: [(&str, [u8; 4], &str); 6] = [
 ];
 
 /// `node` name and phase of every web pod, one per line.
+/// The nodes of the web pods, space-separated.
+fn web_nodes(k: &Path, kc: &Path) -> String {
+    kubectl_ok(
+        k,
+        kc,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}",
+        ],
+    )
+}
+
 fn web_pods(k: &Path, kc: &Path) -> String {
     kubectl_ok(
         k,
