@@ -3,8 +3,9 @@
 //! the control machine compressed on the wire (zstd, or gzip where the
 //! node has no zstd) or, once some node holds it, from that node: the
 //! control machine's uplink carries each binary a few times, not once per
-//! node. Installing from the store (see [`kubeforge_transport::blobs`])
-//! checks every byte again.
+//! node. Every blob's sha256 is checked as it enters a store; installing
+//! links it into place, or copies it and checks the copy (see
+//! [`kubeforge_transport::ops::put_all`]).
 
 use crate::execute::Run;
 use crate::{fan_out, ApplyError};
@@ -59,15 +60,27 @@ struct Blob<'a> {
     size: u64,
 }
 
-/// What was staged where: node -> blobs, for installing and clearing.
+/// What was staged where: node -> blobs, for installing and clearing;
+/// `checked`: those that arrived in this run, their sha256 checked on the
+/// way into the store (the rest were there already).
 #[derive(Debug, Default)]
 pub(crate) struct Staged {
     pub held: BTreeMap<String, BTreeSet<String>>,
+    pub checked: BTreeSet<(String, String)>,
 }
 
 impl Staged {
     pub fn has(&self, node: &str, sha: &str) -> bool {
         self.held.get(node).is_some_and(|s| s.contains(sha))
+    }
+
+    pub fn checked(&self, node: &str, sha: &str) -> bool {
+        self.checked.contains(&(node.to_string(), sha.to_string()))
+    }
+
+    fn arrived(&mut self, node: String, sha: String) {
+        self.checked.insert((node.clone(), sha.clone()));
+        self.held.entry(node).or_default().insert(sha);
     }
 }
 
@@ -154,7 +167,15 @@ impl Run<'_> {
             crate::EventKind::Step,
             format!("sending {} binaries to {total} places", needs.len()),
         );
-        self.transfers(phase, &mut needs, &inventories, staged)
+        // Node by node in the phase's order: the first nodes get all their
+        // binaries first, and start while the others' are on their way.
+        let order: BTreeMap<String, usize> = p
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.node.clone(), i))
+            .collect();
+        self.transfers(phase, &mut needs, &order, &inventories, staged)
             .await
     }
 
@@ -164,6 +185,7 @@ impl Run<'_> {
         &self,
         phase: &str,
         needs: &mut BTreeMap<String, Need>,
+        order: &BTreeMap<String, usize>,
         inventories: &BTreeMap<String, Inventory>,
         staged: &tokio::sync::Mutex<Staged>,
     ) -> Result<(), ApplyError> {
@@ -176,48 +198,55 @@ impl Run<'_> {
         let mut failure = None;
         loop {
             if failure.is_none() {
-                for (sha, need) in needs.iter_mut() {
-                    let mut i = 0;
-                    while i < need.pending.len() {
-                        let target = need.pending[i].clone();
-                        let can_fetch = inventories.get(&target).is_some_and(|v| v.can_fetch);
-                        let peer = need
-                            .holders
-                            .iter()
-                            .find(|h| {
-                                busy.get(*h).copied().unwrap_or(0) < PEER_STREAMS
-                                    && inventories.get(*h).is_some_and(|v| v.can_serve)
-                            })
-                            .filter(|_| {
-                                can_fetch && !no_peer.contains(&(sha.clone(), target.clone()))
-                            })
-                            .cloned();
-                        let transfer: Transfer = match peer {
-                            Some(h) => {
-                                *busy.entry(h.clone()).or_default() += 1;
-                                (sha.clone(), target, Some(h))
-                            }
-                            None if uplink < UPLINK_STREAMS => {
-                                uplink += 1;
-                                (sha.clone(), target, None)
-                            }
-                            None => {
-                                i += 1;
-                                continue;
-                            }
-                        };
-                        need.pending.remove(i);
-                        let (size, file) = (need.size, need.file.clone());
-                        let codec = inventories
-                            .get(&transfer.1)
-                            .map_or(Codec::None, Inventory::codec);
-                        let shared = &shared;
-                        running.push(async move {
-                            let blob = Blob { file: &file, size };
-                            let r = self.transfer(phase, &transfer, blob, codec, shared).await;
-                            (transfer, r)
-                        });
-                    }
+                let mut waiting: Vec<(usize, String, String)> = needs
+                    .iter()
+                    .flat_map(|(sha, need)| {
+                        need.pending.iter().map(|n| {
+                            (
+                                order.get(n).copied().unwrap_or(usize::MAX),
+                                n.clone(),
+                                sha.clone(),
+                            )
+                        })
+                    })
+                    .collect();
+                waiting.sort();
+                for (_, target, sha) in waiting {
+                    let Some(need) = needs.get_mut(&sha) else {
+                        continue;
+                    };
+                    let can_fetch = inventories.get(&target).is_some_and(|v| v.can_fetch);
+                    let peer = need
+                        .holders
+                        .iter()
+                        .find(|h| {
+                            busy.get(*h).copied().unwrap_or(0) < PEER_STREAMS
+                                && inventories.get(*h).is_some_and(|v| v.can_serve)
+                        })
+                        .filter(|_| can_fetch && !no_peer.contains(&(sha.clone(), target.clone())))
+                        .cloned();
+                    let transfer: Transfer = match peer {
+                        Some(h) => {
+                            *busy.entry(h.clone()).or_default() += 1;
+                            (sha, target, Some(h))
+                        }
+                        None if uplink < UPLINK_STREAMS => {
+                            uplink += 1;
+                            (sha, target, None)
+                        }
+                        None => continue,
+                    };
+                    need.pending.retain(|n| *n != transfer.1);
+                    let (size, file) = (need.size, need.file.clone());
+                    let codec = inventories
+                        .get(&transfer.1)
+                        .map_or(Codec::None, Inventory::codec);
+                    let shared = &shared;
+                    running.push(async move {
+                        let blob = Blob { file: &file, size };
+                        let r = self.transfer(phase, &transfer, blob, codec, shared).await;
+                        (transfer, r)
+                    });
                 }
             }
             let Some(((sha, target, peer), result)) = running.next().await else {
@@ -236,13 +265,8 @@ impl Run<'_> {
                     if let Some(n) = needs.get_mut(&sha) {
                         n.holders.push(target.clone());
                     }
-                    staged
-                        .lock()
-                        .await
-                        .held
-                        .entry(target)
-                        .or_default()
-                        .insert(sha);
+                    staged.lock().await.arrived(target, sha);
+                    self.sent.arrived();
                 }
                 // A peer transfer that failed is done again from here.
                 Err(e) if peer.is_some() => {
@@ -338,7 +362,8 @@ impl Run<'_> {
             .map(|(n, s)| (n, s.into_iter().collect()))
             .collect();
         let _ = fan_out(items, self.opts.concurrency, |(n, shas)| async move {
-            blobs::drop(self.t(&n)?, blobs::STORE, &shas).await?;
+            let cache = Some(kubeforge_transport::gather::CACHE);
+            blobs::drop(self.t(&n)?, blobs::STORE, &shas, cache).await?;
             Ok::<_, ApplyError>(())
         })
         .await;

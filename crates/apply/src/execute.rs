@@ -92,9 +92,25 @@ impl Sent {
         self.notify.notify_waiters();
     }
 
+    /// A blob arrived somewhere: the nodes waiting for theirs look again.
+    pub(crate) fn arrived(&self) {
+        self.notify.notify_waiters();
+    }
+
     /// Waits until `phase`'s binaries are in place (or their sending
     /// failed: that error).
     async fn wait(&self, phase: &str) -> Result<(), ApplyError> {
+        self.wait_until(phase, || async { false }).await
+    }
+
+    /// Waits until `phase`'s binaries are in place, or `ready` says the
+    /// ones a caller needs are; an error when their sending failed (the
+    /// error itself to the first caller that sees it).
+    async fn wait_until<F, R>(&self, phase: &str, ready: F) -> Result<(), ApplyError>
+    where
+        F: Fn() -> R,
+        R: std::future::Future<Output = bool>,
+    {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -102,10 +118,18 @@ impl Sent {
             if let Ok(mut d) = self.done.lock() {
                 if let Some(outcome) = d.get_mut(phase) {
                     return match outcome.take() {
-                        Some(e) => Err(e),
+                        Some(e) => {
+                            *outcome = Some(ApplyError::Other(format!(
+                                "the binaries of phase {phase} were not all sent (the error above)"
+                            )));
+                            Err(e)
+                        }
                         None => Ok(()),
                     };
                 }
+            }
+            if ready().await {
+                return Ok(());
             }
             notified.await;
         }
@@ -162,7 +186,10 @@ impl Run<'_> {
         let mut batch = Vec::with_capacity(w.puts.len());
         for p in &w.puts {
             self.step(phase, &w.node, format!("write {}", p.path));
-            let staged = self.staged.lock().await.has(&w.node, &p.sha256);
+            let (staged, checked) = {
+                let s = self.staged.lock().await;
+                (s.has(&w.node, &p.sha256), s.checked(&w.node, &p.sha256))
+            };
             let source = match &p.content {
                 Content::File(path) if staged => {
                     let size = tokio::fs::metadata(path)
@@ -172,6 +199,7 @@ impl Run<'_> {
                     ops::Source::Blob {
                         sha256: p.sha256.clone(),
                         size,
+                        checked,
                     }
                 }
                 Content::Bytes(b) => ops::Source::Bytes(b.clone()),
@@ -275,6 +303,14 @@ impl Run<'_> {
     }
 
     /// A node's work, then its gates.
+    /// Whether every binary the node's work installs is in its store.
+    async fn node_staged(&self, w: &NodeWork) -> bool {
+        let staged = self.staged.lock().await;
+        w.puts.iter().all(|p| {
+            !matches!(p.content, Content::File(_)) || p.secret || staged.has(&w.node, &p.sha256)
+        })
+    }
+
     async fn node_gated(&self, phase: &str, w: &NodeWork) -> Result<Applied, ApplyError> {
         let done = self.node_work(phase, w, false).await?;
         self.gates(phase, &w.gates).await?;
@@ -532,17 +568,26 @@ impl Run<'_> {
         for op in &p.ops {
             done.merge(self.op(phase, op).await?);
         }
-        self.sent.wait(phase).await?;
+        if p.strategy != Strategy::Parallel {
+            self.sent.wait(phase).await?;
+        }
         match p.strategy {
             Strategy::Api => {
                 if let Some(api) = &p.api {
                     done.merge(self.api_phase(phase, api).await?);
                 }
             }
+            // Each node starts once its own binaries are in its store,
+            // while the later nodes' are still on their way.
             Strategy::Parallel => {
-                let all = fan_out(p.nodes.iter().collect(), self.opts.concurrency, |w| {
-                    self.node_gated(phase, w)
-                })
+                let all = fan_out(
+                    p.nodes.iter().collect(),
+                    self.opts.concurrency,
+                    |w| async move {
+                        self.sent.wait_until(phase, || self.node_staged(w)).await?;
+                        self.node_gated(phase, w).await
+                    },
+                )
                 .await?;
                 for a in all {
                     done.merge(a);

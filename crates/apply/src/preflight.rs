@@ -171,7 +171,9 @@ fn duplicates(hosts: &BTreeMap<String, HostFacts>, problems: &mut Vec<String>) {
 }
 
 /// Problems that do not stop an apply: clocks that systemd does not report
-/// synchronized (certificates and etcd need agreeing clocks).
+/// synchronized (certificates and etcd need agreeing clocks), asked when
+/// a node is installed; the clock's offset from this machine's is checked
+/// on every run.
 pub fn warnings(hosts: &BTreeMap<String, HostFacts>) -> Vec<String> {
     hosts
         .iter()

@@ -444,9 +444,7 @@ fn node_side_matches_the_cni() {
                 "{what}"
             );
             assert_eq!(
-                tree.steps
-                    .iter()
-                    .any(|s| s.run.contains("ip route replace")),
+                tree.steps.iter().any(|s| s.run.contains("route replace")),
                 bridge,
                 "{what}"
             );

@@ -252,18 +252,49 @@ pub async fn fetch(
     .map(|_| ())
 }
 
-/// Removes these blobs from the node's store.
+/// $1 the store, $2 the sha256 cache (or empty), then the blobs.
+const DROP: &str = r#"d="$1"; c="$2"; shift 2
+ino=" "
+for s in "$@"; do
+  l=$(stat -c '%h %i' -- "$d/$s" 2>/dev/null) || continue
+  case "$l" in 1\ *) ;; *) ino="$ino${l#* } " ;; esac
+  rm -f -- "$d/$s"
+done
+rmdir -- "$d" 2>/dev/null
+# Files installed as links of these blobs changed their ctime as the store
+# let go of them: their lines in the sha256 cache (see gather) follow,
+# when the file is still the same inode of the same size.
+if [ "$ino" != " " ] && [ -n "$c" ] && [ -f "$c" ]; then
+  {
+    exec 8>>"$c.lock"; flock 8
+    n=$(mktemp "$(dirname -- "$c")/.sha256-cache.XXXXXX")
+    while IFS= read -r l; do
+      size=${l%% *}; r=${l#* }; r=${r#* }; i=${r%% *}; r=${r#* }; sum=${r%% *}; p=${r#* }
+      case "$ino" in
+        *" $i "*)
+          k=$(stat -L -c '%s %.9Z %i' -- "$p" 2>/dev/null) || continue
+          case "$k" in "$size "*" $i") printf '%s %s %s\n' "$k" "$sum" "$p" ;; esac ;;
+        *) printf '%s\n' "$l" ;;
+      esac
+    done < "$c" > "$n"
+    mv -f -- "$n" "$c"
+  } 2>/dev/null || true
+fi
+exit 0
+"#;
+
+/// Removes these blobs from the node's store, and keeps the node's sha256
+/// `cache` true for the files installed as their links.
 pub async fn drop(
     t: &dyn Transport,
     store: &str,
     sha256s: &[String],
+    cache: Option<&str>,
 ) -> Result<(), TransportError> {
+    let args = [store.to_string(), cache.unwrap_or_default().to_string()];
     t.run_ok(
-        Script::new(
-            "clear the blob store",
-            r#"d="$1"; shift; for s in "$@"; do rm -f -- "$d/$s"; done; rmdir -- "$d" 2>/dev/null; exit 0"#,
-        )
-        .args(std::iter::once(store.to_string()).chain(sha256s.iter().cloned())),
+        Script::new("clear the blob store", DROP)
+            .args(args.into_iter().chain(sha256s.iter().cloned())),
     )
     .await
     .map(|_| ())

@@ -97,6 +97,9 @@ while IFS= read -r line; do
     V\ *) printf '%s\n' "${line#V }" >> "$d/req.v" ;;
   esac
 done
+# A node kubeforge installed (it holds the manifest) had its NTP state
+# checked then: timedatectl, which starts timedated, is not asked again.
+ntp_known=; [ -n "$manifest" ] && [ -f "$manifest" ] && ntp_known=yes
 ( set +u; HOST_FACTS
   printf '%s' "$host_extra" | base64 -d > "$d/extra" 2>/dev/null && sh "$d/extra" ) 2>/dev/null | sed 's/^/H /'
 # Mode, owner, size, ctime and inode of every managed file that is a

@@ -176,11 +176,19 @@ while IFS=' ' read -r kind mode owner size sum p; do
 ' "$t" "$sum" "$p" >> "$list"
   case "$kind" in
     D) head -c "$size" > "$t"; from="the upload was cut short or altered" ;;
-    B) cp --reflink=auto -- "$store/$sum" "$t"; from="from the blob store" ;;
+    B|L) from="from the blob store"
+      # A blob checked as it arrived in this run (L) becomes the file
+      # itself: a link, when no other file is one yet (a file's mode and
+      # owner are its inode's). Else a copy, checked again.
+      if [ "$kind" = L ] && [ "$(stat -c %h -- "$store/$sum")" = 1 ] && ln -f -- "$store/$sum" "$t" 2>/dev/null; then
+        from=checked
+      else
+        cp --reflink=auto -- "$store/$sum" "$t"
+      fi ;;
     *) echo "unknown record "$kind" for $p" >&2; exit 2 ;;
   esac
   got_size=$(stat -c %s -- "$t")
-  got_sum=$(sum256 < "$t")
+  if [ "$from" = checked ]; then got_sum=$sum; else got_sum=$(sum256 < "$t"); fi
   if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then
     echo "refusing to install $p: expected $size bytes with sha256 $sum, received $got_size bytes with sha256 $got_sum ($from); no file of this batch was installed, the old ones are unchanged: run the command again" >&2
     exit 4
@@ -220,10 +228,14 @@ fi
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Bytes(Vec<u8>),
-    /// A blob of the node's store, checked against its sha256 and size.
+    /// A blob of the node's store. `checked`: its sha256 was checked as it
+    /// arrived in this run, and it is installed as a link of the store's
+    /// file when it can be (see [`crate::blobs::drop`]); else it is copied
+    /// and the copy checked against its sha256 and size.
     Blob {
         sha256: String,
         size: u64,
+        checked: bool,
     },
 }
 
@@ -256,7 +268,14 @@ pub async fn put_all(
                 let (size, sha256) = size_and_sha256(b);
                 ("D", size, sha256, Some(b))
             }
-            Source::Blob { sha256, size } => ("B", size.to_string(), sha256.clone(), None),
+            Source::Blob {
+                sha256,
+                size,
+                checked,
+            } => {
+                let kind = if *checked { "L" } else { "B" };
+                (kind, size.to_string(), sha256.clone(), None)
+            }
         };
         stdin.extend_from_slice(
             format!(
@@ -436,7 +455,8 @@ pub struct HostFacts {
     pub listening: Vec<u16>,
     /// Commands kubeforge needs that the node lacks.
     pub missing_commands: Vec<String>,
-    /// Whether systemd reports the clock synchronized (None: unknown).
+    /// Whether systemd reports the clock synchronized (None: unknown, or
+    /// not asked: facts ask only nodes kubeforge has not installed yet).
     pub ntp_synchronized: Option<bool>,
     /// The `unmet=` lines of the extra checks given to [`host_with`].
     pub unmet: Vec<String>,
@@ -449,7 +469,7 @@ echo "time=$(date +%s.%N)"
 echo "arch=$(uname -m)"
 echo "kernel=$(uname -s)"
 [ -d /run/systemd/system ] && echo "systemd=yes"
-if command -v timedatectl >/dev/null 2>&1; then
+if [ "${ntp_known:-}" != yes ] && command -v timedatectl >/dev/null 2>&1; then
   ntp=$(timedatectl show -p NTPSynchronized --value 2>/dev/null || true)
   [ -n "$ntp" ] && echo "ntp=$ntp"
 fi

@@ -48,32 +48,31 @@ async fn received_compressed_checked_and_installed() {
         assert_eq!(inv.held, std::slice::from_ref(&sum), "{codec:?}");
     }
     let dest = dir.path().join("bin/tool");
-    let install = || {
+    let install = |to: &std::path::Path, checked: bool| {
         let file = ops::PutFile {
-            path: dest.display().to_string(),
+            path: to.display().to_string(),
             mode: 0o755,
             owner: "root:root".into(),
             source: ops::Source::Blob {
                 sha256: sum.clone(),
                 size: data.len() as u64,
+                checked,
             },
         };
         ops::put_all(&t, vec![file], &store, None)
     };
-    install().await.unwrap();
+    // Not checked in this run: copied, the copy checked; the store keeps
+    // the blob for other installs.
+    install(&dest, false).await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
-    // The store keeps it for other installs; the installed file is its own
-    // inode (clearing the store must not change its ctime, which keys the
-    // node's sha256 cache).
     assert_eq!(
         blobs::inventory(&t, &store).await.unwrap().held,
         std::slice::from_ref(&sum)
     );
     use std::os::unix::fs::MetadataExt as _;
-    assert_ne!(
-        std::fs::metadata(&dest).unwrap().ino(),
-        std::fs::metadata(format!("{store}/{sum}")).unwrap().ino()
-    );
+    let ino = |p: &str| std::fs::metadata(p).unwrap().ino();
+    let blob = format!("{store}/{sum}");
+    assert_ne!(ino(&dest.display().to_string()), ino(&blob));
     // Cut short on the wire: refused, nothing new in the store.
     let mut short = gzip(&data);
     short.truncate(short.len() / 2);
@@ -81,19 +80,70 @@ async fn received_compressed_checked_and_installed() {
     assert!(blobs::receive(&t, &store, &other, 5, Codec::Gzip, short)
         .await
         .is_err());
-    // The store altered after the fact: installing refuses it.
-    std::fs::write(format!("{store}/{sum}"), b"tampered").unwrap();
-    let err = install().await.unwrap_err().to_string();
+    // The store altered after the fact: installing a copy refuses it.
+    std::fs::write(&blob, b"tampered").unwrap();
+    let err = install(&dest, false).await.unwrap_err().to_string();
     assert!(err.contains("refusing to install"), "{err}");
     assert_eq!(
         std::fs::read(&dest).unwrap(),
         data,
         "the installed file stayed"
     );
-    blobs::drop(&t, &store, std::slice::from_ref(&sum))
-        .await
-        .unwrap();
+    // Checked as it arrived: the first install is the blob itself (a
+    // link), a second one of the same blob a copy (its own mode and owner).
+    blobs::receive(
+        &t,
+        &store,
+        &sum,
+        data.len() as u64,
+        Codec::None,
+        data.clone(),
+    )
+    .await
+    .unwrap();
+    let (linked, copied) = (dir.path().join("bin/linked"), dir.path().join("bin/copied"));
+    install(&linked, true).await.unwrap();
+    install(&copied, true).await.unwrap();
+    let (linked, copied) = (linked.display().to_string(), copied.display().to_string());
+    assert_eq!(ino(&linked), ino(&blob));
+    assert_ne!(ino(&copied), ino(&blob));
+    assert_eq!(std::fs::read(&copied).unwrap(), data);
+    // Clearing the store changes the linked file's ctime: its line in the
+    // sha256 cache follows; the other lines stay as they were.
+    let cache = dir.path().join("sha256-cache");
+    let key = |p: &str| {
+        let m = std::fs::metadata(p).unwrap();
+        format!(
+            "{} {}.{:09} {}",
+            m.size(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.ino()
+        )
+    };
+    let other_line = format!("1 2.000000000 3 {sum} /elsewhere");
+    std::fs::write(
+        &cache,
+        format!("{} {sum} {linked}\n{other_line}\n", key(&linked)),
+    )
+    .unwrap();
+    let before = key(&linked);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    blobs::drop(
+        &t,
+        &store,
+        std::slice::from_ref(&sum),
+        Some(&cache.display().to_string()),
+    )
+    .await
+    .unwrap();
     assert!(blobs::inventory(&t, &store).await.unwrap().held.is_empty());
+    let after = key(&linked);
+    assert_ne!(before, after, "the store let go of the link");
+    assert_eq!(
+        std::fs::read_to_string(&cache).unwrap(),
+        format!("{after} {sum} {linked}\n{other_line}\n")
+    );
 }
 
 #[tokio::test]

@@ -245,6 +245,7 @@ async fn a_batch_installs_bytes_and_blobs_with_their_modes() {
             ops::Source::Blob {
                 sha256: blob.clone(),
                 size: binary.len() as u64,
+                checked: false,
             },
         ),
     ];
