@@ -34,6 +34,14 @@ struct Need {
 /// A transfer in flight: (sha256, target, from a peer).
 type Transfer = (String, String, Option<String>);
 
+/// The line the transfers wait in: the phases' names, each (node, sha256)
+/// pair's rank, and what every node holds and can do.
+struct Line<'a> {
+    names: &'a [&'a str],
+    rank: &'a BTreeMap<(String, String), Rank>,
+    inventories: &'a BTreeMap<String, Inventory>,
+}
+
 /// What the transfers of one distribution share: each blob compressed once
 /// per codec, and the peers' servers, started once per node.
 #[derive(Default)]
@@ -96,45 +104,109 @@ fn port() -> u16 {
     40000 + u16::from_le_bytes(b) % 20000
 }
 
+/// Where a transfer stands in line: the first phase that needs it, then
+/// its node's place in that phase.
+type Rank = (usize, usize);
+
+/// What each phase still waits for: (node, sha256) pairs, by phase.
+struct Waiting {
+    phases: Vec<(String, BTreeSet<(String, String)>)>,
+    finished: Vec<bool>,
+}
+
+impl Waiting {
+    /// `node` got `sha`: the phases that waited only for it are done.
+    fn arrived(&mut self, run: &Run<'_>, node: &str, sha: &str) {
+        let key = (node.to_string(), sha.to_string());
+        for (i, (phase, left)) in self.phases.iter_mut().enumerate() {
+            left.remove(&key);
+            if left.is_empty() && !self.finished[i] {
+                self.finished[i] = true;
+                run.sent.finish(phase, Ok(()));
+            }
+        }
+    }
+
+    /// Every phase not done yet ends with `error` (the first of them) or
+    /// as not sent.
+    fn fail_rest(&mut self, run: &Run<'_>, mut error: Option<ApplyError>, why: &str) {
+        for (i, (phase, _)) in self.phases.iter().enumerate() {
+            if self.finished[i] {
+                continue;
+            }
+            self.finished[i] = true;
+            let e = error.take().unwrap_or_else(|| {
+                ApplyError::Other(format!(
+                    "the binaries of phase {phase} were not sent: {why}"
+                ))
+            });
+            run.sent.finish(phase, Err(e));
+        }
+    }
+}
+
 impl Run<'_> {
-    /// Puts every binary the phase installs into the blob stores of the
-    /// nodes that install it.
-    pub(crate) async fn distribute(
-        &self,
-        phase: &str,
-        p: &PhasePlan,
-        staged: &tokio::sync::Mutex<Staged>,
-    ) -> Result<(), ApplyError> {
+    /// Puts every binary the phases install into the blob stores of the
+    /// nodes that install them, while the phases run: one line of
+    /// transfers, earliest phase first and within a phase node by node (the
+    /// first nodes get all their binaries first and start while the
+    /// others' are on their way), so that a later phase's binaries use
+    /// what the uplink and the peers have left. Each phase is told
+    /// ([`crate::execute::Sent`]) once its own binaries are in place.
+    pub(crate) async fn distribute(&self, phases: &[PhasePlan]) {
         let mut needs: BTreeMap<String, Need> = BTreeMap::new();
-        for w in &p.nodes {
-            for put in &w.puts {
-                // Secrets go straight from here to their node.
-                let Content::File(file) = &put.content else {
-                    continue;
-                };
-                if put.secret {
-                    continue;
+        let mut rank: BTreeMap<(String, String), Rank> = BTreeMap::new();
+        let mut waiting = Waiting {
+            phases: Vec::new(),
+            finished: vec![false; phases.len()],
+        };
+        for (pi, p) in phases.iter().enumerate() {
+            let mut left = BTreeSet::new();
+            for (ni, w) in p.nodes.iter().enumerate() {
+                for put in &w.puts {
+                    // Secrets go straight from here to their node.
+                    let Content::File(file) = &put.content else {
+                        continue;
+                    };
+                    if put.secret {
+                        continue;
+                    }
+                    let size = match std::fs::metadata(file) {
+                        Ok(m) => m.len(),
+                        Err(e) => {
+                            let e = ApplyError::Other(format!("reading {}: {e}", file.display()));
+                            waiting.phases.push((p.phase.clone(), left));
+                            return waiting.fail_rest(self, Some(e), "a binary is unreadable");
+                        }
+                    };
+                    let need = needs.entry(put.sha256.clone()).or_insert_with(|| Need {
+                        size,
+                        file: file.clone(),
+                        pending: Vec::new(),
+                        holders: Vec::new(),
+                    });
+                    if !need.pending.contains(&w.node) {
+                        need.pending.push(w.node.clone());
+                    }
+                    let key = (w.node.clone(), put.sha256.clone());
+                    rank.entry(key.clone()).or_insert((pi, ni));
+                    left.insert(key);
                 }
-                let size = std::fs::metadata(file)
-                    .map(|m| m.len())
-                    .map_err(|e| ApplyError::Other(format!("reading {}: {e}", file.display())))?;
-                let need = needs.entry(put.sha256.clone()).or_insert_with(|| Need {
-                    size,
-                    file: file.clone(),
-                    pending: Vec::new(),
-                    holders: Vec::new(),
-                });
-                if !need.pending.contains(&w.node) {
-                    need.pending.push(w.node.clone());
-                }
+            }
+            waiting.phases.push((p.phase.clone(), left));
+        }
+        for (i, (phase, left)) in waiting.phases.iter().enumerate() {
+            if left.is_empty() {
+                waiting.finished[i] = true;
+                self.sent.finish(phase, Ok(()));
             }
         }
         if needs.is_empty() {
-            return Ok(());
+            return;
         }
         // What every node involved holds and can do.
         let nodes: BTreeSet<String> = needs.values().flat_map(|n| n.pending.clone()).collect();
-        let inventories: BTreeMap<String, Inventory> = fan_out(
+        let inventories = fan_out(
             nodes.into_iter().collect(),
             self.opts.concurrency,
             |n| async move {
@@ -142,54 +214,62 @@ impl Run<'_> {
                 Ok::<_, ApplyError>((n, inv))
             },
         )
-        .await?
-        .into_iter()
-        .collect();
+        .await;
+        let inventories: BTreeMap<String, Inventory> = match inventories {
+            Ok(i) => i.into_iter().collect(),
+            Err(e) => return waiting.fail_rest(self, Some(e), "the blob stores were not listed"),
+        };
+        let mut held = Vec::new();
+        for (sha, need) in &mut needs {
+            need.pending.retain(|n| {
+                let has = inventories.get(n).is_some_and(|i| i.held.contains(sha));
+                if has {
+                    held.push((n.clone(), sha.clone()));
+                }
+                !has
+            });
+        }
         {
-            let mut s = staged.lock().await;
-            for (sha, need) in &mut needs {
-                need.pending.retain(|n| {
-                    let held = inventories.get(n).is_some_and(|i| i.held.contains(sha));
-                    if held {
-                        s.held.entry(n.clone()).or_default().insert(sha.clone());
-                    }
-                    !held
-                });
+            let mut s = self.staged.lock().await;
+            for (n, sha) in &held {
+                s.held.entry(n.clone()).or_default().insert(sha.clone());
             }
         }
-        let total: usize = needs.values().map(|n| n.pending.len()).sum();
-        if total == 0 {
-            return Ok(());
+        for (n, sha) in &held {
+            waiting.arrived(self, n, sha);
         }
-        self.event(
-            phase,
-            None,
-            crate::EventKind::Step,
-            format!("sending {} binaries to {total} places", needs.len()),
-        );
-        // Node by node in the phase's order: the first nodes get all their
-        // binaries first, and start while the others' are on their way.
-        let order: BTreeMap<String, usize> = p
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.node.clone(), i))
-            .collect();
-        self.transfers(phase, &mut needs, &order, &inventories, staged)
-            .await
+        for (phase, left) in waiting.phases.iter().filter(|(_, l)| !l.is_empty()) {
+            let shas: BTreeSet<&String> = left.iter().map(|(_, s)| s).collect();
+            self.event(
+                phase,
+                None,
+                crate::EventKind::Step,
+                format!("sending {} binaries to {} places", shas.len(), left.len()),
+            );
+        }
+        let names: Vec<&str> = phases.iter().map(|p| p.phase.as_str()).collect();
+        let line = Line {
+            names: &names,
+            rank: &rank,
+            inventories: &inventories,
+        };
+        match self.transfers(&mut needs, &line, &mut waiting).await {
+            Ok(()) => waiting.fail_rest(self, None, "an earlier phase failed"),
+            Err(e) => waiting.fail_rest(self, Some(e), "an earlier transfer failed"),
+        }
     }
 
-    /// Runs every pending transfer, peers first, the control machine when
-    /// no peer holds the blob or a peer transfer failed.
+    /// Runs every pending transfer in line, peers first, the control
+    /// machine when no peer holds the blob or a peer transfer failed.
     async fn transfers(
         &self,
-        phase: &str,
         needs: &mut BTreeMap<String, Need>,
-        order: &BTreeMap<String, usize>,
-        inventories: &BTreeMap<String, Inventory>,
-        staged: &tokio::sync::Mutex<Staged>,
+        line: &Line<'_>,
+        waiting: &mut Waiting,
     ) -> Result<(), ApplyError> {
         use futures::stream::{FuturesUnordered, StreamExt};
+        use std::sync::atomic::Ordering;
+        let inventories = line.inventories;
         let shared = Shared::default();
         let mut busy: BTreeMap<String, usize> = BTreeMap::new();
         let mut uplink = 0;
@@ -197,21 +277,19 @@ impl Run<'_> {
         let mut running = FuturesUnordered::new();
         let mut failure = None;
         loop {
-            if failure.is_none() {
-                let mut waiting: Vec<(usize, String, String)> = needs
+            if failure.is_none() && !self.sent.stop.load(Ordering::Relaxed) {
+                let mut queue: Vec<(Rank, String, String)> = needs
                     .iter()
                     .flat_map(|(sha, need)| {
                         need.pending.iter().map(|n| {
-                            (
-                                order.get(n).copied().unwrap_or(usize::MAX),
-                                n.clone(),
-                                sha.clone(),
-                            )
+                            let key = (n.clone(), sha.clone());
+                            let r = line.rank.get(&key).copied().unwrap_or((usize::MAX, 0));
+                            (r, n.clone(), sha.clone())
                         })
                     })
                     .collect();
-                waiting.sort();
-                for (_, target, sha) in waiting {
+                queue.sort();
+                for ((pi, _), target, sha) in queue {
                     let Some(need) = needs.get_mut(&sha) else {
                         continue;
                     };
@@ -242,6 +320,7 @@ impl Run<'_> {
                         .get(&transfer.1)
                         .map_or(Codec::None, Inventory::codec);
                     let shared = &shared;
+                    let phase = line.names.get(pi).copied().unwrap_or_default();
                     running.push(async move {
                         let blob = Blob { file: &file, size };
                         let r = self.transfer(phase, &transfer, blob, codec, shared).await;
@@ -265,7 +344,11 @@ impl Run<'_> {
                     if let Some(n) = needs.get_mut(&sha) {
                         n.holders.push(target.clone());
                     }
-                    staged.lock().await.arrived(target, sha);
+                    self.staged
+                        .lock()
+                        .await
+                        .arrived(target.clone(), sha.clone());
+                    waiting.arrived(self, &target, &sha);
                     self.sent.arrived();
                 }
                 // A peer transfer that failed is done again from here.

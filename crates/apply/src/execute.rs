@@ -81,11 +81,11 @@ pub(crate) struct Sent {
     done: std::sync::Mutex<BTreeMap<String, Option<ApplyError>>>,
     notify: tokio::sync::Notify,
     /// Set when a phase failed: nothing more is sent.
-    stop: std::sync::atomic::AtomicBool,
+    pub(crate) stop: std::sync::atomic::AtomicBool,
 }
 
 impl Sent {
-    fn finish(&self, phase: &str, outcome: Result<(), ApplyError>) {
+    pub(crate) fn finish(&self, phase: &str, outcome: Result<(), ApplyError>) {
         if let Ok(mut d) = self.done.lock() {
             d.insert(phase.to_string(), outcome.err());
         }
@@ -688,24 +688,9 @@ impl Run<'_> {
     }
 
     /// Sends every phase's binaries into the blob stores of the nodes that
-    /// install them, one phase after the other in plan order, while the
-    /// phases run: the next phase's binaries arrive while the one before
-    /// it works, and the uplink serves the earliest phase first (the
-    /// apiservers' binaries before those of the kubelets that start beside
-    /// them). Stops when a phase failed.
+    /// install them while the phases run ([`Run::distribute`]).
     async fn send_ahead(&self, phases: &[PhasePlan]) {
-        use std::sync::atomic::Ordering;
-        for p in phases {
-            let outcome = if self.sent.stop.load(Ordering::Relaxed) {
-                Err(ApplyError::Other(format!(
-                    "the binaries of phase {} were not sent: an earlier phase failed",
-                    p.phase
-                )))
-            } else {
-                self.distribute(&p.phase, p, &self.staged).await
-            };
-            self.sent.finish(&p.phase, outcome);
-        }
+        self.distribute(phases).await;
     }
 
     /// The phases, with their binaries sent ahead ([`Run::send_ahead`]).

@@ -1830,9 +1830,10 @@ fn a_stopped_member_starts_again_without_being_added() {
     assert_eq!(etcd.nodes[0].start, ["etcd"]);
 }
 
-/// Binaries go out phase by phase in plan order while the phases run: on
-/// a new cluster every apiserver has its binary before a kubelet or a
-/// controller manager gets its own (they start beside the apiservers).
+/// Binaries go out in one line while the phases run, the earliest phase
+/// first: on a new cluster (with transfers that take no time) every
+/// apiserver has its binary before a kubelet or a controller manager gets
+/// its own (they start beside the apiservers).
 #[tokio::test]
 async fn binaries_go_out_in_phase_order() {
     let dir = tempfile::tempdir().unwrap();
