@@ -104,9 +104,24 @@ fn port() -> u16 {
     40000 + u16::from_le_bytes(b) % 20000
 }
 
-/// Where a transfer stands in line: the first phase that needs it, then
-/// its node's place in that phase.
-type Rank = (usize, usize);
+/// Where a transfer stands in line: its level (see [`level`]), its node's
+/// place in its phase, its phase.
+type Rank = (usize, usize, usize);
+
+/// The level of phase `i`'s binaries: phases go in plan order, and one
+/// that starts beside an earlier phase (`with`) right after that phase,
+/// level with the others that start beside it (the controllers' and the
+/// kubelets' beside the apiservers').
+fn level(phases: &[PhasePlan], i: usize) -> usize {
+    let with = phases[i]
+        .with
+        .as_ref()
+        .and_then(|w| phases[..i].iter().position(|x| &x.phase == w));
+    match with {
+        Some(g) => 2 * g + 1,
+        None => 2 * i,
+    }
+}
 
 /// What each phase still waits for: (node, sha256) pairs, by phase.
 struct Waiting {
@@ -147,11 +162,12 @@ impl Waiting {
 
 impl Run<'_> {
     /// Puts every binary the phases install into the blob stores of the
-    /// nodes that install them, while the phases run: one line of
-    /// transfers, earliest phase first and within a phase node by node (the
+    /// nodes that install them, while the phases run: one level after the
+    /// other ([`level`]; a level's transfers have the uplink, the peers and
+    /// the nodes' CPUs to themselves, so that the apiservers' binaries are
+    /// not slowed by the kubelets'), and within a level node by node (the
     /// first nodes get all their binaries first and start while the
-    /// others' are on their way), so that a later phase's binaries use
-    /// what the uplink and the peers have left. Each phase is told
+    /// others' are on their way). Each phase is told
     /// ([`crate::execute::Sent`]) once its own binaries are in place.
     pub(crate) async fn distribute(&self, phases: &[PhasePlan]) {
         let mut needs: BTreeMap<String, Need> = BTreeMap::new();
@@ -189,7 +205,9 @@ impl Run<'_> {
                         need.pending.push(w.node.clone());
                     }
                     let key = (w.node.clone(), put.sha256.clone());
-                    rank.entry(key.clone()).or_insert((pi, ni));
+                    let r = (level(phases, pi), ni, pi);
+                    let kept = rank.entry(key.clone()).or_insert(r);
+                    *kept = (*kept).min(r);
                     left.insert(key);
                 }
             }
@@ -275,6 +293,8 @@ impl Run<'_> {
         let mut uplink = 0;
         let mut no_peer: BTreeSet<(String, String)> = BTreeSet::new();
         let mut running = FuturesUnordered::new();
+        // Transfers in flight by level.
+        let mut levels: BTreeMap<usize, usize> = BTreeMap::new();
         let mut failure = None;
         loop {
             if failure.is_none() && !self.sent.stop.load(Ordering::Relaxed) {
@@ -283,13 +303,23 @@ impl Run<'_> {
                     .flat_map(|(sha, need)| {
                         need.pending.iter().map(|n| {
                             let key = (n.clone(), sha.clone());
-                            let r = line.rank.get(&key).copied().unwrap_or((usize::MAX, 0));
+                            let r = line.rank.get(&key).copied().unwrap_or((usize::MAX, 0, 0));
                             (r, n.clone(), sha.clone())
                         })
                     })
                     .collect();
                 queue.sort();
-                for ((pi, _), target, sha) in queue {
+                // The lowest level with transfers waiting or in flight.
+                let now = queue
+                    .first()
+                    .map(|(r, _, _)| r.0)
+                    .into_iter()
+                    .chain(levels.iter().filter(|(_, n)| **n > 0).map(|(l, _)| *l))
+                    .min();
+                for ((level, _, pi), target, sha) in queue {
+                    if Some(level) != now {
+                        break;
+                    }
                     let Some(need) = needs.get_mut(&sha) else {
                         continue;
                     };
@@ -321,16 +351,20 @@ impl Run<'_> {
                         .map_or(Codec::None, Inventory::codec);
                     let shared = &shared;
                     let phase = line.names.get(pi).copied().unwrap_or_default();
+                    *levels.entry(level).or_default() += 1;
                     running.push(async move {
                         let blob = Blob { file: &file, size };
                         let r = self.transfer(phase, &transfer, blob, codec, shared).await;
-                        (transfer, r)
+                        (level, transfer, r)
                     });
                 }
             }
-            let Some(((sha, target, peer), result)) = running.next().await else {
+            let Some((level, (sha, target, peer), result)) = running.next().await else {
                 break;
             };
+            if let Some(n) = levels.get_mut(&level) {
+                *n -= 1;
+            }
             match &peer {
                 Some(h) => {
                     if let Some(b) = busy.get_mut(h) {

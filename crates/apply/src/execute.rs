@@ -568,7 +568,9 @@ impl Run<'_> {
         for op in &p.ops {
             done.merge(self.op(phase, op).await?);
         }
-        if p.strategy != Strategy::Parallel {
+        // The nodes of parallel and drain-nodes phases each wait for their
+        // own binaries only (below).
+        if !matches!(p.strategy, Strategy::Parallel | Strategy::DrainNodes) {
             self.sent.wait(phase).await?;
         }
         match p.strategy {
@@ -629,8 +631,9 @@ impl Run<'_> {
                         .iter()
                         .filter_map(|n| p.nodes.iter().find(|w| w.node == *n))
                         .collect();
-                    let all = fan_out(works, self.opts.concurrency, |w| {
-                        self.node_drained(phase, w)
+                    let all = fan_out(works, self.opts.concurrency, |w| async move {
+                        self.sent.wait_until(phase, || self.node_staged(w)).await?;
+                        self.node_drained(phase, w).await
                     })
                     .await?;
                     for a in all {
