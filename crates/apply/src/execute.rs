@@ -568,9 +568,11 @@ impl Run<'_> {
         for op in &p.ops {
             done.merge(self.op(phase, op).await?);
         }
-        // The nodes of parallel and drain-nodes phases each wait for their
-        // own binaries only (below).
-        if !matches!(p.strategy, Strategy::Parallel | Strategy::DrainNodes) {
+        // The nodes of a parallel phase each wait for their own binaries
+        // only (below). Those of a drain-nodes phase wait for them all: on
+        // a new cluster the control-plane nodes' kubelets, started sooner,
+        // would take the CPU from the apiservers starting beside them.
+        if p.strategy != Strategy::Parallel {
             self.sent.wait(phase).await?;
         }
         match p.strategy {
@@ -631,9 +633,8 @@ impl Run<'_> {
                         .iter()
                         .filter_map(|n| p.nodes.iter().find(|w| w.node == *n))
                         .collect();
-                    let all = fan_out(works, self.opts.concurrency, |w| async move {
-                        self.sent.wait_until(phase, || self.node_staged(w)).await?;
-                        self.node_drained(phase, w).await
+                    let all = fan_out(works, self.opts.concurrency, |w| {
+                        self.node_drained(phase, w)
                     })
                     .await?;
                     for a in all {
