@@ -70,8 +70,8 @@ pub struct Report {
     pub manifest: Option<Vec<u8>>,
 }
 
-/// Reads its request on stdin: `F DIFF SHA PATH`, `U UNIT`, `S INDEX
-/// BASE64-SCRIPT`, `V UNIT` lines. $1 is the cache file, $2 `record` or
+/// Reads its request on stdin: `F DIFF SHA PATH`, `U UNIT`, `V UNIT`
+/// lines and one `X BASE64-SCRIPT` line, the checks (see [`checks`]). $1 is the cache file, $2 `record` or
 /// `read`, $3 the extra host checks (base64), $4 the manifest file (or
 /// empty). Prints the host facts as `H key=value`, then `F MODE OWNER SHA
 /// PATH`, `C PATH BASE64` (old text of a changed diffable file), `U UNIT
@@ -88,12 +88,12 @@ cache="$1"; mode="$2"; host_extra="${3:-}"; manifest="${4:-}"
 d=$(mktemp -d /run/kubeforge-gather.XXXXXX) || exit 1
 trap 'rm -rf "$d"' EXIT
 trap 'rm -rf "$d"; exit 1' HUP INT TERM PIPE
-: > "$d/req.f"; : > "$d/req.u"; : > "$d/req.s"; : > "$d/req.v"
+: > "$d/req.f"; : > "$d/req.u"; : > "$d/req.x"; : > "$d/req.v"
 while IFS= read -r line; do
   case "$line" in
     F\ *) printf '%s\n' "${line#F }" >> "$d/req.f" ;;
     U\ *) printf '%s\n' "${line#U }" >> "$d/req.u" ;;
-    S\ *) printf '%s\n' "${line#S }" >> "$d/req.s" ;;
+    X\ *) printf '%s' "${line#X }" > "$d/req.x" ;;
     V\ *) printf '%s\n' "${line#V }" >> "$d/req.v" ;;
   esac
 done
@@ -151,10 +151,9 @@ awk 'NR == FNR { n++; name[n] = $0; next }
              p = v[j, "MainPID"]; if (p == "") p = 0
              print name[j], a, f, p } }' "$d/units" RS= "$d/show" > "$d/states"
 awk 'NR == FNR { s[$1] = $2 " " $3; next } { print "U " $0 " " (($0 in s) ? s[$0] : "inactive -") }' "$d/states" "$d/req.u"
-while IFS=' ' read -r i b; do
-  printf '%s' "$b" | base64 -d > "$d/check" 2>/dev/null
-  if ( sh "$d/check" ) >/dev/null 2>&1 </dev/null; then printf 'S %s 0\n' "$i"; else printf 'S %s 1\n' "$i"; fi
-done < "$d/req.s"
+if [ -s "$d/req.x" ] && base64 -d < "$d/req.x" > "$d/checks" 2>/dev/null; then
+  ( set --; . "$d/checks" )
+fi
 # The running binaries' versions ("KEY LINE" lines in the version cache).
 vcache="${cache%/*}/version-cache"
 known_versions="$vcache"
@@ -190,6 +189,19 @@ fi
 exit 0
 "#;
 
+/// The steps' checks as one script for the gather script to source: each
+/// in a subshell of its own (its `exit`, variables and `set` stay there,
+/// without `-u`), then `S INDEX STATUS`. A fork per check, no new program.
+fn checks(checks: &[(String, String)]) -> String {
+    let mut s = String::new();
+    for (i, (_, check)) in checks.iter().enumerate() {
+        s.push_str(&format!(
+            "( set +u\n{check}\n) >/dev/null 2>&1 </dev/null; echo \"S {i} $?\"\n"
+        ));
+    }
+    s
+}
+
 /// The gather script with the host facts script inside.
 fn script() -> String {
     GATHER.replace("HOST_FACTS", ops::HOST)
@@ -207,8 +219,8 @@ pub async fn gather(t: &dyn Transport, req: &Request) -> Result<Report, Transpor
     for u in &req.units {
         stdin.push_str(&format!("U {u}\n"));
     }
-    for (i, (_, check)) in req.checks.iter().enumerate() {
-        stdin.push_str(&format!("S {i} {}\n", b64.encode(check)));
+    if !req.checks.is_empty() {
+        stdin.push_str(&format!("X {}\n", b64.encode(checks(&req.checks))));
     }
     for u in &req.versions {
         stdin.push_str(&format!("V {u}\n"));

@@ -48,7 +48,7 @@ fi
 /// several times faster on binaries), else with coreutils' `sha256sum`.
 macro_rules! sum256 {
     () => {
-        "sum256() { if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r | cut -d' ' -f1; else sha256sum | cut -d' ' -f1; fi; }\n"
+        "sum256() { if command -v openssl >/dev/null 2>&1; then set -- $(openssl dgst -sha256 -r); else set -- $(sha256sum); fi; echo \"${1:-}\"; }\n"
     };
 }
 pub(crate) use sum256;
@@ -158,9 +158,9 @@ pub async fn put_cached(
 ///
 /// Arguments: `STORE [CACHE]`. Stdin: per file a line `KIND MODE OWNER
 /// SIZE SHA256 PATH`, KIND `D` followed by exactly SIZE bytes of content,
-/// or `B` for the blob named SHA256 in STORE (a copy, so that clearing
-/// the store leaves the installed file's inode and its cached sum alone;
-/// checked again).
+/// `B` for the blob named SHA256 in STORE (copied, the copy checked), or
+/// `L` for such a blob checked as it entered the store in this run
+/// (linked into place; see [`Source::Blob`]).
 pub const PUT_ALL: &str = concat!(
     sum256!(),
     r#"set -eu
@@ -168,9 +168,10 @@ store="$1"; c="${2:-}"
 list=$(mktemp)
 trap 'while IFS=" " read -r t sum p; do rm -f -- "$t"; done < "$list"; rm -f -- "$list"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
+uid=$(id -u)
 while IFS=' ' read -r kind mode owner size sum p; do
-  d=$(dirname -- "$p")
-  mkdir -p -- "$d"
+  d=${p%/*}; d=${d:-/}
+  [ -d "$d" ] || mkdir -p -- "$d"
   t=$(mktemp "$d/.kubeforge-tmp.XXXXXX")
   printf '%s %s %s
 ' "$t" "$sum" "$p" >> "$list"
@@ -193,8 +194,10 @@ while IFS=' ' read -r kind mode owner size sum p; do
     echo "refusing to install $p: expected $size bytes with sha256 $sum, received $got_size bytes with sha256 $got_sum ($from); no file of this batch was installed, the old ones are unchanged: run the command again" >&2
     exit 4
   fi
-  chown -- "$owner" "$t"
-  chmod -- "$mode" "$t"
+  # A new temporary file is already root's and 0600 (mktemp); a link is
+  # the blob's inode.
+  if [ "$owner" != root:root ] || [ "$uid" != 0 ] || [ "$from" = checked ]; then chown -- "$owner" "$t"; fi
+  if [ "$mode" != 0600 ] || [ "$from" = checked ]; then chmod -- "$mode" "$t"; fi
 done
 set --
 while IFS=' ' read -r t sum p; do set -- "$@" "$t"; done < "$list"
@@ -202,7 +205,7 @@ while IFS=' ' read -r t sum p; do set -- "$@" "$t"; done < "$list"
 set --
 while IFS=' ' read -r t sum p; do
   mv -f -- "$t" "$p"
-  set -- "$@" "$(dirname -- "$p")"
+  d=${p%/*}; set -- "$@" "${d:-/}"
 done < "$list"
 [ "$#" -eq 0 ] || sync -- "$@" 2>/dev/null || sync
 # The node's sha256 cache (see gather), told every new file's sum.
@@ -462,12 +465,15 @@ pub struct HostFacts {
     pub unmet: Vec<String>,
 }
 
-pub const HOST: &str = r#"echo "hostname=$(hostname)"
-echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
+pub const HOST: &str = r#"h=; read -r h < /proc/sys/kernel/hostname 2>/dev/null || h=$(hostname)
+echo "hostname=$h"
+m=; read -r m < /etc/machine-id 2>/dev/null
+echo "machine_id=$m"
 echo "time=$(date +%s.%N)"
 . /etc/os-release 2>/dev/null && { echo "os_id=$ID"; echo "os_version=${VERSION_ID:-}"; }
-echo "arch=$(uname -m)"
-echo "kernel=$(uname -s)"
+u=$(uname -sm)
+echo "arch=${u#* }"
+echo "kernel=${u%% *}"
 [ -d /run/systemd/system ] && echo "systemd=yes"
 if [ "${ntp_known:-}" != yes ] && command -v timedatectl >/dev/null 2>&1; then
   ntp=$(timedatectl show -p NTPSynchronized --value 2>/dev/null || true)

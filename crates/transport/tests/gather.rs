@@ -41,9 +41,15 @@ async fn files_units_checks_and_host_in_one_round_trip() {
             (p(&link), sha(b""), true),
         ],
         units: vec!["kubeforge-no-such-unit".into()],
+        // Each check on its own: no arguments, no `-u`, its `exit`, `set`
+        // and variables its own.
         checks: vec![
             ("passes".into(), "true".into()),
             ("fails".into(), "exit 3".into()),
+            ("no arguments".into(), "[ $# -eq 0 ]".into()),
+            ("no -u".into(), r#"[ -z "$kubeforge_unset" ]"#.into()),
+            ("own set -e".into(), "set -e; false; true".into()),
+            ("own variables".into(), "d=/nowhere; mode=x; exit 0".into()),
             ("reads a file".into(), format!("[ -f '{}' ]", p(&a))),
         ],
         versions: vec!["kubeforge-no-such-unit".into()],
@@ -67,7 +73,16 @@ async fn files_units_checks_and_host_in_one_round_trip() {
     // Missing and not-a-regular-file are both absent.
     assert!(!r.files.contains_key(&p(&missing)));
     assert!(!r.files.contains_key(&p(&link)));
-    assert_eq!(r.checks_passed, ["passes", "reads a file"]);
+    assert_eq!(
+        r.checks_passed,
+        [
+            "passes",
+            "no arguments",
+            "no -u",
+            "own variables",
+            "reads a file"
+        ]
+    );
     assert!(
         r.versions.is_empty(),
         "a unit that does not run has no version"

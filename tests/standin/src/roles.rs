@@ -722,9 +722,13 @@ async fn controller(role: Role, p: &Parsed) -> Result<(), String> {
 const CRI_STARTUP_WAIT: Duration = Duration::from_secs(60);
 /// The node parts' /healthz is ok while the apiserver answered within this.
 const NODE_HEALTH_WINDOW: Duration = Duration::from_secs(10);
+/// How often the node parts ask their apiserver once it answered: twice
+/// per [`NODE_HEALTH_WINDOW`] (a real kubelet renews its node lease every
+/// 10 s), so that a lab of a hundred nodes is not busy with their checks.
+const NODE_RECHECK: Duration = Duration::from_secs(5);
 
 /// The node parts' view of their apiserver: a background task asks its
-/// `/readyz` every [`APISERVER_RECHECK`]; /healthz is ok while the last
+/// `/readyz` every [`NODE_RECHECK`]; /healthz is ok while the last
 /// success is at most [`NODE_HEALTH_WINDOW`] old.
 struct NodeHealth {
     server: String,
@@ -774,7 +778,7 @@ impl NodeHealth {
 }
 
 /// Asks `/readyz` until it answers 200 (backoff 1 s to 5 s, logging), then
-/// keeps asking every [`APISERVER_RECHECK`] in the background.
+/// keeps asking every [`NODE_RECHECK`] in the background.
 async fn reach_apiserver(health: Arc<NodeHealth>, api: Url, api_tls: Arc<ClientConfig>) {
     let mut wait = Duration::from_secs(1);
     loop {
@@ -798,7 +802,7 @@ async fn reach_apiserver(health: Arc<NodeHealth>, api: Url, api_tls: Arc<ClientC
     tokio::spawn(async move {
         let mut was_ok = true;
         loop {
-            tokio::time::sleep(APISERVER_RECHECK).await;
+            tokio::time::sleep(NODE_RECHECK).await;
             let r = apiserver_ready(&api, api_tls.clone()).await;
             health.record(&r);
             match (&r, was_ok) {
