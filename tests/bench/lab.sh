@@ -11,6 +11,7 @@
 #   tests/bench/lab.sh                       # N = 3 10 30 100
 #   NODES="6" tests/bench/lab.sh             # only the HA lab of 6 nodes
 #   RATE=1gbit tests/bench/lab.sh            # the host's bridge shaped
+#   KEX=curve25519-sha256 tests/bench/lab.sh # ssh_config's KexAlgorithms
 #   KUBEFORGE_K8S_BIN_DIR=/path tests/bench/lab.sh   # real binaries
 #
 # Needs root (the lab). Stand-ins are used for the Kubernetes binaries
@@ -37,7 +38,7 @@ csv="$out/lab.csv"
 rows=()
 for n in ${NODES:-3 10 30 100}; do
   log="$out/lab-$n.log"
-  if KUBEFORGE_BENCH_NODES=$n KUBEFORGE_BENCH_RATE="${RATE:-}" \
+  if KUBEFORGE_BENCH_NODES=$n KUBEFORGE_BENCH_RATE="${RATE:-}" KUBEFORGE_BENCH_KEX="${KEX:-}" \
      KUBEFORGE_BENCH_APPLY_LOG="$PWD/$out/lab-$n-apply.log" \
      cargo test --locked -q -p kubeforge-tests --test integration lab_bench::bench \
        -- --ignored --nocapture >"$log" 2>&1; then

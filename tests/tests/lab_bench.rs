@@ -5,7 +5,8 @@
 //! worker, a no-op again, and with a load balancer a rolling apiserver
 //! change with a probe through the VIP, and nginx stopping on the VIP
 //! holder and coming back. `KUBEFORGE_BENCH_RATE` (e.g. `1gbit`) shapes
-//! the host's side of the bridge (the control machine's uplink). Prints one
+//! the host's side of the bridge (the control machine's uplink);
+//! `KUBEFORGE_BENCH_KEX` sets the SSH key exchange. Prints one
 //! `BENCH key=value ...` line.
 #![allow(clippy::print_stderr)]
 
@@ -157,6 +158,19 @@ fn bench() {
     let boot = t.elapsed().as_secs_f64();
     // The pause image (and busybox) in the bundle, as a real kubelet needs.
     kf.bundle = crate::lab_nodes::bundle_with_images(&kf);
+    // The SSH key exchange, when asked (ssh_config's KexAlgorithms): on
+    // OpenSSH 9.2 its default, sntrup761x25519, costs the control machine
+    // several times the CPU of curve25519-sha256 per connection.
+    if let Some(kex) = std::env::var("KUBEFORGE_BENCH_KEX")
+        .ok()
+        .filter(|k| !k.is_empty())
+    {
+        std::fs::write(
+            kf.dir.join("ssh_config"),
+            format!("Host *\n  KexAlgorithms {kex}\n"),
+        )
+        .expect("ssh_config");
+    }
     if let Some(rate) = std::env::var("KUBEFORGE_BENCH_RATE")
         .ok()
         .filter(|r| !r.is_empty())
