@@ -20,6 +20,9 @@ use std::sync::Arc;
 const UPLINK_STREAMS: usize = 4;
 /// Transfers a node serves at the same time.
 const PEER_STREAMS: usize = 2;
+/// Peers a node tries for one blob before it comes from the control
+/// machine.
+const PEER_TRIES: usize = 3;
 
 /// One binary a phase needs somewhere.
 struct Need {
@@ -291,7 +294,8 @@ impl Run<'_> {
         let shared = Shared::default();
         let mut busy: BTreeMap<String, usize> = BTreeMap::new();
         let mut uplink = 0;
-        let mut no_peer: BTreeSet<(String, String)> = BTreeSet::new();
+        // Peer transfers that failed: (sha256, target, peer).
+        let mut failed: BTreeSet<(String, String, String)> = BTreeSet::new();
         let mut running = FuturesUnordered::new();
         // Transfers in flight by level.
         let mut levels: BTreeMap<usize, usize> = BTreeMap::new();
@@ -323,15 +327,23 @@ impl Run<'_> {
                     let Some(need) = needs.get_mut(&sha) else {
                         continue;
                     };
-                    let can_fetch = inventories.get(&target).is_some_and(|v| v.can_fetch);
+                    // From a peer that has not failed this transfer yet,
+                    // while fewer than PEER_TRIES have.
+                    let tried = failed
+                        .iter()
+                        .filter(|(s, t, _)| *s == sha && *t == target)
+                        .count();
+                    let can_fetch =
+                        tried < PEER_TRIES && inventories.get(&target).is_some_and(|v| v.can_fetch);
                     let peer = need
                         .holders
                         .iter()
                         .find(|h| {
                             busy.get(*h).copied().unwrap_or(0) < PEER_STREAMS
                                 && inventories.get(*h).is_some_and(|v| v.can_serve)
+                                && !failed.contains(&(sha.clone(), target.clone(), (*h).clone()))
                         })
-                        .filter(|_| can_fetch && !no_peer.contains(&(sha.clone(), target.clone())))
+                        .filter(|_| can_fetch)
                         .cloned();
                     let transfer: Transfer = match peer {
                         Some(h) => {
@@ -385,10 +397,13 @@ impl Run<'_> {
                     waiting.arrived(self, &target, &sha);
                     self.sent.arrived();
                 }
-                // A peer transfer that failed is done again from here.
+                // A peer transfer that failed is done again from another
+                // peer, or from here.
                 Err(e) if peer.is_some() => {
                     tracing::warn!(node = target, "fetching from {peer:?} failed: {e}");
-                    no_peer.insert((sha.clone(), target.clone()));
+                    if let Some(h) = &peer {
+                        failed.insert((sha.clone(), target.clone(), h.clone()));
+                    }
                     if let Some(n) = needs.get_mut(&sha) {
                         n.pending.push(target);
                     }
