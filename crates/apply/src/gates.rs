@@ -98,10 +98,10 @@ pub(crate) async fn failure(
 
 /// Runs a check (`$2`, with the arguments after it) on the node again
 /// while it fails, for up to `$1` milliseconds; then prints its last
-/// failure. The pauses grow from 0.1 s to 0.4 s: a gate passes soon after
-/// its unit is ready, without a round trip per try, and a unit that takes
-/// its time to start (an apiserver) is not slowed by checks (each a TLS
-/// handshake) ten times a second.
+/// failure. It pauses 0.1 s between the tries of the first second, then
+/// 0.25 s: a gate passes soon after its unit is ready, without a round
+/// trip per try, and a unit that takes its time to start (an apiserver)
+/// is not slowed by checks (each a TLS handshake) ten times a second.
 const RETRIED: &str = r#"window="$1"; s="$2"; shift 2
 now() { echo $(( $(date +%s%N) / 1000000 )); }
 end=$(( $(now) + window ))
@@ -111,7 +111,7 @@ while :; do
   [ "$(now)" -lt "$end" ] || { printf '%s\n' "$out"; exit 1; }
   sleep "$pause"
   n=$((n + 1))
-  case "$n" in 3) pause=0.2 ;; 6) pause=0.4 ;; esac
+  [ "$n" -ne 10 ] || pause=0.25
 done
 "#;
 
