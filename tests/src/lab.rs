@@ -152,6 +152,18 @@ const INOTIFY_SYSCTLS: &[(&str, u64)] = &[
     ("/proc/sys/fs/inotify/max_user_watches", 1_048_576),
 ];
 
+/// The kernel's one ARP table holds every network namespace's entries:
+/// with N nodes that talk to each other, about N² of them (a host of a
+/// real cluster holds N). Its limits (third, second, first: raised in
+/// that order) as multiples of N², so that a lab of a hundred nodes does
+/// not overflow it ("neighbor table overflow!", and connections between
+/// nodes failing with "No route to host" or hanging).
+const NEIGHBOUR_SYSCTLS: &[(&str, u64)] = &[
+    ("/proc/sys/net/ipv4/neigh/default/gc_thresh3", 4),
+    ("/proc/sys/net/ipv4/neigh/default/gc_thresh2", 2),
+    ("/proc/sys/net/ipv4/neigh/default/gc_thresh1", 1),
+];
+
 /// Restarts nspawn when it exits with 133 (a reboot inside the node),
 /// after moving itself (and so nspawn) into the node's cgroups.
 const NODE_LOOP: &str = r#"set -uf
@@ -1147,7 +1159,7 @@ impl Lab {
             .map(|(d, _)| format!("{}\n", d.display()))
             .collect();
         write_file(&lab.dir().join("cgroups"), bases, 0o644)?;
-        lab.raise_inotify_limits()?;
+        lab.raise_limits(specs.len())?;
         lab.bridge_up()?;
         check(
             Command::new(&lab.tools.ssh_keygen)
@@ -1170,8 +1182,13 @@ impl Lab {
         }
     }
 
-    fn raise_inotify_limits(&mut self) -> Result<(), String> {
-        for (path, want) in INOTIFY_SYSCTLS {
+    /// Raises the host's inotify limits, and its ARP table's for `nodes`
+    /// nodes; restored when the lab goes down.
+    fn raise_limits(&mut self, nodes: usize) -> Result<(), String> {
+        let n2 = (nodes as u64 + 1).pow(2);
+        let neighbour = NEIGHBOUR_SYSCTLS.iter().map(|(p, k)| (*p, k * n2));
+        let wanted: Vec<(&str, u64)> = INOTIFY_SYSCTLS.iter().copied().chain(neighbour).collect();
+        for (path, want) in &wanted {
             let old = fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
             if old.trim().parse::<u64>().is_ok_and(|v| v < *want) {
                 fs::write(path, want.to_string()).map_err(|e| format!("{path}: {e}"))?;
@@ -1684,7 +1701,7 @@ impl Lab {
                 Err(e) => problems.push(e),
             }
         }
-        for (path, old) in self.sysctls.drain(..) {
+        for (path, old) in self.sysctls.drain(..).rev() {
             if let Err(e) = fs::write(&path, &old) {
                 problems.push(format!("restoring {path}={old}: {e}"));
             }
@@ -1864,8 +1881,9 @@ fn clean_stale(tools: &Tools) {
     }
     if let Some(d) = old_dir {
         let saved = fs::read_to_string(d.join("sysctls")).unwrap_or_default();
-        for (path, value) in saved.lines().filter_map(|l| l.split_once(' ')) {
-            if INOTIFY_SYSCTLS.iter().any(|(p, _)| *p == path) {
+        for (path, value) in saved.lines().rev().filter_map(|l| l.split_once(' ')) {
+            let raised = INOTIFY_SYSCTLS.iter().chain(NEIGHBOUR_SYSCTLS);
+            if raised.map(|(p, _)| *p).any(|p| p == path) {
                 let _ = fs::write(path, value);
             }
         }
