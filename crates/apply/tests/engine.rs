@@ -376,7 +376,10 @@ async fn each_apiserver_is_drained_from_every_lb_restarted_gated_and_put_back() 
     let edits = &p.phases[0].nodes[0].drain;
     assert_eq!(edits.len(), 2);
     let drained = String::from_utf8(edits[0].drained.clone()).unwrap();
-    assert!(drained.contains("fail_timeout=3s down; # cp1"), "{drained}");
+    assert!(
+        drained.contains("fail_timeout=10s down; # cp1"),
+        "{drained}"
+    );
     assert_eq!(drained.matches(" down;").count(), 1);
     assert!(!String::from_utf8_lossy(&edits[0].restored).contains(" down;"));
 }
