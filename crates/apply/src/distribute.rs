@@ -9,7 +9,7 @@
 
 use crate::execute::Run;
 use crate::{fan_out, ApplyError};
-use kubeforge_plan::{Content, PhasePlan};
+use kubeforge_plan::{Content, PhasePlan, Put};
 use kubeforge_transport::blobs::{self, Codec, Inventory};
 use kubeforge_transport::Held;
 use std::collections::{BTreeMap, BTreeSet};
@@ -107,6 +107,15 @@ fn port() -> u16 {
     40000 + u16::from_le_bytes(b) % 20000
 }
 
+/// The local file of `put` when it goes through the node's blob store:
+/// a binary of the bundle (secrets go straight from here to their node).
+pub(crate) fn sent_ahead(put: &Put) -> Option<&std::path::Path> {
+    match &put.content {
+        Content::File(file) if !put.secret => Some(file),
+        _ => None,
+    }
+}
+
 /// Where a transfer stands in line: its level (see [`level`]), its node's
 /// place in its phase, its phase.
 type Rank = (usize, usize, usize);
@@ -133,7 +142,8 @@ struct Waiting {
 }
 
 impl Waiting {
-    /// `node` got `sha`: the phases that waited only for it are done.
+    /// `node` got `sha`: the phases that waited only for it are done, and
+    /// the nodes waiting for their own binaries look again.
     fn arrived(&mut self, run: &Run<'_>, node: &str, sha: &str) {
         let key = (node.to_string(), sha.to_string());
         for (i, (phase, left)) in self.phases.iter_mut().enumerate() {
@@ -143,6 +153,7 @@ impl Waiting {
                 run.sent.finish(phase, Ok(()));
             }
         }
+        run.sent.arrived();
     }
 
     /// Every phase not done yet ends with `error` (the first of them) or
@@ -183,13 +194,9 @@ impl Run<'_> {
             let mut left = BTreeSet::new();
             for (ni, w) in p.nodes.iter().enumerate() {
                 for put in &w.puts {
-                    // Secrets go straight from here to their node.
-                    let Content::File(file) = &put.content else {
+                    let Some(file) = sent_ahead(put) else {
                         continue;
                     };
-                    if put.secret {
-                        continue;
-                    }
                     let size = match std::fs::metadata(file) {
                         Ok(m) => m.len(),
                         Err(e) => {
@@ -200,7 +207,7 @@ impl Run<'_> {
                     };
                     let need = needs.entry(put.sha256.clone()).or_insert_with(|| Need {
                         size,
-                        file: file.clone(),
+                        file: file.to_path_buf(),
                         pending: Vec::new(),
                         holders: Vec::new(),
                     });
@@ -385,8 +392,8 @@ impl Run<'_> {
                 }
                 None => uplink -= 1,
             }
-            match result {
-                Ok(()) => {
+            match (result, peer) {
+                (Ok(()), _) => {
                     if let Some(n) = needs.get_mut(&sha) {
                         n.holders.push(target.clone());
                     }
@@ -395,20 +402,17 @@ impl Run<'_> {
                         .await
                         .arrived(target.clone(), sha.clone());
                     waiting.arrived(self, &target, &sha);
-                    self.sent.arrived();
                 }
                 // A peer transfer that failed is done again from another
                 // peer, or from here.
-                Err(e) if peer.is_some() => {
-                    tracing::warn!(node = target, "fetching from {peer:?} failed: {e}");
-                    if let Some(h) = &peer {
-                        failed.insert((sha.clone(), target.clone(), h.clone()));
-                    }
+                (Err(e), Some(h)) => {
+                    tracing::warn!(node = target, "fetching from {h} failed: {e}");
+                    failed.insert((sha.clone(), target.clone(), h));
                     if let Some(n) = needs.get_mut(&sha) {
                         n.pending.push(target);
                     }
                 }
-                Err(e) => {
+                (Err(e), None) => {
                     if failure.is_none() {
                         failure = Some(e);
                     }

@@ -70,7 +70,7 @@ pub(crate) struct Run<'a> {
     pub addresses: BTreeMap<String, String>,
     /// The binaries put into the nodes' blob stores so far.
     pub staged: tokio::sync::Mutex<Staged>,
-    /// Each phase's binaries, sent ahead in phase order ([`Run::send_ahead`]).
+    /// Each phase's binaries, sent ahead ([`Run::distribute`]).
     pub sent: Sent,
 }
 
@@ -302,15 +302,15 @@ impl Run<'_> {
         .map(|_| ())
     }
 
-    /// A node's work, then its gates.
     /// Whether every binary the node's work installs is in its store.
     async fn node_staged(&self, w: &NodeWork) -> bool {
         let staged = self.staged.lock().await;
-        w.puts.iter().all(|p| {
-            !matches!(p.content, Content::File(_)) || p.secret || staged.has(&w.node, &p.sha256)
-        })
+        w.puts
+            .iter()
+            .all(|p| crate::distribute::sent_ahead(p).is_none() || staged.has(&w.node, &p.sha256))
     }
 
+    /// A node's work, then its gates.
     async fn node_gated(&self, phase: &str, w: &NodeWork) -> Result<Applied, ApplyError> {
         let done = self.node_work(phase, w, false).await?;
         self.gates(phase, &w.gates).await?;
@@ -691,15 +691,9 @@ impl Run<'_> {
         Ok(done)
     }
 
-    /// Sends every phase's binaries into the blob stores of the nodes that
-    /// install them while the phases run ([`Run::distribute`]).
-    async fn send_ahead(&self, phases: &[PhasePlan]) {
-        self.distribute(phases).await;
-    }
-
-    /// The phases, with their binaries sent ahead ([`Run::send_ahead`]).
+    /// The phases, with their binaries sent ahead ([`Run::distribute`]).
     async fn phases(&self, phases: &[PhasePlan]) -> Result<Applied, ApplyError> {
-        let (_, applied) = tokio::join!(self.send_ahead(phases), self.run_phases(phases));
+        let (_, applied) = tokio::join!(self.distribute(phases), self.run_phases(phases));
         applied
     }
 

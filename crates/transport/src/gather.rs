@@ -71,9 +71,9 @@ pub struct Report {
 }
 
 /// Reads its request on stdin: `F DIFF SHA PATH`, `U UNIT`, `V UNIT`
-/// lines and one `X BASE64-SCRIPT` line, the checks (see [`checks`]). $1 is the cache file, $2 `record` or
-/// `read`, $3 the extra host checks (base64), $4 the manifest file (or
-/// empty). Prints the host facts as `H key=value`, then `F MODE OWNER SHA
+/// lines and one `X BASE64-SCRIPT` line, the checks (see [`checks`]). $1
+/// is the cache file, $2 `record` or `read`, $3 the extra host checks
+/// (base64), $4 the manifest file (or empty). Prints the host facts as `H key=value`, then `F MODE OWNER SHA
 /// PATH`, `C PATH BASE64` (old text of a changed diffable file), `U UNIT
 /// ACTIVE ENABLED`, `S INDEX STATUS`, `V UNIT LINE`, `K COUNT` (sums taken
 /// from the cache) and `M BASE64` (the manifest, when it is a file).

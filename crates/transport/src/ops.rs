@@ -23,20 +23,23 @@ pub(crate) async fn first_line<R: AsyncRead + Unpin>(
     }
 }
 
-/// The end of a script that installed `$p` with sha256 `$sum`: when `$c`
-/// names the node's sha256 cache (see [`crate::gather`]), it is told the
-/// new file's sum so the next run need not read it; a cache that cannot be
-/// written is no error.
-macro_rules! remember_sum {
+/// The end of a script that installed files: when `$c` names the node's
+/// sha256 cache (see [`crate::gather`]), the lines `new_lines` (a function
+/// the script defines) prints, `SIZE CTIME INODE SHA256 PATH` for each new
+/// file, replace those of the same paths, so that the next run need not
+/// read the files; a cache that cannot be written is no error.
+macro_rules! remember_sums {
     () => {
         r#"if [ -n "$c" ]; then
   {
     mkdir -p -- "$(dirname -- "$c")"
     exec 8>>"$c.lock"; flock 8
-    key=$(stat -L -c '%s %.9Z %i' -- "$p")
+    e=$(mktemp)
+    new_lines > "$e"
     n=$(mktemp "$(dirname -- "$c")/.sha256-cache.XXXXXX")
-    { [ -r "$c" ] && awk -v p="$p" '{ q = substr($0, length($1 $2 $3 $4) + 5); if (q != p) print }' "$c"; printf '%s %s %s\n' "$key" "$sum" "$p"; } > "$n"
+    { [ -r "$c" ] && awk 'NR == FNR { new[substr($0, length($1 $2 $3 $4) + 5)] = 1; next } { if (!(substr($0, length($1 $2 $3 $4) + 5) in new)) print }' "$e" "$c"; cat "$e"; } > "$n"
     mv -f -- "$n" "$c"
+    rm -f -- "$e"
   } 2>/dev/null || true
 fi
 "#
@@ -88,8 +91,9 @@ trap - EXIT
 sync -- "$d" 2>/dev/null || sync
 # $6: the node's sha256 cache (see gather), told the new file's sum.
 c="${6:-}"
+new_lines() { printf '%s %s %s\n' "$(stat -L -c '%s %.9Z %i' -- "$p")" "$sum" "$p"; }
 "#,
-    remember_sum!()
+    remember_sums!()
 );
 
 /// The status [`PUT`] exits with when the content that arrived is not the
@@ -209,22 +213,13 @@ while IFS=' ' read -r t sum p; do
 done < "$list"
 [ "$#" -eq 0 ] || sync -- "$@" 2>/dev/null || sync
 # The node's sha256 cache (see gather), told every new file's sum.
-if [ -n "$c" ]; then
-  {
-    mkdir -p -- "$(dirname -- "$c")"
-    exec 8>>"$c.lock"; flock 8
-    e=$(mktemp)
-    while IFS=' ' read -r t sum p; do
-      printf '%s %s %s
-' "$(stat -L -c '%s %.9Z %i' -- "$p")" "$sum" "$p"
-    done < "$list" > "$e"
-    n=$(mktemp "$(dirname -- "$c")/.sha256-cache.XXXXXX")
-    { [ -r "$c" ] && awk 'NR == FNR { new[substr($0, length($1 $2 $3 $4) + 5)] = 1; next } { if (!(substr($0, length($1 $2 $3 $4) + 5) in new)) print }' "$e" "$c"; cat "$e"; } > "$n"
-    mv -f -- "$n" "$c"
-    rm -f -- "$e"
-  } 2>/dev/null || true
-fi
-"#
+new_lines() {
+  while IFS=' ' read -r t sum p; do
+    printf '%s %s %s\n' "$(stat -L -c '%s %.9Z %i' -- "$p")" "$sum" "$p"
+  done < "$list"
+}
+"#,
+    remember_sums!()
 );
 
 /// What one file of a [`put_all`] batch holds.
@@ -585,14 +580,12 @@ mod tests {
     #[tokio::test]
     async fn sum256_with_and_without_openssl() {
         let bin = tempfile::tempdir().unwrap();
-        for tool in ["sha256sum", "cut"] {
-            let found = std::process::Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .unwrap();
-            let path = String::from_utf8(found.stdout).unwrap();
-            std::os::unix::fs::symlink(path.trim(), bin.path().join(tool)).unwrap();
-        }
+        let found = std::process::Command::new("sh")
+            .args(["-c", "command -v sha256sum"])
+            .output()
+            .unwrap();
+        let path = String::from_utf8(found.stdout).unwrap();
+        std::os::unix::fs::symlink(path.trim(), bin.path().join("sha256sum")).unwrap();
         let t = LocalTransport::new("n1");
         let script = concat!(
             sum256!(),
