@@ -1609,6 +1609,16 @@ impl Lab {
                     self.journal_of(node, Some(unit), 60).trim_end()
                 );
             }
+            // nginx logs why it refused a connection to its own file.
+            let nginx_log = node.dir.join("upper/var/log/nginx/error.log");
+            if nginx_log.exists() {
+                eprintln!(
+                    "===== lab node {}: last 30 lines of {} =====\n{}",
+                    node.name,
+                    nginx_log.display(),
+                    tail(&nginx_log, 30)
+                );
+            }
             eprintln!(
                 "===== lab node {}: last 30 lines of its console ({}) =====\n{}",
                 node.name,

@@ -110,7 +110,10 @@ fn api(kf: &Kf, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let out = cmd.arg(format!("{API}{path}")).output().expect("curl runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    (
+        code.trim().parse().unwrap_or(0),
+        format!("{body}{}", String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 /// Server-side apply of `object` at `path`; must succeed.

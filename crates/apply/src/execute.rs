@@ -7,7 +7,9 @@ use crate::api::{Api, Credentials};
 use crate::distribute::Staged;
 use crate::{cluster, drain, gates};
 use crate::{fan_out, transport, ApplyError, Event, EventKind, Options, Progress, Transports};
-use kubeforge_plan::{Content, Cordon, GateRun, HealthyBefore, LbEdit, NodeWork, PhasePlan, Plan};
+use kubeforge_plan::{
+    Content, Cordon, GateRun, HealthyBefore, LbEdit, LbReload, NodeWork, PhasePlan, Plan,
+};
 use kubeforge_render::{Stage, Strategy, Vip};
 use kubeforge_transport::blobs;
 use kubeforge_transport::gather::CACHE;
@@ -37,7 +39,8 @@ pub struct Applied {
     pub drained: Vec<String>,
     /// Pods evicted from them.
     pub evicted: usize,
-    /// What the cluster gates let pass with a warning.
+    /// What passed with a warning (cluster gates, a load balancer not
+    /// reloaded).
     pub warnings: Vec<String>,
     /// How long each phase took (and the cluster gate), in order.
     pub timings: Vec<(String, Duration)>,
@@ -496,6 +499,30 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// An LB node reloads (if it runs) so that it forgets the connections
+    /// refused while the servers behind it were starting. One that cannot
+    /// is a warning: it takes them back by itself after `fail_timeout`.
+    async fn lb_reload(&self, phase: &str, r: &LbReload) -> Applied {
+        let mut done = Applied::default();
+        for u in &r.units {
+            self.step(phase, &r.node, format!("reload {u}: the new servers join"));
+            let reloaded = match self.t(&r.node) {
+                Ok(t) => ops::systemctl(t, &["try-reload-or-restart", u])
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match reloaded {
+                Ok(_) => done.reloaded.push((r.node.clone(), u.clone())),
+                Err(e) => done.warnings.push(format!(
+                    "{}: {u} not reloaded after the new servers started ({e}); it sends them requests again once its fail_timeout is over",
+                    r.node
+                )),
+            }
+        }
+        done
+    }
+
     /// Exactly one LB node holds the VIP, then the API answers through it.
     async fn vip_gate(&self, phase: &str, vip: &Vip) -> Result<(), ApplyError> {
         self.vip_gate_with(phase, vip, self.opts).await
@@ -649,6 +676,9 @@ impl Run<'_> {
                     self.lb(phase, &w.node, &w.drain, false).await?;
                 }
             }
+        }
+        for r in &p.lb_reload {
+            done.merge(self.lb_reload(phase, r).await);
         }
         if let Some(vip) = &p.vip {
             self.vip_gate(phase, vip).await?;

@@ -20,7 +20,7 @@ pub use skew::{parse_version, VersionChange};
 pub use text::{to_text, work_to_text};
 pub use work::{
     must_exist, ApiApply, ApiWork, Chmod, ClusterGates, ClusterOp, Content, Cordon, Deployment,
-    EtcdTls, GateRun, LbEdit, MustExist, NodeWork, PhasePlan, Put, StepWork,
+    EtcdTls, GateRun, LbEdit, LbReload, MustExist, NodeWork, PhasePlan, Put, StepWork,
 };
 
 use kubeforge_render::{Addon, NodeTree, PhaseGate, Rendered, Strategy};
@@ -772,11 +772,12 @@ pub fn plan_with(
                     with: None,
                     batches: Vec::new(),
                     ops: Vec::new(),
+                    lb_reload: Vec::new(),
                 });
             }
             continue;
         }
-        let works: Vec<NodeWork> = decided
+        let mut works: Vec<NodeWork> = decided
             .iter()
             .map(|d| work::node_work(rendered, facts, d, &row.name, row.strategy))
             .filter(|w| !w.is_empty())
@@ -784,11 +785,22 @@ pub fn plan_with(
         if works.is_empty() {
             continue;
         }
-        // Early only when nothing restarts, in this phase or in those it
-        // would run beside (an upgrade keeps the order): beside the first
-        // phase of this plan from the named one on.
+        // New servers behind the load balancer start (and pass their
+        // gates) before the others restart: a drained node put back writes
+        // the load balancer's new configuration, the new servers in it.
+        if row.strategy == Strategy::DrainFromLb {
+            works.sort_by_key(|w| w.start.is_empty());
+        }
+        // Early only when nothing restarts or reloads, in this phase or in
+        // those it would run beside (an upgrade keeps the order, and a
+        // running load balancer takes a new apiserver once it is ready):
+        // beside the first phase of this plan from the named one on.
         let rank = |name: &str| rendered.phases.iter().position(|p| p.name == name);
-        let restarts = |nodes: &[NodeWork]| nodes.iter().any(|w| !w.restart.is_empty());
+        let restarts = |nodes: &[NodeWork]| {
+            nodes
+                .iter()
+                .any(|w| !w.restart.is_empty() || !w.reload.is_empty())
+        };
         let early = row
             .early
             .as_deref()
@@ -805,6 +817,10 @@ pub fn plan_with(
                 beside.first().map(|p| p.phase.clone())
             });
         let strategy = work::resolve(row.strategy, &works);
+        let lb_reload = match row.strategy {
+            Strategy::DrainFromLb => work::lb_reloads(rendered, &works),
+            _ => Vec::new(),
+        };
         let batches = if strategy == Strategy::DrainNodes {
             work::batches(rendered, row.serial, &works, opts.max_unavailable)
         } else {
@@ -821,6 +837,7 @@ pub fn plan_with(
             with: early,
             batches,
             ops: Vec::new(),
+            lb_reload,
         });
     }
     let versions = skew::check(

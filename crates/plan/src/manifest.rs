@@ -156,6 +156,7 @@ pub(crate) fn manifest_phase(records: &[(&str, Option<&[u8]>, &Manifest)]) -> Op
         api: None,
         vip: None,
         with: None,
+        lb_reload: Vec::new(),
         ops: Vec::new(),
         batches: Vec::new(),
     })

@@ -451,6 +451,7 @@ fn phase(name: &str, nodes: Vec<NodeWork>, ops: Vec<ClusterOp>) -> PhasePlan {
         api: None,
         vip: None,
         with: None,
+        lb_reload: Vec::new(),
         ops,
         batches: Vec::new(),
     }

@@ -57,6 +57,7 @@ fn phase(name: &str, strategy: Strategy, nodes: Vec<NodeWork>) -> PhasePlan {
         api: None,
         vip: None,
         with: None,
+        lb_reload: Vec::new(),
         batches: Vec::new(),
         ops: Vec::new(),
     }

@@ -273,6 +273,15 @@ fn rollout(plan: &Plan, s: &mut String) {
             }
             (Strategy::DrainNodes, _) => drain_nodes(p),
         };
+        let reload = if p.lb_reload.is_empty() {
+            String::new()
+        } else {
+            let lbs: Vec<&str> = p.lb_reload.iter().map(|r| r.node.as_str()).collect();
+            format!(
+                "; then the load balancers reload, forgetting what was refused while starting ({})",
+                lbs.join(", ")
+            )
+        };
         let vip = if p.vip.is_some() {
             "; then the VIP gate"
         } else {
@@ -285,7 +294,7 @@ fn rollout(plan: &Plan, s: &mut String) {
         if p.nodes.is_empty() && p.api.is_none() {
             let _ = writeln!(s, "  {}:", p.phase);
         } else {
-            let _ = writeln!(s, "  {} {how}{vip}{with}", p.phase);
+            let _ = writeln!(s, "  {} {how}{reload}{vip}{with}", p.phase);
         }
         for op in &p.ops {
             let _ = writeln!(s, "    {}", op.describe());

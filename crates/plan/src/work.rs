@@ -214,6 +214,22 @@ pub struct PhasePlan {
     /// phase's nodes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ops: Vec<ClusterOp>,
+    /// Strategy drain-from-lb, when a unit starts for the first time:
+    /// after the phase's nodes passed their gates, the load balancers in
+    /// front of them reload, so that they forget the connections refused
+    /// while the units were starting (nginx takes a server out for
+    /// `fail_timeout` after them, and each of its workers on its own).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lb_reload: Vec<LbReload>,
+}
+
+/// A load-balancer node and what it reloads ([`PhasePlan::lb_reload`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LbReload {
+    pub node: String,
+    /// Units reloaded if they run (nginx); one not running yet starts
+    /// with nothing to forget.
+    pub units: Vec<String>,
 }
 
 /// The etcd CA and a client certificate and key, as the etcd nodes hold
@@ -540,6 +556,29 @@ pub(crate) fn batches(
         .collect();
     for chunk in rest.chunks(max_unavailable.max(1)) {
         out.push(chunk.to_vec());
+    }
+    out
+}
+
+/// The load balancers in front of the nodes of a drain-from-lb phase
+/// whose units start for the first time ([`PhasePlan::lb_reload`]).
+pub(crate) fn lb_reloads(rendered: &Rendered, nodes: &[NodeWork]) -> Vec<LbReload> {
+    let mut out: Vec<LbReload> = Vec::new();
+    let new = nodes.iter().filter(|w| !w.start.is_empty());
+    for d in new.flat_map(|w| rendered.drains.get(&w.node).into_iter().flatten()) {
+        match out.iter_mut().find(|r| r.node == d.lb) {
+            Some(r) => {
+                for u in &d.file.reloads {
+                    if !r.units.contains(u) {
+                        r.units.push(u.clone());
+                    }
+                }
+            }
+            None => out.push(LbReload {
+                node: d.lb.clone(),
+                units: d.file.reloads.clone(),
+            }),
+        }
     }
     out
 }

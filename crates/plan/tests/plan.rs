@@ -798,3 +798,48 @@ fn an_unreachable_node_is_cordoned_and_forgotten_and_never_contacted() {
         }
     }
 }
+
+/// A control-plane node added to a running cluster: its apiserver starts
+/// before the others restart, the running load balancers take it only
+/// after (never beside etcd, while it cannot answer yet), and reload once
+/// it started, forgetting what it refused before.
+#[test]
+fn a_new_apiserver_joins_running_load_balancers_once_started() {
+    let (full, small) = rendered_without(&["cp3"]);
+    let p = plan("ha", &full, &Facts::Gathered(converged(&small)));
+    let order: Vec<&str> = p.phases.iter().map(|x| x.phase.as_str()).collect();
+    let at = |name: &str| order.iter().position(|x| *x == name).unwrap();
+    assert!(at("apiserver") < at("lb"), "{order:?}");
+    let lb = &p.phases[at("lb")];
+    assert_eq!(
+        lb.with, None,
+        "a running load balancer is not started early"
+    );
+    for w in &lb.nodes {
+        assert_eq!(w.reload, ["nginx"], "{w:?}");
+    }
+    // cp3 starts first: putting cp1 and cp2 back after their restarts (a
+    // new etcd member) writes the configuration with cp3 in it.
+    let api = &p.phases[at("apiserver")];
+    let nodes: Vec<(&str, bool)> = api
+        .nodes
+        .iter()
+        .map(|w| (w.node.as_str(), w.drain.is_empty()))
+        .collect();
+    assert_eq!(nodes, [("cp3", true), ("cp1", false), ("cp2", false)]);
+    let reloads: Vec<(&str, &[String])> = api
+        .lb_reload
+        .iter()
+        .map(|r| (r.node.as_str(), r.units.as_slice()))
+        .collect();
+    assert_eq!(
+        reloads,
+        [
+            ("lb1", &["nginx".to_string()][..]),
+            ("lb2", &["nginx".to_string()][..])
+        ]
+    );
+    // Nothing new: no phase beside another, and no reload after starting.
+    let none = plan("ha", &small, &Facts::Gathered(converged(&small)));
+    assert!(none.phases.iter().all(|x| x.lb_reload.is_empty()));
+}
