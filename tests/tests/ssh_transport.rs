@@ -34,6 +34,11 @@ struct Sshd {
 }
 
 fn start_sshd(dir: &Path, sshd: &Path, host_key: &Path) -> Sshd {
+    start_sshd_with(dir, sshd, host_key, 50)
+}
+
+/// An sshd that opens at most `max_sessions` sessions per connection.
+fn start_sshd_with(dir: &Path, sshd: &Path, host_key: &Path, max_sessions: u32) -> Sshd {
     let client_key = dir.join("client");
     if !client_key.exists() {
         keygen(&client_key);
@@ -48,7 +53,7 @@ fn start_sshd(dir: &Path, sshd: &Path, host_key: &Path) -> Sshd {
             "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\n\
              PidFile none\nStrictModes no\nPermitRootLogin prohibit-password\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-             MaxSessions 50\nMaxStartups 50\nLogLevel VERBOSE\n",
+             MaxSessions {max_sessions}\nMaxStartups 50\nLogLevel VERBOSE\n",
             host_key.display(),
             auth.display()
         ),
@@ -305,6 +310,33 @@ fn ssh_transport_against_a_real_sshd() {
         for (i, o) in outs.into_iter().enumerate() {
             assert_eq!(o.expect("echo").trim(), i.to_string());
         }
+
+        // An sshd that allows fewer sessions than the transport opens at
+        // once: the sessions it refuses (the commands never started) are
+        // opened again once others end, and every command runs once.
+        let narrow = start_sshd_with(d, &sshd_bin, &host_key, 3);
+        let tn = SshTransport::connect(options(d, &narrow, true))
+            .await
+            .expect("connects to the narrow sshd");
+        let runs = (0..4).map(|i| {
+            let t = &tn;
+            async move {
+                t.run_ok(
+                    kubeforge_transport::Script::new("sleep, then echo", r#"sleep 0.3; echo "$1""#)
+                        .args([i.to_string()]),
+                )
+                .await
+                .map(|o| o.stdout_str())
+            }
+        });
+        let outs = futures::future::join_all(runs).await;
+        for (i, o) in outs.into_iter().enumerate() {
+            assert_eq!(
+                o.expect("opened again after a refusal").trim(),
+                i.to_string()
+            );
+        }
+        tn.close().await;
 
         // The lock is exclusive across connections and released on close.
         let lock_path = d.join("kubeforge.lock");

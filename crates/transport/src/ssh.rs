@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt};
 
 /// How long a master connection stays up once no client uses it any more
 /// (ssh's `ControlPersist`). A live transport always holds one channel, so
@@ -287,6 +287,89 @@ impl SshTransport {
     }
 }
 
+/// How long to wait before each new try when the node's sshd refused to
+/// open a session on the master connection: the command never started,
+/// so it is tried again. sshd counts a session until the channel's close
+/// reaches it, which can come after ssh reported the command's end.
+const REFUSALS: [Duration; 4] = [
+    Duration::from_millis(50),
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+];
+
+/// How one try of a command ended when it did not run to its end.
+enum Attempt {
+    /// sshd refused the session: the command never started.
+    Refused(String),
+    Failed(String),
+}
+
+/// Whether ssh's own message on stderr says the session was never opened
+/// (sshd's `MaxSessions`: "Session open refused by peer"), as opposed to
+/// a command that ran and was cut off.
+fn session_refused(stderr: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(stderr);
+    text.contains("Session open refused by peer") || text.contains("session request failed")
+}
+
+impl SshTransport {
+    /// One try of `script`: stdin written while stdout and stderr are read.
+    async fn run_once(&self, script: &Script<'_>) -> Result<Output, Attempt> {
+        let mut child = self
+            .command(script)
+            .spawn()
+            .await
+            .map_err(|e| Attempt::Failed(error_chain(&e)))?;
+        let stdin = child.stdin().take();
+        let stdout = child.stdout().take();
+        let stderr = child.stderr().take();
+        let write = async {
+            if let Some(mut stdin) = stdin {
+                let input = script.stdin.clone().unwrap_or_default();
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.shutdown().await;
+            }
+        };
+        let read_out = async {
+            let mut v = Vec::new();
+            if let Some(mut r) = stdout {
+                let _ = r.read_to_end(&mut v).await;
+            }
+            v
+        };
+        let read_err = async {
+            let mut v = Vec::new();
+            if let Some(mut r) = stderr {
+                let _ = r.read_to_end(&mut v).await;
+            }
+            v
+        };
+        let ((), stdout, stderr) = tokio::join!(write, read_out, read_err);
+        match child.wait().await {
+            Ok(status) => Ok(Output {
+                status: status.code().unwrap_or(-1),
+                stdout,
+                stderr,
+            }),
+            Err(e) if session_refused(&stderr) => Err(Attempt::Refused(format!(
+                "{}: {}",
+                error_chain(&e),
+                String::from_utf8_lossy(&stderr).trim()
+            ))),
+            Err(e) => {
+                let said = String::from_utf8_lossy(&stderr);
+                let said = said.trim();
+                Err(Attempt::Failed(if said.is_empty() {
+                    error_chain(&e)
+                } else {
+                    format!("{} (stderr: {said})", error_chain(&e))
+                }))
+            }
+        }
+    }
+}
+
 /// The value of ssh_config's `UserKnownHostsFile` for several files: each
 /// path made absolute and double-quoted (ssh splits the value into words
 /// like a config line), with `\\` and `"` escaped by a backslash and `%`
@@ -376,20 +459,18 @@ impl Transport for SshTransport {
             .await
             .map_err(|e| err(e.to_string()))?;
         let run = async {
-            let mut child = self
-                .command(&script)
-                .spawn()
-                .await
-                .map_err(|e| err(error_chain(&e)))?;
-            if let Some(mut stdin) = child.stdin().take() {
-                let input = script.stdin.clone().unwrap_or_default();
-                let _ = stdin.write_all(&input).await;
-                let _ = stdin.shutdown().await;
+            let mut refusals = 0;
+            loop {
+                match self.run_once(&script).await {
+                    Err(Attempt::Refused(why)) if refusals < REFUSALS.len() => {
+                        tracing::debug!(node = %self.opts.node, what = script.what, "{why}; opening the session again");
+                        tokio::time::sleep(REFUSALS[refusals]).await;
+                        refusals += 1;
+                    }
+                    Err(Attempt::Refused(why) | Attempt::Failed(why)) => return Err(err(why)),
+                    Ok(o) => return Ok(o),
+                }
             }
-            child
-                .wait_with_output()
-                .await
-                .map_err(|e| err(error_chain(&e)))
         };
         match tokio::time::timeout(script.timeout, run).await {
             Err(_) => Err(TransportError::Timeout {
@@ -397,12 +478,7 @@ impl Transport for SshTransport {
                 what: script.what.to_string(),
                 secs: script.timeout.as_secs(),
             }),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(o)) => Ok(Output {
-                status: o.status.code().unwrap_or(-1),
-                stdout: o.stdout,
-                stderr: o.stderr,
-            }),
+            Ok(r) => r,
         }
     }
 
