@@ -796,7 +796,7 @@ pub fn plan_with(
         // running load balancer takes a new apiserver once it is ready):
         // beside the first phase of this plan from the named one on.
         let rank = |name: &str| rendered.phases.iter().position(|p| p.name == name);
-        let restarts = |nodes: &[NodeWork]| {
+        let restarts_or_reloads = |nodes: &[NodeWork]| {
             nodes
                 .iter()
                 .any(|w| !w.restart.is_empty() || !w.reload.is_empty())
@@ -804,14 +804,14 @@ pub fn plan_with(
         let early = row
             .early
             .as_deref()
-            .filter(|_| !restarts(&works))
+            .filter(|_| !restarts_or_reloads(&works))
             .and_then(|e| {
                 let from = rank(e)?;
                 let beside: Vec<&PhasePlan> = phases
                     .iter()
                     .filter(|p: &&PhasePlan| rank(&p.phase).is_some_and(|r| r >= from))
                     .collect();
-                if beside.iter().any(|p| restarts(&p.nodes)) {
+                if beside.iter().any(|p| restarts_or_reloads(&p.nodes)) {
                     return None;
                 }
                 beside.first().map(|p| p.phase.clone())

@@ -308,9 +308,8 @@ enum Attempt {
 /// Whether ssh's own message on stderr says the session was never opened
 /// (sshd's `MaxSessions`: "Session open refused by peer"), as opposed to
 /// a command that ran and was cut off.
-fn session_refused(stderr: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(stderr);
-    text.contains("Session open refused by peer") || text.contains("session request failed")
+fn session_refused(stderr: &str) -> bool {
+    stderr.contains("Session open refused by peer") || stderr.contains("session request failed")
 }
 
 impl SshTransport {
@@ -331,43 +330,36 @@ impl SshTransport {
                 let _ = stdin.shutdown().await;
             }
         };
-        let read_out = async {
-            let mut v = Vec::new();
-            if let Some(mut r) = stdout {
-                let _ = r.read_to_end(&mut v).await;
+        let ((), stdout, stderr) = tokio::join!(write, read_all(stdout), read_all(stderr));
+        let e = match child.wait().await {
+            Ok(status) => {
+                return Ok(Output {
+                    status: status.code().unwrap_or(-1),
+                    stdout,
+                    stderr,
+                })
             }
-            v
+            Err(e) => error_chain(&e),
         };
-        let read_err = async {
-            let mut v = Vec::new();
-            if let Some(mut r) = stderr {
-                let _ = r.read_to_end(&mut v).await;
-            }
-            v
-        };
-        let ((), stdout, stderr) = tokio::join!(write, read_out, read_err);
-        match child.wait().await {
-            Ok(status) => Ok(Output {
-                status: status.code().unwrap_or(-1),
-                stdout,
-                stderr,
-            }),
-            Err(e) if session_refused(&stderr) => Err(Attempt::Refused(format!(
-                "{}: {}",
-                error_chain(&e),
-                String::from_utf8_lossy(&stderr).trim()
-            ))),
-            Err(e) => {
-                let said = String::from_utf8_lossy(&stderr);
-                let said = said.trim();
-                Err(Attempt::Failed(if said.is_empty() {
-                    error_chain(&e)
-                } else {
-                    format!("{} (stderr: {said})", error_chain(&e))
-                }))
-            }
-        }
+        let said = String::from_utf8_lossy(&stderr);
+        let said = said.trim();
+        Err(if session_refused(said) {
+            Attempt::Refused(format!("{e}: {said}"))
+        } else if said.is_empty() {
+            Attempt::Failed(e)
+        } else {
+            Attempt::Failed(format!("{e} (stderr: {said})"))
+        })
     }
+}
+
+/// Everything `r` yields until its end (nothing when there is no `r`).
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
+    let mut v = Vec::new();
+    if let Some(mut r) = r {
+        let _ = r.read_to_end(&mut v).await;
+    }
+    v
 }
 
 /// The value of ssh_config's `UserKnownHostsFile` for several files: each
