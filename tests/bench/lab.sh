@@ -13,6 +13,10 @@
 #   RATE=1gbit tests/bench/lab.sh            # the host's bridge shaped
 #   KEX=curve25519-sha256 tests/bench/lab.sh # ssh_config's KexAlgorithms
 #   KUBEFORGE_K8S_BIN_DIR=/path tests/bench/lab.sh   # real binaries
+#   PROFILE=1 tests/bench/lab.sh             # after the fresh apply: its own
+#       CPU, each node's CPU by program, and each control-plane node's
+#       etcd, apiserver and controller-manager journal (in lab-N.log)
+#   FRESH_ONLY=1 tests/bench/lab.sh          # stop after the fresh apply
 #
 # Needs root (the lab). Stand-ins are used for the Kubernetes binaries
 # unless KUBEFORGE_K8S_BIN_DIR names real ones.
@@ -32,6 +36,8 @@ if [ -z "$plot_python" ]; then
   /usr/bin/python3 -c 'import matplotlib' 2>/dev/null && plot_python=/usr/bin/python3
 fi
 cargo build --workspace --locked -q
+if [ -n "${PROFILE:-}" ]; then export KUBEFORGE_BENCH_PROFILE=1; fi
+if [ -n "${FRESH_ONLY:-}" ]; then export KUBEFORGE_BENCH_FRESH_ONLY=1; fi
 out=target/bench
 mkdir -p "$out"
 csv="$out/lab.csv"

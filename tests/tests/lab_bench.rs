@@ -6,8 +6,10 @@
 //! change with a probe through the VIP, and nginx stopping on the VIP
 //! holder and coming back. `KUBEFORGE_BENCH_RATE` (e.g. `1gbit`) shapes
 //! the host's side of the bridge (the control machine's uplink);
-//! `KUBEFORGE_BENCH_KEX` sets the SSH key exchange. Prints one
-//! `BENCH key=value ...` line.
+//! `KUBEFORGE_BENCH_KEX` sets the SSH key exchange;
+//! `KUBEFORGE_BENCH_PROFILE` prints where the fresh apply's CPU went and
+//! the control plane's journals; `KUBEFORGE_BENCH_FRESH_ONLY` stops after
+//! the fresh apply. Prints one `BENCH key=value ...` line.
 #![allow(clippy::print_stderr)]
 
 use crate::lab_apply::{binaries, curl_admin, start, Kf, PAUSE_IMAGE, TEST};
@@ -129,6 +131,64 @@ fn node_timeline(kf: &Kf, started: std::time::SystemTime) -> Option<u64> {
     last
 }
 
+/// CPU seconds of this process's children that ended (kubeforge, and
+/// the ssh processes it ran): `cutime` and `cstime` of /proc/self/stat.
+fn children_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis; cutime and cstime
+    // are fields 16 and 17 of the whole line.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(13) + ticks(14)) / 100.0
+}
+
+/// CPU seconds each program of each node used so far, the largest
+/// first: where a fresh apply's CPU went. Read from every process's
+/// /proc/PID/stat (its own time and that of the children it reaped: sshd
+/// holds what kubeforge's sessions ran, systemd what its units' helpers
+/// ran).
+fn cpu_profile(lab: &Lab, nodes: &[(String, Ipv4Addr)]) {
+    let script = "cat /proc/[0-9]*/stat 2>/dev/null";
+    let mut rows: Vec<(f64, String)> = Vec::new();
+    for (node, _) in nodes {
+        let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+        for line in lab.ssh_ok(node, script).lines() {
+            let (Some((_, rest)), Some(open)) = (line.rsplit_once(')'), line.find('(')) else {
+                continue;
+            };
+            let comm = line[open + 1..line.len() - rest.len() - 1].to_string();
+            let f: Vec<f64> = rest
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0.0))
+                .collect();
+            let used: f64 = f.get(11..15).map_or(0.0, |t| t.iter().sum());
+            *by.entry(comm).or_default() += used / 100.0;
+        }
+        rows.extend(
+            by.into_iter()
+                .map(|(comm, s)| (s, format!("{node} {comm}"))),
+        );
+    }
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let total: f64 = rows.iter().map(|r| r.0).sum();
+    eprintln!("bench: CPU seconds by program after the fresh apply (total {total:.1})");
+    for (s, what) in rows.iter().take(30) {
+        eprintln!("bench:   {s:7.2} {what}");
+    }
+    for (node, _) in nodes.iter().filter(|(n, _)| n.starts_with("cp")) {
+        for unit in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+            let out = lab.ssh(
+                node,
+                &format!("journalctl -u {unit} -o short-precise --no-pager | head -400"),
+            );
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                eprintln!("bench: {node} {line}");
+            }
+        }
+    }
+}
+
 fn vip_holder(lab: &Lab) -> Option<String> {
     ["lb1", "lb2"]
         .into_iter()
@@ -196,8 +256,19 @@ fn bench() {
         );
     }
     let started = std::time::SystemTime::now();
+    let cpu_before = children_cpu();
     let fresh = timed_apply(&kf, "fresh apply");
+    let fresh_cpu = children_cpu() - cpu_before;
     let all_ready = node_timeline(&kf, started);
+    if std::env::var_os("KUBEFORGE_BENCH_PROFILE").is_some() {
+        eprintln!("bench: the fresh apply's own CPU (kubeforge and its ssh): {fresh_cpu:.1} s");
+        cpu_profile(&lab, &all[..all.len() - 1]);
+        if std::env::var_os("KUBEFORGE_BENCH_FRESH_ONLY").is_some() {
+            eprintln!("BENCH nodes={n} boot={boot:.1} fresh={fresh:.1}");
+            copy_apply_log(&kf);
+            return;
+        }
+    }
     let noop = timed_apply(&kf, "no-op apply");
     std::fs::write(kf.dir.join("inventory.toml"), inventory(&lab, &all, None)).expect("inventory");
     let add = timed_apply(&kf, "add one worker");
@@ -244,7 +315,11 @@ fn bench() {
         assert_eq!(String::from_utf8_lossy(&r.stdout), "ok");
     }
     eprintln!("{line}");
-    // The apply log (every step with its time), where lab.sh asks.
+    copy_apply_log(&kf);
+}
+
+/// The apply log (every step with its time), where lab.sh asks.
+fn copy_apply_log(kf: &Kf) {
     if let Ok(to) = std::env::var("KUBEFORGE_BENCH_APPLY_LOG") {
         let state = kf.dir.join(".kubeforge");
         let logs = std::fs::read_dir(&state)

@@ -455,7 +455,7 @@ impl Transport for SshTransport {
             loop {
                 match self.run_once(&script).await {
                     Err(Attempt::Refused(why)) if refusals < REFUSALS.len() => {
-                        tracing::debug!(node = %self.opts.node, what = script.what, "{why}; opening the session again");
+                        tracing::info!(node = %self.opts.node, what = script.what, "{why}; opening the session again");
                         tokio::time::sleep(REFUSALS[refusals]).await;
                         refusals += 1;
                     }
