@@ -191,19 +191,19 @@ async fn a_converged_plan_does_nothing_at_all() {
 }
 
 #[tokio::test]
-async fn a_new_cluster_starts_its_nodes_beside_the_control_plane() {
+async fn a_new_cluster_starts_its_nodes_and_controllers_together_once_the_apiservers_answer() {
     let r = rendered("ha.toml");
     let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &[]).unwrap();
-    // A first start: every apiserver at once (nothing to drain), the node
-    // phase and the controllers beside the apiserver phase, the LB beside
+    // A first start: every apiserver at once (nothing to drain); once they
+    // answer, the controllers and the node phase together; the LB beside
     // etcd.
     let phase = |name: &str| p.phases.iter().find(|x| x.phase == name).unwrap();
     assert_eq!(
         phase("apiserver").strategy,
         kubeforge_render::Strategy::Parallel
     );
-    assert_eq!(phase("node").with.as_deref(), Some("apiserver"));
-    assert_eq!(phase("controllers").with.as_deref(), Some("apiserver"));
+    assert_eq!(phase("node").with.as_deref(), Some("controllers"));
+    assert_eq!(phase("controllers").with, None);
     assert_eq!(phase("lb").with.as_deref(), Some("etcd"));
     let rec = recorder(&r);
     rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
@@ -223,8 +223,10 @@ async fn a_new_cluster_starts_its_nodes_beside_the_control_plane() {
     // Each phase starts only when those it waits for are done.
     for (phase, after) in [
         ("apiserver", "etcd"),
-        ("node", "etcd"),
-        ("controllers", "etcd"),
+        ("node", "apiserver"),
+        ("node", "lb"),
+        ("controllers", "apiserver"),
+        ("controllers", "lb"),
         ("addons", "apiserver"),
         ("addons", "controllers"),
         ("addons", "lb"),
@@ -234,10 +236,6 @@ async fn a_new_cluster_starts_its_nodes_beside_the_control_plane() {
             "{phase} started before {after} was done"
         );
     }
-    // The node phase and the controllers did not wait for the apiservers
-    // (cp1's takes a moment).
-    assert!(at("== node started") < at("== apiserver done"));
-    assert!(at("== controllers started") < at("== apiserver done"));
     // The cluster gate comes last.
     let last_done = ["addons", "node", "lb", "controllers"]
         .iter()
@@ -245,6 +243,41 @@ async fn a_new_cluster_starts_its_nodes_beside_the_control_plane() {
         .max()
         .unwrap();
     assert!(pos(&lines, &["list the nodes"]) > last_done);
+}
+
+#[tokio::test]
+async fn a_new_cluster_starts_no_node_when_its_apiservers_do_not_answer() {
+    let r = rendered("ha.toml");
+    let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &[]).unwrap();
+    let rec = recorder(&r);
+    rec.answer(Some("lb1"), "check the VIP", vec![ok("yes\n")]);
+    // cp2's apiserver never answers.
+    rec.answer(
+        Some("cp2"),
+        "127.0.0.1:6443/readyz",
+        vec![fail(7, "connection refused")],
+    );
+    let quick = Options {
+        gate_timeout: Duration::from_millis(300),
+        ..opts()
+    };
+    let err = run_with(&rec, &r, &p, &quick).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("cp2"), "{text}");
+    assert!(text.contains("readyz"), "{text}");
+    let lines = rec.lines();
+    // Nothing of the node phase or the controllers happened (the
+    // binaries may have gone ahead).
+    assert_eq!(count(&lines, &["worker1: systemctl"]), 0);
+    assert_eq!(count(&lines, &["== node started"]), 0);
+    for unit in ["containerd", "kubelet", "kube-proxy"] {
+        assert_eq!(
+            count(&lines, &[&format!("systemctl start {unit}")]),
+            0,
+            "{unit}"
+        );
+    }
+    assert_eq!(count(&lines, &["== controllers started"]), 0);
 }
 
 #[tokio::test]
