@@ -263,11 +263,14 @@ fn bench() {
     if std::env::var_os("KUBEFORGE_BENCH_PROFILE").is_some() {
         eprintln!("bench: the fresh apply's own CPU (kubeforge and its ssh): {fresh_cpu:.1} s");
         cpu_profile(&lab, &all[..all.len() - 1]);
-        if std::env::var_os("KUBEFORGE_BENCH_FRESH_ONLY").is_some() {
-            eprintln!("BENCH nodes={n} boot={boot:.1} fresh={fresh:.1}");
-            copy_apply_log(&kf);
-            return;
-        }
+    }
+    if std::env::var_os("KUBEFORGE_BENCH_FRESH_ONLY").is_some() {
+        let ready = all_ready
+            .map(|s| format!(" all_ready={s}"))
+            .unwrap_or_default();
+        eprintln!("BENCH nodes={n} boot={boot:.1} fresh={fresh:.1}{ready}");
+        copy_apply_log(&kf);
+        return;
     }
     let noop = timed_apply(&kf, "no-op apply");
     std::fs::write(kf.dir.join("inventory.toml"), inventory(&lab, &all, None)).expect("inventory");
