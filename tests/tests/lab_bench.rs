@@ -131,16 +131,29 @@ fn node_timeline(kf: &Kf, started: std::time::SystemTime) -> Option<u64> {
     last
 }
 
+/// A /proc/PID/stat line's command and its CPU times in seconds: its own
+/// (utime, stime) and those of the children it reaped (cutime, cstime),
+/// fields 14 to 17 of the line (after the command's closing parenthesis,
+/// which may itself hold spaces and parentheses).
+fn stat_times(line: &str) -> Option<(&str, [f64; 4])> {
+    let open = line.find('(')?;
+    let (head, rest) = line.rsplit_once(')')?;
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let t = f.get(11..15)?;
+    Some((
+        head.get(open + 1..)?,
+        [t[0], t[1], t[2], t[3]].map(|x| x / 100.0),
+    ))
+}
+
 /// CPU seconds of this process's children that ended (kubeforge, and
-/// the ssh processes it ran): `cutime` and `cstime` of /proc/self/stat.
+/// the ssh processes it ran).
 fn children_cpu() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command's closing parenthesis; cutime and cstime
-    // are fields 16 and 17 of the whole line.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(13) + ticks(14)) / 100.0
+    stat_times(&stat).map_or(0.0, |(_, t)| t[2] + t[3])
 }
 
 /// CPU seconds each program of each node used so far, the largest
@@ -153,17 +166,8 @@ fn cpu_profile(lab: &Lab, nodes: &[(String, Ipv4Addr)]) {
     let mut rows: Vec<(f64, String)> = Vec::new();
     for (node, _) in nodes {
         let mut by: std::collections::BTreeMap<String, f64> = Default::default();
-        for line in lab.ssh_ok(node, script).lines() {
-            let (Some((_, rest)), Some(open)) = (line.rsplit_once(')'), line.find('(')) else {
-                continue;
-            };
-            let comm = line[open + 1..line.len() - rest.len() - 1].to_string();
-            let f: Vec<f64> = rest
-                .split_whitespace()
-                .map(|v| v.parse().unwrap_or(0.0))
-                .collect();
-            let used: f64 = f.get(11..15).map_or(0.0, |t| t.iter().sum());
-            *by.entry(comm).or_default() += used / 100.0;
+        for (comm, t) in lab.ssh_ok(node, script).lines().filter_map(stat_times) {
+            *by.entry(comm.to_string()).or_default() += t.iter().sum::<f64>();
         }
         rows.extend(
             by.into_iter()
