@@ -466,12 +466,12 @@ impl Run<'_> {
             Codec::Gzip => "gzip",
             Codec::None => "none",
         };
+        let cache = self.opts.wire_cache.as_deref();
         let data = {
             let mut c = shared.compressed.lock().await;
             match c.get(&(sha.clone(), name)) {
                 Some(d) => Arc::clone(d),
                 None => {
-                    let cache = self.opts.wire_cache.as_deref();
                     let d = Arc::new(compressed(file, sha, codec, name, cache).await?);
                     c.insert((sha.clone(), name), Arc::clone(&d));
                     d
@@ -487,7 +487,36 @@ impl Run<'_> {
                 size as f64 / 1e6
             ),
         );
-        Ok(blobs::receive(t, blobs::STORE, sha, size, codec, data.as_ref().clone()).await?)
+        let e = match blobs::receive(t, blobs::STORE, sha, size, codec, data.as_ref().clone()).await
+        {
+            Ok(()) => return Ok(()),
+            Err(e @ kubeforge_transport::TransportError::Failed { .. }) => e,
+            Err(e) => return Err(e.into()),
+        };
+        // A compressed copy kept from before (or made by `kubeforge
+        // bundle`) that the node refused (it checks what it decompressed)
+        // is dropped, and the binary compressed again and sent once more.
+        let Some(kept) = cache
+            .filter(|_| codec != Codec::None)
+            .map(|dir| dir.join(format!("{sha}.{name}")))
+            .filter(|k| k.exists())
+        else {
+            return Err(e.into());
+        };
+        tracing::warn!(
+            node = target,
+            "{target} refused binary {short} from {}: {e}; compressing {} again",
+            kept.display(),
+            file.display()
+        );
+        let _ = tokio::fs::remove_file(&kept).await;
+        let fresh = {
+            let mut c = shared.compressed.lock().await;
+            let d = Arc::new(compress(file, codec).await?);
+            c.insert((sha.clone(), name), Arc::clone(&d));
+            d
+        };
+        Ok(blobs::receive(t, blobs::STORE, sha, size, codec, fresh.as_ref().clone()).await?)
     }
 
     /// Clears the blob stores of every node that got blobs.
@@ -561,6 +590,33 @@ pub fn prune_wire_cache(
     Ok(())
 }
 
+/// Puts into the wire cache `dir` each binary of `shas` that the bundle in
+/// `bundle` holds compressed ([`kubeforge_bundle::wire`]) and `dir` lacks:
+/// a hard link, or a copy when the bundle is on another file system.
+/// Returns how many it added.
+pub fn seed_wire_cache(
+    dir: &std::path::Path,
+    bundle: &std::path::Path,
+    shas: &BTreeSet<String>,
+) -> std::io::Result<usize> {
+    let mut added = 0;
+    for sha in shas {
+        let from = kubeforge_bundle::wire::wire_file(bundle, sha);
+        let kept = dir.join(format!("{sha}.zstd"));
+        if kept.exists() || !from.is_file() {
+            continue;
+        }
+        std::fs::create_dir_all(dir)?;
+        if std::fs::hard_link(&from, &kept).is_err() {
+            let tmp = dir.join(format!(".{sha}.zstd.{}", std::process::id()));
+            std::fs::copy(&from, &tmp)?;
+            std::fs::rename(&tmp, &kept)?;
+        }
+        added += 1;
+    }
+    Ok(added)
+}
+
 /// A local file compressed for the wire, off the async threads.
 async fn compress(file: &std::path::Path, codec: Codec) -> Result<Vec<u8>, ApplyError> {
     let path = file.to_path_buf();
@@ -569,13 +625,7 @@ async fn compress(file: &std::path::Path, codec: Codec) -> Result<Vec<u8>, Apply
     tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
         use std::io::Write as _;
         match codec {
-            Codec::Zstd => {
-                let mut e = zstd::stream::Encoder::new(Vec::new(), 3)?;
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-                let _ = e.multithread(threads);
-                e.write_all(&data)?;
-                e.finish()
-            }
+            Codec::Zstd => kubeforge_bundle::wire::zstd(&data),
             Codec::Gzip => {
                 let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 e.write_all(&data)?;
@@ -627,5 +677,24 @@ mod wire_cache_tests {
         left.sort();
         assert_eq!(left, ["aa.zstd"]);
         prune_wire_cache(&dir.path().join("none"), &keep).expect("no cache yet");
+    }
+
+    /// The wire cache takes what `kubeforge bundle` compressed, once, and
+    /// only for the binaries asked.
+    #[test]
+    fn seeded_from_the_bundle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bundle = dir.path().join("bundle");
+        for sha in ["aa", "bb"] {
+            let f = kubeforge_bundle::wire::wire_file(&bundle, sha);
+            std::fs::create_dir_all(f.parent().expect("parent")).expect("wire dir");
+            std::fs::write(&f, sha).expect("wire file");
+        }
+        let cache = dir.path().join("state/wire");
+        let shas = ["aa".to_string(), "cc".to_string()].into_iter().collect();
+        assert_eq!(seed_wire_cache(&cache, &bundle, &shas).expect("seeded"), 1);
+        assert_eq!(std::fs::read(cache.join("aa.zstd")).expect("aa"), b"aa");
+        assert!(!cache.join("bb.zstd").exists() && !cache.join("cc.zstd").exists());
+        assert_eq!(seed_wire_cache(&cache, &bundle, &shas).expect("again"), 0);
     }
 }

@@ -21,7 +21,7 @@ pub mod remove;
 pub mod status;
 
 pub use api::{Api, Credentials, Request as ApiRequest, Response as ApiResponse};
-pub use distribute::prune_wire_cache;
+pub use distribute::{prune_wire_cache, seed_wire_cache};
 pub use execute::{execute, Applied};
 pub use facts::{gather, Gathered};
 pub use preflight::{preflight, warnings as preflight_warnings};

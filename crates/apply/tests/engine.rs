@@ -985,6 +985,50 @@ async fn binaries_go_out_a_few_times_and_from_node_to_node() {
     }
 }
 
+/// A compressed binary kept from an earlier run (or made by `kubeforge
+/// bundle`) that a node refuses is dropped, compressed again from the
+/// bundle's file and sent once more.
+#[tokio::test]
+async fn a_kept_compressed_binary_a_node_refuses_is_compressed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, bundle) = with_bundle(dir.path());
+    let p = kubeforge_plan::plan("t", &r, &Facts::Offline, &["node".to_string()]).unwrap();
+    let cache = dir.path().join("wire");
+    std::fs::create_dir_all(&cache).unwrap();
+    for (_, sha) in bundle.values() {
+        std::fs::write(cache.join(format!("{sha}.zstd")), b"damaged").unwrap();
+    }
+    let rec = blob_recorder(&r);
+    rec.answer(
+        None,
+        "receive a binary",
+        vec![fail(1, "sha256 mismatch"), ok("")],
+    );
+    let o = Options {
+        wire_cache: Some(cache.clone()),
+        ..opts()
+    };
+    run_with(&rec, &r, &p, &o).await.unwrap();
+    let log = rec.log();
+    let first = log
+        .iter()
+        .position(|c| c.what == "receive a binary")
+        .unwrap();
+    let again = log
+        .iter()
+        .skip(first + 1)
+        .find(|c| {
+            c.what == "receive a binary" && c.node == log[first].node && c.args == log[first].args
+        })
+        .expect("sent again");
+    let sha = &log[first].args[1];
+    assert_eq!(log[first].stdin, Some(b"damaged".len()));
+    let file = &bundle.values().find(|(_, s)| s == sha).unwrap().0;
+    let fresh = kubeforge_bundle::wire::zstd(&std::fs::read(file).unwrap()).unwrap();
+    assert_eq!(again.stdin, Some(fresh.len()));
+    assert!(!cache.join(format!("{sha}.zstd")).exists());
+}
+
 fn sha_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(bytes)

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod load;
+pub mod wire;
 pub use load::{load, load_cached, Bundle};
 
 /// The manifest file of a bundle.
@@ -112,6 +113,8 @@ pub struct Built {
     pub dir: PathBuf,
     /// Sorted by name; exactly the lines of the manifest.
     pub files: Vec<BuiltFile>,
+    /// The size of the files compressed for the wire ([`wire`]).
+    pub wire_size: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +278,15 @@ fn write_hashing(reader: &mut dyn Read, dest: &Path, mode: u32) -> Result<Hashed
         sha256: hex(&h.finalize()),
         size,
     })
+}
+
+/// Writes `data` into a new file `dest` (mode 0644, fsynced).
+fn write_new(data: &[u8], dest: &Path) -> Result<(), BundleError> {
+    write_hashing(&mut &data[..], dest, 0o644)
+        .map(|_| ())
+        .map_err(|e| match e {
+            CopyError::Read(e) | CopyError::Write(e) => io_err("writing", dest)(e),
+        })
 }
 
 fn is_sha256(s: &str) -> bool {
@@ -452,14 +464,13 @@ impl Staging {
                 size: h.size,
             })
             .collect();
+        let wire_size = self.write_for_apply(&files)?;
         let text: String = files
             .iter()
             .map(|f| format!("{}  {}\n", f.sha256, f.name))
             .collect();
         let manifest = self.path(MANIFEST);
-        write_hashing(&mut text.as_bytes(), &manifest, 0o644).map_err(|e| match e {
-            CopyError::Read(e) | CopyError::Write(e) => io_err("writing", &manifest)(e),
-        })?;
+        write_new(text.as_bytes(), &manifest)?;
         let dir = self.tmp.path().to_path_buf();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
             .map_err(io_err("setting the mode of", &dir))?;
@@ -479,7 +490,34 @@ impl Staging {
         Ok(Built {
             dir: self.out,
             files,
+            wire_size,
         })
+    }
+
+    /// Writes what apply reads beside the files ([`wire`]): each file
+    /// compressed for the wire, then the sums with their keys. Returns the
+    /// size of the compressed files.
+    fn write_for_apply(&self, files: &[BuiltFile]) -> Result<u64, BundleError> {
+        let wire_dir = self.path(wire::DIR).join(wire::WIRE);
+        std::fs::create_dir_all(&wire_dir).map_err(io_err("creating", &wire_dir))?;
+        let mut wire_size = 0;
+        let mut sums = String::new();
+        for f in files {
+            let path = self.path(&f.name);
+            let dest = wire::wire_file(self.tmp.path(), &f.sha256);
+            if !dest.exists() {
+                let data = std::fs::read(&path).map_err(io_err("reading", &path))?;
+                let packed = wire::zstd(&data).map_err(io_err("compressing", &path))?;
+                write_new(&packed, &dest)?;
+                wire_size += packed.len() as u64;
+            }
+            if let Some(k) = load::key(&path) {
+                sums.push_str(&format!("{k} {} {}\n", f.sha256, f.name));
+            }
+        }
+        let sums_file = self.path(wire::DIR).join(wire::SUMS);
+        write_new(sums.as_bytes(), &sums_file)?;
+        Ok(wire_size)
     }
 }
 

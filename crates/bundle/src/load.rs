@@ -29,7 +29,7 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
 /// The key under which a file's sum is remembered: device, inode, size and
 /// change time (which no program can set), so a file changed in any way is
 /// read again.
-fn key(path: &Path) -> Option<String> {
+pub(crate) fn key(path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     let m = std::fs::metadata(path).ok()?;
     Some(format!(
@@ -60,14 +60,24 @@ fn read_cache(cache: &Path) -> BTreeMap<PathBuf, (String, String)> {
 
 /// Loads the bundle in `dir` like [`load`]; with `cache` (a file of the
 /// state directory), a file checked before and unchanged since is not read
-/// again, and the cache is rewritten with every file checked now.
+/// again, and the cache is rewritten with every file checked now. The
+/// bundle's own sums ([`crate::wire`]) count as checked before.
 pub fn load_cached(dir: &Path, cache: Option<&Path>) -> Result<Bundle, BundleError> {
     let known = cache.map(read_cache).unwrap_or_default();
+    // The sums `kubeforge bundle` wrote, by name: a first run with a
+    // bundle built on this machine reads none of its files.
+    let built: BTreeMap<PathBuf, (String, String)> =
+        read_cache(&dir.join(crate::wire::DIR).join(crate::wire::SUMS))
+            .into_iter()
+            .map(|(name, v)| (dir.join(name), v))
+            .collect();
     let mut checked: Vec<(String, String, PathBuf)> = Vec::new();
     let sum = |path: &Path| -> std::io::Result<String> {
-        if let (Some(k), Some((known_key, sha))) = (key(path), known.get(path)) {
-            if &k == known_key {
-                return Ok(sha.clone());
+        if let Some(k) = key(path) {
+            for (known_key, sha) in [known.get(path), built.get(path)].into_iter().flatten() {
+                if &k == known_key {
+                    return Ok(sha.clone());
+                }
             }
         }
         sha256_file(path)

@@ -309,3 +309,76 @@ fn checked_sums_are_remembered_and_a_replaced_file_is_still_refused() {
     std::fs::write(&cache, forged).unwrap();
     assert!(kubeforge_bundle::load_cached(&dir, Some(&cache)).is_err());
 }
+
+#[test]
+fn a_built_bundle_carries_its_files_compressed_for_the_wire_and_their_sums() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let kubelet = write(&src, "kubelet", &b"kubelet binary\n".repeat(1000));
+    let pause = write(
+        &src,
+        "pause.tar",
+        &oci(r#"{"io.containerd.image.name":"lab.local/pause:3.10"}"#),
+    );
+    let out = work.path().join("bundle");
+    let built = from_local(
+        &Local {
+            dir: None,
+            files: vec![kubelet.clone()],
+            images: vec![pause.clone()],
+        },
+        &out,
+    )
+    .unwrap();
+    assert!(
+        built.wire_size > 0 && built.wire_size < 15_000,
+        "{}",
+        built.wire_size
+    );
+    for (file, name) in [(&kubelet, "kubelet"), (&pause, "images/pause.tar")] {
+        let data = std::fs::read(file).unwrap();
+        let wire = kubeforge_bundle::wire::wire_file(&out, &sha(&data));
+        assert_eq!(
+            zstd::decode_all(&std::fs::read(&wire).unwrap()[..]).unwrap(),
+            data,
+            "{name}"
+        );
+    }
+    let sums_file = out.join(".kubeforge/sums");
+    let sums = std::fs::read_to_string(&sums_file).unwrap();
+    let kubelet_sha = sha(&std::fs::read(&kubelet).unwrap());
+    assert!(
+        sums.lines()
+            .any(|l| l.ends_with(&format!(" {kubelet_sha} kubelet"))),
+        "{sums}"
+    );
+    assert_eq!(sums.lines().count(), 2, "{sums}");
+
+    // The reader takes the bundle's sums as checked: a line with the
+    // file's key is believed (here a forged sum, so it is refused without
+    // reading the file)...
+    let forged = sums.replace(&kubelet_sha, &sha(b"other"));
+    std::fs::write(&sums_file, &forged).unwrap();
+    let msg = kubeforge_bundle::load(&out).unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("has sha256 {}", sha(b"other"))),
+        "{msg}"
+    );
+    // ...and a file changed since has another key, so it is read.
+    let data = std::fs::read(out.join("kubelet")).unwrap();
+    std::fs::remove_file(out.join("kubelet")).unwrap();
+    std::fs::write(out.join("kubelet"), &data).unwrap();
+    let loaded = kubeforge_bundle::load(&out).unwrap();
+    assert_eq!(loaded.files["kubelet"].1, kubelet_sha);
+
+    // `--from` a bundle takes its files, not what it keeps for apply.
+    let again = from_local(
+        &Local {
+            dir: Some(out.clone()),
+            ..Default::default()
+        },
+        &work.path().join("again"),
+    )
+    .unwrap();
+    assert_eq!(again.files, built.files);
+}

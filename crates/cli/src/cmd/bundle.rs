@@ -58,11 +58,13 @@ pub(crate) fn run(args: BundleArgs, term: &mut Term) -> Result<()> {
         }
     }
     term.line(format!(
-        "wrote {} files ({:.1} MB) and {} to {}\nnext: kubeforge apply -i INVENTORY --bundle {}",
+        "wrote {} files ({:.1} MB) and {} to {}, and each file compressed for the wire ({:.1} MB, in {}/)\nnext: kubeforge apply -i INVENTORY --bundle {}",
         built.files.len(),
         total as f64 / 1e6,
         kubeforge_bundle::MANIFEST,
         built.dir.display(),
+        built.wire_size as f64 / 1e6,
+        kubeforge_bundle::wire::DIR,
         built.dir.display()
     ))?;
     Ok(())
