@@ -166,57 +166,86 @@ pub async fn put_cached(
 /// `L` for such a blob checked as it entered the store in this run
 /// (linked into place; see [`Source::Blob`]).
 pub const PUT_ALL: &str = concat!(
-    sum256!(),
     r#"set -eu
 store="$1"; c="${2:-}"
-list=$(mktemp)
-trap 'while IFS=" " read -r t sum p; do rm -f -- "$t"; done < "$list"; rm -f -- "$list"' EXIT
+w=$(mktemp -d)
+list="$w/list"
+: > "$w/new"
+# Every temporary file is named in $w/new as soon as it exists, and is
+# gone when the script ends (after the renames, nothing is left by then).
+trap 'while IFS= read -r t; do rm -f -- "$t"; done < "$w/new"; rm -rf -- "$w"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
 uid=$(id -u)
+# $list: "TMP SHA256 SIZE HOW PATH", HOW upload, store (a copy) or checked
+# (a link of a blob checked as it arrived).
 while IFS=' ' read -r kind mode owner size sum p; do
   d=${p%/*}; d=${d:-/}
   [ -d "$d" ] || mkdir -p -- "$d"
   t=$(mktemp "$d/.kubeforge-tmp.XXXXXX")
-  printf '%s %s %s
-' "$t" "$sum" "$p" >> "$list"
+  printf '%s\n' "$t" >> "$w/new"
   case "$kind" in
-    D) head -c "$size" > "$t"; from="the upload was cut short or altered" ;;
-    B|L) from="from the blob store"
+    D) head -c "$size" > "$t"; how=upload ;;
+    B|L) how=store
       # A blob checked as it arrived in this run (L) becomes the file
       # itself: a link, when no other file is one yet (a file's mode and
-      # owner are its inode's). Else a copy, checked again.
+      # owner are its inode's). Else a copy, checked with the others.
       if [ "$kind" = L ] && [ "$(stat -c %h -- "$store/$sum")" = 1 ] && ln -f -- "$store/$sum" "$t" 2>/dev/null; then
-        from=checked
+        how=checked
       else
         cp --reflink=auto -- "$store/$sum" "$t"
       fi ;;
     *) echo "unknown record "$kind" for $p" >&2; exit 2 ;;
   esac
-  got_size=$(stat -c %s -- "$t")
-  if [ "$from" = checked ]; then got_sum=$sum; else got_sum=$(sum256 < "$t"); fi
-  if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then
-    echo "refusing to install $p: expected $size bytes with sha256 $sum, received $got_size bytes with sha256 $got_sum ($from); no file of this batch was installed, the old ones are unchanged: run the command again" >&2
-    exit 4
-  fi
+  printf '%s %s %s %s %s\n' "$t" "$sum" "$size" "$how" "$p" >> "$list"
   # A new temporary file is already root's and 0600 (mktemp); a link is
   # the blob's inode.
-  if [ "$owner" != root:root ] || [ "$uid" != 0 ] || [ "$from" = checked ]; then chown -- "$owner" "$t"; fi
-  if [ "$mode" != 0600 ] || [ "$from" = checked ]; then chmod -- "$mode" "$t"; fi
+  if [ "$owner" != root:root ] || [ "$uid" != 0 ] || [ "$how" = checked ]; then chown -- "$owner" "$t"; fi
+  if [ "$mode" != 0600 ] || [ "$how" = checked ]; then chmod -- "$mode" "$t"; fi
 done
+# The size and sha256 of every file not linked from a checked blob, each
+# in one program for the whole batch (OpenSSL where the node has it: it
+# uses the CPU's SHA instructions).
 set --
-while IFS=' ' read -r t sum p; do set -- "$@" "$t"; done < "$list"
+while IFS=' ' read -r t sum size how p; do [ "$how" = checked ] || set -- "$@" "$t"; done < "$list"
+: > "$w/sum"; : > "$w/size"
+if [ "$#" -gt 0 ]; then
+  if command -v openssl >/dev/null 2>&1; then
+    openssl dgst -sha256 -r "$@" > "$w/sum" 2>/dev/null || true
+  else
+    sha256sum -- "$@" > "$w/sum" 2>/dev/null || true
+  fi
+  stat -c %s -- "$@" > "$w/size" 2>/dev/null || true
+fi
+exec 6< "$w/sum" 7< "$w/size"
+while IFS=' ' read -r t sum size how p; do
+  [ "$how" != checked ] || continue
+  got_sum=; got_size=
+  IFS=' ' read -r got_sum _ <&6 || true
+  IFS= read -r got_size <&7 || true
+  if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then
+    from="from the blob store"; [ "$how" != upload ] || from="the upload was cut short or altered"
+    echo "refusing to install $p: expected $size bytes with sha256 $sum, received ${got_size:-?} bytes with sha256 ${got_sum:-?} ($from); no file of this batch was installed, the old ones are unchanged: run the command again" >&2
+    exit 4
+  fi
+done < "$list"
+exec 6<&- 7<&-
+set --
+while IFS=' ' read -r t sum size how p; do set -- "$@" "$t"; done < "$list"
 [ "$#" -eq 0 ] || sync -- "$@" 2>/dev/null || sync
 set --
-while IFS=' ' read -r t sum p; do
+while IFS=' ' read -r t sum size how p; do
   mv -f -- "$t" "$p"
   d=${p%/*}; set -- "$@" "${d:-/}"
 done < "$list"
 [ "$#" -eq 0 ] || sync -- "$@" 2>/dev/null || sync
-# The node's sha256 cache (see gather), told every new file's sum.
+# The node's sha256 cache (see gather), told every new file's sum: the
+# keys of all files in one `stat`, joined with the sums by path.
 new_lines() {
-  while IFS=' ' read -r t sum p; do
-    printf '%s %s %s\n' "$(stat -L -c '%s %.9Z %i' -- "$p")" "$sum" "$p"
-  done < "$list"
+  set --
+  while IFS=' ' read -r t sum size how p; do set -- "$@" "$p"; done < "$list"
+  stat -L -c '%s %.9Z %i %n' -- "$@" 2>/dev/null | awk '
+    NR == FNR { p = substr($0, length($1 $2 $3 $4) + 5); sum[p] = $2; next }
+    { p = substr($0, length($1 $2 $3) + 4); if (p in sum) print $1 " " $2 " " $3 " " sum[p] " " p }' "$list" -
 }
 "#,
     remember_sums!()

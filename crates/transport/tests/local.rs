@@ -312,3 +312,106 @@ async fn a_cut_short_batch_installs_nothing() {
     assert_eq!(std::fs::read(&a).unwrap(), b"old a");
     assert_eq!(names(dir.path()), ["a"]);
 }
+
+/// A directory of links to the programs `PUT_ALL` runs, without OpenSSL:
+/// a node that lacks it checks its files with coreutils' `sha256sum`.
+fn path_without_openssl() -> tempfile::TempDir {
+    let bin = tempfile::tempdir().unwrap();
+    for p in [
+        "sh",
+        "mktemp",
+        "mkdir",
+        "head",
+        "stat",
+        "ln",
+        "cp",
+        "chown",
+        "chmod",
+        "sha256sum",
+        "sync",
+        "mv",
+        "awk",
+        "flock",
+        "dirname",
+        "id",
+        "rm",
+        "cat",
+    ] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {p}")])
+            .output()
+            .unwrap();
+        let path = String::from_utf8(found.stdout).unwrap();
+        std::os::unix::fs::symlink(path.trim(), bin.path().join(p)).unwrap();
+    }
+    bin
+}
+
+/// Every file of a batch is checked (in one program for all of them) with
+/// or without OpenSSL: a blob linked into place, a blob copied, bytes; and
+/// a copy whose blob was altered in the store is refused, naming it.
+#[tokio::test]
+async fn a_batch_is_checked_with_or_without_openssl() {
+    let bin = path_without_openssl();
+    for path in [None, Some(bin.path().display().to_string())] {
+        let dir = tempfile::tempdir().unwrap();
+        let t = LocalTransport::new("n1");
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let linked: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        let copied = b"copied binary".repeat(100);
+        let (size_l, sum_l) = ops::size_and_sha256(&linked);
+        let (size_c, sum_c) = ops::size_and_sha256(&copied);
+        std::fs::write(store.join(&sum_l), &linked).unwrap();
+        std::fs::write(store.join(&sum_c), &copied).unwrap();
+        let at = |rel: &str| dir.path().join(rel).display().to_string();
+        let (size_d, sum_d) = ops::size_and_sha256(b"x = 1\n");
+        let mut stdin = format!("L 0755 root:root {size_l} {sum_l} {}\n", at("bin/l")).into_bytes();
+        stdin.extend(format!("B 0755 root:root {size_c} {sum_c} {}\n", at("bin/c")).bytes());
+        stdin.extend(format!("D 0644 root:root {size_d} {sum_d} {}\n", at("etc/d")).bytes());
+        stdin.extend(b"x = 1\n");
+        let body = match &path {
+            Some(p) => format!("PATH={p}\n{}", ops::PUT_ALL),
+            None => ops::PUT_ALL.to_string(),
+        };
+        let cache = at("cache/sha256");
+        let run = |stdin: Vec<u8>| {
+            Script::new("write", &body)
+                .args([store.display().to_string(), cache.clone()])
+                .stdin(stdin)
+        };
+        let o = t.run(run(stdin.clone())).await.unwrap();
+        assert!(o.success(), "{path:?}: {}", o.stderr_str());
+        assert_eq!(std::fs::read(at("bin/l")).unwrap(), linked);
+        assert_eq!(std::fs::read(at("bin/c")).unwrap(), copied);
+        assert_eq!(std::fs::read(at("etc/d")).unwrap(), b"x = 1\n");
+        let cached = std::fs::read_to_string(&cache).unwrap();
+        for (sum, p) in [(&sum_l, "bin/l"), (&sum_c, "bin/c"), (&sum_d, "etc/d")] {
+            let line = cached
+                .lines()
+                .find(|l| l.ends_with(&format!(" {sum} {}", at(p))))
+                .unwrap_or_else(|| panic!("{path:?}: {p} in {cached}"));
+            let m = std::fs::metadata(at(p)).unwrap();
+            use std::os::unix::fs::MetadataExt as _;
+            assert!(
+                line.starts_with(&format!("{} ", m.size()))
+                    && line.contains(&format!(" {} ", m.ino())),
+                "{line}"
+            );
+        }
+        // The copied blob altered in the store: nothing of the batch is
+        // installed.
+        std::fs::write(store.join(&sum_c), b"altered").unwrap();
+        std::fs::write(at("etc/d"), "old").unwrap();
+        let o = t.run(run(stdin)).await.unwrap();
+        assert_eq!(o.status, ops::PUT_MISMATCH, "{path:?}: {}", o.stderr_str());
+        let err = o.stderr_str();
+        assert!(
+            err.contains(&format!("refusing to install {}", at("bin/c")))
+                && err.contains("from the blob store"),
+            "{path:?}: {err}"
+        );
+        assert_eq!(std::fs::read(at("etc/d")).unwrap(), b"old");
+        assert_eq!(names(&dir.path().join("etc")), ["d"]);
+    }
+}
