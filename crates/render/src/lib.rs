@@ -632,7 +632,10 @@ impl Renderer {
                 if row.when.is_some_and(|w| !w.holds(cluster)) {
                     continue;
                 }
-                let phase = self.phase_of(row.on, &row.restarts, &[]);
+                let phase = row
+                    .phase
+                    .clone()
+                    .unwrap_or_else(|| self.phase_of(row.on, &row.restarts, &[]));
                 let Some((path, sha)) = bundle.get(&row.name) else {
                     if !row.optional {
                         tree.missing.push(MissingBinary {

@@ -526,6 +526,10 @@ pub struct BinaryRow {
     pub optional: bool,
     #[serde(default)]
     pub restarts: Vec<String>,
+    /// The phase that installs it, when not that of the units it restarts
+    /// or of its nodes' first unit (a tool no unit needs to start).
+    #[serde(default)]
+    pub phase: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -676,7 +680,8 @@ impl Table {
         out
     }
 
-    /// Phases are named once; every unit names a declared phase, its gate
+    /// Phases are named once; every unit (and binary that names one)
+    /// names a declared phase, its gate
     /// has the arguments its check takes, and an `api` phase waits for a
     /// known unit.
     fn check_phases(&self) -> Result<(), String> {
@@ -753,6 +758,28 @@ impl Table {
                         g.args.len()
                     ));
                 }
+            }
+        }
+        for b in &self.binary {
+            match &b.phase {
+                Some(p) if !names.contains(&p.as_str()) => {
+                    return Err(format!(
+                        "binary \"{}\" names unknown phase \"{p}\" (declared: {})",
+                        b.name,
+                        names.join(", ")
+                    ))
+                }
+                Some(p)
+                    if self
+                        .phase_row(p)
+                        .is_some_and(|r| r.strategy == Strategy::Api) =>
+                {
+                    return Err(format!(
+                        "binary \"{}\" is in phase \"{p}\", which has no nodes (strategy api)",
+                        b.name
+                    ))
+                }
+                _ => {}
             }
         }
         Ok(())

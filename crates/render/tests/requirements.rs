@@ -144,3 +144,50 @@ fn every_check_script_is_plain_shell() {
         assert!(out.status.success(), "{need:?}: {script}");
     }
 }
+
+/// A binary goes in with the units it restarts, unless its row names a
+/// phase: etcd's tools come with the controllers, so etcd does not wait for
+/// them. A phase the table does not declare, or one without nodes, is
+/// refused.
+#[test]
+fn a_binary_is_installed_in_its_phase() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/ha.toml");
+    let cluster = kubeforge_inventory::load(&path).unwrap().cluster;
+    let state = tempfile::tempdir().unwrap();
+    let prepared = kubeforge_render::prepare(state.path(), &cluster, &Default::default()).unwrap();
+    let mut rendered = prepared.rendered.clone();
+    let bundle = ["etcd", "etcdctl", "etcdutl", "kubelet"]
+        .into_iter()
+        .map(|b| {
+            (
+                b.to_string(),
+                (PathBuf::from(format!("/bundle/{b}")), "0".repeat(64)),
+            )
+        })
+        .collect();
+    prepared
+        .renderer
+        .add_binaries(&cluster, &mut rendered, &bundle);
+    let cp1 = rendered.nodes.iter().find(|n| n.name == "cp1").unwrap();
+    let phase = |p: &str| cp1.files[p].phase.as_str();
+    assert_eq!(
+        [
+            phase("/usr/local/bin/etcd"),
+            phase("/usr/local/bin/etcdctl"),
+            phase("/usr/local/bin/etcdutl"),
+            phase("/usr/local/bin/kubelet"),
+        ],
+        ["etcd", "controllers", "controllers", "node"]
+    );
+
+    let names: Vec<&str> = TEMPLATES.iter().map(|(n, _)| *n).collect();
+    for (phase, why) in [
+        ("nope", "binary \"x\" names unknown phase \"nope\""),
+        ("addons", "which has no nodes"),
+    ] {
+        let table =
+            format!("{FILES_TOML}\n[[binary]]\nname = \"x\"\non = \"all\"\nphase = \"{phase}\"\n");
+        let e = kubeforge_render::Table::parse(&table, &names).unwrap_err();
+        assert!(e.contains(why), "{e}");
+    }
+}
