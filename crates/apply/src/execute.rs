@@ -239,28 +239,31 @@ impl Run<'_> {
             .await?;
         }
         done.steps_run += self.steps(phase, w, Stage::AfterFiles).await?;
+        // Reloaded when a unit file changed, enabled in one call and
+        // started one by one in the units' order: one round trip.
         if w.daemon_reload {
             self.step(phase, &w.node, "systemctl daemon-reload".into());
-            ops::systemctl(t, &["daemon-reload"]).await?;
-        }
-        // Enabled in one call, without the reload each `enable` would do
-        // (the unit files are loaded: daemon-reload ran above when one
-        // changed), then started one by one in the units' order.
-        if !w.start.is_empty() {
-            let mut enable = vec!["enable", "--no-reload"];
-            enable.extend(w.start.iter().map(String::as_str));
-            ops::systemctl(t, &enable).await?;
         }
         for u in &w.start {
             self.step(phase, &w.node, format!("enable and start {u}"));
-            if no_block {
-                ops::systemctl(t, &["start", "--no-block", u]).await?;
-            } else if let Err(e) = ops::systemctl(t, &["start", u]).await {
-                let what = format!("systemctl start {u}");
-                return Err(gates::failure(t, &what, u, 0, e.to_string()).await);
-            }
-            done.started.push((w.node.clone(), u.clone()));
         }
+        match ops::reload_and_start(t, w.daemon_reload, &w.start, no_block).await {
+            Ok(()) => {}
+            Err(ops::StartError::Unit { unit, detail }) if !no_block => {
+                let what = format!("systemctl start {unit}");
+                let detail = format!("{}: `{what}` failed: {detail}", w.node);
+                return Err(gates::failure(t, &what, &unit, 0, detail).await);
+            }
+            Err(ops::StartError::Unit { unit, detail }) => {
+                return Err(ApplyError::Other(format!(
+                    "{}: `systemctl start --no-block {unit}` failed: {detail}",
+                    w.node
+                )))
+            }
+            Err(ops::StartError::Transport(e)) => return Err(e.into()),
+        }
+        done.started
+            .extend(w.start.iter().map(|u| (w.node.clone(), u.clone())));
         for u in &w.restart {
             self.step(phase, &w.node, format!("restart {u}"));
             ops::systemctl(t, &["restart", u]).await?;

@@ -8,6 +8,7 @@ use kubeforge_apply::{Progress, Transports};
 use kubeforge_plan::{Facts, NodeFacts, Plan};
 use kubeforge_render::Rendered;
 use kubeforge_transport::recording::{fail, ok, Recorder};
+use kubeforge_transport::Output;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -605,7 +606,11 @@ async fn a_failed_start_names_the_unit_and_shows_its_journal() {
     rec.answer(
         Some("worker1"),
         "systemctl start kube-proxy",
-        vec![fail(1, "Job for kube-proxy.service failed")],
+        vec![Output {
+            status: kubeforge_transport::ops::START_FAILED,
+            stdout: b"kube-proxy\n".to_vec(),
+            stderr: b"Job for kube-proxy.service failed".to_vec(),
+        }],
     );
     rec.answer(
         Some("worker1"),

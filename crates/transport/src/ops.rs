@@ -444,6 +444,94 @@ pub async fn systemctl(t: &dyn Transport, args: &[&str]) -> Result<Output, Trans
     .await
 }
 
+/// The exit status of [`START`] when a unit did not start (its stdout
+/// names the unit).
+pub const START_FAILED: i32 = 5;
+
+/// `$1` `reload` or not, `$2` `block` or `no-block`, then the units:
+/// `systemctl daemon-reload` when asked, every unit enabled in one call
+/// (without the reload each `enable` would do), then each started in
+/// order, waiting for it unless `no-block`. A unit that does not start
+/// stops the rest: its name on stdout, exit [`START_FAILED`].
+pub const START: &str = r#"reload="$1"; nb=; [ "$2" != no-block ] || nb=--no-block; shift 2
+if [ "$reload" = reload ]; then systemctl daemon-reload || exit; fi
+[ "$#" -eq 0 ] || systemctl enable --no-reload "$@" || exit
+for u in "$@"; do
+  systemctl start $nb "$u" || { echo "$u"; exit 5; }
+done
+"#;
+
+/// Why [`reload_and_start`] failed.
+#[derive(Debug)]
+pub enum StartError {
+    /// This unit did not start (the ones before it did; those after it
+    /// were not started).
+    Unit {
+        unit: String,
+        detail: String,
+    },
+    Transport(TransportError),
+}
+
+/// `systemctl daemon-reload` (with `reload`), then `units` enabled and
+/// started one after the other in their order, in one round trip (see
+/// [`START`]). Its name in logs and errors reads as the commands it runs.
+pub async fn reload_and_start(
+    t: &dyn Transport,
+    reload: bool,
+    units: &[String],
+    no_block: bool,
+) -> Result<(), StartError> {
+    if !reload && units.is_empty() {
+        return Ok(());
+    }
+    let mut what = Vec::new();
+    if reload {
+        what.push("systemctl daemon-reload".to_string());
+    }
+    if !units.is_empty() {
+        what.push(format!("systemctl enable --no-reload {}", units.join(" ")));
+    }
+    let flag = if no_block { "--no-block " } else { "" };
+    what.extend(units.iter().map(|u| format!("systemctl start {flag}{u}")));
+    let what = what.join(", ");
+    let mut args = vec![
+        if reload { "reload" } else { "-" }.to_string(),
+        if no_block { "no-block" } else { "block" }.to_string(),
+    ];
+    args.extend(units.iter().cloned());
+    let secs = 180 * (1 + units.len() as u64);
+    let o = t
+        .run(
+            Script::new(&what, START)
+                .args(args)
+                .timeout(Duration::from_secs(secs)),
+        )
+        .await
+        .map_err(StartError::Transport)?;
+    if o.success() {
+        return Ok(());
+    }
+    let named = o
+        .stdout_str()
+        .lines()
+        .last()
+        .map(str::trim)
+        .map(str::to_string);
+    match named {
+        Some(unit) if o.status == START_FAILED && units.contains(&unit) => Err(StartError::Unit {
+            unit,
+            detail: o.stderr_str().trim().to_string(),
+        }),
+        _ => Err(StartError::Transport(TransportError::Failed {
+            node: t.node().to_string(),
+            what,
+            status: o.status,
+            stderr: o.stderr_str().trim().to_string(),
+        })),
+    }
+}
+
 /// The last lines of a unit's journal (for error messages).
 pub async fn journal(t: &dyn Transport, unit: &str, lines: u32) -> String {
     match t

@@ -415,3 +415,44 @@ async fn a_batch_is_checked_with_or_without_openssl() {
         assert_eq!(names(&dir.path().join("etc")), ["d"]);
     }
 }
+
+/// Reload, enable and the starts in one round trip: every unit enabled in
+/// one call, started in order; the first that fails stops the rest and is
+/// named.
+#[tokio::test]
+async fn units_are_enabled_then_started_in_order_until_one_fails() {
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("log");
+    let fake = format!(
+        "#!/bin/sh\necho \"$*\" >> {}\n[ \"$*\" != \"start b\" ] && [ \"$*\" != \"start --no-block b\" ]\n",
+        log.display()
+    );
+    let systemctl = bin.path().join("systemctl");
+    std::fs::write(&systemctl, fake).unwrap();
+    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = LocalTransport::new("n1");
+    let body = format!("PATH={}:$PATH\n{}", bin.path().display(), ops::START);
+    for (mode, start) in [("block", "start"), ("no-block", "start --no-block")] {
+        std::fs::write(&log, "").unwrap();
+        let o = t
+            .run(Script::new("start", &body).args(["reload", mode, "a", "b", "c"]))
+            .await
+            .unwrap();
+        assert_eq!(o.status, ops::START_FAILED, "{}", o.stderr_str());
+        assert_eq!(o.stdout_str().trim(), "b");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            format!("daemon-reload\nenable --no-reload a b c\n{start} a\n{start} b\n")
+        );
+    }
+    std::fs::write(&log, "").unwrap();
+    let o = t
+        .run(Script::new("start", &body).args(["-", "block", "a"]))
+        .await
+        .unwrap();
+    assert!(o.success(), "{}", o.stderr_str());
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "enable --no-reload a\nstart a\n"
+    );
+}
