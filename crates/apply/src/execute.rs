@@ -280,18 +280,22 @@ impl Run<'_> {
         Ok(done)
     }
 
-    /// The node's steps of one stage, in order (a step may take a while:
-    /// importing large image archives, restoring a snapshot).
+    /// The node's steps of one stage, in order, in one round trip (a step
+    /// may take a while: importing large image archives, restoring a
+    /// snapshot).
     async fn steps(&self, phase: &str, w: &NodeWork, stage: Stage) -> Result<usize, ApplyError> {
         let t = self.t(&w.node)?;
-        let mut n = 0;
-        for step in w.steps.iter().filter(|s| s.stage == stage) {
-            self.step(phase, &w.node, format!("run: {}", step.name));
-            t.run_ok(Script::new(&step.name, &step.script).timeout(Duration::from_secs(600)))
-                .await?;
-            n += 1;
+        let steps: Vec<(&str, &str)> = w
+            .steps
+            .iter()
+            .filter(|s| s.stage == stage)
+            .map(|s| (s.name.as_str(), s.script.as_str()))
+            .collect();
+        for (name, _) in &steps {
+            self.step(phase, &w.node, format!("run: {name}"));
         }
-        Ok(n)
+        ops::run_steps(t, &steps).await?;
+        Ok(steps.len())
     }
 
     /// Every gate, each on its node, at the same time (bounded).

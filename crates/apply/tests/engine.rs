@@ -1765,10 +1765,14 @@ async fn a_reset_takes_every_node_down_from_its_record_under_the_lock() {
     .unwrap();
     assert_eq!(done.steps_run, 2 * r.nodes.len());
     let lines = rec.lines();
+    // In that order (the steps of a stage run in one round trip, named
+    // in order).
     for n in &r.nodes {
-        let teardown = pos(&lines, &[&n.name, "stop and disable"]);
-        let data = pos(&lines, &[&n.name, "remove the data"]);
-        assert!(teardown < data, "{}", n.name);
+        let at = |what: &str| {
+            let i = pos(&lines, &[&n.name, what]);
+            (i, lines[i].find(what).unwrap())
+        };
+        assert!(at("stop and disable") < at("remove the data"), "{}", n.name);
     }
     // Nothing but the lock, the teardown and the data.
     assert!(

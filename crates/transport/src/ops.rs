@@ -532,6 +532,57 @@ pub async fn reload_and_start(
     }
 }
 
+/// Runs each script given (`sh -c SCRIPT kubeforge`, in order) until one
+/// fails: its number (from 1) on stdout, and its exit status.
+pub const STEPS: &str = r#"i=0
+for s in "$@"; do
+  i=$((i + 1))
+  sh -c "$s" kubeforge </dev/null || { st=$?; echo "$i"; exit "$st"; }
+done
+"#;
+
+/// How long one step may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs `steps` (name, script) in order in one round trip ([`STEPS`]); the
+/// first that fails stops the rest, and the error names it as if it had
+/// run alone.
+pub async fn run_steps(t: &dyn Transport, steps: &[(&str, &str)]) -> Result<(), TransportError> {
+    match steps {
+        [] => Ok(()),
+        [(name, script)] => t
+            .run_ok(Script::new(name, script).timeout(STEP_TIMEOUT))
+            .await
+            .map(|_| ()),
+        _ => {
+            let what = steps.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+            let o = t
+                .run(
+                    Script::new(&what, STEPS)
+                        .args(steps.iter().map(|(_, s)| s.to_string()))
+                        .timeout(STEP_TIMEOUT * steps.len() as u32),
+                )
+                .await?;
+            if o.success() {
+                return Ok(());
+            }
+            let failed = o
+                .stdout_str()
+                .lines()
+                .last()
+                .and_then(|l| l.trim().parse::<usize>().ok())
+                .and_then(|i| i.checked_sub(1))
+                .and_then(|i| steps.get(i));
+            Err(TransportError::Failed {
+                node: t.node().to_string(),
+                what: failed.map_or(what, |(n, _)| n.to_string()),
+                status: o.status,
+                stderr: o.stderr_str().trim().to_string(),
+            })
+        }
+    }
+}
+
 /// The last lines of a unit's journal (for error messages).
 pub async fn journal(t: &dyn Transport, unit: &str, lines: u32) -> String {
     match t

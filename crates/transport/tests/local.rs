@@ -456,3 +456,31 @@ async fn units_are_enabled_then_started_in_order_until_one_fails() {
         "enable --no-reload a\nstart a\n"
     );
 }
+
+/// Steps in one round trip: in order, each its own shell; the first that
+/// fails stops the rest and is named with its status and words.
+#[tokio::test]
+async fn steps_run_in_order_until_one_fails_and_it_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = LocalTransport::new("n1");
+    let log = dir.path().join("log").display().to_string();
+    let first = format!("set -e; echo one >> {log}; x=1");
+    let second =
+        format!("[ -z \"${{x:-}}\" ] && echo two >> {log} && echo 'no route' >&2 && exit 3");
+    let third = format!("echo three >> {log}");
+    let steps = [
+        ("first", first.as_str()),
+        ("second", second.as_str()),
+        ("third", third.as_str()),
+    ];
+    let e = ops::run_steps(&t, &steps).await.unwrap_err().to_string();
+    assert_eq!(e, "n1: `second` exited with status 3: no route");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "one\ntwo\n");
+    ops::run_steps(&t, &[("first", first.as_str()), ("third", third.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "one\ntwo\none\nthree\n"
+    );
+}
