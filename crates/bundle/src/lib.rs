@@ -506,10 +506,7 @@ impl Staging {
             let path = self.path(&f.name);
             let dest = wire::wire_file(self.tmp.path(), &f.sha256);
             if !dest.exists() {
-                let data = std::fs::read(&path).map_err(io_err("reading", &path))?;
-                let packed = wire::zstd(&data).map_err(io_err("compressing", &path))?;
-                write_new(&packed, &dest)?;
-                wire_size += packed.len() as u64;
+                wire_size += wire::zstd_file(&path, &dest).map_err(io_err("compressing", &path))?;
             }
             if let Some(k) = load::key(&path) {
                 sums.push_str(&format!("{k} {} {}\n", f.sha256, f.name));

@@ -141,9 +141,15 @@ pub(crate) fn with_bundle_dir(
     let wire = wire_cache(state);
     kubeforge_apply::prune_wire_cache(&wire, &keep)
         .with_context(|| format!("pruning {}", wire.display()))?;
-    // What `kubeforge bundle` compressed is not compressed again.
-    kubeforge_apply::seed_wire_cache(&wire, dir, &keep)
-        .with_context(|| format!("filling {} from {}", wire.display(), dir.display()))?;
+    // What `kubeforge bundle` compressed is not compressed again (a cache
+    // that cannot be filled costs time, not the command).
+    if let Err(e) = kubeforge_apply::seed_wire_cache(&wire, dir, &keep) {
+        tracing::warn!(
+            "filling {} from {}: {e}; binaries are compressed by this run",
+            wire.display(),
+            dir.display()
+        );
+    }
     prepared
         .renderer
         .add_binaries(cluster, &mut prepared.rendered, &bundle.files);

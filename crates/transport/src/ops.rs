@@ -512,13 +512,7 @@ pub async fn reload_and_start(
     if o.success() {
         return Ok(());
     }
-    let named = o
-        .stdout_str()
-        .lines()
-        .last()
-        .map(str::trim)
-        .map(str::to_string);
-    match named {
+    match last_line(&o) {
         Some(unit) if o.status == START_FAILED && units.contains(&unit) => Err(StartError::Unit {
             unit,
             detail: o.stderr_str().trim().to_string(),
@@ -530,6 +524,11 @@ pub async fn reload_and_start(
             stderr: o.stderr_str().trim().to_string(),
         })),
     }
+}
+
+/// The last line a batch printed when it failed: which of its parts did.
+fn last_line(o: &Output) -> Option<String> {
+    o.stdout_str().lines().last().map(|l| l.trim().to_string())
 }
 
 /// Runs each script given (`sh -c SCRIPT kubeforge`, in order) until one
@@ -566,11 +565,8 @@ pub async fn run_steps(t: &dyn Transport, steps: &[(&str, &str)]) -> Result<(), 
             if o.success() {
                 return Ok(());
             }
-            let failed = o
-                .stdout_str()
-                .lines()
-                .last()
-                .and_then(|l| l.trim().parse::<usize>().ok())
+            let failed = last_line(&o)
+                .and_then(|l| l.parse::<usize>().ok())
                 .and_then(|i| i.checked_sub(1))
                 .and_then(|i| steps.get(i));
             Err(TransportError::Failed {
