@@ -216,6 +216,10 @@ pub(crate) enum Command {
     /// to --out (which must not exist, or be empty) until every file is
     /// checked: the bundle is built next to it and renamed into place, with
     /// SHA256SUMS written last.
+    ///
+    /// Beside the files, .kubeforge/ keeps each one compressed for the wire
+    /// (zstd) and their sums, so that the first apply with the bundle
+    /// neither reads nor compresses it again.
     #[command(
         verbatim_doc_comment,
         about = "Build a bundle directory (binaries + SHA256SUMS) for `apply --bundle`"
