@@ -498,7 +498,7 @@ impl Run<'_> {
         // is dropped, and the binary compressed again and sent once more.
         let Some(kept) = cache
             .filter(|_| codec != Codec::None)
-            .map(|dir| dir.join(format!("{sha}.{name}")))
+            .map(|dir| kept(dir, sha, name))
             .filter(|k| k.exists())
         else {
             return Err(e.into());
@@ -535,6 +535,18 @@ impl Run<'_> {
     }
 }
 
+/// Where the wire cache `dir` keeps the binary `sha` compressed with the
+/// codec `name`.
+fn kept(dir: &std::path::Path, sha: &str, name: &str) -> PathBuf {
+    dir.join(format!("{sha}.{name}"))
+}
+
+/// The temporary name [`kept`] is written under by this process (renamed
+/// into place when whole; [`prune_wire_cache`] removes leftovers).
+fn unfinished(dir: &std::path::Path, sha: &str, name: &str) -> PathBuf {
+    dir.join(format!(".{sha}.{name}.{}", std::process::id()))
+}
+
 /// `file` (whose sha256 is `sha`) compressed with `codec`, from `cache`
 /// when an earlier run left it there (`SHA.NAME`), else compressed and
 /// kept there (written to a temporary file, then renamed).
@@ -548,7 +560,7 @@ async fn compressed(
     let Some(dir) = cache.filter(|_| codec != Codec::None) else {
         return compress(file, codec).await;
     };
-    let kept = dir.join(format!("{sha}.{name}"));
+    let kept = kept(dir, sha, name);
     if let Ok(data) = tokio::fs::read(&kept).await {
         return Ok(data);
     }
@@ -557,7 +569,7 @@ async fn compressed(
     // one its binaries.
     let write = async {
         tokio::fs::create_dir_all(dir).await?;
-        let tmp = dir.join(format!(".{sha}.{name}.{}", std::process::id()));
+        let tmp = unfinished(dir, sha, name);
         tokio::fs::write(&tmp, &data).await?;
         tokio::fs::rename(&tmp, &kept).await
     };
@@ -602,13 +614,13 @@ pub fn seed_wire_cache(
     let mut added = 0;
     for sha in shas {
         let from = kubeforge_bundle::wire::wire_file(bundle, sha);
-        let kept = dir.join(format!("{sha}.zstd"));
+        let kept = kept(dir, sha, "zstd");
         if kept.exists() || !from.is_file() {
             continue;
         }
         std::fs::create_dir_all(dir)?;
         if std::fs::hard_link(&from, &kept).is_err() {
-            let tmp = dir.join(format!(".{sha}.zstd.{}", std::process::id()));
+            let tmp = unfinished(dir, sha, "zstd");
             std::fs::copy(&from, &tmp)?;
             std::fs::rename(&tmp, &kept)?;
         }

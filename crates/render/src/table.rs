@@ -729,25 +729,27 @@ impl Table {
         {
             return Err("more than one phase has strategy api".into());
         }
-        for u in &self.unit {
-            if !names.contains(&u.phase.as_str()) {
+        // A unit, or a binary that names its phase, is placed in a
+        // declared phase that has nodes.
+        let placed = |what: &str, name: &str, phase: &str| -> Result<(), String> {
+            if !names.contains(&phase) {
                 return Err(format!(
-                    "unit \"{}\" names unknown phase \"{}\" (declared: {})",
-                    u.name,
-                    u.phase,
+                    "{what} \"{name}\" names unknown phase \"{phase}\" (declared: {})",
                     names.join(", ")
                 ));
             }
             if self
-                .phase
-                .iter()
-                .any(|p| p.name == u.phase && p.strategy == Strategy::Api)
+                .phase_row(phase)
+                .is_some_and(|r| r.strategy == Strategy::Api)
             {
                 return Err(format!(
-                    "unit \"{}\" is in phase \"{}\", which has no nodes (strategy api)",
-                    u.name, u.phase
+                    "{what} \"{name}\" is in phase \"{phase}\", which has no nodes (strategy api)"
                 ));
             }
+            Ok(())
+        };
+        for u in &self.unit {
+            placed("unit", &u.name, &u.phase)?;
             if let Some(g) = &u.gate {
                 if g.args.len() != g.check.arity() {
                     return Err(format!(
@@ -761,25 +763,8 @@ impl Table {
             }
         }
         for b in &self.binary {
-            match &b.phase {
-                Some(p) if !names.contains(&p.as_str()) => {
-                    return Err(format!(
-                        "binary \"{}\" names unknown phase \"{p}\" (declared: {})",
-                        b.name,
-                        names.join(", ")
-                    ))
-                }
-                Some(p)
-                    if self
-                        .phase_row(p)
-                        .is_some_and(|r| r.strategy == Strategy::Api) =>
-                {
-                    return Err(format!(
-                        "binary \"{}\" is in phase \"{p}\", which has no nodes (strategy api)",
-                        b.name
-                    ))
-                }
-                _ => {}
+            if let Some(p) = &b.phase {
+                placed("binary", &b.name, p)?;
             }
         }
         Ok(())
