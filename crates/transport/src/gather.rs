@@ -88,84 +88,126 @@ cache="$1"; mode="$2"; host_extra="${3:-}"; manifest="${4:-}"
 d=$(mktemp -d /run/kubeforge-gather.XXXXXX) || exit 1
 trap 'rm -rf "$d"' EXIT
 trap 'rm -rf "$d"; exit 1' HUP INT TERM PIPE
-: > "$d/req.f"; : > "$d/req.u"; : > "$d/req.x"; : > "$d/req.v"
+# The request, split by the shell alone: req.f ("DIFF SHA PATH"), paths,
+# units (each once, those asked for their state and their version), req.u,
+# req.v, req.x.
+: > "$d/req.f"; : > "$d/paths"; : > "$d/req.u"; : > "$d/req.x"; : > "$d/req.v"
+units=" "
 while IFS= read -r line; do
   case "$line" in
-    F\ *) printf '%s\n' "${line#F }" >> "$d/req.f" ;;
+    F\ *) r=${line#F }; printf '%s\n' "$r" >> "$d/req.f"; r=${r#* }; printf '%s\n' "${r#* }" >> "$d/paths" ;;
     U\ *) printf '%s\n' "${line#U }" >> "$d/req.u" ;;
     X\ *) printf '%s' "${line#X }" > "$d/req.x" ;;
     V\ *) printf '%s\n' "${line#V }" >> "$d/req.v" ;;
+  esac
+  case "$line" in
+    [UV]\ *) case "$units" in *" ${line#? } "*) ;; *) units="$units${line#? } " ;; esac ;;
   esac
 done
 # A node kubeforge installed (it holds the manifest) had its NTP state
 # checked then: timedatectl, which starts timedated, is not asked again.
 ntp_known=; [ -n "$manifest" ] && [ -f "$manifest" ] && ntp_known=yes
 ( set +u; HOST_FACTS
-  printf '%s' "$host_extra" | base64 -d > "$d/extra" 2>/dev/null && sh "$d/extra" ) 2>/dev/null | sed 's/^/H /'
-# Mode, owner, size, ctime and inode of every managed file that is a
-# regular file: "PATH\tMODE\tOWNER\tSIZE\tCTIME\tINODE".
-cut -d' ' -f3- "$d/req.f" > "$d/paths"
+  if [ -n "$host_extra" ]; then
+    printf '%s' "$host_extra" | base64 -d > "$d/extra" 2>/dev/null && sh "$d/extra"
+  fi ) 2>/dev/null | while IFS= read -r l; do printf 'H %s\n' "$l"; done
+# Type, mode, owner, size, ctime, inode and path of every managed file
+# (tab-separated); only regular files count.
 if [ -s "$d/paths" ]; then
-  tr '\n' '\0' < "$d/paths" | xargs -0 stat -L -c '%F	%a	%U:%G	%s	%.9Z	%i	%n' 2>/dev/null \
-    | awk -F'\t' '$1 == "regular file" || $1 == "regular empty file" { print $7 "\t" $2 "\t" $3 "\t" $4 "\t" $5 "\t" $6 }' > "$d/stat"
+  tr '\n' '\0' < "$d/paths" | xargs -0 stat -L -c '%F	%a	%U:%G	%s	%.9Z	%i	%n' > "$d/stat" 2>/dev/null
 else
   : > "$d/stat"
 fi
 known_sums="$cache"
 [ -r "$known_sums" ] || known_sums=/dev/null
-# Sums known from the cache ("SIZE CTIME INODE SHA PATH" lines); the rest
-# is hashed in one go.
-awk -F'\t' -v cache="$known_sums" '
-  BEGIN { while ((getline l < cache) > 0) { split(l, c, " "); p = substr(l, length(c[1] c[2] c[3] c[4]) + 5); key[p] = c[1] " " c[2] " " c[3]; sum[p] = c[4] } }
-  { if (($1 in key) && key[$1] == $4 " " $5 " " $6) print "hit\t" $1 "\t" sum[$1]; else print "miss\t" $1 }
-' "$d/stat" > "$d/known"
-awk -F'\t' '$1 == "miss" { print $2 }' "$d/known" | tr '\n' '\0' > "$d/tohash"
+# The sha256 cache ("SIZE CTIME INODE SHA PATH" lines): a file whose
+# size, ctime and inode are those cached keeps its cached sum.
+read_cache='BEGIN { FS = "\t"; while ((getline l < cache) > 0) { lines++; split(l, c, " "); p = substr(l, length(c[1] c[2] c[3] c[4]) + 5); key[p] = c[1] " " c[2] " " c[3]; csum[p] = c[4] } }
+function regular() { return $1 == "regular file" || $1 == "regular empty file" }
+function hit() { return ($7 in key) && key[$7] == $4 " " $5 " " $6 }'
+# The rest is hashed in one go: "PATH\tSUM" lines.
+awk -v cache="$known_sums" "$read_cache"'
+  regular() && !hit() { print $7 }' "$d/stat" > "$d/tohash"
 if [ -s "$d/tohash" ]; then
-  xargs -0 sha256sum -- < "$d/tohash" 2>/dev/null | sed 's/^\\//' | awk '{ s = $1; sub(/^[^ ]*  /, ""); print $0 "\t" s }' > "$d/hashed"
+  tr '\n' '\0' < "$d/tohash" | xargs -0 sha256sum -- 2>/dev/null | sed 's/^\\//' | awk '{ s = $1; sub(/^[^ ]*  /, ""); print $0 "\t" s }' > "$d/hashed"
 else
   : > "$d/hashed"
 fi
-awk -F'\t' '$1 == "hit" { print $2 "\t" $3 }' "$d/known" >> "$d/hashed"
-printf 'K %s\n' "$(awk -F'\t' '$1 == "hit"' "$d/known" | wc -l)"
-# F lines, and the old text of changed diffable files.
-awk -F'\t' 'NR == FNR { sum[$1] = $2; next } ($1 in sum) { print $1 "\t" $2 "\t" $3 "\t" sum[$1] }' "$d/hashed" "$d/stat" > "$d/found"
-awk -F'\t' '{ print "F " $2 " " $3 " " $4 " " $1 }' "$d/found"
-awk 'NR == FNR { split($0, f, "\t"); have[f[1]] = f[4]; next }
-     { p = substr($0, length($1 $2) + 3); if ($1 == "1" && (p in have) && have[p] != $2) print p }' "$d/found" "$d/req.f" |
-while IFS= read -r p; do
-  printf 'C %s %s\n' "$p" "$(base64 -w0 < "$p")"
-done
-# Every unit's state, enablement and main PID in one systemctl call (a
-# block per unit, in the order asked; none without systemd):
-# "NAME ACTIVE ENABLED PID" lines.
-sort -u "$d/req.u" "$d/req.v" > "$d/units"
-: > "$d/show"
-if [ -s "$d/units" ]; then
-  xargs systemctl show -p ActiveState,UnitFileState,MainPID -- < "$d/units" > "$d/show" 2>/dev/null || : > "$d/show"
+# F lines, K (sums from the cache), the changed diffable files, and with
+# `record` the new cache, written only when it differs from the old one.
+new_cache=
+[ "$mode" = record ] && new_cache="$d/cache.new"
+awk -v cache="$known_sums" -v out="$new_cache" -v changed="$d/changed" "$read_cache"'
+  FILENAME == ARGV[1] { hashed[$1] = $2; next }
+  FILENAME == ARGV[2] {
+    if (!regular()) next
+    if ($7 in hashed) { s = hashed[$7]; fresh++ }
+    else if (hit()) { s = csum[$7]; hits++ }
+    else next
+    sum[$7] = s
+    print "F " $2 " " $3 " " s " " $7
+    if (out != "") print $4 " " $5 " " $6 " " s " " $7 > out
+    next
+  }
+  { split($0, r, " "); p = substr($0, length(r[1] r[2]) + 3)
+    if (r[1] == "1" && (p in sum) && sum[p] != r[2]) print p > changed }
+  END {
+    print "K " hits + 0
+    if (out != "" && (fresh > 0 || hits != lines)) print "" > (out ".differs")
+  }' "$d/hashed" "$d/stat" "$d/req.f"
+if [ -s "$d/changed" ]; then
+  while IFS= read -r p; do
+    printf 'C %s %s\n' "$p" "$(base64 -w0 < "$p")"
+  done < "$d/changed"
 fi
-awk 'NR == FNR { n++; name[n] = $0; next }
-     { i++; for (k = 1; k <= NF; k++) { e = index($k, "="); v[i, substr($k, 1, e - 1)] = substr($k, e + 1) } }
-     END { for (j = 1; j <= n; j++) {
-             a = v[j, "ActiveState"]; if (a == "") a = "inactive"
-             f = v[j, "UnitFileState"]; if (f == "") f = "-"
-             p = v[j, "MainPID"]; if (p == "") p = 0
-             print name[j], a, f, p } }' "$d/units" RS= "$d/show" > "$d/states"
-awk 'NR == FNR { s[$1] = $2 " " $3; next } { print "U " $0 " " (($0 in s) ? s[$0] : "inactive -") }' "$d/states" "$d/req.u"
+if [ -n "$new_cache" ] && [ -f "$new_cache.differs" ]; then
+  cdir="${cache%/*}"
+  mkdir -p "$cdir"
+  t=$(mktemp "$cdir/.sha256-cache.XXXXXX") && cat "$new_cache" > "$t" && mv -f "$t" "$cache"
+fi
+# Every unit's state, enablement and main PID in one systemctl call (a
+# block per unit, in the order asked; none without systemd): U lines, and
+# "UNIT PID" of the running ones in pids.
+: > "$d/show"; : > "$d/units"
+if [ "$units" != " " ]; then
+  set -f
+  # shellcheck disable=SC2086
+  printf '%s\n' $units > "$d/units"
+  # shellcheck disable=SC2086
+  systemctl show -p ActiveState,UnitFileState,MainPID -- $units > "$d/show" 2>/dev/null || : > "$d/show"
+  set +f
+fi
+awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" '
+  FILENAME == unitsf { n++; name[n] = $0; next }
+  FILENAME == showf { i++; for (k = 1; k <= NF; k++) { e = index($k, "="); v[i, substr($k, 1, e - 1)] = substr($k, e + 1) }; next }
+  { a = "inactive"; f = "-"
+    for (j = 1; j <= n; j++) if (name[j] == $0) {
+      if (v[j, "ActiveState"] != "") a = v[j, "ActiveState"]
+      if (v[j, "UnitFileState"] != "") f = v[j, "UnitFileState"]
+    }
+    print "U " $0 " " a " " f }
+  END { for (j = 1; j <= n; j++) { p = v[j, "MainPID"]; if (p != "" && p != "0") print name[j], p > pids } }
+' "$d/units" RS= "$d/show" RS='\n' "$d/req.u"
 if [ -s "$d/req.x" ] && base64 -d < "$d/req.x" > "$d/checks" 2>/dev/null; then
   ( set --; . "$d/checks" )
 fi
-# The running binaries' versions ("KEY LINE" lines in the version cache).
+# The running binaries' versions ("KEY LINE" lines in the version cache,
+# rewritten when a binary was asked).
 vcache="${cache%/*}/version-cache"
-known_versions="$vcache"
-[ -r "$known_versions" ] || known_versions=/dev/null
+asked=
 : > "$d/vcache.new"
-mkdir -p "$d/v"
 while IFS= read -r u; do
-  pid=$(awk -v u="$u" '$1 == u { print $4; exit }' "$d/states")
-  case "$pid" in ''|0) continue ;; esac
+  pid=
+  [ -f "$d/pids" ] && while read -r n p; do [ "$n" = "$u" ] && pid=$p && break; done < "$d/pids"
+  [ -n "$pid" ] || continue
   key=$(stat -L -c '%d:%i:%s:%Z' "/proc/$pid/exe" 2>/dev/null) || continue
-  line=$(awk -v k="$key" '$1 == k { sub(/^[^ ]* /, ""); print; exit }' "$known_versions")
+  line=
+  if [ -r "$vcache" ]; then
+    while IFS= read -r l; do [ "${l%% *}" = "$key" ] && line=${l#* } && break; done < "$vcache"
+  fi
   if [ -z "$line" ]; then
+    asked=yes
+    mkdir -p "$d/v"
     ln -sf "/proc/$pid/exe" "$d/v/$u"
     line=$(timeout 10 "$d/v/$u" --version 2>/dev/null </dev/null | head -n 1)
   fi
@@ -176,15 +218,9 @@ done < "$d/req.v"
 if [ -n "$manifest" ] && [ -f "$manifest" ]; then
   printf 'M %s\n' "$(base64 -w0 < "$manifest")"
 fi
-# The cache: every file hashed or confirmed now, with its key.
-if [ "$mode" = record ]; then
-  if [ -s "$d/vcache.new" ]; then
-    mkdir -p "$(dirname "$vcache")"
-    t=$(mktemp "$(dirname "$vcache")/.version-cache.XXXXXX") && cat "$d/vcache.new" > "$t" && mv -f "$t" "$vcache"
-  fi
-  mkdir -p "$(dirname "$cache")"
-  awk -F'\t' 'NR == FNR { sum[$1] = $2; next } ($1 in sum) { print $4 " " $5 " " $6 " " sum[$1] " " $1 }' "$d/hashed" "$d/stat" > "$d/cache.new"
-  t=$(mktemp "$(dirname "$cache")/.sha256-cache.XXXXXX") && cat "$d/cache.new" > "$t" && mv -f "$t" "$cache"
+if [ "$mode" = record ] && [ -n "$asked" ] && [ -s "$d/vcache.new" ]; then
+  mkdir -p "${vcache%/*}"
+  t=$(mktemp "${vcache%/*}/.version-cache.XXXXXX") && cat "$d/vcache.new" > "$t" && mv -f "$t" "$vcache"
 fi
 exit 0
 "#;
