@@ -12,6 +12,8 @@
 #   NODES="6" tests/bench/lab.sh             # only the HA lab of 6 nodes
 #   RATE=1gbit tests/bench/lab.sh            # the host's bridge shaped
 #   KEX=curve25519-sha256 tests/bench/lab.sh # ssh_config's KexAlgorithms
+#   KEEP=60 tests/bench/lab.sh               # every apply with
+#       --keep-connections 60: the next one reuses its SSH connections
 #   KUBEFORGE_K8S_BIN_DIR=/path tests/bench/lab.sh   # real binaries
 #   PROFILE=1 tests/bench/lab.sh             # after the fresh apply: its own
 #       CPU, each node's CPU by program, and each control-plane node's
@@ -45,6 +47,7 @@ rows=()
 for n in ${NODES:-3 10 30 100}; do
   log="$out/lab-$n.log"
   if KUBEFORGE_BENCH_NODES=$n KUBEFORGE_BENCH_RATE="${RATE:-}" KUBEFORGE_BENCH_KEX="${KEX:-}" \
+     KUBEFORGE_BENCH_KEEP="${KEEP:-}" \
      KUBEFORGE_BENCH_APPLY_LOG="$PWD/$out/lab-$n-apply.log" \
      cargo test --locked -q -p kubeforge-tests --test integration lab_bench::bench \
        -- --ignored --nocapture >"$log" 2>&1; then

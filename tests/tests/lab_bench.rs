@@ -7,6 +7,8 @@
 //! holder and coming back. `KUBEFORGE_BENCH_RATE` (e.g. `1gbit`) shapes
 //! the host's side of the bridge (the control machine's uplink);
 //! `KUBEFORGE_BENCH_KEX` sets the SSH key exchange;
+//! `KUBEFORGE_BENCH_KEEP` keeps each apply's SSH connections up that many
+//! seconds for the next apply;
 //! `KUBEFORGE_BENCH_PROFILE` prints where the fresh apply's CPU went and
 //! the control plane's journals; `KUBEFORGE_BENCH_FRESH_ONLY` stops after
 //! the fresh apply. Prints one `BENCH key=value ...` line.
@@ -75,8 +77,16 @@ fn inventory(lab: &Lab, nodes: &[(String, Ipv4Addr)], san: Option<&str>) -> Stri
 
 /// Runs `kubeforge apply` and returns its wall time; panics when it fails.
 fn timed_apply(kf: &Kf, what: &str) -> f64 {
+    // KUBEFORGE_BENCH_KEEP: each apply keeps its SSH connections up that
+    // many seconds for the next one (--keep-connections).
+    let keep = std::env::var("KUBEFORGE_BENCH_KEEP").unwrap_or_default();
+    let extra: Vec<&str> = if keep.is_empty() {
+        Vec::new()
+    } else {
+        vec!["--keep-connections", keep.as_str()]
+    };
     let t = Instant::now();
-    let out = kf.apply(&[]);
+    let out = kf.apply(&extra);
     let secs = t.elapsed().as_secs_f64();
     assert!(out.status.success(), "{what} failed");
     eprintln!("bench: {what} {secs:.1} s");

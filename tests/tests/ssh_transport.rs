@@ -95,6 +95,7 @@ fn options_at(dir: &Path, port: u16, client_key: &Path, accept_new: bool) -> Ssh
         known_hosts: known_hosts(dir),
         config_file: Some(dir.join("ssh_config")),
         connect_timeout: Duration::from_secs(5),
+        keep: None,
     }
 }
 
@@ -405,6 +406,76 @@ fn ssh_transport_against_a_real_sshd() {
             .await;
         assert!(!matches!(&after, Ok(o) if o.success()), "{after:?}");
         drop(t3);
+
+        // Kept for the next process: closing the transport and close_all
+        // leave the master up; the next connect made the same way uses it
+        // (the same master), one made another way does not; a record whose
+        // master is gone means a new connection; unused for its idle time,
+        // the master exits by itself.
+        let keep = kubeforge_transport::Keep {
+            dir: d.join("state/ssh"),
+            idle: Duration::from_secs(2),
+        };
+        let kept = || SshOptions {
+            keep: Some(keep.clone()),
+            ..options(d, &sshd, false)
+        };
+        let k1 = SshTransport::connect(kept()).await.expect("connect, kept");
+        let socket = k1.control_socket().to_path_buf();
+        let pid = master_pid(&socket);
+        k1.close().await;
+        kubeforge_transport::close_all().await;
+        assert!(
+            master_alive(&socket),
+            "a kept master outlives its transport"
+        );
+        let k2 = SshTransport::connect(kept())
+            .await
+            .expect("connect again, kept");
+        assert_eq!(k2.control_socket(), socket.as_path());
+        assert_eq!(master_pid(&socket), pid);
+        k2.run_ok(kubeforge_transport::Script::new("echo", "echo reused"))
+            .await
+            .expect("a command over the kept master");
+        std::fs::write(d.join("ssh_config2"), "").expect("ssh_config2");
+        let other = SshTransport::connect(SshOptions {
+            config_file: Some(d.join("ssh_config2")),
+            ..kept()
+        })
+        .await
+        .expect("connect another way, kept");
+        assert_ne!(other.control_socket(), socket.as_path());
+        other.close().await;
+        k2.close().await;
+        let exit = Command::new("ssh")
+            .arg("-S")
+            .arg(&socket)
+            .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("ssh -O exit");
+        assert!(exit.success());
+        assert!(wait_until(Duration::from_secs(5), || !master_alive(&socket)).is_some());
+        let k3 = SshTransport::connect(kept())
+            .await
+            .expect("connect, the kept master gone");
+        let socket3 = k3.control_socket().to_path_buf();
+        assert_ne!(socket3, socket);
+        assert!(
+            !socket.parent().is_some_and(Path::exists),
+            "the dead master's directory is removed"
+        );
+        k3.run_ok(kubeforge_transport::Script::new("echo", "echo new"))
+            .await
+            .expect("a command over the new master");
+        k3.close().await;
+        // (Watched through its socket's file: `ssh -O check` is a use.)
+        assert!(socket3.exists());
+        assert!(
+            wait_until(Duration::from_secs(8), || !socket3.exists()).is_some(),
+            "a kept master exits once unused for its idle time"
+        );
     });
 
     // The same address with another host key: refused (a changed key is

@@ -414,6 +414,13 @@ pub(crate) struct ReachArgs {
     /// Seconds to wait for an SSH connection.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub(crate) connect_timeout: u64,
+    /// Keep each node's SSH connection up this many seconds after its last
+    /// use, for the next kubeforge command to use (a plan, then its
+    /// apply); 0 closes them when the command ends. Kept connections are
+    /// recorded in the state directory's ssh/ and reached through control
+    /// sockets only your user can use.
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub(crate) keep_connections: u64,
 }
 
 impl ReachArgs {
@@ -422,6 +429,8 @@ impl ReachArgs {
             ssh_config: self.ssh_config.clone(),
             connect_timeout: std::time::Duration::from_secs(self.connect_timeout),
             concurrency: self.concurrency,
+            keep: (self.keep_connections > 0)
+                .then(|| std::time::Duration::from_secs(self.keep_connections)),
         }
     }
 }

@@ -6,7 +6,7 @@ use kubeforge_apply::{ApplyError, Transports};
 use kubeforge_inventory::Cluster;
 use kubeforge_plan::Known;
 use kubeforge_plan::Reach as Ssh;
-use kubeforge_transport::{SshOptions, SshTransport, Transport};
+use kubeforge_transport::{Keep, SshOptions, SshTransport, Transport};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +18,8 @@ pub struct Reach {
     pub ssh_config: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub concurrency: usize,
+    /// Keep the connections up this long after their last use.
+    pub keep: Option<Duration>,
 }
 
 fn expand_home(p: &str) -> PathBuf {
@@ -168,6 +170,10 @@ async fn connect_to(
             known_hosts: known_hosts.clone(),
             config_file: reach.ssh_config.clone(),
             connect_timeout: reach.connect_timeout,
+            keep: reach.keep.map(|idle| Keep {
+                dir: state.join("ssh"),
+                idle,
+            }),
         };
         let sem = Arc::clone(&sem);
         tasks.push(tokio::spawn(async move {

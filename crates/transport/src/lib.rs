@@ -34,7 +34,9 @@ pub mod ops;
 pub mod recording;
 mod ssh;
 
-pub use ssh::{close_all, closing_masters, Interrupted, SshOptions, SshTransport, MASTER_LINGER};
+pub use ssh::{
+    close_all, closing_masters, Interrupted, Keep, SshOptions, SshTransport, MASTER_LINGER,
+};
 
 use async_trait::async_trait;
 use std::process::Stdio;

@@ -174,7 +174,23 @@ pub struct SshOptions {
     /// An ssh_config file to use instead of `~/.ssh/config`.
     pub config_file: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// Keep the master connection up after this process, for the next
+    /// one to use (None: it closes with the transport).
+    pub keep: Option<Keep>,
 }
+
+/// A master connection kept for later processes: recorded in `dir` (one
+/// file per node and way of reaching it, naming the control socket), up
+/// until it has been unused for `idle` (ssh's `ControlPersist`).
+#[derive(Debug, Clone)]
+pub struct Keep {
+    pub dir: PathBuf,
+    pub idle: Duration,
+}
+
+/// How long a kept master may take to run `true` before it is given up
+/// (a dead connection hangs until ssh's keepalives notice it).
+const REUSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct SshTransport {
     opts: SshOptions,
@@ -184,17 +200,29 @@ pub struct SshTransport {
     session: Arc<Session>,
     /// One permit per session open on the master ([`SESSIONS`]).
     sessions: Arc<tokio::sync::Semaphore>,
-    _registered: Registered,
+    /// In [`MASTERS`] while it lives; a kept master is not (it outlives
+    /// this process on purpose).
+    _registered: Option<Registered>,
 }
 
 impl SshTransport {
     pub async fn connect(opts: SshOptions) -> Result<SshTransport, TransportError> {
+        if let Some(keep) = &opts.keep {
+            if let Some(session) = reuse(&opts, keep).await {
+                tracing::debug!(node = opts.node, "using the kept SSH connection");
+                return Self::over(opts, session, None).await;
+            }
+        }
+        let persist = match &opts.keep {
+            Some(keep) => idle_for(keep.idle),
+            None => linger(),
+        };
         let mut b = SessionBuilder::default();
         b.user(opts.user.clone())
             .port(opts.port)
             .connect_timeout(opts.connect_timeout)
             .server_alive_interval(Duration::from_secs(15))
-            .control_persist(linger())
+            .control_persist(persist)
             .known_hosts_check(if opts.accept_new_host_keys {
                 KnownHosts::Add
             } else {
@@ -216,6 +244,13 @@ impl SshTransport {
         if let Some(c) = &opts.config_file {
             b.config_file(c);
         }
+        if let Some(keep) = opts.keep.as_ref().filter(|k| fits_socket(&k.dir)) {
+            // Beside its record, where a later process that finds the
+            // master gone removes what is left of it.
+            if std::fs::create_dir_all(&keep.dir).is_ok() {
+                b.control_directory(&keep.dir);
+            }
+        }
         let session = b
             .connect(&opts.address)
             .await
@@ -224,8 +259,29 @@ impl SshTransport {
                 destination: format!("{}@{}:{}", opts.user, opts.address, opts.port),
                 detail: error_chain(&e),
             })?;
+        let (session, registered) = match &opts.keep {
+            Some(keep) => {
+                // Detached: dropping it no longer closes the master.
+                let (ctl, log) = session.detach();
+                record(&opts, keep, &ctl, log.as_deref());
+                (Session::resume(ctl, log), None)
+            }
+            None => {
+                let r = Registered::new(session.control_socket());
+                (session, Some(r))
+            }
+        };
+        Self::over(opts, session, registered).await
+    }
+
+    /// A transport over `session`, with the idle channel that keeps its
+    /// master in use.
+    async fn over(
+        opts: SshOptions,
+        session: Session,
+        registered: Option<Registered>,
+    ) -> Result<SshTransport, TransportError> {
         let session = Arc::new(session);
-        let registered = Registered::new(session.control_socket());
         let mut keepalive = Session::to_command(Arc::clone(&session), "cat");
         keepalive
             .stdin(Stdio::piped())
@@ -281,6 +337,10 @@ impl SshTransport {
             ..
         } = self;
         drop(keepalive);
+        if _registered.is_none() {
+            // Kept: it closes by itself once unused for its idle time.
+            return;
+        }
         if let Ok(session) = Arc::try_unwrap(session) {
             let _ = session.close().await;
         }
@@ -401,10 +461,122 @@ fn known_hosts_files(files: &[PathBuf]) -> Result<OsString, String> {
 }
 
 fn linger() -> ControlPersist {
-    match NonZeroUsize::new(usize::try_from(MASTER_LINGER.as_secs()).unwrap_or(usize::MAX)) {
+    idle_for(MASTER_LINGER)
+}
+
+fn idle_for(d: Duration) -> ControlPersist {
+    match NonZeroUsize::new(usize::try_from(d.as_secs()).unwrap_or(usize::MAX)) {
         Some(secs) => ControlPersist::IdleFor(secs),
         None => ControlPersist::ClosedAfterInitialConnection,
     }
+}
+
+/// Whether a control socket made in `dir` (`.ssh-connectionXXXXXX/master`
+/// inside it) fits a Unix socket's path (108 bytes with its final NUL);
+/// else kept masters live in openssh's default control directory.
+fn fits_socket(dir: &Path) -> bool {
+    std::path::absolute(dir)
+        .is_ok_and(|d| d.as_os_str().len() + "/.ssh-connectionXXXXXX/master".len() < 108)
+}
+
+/// The record of the kept master for `opts`: the node's name and a hash
+/// of everything that decides where and how ssh connects, so that a
+/// changed address, user, port, key or configuration never reuses a
+/// connection made another way.
+fn record_file(opts: &SshOptions, keep: &Keep) -> PathBuf {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for part in [
+        opts.user.as_bytes(),
+        opts.address.as_bytes(),
+        opts.port.to_string().as_bytes(),
+        opts.key
+            .as_deref()
+            .map_or(&b""[..], |k| k.as_os_str().as_bytes()),
+        opts.config_file
+            .as_deref()
+            .map_or(&b""[..], |c| c.as_os_str().as_bytes()),
+        opts.known_hosts.as_os_str().as_bytes(),
+    ] {
+        h.update(part);
+        h.update([0]);
+    }
+    let hash: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    keep.dir.join(format!("{}-{hash}", opts.node))
+}
+
+/// Records the kept master's control socket (and log) for later
+/// processes: written to a temporary file, then renamed. A record that
+/// cannot be written only means the next process connects anew.
+fn record(opts: &SshOptions, keep: &Keep, ctl: &Path, log: Option<&Path>) {
+    use std::io::Write as _;
+    let file = record_file(opts, keep);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&keep.dir)?;
+        let mut t = tempfile::NamedTempFile::new_in(&keep.dir)?;
+        t.write_all(ctl.as_os_str().as_bytes())?;
+        t.write_all(b"\n")?;
+        if let Some(log) = log {
+            t.write_all(log.as_os_str().as_bytes())?;
+        }
+        t.persist(&file).map_err(|e| e.error)?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        tracing::warn!(
+            node = opts.node,
+            "cannot record the kept SSH connection in {}: {e}",
+            file.display()
+        );
+    }
+}
+
+/// The kept master recorded for `opts`, when it is still up and runs a
+/// command; else its record is dropped (with the master, and the
+/// directory openssh made for it) and None.
+async fn reuse(opts: &SshOptions, keep: &Keep) -> Option<Session> {
+    let file = record_file(opts, keep);
+    let text = std::fs::read(&file).ok()?;
+    let mut lines = text.split(|&b| b == b'\n');
+    let ctl = PathBuf::from(OsString::from_vec(lines.next()?.to_vec()));
+    let log = lines
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(|l| PathBuf::from(OsString::from_vec(l.to_vec())).into_boxed_path());
+    if ctl.exists() {
+        let session = Session::resume(ctl.clone().into_boxed_path(), log);
+        let mut cmd = session.command("true");
+        let probe = cmd.status();
+        let alive = matches!(
+            tokio::time::timeout(REUSE_TIMEOUT, probe).await,
+            Ok(Ok(status)) if status.success()
+        );
+        drop(cmd);
+        if alive {
+            return Some(session);
+        }
+        let exit = tokio::process::Command::new("ssh")
+            .arg("-S")
+            .arg(&ctl)
+            .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, exit).await;
+    }
+    let _ = std::fs::remove_file(&file);
+    if let Some(dir) = ctl.parent().filter(|d| {
+        d.file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(b".ssh-connection"))
+    }) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
