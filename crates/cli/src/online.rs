@@ -171,7 +171,9 @@ async fn connect_to(
             config_file: reach.ssh_config.clone(),
             connect_timeout: reach.connect_timeout,
             keep: reach.keep.map(|idle| Keep {
-                dir: state.join("ssh"),
+                // Absolute: the records name sockets for other processes,
+                // which may run from another directory.
+                dir: std::path::absolute(state.join("ssh")).unwrap_or_else(|_| state.join("ssh")),
                 idle,
             }),
         };

@@ -79,16 +79,7 @@ pub async fn close_all() {
         Err(_) => return,
     };
     let closes = sockets.into_iter().map(|socket| async move {
-        let exit = tokio::process::Command::new("ssh")
-            .arg("-S")
-            .arg(&socket)
-            .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .status();
-        if tokio::time::timeout(CLOSE_TIMEOUT, exit).await.is_err() {
+        if !exit_master(&socket).await {
             tracing::warn!(
                 "the SSH master at {} did not close within {} s; it exits by itself {} s after its last use",
                 socket.display(),
@@ -102,6 +93,21 @@ pub async fn close_all() {
         }
     });
     futures::future::join_all(closes).await;
+}
+
+/// Asks the master behind `socket` to exit (`ssh -O exit`); false when it
+/// did not answer within [`CLOSE_TIMEOUT`].
+async fn exit_master(socket: &Path) -> bool {
+    let exit = tokio::process::Command::new("ssh")
+        .arg("-S")
+        .arg(socket)
+        .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    tokio::time::timeout(CLOSE_TIMEOUT, exit).await.is_ok()
 }
 
 /// Why [`closing_masters`] stopped the work before it finished.
@@ -558,21 +564,15 @@ async fn reuse(opts: &SshOptions, keep: &Keep) -> Option<Session> {
         if alive {
             return Some(session);
         }
-        let exit = tokio::process::Command::new("ssh")
-            .arg("-S")
-            .arg(&ctl)
-            .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .status();
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, exit).await;
+        exit_master(&ctl).await;
     }
     let _ = std::fs::remove_file(&file);
+    // What openssh made for it (socket and log), when it is in `keep.dir`
+    // (a master in openssh's default directory leaves its own there).
     if let Some(dir) = ctl.parent().filter(|d| {
-        d.file_name()
-            .is_some_and(|n| n.as_bytes().starts_with(b".ssh-connection"))
+        d.parent() == Some(keep.dir.as_path())
+            && d.file_name()
+                .is_some_and(|n| n.as_bytes().starts_with(b".ssh-connection"))
     }) {
         let _ = std::fs::remove_dir_all(dir);
     }
