@@ -110,7 +110,7 @@ ntp_known=; [ -n "$manifest" ] && [ -f "$manifest" ] && ntp_known=yes
 ( set +u; HOST_FACTS
   if [ -n "$host_extra" ]; then
     printf '%s' "$host_extra" | base64 -d > "$d/extra" 2>/dev/null && sh "$d/extra"
-  fi ) 2>/dev/null | while IFS= read -r l; do printf 'H %s\n' "$l"; done
+  fi ) 2>/dev/null | while IFS= read -r l || [ -n "$l" ]; do printf 'H %s\n' "$l"; done
 # Type, mode, owner, size, ctime, inode and path of every managed file
 # (tab-separated); only regular files count.
 if [ -s "$d/paths" ]; then
