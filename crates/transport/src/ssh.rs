@@ -2,6 +2,8 @@
 //! master connection per node): honours `~/.ssh/config`, agents, ports,
 //! jump hosts and keys. Host keys are verified; unknown hosts are accepted
 //! only when asked, and then recorded in kubeforge's own known-hosts file.
+//! Commands open their sessions on the master's control socket themselves
+//! (openssh's native mux client): no `ssh` process per command.
 //!
 //! A master never outlives kubeforge for long: each runs with a short
 //! `ControlPersist` ([`MASTER_LINGER`]) and its transport keeps one idle
@@ -13,8 +15,9 @@
 //! SIGINT and SIGTERM) closes them at once. The idle channel takes one of
 //! the sessions sshd allows per connection (`MaxSessions`, 10 by default);
 //! commands and held scripts share at most [`SESSIONS`] more, the rest wait
-//! for one to end (beyond `MaxSessions`, sshd refuses the channel and ssh
-//! reports the remote process as terminated).
+//! for one to end (beyond `MaxSessions`, sshd refuses the channel: the
+//! master answers "Session open refused by peer", and the command, which
+//! never started, is opened again).
 
 use crate::{ops, Held, Output, Script, Transport, TransportError};
 use async_trait::async_trait;
@@ -258,7 +261,7 @@ impl SshTransport {
             }
         }
         let session = b
-            .connect(&opts.address)
+            .connect_mux(&opts.address)
             .await
             .map_err(|e| TransportError::Connect {
                 node: opts.node.clone(),
@@ -270,7 +273,7 @@ impl SshTransport {
                 // Detached: dropping it no longer closes the master.
                 let (ctl, log) = session.detach();
                 record(&opts, keep, &ctl, log.as_deref());
-                (Session::resume(ctl, log), None)
+                (Session::resume_mux(ctl, log), None)
             }
             None => {
                 let r = Registered::new(session.control_socket());
@@ -371,9 +374,9 @@ enum Attempt {
     Failed(String),
 }
 
-/// Whether ssh's own message on stderr says the session was never opened
-/// (sshd's `MaxSessions`: "Session open refused by peer"), as opposed to
-/// a command that ran and was cut off.
+/// Whether the master's answer (or ssh's own message) says the session
+/// was never opened (sshd's `MaxSessions`: "Session open refused by
+/// peer"), as opposed to a command that ran and was cut off.
 fn session_refused(stderr: &str) -> bool {
     stderr.contains("Session open refused by peer") || stderr.contains("session request failed")
 }
@@ -381,11 +384,14 @@ fn session_refused(stderr: &str) -> bool {
 impl SshTransport {
     /// One try of `script`: stdin written while stdout and stderr are read.
     async fn run_once(&self, script: &Script<'_>) -> Result<Output, Attempt> {
-        let mut child = self
-            .command(script)
-            .spawn()
-            .await
-            .map_err(|e| Attempt::Failed(error_chain(&e)))?;
+        let mut child = self.command(script).spawn().await.map_err(|e| {
+            let e = error_chain(&e);
+            if session_refused(&e) {
+                Attempt::Refused(e)
+            } else {
+                Attempt::Failed(e)
+            }
+        })?;
         let stdin = child.stdin().take();
         let stdout = child.stdout().take();
         let stderr = child.stderr().take();
@@ -553,7 +559,7 @@ async fn reuse(opts: &SshOptions, keep: &Keep) -> Option<Session> {
         .filter(|l| !l.is_empty())
         .map(|l| PathBuf::from(OsString::from_vec(l.to_vec())).into_boxed_path());
     if ctl.exists() {
-        let session = Session::resume(ctl.clone().into_boxed_path(), log);
+        let session = Session::resume_mux(ctl.clone().into_boxed_path(), log);
         let mut cmd = session.command("true");
         let probe = cmd.status();
         let alive = matches!(
