@@ -156,6 +156,10 @@ async fn connect_to(
 ) -> Result<(Transports, BTreeMap<String, String>)> {
     std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
     let known_hosts = state.join("known_hosts");
+    // Absolute: the records of kept connections name sockets for other
+    // processes, which may run from another directory.
+    let kept = state.join("ssh");
+    let kept = std::path::absolute(&kept).unwrap_or(kept);
     let sem = Arc::new(tokio::sync::Semaphore::new(reach.concurrency.max(1)));
     let mut tasks = Vec::new();
     for (name, address, ssh) in &nodes {
@@ -171,9 +175,7 @@ async fn connect_to(
             config_file: reach.ssh_config.clone(),
             connect_timeout: reach.connect_timeout,
             keep: reach.keep.map(|idle| Keep {
-                // Absolute: the records name sockets for other processes,
-                // which may run from another directory.
-                dir: std::path::absolute(state.join("ssh")).unwrap_or_else(|_| state.join("ssh")),
+                dir: kept.clone(),
                 idle,
             }),
         };

@@ -211,7 +211,7 @@ pub struct SshTransport {
     sessions: Arc<tokio::sync::Semaphore>,
     /// In [`MASTERS`] while it lives; a kept master is not (it outlives
     /// this process on purpose).
-    _registered: Option<Registered>,
+    registered: Option<Registered>,
 }
 
 impl SshTransport {
@@ -312,7 +312,7 @@ impl SshTransport {
             keepalive: Some(keepalive),
             session,
             sessions: Arc::new(tokio::sync::Semaphore::new(SESSIONS)),
-            _registered: registered,
+            registered,
         })
     }
 
@@ -342,11 +342,11 @@ impl SshTransport {
         let SshTransport {
             keepalive,
             session,
-            _registered,
+            registered,
             ..
         } = self;
         drop(keepalive);
-        if _registered.is_none() {
+        if registered.is_none() {
             // Kept: it closes by itself once unused for its idle time.
             return;
         }
