@@ -337,6 +337,23 @@ fn ssh_transport_against_a_real_sshd() {
                 i.to_string()
             );
         }
+        // A held script (the apply lock) asked for while the other
+        // sessions are taken: refused, then opened again.
+        let narrow_lock = d.join("narrow.lock");
+        let narrow_lock = narrow_lock.to_str().expect("utf-8 path");
+        let busy =
+            (0..2).map(|_| tn.run_ok(kubeforge_transport::Script::new("sleep", "sleep 0.5")));
+        let hold = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            ops::lock(&tn, narrow_lock, "narrow").await
+        };
+        let (busy, held) = tokio::join!(futures::future::join_all(busy), hold);
+        for b in busy {
+            b.expect("the sleeps ran");
+        }
+        held.expect("the lock, opened again after a refusal")
+            .release()
+            .await;
         tn.close().await;
 
         // The lock is exclusive across connections and released on close.

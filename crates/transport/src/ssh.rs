@@ -662,9 +662,24 @@ impl Transport for SshTransport {
             .acquire_owned()
             .await
             .map_err(|e| err(e.to_string()))?;
-        let mut cmd = self.command(&script);
-        cmd.stderr(Stdio::null());
-        let mut child = cmd.spawn().await.map_err(|e| err(error_chain(&e)))?;
+        // A session sshd refused never started: opened again, as in `run`.
+        let mut refusals = 0;
+        let mut child = loop {
+            let mut cmd = self.command(&script);
+            cmd.stderr(Stdio::null());
+            match cmd.spawn().await {
+                Ok(child) => break child,
+                Err(e) => {
+                    let why = error_chain(&e);
+                    if !session_refused(&why) || refusals >= REFUSALS.len() {
+                        return Err(err(why));
+                    }
+                    tracing::info!(node = %self.opts.node, what = script.what, "{why}; opening the session again");
+                    tokio::time::sleep(REFUSALS[refusals]).await;
+                    refusals += 1;
+                }
+            }
+        };
         let first = ops::first_line(child.stdout().take(), script.timeout)
             .await
             .map_err(err)?;
