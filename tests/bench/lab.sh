@@ -15,9 +15,10 @@
 #   KEEP=60 tests/bench/lab.sh               # every apply with
 #       --keep-connections 60: the next one reuses its SSH connections
 #   KUBEFORGE_K8S_BIN_DIR=/path tests/bench/lab.sh   # real binaries
-#   PROFILE=1 tests/bench/lab.sh             # after the fresh apply: its own
-#       CPU, each node's CPU by program, and each control-plane node's
-#       etcd, apiserver and controller-manager journal (in lab-N.log)
+#   PROFILE=1 tests/bench/lab.sh             # for the fresh apply and for
+#       the add: its own CPU and each node's CPU by program; and each
+#       control-plane node's etcd, apiserver and controller-manager
+#       journal (in lab-N.log)
 #   FRESH_ONLY=1 tests/bench/lab.sh          # stop after the fresh apply
 #
 # Needs root (the lab). Stand-ins are used for the Kubernetes binaries

@@ -9,8 +9,8 @@
 //! `KUBEFORGE_BENCH_KEX` sets the SSH key exchange;
 //! `KUBEFORGE_BENCH_KEEP` keeps each apply's SSH connections up that many
 //! seconds for the next apply;
-//! `KUBEFORGE_BENCH_PROFILE` prints where the fresh apply's CPU went and
-//! the control plane's journals; `KUBEFORGE_BENCH_FRESH_ONLY` stops after
+//! `KUBEFORGE_BENCH_PROFILE` prints where the fresh apply's and the add's
+//! CPU went and the control plane's journals; `KUBEFORGE_BENCH_FRESH_ONLY` stops after
 //! the fresh apply. Prints one `BENCH key=value ...` line.
 #![allow(clippy::print_stderr)]
 
@@ -166,30 +166,75 @@ fn children_cpu() -> f64 {
     stat_times(&stat).map_or(0.0, |(_, t)| t[2] + t[3])
 }
 
-/// CPU seconds each program of each node used so far, the largest
-/// first: where a fresh apply's CPU went. Read from every process's
-/// /proc/PID/stat (its own time and that of the children it reaped: sshd
-/// holds what kubeforge's sessions ran, systemd what its units' helpers
-/// ran).
-fn cpu_profile(lab: &Lab, nodes: &[(String, Ipv4Addr)]) {
+/// CPU seconds each program of each node used so far, by (node,
+/// program). Read from every process's /proc/PID/stat (its own time and
+/// that of the children it reaped: sshd holds what kubeforge's sessions
+/// ran, systemd what its units' helpers ran).
+fn cpu_by_program(
+    lab: &Lab,
+    nodes: &[(String, Ipv4Addr)],
+) -> std::collections::BTreeMap<(String, String), f64> {
     let script = "cat /proc/[0-9]*/stat 2>/dev/null";
-    let mut rows: Vec<(f64, String)> = Vec::new();
+    let mut by = std::collections::BTreeMap::new();
     for (node, _) in nodes {
-        let mut by: std::collections::BTreeMap<String, f64> = Default::default();
-        for (comm, t) in lab.ssh_ok(node, script).lines().filter_map(stat_times) {
-            *by.entry(comm.to_string()).or_default() += t.iter().sum::<f64>();
+        for line in lab.ssh_ok(node, script).lines() {
+            let Some((comm, t)) = stat_times(line) else {
+                continue;
+            };
+            // sshd's listener (its parent is PID 1) reaps the connections
+            // that ended, the bench's own included: apart from the
+            // connections' processes, which reap their sessions.
+            let ppid = line
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1));
+            let comm = if comm == "sshd" && ppid == Some("1") {
+                "sshd (listener)".to_string()
+            } else {
+                comm.to_string()
+            };
+            *by.entry((node.clone(), comm)).or_default() += t.iter().sum::<f64>();
         }
-        rows.extend(
-            by.into_iter()
-                .map(|(comm, s)| (s, format!("{node} {comm}"))),
-        );
     }
+    by
+}
+
+/// Prints the largest entries of `by` (CPU seconds by node and program),
+/// then the same summed over nodes by program.
+fn print_cpu(what: &str, by: &std::collections::BTreeMap<(String, String), f64>) {
+    let mut rows: Vec<(f64, String)> = by
+        .iter()
+        .map(|((node, comm), s)| (*s, format!("{node} {comm}")))
+        .collect();
     rows.sort_by(|a, b| b.0.total_cmp(&a.0));
     let total: f64 = rows.iter().map(|r| r.0).sum();
-    eprintln!("bench: CPU seconds by program after the fresh apply (total {total:.1})");
+    eprintln!("bench: CPU seconds by program, {what} (total {total:.1})");
     for (s, what) in rows.iter().take(30) {
         eprintln!("bench:   {s:7.2} {what}");
     }
+    let mut programs: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
+    for ((_, comm), s) in by {
+        let e = programs.entry(comm.as_str()).or_default();
+        e.0 += s;
+        e.1 += 1;
+    }
+    let mut programs: Vec<_> = programs.into_iter().collect();
+    programs.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    eprintln!("bench: the same by program over all nodes (seconds, nodes)");
+    for (comm, (s, n)) in programs.iter().take(15) {
+        eprintln!("bench:   {s:7.2} {n:4} {comm}");
+    }
+}
+
+/// Where a fresh apply's CPU went on the nodes (since `before`, read
+/// when they had booted), and each control-plane node's etcd, apiserver
+/// and controller-manager journal.
+fn cpu_profile(
+    lab: &Lab,
+    nodes: &[(String, Ipv4Addr)],
+    before: &std::collections::BTreeMap<(String, String), f64>,
+) {
+    let after = cpu_by_program(lab, nodes);
+    print_cpu("during the fresh apply", &cpu_delta(before, &after));
     for (node, _) in nodes.iter().filter(|(n, _)| n.starts_with("cp")) {
         for unit in ["etcd", "kube-apiserver", "kube-controller-manager"] {
             let out = lab.ssh(
@@ -201,6 +246,19 @@ fn cpu_profile(lab: &Lab, nodes: &[(String, Ipv4Addr)]) {
             }
         }
     }
+}
+
+/// The CPU each node's programs used between two [`cpu_by_program`]
+/// readings (programs that ended in between count in their parent).
+fn cpu_delta(
+    before: &std::collections::BTreeMap<(String, String), f64>,
+    after: &std::collections::BTreeMap<(String, String), f64>,
+) -> std::collections::BTreeMap<(String, String), f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect()
 }
 
 fn vip_holder(lab: &Lab) -> Option<String> {
@@ -269,14 +327,16 @@ fn bench() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let profile = std::env::var_os("KUBEFORGE_BENCH_PROFILE").is_some();
+    let nodes_before = profile.then(|| cpu_by_program(&lab, &all[..all.len() - 1]));
     let started = std::time::SystemTime::now();
     let cpu_before = children_cpu();
     let fresh = timed_apply(&kf, "fresh apply");
     let fresh_cpu = children_cpu() - cpu_before;
     let all_ready = node_timeline(&kf, started);
-    if std::env::var_os("KUBEFORGE_BENCH_PROFILE").is_some() {
+    if let Some(before) = nodes_before {
         eprintln!("bench: the fresh apply's own CPU (kubeforge and its ssh): {fresh_cpu:.1} s");
-        cpu_profile(&lab, &all[..all.len() - 1]);
+        cpu_profile(&lab, &all[..all.len() - 1], &before);
     }
     if std::env::var_os("KUBEFORGE_BENCH_FRESH_ONLY").is_some() {
         let ready = all_ready
@@ -288,7 +348,18 @@ fn bench() {
     }
     let noop = timed_apply(&kf, "no-op apply");
     std::fs::write(kf.dir.join("inventory.toml"), inventory(&lab, &all, None)).expect("inventory");
+    let before = profile.then(|| (cpu_by_program(&lab, &all), children_cpu()));
     let add = timed_apply(&kf, "add one worker");
+    if let Some((before, cpu)) = before {
+        eprintln!(
+            "bench: the add's own CPU (kubeforge and its ssh): {:.1} s",
+            children_cpu() - cpu
+        );
+        print_cpu(
+            "during the add",
+            &cpu_delta(&before, &cpu_by_program(&lab, &all)),
+        );
+    }
     let noop2 = timed_apply(&kf, "no-op apply after the add");
     let mut line = format!(
         "BENCH nodes={n} boot={boot:.1} fresh={fresh:.1} noop={noop:.1} add={add:.1} noop_after_add={noop2:.1}"
