@@ -100,11 +100,20 @@ if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then
   echo "refusing blob $sum: expected $size bytes, received $got_size bytes with sha256 $got_sum" >&2
   exit 4
 fi
-chmod 0644 "$t"
 mv -f -- "$t" "$d/$sum"
 trap - EXIT
 "#
 );
+
+/// The start of every way into the store: the store (0700) made when
+/// missing, and `$t`, this process's name in it for what arrives (0644, as
+/// the blob will be; the store's mode keeps it from others), removed
+/// unless it becomes the blob.
+const STORE_TEMP: &str = r#"[ -d "$d" ] || mkdir -p -m 0700 -- "$d"
+umask 022
+t="$d/.in.$$"
+trap 'rm -f -- "$t"' EXIT
+"#;
 
 /// Blobs arrive in the background of the node's work (the next phase's
 /// binaries while this one's units start, an upgrade's beside a running
@@ -117,9 +126,7 @@ const BACKGROUND: &str =
 const RECEIVE: &str = r#"set -eu
 BACKGROUND
 d="$1"; sum="$2"; size="$3"; codec="$4"
-mkdir -p -- "$d"; chmod 0700 "$d"
-t=$(mktemp "$d/.in.XXXXXX")
-trap 'rm -f -- "$t"' EXIT
+STORE_TEMP
 trap 'exit 1' HUP INT TERM PIPE
 case "$codec" in
   zstd) zstd -q -d -c > "$t" ;;
@@ -139,6 +146,7 @@ pub async fn receive(
 ) -> Result<(), TransportError> {
     let body = RECEIVE
         .replace("BACKGROUND\n", BACKGROUND)
+        .replace("STORE_TEMP\n", STORE_TEMP)
         .replace("INTO_STORE", INTO_STORE);
     let secs = 60 + data.len() as u64 / 5_000_000;
     t.run_ok(
@@ -216,9 +224,7 @@ pub async fn serve(
 const FETCH: &str = r#"set -eu
 BACKGROUND
 d="$1"; sum="$2"; size="$3"
-mkdir -p -- "$d"; chmod 0700 "$d"
-t=$(mktemp "$d/.in.XXXXXX")
-trap 'rm -f -- "$t"' EXIT
+STORE_TEMP
 trap 'exit 1' HUP INT TERM PIPE
 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "%s %s\n" "$3" "$4" >&3 && exec cat <&3' kubeforge "$4" "$5" "$6" "$sum" > "$t"
 INTO_STORE"#;
@@ -235,6 +241,7 @@ pub async fn fetch(
 ) -> Result<(), TransportError> {
     let body = FETCH
         .replace("BACKGROUND\n", BACKGROUND)
+        .replace("STORE_TEMP\n", STORE_TEMP)
         .replace("INTO_STORE", INTO_STORE);
     t.run_ok(
         Script::new("fetch a binary from another node", &body)
@@ -254,30 +261,37 @@ pub async fn fetch(
 
 /// $1 the store, $2 the sha256 cache (or empty), then the blobs.
 const DROP: &str = r#"d="$1"; c="$2"; shift 2
+for s in "$@"; do set -- "$@" "$d/$s"; shift; done
+# The inodes of the blobs installed as links (more than one name), read
+# in one stat; then every blob removed in one rm.
 ino=" "
-for s in "$@"; do
-  l=$(stat -c '%h %i' -- "$d/$s" 2>/dev/null) || continue
-  case "$l" in 1\ *) ;; *) ino="$ino${l#* } " ;; esac
-  rm -f -- "$d/$s"
-done
+if [ "$#" -gt 0 ]; then
+  ino=$(stat -c '%h %i' -- "$@" 2>/dev/null | { ino=" "; while read -r h i; do [ "$h" = 1 ] || ino="$ino$i "; done; printf '%s' "$ino"; })
+  rm -f -- "$@"
+fi
 rmdir -- "$d" 2>/dev/null
 # Files installed as links of these blobs changed their ctime as the store
 # let go of them: their lines in the sha256 cache (see gather) follow,
-# when the file is still the same inode of the same size.
+# when the file is still the same inode of the same size (the files read
+# in one stat).
 if [ "$ino" != " " ] && [ -n "$c" ] && [ -f "$c" ]; then
   {
+    umask 077
     exec 8>>"$c.lock"; flock 8
-    n=$(mktemp "$(dirname -- "$c")/.sha256-cache.XXXXXX")
+    set --
     while IFS= read -r l; do
-      size=${l%% *}; r=${l#* }; r=${r#* }; i=${r%% *}; r=${r#* }; sum=${r%% *}; p=${r#* }
-      case "$ino" in
-        *" $i "*)
-          k=$(stat -L -c '%s %.9Z %i' -- "$p" 2>/dev/null) || continue
-          case "$k" in "$size "*" $i") printf '%s %s %s\n' "$k" "$sum" "$p" ;; esac ;;
-        *) printf '%s\n' "$l" ;;
-      esac
-    done < "$c" > "$n"
-    mv -f -- "$n" "$c"
+      r=${l#* }; r=${r#* }; i=${r%% *}; r=${r#* }; p=${r#* }
+      case "$ino" in *" $i "*) set -- "$@" "$p" ;; esac
+    done < "$c"
+    if [ "$#" -gt 0 ]; then
+      n="${c%/*}/.sha256-cache.$$"
+      stat -L -c '%s %.9Z %i %n' -- "$@" 2>/dev/null | awk -v ino="$ino" '
+        f == 1 { p = substr($0, length($1 $2 $3) + 4); key[p] = $1 " " $2 " " $3; size[p] = $1; node[p] = $3; next }
+        { p = substr($0, length($1 $2 $3 $4) + 5) }
+        index(ino, " " $3 " ") == 0 { print; next }
+        (p in key) && size[p] == $1 && node[p] == $3 { print key[p] " " $4 " " p }' f=1 - f=2 "$c" > "$n"
+      mv -f -- "$n" "$c"
+    fi
   } 2>/dev/null || true
 fi
 exit 0

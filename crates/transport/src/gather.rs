@@ -113,11 +113,14 @@ ntp_known=; [ -n "$manifest" ] && [ -f "$manifest" ] && ntp_known=yes
   fi ) 2>/dev/null | while IFS= read -r l || [ -n "$l" ]; do printf 'H %s\n' "$l"; done
 # Type, mode, owner, size, ctime, inode and path of every managed file
 # (tab-separated); only regular files count.
-if [ -s "$d/paths" ]; then
-  tr '\n' '\0' < "$d/paths" | xargs -0 stat -L -c '%F	%a	%U:%G	%s	%.9Z	%i	%n' > "$d/stat" 2>/dev/null
+set --
+while IFS= read -r p; do set -- "$@" "$p"; done < "$d/paths"
+if [ "$#" -gt 0 ]; then
+  stat -L -c '%F	%a	%U:%G	%s	%.9Z	%i	%n' -- "$@" > "$d/stat" 2>/dev/null
 else
   : > "$d/stat"
 fi
+set --
 known_sums="$cache"
 [ -r "$known_sums" ] || known_sums=/dev/null
 # The sha256 cache ("SIZE CTIME INODE SHA PATH" lines): a file whose

@@ -32,14 +32,17 @@ macro_rules! remember_sums {
     () => {
         r#"if [ -n "$c" ]; then
   {
-    mkdir -p -- "$(dirname -- "$c")"
+    cdir=${c%/*}; cdir=${cdir:-/}
+    [ -d "$cdir" ] || mkdir -p -- "$cdir"
+    umask 077
     exec 8>>"$c.lock"; flock 8
-    e=$(mktemp)
-    new_lines > "$e"
-    n=$(mktemp "$(dirname -- "$c")/.sha256-cache.XXXXXX")
-    { [ -r "$c" ] && awk 'NR == FNR { new[substr($0, length($1 $2 $3 $4) + 5)] = 1; next } { if (!(substr($0, length($1 $2 $3 $4) + 5) in new)) print }' "$e" "$c"; cat "$e"; } > "$n"
+    [ -e "$c" ] || : > "$c"
+    # Under the lock, this process's own name for the new cache.
+    n="$cdir/.sha256-cache.$$"
+    new_lines | awk 'f == 1 { p = substr($0, length($1 $2 $3 $4) + 5); new[p] = 1; e[++k] = $0; next }
+      !(substr($0, length($1 $2 $3 $4) + 5) in new) { print }
+      END { for (i = 1; i <= k; i++) print e[i] }' f=1 - f=2 "$c" > "$n"
     mv -f -- "$n" "$c"
-    rm -f -- "$e"
   } 2>/dev/null || true
 fi
 "#
@@ -71,8 +74,8 @@ pub const PUT: &str = concat!(
     sum256!(),
     r#"set -eu
 p="$1"; mode="$2"; owner="$3"; size="$4"; sum="$5"
-d=$(dirname -- "$p")
-mkdir -p -- "$d"
+d=${p%/*}; d=${d:-/}
+[ -d "$d" ] || mkdir -p -- "$d"
 t=$(mktemp "$d/.kubeforge-tmp.XXXXXX")
 trap 'rm -f -- "$t"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
@@ -168,40 +171,64 @@ pub async fn put_cached(
 pub const PUT_ALL: &str = concat!(
     r#"set -eu
 store="$1"; c="${2:-}"
+u0=$(umask)
 w=$(mktemp -d)
 list="$w/list"
-: > "$w/new"
+: > "$w/new"; : > "$w/modes"
 # Every temporary file is named in $w/new as soon as it exists, and is
-# gone when the script ends (after the renames, nothing is left by then).
+# removed when the script fails; after the renames, none is left.
 trap 'while IFS= read -r t; do rm -f -- "$t"; done < "$w/new"; rm -rf -- "$w"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
 uid=$(id -u)
+i=0
+# The store's blobs that no file is a link of yet (one name), read in one
+# stat: " SHA256 SHA256 ... ".
+single=" "
+if [ -d "$store" ]; then
+  single=$(stat -c '%h %n' -- "$store"/* 2>/dev/null | { s=" "; while read -r h n; do [ "$h" != 1 ] || s="$s${n##*/} "; done; printf '%s' "$s"; })
+fi
 # $list: "TMP SHA256 SIZE HOW PATH", HOW upload, store (a copy) or checked
 # (a link of a blob checked as it arrived).
 while IFS=' ' read -r kind mode owner size sum p; do
   d=${p%/*}; d=${d:-/}
   [ -d "$d" ] || mkdir -p -- "$d"
-  t=$(mktemp "$d/.kubeforge-tmp.XXXXXX")
+  # The temporary file, created exclusively (noclobber: O_EXCL) and 0600
+  # (a secret is never readable by others) under this process's name;
+  # when a killed run left that name, mktemp makes one.
+  i=$((i + 1)); t="$d/.kubeforge-tmp.$$.$i"
+  set -C; umask 077
+  if ! true > "$t" 2>/dev/null; then t=$(mktemp "$d/.kubeforge-tmp.XXXXXX"); fi
+  umask "$u0"; set +C
   printf '%s\n' "$t" >> "$w/new"
   case "$kind" in
-    D) head -c "$size" > "$t"; how=upload ;;
+    D) head -c "$size" >> "$t"; how=upload ;;
     B|L) how=store
       # A blob checked as it arrived in this run (L) becomes the file
       # itself: a link, when no other file is one yet (a file's mode and
       # owner are its inode's). Else a copy, checked with the others.
-      if [ "$kind" = L ] && [ "$(stat -c %h -- "$store/$sum")" = 1 ] && ln -f -- "$store/$sum" "$t" 2>/dev/null; then
+      if [ "$kind" = L ] && case "$single" in *" $sum "*) true ;; *) false ;; esac && ln -f -- "$store/$sum" "$t" 2>/dev/null; then
         how=checked
+        single="${single%% "$sum" *} ${single#* "$sum" }"
       else
         cp --reflink=auto -- "$store/$sum" "$t"
       fi ;;
     *) echo "unknown record "$kind" for $p" >&2; exit 2 ;;
   esac
   printf '%s %s %s %s %s\n' "$t" "$sum" "$size" "$how" "$p" >> "$list"
-  # A new temporary file is already root's and 0600 (mktemp); a link is
-  # the blob's inode.
-  if [ "$owner" != root:root ] || [ "$uid" != 0 ] || [ "$how" = checked ]; then chown -- "$owner" "$t"; fi
-  if [ "$mode" != 0600 ] || [ "$how" = checked ]; then chmod -- "$mode" "$t"; fi
+  # A new temporary file is already root's and 0600; a link is the blob's
+  # inode, which root made in the store (root's too), with the blob's mode.
+  if [ "$owner" != root:root ] || [ "$uid" != 0 ]; then chown -- "$owner" "$t"; fi
+  if [ "$mode" != 0600 ] || [ "$how" = checked ]; then printf '%s %s\n' "$mode" "$t" >> "$w/modes"; fi
 done
+# One chmod per mode for the whole batch.
+seen=" "
+while IFS=' ' read -r m _; do
+  case "$seen" in *" $m "*) continue ;; esac
+  seen="$seen$m "
+  set --
+  while IFS=' ' read -r m2 t; do [ "$m2" != "$m" ] || set -- "$@" "$t"; done < "$w/modes"
+  chmod -- "$m" "$@"
+done < "$w/modes"
 # The size and sha256 of every file not linked from a checked blob, each
 # in one program for the whole batch (OpenSSL where the node has it: it
 # uses the CPU's SHA instructions).
@@ -237,6 +264,7 @@ while IFS=' ' read -r t sum size how p; do
   mv -f -- "$t" "$p"
   d=${p%/*}; set -- "$@" "${d:-/}"
 done < "$list"
+: > "$w/new"
 [ "$#" -eq 0 ] || sync -- "$@" 2>/dev/null || sync
 # The node's sha256 cache (see gather), told every new file's sum: the
 # keys of all files in one `stat`, joined with the sums by path.
@@ -642,7 +670,7 @@ for c in sh sha256sum stat mktemp flock systemctl journalctl curl ip; do
   command -v "$c" >/dev/null 2>&1 || echo "missing=$c"
 done
 if command -v ss >/dev/null; then
-  ss -Hltn 2>/dev/null | awk '{print "listen=" $4}'
+  ss -Hltn 2>/dev/null | while read -r _ _ _ l _; do echo "listen=$l"; done
 fi
 "#;
 

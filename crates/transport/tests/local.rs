@@ -277,6 +277,85 @@ async fn a_batch_installs_bytes_and_blobs_with_their_modes() {
     );
 }
 
+/// A temporary name a killed run left behind (the script's own process ID
+/// names its files) is neither reused nor removed: the batch makes another
+/// name, installs its file 0600 and leaves nothing of its own.
+#[tokio::test]
+async fn a_batch_does_not_reuse_a_temporary_name_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = LocalTransport::new("n1");
+    let script = dir.path().join("put-all.sh");
+    std::fs::write(&script, ops::PUT_ALL).unwrap();
+    let key = dir.path().join("b.key");
+    let (size, sum) = ops::size_and_sha256(b"secret");
+    let mut stdin = format!("D 0600 root:root {size} {sum} {}\n", key.display()).into_bytes();
+    stdin.extend_from_slice(b"secret");
+    // The leftover takes the name the script would claim first; `exec`
+    // keeps the process ID.
+    let o = t
+        .run(
+            Script::new(
+                "write",
+                r#"ln -s /nonexistent "$1/.kubeforge-tmp.$$.1"; : > "$1/.kubeforge-tmp.$$.2"; exec sh "$2" /nonexistent-store"#,
+            )
+            .args([dir.path().display().to_string(), script.display().to_string()])
+            .stdin(stdin),
+        )
+        .await
+        .unwrap();
+    assert!(o.success(), "{}", o.stderr_str());
+    assert_eq!(std::fs::read(&key).unwrap(), b"secret");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    assert!(!std::path::Path::new("/nonexistent").exists());
+    let left: Vec<String> = names(dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with(".kubeforge-tmp."))
+        .collect();
+    assert_eq!(left.len(), 2, "only the leftovers remain: {left:?}");
+}
+
+/// One checked blob installed at two paths of a batch: the first is the
+/// blob itself (a link), the second a copy with its own mode.
+#[tokio::test]
+async fn a_blob_is_linked_once_per_batch() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let t = LocalTransport::new("n1");
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let binary = b"a binary".repeat(1000);
+    let (size, sum) = ops::size_and_sha256(&binary);
+    std::fs::write(store.join(&sum), &binary).unwrap();
+    let at = |rel: &str| dir.path().join(rel).display().to_string();
+    let file = |rel: &str, mode: u32| ops::PutFile {
+        path: at(rel),
+        mode,
+        owner: "root:root".into(),
+        source: ops::Source::Blob {
+            sha256: sum.clone(),
+            size: size.parse().unwrap(),
+            checked: true,
+        },
+    };
+    let files = vec![file("bin/a", 0o755), file("bin/b", 0o700)];
+    ops::put_all(&t, files, store.to_str().unwrap(), None)
+        .await
+        .unwrap();
+    let meta = |p: &str| std::fs::metadata(p).unwrap();
+    let blob = store.join(&sum).display().to_string();
+    assert_eq!(meta(&at("bin/a")).ino(), meta(&blob).ino());
+    assert_ne!(meta(&at("bin/b")).ino(), meta(&blob).ino());
+    assert_eq!(std::fs::read(at("bin/b")).unwrap(), binary);
+    assert_eq!(
+        [
+            meta(&at("bin/a")).mode() & 0o7777,
+            meta(&at("bin/b")).mode() & 0o7777
+        ],
+        [0o755, 0o700]
+    );
+}
+
 /// A batch whose second file arrives cut short installs nothing: the old
 /// first file stays, no temporary file is left, and the error names the
 /// path.
