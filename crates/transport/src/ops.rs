@@ -179,14 +179,11 @@ list="$w/list"
 # removed when the script fails; after the renames, none is left.
 trap 'while IFS= read -r t; do rm -f -- "$t"; done < "$w/new"; rm -rf -- "$w"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
-uid=$(id -u)
+uid=
 i=0
 # The store's blobs that no file is a link of yet (one name), read in one
-# stat: " SHA256 SHA256 ... ".
-single=" "
-if [ -d "$store" ]; then
-  single=$(stat -c '%h %n' -- "$store"/* 2>/dev/null | { s=" "; while read -r h n; do [ "$h" != 1 ] || s="$s${n##*/} "; done; printf '%s' "$s"; })
-fi
+# stat at the first L record: " SHA256 SHA256 ... ".
+single=
 # $list: "TMP SHA256 SIZE HOW PATH", HOW upload, store (a copy) or checked
 # (a link of a blob checked as it arrived).
 while IFS=' ' read -r kind mode owner size sum p; do
@@ -206,6 +203,9 @@ while IFS=' ' read -r kind mode owner size sum p; do
       # A blob checked as it arrived in this run (L) becomes the file
       # itself: a link, when no other file is one yet (a file's mode and
       # owner are its inode's). Else a copy, checked with the others.
+      if [ "$kind" = L ] && [ -z "$single" ]; then
+        single=$(stat -c '%h %n' -- "$store"/* 2>/dev/null | { s=" "; while read -r h n; do [ "$h" != 1 ] || s="$s${n##*/} "; done; printf '%s' "$s"; })
+      fi
       if [ "$kind" = L ] && case "$single" in *" $sum "*) true ;; *) false ;; esac && ln -f -- "$store/$sum" "$t" 2>/dev/null; then
         how=checked
         single="${single%% "$sum" *} ${single#* "$sum" }"
@@ -217,6 +217,7 @@ while IFS=' ' read -r kind mode owner size sum p; do
   printf '%s %s %s %s %s\n' "$t" "$sum" "$size" "$how" "$p" >> "$list"
   # A new temporary file is already root's and 0600; a link is the blob's
   # inode, which root made in the store (root's too), with the blob's mode.
+  [ "$owner" != root:root ] || [ -n "$uid" ] || uid=$(id -u)
   if [ "$owner" != root:root ] || [ "$uid" != 0 ]; then chown -- "$owner" "$t"; fi
   if [ "$mode" != 0600 ] || [ "$how" = checked ]; then printf '%s %s\n' "$mode" "$t" >> "$w/modes"; fi
 done
