@@ -198,12 +198,21 @@ fi
 # rewritten when a binary was asked).
 vcache="${cache%/*}/version-cache"
 asked=
-: > "$d/vcache.new"
-while IFS= read -r u; do
-  pid=
-  [ -f "$d/pids" ] && while read -r n p; do [ "$n" = "$u" ] && pid=$p && break; done < "$d/pids"
-  [ -n "$pid" ] || continue
-  key=$(stat -L -c '%d:%i:%s:%Z' "/proc/$pid/exe" 2>/dev/null) || continue
+: > "$d/vcache.new"; : > "$d/vpids"; : > "$d/vkeys"
+# "UNIT PID" of the units asked that run, in the order asked, and their
+# binaries' keys ("/proc/PID/exe KEY") in one stat.
+if [ -s "$d/req.v" ] && [ -f "$d/pids" ]; then
+  while IFS= read -r u; do
+    while read -r n p; do [ "$n" = "$u" ] && printf '%s %s\n' "$u" "$p" >> "$d/vpids" && break; done < "$d/pids"
+  done < "$d/req.v"
+fi
+set --
+while read -r u p; do set -- "$@" "/proc/$p/exe"; done < "$d/vpids"
+[ "$#" -eq 0 ] || stat -L -c '%n %d:%i:%s:%Z' -- "$@" > "$d/vkeys" 2>/dev/null
+while read -r u pid; do
+  key=
+  while read -r n k; do [ "$n" = "/proc/$pid/exe" ] && key=$k && break; done < "$d/vkeys"
+  [ -n "$key" ] || continue
   line=
   if [ -r "$vcache" ]; then
     while IFS= read -r l; do [ "${l%% *}" = "$key" ] && line=${l#* } && break; done < "$vcache"
@@ -217,7 +226,7 @@ while IFS= read -r u; do
   [ -n "$line" ] || continue
   printf 'V %s %s\n' "$u" "$line"
   printf '%s %s\n' "$key" "$line" >> "$d/vcache.new"
-done < "$d/req.v"
+done < "$d/vpids"
 if [ -n "$manifest" ] && [ -f "$manifest" ]; then
   printf 'M %s\n' "$(base64 -w0 < "$manifest")"
 fi
