@@ -511,13 +511,48 @@ pub(crate) fn binaries() -> Option<Binaries> {
             "containerd, runc and the CNI plugins are not unpacked (run tests/setup.sh)",
         );
     }
+    let k8s_dir = std::env::var_os("KUBEFORGE_K8S_BIN_DIR").map(PathBuf::from);
+    if k8s_dir.is_some() {
+        assert_room_for_real_kubelets();
+    }
     Some(Binaries {
         etcd_dir,
         kubeforge,
         standin,
-        k8s_dir: std::env::var_os("KUBEFORGE_K8S_BIN_DIR").map(PathBuf::from),
+        k8s_dir,
         node_dir,
     })
+}
+
+/// The lab nodes' file systems are the host's: a real kubelet counts the
+/// host's free space as its own, removes images it does not use (the
+/// bundle's busybox) when less than 15 % is free (its image garbage
+/// collection) and evicts pods below the same mark. A run with real
+/// binaries on a host that full fails in ways that look like kubeforge's;
+/// it stops here instead, saying so.
+fn assert_room_for_real_kubelets() {
+    let dir = std::env::temp_dir();
+    let out = Command::new("df")
+        .args(["--output=size,avail", "-B1"])
+        .arg(&dir)
+        .output()
+        .expect("df runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let numbers: Vec<u64> = text
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    if let [size, avail] = numbers[..] {
+        let free = avail.saturating_mul(100) / size.max(1);
+        assert!(
+            free >= 20,
+            "the file system of {} has {free}% free: real kubelets on the lab nodes garbage-collect images and evict pods below 15%; free some space (at least 20%) before running with KUBEFORGE_K8S_BIN_DIR",
+            dir.display()
+        );
+    }
 }
 
 /// Boots the lab nodes and prepares a control directory with the
