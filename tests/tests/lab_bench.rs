@@ -141,11 +141,12 @@ fn node_timeline(kf: &Kf, started: std::time::SystemTime) -> Option<u64> {
     last
 }
 
-/// A /proc/PID/stat line's command and its CPU times in seconds: its own
-/// (utime, stime) and those of the children it reaped (cutime, cstime),
-/// fields 14 to 17 of the line (after the command's closing parenthesis,
-/// which may itself hold spaces and parentheses).
-fn stat_times(line: &str) -> Option<(&str, [f64; 4])> {
+/// A /proc/PID/stat line's command, its parent's PID and its CPU times in
+/// seconds: its own (utime, stime) and those of the children it reaped
+/// (cutime, cstime), fields 4 and 14 to 17 of the line (after the
+/// command's closing parenthesis, which may itself hold spaces and
+/// parentheses).
+fn stat_times(line: &str) -> Option<(&str, f64, [f64; 4])> {
     let open = line.find('(')?;
     let (head, rest) = line.rsplit_once(')')?;
     let f: Vec<f64> = rest
@@ -155,6 +156,7 @@ fn stat_times(line: &str) -> Option<(&str, [f64; 4])> {
     let t = f.get(11..15)?;
     Some((
         head.get(open + 1..)?,
+        f[1],
         [t[0], t[1], t[2], t[3]].map(|x| x / 100.0),
     ))
 }
@@ -163,7 +165,7 @@ fn stat_times(line: &str) -> Option<(&str, [f64; 4])> {
 /// the ssh processes it ran).
 fn children_cpu() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    stat_times(&stat).map_or(0.0, |(_, t)| t[2] + t[3])
+    stat_times(&stat).map_or(0.0, |(_, _, t)| t[2] + t[3])
 }
 
 /// CPU seconds each program of each node used so far, by (node,
@@ -177,17 +179,11 @@ fn cpu_by_program(
     let script = "cat /proc/[0-9]*/stat 2>/dev/null";
     let mut by = std::collections::BTreeMap::new();
     for (node, _) in nodes {
-        for line in lab.ssh_ok(node, script).lines() {
-            let Some((comm, t)) = stat_times(line) else {
-                continue;
-            };
+        for (comm, ppid, t) in lab.ssh_ok(node, script).lines().filter_map(stat_times) {
             // sshd's listener (its parent is PID 1) reaps the connections
             // that ended, the bench's own included: apart from the
             // connections' processes, which reap their sessions.
-            let ppid = line
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().nth(1));
-            let comm = if comm == "sshd" && ppid == Some("1") {
+            let comm = if comm == "sshd" && ppid == 1.0 {
                 "sshd (listener)".to_string()
             } else {
                 comm.to_string()

@@ -382,16 +382,51 @@ fn session_refused(stderr: &str) -> bool {
 }
 
 impl SshTransport {
-    /// One try of `script`: stdin written while stdout and stderr are read.
-    async fn run_once(&self, script: &Script<'_>) -> Result<Output, Attempt> {
-        let mut child = self.command(script).spawn().await.map_err(|e| {
+    /// Opens the session of `script` (its stderr discarded when `quiet`).
+    async fn spawn(
+        &self,
+        script: &Script<'_>,
+        quiet: bool,
+    ) -> Result<openssh::Child<Arc<Session>>, Attempt> {
+        let mut cmd = self.command(script);
+        if quiet {
+            cmd.stderr(Stdio::null());
+        }
+        cmd.spawn().await.map_err(|e| {
             let e = error_chain(&e);
             if session_refused(&e) {
                 Attempt::Refused(e)
             } else {
                 Attempt::Failed(e)
             }
-        })?;
+        })
+    }
+
+    /// `attempt` again, after each pause of [`REFUSALS`], while sshd
+    /// refuses its session (the command never started); then what it
+    /// gave, or why it failed.
+    async fn unless_refused<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, String>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let mut refusals = 0;
+        loop {
+            match attempt().await {
+                Err(Attempt::Refused(why)) if refusals < REFUSALS.len() => {
+                    tracing::info!(node = %self.opts.node, what, "{why}; opening the session again");
+                    tokio::time::sleep(REFUSALS[refusals]).await;
+                    refusals += 1;
+                }
+                Err(Attempt::Refused(why) | Attempt::Failed(why)) => return Err(why),
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
+
+    /// One try of `script`: stdin written while stdout and stderr are read.
+    async fn run_once(&self, script: &Script<'_>) -> Result<Output, Attempt> {
+        let mut child = self.spawn(script, false).await?;
         let stdin = child.stdin().take();
         let stdout = child.stdout().take();
         let stderr = child.stderr().take();
@@ -629,18 +664,9 @@ impl Transport for SshTransport {
             .await
             .map_err(|e| err(e.to_string()))?;
         let run = async {
-            let mut refusals = 0;
-            loop {
-                match self.run_once(&script).await {
-                    Err(Attempt::Refused(why)) if refusals < REFUSALS.len() => {
-                        tracing::info!(node = %self.opts.node, what = script.what, "{why}; opening the session again");
-                        tokio::time::sleep(REFUSALS[refusals]).await;
-                        refusals += 1;
-                    }
-                    Err(Attempt::Refused(why) | Attempt::Failed(why)) => return Err(err(why)),
-                    Ok(o) => return Ok(o),
-                }
-            }
+            self.unless_refused(script.what, || self.run_once(&script))
+                .await
+                .map_err(err)
         };
         match tokio::time::timeout(script.timeout, run).await {
             Err(_) => Err(TransportError::Timeout {
@@ -662,24 +688,10 @@ impl Transport for SshTransport {
             .acquire_owned()
             .await
             .map_err(|e| err(e.to_string()))?;
-        // A session sshd refused never started: opened again, as in `run`.
-        let mut refusals = 0;
-        let mut child = loop {
-            let mut cmd = self.command(&script);
-            cmd.stderr(Stdio::null());
-            match cmd.spawn().await {
-                Ok(child) => break child,
-                Err(e) => {
-                    let why = error_chain(&e);
-                    if !session_refused(&why) || refusals >= REFUSALS.len() {
-                        return Err(err(why));
-                    }
-                    tracing::info!(node = %self.opts.node, what = script.what, "{why}; opening the session again");
-                    tokio::time::sleep(REFUSALS[refusals]).await;
-                    refusals += 1;
-                }
-            }
-        };
+        let mut child = self
+            .unless_refused(script.what, || self.spawn(&script, true))
+            .await
+            .map_err(err)?;
         let first = ops::first_line(child.stdout().take(), script.timeout)
             .await
             .map_err(err)?;
