@@ -95,7 +95,7 @@ pub async fn inventory(t: &dyn Transport, store: &str) -> Result<Inventory, Tran
 const INTO_STORE: &str = concat!(
     crate::ops::sum256!(),
     r#"got_size=$(stat -c %s -- "$t")
-got_sum=$(sum256 < "$t")
+got_sum=$(sum256 "$size" < "$t")
 if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then
   echo "refusing blob $sum: expected $size bytes, received $got_size bytes with sha256 $got_sum" >&2
   exit 4

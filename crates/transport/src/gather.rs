@@ -128,11 +128,18 @@ known_sums="$cache"
 read_cache='BEGIN { FS = "\t"; while ((getline l < cache) > 0) { lines++; split(l, c, " "); p = substr(l, length(c[1] c[2] c[3] c[4]) + 5); key[p] = c[1] " " c[2] " " c[3]; csum[p] = c[4] } }
 function regular() { return $1 == "regular file" || $1 == "regular empty file" }
 function hit() { return ($7 in key) && key[$7] == $4 " " $5 " " $6 }'
-# The rest is hashed in one go: "PATH\tSUM" lines.
-awk -v cache="$known_sums" "$read_cache"'
-  regular() && !hit() { print $7 }' "$d/stat" > "$d/tohash"
+# The rest is hashed in one go, by the program big_sums picks for its
+# total size: "PATH\tSUM" lines.
+awk -v cache="$known_sums" -v total="$d/total" "$read_cache"'
+  regular() && !hit() { print $7; bytes += $4 }
+  END { print bytes + 0 > total }' "$d/stat" > "$d/tohash"
 if [ -s "$d/tohash" ]; then
-  tr '\n' '\0' < "$d/tohash" | xargs -0 sha256sum -- 2>/dev/null | sed 's/^\\//' | awk '{ s = $1; sub(/^[^ ]*  /, ""); print $0 "\t" s }' > "$d/hashed"
+  read -r bytes < "$d/total"
+  if big_sums "$bytes"; then
+    tr '\n' '\0' < "$d/tohash" | xargs -0 openssl dgst -sha256 -r 2>/dev/null | awk '{ s = $1; print substr($0, length(s) + 3) "\t" s }' > "$d/hashed"
+  else
+    tr '\n' '\0' < "$d/tohash" | xargs -0 sha256sum -- 2>/dev/null | sed 's/^\\//' | awk '{ s = $1; sub(/^[^ ]*  /, ""); print $0 "\t" s }' > "$d/hashed"
+  fi
 else
   : > "$d/hashed"
 fi
@@ -252,7 +259,11 @@ fn checks(checks: &[(String, String)]) -> String {
 
 /// The gather script with the host facts script inside.
 fn script() -> String {
-    GATHER.replace("HOST_FACTS", ops::HOST)
+    format!(
+        "{}{}",
+        ops::big_sums!(),
+        GATHER.replace("HOST_FACTS", ops::HOST)
+    )
 }
 
 /// Gathers everything the request names from the node of `t`, read-only

@@ -49,15 +49,30 @@ fi
     };
 }
 
-/// `sum256 < FILE` prints the lowercase hex sha256 of its stdin: with
-/// OpenSSL where the node has it (it uses the CPU's SHA instructions,
-/// several times faster on binaries), else with coreutils' `sha256sum`.
+/// `sum256 SIZE < FILE` prints the lowercase hex sha256 of its stdin, of
+/// SIZE bytes: see [`big_sums!`] for the program that hashes it.
 macro_rules! sum256 {
     () => {
-        "sum256() { if command -v openssl >/dev/null 2>&1; then set -- $(openssl dgst -sha256 -r); else set -- $(sha256sum); fi; echo \"${1:-}\"; }\n"
+        concat!(
+            $crate::ops::big_sums!(),
+            "sum256() { if big_sums \"$1\"; then set -- $(openssl dgst -sha256 -r); else set -- $(sha256sum); fi; echo \"${1:-}\"; }\n"
+        )
     };
 }
 pub(crate) use sum256;
+
+/// `big_sums BYTES` succeeds when BYTES are better hashed by OpenSSL than
+/// by coreutils' `sha256sum`: from 1 MiB on, where the node has it.
+/// OpenSSL uses the CPU's SHA instructions (several times faster on
+/// binaries) but takes about 5 ms to start, the time `sha256sum` needs
+/// for a megabyte; below that, the files of a batch of certificates and
+/// configuration, `sha256sum` is cheaper.
+macro_rules! big_sums {
+    () => {
+        "big_sums() { [ \"${1:-0}\" -ge 1048576 ] && command -v openssl >/dev/null 2>&1; }\n"
+    };
+}
+pub(crate) use big_sums;
 
 /// Writes a file atomically: a temporary file next to it (created 0600, so
 /// a secret is never readable by others), content, a check that exactly
@@ -81,7 +96,7 @@ trap 'rm -f -- "$t"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
 cat > "$t"
 got_size=$(stat -c %s -- "$t")
-got_sum=$(sum256 < "$t")
+got_sum=$(sum256 "$size" < "$t")
 if [ "$got_size" != "$size" ] || [ "$got_sum" != "$sum" ]; then
   echo "refusing to install $p: expected $size bytes with sha256 $sum, received $got_size bytes with sha256 $got_sum (the upload was cut short or altered); the old file is unchanged, run the command again" >&2
   exit 4
@@ -169,6 +184,7 @@ pub async fn put_cached(
 /// `L` for such a blob checked as it entered the store in this run
 /// (linked into place; see [`Source::Blob`]).
 pub const PUT_ALL: &str = concat!(
+    big_sums!(),
     r#"set -eu
 store="$1"; c="${2:-}"
 u0=$(umask)
@@ -231,13 +247,16 @@ while IFS=' ' read -r m _; do
   chmod -- "$m" "$@"
 done < "$w/modes"
 # The size and sha256 of every file not linked from a checked blob, each
-# in one program for the whole batch (OpenSSL where the node has it: it
-# uses the CPU's SHA instructions).
+# in one program for the whole batch (OpenSSL for a megabyte or more,
+# where the node has it; see big_sums).
 set --
-while IFS=' ' read -r t sum size how p; do [ "$how" = checked ] || set -- "$@" "$t"; done < "$list"
+total=0
+while IFS=' ' read -r t sum size how p; do
+  [ "$how" = checked ] || { set -- "$@" "$t"; total=$((total + size)); }
+done < "$list"
 : > "$w/sum"; : > "$w/size"
 if [ "$#" -gt 0 ]; then
-  if command -v openssl >/dev/null 2>&1; then
+  if big_sums "$total"; then
     openssl dgst -sha256 -r "$@" > "$w/sum" 2>/dev/null || true
   else
     sha256sum -- "$@" > "$w/sum" 2>/dev/null || true
@@ -768,10 +787,10 @@ pub async fn lock(
 mod tests {
     use crate::{LocalTransport, Script, Transport};
 
-    /// The same sum with OpenSSL and, on a node without it, with
-    /// coreutils.
+    /// The same sum with OpenSSL (a megabyte or more, where the node has
+    /// it) and with coreutils (less, or a node without OpenSSL).
     #[tokio::test]
-    async fn sum256_with_and_without_openssl() {
+    async fn sum256_by_size_with_and_without_openssl() {
         let bin = tempfile::tempdir().unwrap();
         let found = std::process::Command::new("sh")
             .args(["-c", "command -v sha256sum"])
@@ -782,16 +801,38 @@ mod tests {
         let t = LocalTransport::new("n1");
         let script = concat!(
             sum256!(),
-            r#"[ -z "$1" ] || PATH="$1"; printf abc | sum256"#
+            r#"[ -z "$1" ] || PATH="$1"
+if big_sums "$2"; then echo openssl; else echo sha256sum; fi
+printf abc | sum256 "$2""#
         );
         let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-        for path in [String::new(), bin.path().display().to_string()] {
+        let openssl = std::process::Command::new("sh")
+            .args(["-c", "command -v openssl"])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        for (path, size, program) in [
+            (String::new(), "3", "sha256sum"),
+            (String::new(), "1048575", "sha256sum"),
+            (
+                String::new(),
+                "1048576",
+                if openssl { "openssl" } else { "sha256sum" },
+            ),
+            (bin.path().display().to_string(), "3", "sha256sum"),
+            (bin.path().display().to_string(), "2000000", "sha256sum"),
+        ] {
             let o = t
-                .run(Script::new("sum", script).args([path.clone()]))
+                .run(Script::new("sum", script).args([path.clone(), size.to_string()]))
                 .await
                 .unwrap();
-            assert!(o.success(), "{path}: {}", o.stderr_str());
-            assert_eq!(o.stdout_str().trim(), abc, "PATH {path:?}");
+            assert!(o.success(), "{path} {size}: {}", o.stderr_str());
+            assert_eq!(
+                o.stdout_str().trim(),
+                format!("{program}\n{abc}"),
+                "PATH {path:?}, {size} bytes"
+            );
         }
     }
 }

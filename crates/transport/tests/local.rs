@@ -438,7 +438,9 @@ async fn a_batch_is_checked_with_or_without_openssl() {
         let store = dir.path().join("store");
         std::fs::create_dir_all(&store).unwrap();
         let linked: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
-        let copied = b"copied binary".repeat(100);
+        // Over a megabyte in all: OpenSSL checks the batch where it is
+        // found (see big_sums).
+        let copied = b"copied binary".repeat(100_000);
         let (size_l, sum_l) = ops::size_and_sha256(&linked);
         let (size_c, sum_c) = ops::size_and_sha256(&copied);
         std::fs::write(store.join(&sum_l), &linked).unwrap();
