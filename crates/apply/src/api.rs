@@ -15,7 +15,11 @@ use std::time::Duration;
 
 /// Reads the credentials, then one request per line (`METHOD PATH BODY`,
 /// the body base64 or `-`; a PATCH is a server-side apply, anything else
-/// JSON), and prints `CODE BASE64-RESPONSE` per request.
+/// JSON), and prints `CODE BASE64-RESPONSE` per request. One `curl` makes
+/// every request, in order, over one connection where the API server
+/// keeps it open (a program and a TLS handshake for the lot, not for
+/// each); a request that gets no answer (code 000: refused, timed out)
+/// ends the run there, and it and the rest answer with curl's error.
 const REQUESTS: &str = r#"set -eu
 port=$1
 umask 077
@@ -24,25 +28,42 @@ trap 'rm -rf "$d"' EXIT
 trap 'rm -rf "$d"; exit 1' HUP INT TERM PIPE
 IFS= read -r c; printf '%s' "$c" | base64 -d > "$d/c.crt"
 IFS= read -r k; printf '%s' "$k" | base64 -d > "$d/c.key"
+set --
+n=0
 while read -r m p b; do
-  if [ "$b" = - ]; then
-    set --
-  else
-    printf '%s' "$b" | base64 -d > "$d/body"
+  n=$((n + 1))
+  [ "$n" -eq 1 ] || set -- "$@" --next
+  set -- "$@" -sS --max-time 20 --cacert /etc/kubernetes/pki/ca.crt \
+    --cert "$d/c.crt" --key "$d/c.key" -H 'Accept: application/json' \
+    -X "$m" -o "$d/out.$n" -w '%{http_code}\n'
+  if [ "$b" != - ]; then
+    printf '%s' "$b" | base64 -d > "$d/body.$n"
     case "$m" in
       PATCH) ct=application/apply-patch+yaml ;;
       *) ct=application/json ;;
     esac
-    set -- -H "Content-Type: $ct" --data-binary @"$d/body"
+    set -- "$@" -H "Content-Type: $ct" --data-binary @"$d/body.$n"
   fi
-  code=$(curl -sS --max-time 20 --cacert /etc/kubernetes/pki/ca.crt \
-      --cert "$d/c.crt" --key "$d/c.key" -H 'Accept: application/json' \
-      -X "$m" "$@" -o "$d/out" -w '%{http_code}' "https://127.0.0.1:$port$p" \
-      </dev/null 2>"$d/err") || { code=000; cp "$d/err" "$d/out"; }
-  printf '%s %s\n' "$code" "$(base64 -w0 < "$d/out")"
-  rm -f "$d/out" "$d/body"
+  set -- "$@" "https://127.0.0.1:$port$p"
+done
+[ "$n" -gt 0 ] || exit 0
+curl --fail-early "$@" </dev/null >"$d/codes" 2>"$d/err" || true
+exec 3<"$d/codes"
+i=0
+while [ "$i" -lt "$n" ]; do
+  i=$((i + 1))
+  code=
+  IFS= read -r code <&3 || true
+  case "$code" in
+    [1-9][0-9][0-9]) [ -f "$d/out.$i" ] || : >"$d/out.$i" ;;
+    *) code=000; cp "$d/err" "$d/out.$i" ;;
+  esac
+  printf '%s %s\n' "$code" "$(base64 -w0 <"$d/out.$i")"
 done
 "#;
+
+/// Every CertificateSigningRequest.
+const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
 
 /// Query of a server-side apply by kubeforge.
 const APPLY_QUERY: &str = "fieldManager=kubeforge&force=true";
@@ -192,13 +213,16 @@ impl Api<'_> {
             .ok_or_else(|| ApplyError::Other(format!("{what}: no answer")))
     }
 
-    /// Each object as the API has it and as a dry-run apply would leave it.
-    pub async fn read(&self, objects: &[&ApiObject]) -> Result<ApiFacts, ApplyError> {
-        let ready = self.get("read the API's readiness", "/readyz").await?;
-        if !ready.ok() {
-            return Ok(ApiFacts::Unreachable(ready.message()));
-        }
-        let mut reqs = Vec::new();
+    /// Each object as the API has it and as a dry-run apply would leave it,
+    /// and every CertificateSigningRequest (as JSON), in one round trip
+    /// after the API's readiness (the answers are used only when it is
+    /// ready).
+    pub async fn read(&self, objects: &[&ApiObject]) -> Result<(ApiFacts, Vec<Value>), ApplyError> {
+        let mut reqs = vec![Request {
+            method: "GET",
+            path: "/readyz".to_string(),
+            body: None,
+        }];
         for o in objects {
             reqs.push(Request {
                 method: "GET",
@@ -211,9 +235,23 @@ impl Api<'_> {
                 body: Some(o.body.clone()),
             });
         }
+        reqs.push(Request {
+            method: "GET",
+            path: CSRS.to_string(),
+            body: None,
+        });
         let res = self.send("read the addon objects", &reqs).await?;
+        let (Some((ready, rest)), Some(list)) = (res.split_first(), res.last()) else {
+            return Err(ApplyError::Other(format!(
+                "{}: read the addon objects: no answer",
+                self.t.node()
+            )));
+        };
+        if !ready.ok() {
+            return Ok((ApiFacts::Unreachable(ready.message()), Vec::new()));
+        }
         let mut map = BTreeMap::new();
-        for (o, pair) in objects.iter().zip(res.chunks(2)) {
+        for (o, pair) in objects.iter().zip(rest.chunks(2)) {
             let [live, dry] = pair else { continue };
             if live.code != 404 && !live.ok() {
                 return Err(ApplyError::Other(format!(
@@ -231,17 +269,17 @@ impl Api<'_> {
                 },
             );
         }
-        Ok(ApiFacts::Objects(map))
+        Ok((ApiFacts::Objects(map), self.csr_items(list)?))
     }
 
     /// Every CertificateSigningRequest, as JSON.
     pub async fn csrs(&self) -> Result<Vec<Value>, ApplyError> {
-        let list = self
-            .get(
-                "list certificate signing requests",
-                "/apis/certificates.k8s.io/v1/certificatesigningrequests",
-            )
-            .await?;
+        let list = self.get("list certificate signing requests", CSRS).await?;
+        self.csr_items(&list)
+    }
+
+    /// The items of a list of CertificateSigningRequests.
+    fn csr_items(&self, list: &Response) -> Result<Vec<Value>, ApplyError> {
         if !list.ok() {
             return Err(ApplyError::Other(format!(
                 "{}: listing certificate signing requests: {}",

@@ -163,11 +163,11 @@ async fn api_facts(
         port: rendered.api_port,
     };
     let objects: Vec<_> = rendered.addons.iter().flat_map(|a| &a.objects).collect();
-    let facts = api.read(&objects).await?;
+    let (facts, listed) = api.read(&objects).await?;
     let mut csrs = Vec::new();
     if matches!(facts, ApiFacts::Objects(_)) {
         let nodes = rendered.kubelet_nodes();
-        for csr in api.csrs().await? {
+        for csr in listed {
             match judge_serving_csr(&csr, &nodes) {
                 Csr::Skip => {}
                 Csr::Approve { name, node } => csrs.push(PendingCsr {
