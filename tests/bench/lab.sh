@@ -20,6 +20,9 @@
 #       control-plane node's etcd, apiserver and controller-manager
 #       journal (in lab-N.log)
 #   FRESH_ONLY=1 tests/bench/lab.sh          # stop after the fresh apply
+#   BUILD=debug tests/bench/lab.sh           # kubeforge (and the stand-ins)
+#       as `cargo build` makes them; by default the release build, which
+#       the README's commands run
 #
 # Needs root (the lab). Stand-ins are used for the Kubernetes binaries
 # unless KUBEFORGE_K8S_BIN_DIR names real ones.
@@ -38,7 +41,15 @@ if [ -z "$plot_python" ]; then
   apt-get install -y -q --no-install-recommends python3-matplotlib >&2 || true
   /usr/bin/python3 -c 'import matplotlib' 2>/dev/null && plot_python=/usr/bin/python3
 fi
-cargo build --workspace --locked -q
+# The release build by default: what `cargo run --release` and `cargo
+# install` give users. The lab tests find kubeforge and the stand-ins next
+# to their own test binary, so the bench's test is built the same way.
+case "${BUILD:-release}" in
+  release) build=(--release) ;;
+  debug) build=() ;;
+  *) echo "BUILD must be release or debug" >&2; exit 2 ;;
+esac
+cargo build "${build[@]}" --workspace --locked -q
 if [ -n "${PROFILE:-}" ]; then export KUBEFORGE_BENCH_PROFILE=1; fi
 if [ -n "${FRESH_ONLY:-}" ]; then export KUBEFORGE_BENCH_FRESH_ONLY=1; fi
 out=target/bench
@@ -50,7 +61,7 @@ for n in ${NODES:-3 10 30 100}; do
   if KUBEFORGE_BENCH_NODES=$n KUBEFORGE_BENCH_RATE="${RATE:-}" KUBEFORGE_BENCH_KEX="${KEX:-}" \
      KUBEFORGE_BENCH_KEEP="${KEEP:-}" \
      KUBEFORGE_BENCH_APPLY_LOG="$PWD/$out/lab-$n-apply.log" \
-     cargo test --locked -q -p kubeforge-tests --test integration lab_bench::bench \
+     cargo test "${build[@]}" --locked -q -p kubeforge-tests --test integration lab_bench::bench \
        -- --ignored --nocapture >"$log" 2>&1; then
     rows+=("$(grep '^BENCH ' "$log" | tail -1)")
   else
