@@ -175,8 +175,15 @@ async fn missing_requirements_are_named_and_nothing_changes() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    // The API is not up yet (a fresh cluster): "000" and no body.
-    rec.answer(None, "read the API's readiness", vec![ok("000 \n")]);
+    // The API is not up yet (a fresh cluster): "000" and no body for
+    // the readiness and every other request (each addon object read and
+    // applied in a dry run, the certificate requests).
+    let requests = 2 + 2 * rendered.addons.iter().flat_map(|a| &a.objects).count();
+    rec.answer(
+        None,
+        "read the addon objects",
+        vec![ok(&"000 \n".repeat(requests))],
+    );
     let mut transports: Transports = Transports::new();
     for n in &rendered.nodes {
         // "b" (a worker) lacks iptables, "a" has everything.
