@@ -214,9 +214,8 @@ impl Api<'_> {
     }
 
     /// Each object as the API has it and as a dry-run apply would leave it,
-    /// and every CertificateSigningRequest (as JSON), in one round trip
-    /// after the API's readiness (the answers are used only when it is
-    /// ready).
+    /// and every CertificateSigningRequest (as JSON): asked in one round
+    /// trip with the API's readiness, and used only when it is ready.
     pub async fn read(&self, objects: &[&ApiObject]) -> Result<(ApiFacts, Vec<Value>), ApplyError> {
         let mut reqs = vec![Request {
             method: "GET",
