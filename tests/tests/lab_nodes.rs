@@ -256,6 +256,18 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
     let before = unit_clock(&lab, &["cp1", "worker1"], &CLOCK_UNITS);
     let out = kf.apply_phases(&[], &[]);
     assert!(out.status.success(), "apply with worker2 failed");
+    // Its binaries come from the nodes that hold them in place (worker1
+    // first), not all over the control machine's uplink.
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.lines()
+            .any(|l| l.contains("worker2: fetch binary") && l.ends_with(" from worker1")),
+        "{said}"
+    );
     assert_eq!(
         before,
         unit_clock(&lab, &["cp1", "worker1"], &CLOCK_UNITS),

@@ -3,7 +3,11 @@
 //! the control machine compressed on the wire (zstd, or gzip where the
 //! node has no zstd) or, once some node holds it, from that node: the
 //! control machine's uplink carries each binary a few times, not once per
-//! node. Every blob's sha256 is checked as it enters a store; installing
+//! node. A node that holds the binary in place already (the plan's
+//! sources: a new node's kubelet is on every other node) hands it on as
+//! well, so that adding a node needs little of the uplink. A blob on its
+//! way to a node that will hand it on is not sent once more from here to
+//! a node that can wait for it. Every blob's sha256 is checked as it enters a store; installing
 //! links it into place, or copies it and checks the copy (see
 //! [`kubeforge_transport::ops::put_all`]).
 
@@ -23,6 +27,9 @@ const PEER_STREAMS: usize = 2;
 /// Peers a node tries for one blob before it comes from the control
 /// machine.
 const PEER_TRIES: usize = 3;
+/// Nodes that hold a binary in place and may hand it on, at most, per
+/// binary (each costs a listing of its store, and a server when used).
+const SOURCE_NODES: usize = 4;
 
 /// One binary a phase needs somewhere.
 struct Need {
@@ -43,12 +50,16 @@ struct Line<'a> {
     names: &'a [&'a str],
     rank: &'a BTreeMap<(String, String), Rank>,
     inventories: &'a BTreeMap<String, Inventory>,
+    /// node -> the (sha256, path) of the files it holds in place and may
+    /// hand on.
+    installed: &'a BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// What the transfers of one distribution share: each blob compressed once
 /// per codec, and the peers' servers, started once per node.
-#[derive(Default)]
-struct Shared {
+struct Shared<'a> {
+    /// node -> the files in place it may hand on ([`Line::installed`]).
+    installed: &'a BTreeMap<String, Vec<(String, String)>>,
     /// (sha256, codec) -> the bytes on the wire.
     compressed: tokio::sync::Mutex<BTreeMap<(String, &'static str), Wire>>,
     /// node -> its server (of every blob in its store).
@@ -232,8 +243,25 @@ impl Run<'_> {
         if needs.is_empty() {
             return;
         }
+        // Nodes that hold a binary in place, unchanged (the plan's
+        // sources): a few per binary may hand it on.
+        let mut installed: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for (sha, need) in &needs {
+            let sources = self.sources.get(sha).into_iter().flatten();
+            for (node, path) in sources
+                .filter(|(n, _)| !need.pending.contains(n))
+                .take(SOURCE_NODES)
+            {
+                let files = installed.entry(node.clone()).or_default();
+                files.push((sha.clone(), path.clone()));
+            }
+        }
         // What every node involved holds and can do.
-        let nodes: BTreeSet<String> = needs.values().flat_map(|n| n.pending.clone()).collect();
+        let nodes: BTreeSet<String> = needs
+            .values()
+            .flat_map(|n| n.pending.clone())
+            .chain(installed.keys().cloned())
+            .collect();
         let inventories = fan_out(
             nodes.into_iter().collect(),
             self.opts.concurrency,
@@ -266,6 +294,14 @@ impl Run<'_> {
         for (n, sha) in &held {
             waiting.arrived(self, n, sha);
         }
+        installed.retain(|n, _| inventories.get(n).is_some_and(|i| i.can_serve));
+        for (n, files) in &installed {
+            for (sha, _) in files {
+                if let Some(need) = needs.get_mut(sha) {
+                    need.holders.push(n.clone());
+                }
+            }
+        }
         for (phase, left) in waiting.phases.iter().filter(|(_, l)| !l.is_empty()) {
             let shas: BTreeSet<&String> = left.iter().map(|(_, s)| s).collect();
             self.event(
@@ -280,6 +316,7 @@ impl Run<'_> {
             names: &names,
             rank: &rank,
             inventories: &inventories,
+            installed: &installed,
         };
         match self.transfers(&mut needs, &line, &mut waiting).await {
             Ok(()) => waiting.fail_rest(self, None, "an earlier phase failed"),
@@ -298,7 +335,11 @@ impl Run<'_> {
         use futures::stream::{FuturesUnordered, StreamExt};
         use std::sync::atomic::Ordering;
         let inventories = line.inventories;
-        let shared = Shared::default();
+        let shared = Shared {
+            installed: line.installed,
+            compressed: Default::default(),
+            servers: Default::default(),
+        };
         let mut busy: BTreeMap<String, usize> = BTreeMap::new();
         let mut uplink = 0;
         // Peer transfers that failed: (sha256, target, peer).
@@ -306,6 +347,9 @@ impl Run<'_> {
         let mut running = FuturesUnordered::new();
         // Transfers in flight by level.
         let mut levels: BTreeMap<usize, usize> = BTreeMap::new();
+        // Blobs on their way to a node that will serve them on: sha256 ->
+        // transfers in flight.
+        let mut coming: BTreeMap<String, usize> = BTreeMap::new();
         let mut failure = None;
         loop {
             if failure.is_none() && !self.sent.stop.load(Ordering::Relaxed) {
@@ -357,6 +401,9 @@ impl Run<'_> {
                             *busy.entry(h.clone()).or_default() += 1;
                             (sha, target, Some(h))
                         }
+                        // A blob already on its way to a node that serves
+                        // it comes from there, not once more from here.
+                        None if can_fetch && coming.get(&sha).is_some_and(|n| *n > 0) => continue,
                         None if uplink < UPLINK_STREAMS => {
                             uplink += 1;
                             (sha, target, None)
@@ -364,6 +411,9 @@ impl Run<'_> {
                         None => continue,
                     };
                     need.pending.retain(|n| *n != transfer.1);
+                    if inventories.get(&transfer.1).is_some_and(|v| v.can_serve) {
+                        *coming.entry(transfer.0.clone()).or_default() += 1;
+                    }
                     let (size, file) = (need.size, need.file.clone());
                     let codec = inventories
                         .get(&transfer.1)
@@ -383,6 +433,11 @@ impl Run<'_> {
             };
             if let Some(n) = levels.get_mut(&level) {
                 *n -= 1;
+            }
+            if inventories.get(&target).is_some_and(|v| v.can_serve) {
+                if let Some(n) = coming.get_mut(&sha) {
+                    *n -= 1;
+                }
             }
             match &peer {
                 Some(h) => {
@@ -435,7 +490,7 @@ impl Run<'_> {
         (sha, target, peer): &Transfer,
         Blob { file, size }: Blob<'_>,
         codec: Codec,
-        shared: &Shared,
+        shared: &Shared<'_>,
     ) -> Result<(), ApplyError> {
         let t = self.t(target)?;
         let short = &sha[..12.min(sha.len())];
@@ -447,8 +502,10 @@ impl Run<'_> {
                     (server.port, server.token.clone())
                 } else {
                     let (port, token) = (port(), token());
+                    let files = shared.installed.get(h).map_or(&[][..], Vec::as_slice);
                     let held =
-                        blobs::serve(self.t(h)?, blobs::STORE, &address, port, &token).await?;
+                        blobs::serve(self.t(h)?, blobs::STORE, &address, port, &token, files)
+                            .await?;
                     let server = Server {
                         port,
                         token: token.clone(),

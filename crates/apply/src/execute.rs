@@ -75,6 +75,8 @@ pub(crate) struct Run<'a> {
     pub staged: tokio::sync::Mutex<Staged>,
     /// Each phase's binaries, sent ahead ([`Run::distribute`]).
     pub sent: Sent,
+    /// The bundle's files the nodes hold in place ([`Plan::sources`]).
+    pub sources: &'a BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// The outcome of sending each phase's binaries ahead, by phase; a phase
@@ -799,6 +801,7 @@ pub async fn execute(
             .collect(),
         staged: Default::default(),
         sent: Sent::default(),
+        sources: &plan.sources,
     };
     if let Some(h) = &plan.healthy_before {
         run.healthy_before(h).await?;

@@ -982,6 +982,63 @@ async fn binaries_go_out_a_few_times_and_from_node_to_node() {
     }
 }
 
+/// A node added to a running cluster gets its binaries from the nodes that
+/// hold them in place (a worker first), each serving exactly the files the
+/// plan found there; what those peers cannot take on comes from here.
+#[tokio::test]
+async fn a_new_node_gets_binaries_from_nodes_that_hold_them_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, bundle) = with_bundle(dir.path());
+    let mut facts = kubeforge_plan::converged_facts("t", &r);
+    facts.insert("worker2".to_string(), NodeFacts::default());
+    let p = kubeforge_plan::plan("t", &r, &Facts::Gathered(facts), &["node".to_string()]).unwrap();
+    let kubelet_sha = &bundle["kubelet"].1;
+    assert_eq!(p.sources[kubelet_sha][0].0, "worker1");
+    let rec = blob_recorder(&r);
+    run(&rec, &r, &p).await.unwrap();
+    let log = rec.log();
+    let address = |n: &str| {
+        r.nodes
+            .iter()
+            .find(|t| t.name == n)
+            .unwrap()
+            .address
+            .clone()
+    };
+    let fetched: Vec<&String> = log
+        .iter()
+        .filter(|c| c.what == "fetch a binary from another node")
+        .map(|c| {
+            assert_eq!(c.node, "worker2", "only the new node gets binaries");
+            &c.args[3]
+        })
+        .collect();
+    assert!(fetched.contains(&&address("worker1")), "{fetched:?}");
+    let sent = log.iter().filter(|c| c.what == "receive a binary").count();
+    assert!(
+        sent < fetched.len(),
+        "sent {sent}, fetched {}",
+        fetched.len()
+    );
+    // worker1 serves what it holds in place, by sha256 and path, and no
+    // key: every file it offers is a binary of the bundle at its path.
+    let serve = log
+        .iter()
+        .find(|c| c.what.starts_with("serve binaries") && c.node == "worker1")
+        .unwrap();
+    let offered: Vec<&str> = serve.args[4..].iter().map(String::as_str).collect();
+    assert!(offered.contains(&format!("{kubelet_sha}=/usr/local/bin/kubelet").as_str()));
+    for o in &offered {
+        let (sha, path) = o.split_once('=').unwrap();
+        assert!(bundle.values().any(|(_, s)| s == sha), "{o}");
+        assert!(!path.ends_with(".key"), "{o}");
+    }
+    // Nothing was staged on the nodes that handed binaries on.
+    assert!(!log
+        .iter()
+        .any(|c| c.what == "clear the blob store" && c.node != "worker2"));
+}
+
 /// A compressed binary kept from an earlier run (or made by `kubeforge
 /// bundle`) that a node refuses is dropped, compressed again from the
 /// bundle's file and sent once more.

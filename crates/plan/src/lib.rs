@@ -254,6 +254,49 @@ pub struct Plan {
     /// Nodes taken out of the cluster, and why ([`remove::prune`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub removals: Vec<remove::Removal>,
+    /// Where the bundle's files already are: by sha256, the nodes that
+    /// hold one in place, unchanged by this plan, as (node, path), the
+    /// nodes without a control-plane or etcd role first ([`sources`]).
+    #[serde(skip)]
+    pub sources: BTreeMap<String, Vec<(String, String)>>,
+}
+
+/// The bundle's files (binaries, image archives) each node holds in place
+/// as the facts found them, their sha256 that of the bundle: nodes that
+/// need one get it from there rather than over the control machine's
+/// uplink. Workers come first, so that handing them on keeps off the
+/// control plane's CPUs.
+pub fn sources(rendered: &Rendered, facts: &Facts) -> BTreeMap<String, Vec<(String, String)>> {
+    use kubeforge_inventory::Role;
+    let Facts::Gathered(map) = facts else {
+        return BTreeMap::new();
+    };
+    let mut trees: Vec<&NodeTree> = rendered.nodes.iter().collect();
+    trees.sort_by_key(|t| {
+        t.roles
+            .iter()
+            .any(|r| matches!(r, Role::ControlPlane | Role::Etcd))
+    });
+    let mut by: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for tree in trees {
+        let Some(found) = map.get(&tree.name) else {
+            continue;
+        };
+        for f in tree.files.values() {
+            let from_bundle = f.from_file.is_some() && !f.secret;
+            if from_bundle
+                && found
+                    .files
+                    .get(&f.path)
+                    .is_some_and(|r| r.sha256 == f.sha256)
+            {
+                by.entry(f.sha256.clone())
+                    .or_default()
+                    .push((tree.name.clone(), f.path.clone()));
+            }
+        }
+    }
+    by
 }
 
 /// The health an upgrade starts from: the gates of the running (or
@@ -895,6 +938,7 @@ pub fn plan_with(
         summary,
         manifests,
         removals: Vec::new(),
+        sources: sources(rendered, facts),
     })
 }
 

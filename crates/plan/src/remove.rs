@@ -440,6 +440,7 @@ pub fn reset(cluster: &str, records: &[&Manifest], keep_data: bool) -> Plan {
         },
         manifests: Default::default(),
         removals,
+        sources: Default::default(),
     }
 }
 

@@ -128,6 +128,7 @@ mod tests {
             summary: Summary::default(),
             manifests: Default::default(),
             removals: Vec::new(),
+            sources: Default::default(),
         }
     }
 

@@ -255,5 +255,6 @@ rm -f -- "$snap"
         summary: Summary::default(),
         manifests: Default::default(),
         removals: Vec::new(),
+        sources: Default::default(),
     })
 }

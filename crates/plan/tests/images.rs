@@ -80,3 +80,47 @@ fn the_import_step_runs_only_where_an_image_is_missing() {
         "{done:?}"
     );
 }
+
+/// The nodes that hold a bundle file in place, unchanged, are where other
+/// nodes may get it: workers first, then the control plane; a node whose
+/// copy differs is not one, and an offline plan knows of none.
+#[test]
+fn nodes_holding_an_archive_in_place_are_its_sources() {
+    let r = rendered_with_images();
+    let path = "/var/lib/kubeforge/images/pause.tar";
+    let sha = "a".repeat(64);
+    let p = plan("ha", &r, &converged(&r, true));
+    let nodes: Vec<(&str, &str)> = p.sources[&sha]
+        .iter()
+        .map(|(n, f)| (n.as_str(), f.as_str()))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("worker1", path),
+            ("worker2", path),
+            ("cp1", path),
+            ("cp2", path),
+            ("cp3", path)
+        ]
+    );
+    assert_eq!(
+        p.sources.len(),
+        1,
+        "only bundle files: {:?}",
+        p.sources.keys()
+    );
+
+    let Facts::Gathered(mut map) = converged(&r, true) else {
+        unreachable!()
+    };
+    map.get_mut("worker1")
+        .and_then(|f| f.files.get_mut(path))
+        .unwrap()
+        .sha256 = "b".repeat(64);
+    let p = plan("ha", &r, &Facts::Gathered(map));
+    let nodes: Vec<&str> = p.sources[&sha].iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(nodes, ["worker2", "cp1", "cp2", "cp3"]);
+
+    assert!(plan("ha", &r, &Facts::Offline).sources.is_empty());
+}

@@ -9,7 +9,9 @@
 //!
 //! A node serves a blob to its peers with `systemd-socket-activate` (part
 //! of systemd) on a port of its cluster address while the transfer lasts;
-//! a peer fetches it with bash's `/dev/tcp`, after a one-time token.
+//! a peer fetches it with bash's `/dev/tcp`, after a one-time token. It
+//! serves the blobs of its store, and the files in place it is given by
+//! sha256 (binaries whose sum this run's facts found): nothing else.
 
 use crate::{Held, Script, Transport, TransportError};
 use std::time::Duration;
@@ -164,21 +166,26 @@ pub async fn receive(
     .map(|_| ())
 }
 
-/// $1 store, $2 listen address, $3 port, $4 token. Serves the blobs of
-/// the store to every peer whose request line is the token and a sha256,
-/// until stdin closes: one server (and one SSH session) per node, however
-/// many blobs it hands on.
-const SERVE: &str = r#"[ -d "$1" ] || { echo "no blob store $1"; exit 1; }
-systemd-socket-activate -l "$2:$3" -a --inetd sh -c 'IFS=" " read -r t s || exit 1
+/// $1 store, $2 listen address, $3 port, $4 token, then `SHA256=PATH`
+/// for each installed file it may hand on. Serves those files and the
+/// blobs of the store to every peer whose request line is the token and a
+/// sha256, until stdin closes: one server (and one SSH session) per node,
+/// however many blobs it hands on. A sha256 it was not given and does not
+/// hold gets nothing.
+const SERVE: &str = r#"[ -d "$1" ] || [ "$#" -gt 4 ] || { echo "no blob store $1"; exit 1; }
+store="$1"; listen="$2:$3"; token="$4"; shift 4
+systemd-socket-activate -l "$listen" -a --inetd sh -c 'IFS=" " read -r t s || exit 1
 [ "$t" = "$1" ] || exit 1
 case "$s" in ""|*[!0-9a-f]*) exit 1 ;; esac
 [ "${#s}" -eq 64 ] || exit 1
-exec cat "$2/$s"' kubeforge "$4" "$1" 2>/dev/null &
+d="$2"; shift 2
+for f in "$@"; do [ "${f%%=*}" = "$s" ] && exec cat -- "${f#*=}"; done
+exec cat "$d/$s"' kubeforge "$token" "$store" "$@" 2>/dev/null &
 pid=$!
 i=0
-while ! ss -Hltn "sport = :$3" 2>/dev/null | grep -q .; do
-  kill -0 "$pid" 2>/dev/null || { echo "cannot listen on $2:$3"; exit 1; }
-  i=$((i + 1)); [ "$i" -gt 50 ] && { echo "cannot listen on $2:$3"; kill "$pid"; exit 1; }
+while ! ss -Hltn "sport = :${listen##*:}" 2>/dev/null | grep -q .; do
+  kill -0 "$pid" 2>/dev/null || { echo "cannot listen on $listen"; exit 1; }
+  i=$((i + 1)); [ "$i" -gt 50 ] && { echo "cannot listen on $listen"; kill "$pid"; exit 1; }
   sleep 0.1
 done
 echo ready
@@ -187,23 +194,28 @@ kill "$pid" 2>/dev/null
 "#;
 
 /// Serves the blobs the node holds (now and later) on `address:port` to
-/// peers that present `token`, until the handle is released.
+/// peers that present `token`, until the handle is released; and the
+/// files `installed` names, (sha256, path) pairs: binaries in place whose
+/// sum the facts of this run found.
 pub async fn serve(
     t: &dyn Transport,
     store: &str,
     address: &str,
     port: u16,
     token: &str,
+    installed: &[(String, String)],
 ) -> Result<Box<dyn Held>, TransportError> {
+    let args = [
+        store.to_string(),
+        address.to_string(),
+        port.to_string(),
+        token.to_string(),
+    ];
+    let files = installed.iter().map(|(sha, path)| format!("{sha}={path}"));
     let (first, held) = t
         .hold(
             Script::new("serve binaries to the other nodes", SERVE)
-                .args([
-                    store.to_string(),
-                    address.to_string(),
-                    port.to_string(),
-                    token.to_string(),
-                ])
+                .args(args.into_iter().chain(files))
                 .timeout(Duration::from_secs(30)),
         )
         .await?;

@@ -162,7 +162,7 @@ async fn fetched_from_a_peer_that_serves_its_store_with_a_token() {
         .await
         .unwrap();
     let port = 40000 + (std::process::id() % 20000) as u16;
-    let held = blobs::serve(&t, &a, "127.0.0.1", port, "s3cret")
+    let held = blobs::serve(&t, &a, "127.0.0.1", port, "s3cret", &[])
         .await
         .unwrap();
     // The wrong token gets nothing (and so fails its check).
@@ -204,6 +204,41 @@ async fn fetched_from_a_peer_that_serves_its_store_with_a_token() {
     std::fs::write(format!("{a}/../secret"), b"no").unwrap();
     assert!(
         blobs::fetch(&t, &b, "../secret", 2, "127.0.0.1", port, "s3cret")
+            .await
+            .is_err()
+    );
+    held.release().await;
+}
+
+/// A node hands on the files it holds in place that it was given (sha256
+/// and path), without a blob store of its own; any other file it holds
+/// gets nothing.
+#[tokio::test]
+async fn fetched_from_a_peer_that_serves_files_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (a, b) = (a.display().to_string(), b.display().to_string());
+    let t = LocalTransport::new("here");
+    let bin = dir.path().join("usr local/bin/kubelet");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    let data = vec![5u8; 2_000_000];
+    std::fs::write(&bin, &data).unwrap();
+    let sum = sha(&data);
+    let other = dir.path().join("usr local/bin/other");
+    std::fs::write(&other, b"not handed on").unwrap();
+    let other_sum = sha(b"not handed on");
+    let port = 40000 + ((std::process::id() + 7) % 20000) as u16;
+    let installed = [(sum.clone(), bin.display().to_string())];
+    let held = blobs::serve(&t, &a, "127.0.0.1", port, "s3cret", &installed)
+        .await
+        .unwrap();
+    assert!(!std::path::Path::new(&a).exists(), "no store was made");
+    blobs::fetch(&t, &b, &sum, data.len() as u64, "127.0.0.1", port, "s3cret")
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(format!("{b}/{sum}")).unwrap(), data);
+    assert!(
+        blobs::fetch(&t, &b, &other_sum, 13, "127.0.0.1", port, "s3cret")
             .await
             .is_err()
     );
