@@ -7,8 +7,9 @@
 //! sources: a new node's kubelet is on every other node) hands it on as
 //! well, so that adding a node needs little of the uplink. A blob on its
 //! way to a node that will hand it on is not sent once more from here to
-//! a node that can wait for it. Every blob's sha256 is checked as it enters a store; installing
-//! links it into place, or copies it and checks the copy (see
+//! a node that can wait for it. Every blob's sha256 is checked as it
+//! enters a store; installing links it into place, or copies it and
+//! checks the copy (see
 //! [`kubeforge_transport::ops::put_all`]).
 
 use crate::execute::Run;
