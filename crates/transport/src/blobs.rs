@@ -173,7 +173,7 @@ pub async fn receive(
 /// however many blobs it hands on. A sha256 it was not given and does not
 /// hold gets nothing.
 const SERVE: &str = r#"[ -d "$1" ] || [ "$#" -gt 4 ] || { echo "no blob store $1"; exit 1; }
-store="$1"; listen="$2:$3"; token="$4"; shift 4
+store="$1"; listen="$2:$3"; port="$3"; token="$4"; shift 4
 systemd-socket-activate -l "$listen" -a --inetd sh -c 'IFS=" " read -r t s || exit 1
 [ "$t" = "$1" ] || exit 1
 case "$s" in ""|*[!0-9a-f]*) exit 1 ;; esac
@@ -183,7 +183,7 @@ for f in "$@"; do [ "${f%%=*}" = "$s" ] && exec cat -- "${f#*=}"; done
 exec cat "$d/$s"' kubeforge "$token" "$store" "$@" 2>/dev/null &
 pid=$!
 i=0
-while ! ss -Hltn "sport = :${listen##*:}" 2>/dev/null | grep -q .; do
+while ! ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; do
   kill -0 "$pid" 2>/dev/null || { echo "cannot listen on $listen"; exit 1; }
   i=$((i + 1)); [ "$i" -gt 50 ] && { echo "cannot listen on $listen"; kill "$pid"; exit 1; }
   sleep 0.1
