@@ -11,7 +11,7 @@ use crate::cluster::{judge_serving_csr, Csr};
 use crate::{fan_out, transport, ApplyError, Transports};
 use kubeforge_plan::{ApiFacts, Facts, NodeFacts, PendingCsr, RemoteFile, UnitFacts};
 use kubeforge_render::{NodeTree, Rendered};
-use kubeforge_transport::gather::{self, Request, CACHE};
+use kubeforge_transport::gather::{self, Check, Request, CACHE};
 use kubeforge_transport::ops::HostFacts;
 use kubeforge_transport::Transport;
 use std::collections::BTreeMap;
@@ -131,7 +131,11 @@ fn request(tree: &NodeTree, record: bool) -> Request {
             .steps
             .iter()
             .filter(|s| s.written.is_none())
-            .map(|s| (s.name.clone(), s.check.clone()))
+            .map(|s| Check {
+                name: s.name.clone(),
+                script: s.check.clone(),
+                key: s.check_key.clone(),
+            })
             .collect(),
         versions: tree
             .units

@@ -68,6 +68,10 @@ impl Renderer {
                     stage: Stage::AfterUnits,
                     written: None,
                     check: render_str(&row.check, &step_ctx, &what, &node.name)?,
+                    check_key: match &row.key {
+                        Some(k) => Some(render_str(k, &step_ctx, &what, &node.name)?),
+                        None => None,
+                    },
                     run: render_str(&row.run, &step_ctx, &what, &node.name)?,
                 });
             }

@@ -307,6 +307,12 @@ pub struct Step {
     /// `written`).
     #[serde(skip)]
     pub check: String,
+    /// Read-only; prints what the check's answer depends on, or nothing
+    /// when that cannot be told cheaply. A check that passed is not run
+    /// again while this prints the same (see
+    /// `kubeforge_transport::gather`).
+    #[serde(skip)]
+    pub check_key: Option<String>,
     /// The step runs exactly when the plan writes this file on the node,
     /// instead of when its check fails.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1095,6 +1101,7 @@ impl Renderer {
             phase: self.phase_of(first.on, &first.restarts, &first.reloads),
             stage: Stage::AfterUnits,
             written: None,
+            check_key: None,
             check: quoted
                 .iter()
                 .map(|f| format!("[ ! -e {f} ]"))
@@ -1115,6 +1122,7 @@ impl Renderer {
             phase: self.phase_of(first.on, &first.restarts, &first.reloads),
             stage: Stage::AfterFiles,
             written: None,
+            check_key: None,
             check: format!("[ ! -e '{KUBELET_CLIENT_CERT}' ] && [ ! -e '{KUBELET_SERVING_CERT}' ]"),
             run: format!(
                 "for f in '{KUBELET_CLIENT_CERT}' '{KUBELET_SERVING_CERT}'; do\n  if [ -e \"$f\" ] || [ -L \"$f\" ]; then\n    mv -f -- \"$f\" \"$f.previous-ca\"\n  fi\ndone\n"
@@ -1150,6 +1158,10 @@ impl Renderer {
                 Some(c) => render_str(c, &n.ctx, &what, &n.node.name)?,
                 None => String::new(),
             };
+            let check_key = match &row.key {
+                Some(k) => Some(render_str(k, &n.ctx, &what, &n.node.name)?),
+                None => None,
+            };
             // A step run by a file's writing goes with that file's phase.
             let phase = row
                 .written
@@ -1161,6 +1173,7 @@ impl Renderer {
                 phase,
                 stage: row.stage,
                 check,
+                check_key,
                 written: row.written.clone(),
                 run: render_str(&row.run, &n.ctx, &what, &n.node.name)?,
             });

@@ -237,6 +237,11 @@ pub struct StepRow {
     /// has none.
     #[serde(default)]
     pub check: Option<String>,
+    /// Read-only; prints what the check's answer depends on (nothing when
+    /// it cannot vouch for it): a check that passed is not run again while
+    /// the key prints the same.
+    #[serde(default)]
+    pub key: Option<String>,
     /// The step runs exactly when the plan writes this file on the node
     /// (and never otherwise), instead of when a check fails.
     #[serde(default)]
@@ -278,6 +283,9 @@ pub struct ImagesRow {
     pub on: Selector,
     pub dir: String,
     pub check: String,
+    /// As a step's `key`.
+    #[serde(default)]
+    pub key: Option<String>,
     pub run: String,
 }
 
@@ -622,6 +630,12 @@ impl Table {
                         st.name
                     ))
                 }
+            }
+            if st.key.is_some() && st.check.is_none() {
+                return Err(format!(
+                    "step \"{}\" has a `key` but no `check`: the key says when the check's last answer still holds",
+                    st.name
+                ));
             }
             if st.written.is_some() && st.stage == Stage::BeforeFiles {
                 return Err(format!(

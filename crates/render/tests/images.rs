@@ -95,7 +95,12 @@ fn archives_and_their_import_step_go_to_every_kubelet_node_only() {
     let step = worker.steps.last().unwrap();
     insta::assert_snapshot!(
         "import_step",
-        format!("check:\n{}\nrun:\n{}", step.check.trim(), step.run.trim())
+        format!(
+            "check:\n{}\nkey:\n{}\nrun:\n{}",
+            step.check.trim(),
+            step.check_key.as_deref().unwrap_or_default().trim(),
+            step.run.trim()
+        )
     );
 }
 

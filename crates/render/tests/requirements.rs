@@ -191,3 +191,31 @@ fn a_binary_is_installed_in_its_phase() {
         assert!(e.contains(why), "{e}");
     }
 }
+
+#[test]
+fn a_step_needs_a_check_or_a_file_and_a_key_needs_a_check() {
+    let names: Vec<&str> = TEMPLATES.iter().map(|(n, _)| *n).collect();
+    for (row, why) in [
+        ("run = \"true\"\n", "needs either a `check` or `written`"),
+        (
+            "check = \"true\"\nwritten = \"/etc/x\"\nstage = \"after-files\"\nrun = \"true\"\n",
+            "needs either a `check` or `written`",
+        ),
+        (
+            "written = \"/etc/x\"\nstage = \"after-files\"\nkey = \"echo k\"\nrun = \"true\"\n",
+            "has a `key` but no `check`",
+        ),
+        (
+            "written = \"/etc/x\"\nrun = \"true\"\n",
+            "give it stage \"after-files\" or \"after-units\"",
+        ),
+    ] {
+        let table = format!("{FILES_TOML}\n[[step]]\nname = \"x\"\non = \"all\"\n{row}");
+        let e = kubeforge_render::Table::parse(&table, &names).unwrap_err();
+        assert!(e.contains(why), "{row}: {e}");
+    }
+    let table = format!(
+        "{FILES_TOML}\n[[step]]\nname = \"x\"\non = \"all\"\ncheck = \"true\"\nkey = \"echo k\"\nrun = \"true\"\n"
+    );
+    assert!(kubeforge_render::Table::parse(&table, &names).is_ok());
+}

@@ -25,8 +25,8 @@ pub struct Request {
     /// text may be shown (text files without secrets).
     pub files: Vec<(String, String, bool)>,
     pub units: Vec<String>,
-    /// The preparation steps' read-only checks, by name.
-    pub checks: Vec<(String, String)>,
+    /// The preparation steps' read-only checks.
+    pub checks: Vec<Check>,
     /// Units whose running binary's `--version` is read (the first line).
     pub versions: Vec<String>,
     /// Read-only shell run after the host facts script, in the same
@@ -40,6 +40,21 @@ pub struct Request {
     /// A small file read whole when it is there (the node's record of
     /// what kubeforge placed on it).
     pub manifest: Option<String>,
+}
+
+/// A preparation step's read-only check (exits 0 when nothing needs
+/// doing).
+#[derive(Debug, Clone, Default)]
+pub struct Check {
+    pub name: String,
+    pub script: String,
+    /// Read-only; prints, on one line, what the check's answer depends on,
+    /// or nothing when it cannot vouch for it. A check that passed in a
+    /// run that records is not run again while its key prints the same:
+    /// the node keeps the keys of the checks that passed (`check-cache`,
+    /// beside the sha256 cache), each with a sum of the check's and the
+    /// key's script, so a changed check is run again.
+    pub key: Option<String>,
 }
 
 /// A file as found.
@@ -70,13 +85,16 @@ pub struct Report {
     pub manifest: Option<Vec<u8>>,
 }
 
-/// Reads its request on stdin: `F DIFF SHA PATH`, `U UNIT`, `V UNIT`
-/// lines and one `X BASE64-SCRIPT` line, the checks (see [`checks`]). $1
-/// is the cache file, $2 `record` or `read`, $3 the extra host checks
-/// (base64), $4 the manifest file (or empty). Prints the host facts as `H key=value`, then `F MODE OWNER SHA
-/// PATH`, `C PATH BASE64` (old text of a changed diffable file), `U UNIT
-/// ACTIVE ENABLED`, `S INDEX STATUS`, `V UNIT LINE`, `K COUNT` (sums taken
-/// from the cache) and `M BASE64` (the manifest, when it is a file).
+/// Reads its request on stdin: `F DIFF SHA PATH`, `U UNIT` and `V UNIT`
+/// lines, then the checks (see [`checks`]) and the extra host checks, one
+/// `X LINE` and `E LINE` per line of script, all split into files by one
+/// `awk` (a shell's `read` takes a pipe a byte at a time, and the checks
+/// grow with the cluster: the hosts and routes of every node). $1 is the
+/// cache file, $2 `record` or `read`, $3 the manifest file (or empty).
+/// Prints the host facts as `H key=value`, then `F MODE OWNER SHA PATH`,
+/// `C PATH BASE64` (old text of a changed diffable file), `U UNIT ACTIVE
+/// ENABLED`, `S INDEX STATUS`, `V UNIT LINE`, `K COUNT` (sums taken from
+/// the cache) and `M BASE64` (the manifest, when it is a file).
 ///
 /// A `V` unit's version is what its running process's own binary
 /// (`/proc/PID/exe`, also when the file was replaced since) says to
@@ -84,33 +102,28 @@ pub struct Report {
 /// the sha256 cache (`version-cache`), keyed by that binary's device,
 /// inode, size and change time, so that a binary is asked once.
 const GATHER: &str = r#"set -u
-cache="$1"; mode="$2"; host_extra="${3:-}"; manifest="${4:-}"
+cache="$1"; mode="$2"; manifest="${3:-}"
 d=$(mktemp -d /run/kubeforge-gather.XXXXXX) || exit 1
 trap 'rm -rf "$d"' EXIT
 trap 'rm -rf "$d"; exit 1' HUP INT TERM PIPE
-# The request, split by the shell alone: req.f ("DIFF SHA PATH"), paths,
-# units (each once, those asked for their state and their version), req.u,
-# req.v, req.x.
-: > "$d/req.f"; : > "$d/paths"; : > "$d/req.u"; : > "$d/req.x"; : > "$d/req.v"
-units=" "
-while IFS= read -r line; do
-  case "$line" in
-    F\ *) r=${line#F }; printf '%s\n' "$r" >> "$d/req.f"; r=${r#* }; printf '%s\n' "${r#* }" >> "$d/paths" ;;
-    U\ *) printf '%s\n' "${line#U }" >> "$d/req.u" ;;
-    X\ *) printf '%s' "${line#X }" > "$d/req.x" ;;
-    V\ *) printf '%s\n' "${line#V }" >> "$d/req.v" ;;
-  esac
-  case "$line" in
-    [UV]\ *) case "$units" in *" ${line#? } "*) ;; *) units="$units${line#? } " ;; esac ;;
-  esac
-done
+# The request, split by one awk: req.f ("DIFF SHA PATH"), paths, req.u,
+# req.v, checks, extra; and the units (each once, those asked for their
+# state and their version).
+: > "$d/req.f"; : > "$d/paths"; : > "$d/req.u"; : > "$d/req.v"; : > "$d/checks"; : > "$d/extra"
+units=$(awk -v d="$d" '
+  function unit(u) { if (!(u in seen)) { seen[u] = 1; printf " %s", u } }
+  { tag = substr($0, 1, 2); r = substr($0, 3) }
+  tag == "F " { print r > (d "/req.f"); sub(/^[^ ]* [^ ]* /, "", r); print r > (d "/paths"); next }
+  tag == "U " { print r > (d "/req.u"); unit(r); next }
+  tag == "V " { print r > (d "/req.v"); unit(r); next }
+  tag == "X " { print r > (d "/checks"); next }
+  tag == "E " { print r > (d "/extra"); next }') || exit 1
+units="$units "
 # A node kubeforge installed (it holds the manifest) had its NTP state
 # checked then: timedatectl, which starts timedated, is not asked again.
 ntp_known=; [ -n "$manifest" ] && [ -f "$manifest" ] && ntp_known=yes
 ( set +u; HOST_FACTS
-  if [ -n "$host_extra" ]; then
-    printf '%s' "$host_extra" | base64 -d > "$d/extra" 2>/dev/null && sh "$d/extra"
-  fi ) 2>/dev/null | while IFS= read -r l || [ -n "$l" ]; do printf 'H %s\n' "$l"; done
+  if [ -s "$d/extra" ]; then . "$d/extra"; fi ) 2>/dev/null | while IFS= read -r l || [ -n "$l" ]; do printf 'H %s\n' "$l"; done
 # Type, mode, owner, size, ctime, inode and path of every managed file
 # (tab-separated); only regular files count.
 set --
@@ -198,8 +211,24 @@ awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" '
     print "U " $0 " " a " " f }
   END { for (j = 1; j <= n; j++) { p = v[j, "MainPID"]; if (p != "" && p != "0") print name[j], p > pids } }
 ' "$d/units" RS= "$d/show" RS='\n' "$d/req.u"
-if [ -s "$d/req.x" ] && base64 -d < "$d/req.x" > "$d/checks" 2>/dev/null; then
+# The checks; one whose key is the one recorded when it last passed
+# passes without being run ("ID KEY" lines in the check cache, rewritten
+# by a recording run in which a check with a key was run and passed).
+ccache="${cache%/*}/check-cache"
+key_ok() { case "$1" in ''|*"
+"*) return 1 ;; esac; }
+check_cached() {
+  key_ok "$2" && [ -r "$ccache" ] || return 1
+  while IFS= read -r l; do [ "$l" = "$1 $2" ] && return 0; done < "$ccache"
+  return 1
+}
+: > "$d/ccache.new"
+if [ -s "$d/checks" ]; then
   ( set --; . "$d/checks" )
+fi
+if [ "$mode" = record ] && [ -f "$d/ccache.differs" ]; then
+  mkdir -p "${ccache%/*}"
+  t=$(mktemp "${ccache%/*}/.check-cache.XXXXXX") && cat "$d/ccache.new" > "$t" && mv -f "$t" "$ccache"
 fi
 # The running binaries' versions ("KEY LINE" lines in the version cache,
 # rewritten when a binary was asked).
@@ -247,11 +276,28 @@ exit 0
 /// The steps' checks as one script for the gather script to source: each
 /// in a subshell of its own (its `exit`, variables and `set` stay there,
 /// without `-u`), then `S INDEX STATUS`. A fork per check, no new program.
-fn checks(checks: &[(String, String)]) -> String {
+/// A check with a key runs its key first (in a subshell too), and itself
+/// only when the check cache does not hold that key for it.
+fn checks(checks: &[Check]) -> String {
+    use sha2::{Digest, Sha256};
     let mut s = String::new();
-    for (i, (_, check)) in checks.iter().enumerate() {
+    for (i, c) in checks.iter().enumerate() {
+        let check = &c.script;
+        let run = format!("( set +u\n{check}\n) >/dev/null 2>&1 </dev/null");
+        let Some(key) = &c.key else {
+            s.push_str(&format!("{run}; echo \"S {i} $?\"\n"));
+            continue;
+        };
+        let sum = Sha256::digest(format!("{check}\0{key}").as_bytes());
+        let id: String = sum.iter().take(8).map(|b| format!("{b:02x}")).collect();
         s.push_str(&format!(
-            "( set +u\n{check}\n) >/dev/null 2>&1 </dev/null; echo \"S {i} $?\"\n"
+            "k=$( ( set +u\n{key}\n) 2>/dev/null </dev/null ) || k=\n\
+             if check_cached {id} \"$k\"; then s=0; hit=yes; else {run}; s=$?; hit=; fi\n\
+             echo \"S {i} $s\"\n\
+             if [ \"$s\" = 0 ] && key_ok \"$k\"; then\n\
+             \x20 printf '%s %s\\n' {id} \"$k\" >> \"$d/ccache.new\"\n\
+             \x20 [ -n \"$hit\" ] || : > \"$d/ccache.differs\"\n\
+             fi\n"
         ));
     }
     s
@@ -269,8 +315,6 @@ fn script() -> String {
 /// Gathers everything the request names from the node of `t`, read-only
 /// (but for the sha256 cache with `record`).
 pub async fn gather(t: &dyn Transport, req: &Request) -> Result<Report, TransportError> {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
     let mut stdin = String::new();
     for (path, sha, diff) in &req.files {
         stdin.push_str(&format!("F {} {sha} {path}\n", u8::from(*diff)));
@@ -278,11 +322,13 @@ pub async fn gather(t: &dyn Transport, req: &Request) -> Result<Report, Transpor
     for u in &req.units {
         stdin.push_str(&format!("U {u}\n"));
     }
-    if !req.checks.is_empty() {
-        stdin.push_str(&format!("X {}\n", b64.encode(checks(&req.checks))));
-    }
     for u in &req.versions {
         stdin.push_str(&format!("V {u}\n"));
+    }
+    for (tag, text) in [("X", checks(&req.checks)), ("E", req.host_extra.clone())] {
+        for line in text.lines() {
+            stdin.push_str(&format!("{tag} {line}\n"));
+        }
     }
     let body = script();
     let mode = if req.record { "record" } else { "read" };
@@ -292,7 +338,6 @@ pub async fn gather(t: &dyn Transport, req: &Request) -> Result<Report, Transpor
                 .args([
                     req.cache.clone(),
                     mode.to_string(),
-                    b64.encode(&req.host_extra),
                     req.manifest.clone().unwrap_or_default(),
                 ])
                 .stdin(stdin.into_bytes())
@@ -371,9 +416,8 @@ fn parse(text: &str, req: &Request) -> Report {
             "S" => {
                 let mut p = rest.split_whitespace();
                 if let (Some(i), Some("0")) = (p.next(), p.next()) {
-                    if let Some((name, _)) = i.parse::<usize>().ok().and_then(|i| req.checks.get(i))
-                    {
-                        r.checks_passed.push(name.clone());
+                    if let Some(c) = i.parse::<usize>().ok().and_then(|i| req.checks.get(i)) {
+                        r.checks_passed.push(c.name.clone());
                     }
                 }
             }

@@ -689,9 +689,10 @@ fi
 for c in sh sha256sum stat mktemp flock systemctl journalctl curl ip; do
   command -v "$c" >/dev/null 2>&1 || echo "missing=$c"
 done
-if command -v ss >/dev/null; then
-  ss -Hltn 2>/dev/null | while read -r _ _ _ l _; do echo "listen=$l"; done
-fi
+awk 'function hex(s,  i, n) { for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789ABCDEF", substr(s, i, 1)) - 1; return n }
+  BEGIN { for (k = 1; k <= 2; k++) { f = k == 1 ? "/proc/net/tcp" : "/proc/net/tcp6"; first = 1
+    while ((getline l < f) > 0) { if (first) { first = 0; continue }
+      split(l, w, " "); if (w[4] == "0A") { n = split(w[2], a, ":"); print "listen=" hex(a[n]) } } } }' 2>/dev/null
 "#;
 
 pub async fn host(t: &dyn Transport) -> Result<HostFacts, TransportError> {

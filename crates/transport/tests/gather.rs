@@ -3,7 +3,7 @@
 //! sha256 cache that spares reading unchanged files again.
 #![allow(clippy::unwrap_used)]
 
-use kubeforge_transport::gather::{gather, Request};
+use kubeforge_transport::gather::{gather, Check, Request};
 use kubeforge_transport::LocalTransport;
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
@@ -13,6 +13,14 @@ fn sha(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+fn check(name: &str, script: &str) -> Check {
+    Check {
+        name: name.into(),
+        script: script.into(),
+        key: None,
+    }
 }
 
 #[tokio::test]
@@ -44,23 +52,36 @@ async fn files_units_checks_and_host_in_one_round_trip() {
         // Each check on its own: no arguments, no `-u`, its `exit`, `set`
         // and variables its own.
         checks: vec![
-            ("passes".into(), "true".into()),
-            ("fails".into(), "exit 3".into()),
-            ("no arguments".into(), "[ $# -eq 0 ]".into()),
-            ("no -u".into(), r#"[ -z "$kubeforge_unset" ]"#.into()),
-            ("own set -e".into(), "set -e; false; true".into()),
-            ("own variables".into(), "d=/nowhere; mode=x; exit 0".into()),
-            ("reads a file".into(), format!("[ -f '{}' ]", p(&a))),
+            check("passes", "true"),
+            check("fails", "exit 3"),
+            check("no arguments", "[ $# -eq 0 ]"),
+            check("no -u", r#"[ -z "$kubeforge_unset" ]"#),
+            check("own set -e", "set -e; false; true"),
+            check("own variables", "d=/nowhere; mode=x; exit 0"),
+            check("reads a file", &format!("[ -f '{}' ]", p(&a))),
+            // Lines of script that look like the request's own lines, and
+            // an empty one, stay the check's.
+            check(
+                "its own lines",
+                "x=$(cat <<'EOF'\nF 1 0 /etc/passwd\n\nU ssh\nE echo unmet=9\nEOF\n)\n[ \"$x\" = \"$(printf 'F 1 0 /etc/passwd\\n\\nU ssh\\nE echo unmet=9')\" ]",
+            ),
         ],
         versions: vec!["kubeforge-no-such-unit".into()],
-        host_extra: "echo unmet=7\ntrue || echo unmet=8\n".into(),
+        host_extra: "echo unmet=7\n\nX=1\ntrue || echo unmet=8\n".into(),
         cache: p(&cache),
         record: false,
         manifest: Some(p(&manifest)),
     };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
     let t = LocalTransport::new("here");
     let r = gather(&t, &req).await.unwrap();
     assert_eq!(r.host.unmet, ["7"]);
+    assert!(
+        r.host.listening.contains(&port),
+        "port {port} listens: {:?}",
+        r.host.listening
+    );
     assert_eq!(r.manifest.as_deref(), Some(&b"{\"node\": \"here\"}\n"[..]));
     let fa = &r.files[&p(&a)];
     assert_eq!(fa.sha256, sha(b"old text\n"));
@@ -80,7 +101,8 @@ async fn files_units_checks_and_host_in_one_round_trip() {
             "no arguments",
             "no -u",
             "own variables",
-            "reads a file"
+            "reads a file",
+            "its own lines"
         ]
     );
     assert!(
@@ -178,4 +200,68 @@ async fn a_file_written_by_put_is_cached_with_its_sum() {
         (r.cached, r.files[&path].sha256.clone()),
         (1, sha(b"two\n"))
     );
+}
+
+#[tokio::test]
+async fn a_check_that_passed_is_not_run_again_while_its_key_is_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let keyed = |script: &str| Check {
+        name: "keyed".into(),
+        script: format!("echo run >> '{d}/runs'; {script}"),
+        key: Some(format!("cat '{d}/key'")),
+    };
+    let runs = || {
+        std::fs::read_to_string(dir.path().join("runs"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let mut req = Request {
+        checks: vec![keyed(&format!("[ \"$(cat '{d}/state')\" = ok ]"))],
+        cache: format!("{d}/cache/sha256-cache"),
+        record: false,
+        ..Default::default()
+    };
+    let t = LocalTransport::new("here");
+    std::fs::write(dir.path().join("state"), "ok").unwrap();
+    std::fs::write(dir.path().join("key"), "k1").unwrap();
+    let passed = |r: &kubeforge_transport::gather::Report| r.checks_passed == ["keyed"];
+
+    // A read-only run runs the check and records nothing.
+    assert!(passed(&gather(&t, &req).await.unwrap()));
+    assert_eq!(runs(), 1);
+    assert!(!dir.path().join("cache/check-cache").exists());
+    // A recording run records the key it passed with; the next runs, read
+    // only or not, pass without running it.
+    req.record = true;
+    assert!(passed(&gather(&t, &req).await.unwrap()));
+    assert_eq!(runs(), 2);
+    assert!(passed(&gather(&t, &req).await.unwrap()));
+    req.record = false;
+    assert!(passed(&gather(&t, &req).await.unwrap()));
+    assert_eq!(runs(), 2, "the check ran again under the same key");
+    // Another key: the check runs, and fails.
+    req.record = true;
+    std::fs::write(dir.path().join("state"), "gone").unwrap();
+    std::fs::write(dir.path().join("key"), "k2").unwrap();
+    assert!(!passed(&gather(&t, &req).await.unwrap()));
+    assert_eq!(runs(), 3);
+    // An empty key, or one of two lines, vouches for nothing.
+    std::fs::write(dir.path().join("state"), "ok").unwrap();
+    for key in ["", "k1\nk2"] {
+        std::fs::write(dir.path().join("key"), key).unwrap();
+        let before = runs();
+        for _ in 0..2 {
+            assert!(passed(&gather(&t, &req).await.unwrap()));
+        }
+        assert_eq!(runs(), before + 2, "key {key:?}");
+    }
+    // The key k1 was recorded for the first check only: another check
+    // (here the same with more to it) runs under it.
+    std::fs::write(dir.path().join("key"), "k1").unwrap();
+    req.checks = vec![keyed(&format!("[ \"$(cat '{d}/state')\" = ok ] && true"))];
+    let before = runs();
+    assert!(passed(&gather(&t, &req).await.unwrap()));
+    assert_eq!(runs(), before + 1);
 }
