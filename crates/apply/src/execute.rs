@@ -618,16 +618,16 @@ impl Run<'_> {
                 }
             }
             // Each node starts once its own binaries are in its store,
-            // while the later nodes' are still on their way.
+            // while the later nodes' are still on their way. The nodes with
+            // the most to do go first: a node added to a large cluster
+            // does not wait behind the others' small edits (hosts, routes).
             Strategy::Parallel => {
-                let all = fan_out(
-                    p.nodes.iter().collect(),
-                    self.opts.concurrency,
-                    |w| async move {
-                        self.sent.wait_until(phase, || self.node_staged(w)).await?;
-                        self.node_gated(phase, w).await
-                    },
-                )
+                let mut nodes: Vec<&NodeWork> = p.nodes.iter().collect();
+                nodes.sort_by_key(|w| std::cmp::Reverse(w.size()));
+                let all = fan_out(nodes, self.opts.concurrency, |w| async move {
+                    self.sent.wait_until(phase, || self.node_staged(w)).await?;
+                    self.node_gated(phase, w).await
+                })
                 .await?;
                 for a in all {
                     done.merge(a);

@@ -140,19 +140,24 @@ impl std::fmt::Display for GateFailure {
     }
 }
 
-/// Runs `f` for every item with at most `limit` at a time; returns the
-/// results in the items' order.
+/// Runs `f` for every item with at most `limit` at a time, started in the
+/// items' order; returns the results in the items' order. An item that
+/// ends starts the next one whether or not those before it have ended: a
+/// slow node holds one place, not the whole window.
 pub(crate) async fn bounded<T, R, F, Fut>(items: Vec<T>, limit: usize, f: F) -> Vec<R>
 where
     F: Fn(T) -> Fut,
     Fut: std::future::Future<Output = R>,
 {
     use futures::StreamExt;
-    futures::stream::iter(items)
-        .map(f)
-        .buffered(limit.max(1))
+    let f = &f;
+    let mut done: Vec<(usize, R)> = futures::stream::iter(items.into_iter().enumerate())
+        .map(|(i, item)| async move { (i, f(item).await) })
+        .buffer_unordered(limit.max(1))
         .collect()
-        .await
+        .await;
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// [`bounded`] for fallible work: every item runs to its end, then the
@@ -395,4 +400,32 @@ pub fn plan_offline(
         &Facts::Offline,
         opts,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The first item waits until the other four have ended; with two at a
+    /// time, they can only end if each one that ends starts the next.
+    #[tokio::test]
+    async fn a_slow_item_holds_one_place_and_results_keep_their_order() {
+        let ended = AtomicUsize::new(0);
+        let ended = &ended;
+        let run = bounded((0..5).collect(), 2, |i: usize| async move {
+            if i == 0 {
+                while ended.load(Ordering::SeqCst) < 4 {
+                    tokio::task::yield_now().await;
+                }
+            } else {
+                ended.fetch_add(1, Ordering::SeqCst);
+            }
+            i * 10
+        });
+        let out = tokio::time::timeout(std::time::Duration::from_secs(10), run)
+            .await
+            .expect("the window moved past the slow item");
+        assert_eq!(out, vec![0, 10, 20, 30, 40]);
+    }
 }

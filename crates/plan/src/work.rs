@@ -158,6 +158,20 @@ impl NodeWork {
             && self.restart.is_empty()
             && self.reload.is_empty()
     }
+
+    /// How much there is to do, roughly: one for each file, step and
+    /// unit touched, and a unit's gate. A node's order among others whose
+    /// work runs side by side (the most first).
+    pub fn size(&self) -> usize {
+        self.stop.len()
+            + self.steps.len()
+            + self.puts.len()
+            + self.chmods.len()
+            + self.start.len()
+            + self.restart.len()
+            + self.reload.len()
+            + self.gates.len()
+    }
 }
 
 /// An addon object to apply.
