@@ -61,10 +61,22 @@ struct Line<'a> {
 struct Shared<'a> {
     /// node -> the files in place it may hand on ([`Line::installed`]).
     installed: &'a BTreeMap<String, Vec<(String, String)>>,
-    /// (sha256, codec) -> the bytes on the wire.
-    compressed: tokio::sync::Mutex<BTreeMap<(String, &'static str), Wire>>,
-    /// node -> its server (of every blob in its store).
-    servers: tokio::sync::Mutex<BTreeMap<String, Server>>,
+    /// (sha256, codec) -> the bytes on the wire, made once.
+    compressed: Cells<(String, &'static str), Wire>,
+    /// node -> its server (of every blob in its store), started once.
+    servers: Cells<String, Server>,
+}
+
+/// Values made once per key, each on its own: making one (compressing a
+/// blob, starting a peer's server) does not hold up the others.
+type Cells<K, V> = std::sync::Mutex<BTreeMap<K, Arc<tokio::sync::OnceCell<V>>>>;
+
+/// The cell of `key` in `cells` (a new empty one the first time).
+fn cell<K: Ord, V>(cells: &Cells<K, V>, key: K) -> Arc<tokio::sync::OnceCell<V>> {
+    let mut m = cells
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(m.entry(key).or_default())
 }
 
 /// A blob compressed for the wire, shared by the uploads of it.
@@ -475,8 +487,18 @@ impl Run<'_> {
                 }
             }
         }
-        for (_, server) in std::mem::take(&mut *shared.servers.lock().await) {
-            server.held.release().await;
+        let servers = std::mem::take(
+            &mut *shared
+                .servers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (_, server) in servers {
+            if let Some(server) =
+                Arc::into_inner(server).and_then(tokio::sync::OnceCell::into_inner)
+            {
+                server.held.release().await;
+            }
         }
         match failure {
             Some(e) => Err(e),
@@ -497,25 +519,18 @@ impl Run<'_> {
         let short = &sha[..12.min(sha.len())];
         if let Some(h) = peer {
             let address = self.address(h)?;
-            let (port, token) = {
-                let mut s = shared.servers.lock().await;
-                if let Some(server) = s.get(h) {
-                    (server.port, server.token.clone())
-                } else {
+            let server = cell(&shared.servers, h.clone());
+            let server = server
+                .get_or_try_init(|| async {
                     let (port, token) = (port(), token());
                     let files = shared.installed.get(h).map_or(&[][..], Vec::as_slice);
                     let held =
                         blobs::serve(self.t(h)?, blobs::STORE, &address, port, &token, files)
                             .await?;
-                    let server = Server {
-                        port,
-                        token: token.clone(),
-                        held,
-                    };
-                    s.insert(h.clone(), server);
-                    (port, token)
-                }
-            };
+                    Ok::<_, ApplyError>(Server { port, token, held })
+                })
+                .await?;
+            let (port, token) = (server.port, server.token.clone());
             self.step(phase, target, format!("fetch binary {short} from {h}"));
             return Ok(blobs::fetch(t, blobs::STORE, sha, size, &address, port, &token).await?);
         }
@@ -525,17 +540,12 @@ impl Run<'_> {
             Codec::None => "none",
         };
         let cache = self.opts.wire_cache.as_deref();
-        let data = {
-            let mut c = shared.compressed.lock().await;
-            match c.get(&(sha.clone(), name)) {
-                Some(d) => Arc::clone(d),
-                None => {
-                    let d = Arc::new(compressed(file, sha, codec, name, cache).await?);
-                    c.insert((sha.clone(), name), Arc::clone(&d));
-                    d
-                }
-            }
-        };
+        let data = cell(&shared.compressed, (sha.clone(), name));
+        let data = data
+            .get_or_try_init(|| async {
+                Ok::<_, ApplyError>(Arc::new(compressed(file, sha, codec, name, cache).await?))
+            })
+            .await?;
         self.step(
             phase,
             target,
@@ -568,12 +578,15 @@ impl Run<'_> {
             file.display()
         );
         let _ = tokio::fs::remove_file(&kept).await;
-        let fresh = {
-            let mut c = shared.compressed.lock().await;
-            let d = Arc::new(compress(file, codec).await?);
-            c.insert((sha.clone(), name), Arc::clone(&d));
-            d
-        };
+        let fresh = Arc::new(compress(file, codec).await?);
+        shared
+            .compressed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                (sha.clone(), name),
+                Arc::new(tokio::sync::OnceCell::new_with(Some(Arc::clone(&fresh)))),
+            );
         Ok(blobs::receive(t, blobs::STORE, sha, size, codec, fresh.as_ref().clone()).await?)
     }
 
