@@ -372,6 +372,9 @@ fn bench() {
         let probe = Probe::admin(&kf, &kf.dir.join("probe"));
         let rolling = timed_apply(&kf, "rolling apiserver change");
         let probed = probe.finish();
+        for f in &probed.failures {
+            eprintln!("bench: a request through the VIP failed during the rolling change: {f}");
+        }
         let (ok, failed) = (probed.ok, probed.failed());
         line.push_str(&format!(
             " rolling={rolling:.1} rolling_probe_ok={ok} rolling_probe_failed={failed}"
