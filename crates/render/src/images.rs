@@ -68,10 +68,11 @@ impl Renderer {
                     stage: Stage::AfterUnits,
                     written: None,
                     check: render_str(&row.check, &step_ctx, &what, &node.name)?,
-                    check_key: match &row.key {
-                        Some(k) => Some(render_str(k, &step_ctx, &what, &node.name)?),
-                        None => None,
-                    },
+                    check_key: row
+                        .key
+                        .as_deref()
+                        .map(|k| render_str(k, &step_ctx, &what, &node.name))
+                        .transpose()?,
                     run: render_str(&row.run, &step_ctx, &what, &node.name)?,
                 });
             }

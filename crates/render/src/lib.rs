@@ -1158,10 +1158,11 @@ impl Renderer {
                 Some(c) => render_str(c, &n.ctx, &what, &n.node.name)?,
                 None => String::new(),
             };
-            let check_key = match &row.key {
-                Some(k) => Some(render_str(k, &n.ctx, &what, &n.node.name)?),
-                None => None,
-            };
+            let check_key = row
+                .key
+                .as_deref()
+                .map(|k| render_str(k, &n.ctx, &what, &n.node.name))
+                .transpose()?;
             // A step run by a file's writing goes with that file's phase.
             let phase = row
                 .written

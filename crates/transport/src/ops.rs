@@ -727,7 +727,7 @@ pub fn parse_host(text: &str) -> HostFacts {
             "unmet" => f.unmet.push(v.to_string()),
             "ntp" => f.ntp_synchronized = Some(v == "yes"),
             "listen" => {
-                if let Some(port) = v.rsplit(':').next().and_then(|p| p.parse().ok()) {
+                if let Ok(port) = v.parse() {
                     if !f.listening.contains(&port) {
                         f.listening.push(port);
                     }
