@@ -185,9 +185,12 @@ impl Run<'_> {
             ops::systemctl(t, &["stop", u]).await?;
             done.stopped.push((w.node.clone(), u.clone()));
         }
-        done.steps_run += self.steps(phase, w, Stage::BeforeFiles).await?;
-        // Every file in one round trip: the binaries from the node's blob
-        // store (sent ahead), the rest with the request.
+        // The steps before the files, every file (the binaries from the
+        // node's blob store, sent ahead; the rest with the request), the
+        // modes and owners to correct and the steps after the files: one
+        // round trip.
+        let before = self.stage_parts(phase, w, Stage::BeforeFiles);
+        done.steps_run += before.len();
         let mut batch = Vec::with_capacity(w.puts.len());
         for p in &w.puts {
             self.step(phase, &w.node, format!("write {}", p.path));
@@ -226,21 +229,21 @@ impl Run<'_> {
                 source,
             });
         }
-        let written = batch.len();
-        ops::put_all(t, batch, blobs::STORE, Some(CACHE)).await?;
-        done.files_written += written;
+        let mut parts = before;
+        let mut stdin = Vec::new();
+        if let Some((part, input)) = ops::put_all_part(&batch, blobs::STORE, Some(CACHE)) {
+            parts.push(part);
+            stdin = input;
+        }
         for c in &w.chmods {
             self.step(phase, &w.node, format!("chmod {:04o} {}", c.mode, c.path));
-            t.run_ok(
-                Script::new("chmod", r#"chown "$3" "$1" && chmod "$2" "$1""#).args([
-                    c.path.clone(),
-                    format!("{:04o}", c.mode),
-                    c.owner.clone(),
-                ]),
-            )
-            .await?;
+            parts.push(ops::Part::chmod(&c.path, c.mode, &c.owner));
         }
-        done.steps_run += self.steps(phase, w, Stage::AfterFiles).await?;
+        let after = self.stage_parts(phase, w, Stage::AfterFiles);
+        done.steps_run += after.len();
+        parts.extend(after);
+        ops::run_parts(t, parts, stdin).await?;
+        done.files_written += batch.len();
         // Reloaded when a unit file changed, enabled in one call and
         // started one by one in the units' order: one round trip.
         if w.daemon_reload {
@@ -282,22 +285,27 @@ impl Run<'_> {
         Ok(done)
     }
 
-    /// The node's steps of one stage, in order, in one round trip (a step
-    /// may take a while: importing large image archives, restoring a
-    /// snapshot).
-    async fn steps(&self, phase: &str, w: &NodeWork, stage: Stage) -> Result<usize, ApplyError> {
-        let t = self.t(&w.node)?;
-        let steps: Vec<(&str, &str)> = w
-            .steps
+    /// The node's steps of one stage, in order, as parts of a round trip
+    /// (a step may take a while: importing large image archives, restoring
+    /// a snapshot).
+    fn stage_parts(&self, phase: &str, w: &NodeWork, stage: Stage) -> Vec<ops::Part> {
+        w.steps
             .iter()
             .filter(|s| s.stage == stage)
-            .map(|s| (s.name.as_str(), s.script.as_str()))
-            .collect();
-        for (name, _) in &steps {
-            self.step(phase, &w.node, format!("run: {name}"));
-        }
-        ops::run_steps(t, &steps).await?;
-        Ok(steps.len())
+            .map(|s| {
+                self.step(phase, &w.node, format!("run: {}", s.name));
+                ops::Part::step(&s.name, &s.script)
+            })
+            .collect()
+    }
+
+    /// The node's steps of one stage, in order, in one round trip.
+    async fn steps(&self, phase: &str, w: &NodeWork, stage: Stage) -> Result<usize, ApplyError> {
+        let t = self.t(&w.node)?;
+        let parts = self.stage_parts(phase, w, stage);
+        let n = parts.len();
+        ops::run_parts(t, parts, Vec::new()).await?;
+        Ok(n)
     }
 
     /// Every gate, each on its node, at the same time (bounded).

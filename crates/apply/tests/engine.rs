@@ -551,7 +551,10 @@ async fn a_mode_change_alone_restarts_nothing() {
     run(&rec, &r, &plan(&r, &f)).await.unwrap();
     let calls: Vec<_> = rec.log().into_iter().filter(|c| c.node != "-").collect();
     assert_eq!(calls.len(), 1, "{calls:?}");
-    assert_eq!(calls[0].what, "chmod");
+    assert_eq!(
+        calls[0].what,
+        "chmod 0600 /etc/kubernetes/pki/kubelet-server.key"
+    );
     assert_eq!(
         calls[0].args,
         [

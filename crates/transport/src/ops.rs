@@ -331,13 +331,26 @@ pub async fn put_all(
     store: &str,
     cache: Option<&str>,
 ) -> Result<(), TransportError> {
+    match put_all_part(&files, store, cache) {
+        Some((part, stdin)) => run_parts(t, vec![part], stdin).await,
+        None => Ok(()),
+    }
+}
+
+/// [`put_all`] as a part of a longer round trip ([`run_parts`]): the part
+/// and its stdin; `None` without files.
+pub fn put_all_part(
+    files: &[PutFile],
+    store: &str,
+    cache: Option<&str>,
+) -> Option<(Part, Vec<u8>)> {
     if files.is_empty() {
-        return Ok(());
+        return None;
     }
     let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     let what = format!("write {}", paths.join(", "));
     let mut stdin = Vec::new();
-    for f in &files {
+    for f in files {
         let (kind, size, sha256, bytes) = match &f.source {
             Source::Bytes(b) => {
                 let (size, sha256) = size_and_sha256(b);
@@ -365,14 +378,14 @@ pub async fn put_all(
     }
     let mut args = vec![store.to_string()];
     args.extend(cache.map(str::to_string));
-    t.run_ok(
-        Script::new(&what, PUT_ALL)
-            .args(args)
-            .stdin(stdin)
-            .timeout(Duration::from_secs(600)),
-    )
-    .await
-    .map(|_| ())
+    let part = Part {
+        what,
+        body: PUT_ALL.to_string(),
+        args,
+        input: true,
+        timeout: Duration::from_secs(600),
+    };
+    Some((part, stdin))
 }
 
 /// What a file is on a node.
@@ -579,52 +592,126 @@ fn last_line(o: &Output) -> Option<String> {
     o.stdout_str().lines().last().map(|l| l.trim().to_string())
 }
 
-/// Runs each script given (`sh -c SCRIPT kubeforge`, in order) until one
-/// fails: its number (from 1) on stdout, and its exit status.
-pub const STEPS: &str = r#"i=0
-for s in "$@"; do
-  i=$((i + 1))
-  sh -c "$s" kubeforge </dev/null || { st=$?; echo "$i"; exit "$st"; }
+/// Runs parts, each `sh -c SCRIPT kubeforge ARGS...`, in order, until one
+/// fails: its number (from 1) on stdout, and its exit status. Arguments:
+/// per part `WHAT SCRIPT NARGS INPUT ARGS...`; WHAT is its name (for `ps`
+/// and the recording transport), INPUT 1 gives the part the round trip's
+/// stdin, 0 gives it /dev/null.
+pub const PARTS: &str = r#"i=0
+while [ "$#" -gt 0 ]; do
+  i=$((i + 1)); s=$2; n=$3; input=$4; shift 4
+  # The part's arguments: "${1}" ... "${n}", referred to, not expanded.
+  refs=; k=1
+  while [ "$k" -le "$n" ]; do refs="$refs \"\${$k}\""; k=$((k + 1)); done
+  if [ "$input" = 1 ]; then
+    eval "sh -c \"\$s\" kubeforge$refs" || { st=$?; echo "$i"; exit "$st"; }
+  else
+    eval "sh -c \"\$s\" kubeforge$refs" </dev/null || { st=$?; echo "$i"; exit "$st"; }
+  fi
+  shift "$n"
 done
 "#;
+
+/// One script of a [`run_parts`] round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// Its name in messages, as if it had run alone.
+    pub what: String,
+    pub body: String,
+    pub args: Vec<String>,
+    /// It reads the round trip's stdin (at most one part does).
+    pub input: bool,
+    pub timeout: Duration,
+}
+
+impl Part {
+    /// A step: a script without arguments or input.
+    pub fn step(name: &str, script: &str) -> Self {
+        Part {
+            what: name.to_string(),
+            body: script.to_string(),
+            args: Vec::new(),
+            input: false,
+            timeout: STEP_TIMEOUT,
+        }
+    }
+
+    /// Sets a file's owner and mode.
+    pub fn chmod(path: &str, mode: u32, owner: &str) -> Self {
+        Part {
+            what: format!("chmod {mode:04o} {path}"),
+            body: r#"chown "$3" "$1" && chmod "$2" "$1""#.to_string(),
+            args: vec![path.to_string(), format!("{mode:04o}"), owner.to_string()],
+            input: false,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
 
 /// How long one step may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Runs `steps` (name, script) in order in one round trip ([`STEPS`]); the
-/// first that fails stops the rest, and the error names it as if it had
-/// run alone.
-pub async fn run_steps(t: &dyn Transport, steps: &[(&str, &str)]) -> Result<(), TransportError> {
-    match steps {
-        [] => Ok(()),
-        [(name, script)] => t
-            .run_ok(Script::new(name, script).timeout(STEP_TIMEOUT))
-            .await
-            .map(|_| ()),
-        _ => {
-            let what = steps.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
-            let o = t
-                .run(
-                    Script::new(&what, STEPS)
-                        .args(steps.iter().map(|(_, s)| s.to_string()))
-                        .timeout(STEP_TIMEOUT * steps.len() as u32),
-                )
-                .await?;
-            if o.success() {
-                return Ok(());
-            }
-            let failed = last_line(&o)
-                .and_then(|l| l.parse::<usize>().ok())
-                .and_then(|i| i.checked_sub(1))
-                .and_then(|i| steps.get(i));
-            Err(TransportError::Failed {
-                node: t.node().to_string(),
-                what: failed.map_or(what, |(n, _)| n.to_string()),
-                status: o.status,
-                stderr: o.stderr_str().trim().to_string(),
-            })
+/// Runs `parts` in order in one round trip ([`PARTS`]), `stdin` given to
+/// the part that reads it; the first that fails stops the rest, and the
+/// error names it as if it had run alone.
+pub async fn run_parts(
+    t: &dyn Transport,
+    parts: Vec<Part>,
+    stdin: Vec<u8>,
+) -> Result<(), TransportError> {
+    if let [p] = parts.as_slice() {
+        let mut s = Script::new(&p.what, &p.body)
+            .args(p.args.iter().cloned())
+            .timeout(p.timeout);
+        if p.input {
+            s = s.stdin(stdin);
         }
+        return t.run_ok(s).await.map(|_| ());
     }
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let what = parts
+        .iter()
+        .map(|p| p.what.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let timeout = parts.iter().map(|p| p.timeout).sum();
+    let args = parts.iter().flat_map(|p| {
+        [
+            p.what.clone(),
+            p.body.clone(),
+            p.args.len().to_string(),
+            if p.input { "1" } else { "0" }.to_string(),
+        ]
+        .into_iter()
+        .chain(p.args.iter().cloned())
+    });
+    let mut s = Script::new(&what, PARTS).args(args).timeout(timeout);
+    if parts.iter().any(|p| p.input) {
+        s = s.stdin(stdin);
+    }
+    let o = t.run(s).await?;
+    if o.success() {
+        return Ok(());
+    }
+    let failed = last_line(&o)
+        .and_then(|l| l.parse::<usize>().ok())
+        .and_then(|i| i.checked_sub(1))
+        .and_then(|i| parts.get(i));
+    Err(TransportError::Failed {
+        node: t.node().to_string(),
+        what: failed.map_or(what, |p| p.what.clone()),
+        status: o.status,
+        stderr: o.stderr_str().trim().to_string(),
+    })
+}
+
+/// Runs `steps` (name, script) in order in one round trip (see
+/// [`run_parts`]).
+pub async fn run_steps(t: &dyn Transport, steps: &[(&str, &str)]) -> Result<(), TransportError> {
+    let parts = steps.iter().map(|(n, s)| Part::step(n, s)).collect();
+    run_parts(t, parts, Vec::new()).await
 }
 
 /// The last lines of a unit's journal (for error messages).

@@ -139,6 +139,32 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// A round trip of parts ([`crate::ops::PARTS`]): each part recorded
+    /// and answered as if it ran alone, until one fails; then its number
+    /// on stdout, as the node prints it.
+    fn parts(&self, node: &str, script: &Script<'_>) -> Output {
+        let mut args = script.args.iter();
+        let mut i = 0;
+        while let (Some(what), Some(body), Some(n), Some(input)) =
+            (args.next(), args.next(), args.next(), args.next())
+        {
+            i += 1;
+            let n = n.parse().unwrap_or(0);
+            let mut part = Script::new(what, body).args(args.by_ref().take(n).cloned());
+            if input == "1" {
+                part = part.stdin(script.stdin.clone().unwrap_or_default());
+            }
+            let mut out = self.call(node, &part);
+            if !out.success() {
+                out.stdout.extend_from_slice(format!("\n{i}\n").as_bytes());
+                return out;
+            }
+        }
+        ok("")
+    }
+}
+
 struct Recording {
     name: String,
     recorder: Recorder,
@@ -158,6 +184,9 @@ impl Transport for Recording {
     }
 
     async fn run(&self, script: Script<'_>) -> Result<Output, TransportError> {
+        if script.body == crate::ops::PARTS {
+            return Ok(self.recorder.parts(&self.name, &script));
+        }
         Ok(self.recorder.call(&self.name, &script))
     }
 

@@ -565,3 +565,94 @@ async fn steps_run_in_order_until_one_fails_and_it_is_named() {
         "one\ntwo\none\nthree\n"
     );
 }
+
+/// Parts in one round trip: each its own shell with its own arguments
+/// (spaces, quotes, `$` and a tenth argument kept as given); only the part
+/// that reads the input gets it; files written and their mode set between
+/// steps; the first that fails stops the rest and is named alone.
+#[tokio::test]
+async fn parts_run_in_order_with_their_arguments_and_one_input() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let t = LocalTransport::new("n1");
+    let log = dir.path().join("log").display().to_string();
+    let meta = std::fs::metadata(dir.path()).unwrap();
+    let owner = format!("{}:{}", meta.uid(), meta.gid());
+    let file = dir.path().join("etc/a.conf").display().to_string();
+    let step = |name: &str, body: String| ops::Part::step(name, &body);
+    let args: Vec<String> = ["a b", "$x", "'q\"", "", "5", "6", "7", "8", "9", "ten", "*"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let with_args = ops::Part {
+        args: args.clone(),
+        ..step(
+            "args",
+            format!("printf '<%s>' \"$@\" >> {log}; echo >> {log}"),
+        )
+    };
+    let (put, input) = ops::put_all_part(
+        &[ops::PutFile {
+            path: file.clone(),
+            mode: 0o600,
+            owner: owner.clone(),
+            source: ops::Source::Bytes(b"x = 1\n".to_vec()),
+        }],
+        &dir.path().join("store").display().to_string(),
+        None,
+    )
+    .unwrap();
+    let parts = vec![
+        step("first", format!("[ -z \"$(cat)\" ] && echo one >> {log}")),
+        with_args.clone(),
+        put,
+        ops::Part::chmod(&file, 0o640, &owner),
+        step("after", format!("[ -z \"$(cat)\" ] && cat {file} >> {log}")),
+    ];
+    ops::run_parts(&t, parts, input.clone()).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "one\n<a b><$x><'q\"><><5><6><7><8><9><ten><*>\nx = 1\n"
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o640);
+
+    std::fs::write(&log, "").unwrap();
+    let parts = vec![
+        with_args,
+        step(
+            "fails",
+            format!("echo two >> {log}; echo 'no route' >&2; exit 3"),
+        ),
+        step("never", format!("echo three >> {log}")),
+    ];
+    let e = ops::run_parts(&t, parts, Vec::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "n1: `fails` exited with status 3: no route");
+    assert!(std::fs::read_to_string(&log).unwrap().ends_with("two\n"));
+    // A cut-short upload in the middle is named as the write it was.
+    let (put, mut input) = ops::put_all_part(
+        &[ops::PutFile {
+            path: file.clone(),
+            mode: 0o600,
+            owner,
+            source: ops::Source::Bytes(b"y = 2\n".to_vec()),
+        }],
+        &dir.path().join("store").display().to_string(),
+        None,
+    )
+    .unwrap();
+    input.truncate(input.len() - 2);
+    let parts = vec![step("first", "true".into()), put];
+    let e = ops::run_parts(&t, parts, input)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("n1: `write {file}` exited with status 4")),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x = 1\n");
+}
