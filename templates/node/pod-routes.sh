@@ -1,9 +1,9 @@
 #!/bin/sh
-# Rendered by kubeforge for node {{ node.name }}: routes to the pod subnets
-# of the other nodes (bridge CNI). Run at boot by kubeforge-pod-routes.service.
+# Rendered by kubeforge for node {{ node.name }}: at boot, run by
+# kubeforge-pod-routes.service, the routes to the other nodes' pod subnets
+# (bridge CNI) as kubeforge last set them (its step "routes to the other
+# nodes' pod subnets" keeps their list in /var/lib/kubeforge/pod-routes).
 set -e
-ip -batch - <<'KUBEFORGE_ROUTES'
-{%- for r in pod_routes %}
-route replace {{ r.subnet }} via {{ r.via }} # {{ r.node }}
-{%- endfor %}
-KUBEFORGE_ROUTES
+list=/var/lib/kubeforge/pod-routes
+[ -s "$list" ] || exit 0
+exec ip -batch "$list"

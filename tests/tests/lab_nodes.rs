@@ -224,7 +224,8 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
     )
     .expect("inventory");
     // Existing nodes only get the new /etc/hosts line and the route to the
-    // new pod subnet (live, and in the boot script): nothing restarts.
+    // new pod subnet (live, and in the list read at boot): no file of
+    // theirs changes, nothing restarts.
     let text = kf.plan();
     for n in ["cp1 (10.77.0.11)", "worker1 (10.77.0.21)"] {
         let at = text
@@ -242,7 +243,6 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
                 format!("{n}:").as_str(),
                 "  run: /etc/hosts entries of the cluster's nodes",
                 "  run: routes to the other nodes' pod subnets",
-                "  ~ /etc/kubeforge/pod-routes.sh (0755)",
             ],
             "{text}"
         );
@@ -272,6 +272,13 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
         before,
         unit_clock(&lab, &["cp1", "worker1"], &CLOCK_UNITS),
         "an existing node restarted a unit"
+    );
+    // The list the boot script sets the routes from names the new node.
+    let list = lab.ssh_ok("cp1", "cat /var/lib/kubeforge/pod-routes");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("route replace ") && l.ends_with("# worker2")),
+        "{list}"
     );
     assert_eq!(
         lab.ssh_ok(

@@ -584,7 +584,22 @@ fn removing_nodes_plans_the_drain_the_others_changes_and_the_teardown() {
         ("cp3", "remove_control_plane", true),
     ] {
         let (full, r) = rendered_without(&[drop]);
-        let facts = converged(&full);
+        let mut facts = converged(&full);
+        // A step whose check changed with the nodes (the /etc/hosts lines,
+        // the pod routes) fails it on the node.
+        for n in &r.nodes {
+            let before = full.nodes.iter().find(|f| f.name == n.name).unwrap();
+            let node = facts.get_mut(&n.name).unwrap();
+            node.steps_done.retain(|name| {
+                let check = |t: &kubeforge_render::NodeTree| {
+                    t.steps
+                        .iter()
+                        .find(|s| &s.name == name)
+                        .map(|s| s.check.clone())
+                };
+                check(before) == check(n)
+            });
+        }
         let mut p = plan("ha", &r, &Facts::Gathered(facts));
         let tree = full.nodes.iter().find(|n| n.name == drop).unwrap();
         let record = kubeforge_plan::Manifest::of("ha", tree, None);
