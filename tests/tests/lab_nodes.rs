@@ -273,12 +273,22 @@ fn workers_converge_and_an_added_worker_touches_only_itself() {
         unit_clock(&lab, &["cp1", "worker1"], &CLOCK_UNITS),
         "an existing node restarted a unit"
     );
-    // The list the boot script sets the routes from names the new node.
+    // The list the boot script sets the routes from names the new node,
+    // and the boot unit sets a lost route again from it.
     let list = lab.ssh_ok("cp1", "cat /var/lib/kubeforge/pod-routes");
+    let route = list
+        .lines()
+        .find(|l| l.starts_with("route replace ") && l.ends_with("# worker2"))
+        .unwrap_or_else(|| panic!("no route to worker2's pod subnet in\n{list}"));
+    let subnet = route.split_whitespace().nth(2).expect("the subnet");
+    lab.ssh_ok(
+        "cp1",
+        &format!("ip route del {subnet} && systemctl restart kubeforge-pod-routes"),
+    );
+    let routes = lab.ssh_ok("cp1", &format!("ip route show {subnet}"));
     assert!(
-        list.lines()
-            .any(|l| l.starts_with("route replace ") && l.ends_with("# worker2")),
-        "{list}"
+        routes.contains(" via "),
+        "{subnet} not routed again: {routes:?}"
     );
     assert_eq!(
         lab.ssh_ok(
