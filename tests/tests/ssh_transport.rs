@@ -296,6 +296,27 @@ fn ssh_transport_against_a_real_sshd() {
         let host = ops::host(&t).await.expect("host facts");
         assert_eq!(host.kernel, "Linux");
 
+        // A command far over the 128 KiB that sshd's `sh -c` may take as
+        // its one argument (the pod routes of thousands of nodes), and a
+        // round trip of such parts: sent on stdin, run whole.
+        let hosts: String = (0..9000)
+            .map(|i| format!("10.77.{}.{} node-{i}\n", i / 250, i % 250))
+            .collect();
+        let body = format!("want='{hosts}'\nprintf '%s' \"$want\" | wc -l; echo \"${{#1}}\"; cat");
+        let out = t
+            .run_ok(
+                kubeforge_transport::Script::new("hosts", &body)
+                    .args(["z".repeat(150_000)])
+                    .stdin(b"input\n".to_vec()),
+            )
+            .await
+            .expect("a command over the argument limit");
+        assert_eq!(out.stdout_str(), "9000\n150000\ninput\n");
+        let part = |name: &str| ops::Part::step(name, &format!("want='{hosts}'\ntrue"));
+        ops::run_parts(&t, vec![part("hosts"), part("routes")], Vec::new())
+            .await
+            .expect("parts over the argument limit");
+
         // Many commands over the one multiplexed connection, concurrently.
         let runs = (0..20).map(|i| {
             let t = &t;

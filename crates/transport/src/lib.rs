@@ -145,6 +145,64 @@ impl<'a> Script<'a> {
         self.timeout = t;
         self
     }
+
+    /// How the script starts ([`Launch`]): as `sh -c BODY kubeforge
+    /// ARGS...` while that command line stays within [`COMMAND_LINE_MAX`],
+    /// else with its body and arguments on stdin ahead of its own input.
+    pub(crate) fn launch(&self) -> Launch<'_> {
+        // Quoting a `'` takes four bytes, any argument two more and a space.
+        let quoted = |a: &String| a.len() + 3 * a.matches('\'').count() + 3;
+        let line = self.body.len() + self.args.iter().map(quoted).sum::<usize>();
+        if line <= COMMAND_LINE_MAX {
+            return Launch {
+                body: self.body,
+                args: self.args.clone(),
+                ahead: Vec::new(),
+            };
+        }
+        let args: String = self
+            .args
+            .iter()
+            .map(|a| format!("'{}' ", a.replace('\'', r"'\''")))
+            .collect();
+        let mut ahead = Vec::with_capacity(self.body.len() + args.len());
+        ahead.extend_from_slice(self.body.as_bytes());
+        ahead.extend_from_slice(args.as_bytes());
+        Launch {
+            body: FROM_STDIN,
+            args: vec![self.body.len().to_string(), args.len().to_string()],
+            ahead,
+        }
+    }
+}
+
+/// The longest command line (script and quoted arguments) a script is
+/// started with; a longer one is sent on its stdin instead
+/// ([`FROM_STDIN`]). sshd hands the whole command to the login shell as
+/// ONE argument, and Linux refuses an argument over 128 KiB (`Argument
+/// list too long`): a large cluster's `/etc/hosts` and pod routes steps
+/// reach that size at about a thousand nodes.
+pub const COMMAND_LINE_MAX: usize = 64 * 1024;
+
+/// Starts a script whose body and arguments come first on stdin: `$1`
+/// bytes of body, then `$2` bytes of arguments, each quoted with `'`. GNU
+/// `head -c` reads no further than it is asked, so the script's own input
+/// follows untouched. The body runs in this shell (`eval`: it is never
+/// an argument of another program), with `$0` and its arguments as with
+/// `sh -c`.
+const FROM_STDIN: &str = r#"_kf_b=$(head -c "$1"; echo .) && _kf_a=$(head -c "$2") || exit 126
+eval "set -- $_kf_a"
+unset _kf_a
+eval "unset _kf_b
+${_kf_b%.}"
+"#;
+
+/// What starts a script on its node: `sh -c BODY kubeforge ARGS...`, and
+/// the bytes written to its stdin before the script's own input.
+pub(crate) struct Launch<'a> {
+    pub body: &'a str,
+    pub args: Vec<String>,
+    pub ahead: Vec<u8>,
 }
 
 /// A long-running process on a node that ends when its handle is dropped
@@ -196,17 +254,24 @@ impl LocalTransport {
         LocalTransport { name: name.into() }
     }
 
-    fn command(script: &Script<'_>) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg(script.body)
+    /// Starts `script`, with what its launch writes ahead on its stdin
+    /// ([`Script::launch`]) written.
+    async fn spawn(script: &Script<'_>) -> std::io::Result<tokio::process::Child> {
+        let launch = script.launch();
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(launch.body)
             .arg("kubeforge")
-            .args(&script.args)
+            .args(&launch.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        cmd
+            .kill_on_drop(true)
+            .spawn()?;
+        if let Some(stdin) = child.stdin.as_mut().filter(|_| !launch.ahead.is_empty()) {
+            stdin.write_all(&launch.ahead).await?;
+        }
+        Ok(child)
     }
 }
 
@@ -234,9 +299,7 @@ impl Transport for LocalTransport {
             what: script.what.to_string(),
             detail,
         };
-        let mut child = Self::command(&script)
-            .spawn()
-            .map_err(|e| err(e.to_string()))?;
+        let mut child = Self::spawn(&script).await.map_err(|e| err(e.to_string()))?;
         let stdin = child.stdin.take();
         let input = script.stdin.clone().unwrap_or_default();
         let feed = async move {
@@ -270,9 +333,7 @@ impl Transport for LocalTransport {
             what: script.what.to_string(),
             detail,
         };
-        let mut child = Self::command(&script)
-            .spawn()
-            .map_err(|e| err(e.to_string()))?;
+        let mut child = Self::spawn(&script).await.map_err(|e| err(e.to_string()))?;
         let first = ops::first_line(child.stdout.take(), script.timeout)
             .await
             .map_err(err)?;

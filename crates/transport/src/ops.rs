@@ -592,23 +592,35 @@ fn last_line(o: &Output) -> Option<String> {
     o.stdout_str().lines().last().map(|l| l.trim().to_string())
 }
 
-/// Runs parts, each `sh -c SCRIPT kubeforge ARGS...`, in order, until one
-/// fails: its number (from 1) on stdout, and its exit status. Arguments:
-/// per part `WHAT SCRIPT NARGS INPUT ARGS...`; WHAT is its name (for `ps`
-/// and the recording transport), INPUT 1 gives the part the round trip's
-/// stdin, 0 gives it /dev/null.
-pub const PARTS: &str = r#"i=0
+/// Runs parts in order until one fails: its number (from 1) on stdout,
+/// and its exit status. Arguments: per part `WHAT SCRIPT NARGS INPUT
+/// ARGS...`; WHAT is its name (for the recording transport), INPUT 1
+/// gives the part the round trip's stdin, 0 gives it /dev/null. Each part
+/// runs as `sh -c SCRIPT kubeforge ARGS...` would, in a subshell of its
+/// own (a fork, no new program; its `exit`, `set -e`, traps and
+/// variables stay there; none of this script's variables are left in it),
+/// its script never an argument of another program: a large one (the
+/// hosts or pod routes of a thousand nodes) is not refused by the
+/// kernel's limit on one argument. The subshell is not part of an `||`
+/// list, which would switch its `set -e` off.
+pub const PARTS: &str = r#"_kf_i=0
 while [ "$#" -gt 0 ]; do
-  i=$((i + 1)); s=$2; n=$3; input=$4; shift 4
+  _kf_i=$((_kf_i + 1)); _kf_s=$2; _kf_n=$3; _kf_in=$4; shift 4
   # The part's arguments: "${1}" ... "${n}", referred to, not expanded.
-  refs=; k=1
-  while [ "$k" -le "$n" ]; do refs="$refs \"\${$k}\""; k=$((k + 1)); done
-  if [ "$input" = 1 ]; then
-    eval "sh -c \"\$s\" kubeforge$refs" || { st=$?; echo "$i"; exit "$st"; }
+  _kf_r=; _kf_k=1
+  while [ "$_kf_k" -le "$_kf_n" ]; do _kf_r="$_kf_r \"\${$_kf_k}\""; _kf_k=$((_kf_k + 1)); done
+  _kf_p="( set --$_kf_r
+unset _kf_i _kf_n _kf_in _kf_r _kf_k _kf_p _kf_st
+eval \"unset _kf_s
+\$_kf_s\" )"
+  if [ "$_kf_in" = 1 ]; then
+    eval "$_kf_p"
   else
-    eval "sh -c \"\$s\" kubeforge$refs" </dev/null || { st=$?; echo "$i"; exit "$st"; }
+    eval "$_kf_p" </dev/null
   fi
-  shift "$n"
+  _kf_st=$?
+  [ "$_kf_st" = 0 ] || { echo "$_kf_i"; exit "$_kf_st"; }
+  shift "$_kf_n"
 done
 "#;
 

@@ -321,14 +321,14 @@ impl SshTransport {
         self.session.control_socket()
     }
 
-    fn command(&self, script: &Script<'_>) -> openssh::OwningCommand<Arc<Session>> {
+    fn command(&self, launch: &crate::Launch<'_>) -> openssh::OwningCommand<Arc<Session>> {
         let program = if self.opts.sudo { "sudo" } else { "sh" };
         let mut cmd = Session::to_command(Arc::clone(&self.session), program);
         if self.opts.sudo {
             cmd.arg("-n").arg("sh");
         }
-        cmd.arg("-c").arg(script.body).arg("kubeforge");
-        for a in &script.args {
+        cmd.arg("-c").arg(launch.body).arg("kubeforge");
+        for a in &launch.args {
             cmd.arg(a);
         }
         cmd.stdin(Stdio::piped())
@@ -382,24 +382,34 @@ fn session_refused(stderr: &str) -> bool {
 }
 
 impl SshTransport {
-    /// Opens the session of `script` (its stderr discarded when `quiet`).
+    /// Opens the session of `script` (its stderr discarded when `quiet`),
+    /// and writes what its launch puts ahead on its stdin
+    /// ([`Script::launch`]).
     async fn spawn(
         &self,
         script: &Script<'_>,
         quiet: bool,
     ) -> Result<openssh::Child<Arc<Session>>, Attempt> {
-        let mut cmd = self.command(script);
+        let launch = script.launch();
+        let mut cmd = self.command(&launch);
         if quiet {
             cmd.stderr(Stdio::null());
         }
-        cmd.spawn().await.map_err(|e| {
+        let mut child = cmd.spawn().await.map_err(|e| {
             let e = error_chain(&e);
             if session_refused(&e) {
                 Attempt::Refused(e)
             } else {
                 Attempt::Failed(e)
             }
-        })
+        })?;
+        if let Some(stdin) = child.stdin().as_mut().filter(|_| !launch.ahead.is_empty()) {
+            stdin
+                .write_all(&launch.ahead)
+                .await
+                .map_err(|e| Attempt::Failed(format!("sending the script on stdin: {e}")))?;
+        }
+        Ok(child)
     }
 
     /// `attempt` again, after each pause of [`REFUSALS`], while sshd

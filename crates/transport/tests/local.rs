@@ -656,3 +656,74 @@ async fn parts_run_in_order_with_their_arguments_and_one_input() {
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "x = 1\n");
 }
+
+/// A script and arguments far over the kernel's 128 KiB limit on one
+/// argument (the hosts and pod routes steps of a few thousand nodes) run
+/// as a small one does, with `$0`, their arguments and their input; in
+/// a round trip of parts, a large part keeps its `set -e`, and the part
+/// after it runs.
+#[tokio::test]
+async fn scripts_over_the_argument_limit_run_whole() {
+    let t = LocalTransport::new("n1");
+    let routes: String = (0..6000)
+        .map(|i| {
+            format!(
+                "route replace 10.{}.{}.0/24 via 10.77.0.{}\n",
+                i / 256,
+                i % 256,
+                i % 250
+            )
+        })
+        .collect();
+    let body = format!(
+        "routes='{routes}'\n\
+         printf '%s|%s|%s|' \"$0\" \"$#\" \"$(printf '%s' \"$routes\" | wc -l)\"\n\
+         printf '%s|' \"$1\" \"${{#2}}\" \"$3\"\ncat\n"
+    );
+    assert!(body.len() > 256 * 1024, "{}", body.len());
+    let out = t
+        .run_ok(
+            Script::new("large", &body)
+                .args([
+                    "it's \"quoted\"\n".to_string(),
+                    "x".repeat(200_000),
+                    String::new(),
+                ])
+                .stdin(b"the input\n".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout_str(),
+        "kubeforge|3|6000|it's \"quoted\"\n|200000||the input\n"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log").display().to_string();
+    let large = |name: &str, tail: &str| ops::Part {
+        args: vec!["y".repeat(100_000)],
+        ..ops::Part::step(name, &format!("routes='{routes}'\nset -e\n{tail}"))
+    };
+    let parts = vec![
+        large("first", &format!("echo \"${{#1}}\" >> {log}")),
+        ops::Part {
+            input: true,
+            ..large("second", &format!("cat >> {log}"))
+        },
+    ];
+    ops::run_parts(&t, parts, b"input\n".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "100000\ninput\n");
+    let parts = vec![
+        large("stops", &format!("false\necho not reached >> {log}")),
+        ops::Part::step("never", &format!("echo never >> {log}")),
+    ];
+    let e = ops::run_parts(&t, parts, Vec::new()).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("n1: `stops` exited with status 1"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "100000\ninput\n");
+}
