@@ -893,6 +893,77 @@ async fn the_whole_apply_on_a_converged_cluster_only_reads() {
     );
 }
 
+/// A node whose apply lock another apply holds: the apply stops before
+/// any plan, names the holder and the node, releases the locks it took,
+/// and the busy node's facts are never gathered; a node whose facts cannot
+/// be gathered stops it the same way, with the node's own error.
+#[tokio::test]
+async fn a_lock_held_elsewhere_or_facts_failing_stop_the_apply_before_anything() {
+    use kubeforge_transport::recording::fail;
+    let r = rendered("single.toml");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../inventories/single.toml");
+    let cluster = kubeforge_inventory::load(&path).unwrap().cluster;
+    let busy = r.nodes[1].name.clone();
+    for (node, what, answer) in [
+        (&busy, "take the apply lock", ok("busy apply by bob\n")),
+        (&busy, "gather facts", fail(3, "no /run")),
+    ] {
+        let rec = recorder(&r);
+        converged_answers(&rec, &r, &cluster.name);
+        rec.answer(Some(node), what, vec![answer]);
+        let t = transports(&rec, &r);
+        let req = kubeforge_apply::Request {
+            cluster: &cluster,
+            rendered: &r,
+            plan: &kubeforge_plan::Options::default(),
+            transports: &t,
+            opts: &opts(),
+            owner: "test",
+            gone: &[],
+            prune: Default::default(),
+        };
+        let mut persist = |_: &kubeforge_plan::Plan| -> Result<(), kubeforge_apply::ApplyError> {
+            panic!("planned despite {what} failing")
+        };
+        let e = kubeforge_apply::apply(&req, &mut persist, &Marks(rec.clone()))
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        let log = rec.lines();
+        if what == "gather facts" {
+            assert!(
+                e.contains(&format!(
+                    "{busy}: `gather facts` exited with status 3: no /run"
+                )),
+                "{e}"
+            );
+        } else {
+            assert!(
+                e.contains("another kubeforge apply holds it (apply by bob)"),
+                "{e}"
+            );
+            assert!(e.contains(&format!("(while locking {busy})")), "{e}");
+            assert!(e.ends_with("nothing was changed"), "{e}");
+            assert!(!log.contains(&format!("{busy}: gather facts")), "{log:?}");
+        }
+        // Every other node was locked and gathered, and nothing else ran.
+        for n in r.nodes.iter().filter(|n| n.name != busy) {
+            assert!(
+                log.contains(&format!("{}: take the apply lock", n.name)),
+                "{log:?}"
+            );
+        }
+        assert!(
+            log.iter().all(|l| l.ends_with(": take the apply lock")
+                || l.ends_with(": gather facts")
+                || l.contains("read the addon objects")
+                || l.contains("kubelet")),
+            "{log:?}"
+        );
+    }
+}
+
 /// The HA cluster rendered with a bundle of every binary (small files in
 /// `dir`), and the bundle: name -> (file, sha256).
 fn with_bundle(dir: &Path) -> (Rendered, BTreeMap<String, (PathBuf, String)>) {

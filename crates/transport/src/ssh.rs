@@ -702,7 +702,13 @@ impl Transport for SshTransport {
             .unless_refused(script.what, || self.spawn(&script, true))
             .await
             .map_err(err)?;
-        let first = ops::first_line(child.stdout().take(), script.timeout)
+        if let (Some(stdin), Some(input)) = (child.stdin().as_mut(), &script.stdin) {
+            stdin
+                .write_all(input)
+                .await
+                .map_err(|e| err(format!("writing its stdin: {e}")))?;
+        }
+        let first = ops::answer(child.stdout().take(), script.timeout)
             .await
             .map_err(err)?;
         Ok((

@@ -265,3 +265,50 @@ async fn a_check_that_passed_is_not_run_again_while_its_key_is_the_same() {
     assert!(passed(&gather(&t, &req).await.unwrap()));
     assert_eq!(runs(), before + 1);
 }
+
+/// The apply lock and the facts in one session: the same facts as a gather
+/// alone, the lock held until released, another apply refused meanwhile
+/// (by a lock alone or with its facts), and free again after.
+#[tokio::test]
+async fn facts_gathered_under_the_lock_in_one_session() {
+    use kubeforge_transport::gather::gather_locked;
+    use kubeforge_transport::ops;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.conf");
+    std::fs::write(&a, b"text\n").unwrap();
+    let p = |x: &std::path::Path| x.display().to_string();
+    let req = Request {
+        files: vec![(p(&a), sha(b"text\n"), true)],
+        units: vec!["kubeforge-no-such-unit".into()],
+        checks: vec![check("passes", "true"), check("fails", "false")],
+        host_extra: "echo unmet=7\n".into(),
+        cache: p(&dir.path().join("sha256-cache")),
+        record: true,
+        ..Request::default()
+    };
+    let lock = p(&dir.path().join("kubeforge.lock"));
+    let t = LocalTransport::new("here");
+    let alone = gather(&t, &req).await.unwrap();
+    let (r, held) = gather_locked(&t, &req, &lock, "apply by alice")
+        .await
+        .unwrap();
+    assert_eq!(r.files[&p(&a)].sha256, alone.files[&p(&a)].sha256);
+    assert_eq!(r.checks_passed, ["passes"]);
+    assert_eq!(r.host.unmet, ["7"]);
+    assert_eq!(r.host.hostname, alone.host.hostname);
+    assert!(r.units.contains_key("kubeforge-no-such-unit"));
+    assert_eq!(r.cached, 1, "the first gather recorded the file's sum");
+    let busy = ops::lock(&t, &lock, "apply by bob").await.err().unwrap();
+    assert!(ops::lock_refusal(&busy), "{busy}");
+    assert!(busy.to_string().contains("(apply by alice)"), "{busy}");
+    let busy = gather_locked(&t, &req, &lock, "apply by bob")
+        .await
+        .err()
+        .unwrap();
+    assert!(busy.to_string().contains("(apply by alice)"), "{busy}");
+    held.release().await;
+    let (_, held) = gather_locked(&t, &req, &lock, "apply by bob")
+        .await
+        .unwrap();
+    held.release().await;
+}
