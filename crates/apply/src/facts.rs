@@ -8,12 +8,12 @@
 
 use crate::api::{Api, Credentials};
 use crate::cluster::{judge_serving_csr, Csr};
-use crate::{bounded, transport, ApplyError, Transports};
+use crate::{fan_out, transport, ApplyError, Transports};
 use kubeforge_plan::{ApiFacts, Facts, NodeFacts, PendingCsr, RemoteFile, UnitFacts};
 use kubeforge_render::{NodeTree, Rendered};
 use kubeforge_transport::gather::{self, Check, Request, CACHE};
-use kubeforge_transport::ops::{self, HostFacts, LOCK_PATH};
-use kubeforge_transport::{Held, Transport};
+use kubeforge_transport::ops::HostFacts;
+use kubeforge_transport::Transport;
 use std::collections::BTreeMap;
 
 /// What was gathered from the nodes.
@@ -35,77 +35,22 @@ pub async fn gather(
     concurrency: usize,
     record: bool,
 ) -> Result<Gathered, ApplyError> {
-    let (gathered, held) = gather_with(transports, rendered, concurrency, record, None).await?;
-    release(held).await;
-    Ok(gathered)
-}
-
-/// [`gather`] with the apply lock: each node's lock taken for `owner` and
-/// its facts gathered in one session ([`gather::gather_locked`]), which
-/// holds the lock until the returned handles are released. When a node's
-/// lock is held elsewhere or its facts cannot be gathered, the locks taken
-/// are released and nothing was changed: every refusal is named.
-pub async fn gather_locked(
-    transports: &Transports,
-    rendered: &Rendered,
-    concurrency: usize,
-    owner: &str,
-) -> Result<(Gathered, Vec<Box<dyn Held>>), ApplyError> {
-    gather_with(transports, rendered, concurrency, true, Some(owner)).await
-}
-
-/// Releases the locks `held`.
-async fn release(held: Vec<Box<dyn Held>>) {
-    futures::future::join_all(held.into_iter().map(|h| h.release())).await;
-}
-
-/// One node's facts as gathered: (name, facts, host, sums from the cache,
-/// files found), and the lock its session holds.
-type NodeGathered = (String, NodeFacts, HostFacts, usize, usize);
-
-async fn gather_with(
-    transports: &Transports,
-    rendered: &Rendered,
-    concurrency: usize,
-    record: bool,
-    lock: Option<&str>,
-) -> Result<(Gathered, Vec<Box<dyn Held>>), ApplyError> {
-    let results = bounded(
+    let results = fan_out(
         rendered.nodes.iter().collect(),
         concurrency,
         |tree| async move {
-            let t = match transport(transports, &tree.name) {
-                Ok(t) => t,
-                Err(e) => return (Err(e), None),
-            };
+            let t = transport(transports, &tree.name)?;
             let files = async {
                 let asked_at = epoch_secs();
-                let req = request(tree, record);
-                let (mut report, held) = match lock {
-                    Some(owner) => {
-                        let (r, h) = gather::gather_locked(t, &req, LOCK_PATH, owner).await?;
-                        (r, Some(h))
-                    }
-                    None => (gather::gather(t, &req).await?, None),
-                };
+                let mut report = gather::gather(t, &request(tree, record)).await?;
                 report.host.asked_at = asked_at;
                 report.host.answered_at = epoch_secs();
-                Ok::<_, ApplyError>((report, held))
+                Ok::<_, ApplyError>(report)
             };
             let api = api_facts(t, rendered, tree);
             let boot = crate::bootstrap::kubelet_certs(t, tree);
             let started = std::time::Instant::now();
-            // Every part runs to its end, so that a lock taken is handed
-            // back (and released) whatever else failed.
-            let (files, api, boot) = tokio::join!(files, api, boot);
-            let (report, held) = match files {
-                Ok(f) => f,
-                Err(e) => return (Err(e), None),
-            };
-            let (api, csrs, kubelet) = match (api, boot) {
-                (Ok((api, csrs)), Ok(kubelet)) => (api, csrs, kubelet),
-                (Err(e), _) | (_, Err(e)) => return (Err(e), held),
-            };
+            let (report, (api, csrs), kubelet) = tokio::try_join!(files, api, boot)?;
             let cached = report.cached;
             let found = report.files.len();
             tracing::info!(
@@ -147,42 +92,10 @@ async fn gather_with(
                 versions: report.versions,
                 manifest: report.manifest,
             };
-            (
-                Ok((tree.name.clone(), facts, report.host, cached, found)),
-                held,
-            )
+            Ok((tree.name.clone(), facts, report.host, cached, found))
         },
     )
-    .await;
-    let mut held = Vec::new();
-    let mut ok: Vec<NodeGathered> = Vec::new();
-    let mut refused = Vec::new();
-    let mut failed = None;
-    // `bounded` answers in the order of the nodes.
-    for (tree, (r, h)) in rendered.nodes.iter().zip(results) {
-        held.extend(h);
-        match r {
-            Ok(n) => ok.push(n),
-            Err(ApplyError::Transport(e)) if ops::lock_refusal(&e) => {
-                refused.push(format!("{e}\n  (while locking {})", tree.name));
-            }
-            Err(e) => {
-                failed.get_or_insert(e);
-            }
-        }
-    }
-    if !refused.is_empty() {
-        release(held).await;
-        return Err(ApplyError::Other(format!(
-            "{}\nnothing was changed",
-            refused.join("\n")
-        )));
-    }
-    if let Some(e) = failed {
-        release(held).await;
-        return Err(e);
-    }
-    let results = ok;
+    .await?;
     let mut gathered = Gathered {
         facts: Facts::Offline,
         hosts: BTreeMap::new(),
@@ -197,7 +110,7 @@ async fn gather_with(
         gathered.files += found;
     }
     gathered.facts = Facts::Gathered(map);
-    Ok((gathered, held))
+    Ok(gathered)
 }
 
 /// What to ask a node: every file it must hold with its sha256 (the old

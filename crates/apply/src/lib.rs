@@ -208,9 +208,9 @@ pub struct Outcome {
     pub plan: Plan,
     /// `None` when the plan was empty: nothing was touched.
     pub applied: Option<Applied>,
-    /// How long each step of the workflow took: the facts with the locks
-    /// (taken in the same sessions), pre-flight and plan; the phases are in
-    /// `applied`.
+    /// How long each step of the workflow took: the locks, the facts (and
+    /// how many sums came from the nodes' caches), pre-flight and plan; the
+    /// phases are in `applied`.
     pub timings: Vec<(String, Duration)>,
     /// Files found on the nodes, and how many of their sums came from the
     /// nodes' caches instead of being read.
@@ -229,30 +229,12 @@ pub async fn apply(
     progress: &dyn Progress,
 ) -> Result<Outcome, ApplyError> {
     let started = Instant::now();
-    // Nodes without facts to gather (those being removed) take the lock on
-    // their own; every other node takes it in its facts' session.
-    let alone: Transports = req
-        .transports
-        .iter()
-        .filter(|(n, _)| !req.rendered.nodes.iter().any(|t| &t.name == *n))
-        .map(|(n, t)| (n.clone(), Arc::clone(t)))
-        .collect();
-    let mut locks = lock_all(&alone, req.owner).await?;
-    let gathered = facts::gather_locked(
-        req.transports,
-        req.rendered,
-        req.opts.concurrency,
-        req.owner,
-    )
-    .await;
-    let result = match gathered {
-        Ok((gathered, held)) => {
-            locks.extend(held);
-            let took = ("facts".to_string(), started.elapsed());
-            locked(req, gathered, took, persist, progress).await
-        }
-        Err(e) => Err(e),
-    };
+    let locks = lock_all(req.transports, req.owner).await?;
+    let lock_time = started.elapsed();
+    let result = locked(req, persist, progress).await.map(|mut o| {
+        o.timings.insert(0, ("lock".to_string(), lock_time));
+        o
+    });
     for l in locks {
         l.release().await;
     }
@@ -261,12 +243,13 @@ pub async fn apply(
 
 async fn locked(
     req: &Request<'_>,
-    gathered: Gathered,
-    facts_time: (String, Duration),
     persist: &mut dyn FnMut(&Plan) -> Result<(), ApplyError>,
     progress: &dyn Progress,
 ) -> Result<Outcome, ApplyError> {
-    let mut timings = vec![facts_time];
+    let mut timings = Vec::new();
+    let started = Instant::now();
+    let gathered = gather(req.transports, req.rendered, req.opts.concurrency, true).await?;
+    timings.push(("facts".to_string(), started.elapsed()));
     let started = Instant::now();
     let facts = &gathered.facts;
     preflight(req.rendered, &gathered.hosts, facts, req.opts)?;

@@ -188,7 +188,7 @@ while ! ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; do
   i=$((i + 1)); [ "$i" -gt 50 ] && { echo "cannot listen on $listen"; kill "$pid"; exit 1; }
   sleep 0.1
 done
-printf 'ready\n.\n'
+echo ready
 read -r _ || true
 kill "$pid" 2>/dev/null
 "#;

@@ -312,9 +312,9 @@ fn script() -> String {
     )
 }
 
-/// The request as the gather script reads it on stdin, and the script's
-/// arguments.
-fn wire(req: &Request) -> (String, [String; 3]) {
+/// Gathers everything the request names from the node of `t`, read-only
+/// (but for the sha256 cache with `record`).
+pub async fn gather(t: &dyn Transport, req: &Request) -> Result<Report, TransportError> {
     let mut stdin = String::new();
     for (path, sha, diff) in &req.files {
         stdin.push_str(&format!("F {} {sha} {path}\n", u8::from(*diff)));
@@ -330,99 +330,22 @@ fn wire(req: &Request) -> (String, [String; 3]) {
             stdin.push_str(&format!("{tag} {line}\n"));
         }
     }
-    let mode = if req.record { "record" } else { "read" };
-    let args = [
-        req.cache.clone(),
-        mode.to_string(),
-        req.manifest.clone().unwrap_or_default(),
-    ];
-    (stdin, args)
-}
-
-/// How long gathering a node's facts may take.
-const TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Gathers everything the request names from the node of `t`, read-only
-/// (but for the sha256 cache with `record`).
-pub async fn gather(t: &dyn Transport, req: &Request) -> Result<Report, TransportError> {
-    let (stdin, args) = wire(req);
     let body = script();
+    let mode = if req.record { "record" } else { "read" };
     let out = t
         .run_ok(
-            Script::new(GATHER_WHAT, &body)
-                .args(args)
+            Script::new("gather facts", &body)
+                .args([
+                    req.cache.clone(),
+                    mode.to_string(),
+                    req.manifest.clone().unwrap_or_default(),
+                ])
                 .stdin(stdin.into_bytes())
-                .timeout(TIMEOUT),
+                .timeout(Duration::from_secs(600)),
         )
         .await?;
     Ok(parse(&out.stdout_str(), req))
 }
-
-/// The name of a gather in messages (and in the recording transport).
-pub const GATHER_WHAT: &str = "gather facts";
-
-/// Takes the apply lock ([`ops::LOCK`]), then gathers the facts, in one
-/// session that holds the lock until released. $1 the lock file, $2 its
-/// owner, $3 the size of the request, which comes first on stdin (stdin
-/// stays open: its end releases the lock), then the gather script's
-/// arguments. Answers `busy OWNER` and ends; or `locked`, the facts, `.`
-/// and holds; or `locked`, `failed STATUS` and the gather's stderr, and
-/// ends. The gather does not inherit the lock's descriptor.
-fn locked_script() -> String {
-    format!(
-        "{}echo locked\n\
-         n=$3; shift 3\n\
-         exec 3>&1\n\
-         err=$( {{ head -c \"$n\" | (\n{}\n) 9>&-; }} 2>&1 >&3 3>&- )\n\
-         s=$?\n\
-         if [ \"$s\" != 0 ]; then echo \"failed $s\"; printf '%s\\n' \"$err\"; exit \"$s\"; fi\n\
-         echo .\n\
-         read -r _ || true\n",
-        ops::take_lock!(),
-        script()
-    )
-}
-
-/// [`gather`] under the apply lock `lock` taken for `owner` on the node
-/// first, in the same session: the lock is held until the returned handle
-/// is released; refused at once when another apply holds it.
-pub async fn gather_locked(
-    t: &dyn Transport,
-    req: &Request,
-    lock: &str,
-    owner: &str,
-) -> Result<(Report, Box<dyn crate::Held>), TransportError> {
-    let (stdin, args) = wire(req);
-    let body = locked_script();
-    let (said, held) = t
-        .hold(
-            Script::new(LOCKED_WHAT, &body)
-                .args([lock.to_string(), owner.to_string(), stdin.len().to_string()])
-                .args(args)
-                .stdin(stdin.into_bytes())
-                .timeout(TIMEOUT),
-        )
-        .await?;
-    let (first, rest) = said.split_once('\n').unwrap_or((said.as_str(), ""));
-    if first != "locked" {
-        held.release().await;
-        return Err(ops::lock_refused(t.node(), lock, first));
-    }
-    if let Some(failed) = rest.strip_prefix("failed ") {
-        held.release().await;
-        let (status, stderr) = failed.split_once('\n').unwrap_or((failed, ""));
-        return Err(TransportError::Failed {
-            node: t.node().to_string(),
-            what: GATHER_WHAT.to_string(),
-            status: status.trim().parse().unwrap_or(-1),
-            stderr: stderr.trim().to_string(),
-        });
-    }
-    Ok((parse(rest, req), held))
-}
-
-/// The name of [`gather_locked`]'s script.
-pub const LOCKED_WHAT: &str = "take the apply lock and gather facts";
 
 fn parse(text: &str, req: &Request) -> Report {
     use base64::Engine as _;

@@ -221,11 +221,9 @@ pub trait Transport: Send + Sync {
     /// Runs a script as root and returns its output whatever its status.
     async fn run(&self, script: Script<'_>) -> Result<Output, TransportError>;
 
-    /// Starts a script, writes its stdin (when it has one) without closing
-    /// it, and waits for its answer: what it prints before a line `.`
-    /// (see [`ops::answer`]), or before its end. The script keeps running
-    /// (holding, for example, a lock) until the returned handle is
-    /// released or dropped, which closes its stdin.
+    /// Starts a script and waits until it prints its first line; the
+    /// script keeps running (holding, for example, a lock) until the
+    /// returned handle is released or dropped, which closes its stdin.
     async fn hold(&self, script: Script<'_>) -> Result<(String, Box<dyn Held>), TransportError>;
 
     /// Runs a script and fails unless it exits 0.
@@ -336,13 +334,7 @@ impl Transport for LocalTransport {
             detail,
         };
         let mut child = Self::spawn(&script).await.map_err(|e| err(e.to_string()))?;
-        if let (Some(stdin), Some(input)) = (child.stdin.as_mut(), &script.stdin) {
-            stdin
-                .write_all(input)
-                .await
-                .map_err(|e| err(e.to_string()))?;
-        }
-        let first = ops::answer(child.stdout.take(), script.timeout)
+        let first = ops::first_line(child.stdout.take(), script.timeout)
             .await
             .map_err(err)?;
         Ok((first, Box::new(LocalHeld { child })))

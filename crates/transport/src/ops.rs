@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-/// What a held script answers before it holds: the lines it prints
-/// before a line `.` (or before its end), joined by newlines.
-pub(crate) async fn answer<R: AsyncRead + Unpin>(
+pub(crate) async fn first_line<R: AsyncRead + Unpin>(
     out: Option<R>,
     timeout: Duration,
 ) -> Result<String, String> {
@@ -17,23 +15,11 @@ pub(crate) async fn answer<R: AsyncRead + Unpin>(
         return Err("no stdout".into());
     };
     let mut lines = BufReader::new(out).lines();
-    let read = async {
-        let mut said: Vec<String> = Vec::new();
-        while let Some(l) = lines.next_line().await.map_err(|e| e.to_string())? {
-            if l == "." {
-                return Ok(said.join("\n"));
-            }
-            said.push(l);
-        }
-        if said.is_empty() {
-            Err("ended without output".to_string())
-        } else {
-            Ok(said.join("\n"))
-        }
-    };
-    match tokio::time::timeout(timeout, read).await {
+    match tokio::time::timeout(timeout, lines.next_line()).await {
         Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
-        Ok(r) => r,
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(None)) => Err("ended without output".into()),
+        Ok(Ok(Some(l))) => Ok(l),
     }
 }
 
@@ -853,26 +839,18 @@ pub fn parse_host(text: &str) -> HostFacts {
     f
 }
 
-/// Takes the apply lock `$1` (flock on fd 9, which the script keeps open)
-/// for the owner `$2`, or prints `busy OWNER` and exits 1 when another
-/// apply holds it.
-macro_rules! take_lock {
-    () => {
-        r#"exec 9>>"$1"
+/// Takes `/run/kubeforge.lock` with flock and holds it until the returned
+/// handle is released (the script waits on its stdin). Fails at once when
+/// another apply holds it.
+pub const LOCK: &str = r#"exec 9>>"$1"
 if ! flock -n 9; then
   echo "busy $(cat "$1.owner" 2>/dev/null)"
   exit 1
 fi
 echo "$2" > "$1.owner"
-"#
-    };
-}
-pub(crate) use take_lock;
-
-/// Takes `/run/kubeforge.lock` with flock and holds it until the returned
-/// handle is released (the script waits on its stdin). Fails at once when
-/// another apply holds it.
-pub const LOCK: &str = concat!(take_lock!(), "printf 'locked\\n.\\n'\nread -r _ || true\n");
+echo locked
+read -r _ || true
+"#;
 
 pub const LOCK_PATH: &str = "/run/kubeforge.lock";
 
@@ -892,25 +870,15 @@ pub async fn lock(
         Ok(held)
     } else {
         held.release().await;
-        Err(lock_refused(t.node(), path, &first))
-    }
-}
-
-/// Whether `e` is a lock that another apply holds ([`lock_refused`]).
-pub fn lock_refusal(e: &TransportError) -> bool {
-    matches!(e, TransportError::Failed { what, .. } if what.starts_with("take the apply lock "))
-}
-
-/// The error of a lock [`take_lock!`] refused with `said`.
-pub(crate) fn lock_refused(node: &str, path: &str, said: &str) -> TransportError {
-    TransportError::Failed {
-        node: node.to_string(),
-        what: format!("take the apply lock {path}"),
-        status: 1,
-        stderr: format!(
-            "another kubeforge apply holds it ({}); wait for it to finish",
-            said.trim_start_matches("busy").trim()
-        ),
+        Err(TransportError::Failed {
+            node: t.node().to_string(),
+            what: format!("take the apply lock {path}"),
+            status: 1,
+            stderr: format!(
+                "another kubeforge apply holds it ({}); wait for it to finish",
+                first.trim_start_matches("busy").trim()
+            ),
+        })
     }
 }
 

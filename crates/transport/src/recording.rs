@@ -165,43 +165,6 @@ impl Recorder {
     }
 }
 
-/// What a held script answers ([`crate::ops::answer`]): its lines before
-/// a line `.`; `locked` when it succeeded without a word.
-fn held_answer(out: &Output) -> String {
-    let text = out.stdout_str();
-    let said: Vec<&str> = text.lines().take_while(|l| *l != ".").collect();
-    if said.is_empty() && out.success() {
-        "locked".to_string()
-    } else {
-        said.join("\n")
-    }
-}
-
-impl Recorder {
-    /// The apply lock taken and the facts gathered in one held session
-    /// ([`crate::gather::gather_locked`]): recorded and answered as the
-    /// lock (`take the apply lock`) and then the gather (`gather facts`)
-    /// running alone; the gather only once the lock answered `locked`.
-    fn locked_gather(&self, node: &str, script: &Script<'_>) -> String {
-        let (lock, rest) = script.args.split_at(script.args.len().min(3));
-        let lock =
-            Script::new("take the apply lock", crate::ops::LOCK).args(lock.iter().take(2).cloned());
-        let said = held_answer(&self.call(node, &lock));
-        if said != "locked" {
-            return said;
-        }
-        let gather = Script::new(crate::gather::GATHER_WHAT, "")
-            .args(rest.iter().cloned())
-            .stdin(script.stdin.clone().unwrap_or_default());
-        let out = self.call(node, &gather);
-        if out.success() {
-            format!("locked\n{}", out.stdout_str())
-        } else {
-            format!("locked\nfailed {}\n{}", out.status, out.stderr_str())
-        }
-    }
-}
-
 struct Recording {
     name: String,
     recorder: Recorder,
@@ -228,13 +191,12 @@ impl Transport for Recording {
     }
 
     async fn hold(&self, script: Script<'_>) -> Result<(String, Box<dyn Held>), TransportError> {
-        if script.what == crate::gather::LOCKED_WHAT {
-            return Ok((
-                self.recorder.locked_gather(&self.name, &script),
-                Box::new(Nothing),
-            ));
-        }
         let out = self.recorder.call(&self.name, &script);
-        Ok((held_answer(&out), Box::new(Nothing)))
+        let first = match out.stdout_str().lines().next() {
+            Some(l) => l.to_string(),
+            None if out.success() => "locked".to_string(),
+            None => String::new(),
+        };
+        Ok((first, Box::new(Nothing)))
     }
 }

@@ -702,13 +702,7 @@ impl Transport for SshTransport {
             .unless_refused(script.what, || self.spawn(&script, true))
             .await
             .map_err(err)?;
-        if let (Some(stdin), Some(input)) = (child.stdin().as_mut(), &script.stdin) {
-            stdin
-                .write_all(input)
-                .await
-                .map_err(|e| err(format!("writing its stdin: {e}")))?;
-        }
-        let first = ops::answer(child.stdout().take(), script.timeout)
+        let first = ops::first_line(child.stdout().take(), script.timeout)
             .await
             .map_err(err)?;
         Ok((
