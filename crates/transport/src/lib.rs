@@ -156,7 +156,7 @@ impl<'a> Script<'a> {
         if line <= COMMAND_LINE_MAX {
             return Launch {
                 body: self.body,
-                args: self.args.clone(),
+                args: std::borrow::Cow::Borrowed(&self.args),
                 ahead: Vec::new(),
             };
         }
@@ -170,7 +170,10 @@ impl<'a> Script<'a> {
         ahead.extend_from_slice(args.as_bytes());
         Launch {
             body: FROM_STDIN,
-            args: vec![self.body.len().to_string(), args.len().to_string()],
+            args: std::borrow::Cow::Owned(vec![
+                self.body.len().to_string(),
+                args.len().to_string(),
+            ]),
             ahead,
         }
     }
@@ -201,7 +204,7 @@ ${_kf_b%.}"
 /// the bytes written to its stdin before the script's own input.
 pub(crate) struct Launch<'a> {
     pub body: &'a str,
-    pub args: Vec<String>,
+    pub args: std::borrow::Cow<'a, [String]>,
     pub ahead: Vec<u8>,
 }
 
@@ -262,7 +265,7 @@ impl LocalTransport {
             .arg("-c")
             .arg(launch.body)
             .arg("kubeforge")
-            .args(&launch.args)
+            .args(launch.args.iter())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -328,7 +328,7 @@ impl SshTransport {
             cmd.arg("-n").arg("sh");
         }
         cmd.arg("-c").arg(launch.body).arg("kubeforge");
-        for a in &launch.args {
+        for a in launch.args.iter() {
             cmd.arg(a);
         }
         cmd.stdin(Stdio::piped())
