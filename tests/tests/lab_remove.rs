@@ -166,12 +166,23 @@ fn api_code(kf: &Kf, path: &str) -> String {
 
 /// The etcd member names, through cp1.
 pub(crate) fn etcd_members(kf: &Kf, etcdctl: &Path) -> Vec<String> {
+    let mut names: Vec<String> = etcd(kf, etcdctl, CP1, &["member", "list", "-w", "simple"])
+        .lines()
+        .filter_map(|l| l.split(", ").nth(2).map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+const CP1: &str = "https://10.77.0.11:2379";
+const CPS: &str = "https://10.77.0.11:2379,https://10.77.0.12:2379,https://10.77.0.13:2379";
+
+/// `etcdctl ARGS` against the etcd `endpoints`, with the health-check
+/// client certificate: its output (it must succeed).
+fn etcd(kf: &Kf, etcdctl: &Path, endpoints: &str, args: &[&str]) -> String {
     let out = Command::new(etcdctl)
-        .args([
-            "--endpoints=https://10.77.0.11:2379",
-            "--dial-timeout=3s",
-            "--command-timeout=5s",
-        ])
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["--dial-timeout=3s", "--command-timeout=20s"])
         .arg(format!("--cacert={}", kf.pki("etcd/ca.crt").display()))
         .arg(format!(
             "--cert={}",
@@ -181,16 +192,32 @@ pub(crate) fn etcd_members(kf: &Kf, etcdctl: &Path) -> Vec<String> {
             "--key={}",
             kf.pki("etcd-healthcheck-client.key").display()
         ))
-        .args(["member", "list", "-w", "simple"])
+        .args(args)
         .output()
         .expect("etcdctl runs");
-    assert!(out.status.success(), "etcdctl: {}", stderr(&out));
-    let mut names: Vec<String> = stdout(&out)
+    assert!(out.status.success(), "etcdctl {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// Makes etcd member `name` the leader (`etcdctl move-leader`, asked of
+/// the endpoints, the leader among them).
+fn make_leader(kf: &Kf, etcdctl: &Path, name: &str) {
+    let list = etcd(kf, etcdctl, CPS, &["member", "list", "-w", "simple"]);
+    let id = list
         .lines()
-        .filter_map(|l| l.split(", ").nth(2).map(str::to_string))
-        .collect();
-    names.sort();
-    names
+        .find(|l| l.split(", ").nth(2) == Some(name))
+        .and_then(|l| l.split(", ").next())
+        .unwrap_or_else(|| panic!("{name} is not in the member list:\n{list}"))
+        .to_string();
+    let status = etcd(kf, etcdctl, CPS, &["endpoint", "status", "-w", "json"]);
+    if !status.contains(&format!(
+        "\"leader\":{}",
+        u64::from_str_radix(&id, 16).expect("a hex ID")
+    )) {
+        etcd(kf, etcdctl, CPS, &["move-leader", &id]);
+    }
+    let status = etcd(kf, etcdctl, CPS, &["endpoint", "status", "-w", "table"]);
+    eprintln!("{TEST}: etcd leader is {name} ({id}):\n{status}");
 }
 
 /// What kubeforge placed on `node` that is still there (of a few files
@@ -361,6 +388,10 @@ fn remove_a_worker_then_an_etcd_control_plane_node() {
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
     assert_eq!(etcd_members(&kf, &etcdctl), ["cp1", "cp2", "cp3"]);
 
+    // It leads etcd: the removal hands its leadership over first (a
+    // removed leader leaves the others without one until an election, and
+    // the API servers' etcd readiness checks fail meanwhile).
+    make_leader(&kf, &etcdctl, "cp3");
     let probe = Probe::admin(&kf, &kf.dir.join("probe"));
     let t = Instant::now();
     let out = kf.apply(&["--prune", "--force"]);
@@ -372,6 +403,12 @@ fn remove_a_worker_then_an_etcd_control_plane_node() {
         "{TEST}: cp3 removed in {:.1} s; probe through the VIP: {ok} ok, {failed} failed",
         took.as_secs_f64()
     );
+    assert!(
+        stderr(&out).contains("etcd leadership moves from cp3 to"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("did not move"), "{}", stderr(&out));
     assert_eq!(etcd_members(&kf, &etcdctl), ["cp1", "cp2"]);
     let left = left_on(&lab, "cp3");
     assert_eq!(left.trim(), "", "left on cp3:\n{left}");

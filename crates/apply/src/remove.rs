@@ -15,8 +15,11 @@ use std::time::Duration;
 
 /// Through a member's own client URL: `$1` CA, `$2` certificate, `$3`
 /// key, `$4` what (`list`: the member list, then `/health` of each URL
-/// after $4; `add`: the peer URL `$5`; `remove`: member `$5`, an ID).
-/// Prints `members|health URL|added|removed BASE64-ANSWER` lines.
+/// after $4; `add`: the peer URL `$5`; `remove`: member `$5`, an ID;
+/// `status`: the status of the member at client URL `$5`; `handover`: the
+/// member at client URL `$5`, the leader, hands its leadership to member
+/// `$6`). Prints `members|health URL|added|removed|status|moved
+/// BASE64-ANSWER` lines.
 const ETCD_OP: &str = r#"set -u
 ca=$1 cert=$2 key=$3 what=$4
 shift 4
@@ -31,6 +34,12 @@ add)
   ;;
 remove)
   printf 'removed %s\n' "$(q -X POST -d "{\"ID\":\"$1\"}" https://127.0.0.1:2379/v3/cluster/member/remove | base64 -w0)"
+  ;;
+status)
+  printf 'status %s\n' "$(q -X POST -d '{}' "$1/v3/maintenance/status" | base64 -w0)"
+  ;;
+handover)
+  printf 'moved %s\n' "$(q --max-time 20 -X POST -d "{\"targetID\":\"$2\"}" "$1/v3/maintenance/transfer-leadership" | base64 -w0)"
   ;;
 esac
 "#;
@@ -335,7 +344,94 @@ pub async fn reset(
     result
 }
 
+/// An ID of a status answer (uint64, as a string or a number).
+fn id_at(v: &Value, pointer: &str) -> Option<String> {
+    match v.pointer(pointer)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether the status answer `status` is of the leader.
+fn leads(status: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<Value>(status) else {
+        return false;
+    };
+    matches!(
+        (id_at(&v, "/header/member_id"), id_at(&v, "/leader")),
+        (Some(me), Some(leader)) if me == leader && me != "0"
+    )
+}
+
 impl Run<'_> {
+    /// Moves etcd's leadership off `gone` when it leads, to the first
+    /// healthy member that stays: a removed leader leaves the others
+    /// without one until they elect another (an election timeout and
+    /// more), and meanwhile every linearizable read waits or fails, the
+    /// API servers' etcd readiness checks among them. A member that does
+    /// not answer its status is not the leader of a cluster that just
+    /// answered its health. Leadership that could not be moved is a
+    /// warning: the removal is still safe, the members elect a leader.
+    async fn hand_over(
+        &self,
+        phase: &str,
+        through: &str,
+        list: &[(Member, bool)],
+        gone: &Member,
+        tls: &EtcdTls,
+    ) -> Result<Option<String>, ApplyError> {
+        let (Some(url), Some((to, _))) = (
+            gone.client_urls.first(),
+            list.iter().find(|(m, healthy)| *healthy && m.id != gone.id),
+        ) else {
+            return Ok(None);
+        };
+        let t = self.t(through)?;
+        let out = t
+            .run(etcd_op(
+                "etcd: member status",
+                tls,
+                "status",
+                vec![url.clone()],
+                30,
+            ))
+            .await?;
+        if !leads(&answer_of(&out.stdout_str(), "status")) {
+            return Ok(None);
+        }
+        self.step(
+            phase,
+            through,
+            format!(
+                "etcd leadership moves from {} to {} before the removal",
+                gone.name, to.name
+            ),
+        );
+        let out = t
+            .run(etcd_op(
+                "etcd: move leader",
+                tls,
+                "handover",
+                vec![url.clone(), to.id.clone()],
+                40,
+            ))
+            .await?;
+        let answer = answer_of(&out.stdout_str(), "moved");
+        // A transfer answers `{}` (no header); an error `{"code", ...}`.
+        let moved = serde_json::from_str::<Value>(&answer)
+            .ok()
+            .is_some_and(|v| v.is_object() && v.get("code").is_none() && v.get("error").is_none());
+        Ok((!moved).then(|| {
+            format!(
+                "{through}: etcd leadership did not move from {} to {} ({}); the members elect a new leader after the removal, reads wait meanwhile",
+                gone.name,
+                to.name,
+                answer.trim()
+            )
+        }))
+    }
+
     /// One cluster operation of a phase.
     pub(crate) async fn op(&self, phase: &str, op: &ClusterOp) -> Result<Applied, ApplyError> {
         let mut done = Applied::default();
@@ -479,6 +575,9 @@ impl Run<'_> {
                         "removing etcd member {member} is refused: {why}\n  help: bring the unhealthy members back (`kubeforge status`), then apply again"
                     ))
                 })?;
+                if let Some(w) = self.hand_over(phase, &through, &list, &m, tls).await? {
+                    done.warnings.push(w);
+                }
                 self.step(
                     phase,
                     &through,
@@ -523,6 +622,19 @@ mod tests {
             peer_urls: vec![],
             client_urls: vec![],
         }
+    }
+
+    #[test]
+    fn the_leader_is_the_member_whose_status_names_it() {
+        assert!(leads(
+            r#"{"header":{"member_id":"3","raft_term":"4"},"leader":"3"}"#
+        ));
+        assert!(leads(r#"{"header":{"member_id":3},"leader":3}"#));
+        assert!(!leads(r#"{"header":{"member_id":"3"},"leader":"1"}"#));
+        // No leader known (an election), an error, no answer at all.
+        assert!(!leads(r#"{"header":{"member_id":"0"},"leader":"0"}"#));
+        assert!(!leads(r#"{"code":14,"message":"unavailable"}"#));
+        assert!(!leads(""));
     }
 
     #[test]

@@ -1661,6 +1661,79 @@ async fn an_etcd_member_is_removed_through_a_healthy_member_only_while_quorum_ho
     let removed = pos(&lines, &["cp1", "etcd: member remove"]);
     assert!(removed < pos(&lines, &["cp3", "stop and disable"]));
     assert_eq!(count(&lines, &["etcd: member remove"]), 1);
+    // cp3 did not lead (its status has no answer): leadership stays.
+    assert!(pos(&lines, &["cp1", "etcd: member status"]) < removed);
+    assert_eq!(count(&lines, &["etcd: move leader"]), 0);
+}
+
+#[tokio::test]
+async fn a_leading_etcd_member_hands_its_leadership_over_before_it_is_removed() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let full = rendered("ha.toml");
+    let r = without(&full, "cp3");
+    let p = pruned(&r, &[record_of("ha.toml", "cp3")], true).unwrap();
+    for (moved, warned) in [
+        ("{}", false),
+        (r#"{"code":9,"message":"etcdserver: not leader"}"#, true),
+        ("", true),
+    ] {
+        let rec = member_removal(&r, [true, true, true]);
+        rec.answer(
+            None,
+            "drain: read the node",
+            vec![ok(&api_answer(404, "{}"))],
+        );
+        rec.answer(
+            None,
+            "delete the Node object",
+            vec![ok(&api_answer(404, "{}"))],
+        );
+        let status = r#"{"header":{"member_id":"3"},"leader":"3"}"#;
+        rec.answer(
+            None,
+            "etcd: member status",
+            vec![ok(&format!("status {}\n", b64.encode(status)))],
+        );
+        rec.answer(
+            None,
+            "etcd: move leader",
+            vec![ok(&format!("moved {}\n", b64.encode(moved)))],
+        );
+        let out = execute(
+            &p,
+            Some(&creds()),
+            &with_gone(&rec, &r, "cp3"),
+            &opts(),
+            &Marks(rec.clone()),
+        )
+        .await
+        .unwrap();
+        let lines = rec.lines();
+        let status = rec
+            .log()
+            .into_iter()
+            .find(|c| c.what == "etcd: member status")
+            .unwrap();
+        assert!(status.args.iter().any(|a| a == "https://10.77.0.13:2379"));
+        let mv = rec
+            .log()
+            .into_iter()
+            .find(|c| c.what == "etcd: move leader")
+            .unwrap();
+        // Asked of cp3 (the leader), to the first healthy member that stays.
+        assert_eq!(mv.args[4..], ["https://10.77.0.13:2379", "1"]);
+        let moved_at = pos(&lines, &["cp1", "etcd: move leader"]);
+        assert!(moved_at < pos(&lines, &["cp1", "etcd: member remove"]));
+        // A transfer that failed is a warning; the removal goes on.
+        let warnings = format!("{:?}", out.warnings);
+        assert_eq!(
+            warnings.contains("did not move from cp3 to cp1"),
+            warned,
+            "{warnings}"
+        );
+        assert_eq!(count(&lines, &["etcd: member remove"]), 1);
+    }
 }
 
 #[tokio::test]
