@@ -197,15 +197,18 @@ pub struct Keep {
     pub idle: Duration,
 }
 
-/// How long a kept master may take to run `true` before it is given up
-/// (a dead connection hangs until ssh's keepalives notice it).
+/// How long a kept master may take to echo a line through a new channel
+/// before it is given up (a dead connection hangs until ssh's keepalives
+/// notice it).
 const REUSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+type Channel = openssh::Child<Arc<Session>>;
 
 pub struct SshTransport {
     opts: SshOptions,
     /// An idle remote `cat` that keeps the master in use while this
     /// transport lives; dropped (its ssh killed, its stdin closed) first.
-    keepalive: Option<openssh::Child<Arc<Session>>>,
+    keepalive: Option<Channel>,
     session: Arc<Session>,
     /// One permit per session open on the master ([`SESSIONS`]).
     sessions: Arc<tokio::sync::Semaphore>,
@@ -217,9 +220,9 @@ pub struct SshTransport {
 impl SshTransport {
     pub async fn connect(opts: SshOptions) -> Result<SshTransport, TransportError> {
         if let Some(keep) = &opts.keep {
-            if let Some(session) = reuse(&opts, keep).await {
+            if let Some((session, keepalive)) = reuse(&opts, keep).await {
                 tracing::debug!(node = opts.node, "using the kept SSH connection");
-                return Self::over(opts, session, None).await;
+                return Ok(Self::with(opts, session, keepalive, None));
             }
         }
         let persist = match &opts.keep {
@@ -291,29 +294,33 @@ impl SshTransport {
         registered: Option<Registered>,
     ) -> Result<SshTransport, TransportError> {
         let session = Arc::new(session);
-        let mut keepalive = Session::to_command(Arc::clone(&session), "cat");
-        keepalive
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let keepalive = keepalive
-            .spawn()
-            .await
-            .map_err(|e| TransportError::Connect {
-                node: opts.node.clone(),
-                destination: format!("{}@{}:{}", opts.user, opts.address, opts.port),
-                detail: format!(
-                    "cannot open the channel that keeps the connection up: {}",
-                    error_chain(&e)
-                ),
-            })?;
-        Ok(SshTransport {
+        let keepalive =
+            keepalive(&session, Stdio::null())
+                .await
+                .map_err(|e| TransportError::Connect {
+                    node: opts.node.clone(),
+                    destination: format!("{}@{}:{}", opts.user, opts.address, opts.port),
+                    detail: format!(
+                        "cannot open the channel that keeps the connection up: {}",
+                        error_chain(&e)
+                    ),
+                })?;
+        Ok(Self::with(opts, session, keepalive, registered))
+    }
+
+    fn with(
+        opts: SshOptions,
+        session: Arc<Session>,
+        keepalive: Channel,
+        registered: Option<Registered>,
+    ) -> SshTransport {
+        SshTransport {
             opts,
             keepalive: Some(keepalive),
             session,
             sessions: Arc::new(tokio::sync::Semaphore::new(SESSIONS)),
             registered,
-        })
+        }
     }
 
     /// The control socket of this node's master connection (`ssh -S`).
@@ -594,7 +601,18 @@ fn record(opts: &SshOptions, keep: &Keep, ctl: &Path, log: Option<&Path>) {
 /// The kept master recorded for `opts`, when it is still up and runs a
 /// command; else its record is dropped (with the master, and the
 /// directory openssh made for it) and None.
-async fn reuse(opts: &SshOptions, keep: &Keep) -> Option<Session> {
+/// The idle remote `cat` that keeps the master of `session` in use
+/// (its stdin piped; what it echoes goes to `stdout`).
+async fn keepalive(session: &Arc<Session>, stdout: Stdio) -> Result<Channel, openssh::Error> {
+    let mut c = Session::to_command(Arc::clone(session), "cat");
+    c.stdin(Stdio::piped()).stdout(stdout).stderr(Stdio::null());
+    c.spawn().await
+}
+
+/// The kept master of `opts`' node, when it still answers, with its
+/// keepalive channel: the channel's `cat` echoing a line is the proof
+/// (one session on the node, not a probe and then the channel).
+async fn reuse(opts: &SshOptions, keep: &Keep) -> Option<(Arc<Session>, Channel)> {
     let file = record_file(opts, keep);
     let text = std::fs::read(&file).ok()?;
     let mut lines = text.split(|&b| b == b'\n');
@@ -604,16 +622,16 @@ async fn reuse(opts: &SshOptions, keep: &Keep) -> Option<Session> {
         .filter(|l| !l.is_empty())
         .map(|l| PathBuf::from(OsString::from_vec(l.to_vec())).into_boxed_path());
     if ctl.exists() {
-        let session = Session::resume_mux(ctl.clone().into_boxed_path(), log);
-        let mut cmd = session.command("true");
-        let probe = cmd.status();
-        let alive = matches!(
-            tokio::time::timeout(REUSE_TIMEOUT, probe).await,
-            Ok(Ok(status)) if status.success()
-        );
-        drop(cmd);
-        if alive {
-            return Some(session);
+        let session = Arc::new(Session::resume_mux(ctl.clone().into_boxed_path(), log));
+        let probe = async {
+            let mut c = keepalive(&session, Stdio::piped()).await.ok()?;
+            c.stdin().as_mut()?.write_all(b"\n").await.ok()?;
+            let mut echoed = [0u8; 1];
+            c.stdout().as_mut()?.read_exact(&mut echoed).await.ok()?;
+            Some(c)
+        };
+        if let Ok(Some(c)) = tokio::time::timeout(REUSE_TIMEOUT, probe).await {
+            return Some((session, c));
         }
         exit_master(&ctl).await;
     }
