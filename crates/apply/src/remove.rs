@@ -72,11 +72,7 @@ pub fn members_of(v: &Value) -> Vec<Member> {
         .map(|ms| {
             ms.iter()
                 .map(|m| Member {
-                    id: match m.get("ID") {
-                        Some(Value::String(s)) => s.clone(),
-                        Some(Value::Number(n)) => n.to_string(),
-                        _ => String::new(),
-                    },
+                    id: id_at(m, "/ID").unwrap_or_default(),
                     name: m
                         .get("name")
                         .and_then(Value::as_str)
@@ -93,7 +89,13 @@ pub fn members_of(v: &Value) -> Vec<Member> {
 /// Whether an answer of etcd's gateway is a result (not `{"code",
 /// "message"}` or `{"error"}`).
 fn answered(v: &Value) -> bool {
-    v.get("header").is_some() && v.get("code").is_none() && v.get("error").is_none()
+    v.get("header").is_some() && !failed(v)
+}
+
+/// Whether an answer of etcd's gateway is an error (`{"code", "message"}`
+/// or `{"error"}`).
+fn failed(v: &Value) -> bool {
+    v.get("code").is_some() || v.get("error").is_some()
 }
 
 /// The smallest majority of `n` members.
@@ -344,7 +346,8 @@ pub async fn reset(
     result
 }
 
-/// An ID of a status answer (uint64, as a string or a number).
+/// The etcd ID at `pointer` in an answer (uint64, as a string or a
+/// number).
 fn id_at(v: &Value, pointer: &str) -> Option<String> {
     match v.pointer(pointer)? {
         Value::String(s) => Some(s.clone()),
@@ -421,7 +424,7 @@ impl Run<'_> {
         // A transfer answers `{}` (no header); an error `{"code", ...}`.
         let moved = serde_json::from_str::<Value>(&answer)
             .ok()
-            .is_some_and(|v| v.is_object() && v.get("code").is_none() && v.get("error").is_none());
+            .is_some_and(|v| v.is_object() && !failed(&v));
         Ok((!moved).then(|| {
             format!(
                 "{through}: etcd leadership did not move from {} to {} ({}); the members elect a new leader after the removal, reads wait meanwhile",

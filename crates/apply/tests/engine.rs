@@ -1521,15 +1521,7 @@ async fn a_removed_worker_is_drained_then_torn_down_then_its_node_deleted() {
         "delete the Node object",
         vec![ok(&api_answer(200, "{}"))],
     );
-    let done = execute(
-        &p,
-        Some(&creds()),
-        &with_gone(&rec, &r, "worker2"),
-        &opts(),
-        &Marks(rec.clone()),
-    )
-    .await
-    .unwrap();
+    let done = removing(&p, &rec, &r, "worker2").await;
     let lines = rec.lines();
     let evict = pos(&lines, &["cp1", "drain: evict pods"]);
     let teardown = pos(&lines, &["worker2", "stop and disable"]);
@@ -1635,28 +1627,11 @@ async fn an_etcd_member_is_removed_through_a_healthy_member_only_while_quorum_ho
     assert!(rec.lines().iter().all(|l| l.contains("etcd: member")));
     // All healthy: removed through cp1, before cp3's units stop.
     let rec = member_removal(&r, [true, true, true]);
-    rec.answer(
-        None,
-        "drain: read the node",
-        vec![ok(&api_answer(404, "{}"))],
-    );
-    rec.answer(
-        None,
-        "delete the Node object",
-        vec![ok(&api_answer(404, "{}"))],
-    );
+    no_node_to_drain(&rec);
     kubeforge_apply::remove::precheck(&p, &with_gone(&rec, &r, "cp3"))
         .await
         .unwrap();
-    execute(
-        &p,
-        Some(&creds()),
-        &with_gone(&rec, &r, "cp3"),
-        &opts(),
-        &Marks(rec.clone()),
-    )
-    .await
-    .unwrap();
+    removing(&p, &rec, &r, "cp3").await;
     let lines = rec.lines();
     let removed = pos(&lines, &["cp1", "etcd: member remove"]);
     assert!(removed < pos(&lines, &["cp3", "stop and disable"]));
@@ -1679,16 +1654,7 @@ async fn a_leading_etcd_member_hands_its_leadership_over_before_it_is_removed() 
         ("", true),
     ] {
         let rec = member_removal(&r, [true, true, true]);
-        rec.answer(
-            None,
-            "drain: read the node",
-            vec![ok(&api_answer(404, "{}"))],
-        );
-        rec.answer(
-            None,
-            "delete the Node object",
-            vec![ok(&api_answer(404, "{}"))],
-        );
+        no_node_to_drain(&rec);
         let status = r#"{"header":{"member_id":"3"},"leader":"3"}"#;
         rec.answer(
             None,
@@ -1700,15 +1666,7 @@ async fn a_leading_etcd_member_hands_its_leadership_over_before_it_is_removed() 
             "etcd: move leader",
             vec![ok(&format!("moved {}\n", b64.encode(moved)))],
         );
-        let out = execute(
-            &p,
-            Some(&creds()),
-            &with_gone(&rec, &r, "cp3"),
-            &opts(),
-            &Marks(rec.clone()),
-        )
-        .await
-        .unwrap();
+        let out = removing(&p, &rec, &r, "cp3").await;
         let lines = rec.lines();
         let status = rec
             .log()
@@ -2063,6 +2021,27 @@ async fn binaries_go_out_in_phase_order() {
     assert!(last(&etcd) < first(&apiserver));
     assert!(last(&apiserver) < first(&kubelet));
     assert!(last(&apiserver) < first(&kcm));
+}
+
+/// Executes `p`, the plan that removes `gone`, over `rec`.
+async fn removing(p: &Plan, rec: &Recorder, r: &Rendered, gone: &str) -> Applied {
+    execute(
+        p,
+        Some(&creds()),
+        &with_gone(rec, r, gone),
+        &opts(),
+        &Marks(rec.clone()),
+    )
+    .await
+    .unwrap()
+}
+
+/// Answers of an API that does not know the Node being removed: nothing
+/// to drain, nothing to delete.
+fn no_node_to_drain(rec: &Recorder) {
+    for what in ["drain: read the node", "delete the Node object"] {
+        rec.answer(None, what, vec![ok(&api_answer(404, "{}"))]);
+    }
 }
 
 /// A recorder for removing cp3's etcd member: a member list of cp1..cp3

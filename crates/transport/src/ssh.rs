@@ -598,9 +598,6 @@ fn record(opts: &SshOptions, keep: &Keep, ctl: &Path, log: Option<&Path>) {
     }
 }
 
-/// The kept master recorded for `opts`, when it is still up and runs a
-/// command; else its record is dropped (with the master, and the
-/// directory openssh made for it) and None.
 /// The idle remote `cat` that keeps the master of `session` in use
 /// (its stdin piped; what it echoes goes to `stdout`).
 async fn keepalive(session: &Arc<Session>, stdout: Stdio) -> Result<Channel, openssh::Error> {
@@ -609,9 +606,11 @@ async fn keepalive(session: &Arc<Session>, stdout: Stdio) -> Result<Channel, ope
     c.spawn().await
 }
 
-/// The kept master of `opts`' node, when it still answers, with its
-/// keepalive channel: the channel's `cat` echoing a line is the proof
-/// (one session on the node, not a probe and then the channel).
+/// The kept master recorded for `opts`, when it is still up and answers,
+/// with its keepalive channel: the channel's `cat` echoing a line is the
+/// proof (one session on the node, not a probe and then the channel);
+/// else its record is dropped (with the master, and the directory openssh
+/// made for it) and None.
 async fn reuse(opts: &SshOptions, keep: &Keep) -> Option<(Arc<Session>, Channel)> {
     let file = record_file(opts, keep);
     let text = std::fs::read(&file).ok()?;
