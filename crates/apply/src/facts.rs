@@ -48,9 +48,9 @@ pub async fn gather(
                 Ok::<_, ApplyError>(report)
             };
             let api = api_facts(t, rendered, tree);
-            let boot = crate::bootstrap::kubelet_certs(t, tree);
             let started = std::time::Instant::now();
-            let (report, (api, csrs), kubelet) = tokio::try_join!(files, api, boot)?;
+            let (report, (api, csrs)) = tokio::try_join!(files, api)?;
+            let kubelet = crate::bootstrap::kubelet_certs(tree, &report.certificates);
             let cached = report.cached;
             let found = report.files.len();
             tracing::info!(
@@ -114,8 +114,8 @@ pub async fn gather(
 }
 
 /// What to ask a node: every file it must hold with its sha256 (the old
-/// text only of text files without secrets), its units and its steps'
-/// checks.
+/// text only of text files without secrets), its units, its steps'
+/// checks and its kubelet's certificates.
 fn request(tree: &NodeTree, record: bool) -> Request {
     Request {
         files: tree
@@ -147,6 +147,7 @@ fn request(tree: &NodeTree, record: bool) -> Request {
         cache: CACHE.to_string(),
         record,
         manifest: Some(kubeforge_plan::MANIFEST_PATH.to_string()),
+        certificates: crate::bootstrap::certificate_files(tree),
     }
 }
 

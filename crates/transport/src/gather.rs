@@ -40,6 +40,9 @@ pub struct Request {
     /// A small file read whole when it is there (the node's record of
     /// what kubeforge placed on it).
     pub manifest: Option<String>,
+    /// Files whose certificate blocks are read (never anything else of
+    /// them: a kubelet's client certificate file holds its key too).
+    pub certificates: Vec<String>,
 }
 
 /// A preparation step's read-only check (exits 0 when nothing needs
@@ -83,10 +86,13 @@ pub struct Report {
     pub cached: usize,
     /// The content of the request's `manifest`, when it is a file.
     pub manifest: Option<Vec<u8>>,
+    /// The certificate blocks of each of the request's `certificates`
+    /// that holds any (PEM text).
+    pub certificates: BTreeMap<String, String>,
 }
 
-/// Reads its request on stdin: `F DIFF SHA PATH`, `U UNIT` and `V UNIT`
-/// lines, then the checks (see [`checks`]) and the extra host checks, one
+/// Reads its request on stdin: `F DIFF SHA PATH`, `U UNIT`, `V UNIT` and
+/// `P PATH` lines, then the checks (see [`checks`]) and the extra host checks, one
 /// `X LINE` and `E LINE` per line of script, all split into files by one
 /// `awk` (a shell's `read` takes a pipe a byte at a time, and the checks
 /// grow with the cluster: the hosts and routes of every node). $1 is the
@@ -94,7 +100,9 @@ pub struct Report {
 /// Prints the host facts as `H key=value`, then `F MODE OWNER SHA PATH`,
 /// `C PATH BASE64` (old text of a changed diffable file), `U UNIT ACTIVE
 /// ENABLED`, `S INDEX STATUS`, `V UNIT LINE`, `K COUNT` (sums taken from
-/// the cache) and `M BASE64` (the manifest, when it is a file).
+/// the cache), `M BASE64` (the manifest, when it is a file) and `P INDEX
+/// LINE` (each line of the certificate blocks of the INDEX-th `P` path,
+/// counted from 1).
 ///
 /// A `V` unit's version is what its running process's own binary
 /// (`/proc/PID/exe`, also when the file was replaced since) says to
@@ -109,7 +117,7 @@ trap 'rm -rf "$d"; exit 1' HUP INT TERM PIPE
 # The request, split by one awk: req.f ("DIFF SHA PATH"), paths, req.u,
 # req.v, checks, extra; and the units (each once, those asked for their
 # state and their version).
-: > "$d/req.f"; : > "$d/paths"; : > "$d/req.u"; : > "$d/req.v"; : > "$d/checks"; : > "$d/extra"
+: > "$d/req.f"; : > "$d/paths"; : > "$d/req.u"; : > "$d/req.v"; : > "$d/checks"; : > "$d/extra"; : > "$d/certs"
 units=$(awk -v d="$d" '
   function unit(u) { if (!(u in seen)) { seen[u] = 1; printf " %s", u } }
   { tag = substr($0, 1, 2); r = substr($0, 3) }
@@ -117,7 +125,8 @@ units=$(awk -v d="$d" '
   tag == "U " { print r > (d "/req.u"); unit(r); next }
   tag == "V " { print r > (d "/req.v"); unit(r); next }
   tag == "X " { print r > (d "/checks"); next }
-  tag == "E " { print r > (d "/extra"); next }') || exit 1
+  tag == "E " { print r > (d "/extra"); next }
+  tag == "P " { print r > (d "/certs"); next }') || exit 1
 units="$units "
 # A node kubeforge installed (it holds the manifest) had its NTP state
 # checked then: timedatectl, which starts timedated, is not asked again.
@@ -270,6 +279,18 @@ if [ "$mode" = record ] && [ -n "$asked" ] && [ -s "$d/vcache.new" ]; then
   mkdir -p "${vcache%/*}"
   t=$(mktemp "${vcache%/*}/.version-cache.XXXXXX") && cat "$d/vcache.new" > "$t" && mv -f "$t" "$vcache"
 fi
+# The certificate blocks of the files asked for (their keys stay), by one
+# awk over those that are there: P lines numbered as asked.
+if [ -s "$d/certs" ]; then
+  set --
+  while IFS= read -r p; do [ -f "$p" ] && set -- "$@" "$p"; done < "$d/certs"
+  [ "$#" -eq 0 ] || awk -v list="$d/certs" '
+    BEGIN { while ((getline l < list) > 0) { n++; if (!(l in idx)) idx[l] = n } }
+    FNR == 1 { i = idx[FILENAME]; c = 0 }
+    /-----BEGIN CERTIFICATE-----/ { c = 1 }
+    c { print "P " i " " $0 }
+    /-----END CERTIFICATE-----/ { c = 0 }' "$@" 2>/dev/null || :
+fi
 exit 0
 "#;
 
@@ -325,6 +346,9 @@ pub async fn gather(t: &dyn Transport, req: &Request) -> Result<Report, Transpor
     for u in &req.versions {
         stdin.push_str(&format!("V {u}\n"));
     }
+    for path in &req.certificates {
+        stdin.push_str(&format!("P {path}\n"));
+    }
     for (tag, text) in [("X", checks(&req.checks)), ("E", req.host_extra.clone())] {
         for line in text.lines() {
             stdin.push_str(&format!("{tag} {line}\n"));
@@ -364,6 +388,18 @@ fn parse(text: &str, req: &Request) -> Report {
             }
             "K" => r.cached = rest.trim().parse().unwrap_or(0),
             "M" => r.manifest = b64.decode(rest.trim()).ok(),
+            "P" => {
+                let (i, line) = rest.split_once(' ').unwrap_or((rest, ""));
+                let path = i
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| req.certificates.get(i.wrapping_sub(1)));
+                if let Some(path) = path {
+                    let pem = r.certificates.entry(path.clone()).or_default();
+                    pem.push_str(line);
+                    pem.push('\n');
+                }
+            }
             "F" => {
                 let mut p = rest.splitn(4, ' ');
                 let (Some(mode), Some(owner), Some(sha), Some(path)) =

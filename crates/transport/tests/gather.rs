@@ -71,6 +71,7 @@ async fn files_units_checks_and_host_in_one_round_trip() {
         cache: p(&cache),
         record: false,
         manifest: Some(p(&manifest)),
+        certificates: vec![],
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -264,4 +265,29 @@ async fn a_check_that_passed_is_not_run_again_while_its_key_is_the_same() {
     let before = runs();
     assert!(passed(&gather(&t, &req).await.unwrap()));
     assert_eq!(runs(), before + 1);
+}
+
+#[tokio::test]
+async fn certificate_blocks_and_never_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = "-----BEGIN CERTIFICATE-----\nAAAA\nBBBB\n-----END CERTIFICATE-----\n";
+    let key = "-----BEGIN EC PRIVATE KEY-----\nSECRET\n-----END EC PRIVATE KEY-----\n";
+    let other = "-----BEGIN CERTIFICATE-----\nCCCC\n-----END CERTIFICATE-----\n";
+    let pair = dir.path().join("client-current.pem");
+    let serving = dir.path().join("serving.crt");
+    let keyonly = dir.path().join("only.key");
+    let missing = dir.path().join("missing.pem");
+    std::fs::write(&pair, format!("{cert}{key}{other}")).unwrap();
+    std::fs::write(&serving, format!("text before\n{other}")).unwrap();
+    std::fs::write(&keyonly, key).unwrap();
+    let p = |x: &std::path::Path| x.display().to_string();
+    let req = Request {
+        certificates: vec![p(&missing), p(&pair), p(&keyonly), p(&serving)],
+        cache: p(&dir.path().join("cache")),
+        ..Request::default()
+    };
+    let r = gather(&LocalTransport::new("here"), &req).await.unwrap();
+    assert_eq!(r.certificates.len(), 2, "{:?}", r.certificates);
+    assert_eq!(r.certificates[&p(&pair)], format!("{cert}{other}"));
+    assert_eq!(r.certificates[&p(&serving)], other);
 }
