@@ -1042,6 +1042,37 @@ async fn a_new_node_gets_binaries_from_nodes_that_hold_them_in_place() {
         .any(|c| c.what == "clear the blob store" && c.node != "worker2"));
 }
 
+/// While a node added to a running cluster waits for its binaries, the
+/// other nodes already set their `/etc/hosts`: their part of the node
+/// phase starts no unit and needs no binary.
+#[tokio::test]
+async fn the_others_edit_their_hosts_while_a_new_node_gets_its_binaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _) = with_bundle(dir.path());
+    let hosts = "/etc/hosts entries of the cluster's nodes";
+    let mut facts = kubeforge_plan::converged_facts("t", &r);
+    for f in facts.values_mut() {
+        f.steps_done.retain(|s| s != hosts);
+    }
+    facts.insert("worker2".to_string(), NodeFacts::default());
+    let p = kubeforge_plan::plan("t", &r, &Facts::Gathered(facts), &["node".to_string()]).unwrap();
+    let rec = blob_recorder(&r);
+    rec.slow("a binary", std::time::Duration::from_millis(200));
+    run(&rec, &r, &p).await.unwrap();
+    let lines = rec.lines();
+    let last_blob = rec
+        .log()
+        .iter()
+        .rposition(|c| c.node == "worker2" && c.what.contains("a binary"))
+        .unwrap();
+    for n in r.nodes.iter().map(|t| &t.name).filter(|n| *n != "worker2") {
+        let edited = pos(&lines, &[&format!("{n}: {hosts}")]);
+        assert!(edited < last_blob, "{n}: {lines:#?}");
+    }
+    let started = pos(&lines, &["worker2: ", "start"]);
+    assert!(started > last_blob, "{lines:#?}");
+}
+
 /// A compressed binary kept from an earlier run (or made by `kubeforge
 /// bundle`) that a node refuses is dropped, compressed again from the
 /// bundle's file and sent once more.

@@ -45,6 +45,8 @@ struct Rule {
 struct State {
     log: Vec<Call>,
     rules: Vec<Rule>,
+    /// Scripts whose name contains the text take this long to answer.
+    slow: Vec<(String, std::time::Duration)>,
 }
 
 /// The shared log and rules of a set of recording nodes.
@@ -97,6 +99,21 @@ impl Recorder {
             what: what.to_string(),
             answers: answers.into(),
         });
+    }
+
+    /// Scripts whose name contains `what` answer only after `delay` (a
+    /// slow transfer, say); they are logged when they start.
+    pub fn slow(&self, what: &str, delay: std::time::Duration) {
+        self.state().slow.push((what.to_string(), delay));
+    }
+
+    fn delay(&self, what: &str) -> Option<std::time::Duration> {
+        let state = self.state();
+        state
+            .slow
+            .iter()
+            .find(|(w, _)| what.contains(w.as_str()))
+            .map(|(_, d)| *d)
     }
 
     /// Puts a marker into the log (a test's progress events, say).
@@ -187,7 +204,12 @@ impl Transport for Recording {
         if script.body == crate::ops::PARTS {
             return Ok(self.recorder.parts(&self.name, &script));
         }
-        Ok(self.recorder.call(&self.name, &script))
+        let delay = self.recorder.delay(script.what);
+        let out = self.recorder.call(&self.name, &script);
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        Ok(out)
     }
 
     async fn hold(&self, script: Script<'_>) -> Result<(String, Box<dyn Held>), TransportError> {
