@@ -1,5 +1,5 @@
 //! Every fact about a node in one round trip: the host itself
-//! ([`ops::HOST`]), mode, owner and sha256 of every managed file (with the
+//! ([`ops::host_script`]), mode, owner and sha256 of every managed file (with the
 //! old text of changed files that may be shown as a diff), the state of
 //! every unit, and whether each preparation step's read-only check passes.
 //!
@@ -118,7 +118,10 @@ trap 'rm -rf "$d"; exit 1' HUP INT TERM PIPE
 # req.v, checks, extra; and the units (each once, those asked for their
 # state and their version).
 : > "$d/req.f"; : > "$d/paths"; : > "$d/req.u"; : > "$d/req.v"; : > "$d/checks"; : > "$d/extra"; : > "$d/certs"
-units=$(awk -v d="$d" '
+# The same awk reads the listening ports (for the host facts) when the
+# request has ended.
+units=$(awk -v d="$d" -v listen="$d/listen" 'LISTEN_AWK
+  END { listening() }
   function unit(u) { if (!(u in seen)) { seen[u] = 1; printf " %s", u } }
   { tag = substr($0, 1, 2); r = substr($0, 3) }
   tag == "F " { print r > (d "/req.f"); sub(/^[^ ]* [^ ]* /, "", r); print r > (d "/paths"); next }
@@ -132,7 +135,8 @@ units="$units "
 # checked then: timedatectl, which starts timedated, is not asked again.
 ntp_known=; [ -n "$manifest" ] && [ -f "$manifest" ] && ntp_known=yes
 ( set +u; HOST_FACTS
-  if [ -s "$d/extra" ]; then . "$d/extra"; fi ) 2>/dev/null | while IFS= read -r l || [ -n "$l" ]; do printf 'H %s\n' "$l"; done
+  if [ -s "$d/extra" ]; then . "$d/extra"; fi
+  [ -f "$d/listen" ] && while IFS= read -r l; do echo "$l"; done < "$d/listen" ) 2>/dev/null | while IFS= read -r l || [ -n "$l" ]; do printf 'H %s\n' "$l"; done
 # Type, mode, owner, size, ctime, inode and path of every managed file
 # (tab-separated); only regular files count.
 set --
@@ -150,11 +154,37 @@ known_sums="$cache"
 read_cache='BEGIN { FS = "\t"; while ((getline l < cache) > 0) { lines++; split(l, c, " "); p = substr(l, length(c[1] c[2] c[3] c[4]) + 5); key[p] = c[1] " " c[2] " " c[3]; csum[p] = c[4] } }
 function regular() { return $1 == "regular file" || $1 == "regular empty file" }
 function hit() { return ($7 in key) && key[$7] == $4 " " $5 " " $6 }'
-# The rest is hashed in one go, by the program big_sums picks for its
-# total size: "PATH\tSUM" lines.
-awk -v cache="$known_sums" -v total="$d/total" "$read_cache"'
-  regular() && !hit() { print $7; bytes += $4 }
-  END { print bytes + 0 > total }' "$d/stat" > "$d/tohash"
+# F lines, K (sums from the cache), the changed diffable files, and with
+# `record` the new cache, written only when it differs from the old one:
+# printed by one awk when every sum is known (the cache's, or those in
+# hashed). When some are not (with `tohash`), it prints nothing but their
+# paths and total size; the rest is hashed in one go, by the program
+# big_sums picks for that size ("PATH\tSUM" lines), and the same awk runs
+# again with those sums (a file gone meanwhile is left out).
+new_cache=
+[ "$mode" = record ] && new_cache="$d/cache.new"
+summed='FILENAME == ARGV[1] { hashed[$1] = $2; next }
+  FILENAME == ARGV[2] {
+    if (!regular()) next
+    if ($7 in hashed) { s = hashed[$7]; fresh++ }
+    else if (hit()) { s = csum[$7]; hits++ }
+    else { if (tohash != "") { print $7 > tohash; bytes += $4; misses++ }; next }
+    sum[$7] = s; nf++
+    fl[nf] = "F " $2 " " $3 " " s " " $7
+    cl[nf] = $4 " " $5 " " $6 " " s " " $7
+    next
+  }
+  { split($0, r, " "); p = substr($0, length(r[1] r[2]) + 3)
+    if (r[1] == "1" && (p in sum) && sum[p] != r[2]) ch[++nc] = p }
+  END {
+    if (misses > 0) { print bytes + 0 > total; exit }
+    for (i = 1; i <= nf; i++) { print fl[i]; if (out != "") print cl[i] > out }
+    for (i = 1; i <= nc; i++) print ch[i] > changed
+    print "K " hits + 0
+    if (out != "" && (fresh > 0 || hits != lines)) print "" > (out ".differs")
+  }'
+: > "$d/hashed"
+awk -v cache="$known_sums" -v out="$new_cache" -v changed="$d/changed" -v tohash="$d/tohash" -v total="$d/total" "$read_cache$summed" "$d/hashed" "$d/stat" "$d/req.f"
 if [ -s "$d/tohash" ]; then
   read -r bytes < "$d/total"
   if big_sums "$bytes"; then
@@ -162,31 +192,8 @@ if [ -s "$d/tohash" ]; then
   else
     tr '\n' '\0' < "$d/tohash" | xargs -0 sha256sum -- 2>/dev/null | sed 's/^\\//' | awk '{ s = $1; sub(/^[^ ]*  /, ""); print $0 "\t" s }' > "$d/hashed"
   fi
-else
-  : > "$d/hashed"
+  awk -v cache="$known_sums" -v out="$new_cache" -v changed="$d/changed" -v tohash= "$read_cache$summed" "$d/hashed" "$d/stat" "$d/req.f"
 fi
-# F lines, K (sums from the cache), the changed diffable files, and with
-# `record` the new cache, written only when it differs from the old one.
-new_cache=
-[ "$mode" = record ] && new_cache="$d/cache.new"
-awk -v cache="$known_sums" -v out="$new_cache" -v changed="$d/changed" "$read_cache"'
-  FILENAME == ARGV[1] { hashed[$1] = $2; next }
-  FILENAME == ARGV[2] {
-    if (!regular()) next
-    if ($7 in hashed) { s = hashed[$7]; fresh++ }
-    else if (hit()) { s = csum[$7]; hits++ }
-    else next
-    sum[$7] = s
-    print "F " $2 " " $3 " " s " " $7
-    if (out != "") print $4 " " $5 " " $6 " " s " " $7 > out
-    next
-  }
-  { split($0, r, " "); p = substr($0, length(r[1] r[2]) + 3)
-    if (r[1] == "1" && (p in sum) && sum[p] != r[2]) print p > changed }
-  END {
-    print "K " hits + 0
-    if (out != "" && (fresh > 0 || hits != lines)) print "" > (out ".differs")
-  }' "$d/hashed" "$d/stat" "$d/req.f"
 if [ -s "$d/changed" ]; then
   while IFS= read -r p; do
     printf 'C %s %s\n' "$p" "$(base64 -w0 < "$p")"
@@ -209,7 +216,9 @@ if [ "$units" != " " ]; then
   systemctl show -p ActiveState,UnitFileState,MainPID -- $units > "$d/show" 2>/dev/null || : > "$d/show"
   set +f
 fi
-awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" '
+# The same awk prints the certificate blocks of the files asked for
+# (their keys stay): P lines numbered as asked.
+awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" -v certs="$d/certs" '
   FILENAME == unitsf { n++; name[n] = $0; next }
   FILENAME == showf { i++; for (k = 1; k <= NF; k++) { e = index($k, "="); v[i, substr($k, 1, e - 1)] = substr($k, e + 1) }; next }
   { a = "inactive"; f = "-"
@@ -218,7 +227,18 @@ awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" '
       if (v[j, "UnitFileState"] != "") f = v[j, "UnitFileState"]
     }
     print "U " $0 " " a " " f }
-  END { for (j = 1; j <= n; j++) { p = v[j, "MainPID"]; if (p != "" && p != "0") print name[j], p > pids } }
+  END {
+    for (j = 1; j <= n; j++) { p = v[j, "MainPID"]; if (p != "" && p != "0") print name[j], p > pids }
+    while ((getline cf < certs) > 0) {
+      ci++; if (cf in asked) continue; asked[cf] = 1; c = 0
+      while ((getline l < cf) > 0) {
+        if (l ~ /-----BEGIN CERTIFICATE-----/) c = 1
+        if (c) print "P " ci " " l
+        if (l ~ /-----END CERTIFICATE-----/) c = 0
+      }
+      close(cf)
+    }
+  }
 ' "$d/units" RS= "$d/show" RS='\n' "$d/req.u"
 # The checks; one whose key is the one recorded when it last passed
 # passes without being run ("ID KEY" lines in the check cache, rewritten
@@ -279,18 +299,6 @@ if [ "$mode" = record ] && [ -n "$asked" ] && [ -s "$d/vcache.new" ]; then
   mkdir -p "${vcache%/*}"
   t=$(mktemp "${vcache%/*}/.version-cache.XXXXXX") && cat "$d/vcache.new" > "$t" && mv -f "$t" "$vcache"
 fi
-# The certificate blocks of the files asked for (their keys stay), by one
-# awk over those that are there: P lines numbered as asked.
-if [ -s "$d/certs" ]; then
-  set --
-  while IFS= read -r p; do [ -f "$p" ] && set -- "$@" "$p"; done < "$d/certs"
-  [ "$#" -eq 0 ] || awk -v list="$d/certs" '
-    BEGIN { while ((getline l < list) > 0) { n++; if (!(l in idx)) idx[l] = n } }
-    FNR == 1 { i = idx[FILENAME]; c = 0 }
-    /-----BEGIN CERTIFICATE-----/ { c = 1 }
-    c { print "P " i " " $0 }
-    /-----END CERTIFICATE-----/ { c = 0 }' "$@" 2>/dev/null || :
-fi
 exit 0
 "#;
 
@@ -329,7 +337,9 @@ fn script() -> String {
     format!(
         "{}{}",
         ops::big_sums!(),
-        GATHER.replace("HOST_FACTS", ops::HOST)
+        GATHER
+            .replace("HOST_FACTS", ops::HOST_BASE)
+            .replace("LISTEN_AWK", ops::LISTEN)
     )
 }
 

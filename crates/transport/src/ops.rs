@@ -771,15 +771,19 @@ pub struct HostFacts {
     pub unmet: Vec<String>,
 }
 
-pub const HOST: &str = r#"h=; read -r h < /proc/sys/kernel/hostname 2>/dev/null || h=$(hostname)
+/// The host facts as `key=value` lines, read-only, without the listening
+/// ports ([`LISTEN`]): the kernel and architecture from `/proc` where it
+/// has them (no `uname` to start).
+pub const HOST_BASE: &str = r#"h=; read -r h < /proc/sys/kernel/hostname 2>/dev/null || h=$(hostname)
 echo "hostname=$h"
 m=; read -r m < /etc/machine-id 2>/dev/null
 echo "machine_id=$m"
 echo "time=$(date +%s.%N)"
 . /etc/os-release 2>/dev/null && { echo "os_id=$ID"; echo "os_version=${VERSION_ID:-}"; }
-u=$(uname -sm)
-echo "arch=${u#* }"
-echo "kernel=${u%% *}"
+o=; a=; read -r o < /proc/sys/kernel/ostype 2>/dev/null; read -r a < /proc/sys/kernel/arch 2>/dev/null
+if [ -z "$o" ] || [ -z "$a" ]; then u=$(uname -sm); o=${u%% *}; a=${u#* }; fi
+echo "arch=$a"
+echo "kernel=$o"
 [ -d /run/systemd/system ] && echo "systemd=yes"
 if [ "${ntp_known:-}" != yes ] && command -v timedatectl >/dev/null 2>&1; then
   ntp=$(timedatectl show -p NTPSynchronized --value 2>/dev/null || true)
@@ -788,25 +792,38 @@ fi
 for c in sh sha256sum stat mktemp flock systemctl journalctl curl ip; do
   command -v "$c" >/dev/null 2>&1 || echo "missing=$c"
 done
-awk 'function hex(s,  i, n) { for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789ABCDEF", substr(s, i, 1)) - 1; return n }
-  BEGIN { for (k = 1; k <= 2; k++) { f = k == 1 ? "/proc/net/tcp" : "/proc/net/tcp6"; first = 1
-    while ((getline l < f) > 0) { if (first) { first = 0; continue }
-      split(l, w, " "); if (w[4] == "0A") { n = split(w[2], a, ":"); print "listen=" hex(a[n]) } } } }' 2>/dev/null
 "#;
+
+/// An awk program (its BEGIN part, usable inside a larger one) that
+/// prints `listen=PORT` for every TCP port something listens on, from
+/// `/proc/net/tcp` and `/proc/net/tcp6`, to the file named by `listen`
+/// (`/dev/stdout` for standard output), when `listening()` is called.
+pub const LISTEN: &str = r#"function hex(s,  i, n) { for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789ABCDEF", substr(s, i, 1)) - 1; return n }
+  function listening(  k, f, first, l, w, a, n) { for (k = 1; k <= 2; k++) { f = k == 1 ? "/proc/net/tcp" : "/proc/net/tcp6"; first = 1
+    while ((getline l < f) > 0) { if (first) { first = 0; continue }
+      split(l, w, " "); if (w[4] == "0A") { n = split(w[2], a, ":"); print "listen=" hex(a[n]) > listen } } } }
+"#;
+
+/// Every host fact: [`HOST_BASE`] and the listening ports.
+pub fn host_script() -> String {
+    format!(
+        "{HOST_BASE}awk -v listen=/dev/stdout '{LISTEN}  BEGIN {{ listening() }}' 2>/dev/null\n"
+    )
+}
 
 pub async fn host(t: &dyn Transport) -> Result<HostFacts, TransportError> {
     host_with(t, "").await
 }
 
-/// [`host`] with `extra`, read-only shell run after [`HOST`] in the same
+/// [`host`] with `extra`, read-only shell run after [`host_script`] in the same
 /// round trip; its `unmet=VALUE` lines end up in [`HostFacts::unmet`].
 pub async fn host_with(t: &dyn Transport, extra: &str) -> Result<HostFacts, TransportError> {
-    let script = format!("{HOST}{extra}");
+    let script = format!("{}{extra}", host_script());
     let o = t.run_ok(Script::new("gather host facts", &script)).await?;
     Ok(parse_host(&o.stdout_str()))
 }
 
-/// The `key=value` lines [`HOST`] (and an extra script) print.
+/// The `key=value` lines [`host_script`] (and an extra script) print.
 pub fn parse_host(text: &str) -> HostFacts {
     let mut f = HostFacts::default();
     for line in text.lines() {

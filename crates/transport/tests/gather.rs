@@ -112,6 +112,7 @@ async fn files_units_checks_and_host_in_one_round_trip() {
     );
     assert!(r.units.contains_key("kubeforge-no-such-unit"));
     assert_eq!(r.host.kernel, "Linux");
+    assert_eq!(r.host.arch, std::env::consts::ARCH);
     assert!(!r.host.hostname.is_empty());
     assert_eq!(r.cached, 0);
     assert!(!cache.exists(), "a read-only gather wrote the cache");

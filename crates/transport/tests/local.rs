@@ -203,10 +203,14 @@ async fn the_lock_is_exclusive_and_released() {
 
 #[tokio::test]
 async fn host_facts() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
     let t = LocalTransport::new("local");
     let f = ops::host(&t).await.unwrap();
     assert!(!f.hostname.is_empty());
     assert_eq!(f.kernel, "Linux");
+    assert_eq!(f.arch, std::env::consts::ARCH);
+    assert!(f.listening.contains(&port), "{port}: {:?}", f.listening);
     assert!(f.time > 1.7e9);
 }
 
