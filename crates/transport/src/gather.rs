@@ -184,7 +184,11 @@ summed='FILENAME == ARGV[1] { hashed[$1] = $2; next }
     if (out != "" && (fresh > 0 || hits != lines)) print "" > (out ".differs")
   }'
 : > "$d/hashed"
-awk -v cache="$known_sums" -v out="$new_cache" -v changed="$d/changed" -v tohash="$d/tohash" -v total="$d/total" "$read_cache$summed" "$d/hashed" "$d/stat" "$d/req.f"
+# $1: where the paths without a known sum go (empty: they are left out).
+sums() {
+  awk -v cache="$known_sums" -v out="$new_cache" -v changed="$d/changed" -v tohash="$1" -v total="$d/total" "$read_cache$summed" "$d/hashed" "$d/stat" "$d/req.f"
+}
+sums "$d/tohash"
 if [ -s "$d/tohash" ]; then
   read -r bytes < "$d/total"
   if big_sums "$bytes"; then
@@ -192,7 +196,7 @@ if [ -s "$d/tohash" ]; then
   else
     tr '\n' '\0' < "$d/tohash" | xargs -0 sha256sum -- 2>/dev/null | sed 's/^\\//' | awk '{ s = $1; sub(/^[^ ]*  /, ""); print $0 "\t" s }' > "$d/hashed"
   fi
-  awk -v cache="$known_sums" -v out="$new_cache" -v changed="$d/changed" -v tohash= "$read_cache$summed" "$d/hashed" "$d/stat" "$d/req.f"
+  sums ""
 fi
 if [ -s "$d/changed" ]; then
   while IFS= read -r p; do

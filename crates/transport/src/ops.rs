@@ -794,10 +794,10 @@ for c in sh sha256sum stat mktemp flock systemctl journalctl curl ip; do
 done
 "#;
 
-/// An awk program (its BEGIN part, usable inside a larger one) that
-/// prints `listen=PORT` for every TCP port something listens on, from
+/// Two awk functions, for a larger program: `listening()` prints
+/// `listen=PORT` for every TCP port something listens on, from
 /// `/proc/net/tcp` and `/proc/net/tcp6`, to the file named by `listen`
-/// (`/dev/stdout` for standard output), when `listening()` is called.
+/// (`/dev/stdout` for standard output).
 pub const LISTEN: &str = r#"function hex(s,  i, n) { for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789ABCDEF", substr(s, i, 1)) - 1; return n }
   function listening(  k, f, first, l, w, a, n) { for (k = 1; k <= 2; k++) { f = k == 1 ? "/proc/net/tcp" : "/proc/net/tcp6"; first = 1
     while ((getline l < f) > 0) { if (first) { first = 0; continue }
