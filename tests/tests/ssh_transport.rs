@@ -358,21 +358,28 @@ fn ssh_transport_against_a_real_sshd() {
                 i.to_string()
             );
         }
-        // A held script (the apply lock) asked for while the other
-        // sessions are taken: refused, then opened again.
+        // A held script asked for while the other sessions are taken:
+        // refused, then opened again. The apply lock needs no session: the
+        // idle channel holds it.
         let narrow_lock = d.join("narrow.lock");
         let narrow_lock = narrow_lock.to_str().expect("utf-8 path");
         let busy =
             (0..2).map(|_| tn.run_ok(kubeforge_transport::Script::new("sleep", "sleep 0.5")));
         let hold = async {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            ops::lock(&tn, narrow_lock, "narrow").await
+            let script = kubeforge_transport::Script::new("hold", "echo ready; read -r _");
+            let held = tn.hold(script).await;
+            let lock = ops::lock(&tn, narrow_lock, "narrow").await;
+            (held, lock)
         };
-        let (busy, held) = tokio::join!(futures::future::join_all(busy), hold);
+        let (busy, (held, lock)) = tokio::join!(futures::future::join_all(busy), hold);
         for b in busy {
             b.expect("the sleeps ran");
         }
-        held.expect("the lock, opened again after a refusal")
+        let (first, held) = held.expect("the held script, opened again after a refusal");
+        assert_eq!(first, "ready");
+        held.release().await;
+        lock.expect("the lock, with every session taken")
             .release()
             .await;
         tn.close().await;
@@ -389,12 +396,50 @@ fn ssh_transport_against_a_real_sshd() {
             .err()
             .expect("busy");
         assert!(busy.to_string().contains("(first apply)"), "{busy}");
+        // Asked twice by one run: refused the second time, still held.
+        let twice = ops::lock(&t, lp, "first apply, again")
+            .await
+            .err()
+            .expect("held already");
+        assert!(twice.to_string().contains("(first apply)"), "{twice}");
         held.release().await;
         ops::lock(&t2, lp, "second apply")
             .await
             .expect("free again")
             .release()
             .await;
+        // One line per owner, whatever it holds.
+        let t3 = SshTransport::connect(options(d, &sshd, false))
+            .await
+            .expect("connects");
+        let odd = ops::lock(&t3, lp, "odd\nowner").await.expect("lock");
+        assert_eq!(
+            std::fs::read_to_string(d.join("kubeforge.lock.owner")).expect("owner"),
+            "odd owner\n"
+        );
+        // A transport closed with the lock held lets go of it (the node's
+        // shell ends with the channel, soon after).
+        t3.close().await;
+        let mut again = ops::lock(&t, lp, "third apply").await;
+        for _ in 0..50 {
+            if again.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            again = ops::lock(&t, lp, "third apply").await;
+        }
+        again.expect("free once closed").release().await;
+        drop(odd);
+        let missing = ops::lock(&t, "/nonexistent/dir/kubeforge.lock", "x")
+            .await
+            .err()
+            .expect("no such directory");
+        assert!(
+            missing
+                .to_string()
+                .contains("cannot open /nonexistent/dir/kubeforge.lock"),
+            "{missing}"
+        );
 
         // A master outlives pauses in the work longer than its linger, and
         // exits by itself soon after its process is killed outright.

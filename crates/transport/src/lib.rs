@@ -229,6 +229,15 @@ pub trait Transport: Send + Sync {
     /// returned handle is released or dropped, which closes its stdin.
     async fn hold(&self, script: Script<'_>) -> Result<(String, Box<dyn Held>), TransportError>;
 
+    /// Takes the node's apply lock, `flock` on `path` (its `.owner` file
+    /// naming `owner`), held until the returned handle is released or
+    /// dropped; fails at once when another apply holds it. By default a
+    /// held script of its own ([`ops::LOCK`]).
+    async fn lock(&self, path: &str, owner: &str) -> Result<Box<dyn Held>, TransportError> {
+        let (first, held) = self.hold(ops::lock_script(path, owner)).await?;
+        ops::locked(self.node(), path, first, held).await
+    }
+
     /// Runs a script and fails unless it exits 0.
     async fn run_ok(&self, script: Script<'_>) -> Result<Output, TransportError> {
         let what = script.what.to_string();

@@ -871,32 +871,49 @@ read -r _ || true
 
 pub const LOCK_PATH: &str = "/run/kubeforge.lock";
 
+/// Takes the apply lock at `path` on the node of `t` ([`Transport::lock`]).
 pub async fn lock(
     t: &dyn Transport,
     path: &str,
     owner: &str,
 ) -> Result<Box<dyn crate::Held>, TransportError> {
-    let (first, held) = t
-        .hold(
-            Script::new("take the apply lock", LOCK)
-                .args([path, owner])
-                .timeout(Duration::from_secs(30)),
-        )
-        .await?;
+    t.lock(path, owner).await
+}
+
+/// [`LOCK`] for `path` and `owner`, as a script to hold.
+pub fn lock_script<'a>(path: &str, owner: &str) -> Script<'a> {
+    Script::new("take the apply lock", LOCK)
+        .args([path, owner])
+        .timeout(Duration::from_secs(30))
+}
+
+/// The lock at `path` taken, when the first line of what takes it
+/// (`first`, from [`LOCK`] or a transport's own way) says `locked`; else
+/// `held` released and why it was refused: `busy OWNER` when another
+/// apply holds it.
+pub async fn locked(
+    node: &str,
+    path: &str,
+    first: String,
+    held: Box<dyn crate::Held>,
+) -> Result<Box<dyn crate::Held>, TransportError> {
     if first == "locked" {
-        Ok(held)
-    } else {
-        held.release().await;
-        Err(TransportError::Failed {
-            node: t.node().to_string(),
-            what: format!("take the apply lock {path}"),
-            status: 1,
-            stderr: format!(
-                "another kubeforge apply holds it ({}); wait for it to finish",
-                first.trim_start_matches("busy").trim()
-            ),
-        })
+        return Ok(held);
     }
+    held.release().await;
+    let stderr = match first.strip_prefix("busy") {
+        Some(owner) => format!(
+            "another kubeforge apply holds it ({}); wait for it to finish",
+            owner.trim()
+        ),
+        None => first,
+    };
+    Err(TransportError::Failed {
+        node: node.to_string(),
+        what: format!("take the apply lock {path}"),
+        status: 1,
+        stderr,
+    })
 }
 
 #[cfg(test)]

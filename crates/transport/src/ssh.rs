@@ -204,11 +204,132 @@ const REUSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 type Channel = openssh::Child<Arc<Session>>;
 
+/// What the idle channel runs: a shell that answers an empty line with
+/// one (the proof that a kept master still answers, see [`reuse`]) and
+/// holds the node's apply lock while this transport asks it to (`lock`,
+/// then the lock file and the owner on a line each, answered as
+/// [`ops::LOCK`] answers; `unlock`): the lock needs no session of its own,
+/// and ends with the channel, however kubeforge ended.
+const KEEPER: &str = r#"held=
+while IFS= read -r l; do
+  case "$l" in
+    lock)
+      IFS= read -r p || exit 0
+      IFS= read -r o || exit 0
+      if [ -n "$held" ]; then
+        echo "busy $(cat "$p.owner" 2>/dev/null)"
+      elif ! command exec 9>>"$p"; then
+        echo "cannot open $p"
+      elif flock -n 9; then
+        held=1
+        echo "$o" > "$p.owner"
+        echo locked
+      else
+        exec 9>&-
+        echo "busy $(cat "$p.owner" 2>/dev/null)"
+      fi ;;
+    unlock)
+      if [ -n "$held" ]; then exec 9>&-; held=; fi
+      echo unlocked ;;
+    *) echo ;;
+  esac
+done
+"#;
+
+/// The idle channel ([`KEEPER`]) and its pipes.
+struct Keeper {
+    _channel: Channel,
+    stdin: openssh::ChildStdin,
+    stdout: tokio::io::BufReader<openssh::ChildStdout>,
+    /// A request went unanswered: later answers may be out of step.
+    broken: bool,
+}
+
+/// How long the keeper may take to answer a request.
+const KEEPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Keeper {
+    fn new(mut channel: Channel) -> Option<Keeper> {
+        let stdin = channel.stdin().take()?;
+        let stdout = channel.stdout().take()?;
+        Some(Keeper {
+            _channel: channel,
+            stdin,
+            stdout: tokio::io::BufReader::new(stdout),
+            broken: false,
+        })
+    }
+
+    /// Sends `request` and returns the line answering it.
+    async fn ask(&mut self, request: &str) -> Result<String, String> {
+        use tokio::io::AsyncBufReadExt as _;
+        if self.broken {
+            return Err("the connection's idle channel stopped answering".into());
+        }
+        self.broken = true;
+        let exchange = async {
+            self.stdin.write_all(request.as_bytes()).await?;
+            self.stdin.flush().await?;
+            let mut line = String::new();
+            match self.stdout.read_line(&mut line).await? {
+                0 => Err(std::io::Error::other("the connection's idle channel ended")),
+                _ => Ok(line.trim_end_matches('\n').to_string()),
+            }
+        };
+        let line = tokio::time::timeout(KEEPER_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("no answer within {} s", KEEPER_TIMEOUT.as_secs()))?
+            .map_err(|e| e.to_string())?;
+        self.broken = false;
+        Ok(line)
+    }
+}
+
+type Shared = Arc<tokio::sync::Mutex<Keeper>>;
+
+/// The apply lock held by a transport's [`Keeper`]: released by asking
+/// it (dropped unreleased, asked from a task of its own); gone with the
+/// transport, whose channel's end ends the keeper and the lock with it.
+struct KeeperHeld {
+    keeper: std::sync::Weak<tokio::sync::Mutex<Keeper>>,
+    released: bool,
+}
+
+impl KeeperHeld {
+    async fn unlock(keeper: Shared) {
+        let _ = keeper.lock().await.ask("unlock\n").await;
+    }
+}
+
+#[async_trait]
+impl Held for KeeperHeld {
+    async fn release(mut self: Box<Self>) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        if let Some(k) = self.keeper.upgrade() {
+            Self::unlock(k).await;
+        }
+    }
+}
+
+impl Drop for KeeperHeld {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let (Some(k), Ok(rt)) = (self.keeper.upgrade(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(Self::unlock(k));
+        }
+    }
+}
+
 pub struct SshTransport {
     opts: SshOptions,
-    /// An idle remote `cat` that keeps the master in use while this
-    /// transport lives; dropped (its ssh killed, its stdin closed) first.
-    keepalive: Option<Channel>,
+    /// The idle channel ([`KEEPER`]) that keeps the master in use while
+    /// this transport lives, and holds its apply lock; dropped (its ssh
+    /// session closed, its stdin with it) first.
+    keepalive: Option<Shared>,
     session: Arc<Session>,
     /// One permit per session open on the master ([`SESSIONS`]).
     sessions: Arc<tokio::sync::Semaphore>,
@@ -294,29 +415,27 @@ impl SshTransport {
         registered: Option<Registered>,
     ) -> Result<SshTransport, TransportError> {
         let session = Arc::new(session);
-        let keepalive =
-            keepalive(&session, Stdio::null())
-                .await
-                .map_err(|e| TransportError::Connect {
-                    node: opts.node.clone(),
-                    destination: format!("{}@{}:{}", opts.user, opts.address, opts.port),
-                    detail: format!(
-                        "cannot open the channel that keeps the connection up: {}",
-                        error_chain(&e)
-                    ),
-                })?;
+        let keepalive = keepalive(&session)
+            .await
+            .map_err(|e| error_chain(&e))
+            .and_then(|c| Keeper::new(c).ok_or_else(|| "no pipes".to_string()))
+            .map_err(|e| TransportError::Connect {
+                node: opts.node.clone(),
+                destination: format!("{}@{}:{}", opts.user, opts.address, opts.port),
+                detail: format!("cannot open the channel that keeps the connection up: {e}"),
+            })?;
         Ok(Self::with(opts, session, keepalive, registered))
     }
 
     fn with(
         opts: SshOptions,
         session: Arc<Session>,
-        keepalive: Channel,
+        keepalive: Keeper,
         registered: Option<Registered>,
     ) -> SshTransport {
         SshTransport {
             opts,
-            keepalive: Some(keepalive),
+            keepalive: Some(Arc::new(tokio::sync::Mutex::new(keepalive))),
             session,
             sessions: Arc::new(tokio::sync::Semaphore::new(SESSIONS)),
             registered,
@@ -598,20 +717,24 @@ fn record(opts: &SshOptions, keep: &Keep, ctl: &Path, log: Option<&Path>) {
     }
 }
 
-/// The idle remote `cat` that keeps the master of `session` in use
-/// (its stdin piped; what it echoes goes to `stdout`).
-async fn keepalive(session: &Arc<Session>, stdout: Stdio) -> Result<Channel, openssh::Error> {
-    let mut c = Session::to_command(Arc::clone(session), "cat");
-    c.stdin(Stdio::piped()).stdout(stdout).stderr(Stdio::null());
+/// The idle channel ([`KEEPER`]) that keeps the master of `session` in
+/// use (its stdin and stdout piped).
+async fn keepalive(session: &Arc<Session>) -> Result<Channel, openssh::Error> {
+    let mut c = Session::to_command(Arc::clone(session), "sh");
+    c.arg("-c")
+        .arg(KEEPER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     c.spawn().await
 }
 
 /// The kept master recorded for `opts`, when it is still up and answers,
-/// with its keepalive channel: the channel's `cat` echoing a line is the
-/// proof (one session on the node, not a probe and then the channel);
+/// with its keepalive channel: the channel's [`KEEPER`] answering an
+/// empty line is the proof (one session on the node, not a probe and then the channel);
 /// else its record is dropped (with the master, and the directory openssh
 /// made for it) and None.
-async fn reuse(opts: &SshOptions, keep: &Keep) -> Option<(Arc<Session>, Channel)> {
+async fn reuse(opts: &SshOptions, keep: &Keep) -> Option<(Arc<Session>, Keeper)> {
     let file = record_file(opts, keep);
     let text = std::fs::read(&file).ok()?;
     let mut lines = text.split(|&b| b == b'\n');
@@ -623,11 +746,9 @@ async fn reuse(opts: &SshOptions, keep: &Keep) -> Option<(Arc<Session>, Channel)
     if ctl.exists() {
         let session = Arc::new(Session::resume_mux(ctl.clone().into_boxed_path(), log));
         let probe = async {
-            let mut c = keepalive(&session, Stdio::piped()).await.ok()?;
-            c.stdin().as_mut()?.write_all(b"\n").await.ok()?;
-            let mut echoed = [0u8; 1];
-            c.stdout().as_mut()?.read_exact(&mut echoed).await.ok()?;
-            Some(c)
+            let mut k = Keeper::new(keepalive(&session).await.ok()?)?;
+            k.ask("\n").await.ok()?;
+            Some(k)
         };
         if let Ok(Some(c)) = tokio::time::timeout(REUSE_TIMEOUT, probe).await {
             return Some((session, c));
@@ -703,6 +824,33 @@ impl Transport for SshTransport {
             }),
             Ok(r) => r,
         }
+    }
+
+    /// Held by the idle channel's [`KEEPER`] when this transport runs as
+    /// root (else, under sudo, by a session of its own).
+    async fn lock(&self, path: &str, owner: &str) -> Result<Box<dyn Held>, TransportError> {
+        let Some(keeper) = self.keepalive.as_ref().filter(|_| !self.opts.sudo) else {
+            let (first, held) = self.hold(ops::lock_script(path, owner)).await?;
+            return ops::locked(self.node(), path, first, held).await;
+        };
+        // One line each: a line break in the owner would be read as a
+        // request.
+        let owner = owner.replace(['\n', '\r'], " ");
+        let first = keeper
+            .lock()
+            .await
+            .ask(&format!("lock\n{path}\n{owner}\n"))
+            .await
+            .map_err(|detail| TransportError::Run {
+                node: self.opts.node.clone(),
+                what: "take the apply lock".into(),
+                detail,
+            })?;
+        let held = Box::new(KeeperHeld {
+            keeper: Arc::downgrade(keeper),
+            released: first != "locked",
+        });
+        ops::locked(self.node(), path, first, held).await
     }
 
     async fn hold(&self, script: Script<'_>) -> Result<(String, Box<dyn Held>), TransportError> {
