@@ -829,11 +829,11 @@ fn converged_answers(rec: &Recorder, r: &Rendered, cluster: &str) {
         for i in 0..n.steps.len() {
             out.push_str(&format!("S {i} 0\n"));
         }
-        {
-            use base64::Engine as _;
-            let record = kubeforge_plan::Manifest::of(cluster, n, None).to_bytes();
-            let b64 = base64::engine::general_purpose::STANDARD.encode(record);
-            out.push_str(&format!("M {b64}\n"));
+        // The record, an M line for each of its lines and one for what
+        // follows its last line break.
+        let record = kubeforge_plan::Manifest::of(cluster, n, None).to_bytes();
+        for line in String::from_utf8(record).unwrap().split('\n') {
+            out.push_str(&format!("M {line}\n"));
         }
         rec.answer(Some(&n.name), "gather facts", vec![ok(&out)]);
     }

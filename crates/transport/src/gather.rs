@@ -134,9 +134,9 @@ units="$units "
 # A node kubeforge installed (it holds the manifest) had its NTP state
 # checked then: timedatectl, which starts timedated, is not asked again.
 ntp_known=; [ -n "$manifest" ] && [ -f "$manifest" ] && ntp_known=yes
+# Written to a file, printed as H lines by the units' awk.
 ( set +u; HOST_FACTS
-  if [ -s "$d/extra" ]; then . "$d/extra"; fi
-  [ -f "$d/listen" ] && while IFS= read -r l; do echo "$l"; done < "$d/listen" ) 2>/dev/null | while IFS= read -r l || [ -n "$l" ]; do printf 'H %s\n' "$l"; done
+  if [ -s "$d/extra" ]; then . "$d/extra"; fi ) > "$d/host" 2>/dev/null
 # Type, mode, owner, size, ctime, inode and path of every managed file
 # (tab-separated); only regular files count.
 set --
@@ -220,9 +220,13 @@ if [ "$units" != " " ]; then
   systemctl show -p ActiveState,UnitFileState,MainPID -- $units > "$d/show" 2>/dev/null || : > "$d/show"
   set +f
 fi
-# The same awk prints the certificate blocks of the files asked for
-# (their keys stay): P lines numbered as asked.
-awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" -v certs="$d/certs" '
+# The same awk prints the host facts and the listening ports (H lines),
+# the certificate blocks of the files asked for (their keys stay; P lines
+# numbered as asked) and the manifest, read whole: an M line for each of
+# its lines and one for what follows its last line break.
+mf=
+if [ -n "$manifest" ] && [ -f "$manifest" ]; then mf=$manifest; fi
+awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" -v certs="$d/certs" -v hostf="$d/host" -v listen="$d/listen" -v mf="$mf" '
   FILENAME == unitsf { n++; name[n] = $0; next }
   FILENAME == showf { i++; for (k = 1; k <= NF; k++) { e = index($k, "="); v[i, substr($k, 1, e - 1)] = substr($k, e + 1) }; next }
   { a = "inactive"; f = "-"
@@ -232,6 +236,8 @@ awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" -v certs="$d/certs
     }
     print "U " $0 " " a " " f }
   END {
+    while ((getline l < hostf) > 0) print "H " l
+    while ((getline l < listen) > 0) print "H " l
     for (j = 1; j <= n; j++) { p = v[j, "MainPID"]; if (p != "" && p != "0") print name[j], p > pids }
     while ((getline cf < certs) > 0) {
       ci++; if (cf in asked) continue; asked[cf] = 1; c = 0
@@ -241,6 +247,14 @@ awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" -v certs="$d/certs
         if (l ~ /-----END CERTIFICATE-----/) c = 0
       }
       close(cf)
+    }
+    if (mf != "") {
+      RS = "\001"; m = ""
+      if ((getline m < mf) >= 0) {
+        k = split(m, ml, "\n")
+        if (k == 0) print "M "
+        for (j = 1; j <= k; j++) print "M " ml[j]
+      }
     }
   }
 ' "$d/units" RS= "$d/show" RS='\n' "$d/req.u"
@@ -296,9 +310,6 @@ while read -r u pid; do
   printf 'V %s %s\n' "$u" "$line"
   printf '%s %s\n' "$key" "$line" >> "$d/vcache.new"
 done < "$d/vpids"
-if [ -n "$manifest" ] && [ -f "$manifest" ]; then
-  printf 'M %s\n' "$(base64 -w0 < "$manifest")"
-fi
 if [ "$mode" = record ] && [ -n "$asked" ] && [ -s "$d/vcache.new" ]; then
   mkdir -p "${vcache%/*}"
   t=$(mktemp "${vcache%/*}/.version-cache.XXXXXX") && cat "$d/vcache.new" > "$t" && mv -f "$t" "$vcache"
@@ -391,6 +402,7 @@ fn parse(text: &str, req: &Request) -> Report {
     let mut r = Report::default();
     let mut host = String::new();
     let mut contents: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+    let mut manifest: Vec<&str> = Vec::new();
     for line in text.lines() {
         let Some((tag, rest)) = line.split_once(' ') else {
             continue;
@@ -401,7 +413,7 @@ fn parse(text: &str, req: &Request) -> Report {
                 host.push('\n');
             }
             "K" => r.cached = rest.trim().parse().unwrap_or(0),
-            "M" => r.manifest = b64.decode(rest.trim()).ok(),
+            "M" => manifest.push(rest),
             "P" => {
                 let (i, line) = rest.split_once(' ').unwrap_or((rest, ""));
                 let path = i
@@ -480,5 +492,8 @@ fn parse(text: &str, req: &Request) -> Report {
         }
     }
     r.host = ops::parse_host(&host);
+    if !manifest.is_empty() {
+        r.manifest = Some(manifest.join("\n").into_bytes());
+    }
     r
 }

@@ -292,3 +292,40 @@ async fn certificate_blocks_and_never_a_key() {
     assert_eq!(r.certificates[&p(&pair)], format!("{cert}{other}"));
     assert_eq!(r.certificates[&p(&serving)], other);
 }
+
+/// The node's record comes back byte for byte, whatever it ends with;
+/// one that is not there (or not a file) is absent.
+#[tokio::test]
+async fn the_manifest_comes_back_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = LocalTransport::new("here");
+    let m = dir.path().join("manifest.json");
+    for bytes in [
+        &b"{\n  \"a\": \"x\\\\y\\\"z\"\n}\n"[..],
+        b"{\"no\": \"final line break\"}",
+        b"",
+        b"\n",
+        b"two\n\nblank lines\n\n\n",
+        b"tab\there \\n not a line break\n",
+    ] {
+        std::fs::write(&m, bytes).unwrap();
+        let req = Request {
+            manifest: Some(m.display().to_string()),
+            ..Default::default()
+        };
+        let r = gather(&t, &req).await.unwrap();
+        assert_eq!(
+            r.manifest.as_deref(),
+            Some(bytes),
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    for absent in [dir.path().join("missing"), dir.path().to_path_buf()] {
+        let req = Request {
+            manifest: Some(absent.display().to_string()),
+            ..Default::default()
+        };
+        assert_eq!(gather(&t, &req).await.unwrap().manifest, None);
+    }
+}
