@@ -234,8 +234,7 @@ pub trait Transport: Send + Sync {
     /// dropped; fails at once when another apply holds it. By default a
     /// held script of its own ([`ops::LOCK`]).
     async fn lock(&self, path: &str, owner: &str) -> Result<Box<dyn Held>, TransportError> {
-        let (first, held) = self.hold(ops::lock_script(path, owner)).await?;
-        ops::locked(self.node(), path, first, held).await
+        ops::lock_in_session(self, path, owner).await
     }
 
     /// Runs a script and fails unless it exits 0.

@@ -856,18 +856,33 @@ pub fn parse_host(text: &str) -> HostFacts {
     f
 }
 
-/// Takes `/run/kubeforge.lock` with flock and holds it until the returned
-/// handle is released (the script waits on its stdin). Fails at once when
-/// another apply holds it.
-pub const LOCK: &str = r#"exec 9>>"$1"
-if ! flock -n 9; then
+/// `take_lock PATH OWNER`: takes PATH with flock on this shell's fd 9
+/// (held while the shell keeps it open) and writes OWNER beside it
+/// (`PATH.owner`); prints `locked`, or `busy OWNER` when another holds it,
+/// or `cannot open PATH`, and returns 0 only when it took it.
+macro_rules! take_lock {
+    () => {
+        r#"take_lock() {
+  if ! command exec 9>>"$1"; then echo "cannot open $1"; return 1; fi
+  if flock -n 9; then echo "$2" > "$1.owner"; echo locked; return 0; fi
+  exec 9>&-
   echo "busy $(cat "$1.owner" 2>/dev/null)"
-  exit 1
-fi
-echo "$2" > "$1.owner"
-echo locked
+  return 1
+}
+"#
+    };
+}
+pub(crate) use take_lock;
+
+/// Takes `/run/kubeforge.lock` ([`take_lock!`]) and holds it until the
+/// returned handle is released (the script waits on its stdin). Fails at
+/// once when another apply holds it.
+pub const LOCK: &str = concat!(
+    take_lock!(),
+    r#"take_lock "$1" "$2" || exit 1
 read -r _ || true
-"#;
+"#
+);
 
 pub const LOCK_PATH: &str = "/run/kubeforge.lock";
 
@@ -878,6 +893,17 @@ pub async fn lock(
     owner: &str,
 ) -> Result<Box<dyn crate::Held>, TransportError> {
     t.lock(path, owner).await
+}
+
+/// The lock at `path` taken by a held [`LOCK`] script on the node of `t`
+/// (what [`Transport::lock`] does unless the transport has its own way).
+pub async fn lock_in_session<T: Transport + ?Sized>(
+    t: &T,
+    path: &str,
+    owner: &str,
+) -> Result<Box<dyn crate::Held>, TransportError> {
+    let (first, held) = t.hold(lock_script(path, owner)).await?;
+    locked(t.node(), path, first, held).await
 }
 
 /// [`LOCK`] for `path` and `owner`, as a script to hold.

@@ -208,9 +208,11 @@ type Channel = openssh::Child<Arc<Session>>;
 /// one (the proof that a kept master still answers, see [`reuse`]) and
 /// holds the node's apply lock while this transport asks it to (`lock`,
 /// then the lock file and the owner on a line each, answered as
-/// [`ops::LOCK`] answers; `unlock`): the lock needs no session of its own,
+/// [`ops::take_lock!`] answers; `unlock`): the lock needs no session of its own,
 /// and ends with the channel, however kubeforge ended.
-const KEEPER: &str = r#"held=
+const KEEPER: &str = concat!(
+    ops::take_lock!(),
+    r#"held=
 while IFS= read -r l; do
   case "$l" in
     lock)
@@ -218,15 +220,8 @@ while IFS= read -r l; do
       IFS= read -r o || exit 0
       if [ -n "$held" ]; then
         echo "busy $(cat "$p.owner" 2>/dev/null)"
-      elif ! command exec 9>>"$p"; then
-        echo "cannot open $p"
-      elif flock -n 9; then
+      elif take_lock "$p" "$o"; then
         held=1
-        echo "$o" > "$p.owner"
-        echo locked
-      else
-        exec 9>&-
-        echo "busy $(cat "$p.owner" 2>/dev/null)"
       fi ;;
     unlock)
       if [ -n "$held" ]; then exec 9>&-; held=; fi
@@ -234,7 +229,8 @@ while IFS= read -r l; do
     *) echo ;;
   esac
 done
-"#;
+"#
+);
 
 /// The idle channel ([`KEEPER`]) and its pipes.
 struct Keeper {
@@ -830,8 +826,7 @@ impl Transport for SshTransport {
     /// root (else, under sudo, by a session of its own).
     async fn lock(&self, path: &str, owner: &str) -> Result<Box<dyn Held>, TransportError> {
         let Some(keeper) = self.keepalive.as_ref().filter(|_| !self.opts.sudo) else {
-            let (first, held) = self.hold(ops::lock_script(path, owner)).await?;
-            return ops::locked(self.node(), path, first, held).await;
+            return ops::lock_in_session(self, path, owner).await;
         };
         // One line each: a line break in the owner would be read as a
         // request.
