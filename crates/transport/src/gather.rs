@@ -133,7 +133,10 @@ units=$(awk -v d="$d" -v listen="$d/listen" 'LISTEN_AWK
 units="$units "
 # A node kubeforge installed (it holds the manifest) had its NTP state
 # checked then: timedatectl, which starts timedated, is not asked again.
-ntp_known=; [ -n "$manifest" ] && [ -f "$manifest" ] && ntp_known=yes
+# mf: the manifest, when it is a file (read by the units' awk below).
+mf=
+if [ -n "$manifest" ] && [ -f "$manifest" ]; then mf=$manifest; fi
+ntp_known=; [ -n "$mf" ] && ntp_known=yes
 # Written to a file, printed as H lines by the units' awk.
 ( set +u; HOST_FACTS
   if [ -s "$d/extra" ]; then . "$d/extra"; fi ) > "$d/host" 2>/dev/null
@@ -224,8 +227,6 @@ fi
 # the certificate blocks of the files asked for (their keys stay; P lines
 # numbered as asked) and the manifest, read whole: an M line for each of
 # its lines and one for what follows its last line break.
-mf=
-if [ -n "$manifest" ] && [ -f "$manifest" ]; then mf=$manifest; fi
 awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" -v certs="$d/certs" -v hostf="$d/host" -v listen="$d/listen" -v mf="$mf" '
   FILENAME == unitsf { n++; name[n] = $0; next }
   FILENAME == showf { i++; for (k = 1; k <= NF; k++) { e = index($k, "="); v[i, substr($k, 1, e - 1)] = substr($k, e + 1) }; next }

@@ -902,15 +902,11 @@ pub async fn lock_in_session<T: Transport + ?Sized>(
     path: &str,
     owner: &str,
 ) -> Result<Box<dyn crate::Held>, TransportError> {
-    let (first, held) = t.hold(lock_script(path, owner)).await?;
-    locked(t.node(), path, first, held).await
-}
-
-/// [`LOCK`] for `path` and `owner`, as a script to hold.
-pub fn lock_script<'a>(path: &str, owner: &str) -> Script<'a> {
-    Script::new("take the apply lock", LOCK)
+    let script = Script::new("take the apply lock", LOCK)
         .args([path, owner])
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(30));
+    let (first, held) = t.hold(script).await?;
+    locked(t.node(), path, first, held).await
 }
 
 /// The lock at `path` taken, when the first line of what takes it
