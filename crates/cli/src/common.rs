@@ -92,33 +92,53 @@ pub(crate) fn prepare(state: &Path, cluster: &Cluster, new_cas: Vec<CaId>) -> Re
     Ok(kubeforge_render::prepare(state, cluster, &opts)?)
 }
 
-/// What plan and apply start from: the inventory, the state directory,
-/// and the PKI and rendered trees with the bundle's binaries and images.
-pub(crate) fn prepare_for_nodes(
-    inv: &crate::args::InventoryArgs,
+/// The PKI and rendered trees with the bundle's binaries and images:
+/// what plan and apply start from.
+pub(crate) fn prepare_nodes(
+    state: &Path,
+    cluster: &Cluster,
     pki: &crate::args::PkiArgs,
     nodes: &NodeArgs,
-    term: &mut Term,
-) -> Result<(Loaded, PathBuf, Prepared)> {
-    let (loaded, state) = load(inv, term)?;
-    let mut prepared = prepare(&state, &loaded.cluster, pki.new_ca.clone())?;
-    with_bundle(&mut prepared, &loaded.cluster, nodes, &state)?;
-    Ok((loaded, state, prepared))
+) -> Result<Prepared> {
+    prepare_with_bundle(state, cluster, pki.new_ca.clone(), nodes.bundle.as_deref())
 }
 
-/// With `--bundle`, its binaries and images are added to the rendered
-/// trees (each checked against the bundle's SHA256SUMS); without it,
-/// binaries and images are not managed.
-fn with_bundle(
-    prepared: &mut Prepared,
-    cluster: &Cluster,
-    nodes: &NodeArgs,
+fn prepare_with_bundle(
     state: &Path,
-) -> Result<()> {
-    with_bundle_dir(prepared, cluster, nodes.bundle.as_deref(), state)
+    cluster: &Cluster,
+    new_cas: Vec<CaId>,
+    bundle: Option<&Path>,
+) -> Result<Prepared> {
+    let mut prepared = prepare(state, cluster, new_cas)?;
+    with_bundle_dir(&mut prepared, cluster, bundle, state)?;
+    Ok(prepared)
 }
 
-/// [`with_bundle`] with the bundle directory, if any.
+/// [`prepare_nodes`] on a thread of its own while `connecting` runs: at a
+/// hundred nodes each takes about half a second, and neither needs the
+/// other (the inventory was checked before: a bad one never reaches a
+/// node). A failure to prepare is the one reported, whatever connecting
+/// found; its connections are then closed unused.
+pub(crate) async fn prepare_while<T>(
+    state: &Path,
+    cluster: &Cluster,
+    pki: &crate::args::PkiArgs,
+    nodes: &NodeArgs,
+    connecting: impl std::future::Future<Output = Result<T>>,
+) -> Result<(Prepared, T)> {
+    let (state, cluster) = (state.to_path_buf(), cluster.clone());
+    let (new_ca, bundle) = (pki.new_ca.clone(), nodes.bundle.clone());
+    let preparing = tokio::task::spawn_blocking(move || {
+        prepare_with_bundle(&state, &cluster, new_ca, bundle.as_deref())
+    });
+    let (prepared, connected) = tokio::join!(preparing, connecting);
+    let prepared = prepared.context("preparing the PKI and the nodes' files")??;
+    Ok((prepared, connected?))
+}
+
+/// With a bundle directory, its binaries and images are added to the
+/// rendered trees (each checked against the bundle's SHA256SUMS); without
+/// one, binaries and images are not managed.
 pub(crate) fn with_bundle_dir(
     prepared: &mut Prepared,
     cluster: &Cluster,

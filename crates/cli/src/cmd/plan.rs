@@ -2,7 +2,7 @@
 //! phase (facts gathered read-only over SSH, or none with --offline).
 
 use crate::args::{InventoryArgs, NodeArgs, Output, PkiArgs, PruneArgs};
-use crate::common::{pki_line, prepare_for_nodes, reach, runtime, Term};
+use crate::common::{load, pki_line, prepare_nodes, prepare_while, reach, runtime, Term};
 use crate::online;
 use anyhow::Result;
 
@@ -15,25 +15,40 @@ pub(crate) fn run(
     output: Output,
     term: &mut Term,
 ) -> Result<()> {
-    let (loaded, state, prepared) = prepare_for_nodes(inv, pki, nodes, term)?;
+    let (loaded, state) = load(inv, term)?;
     let cluster = &loaded.cluster;
-    let rendered = &prepared.rendered;
     let opts = nodes.plan_options();
     // Nodes the state directory knows but the inventory no longer names:
     // what removing them would do is shown with or without --prune.
     let gone = crate::known::gone(&state, cluster)?;
     let records: Vec<kubeforge_plan::Manifest> = gone.iter().map(|k| k.manifest.clone()).collect();
-    crate::known::check_removals(rendered, &records, &prune.options())?;
-    let plan = if offline {
-        let mut plan = kubeforge_apply::plan_offline(cluster, rendered, &opts)?;
-        kubeforge_apply::with_removals(&mut plan, rendered, &records, &prune.options())?;
-        plan
+    // With nodes to remove (whose removal is checked against the files
+    // before any node is contacted) or offline, the files are rendered
+    // first; otherwise while the connections open.
+    let early = if offline || !records.is_empty() {
+        let prepared = prepare_nodes(&state, cluster, pki, nodes)?;
+        crate::known::check_removals(&prepared.rendered, &records, &prune.options())?;
+        Some(prepared)
     } else {
-        runtime()?.block_on(kubeforge_transport::closing_masters(async {
-            let t = online::connect_all(cluster, &state, &reach(nodes)).await?;
+        None
+    };
+    let (plan, prepared) = match early {
+        Some(prepared) if offline => {
+            let rendered = &prepared.rendered;
+            let mut plan = kubeforge_apply::plan_offline(cluster, rendered, &opts)?;
+            kubeforge_apply::with_removals(&mut plan, rendered, &records, &prune.options())?;
+            (plan, prepared)
+        }
+        early => runtime()?.block_on(kubeforge_transport::closing_masters(async {
+            let reach = reach(nodes);
+            let connecting = online::connect_all(cluster, &state, &reach);
+            let (prepared, t) = match early {
+                Some(prepared) => (prepared, connecting.await?),
+                None => prepare_while(&state, cluster, pki, nodes, connecting).await?,
+            };
             let plan = kubeforge_apply::plan_online(
                 cluster,
-                rendered,
+                &prepared.rendered,
                 &opts,
                 &t,
                 nodes.reach.concurrency,
@@ -41,8 +56,8 @@ pub(crate) fn run(
                 &prune.options(),
             )
             .await;
-            Ok::<_, anyhow::Error>(plan?)
-        }))??
+            Ok::<_, anyhow::Error>((plan?, prepared))
+        }))??,
     };
     let events = &prepared.reconciled.events;
     match output {
