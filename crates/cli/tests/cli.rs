@@ -427,3 +427,32 @@ fn a_removed_node_that_cannot_be_reached_is_named_with_unreachable() {
         r.stdout
     );
 }
+
+/// plan and apply make the PKI and the files while the connections open:
+/// a failure to make them (here a bundle without its SHA256SUMS) is the
+/// error reported, also when no node can be reached.
+#[test]
+fn a_failure_to_prepare_is_reported_over_unreachable_nodes() {
+    let tmp = unreachable_single();
+    let d = tmp.path();
+    for command in ["plan", "apply"] {
+        let args = [
+            command,
+            "-i",
+            "inventory.toml",
+            "--ssh-config",
+            "ssh_config",
+            "--connect-timeout",
+            "3",
+            "--bundle",
+            "nowhere",
+        ];
+        let r = kubeforge(d, &args);
+        assert_eq!(r.code, 1, "{command}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("bundle nowhere/SHA256SUMS") && !r.stderr.contains("cannot connect"),
+            "{command}: {}",
+            r.stderr
+        );
+    }
+}
