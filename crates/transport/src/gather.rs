@@ -141,14 +141,12 @@ ntp_known=; [ -n "$mf" ] && ntp_known=yes
 ( set +u; HOST_FACTS
   if [ -s "$d/extra" ]; then . "$d/extra"; fi ) > "$d/host" 2>/dev/null
 # Type, mode, owner, size, ctime, inode and path of every managed file
-# (tab-separated); only regular files count.
+# (tab-separated); only regular files count. The temporary directory's
+# first: its change time, that of the file stat writes to, is the node's
+# clock (the host facts' `time`, printed by the units' awk; no `date`).
 set --
 while IFS= read -r p; do set -- "$@" "$p"; done < "$d/paths"
-if [ "$#" -gt 0 ]; then
-  stat -L -c '%F	%a	%U:%G	%s	%.9Z	%i	%n' -- "$@" > "$d/stat" 2>/dev/null
-else
-  : > "$d/stat"
-fi
+stat -L -c '%F	%a	%U:%G	%s	%.9Z	%i	%n' -- "$d" "$@" > "$d/stat" 2>/dev/null
 set --
 known_sums="$cache"
 [ -r "$known_sums" ] || known_sums=/dev/null
@@ -223,11 +221,11 @@ if [ "$units" != " " ]; then
   systemctl show -p ActiveState,UnitFileState,MainPID -- $units > "$d/show" 2>/dev/null || : > "$d/show"
   set +f
 fi
-# The same awk prints the host facts and the listening ports (H lines),
+# The same awk prints the host facts, the clock and the listening ports (H lines),
 # the certificate blocks of the files asked for (their keys stay; P lines
 # numbered as asked) and the manifest, read whole: an M line for each of
 # its lines and one for what follows its last line break.
-awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" -v certs="$d/certs" -v hostf="$d/host" -v listen="$d/listen" -v mf="$mf" '
+awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" -v certs="$d/certs" -v hostf="$d/host" -v listen="$d/listen" -v statf="$d/stat" -v mf="$mf" '
   FILENAME == unitsf { n++; name[n] = $0; next }
   FILENAME == showf { i++; for (k = 1; k <= NF; k++) { e = index($k, "="); v[i, substr($k, 1, e - 1)] = substr($k, e + 1) }; next }
   { a = "inactive"; f = "-"
@@ -238,6 +236,7 @@ awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" -v certs="$d/certs
     print "U " $0 " " a " " f }
   END {
     while ((getline l < hostf) > 0) print "H " l
+    if ((getline l < statf) > 0) { split(l, st, "\t"); if (st[1] == "directory") print "H time=" st[5] }
     while ((getline l < listen) > 0) print "H " l
     for (j = 1; j <= n; j++) { p = v[j, "MainPID"]; if (p != "" && p != "0") print name[j], p > pids }
     while ((getline cf < certs) > 0) {

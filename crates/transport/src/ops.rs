@@ -771,14 +771,13 @@ pub struct HostFacts {
     pub unmet: Vec<String>,
 }
 
-/// The host facts as `key=value` lines, read-only, without the listening
-/// ports ([`LISTEN`]): the kernel and architecture from `/proc` where it
-/// has them (no `uname` to start).
+/// The host facts as `key=value` lines, read-only, without the node's
+/// clock (`time=`) and the listening ports ([`LISTEN`]): the kernel and
+/// architecture from `/proc` where it has them (no `uname` to start).
 pub const HOST_BASE: &str = r#"h=; read -r h < /proc/sys/kernel/hostname 2>/dev/null || h=$(hostname)
 echo "hostname=$h"
 m=; read -r m < /etc/machine-id 2>/dev/null
 echo "machine_id=$m"
-echo "time=$(date +%s.%N)"
 . /etc/os-release 2>/dev/null && { echo "os_id=$ID"; echo "os_version=${VERSION_ID:-}"; }
 o=; a=; read -r o < /proc/sys/kernel/ostype 2>/dev/null; read -r a < /proc/sys/kernel/arch 2>/dev/null
 if [ -z "$o" ] || [ -z "$a" ]; then u=$(uname -sm); o=${u%% *}; a=${u#* }; fi
@@ -804,10 +803,11 @@ pub const LISTEN: &str = r#"function hex(s,  i, n) { for (i = 1; i <= length(s);
       split(l, w, " "); if (w[4] == "0A") { n = split(w[2], a, ":"); print "listen=" hex(a[n]) > listen } } } }
 "#;
 
-/// Every host fact: [`HOST_BASE`] and the listening ports.
+/// Every host fact: [`HOST_BASE`], the node's clock and the listening
+/// ports.
 pub fn host_script() -> String {
     format!(
-        "{HOST_BASE}awk -v listen=/dev/stdout '{LISTEN}  BEGIN {{ listening() }}' 2>/dev/null\n"
+        "{HOST_BASE}echo \"time=$(date +%s.%N)\"\nawk -v listen=/dev/stdout '{LISTEN}  BEGIN {{ listening() }}' 2>/dev/null\n"
     )
 }
 

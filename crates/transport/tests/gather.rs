@@ -114,6 +114,17 @@ async fn files_units_checks_and_host_in_one_round_trip() {
     assert_eq!(r.host.kernel, "Linux");
     assert_eq!(r.host.arch, std::env::consts::ARCH);
     assert!(!r.host.hostname.is_empty());
+    // The node's clock, read while the facts were gathered (the change
+    // time of the script's temporary directory, with nanoseconds).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        r.host.time <= now && now - r.host.time < 10.0 && r.host.time.fract() != 0.0,
+        "time {} against now {now}",
+        r.host.time
+    );
     assert_eq!(r.cached, 0);
     assert!(!cache.exists(), "a read-only gather wrote the cache");
 }
