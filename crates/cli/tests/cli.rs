@@ -278,6 +278,19 @@ fn unreachable_single() -> tempfile::TempDir {
     tmp
 }
 
+/// `COMMAND -i inventory.toml` with [`unreachable_single`]'s ssh_config.
+fn unreachable_args(command: &str) -> Vec<&str> {
+    vec![
+        command,
+        "-i",
+        "inventory.toml",
+        "--ssh-config",
+        "ssh_config",
+        "--connect-timeout",
+        "3",
+    ]
+}
+
 /// `status` needs the PKI apply made; with it, nodes that cannot be
 /// reached are a table of unreachable nodes and exit status 2. The
 /// ssh_config sends every connection to this machine's port 1, where
@@ -291,15 +304,7 @@ fn status_of_unreachable_nodes() {
     assert!(r.stderr.contains("holds no complete PKI"), "{}", r.stderr);
     let r = kubeforge(d, &["render", "-i", "inventory.toml", "--out", "out"]);
     assert_eq!(r.code, 0);
-    let args = [
-        "status",
-        "-i",
-        "inventory.toml",
-        "--ssh-config",
-        "ssh_config",
-        "--connect-timeout",
-        "3",
-    ];
+    let args = unreachable_args("status");
     let r = kubeforge(d, &args);
     assert_eq!(r.code, 2, "unreachable nodes are a failure");
     assert!(
@@ -359,15 +364,7 @@ fn a_removed_node_that_cannot_be_reached_is_named_with_unreachable() {
     std::fs::create_dir_all(&nodes).unwrap();
     std::fs::write(nodes.join("worker3.json"), record.to_string()).unwrap();
     let apply = |extra: &[&str]| {
-        let mut args = vec![
-            "apply",
-            "-i",
-            "inventory.toml",
-            "--ssh-config",
-            "ssh_config",
-            "--connect-timeout",
-            "3",
-        ];
+        let mut args = unreachable_args("apply");
         args.extend(extra);
         kubeforge(d, &args)
     };
@@ -436,17 +433,8 @@ fn a_failure_to_prepare_is_reported_over_unreachable_nodes() {
     let tmp = unreachable_single();
     let d = tmp.path();
     for command in ["plan", "apply"] {
-        let args = [
-            command,
-            "-i",
-            "inventory.toml",
-            "--ssh-config",
-            "ssh_config",
-            "--connect-timeout",
-            "3",
-            "--bundle",
-            "nowhere",
-        ];
+        let mut args = unreachable_args(command);
+        args.extend(["--bundle", "nowhere"]);
         let r = kubeforge(d, &args);
         assert_eq!(r.code, 1, "{command}: {}", r.stderr);
         assert!(
