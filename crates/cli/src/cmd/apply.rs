@@ -55,6 +55,12 @@ pub(crate) fn run(
         crate::known::check_removals(&prepared.rendered, &records, &prune_opts)?;
         Some(prepared)
     };
+    // The timing line's first entry.
+    let first = if early.is_none() {
+        "connect and render"
+    } else {
+        "connect"
+    };
     // Nodes to remove that cannot be reached are never contacted.
     let reachable: Vec<kubeforge_plan::Known> = gone
         .iter()
@@ -112,13 +118,6 @@ pub(crate) fn run(
         crate::known::forget(&state, &r.node)?;
     }
     let secs = started.elapsed().as_secs_f64();
-    // Connecting, and rendering at the same time unless nodes are being
-    // removed (their removal is checked against the files first).
-    let first = if records.is_empty() {
-        "connect and render"
-    } else {
-        "connect"
-    };
     let mut timings = vec![(first.to_string(), connect)];
     timings.extend(outcome.timings.iter().cloned());
     if let Some(a) = &outcome.applied {
