@@ -369,7 +369,7 @@ fn ssh_transport_against_a_real_sshd() {
             tokio::time::sleep(Duration::from_millis(150)).await;
             let script = kubeforge_transport::Script::new("hold", "echo ready; read -r _");
             let held = tn.hold(script).await;
-            let lock = ops::lock(&tn, narrow_lock, "narrow").await;
+            let lock = tn.lock(narrow_lock, "narrow").await;
             (held, lock)
         };
         let (busy, (held, lock)) = tokio::join!(futures::future::join_all(busy), hold);
@@ -387,23 +387,21 @@ fn ssh_transport_against_a_real_sshd() {
         // The lock is exclusive across connections and released on close.
         let lock_path = d.join("kubeforge.lock");
         let lp = lock_path.to_str().expect("utf-8 path");
-        let held = ops::lock(&t, lp, "first apply").await.expect("lock");
+        let held = t.lock(lp, "first apply").await.expect("lock");
         let t2 = SshTransport::connect(options(d, &sshd, false))
             .await
             .expect("recorded host key is trusted now");
-        let busy = ops::lock(&t2, lp, "second apply")
-            .await
-            .err()
-            .expect("busy");
+        let busy = t2.lock(lp, "second apply").await.err().expect("busy");
         assert!(busy.to_string().contains("(first apply)"), "{busy}");
         // Asked twice by one run: refused the second time, still held.
-        let twice = ops::lock(&t, lp, "first apply, again")
+        let twice = t
+            .lock(lp, "first apply, again")
             .await
             .err()
             .expect("held already");
         assert!(twice.to_string().contains("(first apply)"), "{twice}");
         held.release().await;
-        ops::lock(&t2, lp, "second apply")
+        t2.lock(lp, "second apply")
             .await
             .expect("free again")
             .release()
@@ -412,7 +410,7 @@ fn ssh_transport_against_a_real_sshd() {
         let t3 = SshTransport::connect(options(d, &sshd, false))
             .await
             .expect("connects");
-        let odd = ops::lock(&t3, lp, "odd\nowner").await.expect("lock");
+        let odd = t3.lock(lp, "odd\nowner").await.expect("lock");
         assert_eq!(
             std::fs::read_to_string(d.join("kubeforge.lock.owner")).expect("owner"),
             "odd owner\n"
@@ -420,17 +418,18 @@ fn ssh_transport_against_a_real_sshd() {
         // A transport closed with the lock held lets go of it (the node's
         // shell ends with the channel, soon after).
         t3.close().await;
-        let mut again = ops::lock(&t, lp, "third apply").await;
+        let mut again = t.lock(lp, "third apply").await;
         for _ in 0..50 {
             if again.is_ok() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            again = ops::lock(&t, lp, "third apply").await;
+            again = t.lock(lp, "third apply").await;
         }
         again.expect("free once closed").release().await;
         drop(odd);
-        let missing = ops::lock(&t, "/nonexistent/dir/kubeforge.lock", "x")
+        let missing = t
+            .lock("/nonexistent/dir/kubeforge.lock", "x")
             .await
             .err()
             .expect("no such directory");

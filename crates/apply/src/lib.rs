@@ -306,7 +306,7 @@ pub(crate) async fn lock_all(
     let tries = bounded(
         transports.iter().collect(),
         transports.len(),
-        |(name, t)| async move { (name, ops::lock(t.as_ref(), ops::LOCK_PATH, owner).await) },
+        |(name, t)| async move { (name, t.lock(ops::LOCK_PATH, owner).await) },
     )
     .await;
     let mut locks = Vec::new();

@@ -874,7 +874,7 @@ macro_rules! take_lock {
 }
 pub(crate) use take_lock;
 
-/// Takes `/run/kubeforge.lock` ([`take_lock!`]) and holds it until the
+/// Takes `/run/kubeforge.lock` (the `take_lock` shell function) and holds it until the
 /// returned handle is released (the script waits on its stdin). Fails at
 /// once when another apply holds it.
 pub const LOCK: &str = concat!(
@@ -885,15 +885,6 @@ read -r _ || true
 );
 
 pub const LOCK_PATH: &str = "/run/kubeforge.lock";
-
-/// Takes the apply lock at `path` on the node of `t` ([`Transport::lock`]).
-pub async fn lock(
-    t: &dyn Transport,
-    path: &str,
-    owner: &str,
-) -> Result<Box<dyn crate::Held>, TransportError> {
-    t.lock(path, owner).await
-}
 
 /// The lock at `path` taken by a held [`LOCK`] script on the node of `t`
 /// (what [`Transport::lock`] does unless the transport has its own way).

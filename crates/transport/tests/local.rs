@@ -189,15 +189,15 @@ async fn the_lock_is_exclusive_and_released() {
     let path = dir.path().join("kubeforge.lock");
     let p = path.to_str().unwrap();
     let t = LocalTransport::new("n1");
-    let held = ops::lock(&t, p, "apply by alice").await.unwrap();
-    let err = ops::lock(&t, p, "apply by bob").await.err().unwrap();
+    let held = t.lock(p, "apply by alice").await.unwrap();
+    let err = t.lock(p, "apply by bob").await.err().unwrap();
     let msg = err.to_string();
     assert!(
         msg.contains("another kubeforge apply holds it (apply by alice)"),
         "{msg}"
     );
     held.release().await;
-    let again = ops::lock(&t, p, "apply by bob").await.unwrap();
+    let again = t.lock(p, "apply by bob").await.unwrap();
     again.release().await;
 }
 
