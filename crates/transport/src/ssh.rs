@@ -822,8 +822,9 @@ impl Transport for SshTransport {
         }
     }
 
-    /// Held by the idle channel's [`KEEPER`] when this transport runs as
-    /// root (else, under sudo, by a session of its own).
+    /// Held by the shell of the idle channel that keeps the connection up
+    /// (`KEEPER`) when this transport runs as root (else, under sudo, by a
+    /// session of its own).
     async fn lock(&self, path: &str, owner: &str) -> Result<Box<dyn Held>, TransportError> {
         let Some(keeper) = self.keepalive.as_ref().filter(|_| !self.opts.sudo) else {
             return ops::lock_in_session(self, path, owner).await;
