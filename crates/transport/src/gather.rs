@@ -118,10 +118,7 @@ trap 'rm -rf "$d"; exit 1' HUP INT TERM PIPE
 # req.v, checks, extra; and the units (each once, those asked for their
 # state and their version).
 : > "$d/req.f"; : > "$d/paths"; : > "$d/req.u"; : > "$d/req.v"; : > "$d/checks"; : > "$d/extra"; : > "$d/certs"
-# The same awk reads the listening ports (for the host facts) when the
-# request has ended.
-units=$(awk -v d="$d" -v listen="$d/listen" 'LISTEN_AWK
-  END { listening() }
+units=$(awk -v d="$d" '
   function unit(u) { if (!(u in seen)) { seen[u] = 1; printf " %s", u } }
   { tag = substr($0, 1, 2); r = substr($0, 3) }
   tag == "F " { print r > (d "/req.f"); sub(/^[^ ]* [^ ]* /, "", r); print r > (d "/paths"); next }
@@ -224,8 +221,11 @@ fi
 # The same awk prints the host facts, the clock and the listening ports (H lines),
 # the certificate blocks of the files asked for (their keys stay; P lines
 # numbered as asked) and the manifest, read whole: an M line for each of
-# its lines and one for what follows its last line break.
-awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" -v certs="$d/certs" -v hostf="$d/host" -v listen="$d/listen" -v statf="$d/stat" -v mf="$mf" '
+# its lines and one for what follows its last line break. The listening
+# ports only when a unit asked for is not active: the pre-flight looks
+# for ports taken only for units about to start, and on a busy node
+# /proc/net/tcp is long (the kernel walks every socket to print it).
+awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" -v certs="$d/certs" -v hostf="$d/host" -v listen="$d/listen" -v statf="$d/stat" -v mf="$mf" 'LISTEN_AWK
   FILENAME == unitsf { n++; name[n] = $0; next }
   FILENAME == showf { i++; for (k = 1; k <= NF; k++) { e = index($k, "="); v[i, substr($k, 1, e - 1)] = substr($k, e + 1) }; next }
   { a = "inactive"; f = "-"
@@ -233,11 +233,12 @@ awk -v unitsf="$d/units" -v showf="$d/show" -v pids="$d/pids" -v certs="$d/certs
       if (v[j, "ActiveState"] != "") a = v[j, "ActiveState"]
       if (v[j, "UnitFileState"] != "") f = v[j, "UnitFileState"]
     }
+    if (a != "active") starting = 1
     print "U " $0 " " a " " f }
   END {
     while ((getline l < hostf) > 0) print "H " l
     if ((getline l < statf) > 0) { split(l, st, "\t"); if (st[1] == "directory") print "H time=" st[5] }
-    while ((getline l < listen) > 0) print "H " l
+    if (starting) { listening(); close(listen); while ((getline l < listen) > 0) print "H " l }
     for (j = 1; j <= n; j++) { p = v[j, "MainPID"]; if (p != "" && p != "0") print name[j], p > pids }
     while ((getline cf < certs) > 0) {
       ci++; if (cf in asked) continue; asked[cf] = 1; c = 0

@@ -760,7 +760,9 @@ pub struct HostFacts {
     pub arch: String,
     pub kernel: String,
     pub has_systemd: bool,
-    /// TCP ports something listens on.
+    /// TCP ports something listens on (in facts gathered with
+    /// [`crate::gather`], only when a unit asked for is not active: empty
+    /// otherwise).
     pub listening: Vec<u16>,
     /// Commands kubeforge needs that the node lacks.
     pub missing_commands: Vec<String>,

@@ -340,3 +340,26 @@ async fn the_manifest_comes_back_as_it_is() {
         assert_eq!(gather(&t, &req).await.unwrap().manifest, None);
     }
 }
+
+/// The listening ports are read for the pre-flight's port check only,
+/// which looks at them for units about to start: with no unit asked for
+/// (as with units all active) they are not read; with one not active
+/// they are.
+#[tokio::test]
+async fn listening_ports_only_for_units_not_active() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let t = LocalTransport::new("here");
+    let none = gather(&t, &Request::default()).await.unwrap();
+    assert!(none.host.listening.is_empty(), "{:?}", none.host.listening);
+    let req = Request {
+        units: vec!["kubeforge-no-such-unit".into()],
+        ..Default::default()
+    };
+    let starting = gather(&t, &req).await.unwrap();
+    assert!(
+        starting.host.listening.contains(&port),
+        "port {port}: {:?}",
+        starting.host.listening
+    );
+}
