@@ -180,11 +180,12 @@ impl<'a> Script<'a> {
 }
 
 /// The longest command line (script and quoted arguments) a script is
-/// started with; a longer one is sent on its stdin instead
-/// ([`FROM_STDIN`]). sshd hands the whole command to the login shell as
-/// ONE argument, and Linux refuses an argument over 128 KiB (`Argument
-/// list too long`): a large cluster's `/etc/hosts` and pod routes steps
-/// reach that size at about a thousand nodes.
+/// started with; a longer one is sent on its stdin instead, ahead of
+/// its own input, for a small launcher to read. sshd hands the whole
+/// command to the login shell as ONE argument, and Linux refuses an
+/// argument over 128 KiB (`Argument list too long`): a large cluster's
+/// `/etc/hosts` and pod routes steps reach that size at about a thousand
+/// nodes.
 pub const COMMAND_LINE_MAX: usize = 64 * 1024;
 
 /// Starts a script whose body and arguments come first on stdin: `$1`
