@@ -19,6 +19,10 @@
 #       the add: its own CPU and each node's CPU by program; and each
 #       control-plane node's etcd, apiserver and controller-manager
 #       journal (in lab-N.log)
+#   PERF=1 tests/bench/lab.sh                # the whole machine sampled
+#       (`perf record -a`, 499 Hz) while each size runs; for each apply,
+#       the share of the samples by program in its window (idle is
+#       `swapper`), in lab-N-perf.txt
 #   FRESH_ONLY=1 tests/bench/lab.sh          # stop after the fresh apply
 #   BUILD=debug tests/bench/lab.sh           # kubeforge (and the stand-ins)
 #       as `cargo build` makes them; by default the release build, which
@@ -52,12 +56,45 @@ esac
 cargo build "${build[@]}" --workspace --locked -q
 if [ -n "${PROFILE:-}" ]; then export KUBEFORGE_BENCH_PROFILE=1; fi
 if [ -n "${FRESH_ONLY:-}" ]; then export KUBEFORGE_BENCH_FRESH_ONLY=1; fi
+if [ -n "${PERF:-}" ] && ! command -v perf >/dev/null; then
+  apt-get install -y -q linux-perf >&2 || true
+fi
+# perf_start FILE: samples every CPU into FILE in the background, with
+# the realtime clock (the bench prints each apply's window on it).
+perf_pid=
+perf_start() {
+  perf_pid=
+  [ -n "${PERF:-}" ] || return 0
+  if ! command -v perf >/dev/null; then echo "PERF: no perf here" >&2; return 0; fi
+  perf record -a -F 499 -k CLOCK_REALTIME -q -o "$1" 2>/dev/null &
+  perf_pid=$!
+  sleep 1
+}
+# perf_report DATA LOG OUT: for each `bench: window FROM TO WHAT` line of
+# LOG, the programs with the most samples in that window.
+perf_report() {
+  [ -n "$perf_pid" ] || return 0
+  kill -INT "$perf_pid" 2>/dev/null || true
+  wait "$perf_pid" 2>/dev/null || true
+  : > "$3"
+  grep '^bench: window ' "$2" | while read -r _ _ from to what; do
+    perf script -i "$1" --time "$from,$to" -F comm 2>/dev/null | awk -v what="$what" -v secs="$(awk -v a="$from" -v b="$to" 'BEGIN { printf "%.1f", b - a }')" '
+      { sub(/^ +/, ""); sub(/ +$/, ""); n[$0]++; total++ }
+      END {
+        printf "%s (%s s, %d samples; by program, %% of the samples)\n", what, secs, total
+        for (c in n) printf "%7.1f %s\n", 100 * n[c] / total, c | "sort -rn | head -20"
+        close("sort -rn | head -20")
+      }' >> "$3"
+  done
+  echo "perf: $3" >&2
+}
 out=target/bench
 mkdir -p "$out"
 csv="$out/lab.csv"
 rows=()
 for n in ${NODES:-3 10 30 100}; do
   log="$out/lab-$n.log"
+  perf_start "$out/perf-$n.data"
   if KUBEFORGE_BENCH_NODES=$n KUBEFORGE_BENCH_RATE="${RATE:-}" KUBEFORGE_BENCH_KEX="${KEX:-}" \
      KUBEFORGE_BENCH_KEEP="${KEEP:-}" \
      KUBEFORGE_BENCH_APPLY_LOG="$PWD/$out/lab-$n-apply.log" \
@@ -68,6 +105,7 @@ for n in ${NODES:-3 10 30 100}; do
     echo "N=$n failed; see $log" >&2
     tail -30 "$log" >&2
   fi
+  perf_report "$out/perf-$n.data" "$log" "$out/lab-$n-perf.txt"
 done
 field() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 printf '%-6s %7s %7s %9s %7s %7s %9s %9s %11s %12s\n' \

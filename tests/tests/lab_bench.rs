@@ -85,11 +85,18 @@ fn timed_apply(kf: &Kf, what: &str) -> f64 {
     } else {
         vec!["--keep-connections", keep.as_str()]
     };
-    let t = Instant::now();
+    let epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let (t, from) = (Instant::now(), epoch());
     let out = kf.apply(&extra);
     let secs = t.elapsed().as_secs_f64();
     assert!(out.status.success(), "{what} failed");
     eprintln!("bench: {what} {secs:.1} s");
+    // When it ran, on the realtime clock (lab.sh's PERF=1 profiles it).
+    eprintln!("bench: window {from:.3} {:.3} {what}", epoch());
     secs
 }
 
