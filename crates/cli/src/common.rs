@@ -118,14 +118,20 @@ fn prepare_with_bundle(
 /// hundred nodes each takes about half a second, and neither needs the
 /// other (the inventory was checked before: a bad one never reaches a
 /// node). A failure to prepare is the one reported, whatever connecting
-/// found; its connections are then closed unused.
+/// found; its connections are then closed unused. With `early` (the
+/// files already made, before any node was contacted) only `connecting`
+/// runs.
 pub(crate) async fn prepare_while<T>(
+    early: Option<Prepared>,
     state: &Path,
     cluster: &Cluster,
     pki: &crate::args::PkiArgs,
     nodes: &NodeArgs,
     connecting: impl std::future::Future<Output = Result<T>>,
 ) -> Result<(Prepared, T)> {
+    if let Some(prepared) = early {
+        return Ok((prepared, connecting.await?));
+    }
     let (state, cluster) = (state.to_path_buf(), cluster.clone());
     let (new_ca, bundle) = (pki.new_ca.clone(), nodes.bundle.clone());
     let preparing = tokio::task::spawn_blocking(move || {

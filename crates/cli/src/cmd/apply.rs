@@ -83,10 +83,8 @@ pub(crate) fn run(
         let t = Instant::now();
         let reach = reach(nodes);
         let connecting = online::connect_all_with(cluster, &reachable, &state, &reach);
-        let (prepared, transports) = match early {
-            Some(prepared) => (prepared, connecting.await?),
-            None => prepare_while(&state, cluster, pki, nodes, connecting).await?,
-        };
+        let (prepared, transports) =
+            prepare_while(early, &state, cluster, pki, nodes, connecting).await?;
         connect = t.elapsed();
         let req = Request {
             cluster,

@@ -42,10 +42,8 @@ pub(crate) fn run(
         early => runtime()?.block_on(kubeforge_transport::closing_masters(async {
             let reach = reach(nodes);
             let connecting = online::connect_all(cluster, &state, &reach);
-            let (prepared, t) = match early {
-                Some(prepared) => (prepared, connecting.await?),
-                None => prepare_while(&state, cluster, pki, nodes, connecting).await?,
-            };
+            let (prepared, t) =
+                prepare_while(early, &state, cluster, pki, nodes, connecting).await?;
             let plan = kubeforge_apply::plan_online(
                 cluster,
                 &prepared.rendered,
