@@ -78,10 +78,10 @@ perf_report() {
   wait "$perf_pid" 2>/dev/null || true
   : > "$3"
   grep '^bench: window ' "$2" | while read -r _ _ from to what; do
-    perf script -i "$1" --time "$from,$to" -F comm 2>/dev/null | awk -v what="$what" -v secs="$(awk -v a="$from" -v b="$to" 'BEGIN { printf "%.1f", b - a }')" '
+    perf script -i "$1" --time "$from,$to" -F comm 2>/dev/null | awk -v what="$what" -v from="$from" -v to="$to" '
       { sub(/^ +/, ""); sub(/ +$/, ""); n[$0]++; total++ }
       END {
-        printf "%s (%s s, %d samples; by program, %% of the samples)\n", what, secs, total
+        printf "%s (%.1f s, %d samples; by program, %% of the samples)\n", what, to - from, total
         for (c in n) printf "%7.1f %s\n", 100 * n[c] / total, c | "sort -rn | head -20"
         close("sort -rn | head -20")
       }' >> "$3"
