@@ -876,9 +876,9 @@ macro_rules! take_lock {
 }
 pub(crate) use take_lock;
 
-/// Takes `/run/kubeforge.lock` (the `take_lock` shell function) and holds it until the
-/// returned handle is released (the script waits on its stdin). Fails at
-/// once when another apply holds it.
+/// Takes `/run/kubeforge.lock` (the `take_lock` shell function) and holds
+/// it until the returned handle is released (the script waits on its
+/// stdin). Fails at once when another apply holds it.
 pub const LOCK: &str = concat!(
     take_lock!(),
     r#"take_lock "$1" "$2" || exit 1
